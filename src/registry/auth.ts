@@ -1,0 +1,58 @@
+// Registry authentication: Basic, and the bearer-token challenge of the distribution token spec.
+
+export interface Credentials {
+  username?: string;
+  password?: string;
+  /** OAuth2 refresh token (CRI identity_token). */
+  identityToken?: string;
+  /** A bearer token handed over as is (CRI registry_token). */
+  registryToken?: string;
+}
+
+export interface Challenge {
+  scheme: string;
+  params: Record<string, string>;
+}
+
+/** Parses a WWW-Authenticate header: `Bearer realm="…",service="…",scope="…"`. Multiple challenges are rare; first wins. */
+export function parseChallenge(header: string | null): Challenge | undefined {
+  if (!header) return undefined;
+  const match = /^\s*([A-Za-z]+)\s*(.*)$/s.exec(header);
+  if (!match) return undefined;
+  const params: Record<string, string> = {};
+  const paramRe = /([A-Za-z_][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?/g;
+  let m: RegExpExecArray | null;
+  while ((m = paramRe.exec(match[2])) !== null) {
+    params[m[1].toLowerCase()] = m[2] !== undefined ? m[2].replace(/\\(.)/g, '$1') : m[3];
+  }
+  return { scheme: match[1].toLowerCase(), params };
+}
+
+/** Expands the CRI `auth` field (base64 "user:password") into username/password. */
+export function credentialsFromAuthConfig(auth: {
+  username?: string;
+  password?: string;
+  auth?: string;
+  identity_token?: string;
+  registry_token?: string;
+}): Credentials | undefined {
+  const creds: Credentials = {};
+  if (auth.username) creds.username = auth.username;
+  if (auth.password) creds.password = auth.password;
+  if (auth.auth && !creds.username) {
+    const decoded = Buffer.from(auth.auth, 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    if (colon > 0) {
+      creds.username = decoded.slice(0, colon);
+      creds.password = decoded.slice(colon + 1);
+    }
+  }
+  if (auth.identity_token) creds.identityToken = auth.identity_token;
+  if (auth.registry_token) creds.registryToken = auth.registry_token;
+  return Object.keys(creds).length > 0 ? creds : undefined;
+}
+
+export function basicHeader(creds: Credentials): string | undefined {
+  if (creds.username === undefined) return undefined;
+  return 'Basic ' + Buffer.from(`${creds.username}:${creds.password ?? ''}`).toString('base64');
+}

@@ -1,0 +1,279 @@
+import { Readable } from 'node:stream';
+import { createHash } from 'node:crypto';
+import { BerthError, errorMessage, notFound, unauthenticated, unavailable } from '../errors.js';
+import { Logger } from '../log.js';
+import { RegistryConfig } from '../config/schema.js';
+import { basicHeader, Credentials, parseChallenge } from './auth.js';
+
+// A client for the OCI distribution API (docker registry v2): manifests and blobs of one repository,
+// with mirrors, plain-HTTP hosts and Basic/Bearer auth.
+
+export const MANIFEST_MEDIA_TYPES = [
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+];
+
+export interface Endpoint {
+  /** `https://host:port` — where /v2/ lives. */
+  base: string;
+  /** Whether this endpoint is a mirror (for logs). */
+  mirror: boolean;
+}
+
+const DOCKER_HUB_API = 'registry-1.docker.io';
+
+/** Endpoints for a registry host: its mirrors in order (no fallback), else the host itself. */
+export function endpointsFor(domain: string, config: RegistryConfig): Endpoint[] {
+  const mirrors = config.mirrors[domain];
+  if (mirrors && mirrors.length > 0) {
+    return mirrors.map((m) => {
+      const withScheme = m.includes('://') ? m : `${config.insecure.includes(m) ? 'http' : 'https'}://${m}`;
+      return { base: withScheme.replace(/\/+$/, ''), mirror: true };
+    });
+  }
+  const host = domain === 'docker.io' ? DOCKER_HUB_API : domain;
+  const scheme = config.insecure.includes(domain) || config.insecure.includes(host) ? 'http' : 'https';
+  return [{ base: `${scheme}://${host}`, mirror: false }];
+}
+
+export interface FetchedManifest {
+  body: Buffer;
+  mediaType: string;
+  digest: string;
+  endpoint: Endpoint;
+}
+
+export interface BlobStream {
+  stream: Readable;
+  size?: number;
+}
+
+export interface RepositoryOptions {
+  domain: string;
+  path: string;
+  credentials?: Credentials;
+  config: RegistryConfig;
+  log: Logger;
+  /** Aborts every request of this session (e.g. berth shutting down hard). */
+  signal?: AbortSignal;
+}
+
+function sha256(data: Buffer): string {
+  return 'sha256:' + createHash('sha256').update(data).digest('hex');
+}
+
+function networkError(err: unknown): string {
+  const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+  return cause?.code ?? cause?.message ?? errorMessage(err);
+}
+
+/** One repository on one registry, reached through its endpoints. Keeps bearer tokens for the session. */
+export class Repository {
+  private readonly endpoints: Endpoint[];
+  private readonly tokens = new Map<string, string>();
+  private readonly timeoutMs: number;
+
+  constructor(private readonly opts: RepositoryOptions) {
+    this.endpoints = endpointsFor(opts.domain, opts.config);
+    this.timeoutMs = opts.config.requestTimeoutSeconds * 1000;
+  }
+
+  get name(): string {
+    return `${this.opts.domain}/${this.opts.path}`;
+  }
+
+  /** GET a manifest by tag or digest; the bytes are checked against the digest they are addressed by. */
+  async getManifest(reference: string, preferred?: Endpoint): Promise<FetchedManifest> {
+    const order = preferred ? [preferred, ...this.endpoints.filter((e) => e !== preferred)] : this.endpoints;
+    return this.tryEndpoints(order, async (endpoint) => {
+      const res = await this.request(endpoint, `manifests/${reference}`, { accept: MANIFEST_MEDIA_TYPES.join(', ') });
+      const body = Buffer.from(await res.arrayBuffer());
+      const digest = sha256(body);
+      if (reference.startsWith('sha256:') && digest !== reference) {
+        throw new BerthError('unavailable', `manifest ${this.name}@${reference} from ${endpoint.base} has digest ${digest}: content does not match`);
+      }
+      const header = res.headers.get('docker-content-digest');
+      if (header && header.startsWith('sha256:') && header !== digest) {
+        throw new BerthError('unavailable', `manifest ${this.name}:${reference} from ${endpoint.base}: Docker-Content-Digest ${header} does not match content ${digest}`);
+      }
+      let mediaType = res.headers.get('content-type')?.split(';')[0].trim() ?? '';
+      try {
+        const parsed = JSON.parse(body.toString('utf8')) as { mediaType?: string };
+        if (parsed.mediaType) mediaType = parsed.mediaType;
+      } catch {
+        throw new BerthError('unavailable', `manifest ${this.name}:${reference} from ${endpoint.base} is not JSON`);
+      }
+      return { body, mediaType, digest, endpoint };
+    });
+  }
+
+  /** Opens a blob for streaming. The caller verifies the digest as it consumes the stream. */
+  async openBlob(digest: string, preferred?: Endpoint): Promise<BlobStream> {
+    const order = preferred ? [preferred, ...this.endpoints.filter((e) => e !== preferred)] : this.endpoints;
+    return this.tryEndpoints(order, async (endpoint) => {
+      const controller = new AbortController();
+      const res = await this.request(endpoint, `blobs/${digest}`, { signal: controller.signal });
+      if (!res.body) throw unavailable(`blob ${digest} from ${endpoint.base} has no body`);
+      const length = res.headers.get('content-length');
+      const stream = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+      this.watchStall(stream, controller, `blob ${this.name}@${digest}`);
+      return { stream, size: length ? Number(length) : undefined };
+    });
+  }
+
+  async getBlob(digest: string, preferred?: Endpoint, maxBytes = 16 << 20): Promise<Buffer> {
+    const { stream } = await this.openBlob(digest, preferred);
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for await (const chunk of stream) {
+      total += (chunk as Buffer).length;
+      if (total > maxBytes) {
+        stream.destroy();
+        throw unavailable(`blob ${this.name}@${digest} is larger than ${maxBytes} bytes`);
+      }
+      chunks.push(chunk as Buffer);
+    }
+    const body = Buffer.concat(chunks);
+    const actual = sha256(body);
+    if (actual !== digest) throw unavailable(`blob ${this.name}@${digest} has digest ${actual}: content does not match`);
+    return body;
+  }
+
+  // A download that stops making progress is abandoned rather than hanging a pull forever.
+  private watchStall(stream: Readable, controller: AbortController, what: string): void {
+    let timer: NodeJS.Timeout | undefined;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        stream.destroy(unavailable(`${what}: no data for ${this.timeoutMs / 1000}s`));
+        controller.abort();
+      }, this.timeoutMs);
+    };
+    arm();
+    stream.on('data', arm);
+    stream.on('close', () => clearTimeout(timer));
+  }
+
+  private async tryEndpoints<T>(order: Endpoint[], attempt: (e: Endpoint) => Promise<T>): Promise<T> {
+    const errors: BerthError[] = [];
+    for (const endpoint of order) {
+      try {
+        return await attempt(endpoint);
+      } catch (err) {
+        const e = err instanceof BerthError ? err : unavailable(errorMessage(err), err);
+        errors.push(e);
+        this.opts.log.warn('registry endpoint failed', { endpoint: endpoint.base, repository: this.name, error: e.message });
+      }
+    }
+    // The most telling failure wins: a credential problem or a missing tag says more than a dead mirror.
+    const rank = (e: BerthError) => (e.kind === 'unauthenticated' ? 3 : e.kind === 'not_found' ? 2 : 1);
+    const worst = errors.sort((a, b) => rank(b) - rank(a))[0];
+    if (errors.length === 1) throw worst;
+    throw new BerthError(worst.kind, `${worst.message} (tried ${order.map((e) => e.base).join(', ')})`);
+  }
+
+  private url(endpoint: Endpoint, suffix: string): string {
+    return `${endpoint.base}/v2/${this.opts.path}/${suffix}`;
+  }
+
+  private async request(endpoint: Endpoint, suffix: string, opts: { accept?: string; signal?: AbortSignal }): Promise<Response> {
+    const url = this.url(endpoint, suffix);
+    const scope = `repository:${this.opts.path}:pull`;
+    const tokenKey = `${endpoint.base} ${scope}`;
+    const headers: Record<string, string> = {};
+    if (opts.accept) headers.accept = opts.accept;
+    const creds = this.opts.credentials;
+    const cached = this.tokens.get(tokenKey) ?? (creds?.registryToken ? `Bearer ${creds.registryToken}` : undefined);
+    if (cached) headers.authorization = cached;
+
+    let res = await this.send(url, headers, opts.signal);
+    if (res.status === 401) {
+      await res.body?.cancel();
+      const authorization = await this.authorize(endpoint, res.headers.get('www-authenticate'), scope);
+      this.tokens.set(tokenKey, authorization);
+      res = await this.send(url, { ...headers, authorization }, opts.signal);
+      if (res.status === 401) {
+        await res.body?.cancel();
+        throw unauthenticated(`${this.name}: ${endpoint.base} rejected the credentials (401 Unauthorized)`);
+      }
+    }
+    if (res.status === 404) {
+      await res.body?.cancel();
+      throw notFound(`${this.name}: ${suffix.replace('/', ' ')} not found at ${endpoint.base}`);
+    }
+    if (res.status === 403) {
+      await res.body?.cancel();
+      throw unauthenticated(`${this.name}: access denied by ${endpoint.base} (403 Forbidden)`);
+    }
+    if (!res.ok) {
+      const text = (await res.text().catch(() => '')).slice(0, 200);
+      throw unavailable(`${this.name}: ${endpoint.base} answered ${res.status} for ${suffix}: ${text}`);
+    }
+    return res;
+  }
+
+  private async send(url: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Response> {
+    const timeout = AbortSignal.timeout(this.timeoutMs);
+    const signals = [timeout, signal, this.opts.signal].filter((s): s is AbortSignal => s !== undefined);
+    try {
+      return await fetch(url, { headers, signal: AbortSignal.any(signals), redirect: 'follow' });
+    } catch (err) {
+      if (timeout.aborted) throw unavailable(`${url}: no answer within ${this.timeoutMs / 1000}s`);
+      throw unavailable(`${url}: ${networkError(err)}`, err);
+    }
+  }
+
+  private async authorize(endpoint: Endpoint, header: string | null, scope: string): Promise<string> {
+    const challenge = parseChallenge(header);
+    const creds = this.opts.credentials;
+    if (!challenge) throw unauthenticated(`${this.name}: ${endpoint.base} requires authentication but sent no challenge`);
+    if (challenge.scheme === 'basic') {
+      const basic = creds && basicHeader(creds);
+      if (!basic) throw unauthenticated(`${this.name}: ${endpoint.base} requires credentials (Basic auth) and none were given`);
+      return basic;
+    }
+    if (challenge.scheme !== 'bearer') {
+      throw unauthenticated(`${this.name}: ${endpoint.base} asks for unsupported auth scheme ${challenge.scheme}`);
+    }
+    const realm = challenge.params.realm;
+    if (!realm) throw unauthenticated(`${this.name}: ${endpoint.base} sent a Bearer challenge without a realm`);
+    const token = await this.fetchToken(realm, challenge.params.service, challenge.params.scope ?? scope, creds);
+    return `Bearer ${token}`;
+  }
+
+  private async fetchToken(realm: string, service: string | undefined, scope: string, creds?: Credentials): Promise<string> {
+    const url = new URL(realm);
+    let res: Response;
+    const timeout = AbortSignal.timeout(this.timeoutMs);
+    try {
+      if (creds?.identityToken) {
+        const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: creds.identityToken, client_id: 'berth', scope });
+        if (service) form.set('service', service);
+        res = await fetch(url, { method: 'POST', body: form, signal: timeout });
+      } else {
+        if (service) url.searchParams.set('service', service);
+        url.searchParams.set('scope', scope);
+        const headers: Record<string, string> = {};
+        const basic = creds && basicHeader(creds);
+        if (basic) headers.authorization = basic;
+        res = await fetch(url, { headers, signal: timeout });
+      }
+    } catch (err) {
+      throw unavailable(`${this.name}: token service ${url.origin} unreachable: ${networkError(err)}`, err);
+    }
+    if (res.status === 401 || res.status === 403) {
+      await res.body?.cancel();
+      throw unauthenticated(`${this.name}: token service ${url.origin} rejected the credentials (${res.status})`);
+    }
+    if (!res.ok) {
+      await res.body?.cancel();
+      throw unavailable(`${this.name}: token service ${url.origin} answered ${res.status}`);
+    }
+    const body = (await res.json().catch(() => ({}))) as { token?: string; access_token?: string };
+    const token = body.token ?? body.access_token;
+    if (!token) throw unauthenticated(`${this.name}: token service ${url.origin} returned no token`);
+    return token;
+  }
+}
