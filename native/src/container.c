@@ -1,0 +1,639 @@
+/* The container's init between fork and exec: namespaces, cgroups, rootfs, credentials. */
+#include "container.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+static struct child_ctx *ctx;
+
+__attribute__((noreturn)) static void child_fail_msg(const char *msg)
+{
+    size_t len = strlen(msg);
+    char buf[1200];
+    if (len > sizeof buf - 2)
+        len = sizeof buf - 2;
+    buf[0] = SYNC_ERROR;
+    memcpy(buf + 1, msg, len);
+    write_all(ctx->sync_fd, buf, len + 1);
+    _exit(1);
+}
+
+__attribute__((noreturn)) static void child_fail(const char *step, const char *path, int err)
+{
+    char msg[1100];
+    fmt_err(msg, sizeof msg, step, path, err);
+    child_fail_msg(msg);
+}
+
+/* ---------- path resolution inside the rootfs ---------- */
+
+static int openat2_compat(int dirfd, const char *path, int flags)
+{
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (uint64_t)flags;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    while (*path == '/')
+        path++;
+    if (!*path)
+        path = ".";
+    int fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    if (fd < 0 && errno == ENOSYS)
+        fd = openat(dirfd, path, flags); /* old kernel: no symlink containment */
+    return fd;
+}
+
+/* Open path (relative to the rootfs, symlinks resolved inside it) as O_PATH.
+ * create: 0 = must exist, 1 = create missing dirs, 2 = missing last component is a file. */
+static int open_in_root(int rootfd, const char *path, int create)
+{
+    int fd = openat2_compat(rootfd, path, O_PATH | O_CLOEXEC);
+    if (fd >= 0 || errno != ENOENT || !create)
+        return fd;
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len >= sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(buf, path, len + 1);
+    size_t start = 0;
+    while (start < len) {
+        while (start < len && buf[start] == '/')
+            start++;
+        if (start >= len)
+            break;
+        size_t end = start;
+        while (end < len && buf[end] != '/')
+            end++;
+        int last = end >= len;
+        char saved = buf[end];
+        buf[end] = 0;
+        fd = openat2_compat(rootfd, buf, O_PATH | O_CLOEXEC);
+        if (fd >= 0) {
+            close(fd);
+        } else {
+            if (errno != ENOENT)
+                return -1;
+            char psaved = buf[start];
+            buf[start] = 0;
+            int pfd = openat2_compat(rootfd, buf, O_PATH | O_DIRECTORY | O_CLOEXEC);
+            buf[start] = psaved;
+            if (pfd < 0)
+                return -1;
+            int r;
+            if (last && create == 2) {
+                r = openat(pfd, buf + start, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+                if (r >= 0)
+                    close(r);
+            } else {
+                r = mkdirat(pfd, buf + start, 0755);
+            }
+            int e = errno;
+            close(pfd);
+            if (r < 0 && e != EEXIST) {
+                errno = e;
+                return -1;
+            }
+        }
+        buf[end] = saved;
+        start = end;
+    }
+    return openat2_compat(rootfd, path, O_PATH | O_CLOEXEC);
+}
+
+static void fdpath(char *buf, size_t len, int fd)
+{
+    snprintf(buf, len, "/proc/self/fd/%d", fd);
+}
+
+int lock_flags(const char *path, unsigned long *flags)
+{
+    struct statvfs sv;
+    if (statvfs(path, &sv) < 0)
+        return -1;
+    if (sv.f_flag & ST_NOSUID)
+        *flags |= MS_NOSUID;
+    if (sv.f_flag & ST_NODEV)
+        *flags |= MS_NODEV;
+    if (sv.f_flag & ST_NOEXEC)
+        *flags |= MS_NOEXEC;
+    if (sv.f_flag & ST_NOATIME)
+        *flags |= MS_NOATIME;
+    if (sv.f_flag & ST_NODIRATIME)
+        *flags |= MS_NODIRATIME;
+    if (sv.f_flag & ST_RELATIME)
+        *flags |= MS_RELATIME;
+    return 0;
+}
+
+/* ---------- rootfs ---------- */
+
+static void mount_overlay(struct spec *s)
+{
+    /* New mount API first: one fsconfig call per layer, no length limit, no escaping. */
+    int fsfd = fsopen("overlay", FSOPEN_CLOEXEC);
+    if (fsfd >= 0) {
+        int ok = 1;
+        for (size_t i = 0; i < s->nlower && ok; i++)
+            ok = fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", s->lower[i], 0) == 0;
+        if (ok && s->upper)
+            ok = fsconfig(fsfd, FSCONFIG_SET_STRING, "upperdir", s->upper, 0) == 0 &&
+                 fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", s->work, 0) == 0;
+        if (ok) {
+            if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+                child_fail("mount overlay at", s->root, errno);
+            int mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, 0);
+            if (mfd < 0)
+                child_fail("mount overlay (fsmount) at", s->root, errno);
+            if (move_mount(mfd, "", AT_FDCWD, s->root, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+                child_fail("mount overlay (move_mount) at", s->root, errno);
+            close(mfd);
+            close(fsfd);
+            return;
+        }
+        close(fsfd); /* kernel < 6.8 has no lowerdir+: fall back to mount(2) */
+    }
+    size_t cap = 64;
+    for (size_t i = 0; i < s->nlower; i++)
+        cap += strlen(s->lower[i]) * 2 + 1;
+    if (s->upper)
+        cap += strlen(s->upper) * 2 + strlen(s->work) * 2 + 32;
+    char *data = malloc(cap);
+    if (!data)
+        child_fail("mount overlay", NULL, ENOMEM);
+    char *p = data;
+    p += sprintf(p, "lowerdir=");
+    for (size_t i = 0; i < s->nlower; i++) {
+        if (i)
+            *p++ = ':';
+        for (const char *q = s->lower[i]; *q; q++) {
+            if (*q == ',')
+                child_fail("mount overlay: ',' in layer path", s->lower[i], EINVAL);
+            if (*q == ':' || *q == '\\')
+                *p++ = '\\';
+            *p++ = *q;
+        }
+    }
+    if (s->upper)
+        p += sprintf(p, ",upperdir=%s,workdir=%s", s->upper, s->work);
+    *p = 0;
+    if (mount("overlay", s->root, "overlay", 0, data) < 0)
+        child_fail("mount overlay at", s->root, errno);
+    free(data);
+}
+
+static void do_mount(int rootfd, const struct mount_spec *m)
+{
+    char target[64];
+    int isfile = 0;
+    struct stat st;
+
+    if (m->bind) {
+        if (stat(m->source, &st) < 0)
+            child_fail("mount: stat bind source", m->source, errno);
+        isfile = !S_ISDIR(st.st_mode);
+    }
+    int fd = open_in_root(rootfd, m->dest, isfile ? 2 : 1);
+    if (fd < 0)
+        child_fail("mount: create mount point", m->dest, errno);
+    fdpath(target, sizeof target, fd);
+    if (m->bind) {
+        if (mount(m->source, target, NULL, MS_BIND | (m->bind == 2 ? MS_REC : 0), NULL) < 0)
+            child_fail("mount: bind", m->dest, errno);
+    } else {
+        if (mount(m->source, target, m->type, m->flags, m->data) < 0) {
+            char what[PATH_MAX + 64];
+            snprintf(what, sizeof what, "%s (type %s, data %s)", m->dest, m->type, m->data ? m->data : "");
+            child_fail("mount:", what, errno);
+        }
+    }
+    close(fd);
+    if ((m->bind && (m->flags & ~MS_REMOUNT)) || m->prop) {
+        /* The fd above names the directory under the new mount: reopen to reach the mount itself. */
+        fd = open_in_root(rootfd, m->dest, 0);
+        if (fd < 0)
+            child_fail("mount: reopen", m->dest, errno);
+        fdpath(target, sizeof target, fd);
+        if (m->bind && (m->flags & ~MS_REMOUNT)) {
+            unsigned long flags = MS_BIND | MS_REMOUNT | (m->flags & ~MS_REMOUNT);
+            lock_flags(target, &flags);
+            if (mount(NULL, target, NULL, flags, NULL) < 0)
+                child_fail("mount: remount bind", m->dest, errno);
+        }
+        if (m->prop && mount(NULL, target, NULL, m->prop, NULL) < 0)
+            child_fail("mount: set propagation", m->dest, errno);
+        close(fd);
+    }
+}
+
+/* Open the parent directory of path inside the rootfs (creating it) and return the last component. */
+static int open_parent(int rootfd, const char *path, const char **name)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    size_t dlen = slash ? (size_t)(slash - path) : 0;
+    if (dlen >= sizeof dir) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(dir, path, dlen);
+    dir[dlen] = 0;
+    *name = slash ? slash + 1 : path;
+    if (!**name) {
+        errno = EINVAL;
+        return -1;
+    }
+    return open_in_root(rootfd, dlen ? dir : "/", 1);
+}
+
+static void make_device(int rootfd, const struct device_spec *d, int in_userns)
+{
+    const char *name;
+    int pfd = open_parent(rootfd, d->path, &name);
+    if (pfd < 0)
+        child_fail("device: create parent of", d->path, errno);
+    mode_t type = d->type == 'b' ? S_IFBLK : d->type == 'p' ? S_IFIFO : S_IFCHR;
+    dev_t dev = makedev(d->major, d->minor);
+    unlinkat(pfd, name, 0); /* an image may ship a placeholder */
+    if (!in_userns) {
+        /* mknod honours mode/uid/gid and costs no mount entry */
+        if (mknodat(pfd, name, type | (d->mode & 0777), dev) == 0) {
+            if (fchownat(pfd, name, d->uid, d->gid, AT_SYMLINK_NOFOLLOW) < 0)
+                child_fail("device: chown", d->path, errno);
+            /* umask may have cut the mode */
+            int fd = openat(pfd, name, O_PATH | O_CLOEXEC | O_NOFOLLOW);
+            char p[64];
+            if (fd >= 0) {
+                fdpath(p, sizeof p, fd);
+                chmod(p, d->mode & 07777);
+                close(fd);
+            }
+            close(pfd);
+            return;
+        }
+        if (errno != EPERM)
+            child_fail("device: mknod", d->path, errno);
+    }
+    /* In a user namespace (or where mknod is refused): bind the host node onto an empty file. */
+    struct stat st;
+    if (stat(d->path, &st) < 0 || (st.st_mode & S_IFMT) != type || st.st_rdev != dev)
+        child_fail("device: no matching host node to bind for", d->path, errno ? errno : ENODEV);
+    int f = openat(pfd, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (f < 0)
+        child_fail("device: create", d->path, errno);
+    close(f);
+    close(pfd);
+    int fd = open_in_root(rootfd, d->path, 0);
+    char target[64];
+    if (fd < 0)
+        child_fail("device: open", d->path, errno);
+    fdpath(target, sizeof target, fd);
+    if (mount(d->path, target, NULL, MS_BIND, NULL) < 0)
+        child_fail("device: bind", d->path, errno);
+    close(fd);
+}
+
+static void dev_symlinks(int rootfd, struct spec *s)
+{
+    int has_devpts = 0;
+    for (size_t i = 0; i < s->nmounts; i++)
+        if (s->mounts[i].type && strcmp(s->mounts[i].type, "devpts") == 0 && strcmp(s->mounts[i].dest, "/dev/pts") == 0)
+            has_devpts = 1;
+    int dfd = openat2_compat(rootfd, "/dev", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return; /* no /dev in this rootfs */
+    static const char *const links[][2] = {
+        {"/proc/self/fd", "fd"},
+        {"/proc/self/fd/0", "stdin"},
+        {"/proc/self/fd/1", "stdout"},
+        {"/proc/self/fd/2", "stderr"},
+    };
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+        if (symlinkat(links[i][0], dfd, links[i][1]) < 0 && errno != EEXIST)
+            child_fail("symlink /dev/", links[i][1], errno);
+    if (has_devpts) {
+        unlinkat(dfd, "ptmx", 0);
+        if (symlinkat("pts/ptmx", dfd, "ptmx") < 0)
+            child_fail("symlink /dev/ptmx", NULL, errno);
+    }
+    close(dfd);
+    if (ctx->pty_slave_fd >= 0) {
+        /* fd 1 is the pty slave by now */
+        int fd = open_in_root(rootfd, "/dev/console", 2);
+        char target[64];
+        if (fd < 0)
+            child_fail("create /dev/console", NULL, errno);
+        fdpath(target, sizeof target, fd);
+        if (mount("/proc/self/fd/1", target, NULL, MS_BIND, NULL) < 0)
+            child_fail("bind the pty onto /dev/console", NULL, errno);
+        close(fd);
+    }
+}
+
+static void pivot(const char *root)
+{
+    int oldroot = open("/", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+    int newroot = open(root, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+    if (oldroot < 0 || newroot < 0)
+        child_fail("pivot_root: open", root, errno);
+    if (fchdir(newroot) < 0)
+        child_fail("pivot_root: chdir", root, errno);
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        child_fail("pivot_root", root, errno);
+    /* The old root is now stacked under the new one at "/": detach it. */
+    if (fchdir(oldroot) < 0)
+        child_fail("pivot_root: fchdir old root", NULL, errno);
+    if (mount(NULL, ".", NULL, MS_SLAVE | MS_REC, NULL) < 0)
+        child_fail("pivot_root: make old root rslave", NULL, errno);
+    if (umount2(".", MNT_DETACH) < 0)
+        child_fail("pivot_root: detach old root", NULL, errno);
+    if (chdir("/") < 0)
+        child_fail("chdir /", NULL, errno);
+    close(oldroot);
+    close(newroot);
+}
+
+static void setup_rootfs(struct spec *s)
+{
+    if (mount(NULL, "/", NULL, MS_SLAVE | MS_REC, NULL) < 0)
+        child_fail("make / rslave", NULL, errno);
+    if (s->nlower) {
+        mount_overlay(s);
+    } else if (mount(s->root, s->root, NULL, MS_BIND | MS_REC, NULL) < 0) {
+        child_fail("bind rootfs onto itself", s->root, errno);
+    }
+    int rootfd = open(s->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0)
+        child_fail("open rootfs", s->root, errno);
+    for (size_t i = 0; i < s->nmounts; i++)
+        do_mount(rootfd, &s->mounts[i]);
+    int in_userns = s->ns_path[NS_USER] != NULL;
+    for (size_t i = 0; i < s->ndevices; i++)
+        make_device(rootfd, &s->devices[i], in_userns);
+    dev_symlinks(rootfd, s);
+    close(rootfd);
+    pivot(s->root);
+}
+
+static void finish_rootfs(struct spec *s)
+{
+    struct stat st;
+    for (size_t i = 0; i < s->nreadonly; i++) {
+        const char *p = s->readonly[i];
+        if (mount(p, p, NULL, MS_BIND | MS_REC, NULL) < 0) {
+            if (errno == ENOENT || errno == ENOTDIR)
+                continue;
+            child_fail("readonly path: bind", p, errno);
+        }
+        unsigned long flags = MS_BIND | MS_REMOUNT | MS_RDONLY;
+        lock_flags(p, &flags);
+        if (mount(NULL, p, NULL, flags, NULL) < 0)
+            child_fail("readonly path: remount ro", p, errno);
+    }
+    for (size_t i = 0; i < s->nmasked; i++) {
+        const char *p = s->masked[i];
+        if (stat(p, &st) < 0) {
+            if (errno == ENOENT || errno == ENOTDIR)
+                continue;
+            child_fail("masked path: stat", p, errno);
+        }
+        int r = S_ISDIR(st.st_mode) ? mount("tmpfs", p, "tmpfs", MS_RDONLY, "size=0k")
+                                    : mount("/dev/null", p, NULL, MS_BIND, NULL);
+        if (r < 0)
+            child_fail("masked path: mount over", p, errno);
+    }
+    if (s->root_ro) {
+        unsigned long flags = MS_BIND | MS_REMOUNT | MS_RDONLY;
+        lock_flags("/", &flags);
+        if (mount(NULL, "/", NULL, flags, NULL) < 0)
+            child_fail("remount / read-only", NULL, errno);
+    }
+}
+
+/* ---------- namespaces, cgroups, sysctls ---------- */
+
+static void join_cgroups(struct spec *s)
+{
+    for (size_t i = 0; i < s->ncgroup_procs; i++) {
+        int r = write_file(s->cgroup_procs[i], "0");
+        if (r < 0)
+            child_fail("join cgroup: write", s->cgroup_procs[i], -r);
+    }
+}
+
+static void join_namespaces(struct spec *s)
+{
+    /* Open every path first: a joined mount namespace would hide the others. */
+    int fds[NS_COUNT];
+    for (int k = 0; k < NS_COUNT; k++) {
+        fds[k] = -1;
+        if (k == NS_PID || !s->ns_path[k])
+            continue;
+        fds[k] = open(s->ns_path[k], O_RDONLY | O_CLOEXEC);
+        if (fds[k] < 0)
+            child_fail("open namespace", s->ns_path[k], errno);
+    }
+    for (int k = 0; k < NS_COUNT; k++) {
+        if (fds[k] < 0)
+            continue;
+        if (setns(fds[k], ns_kinds[k].flag) < 0)
+            child_fail("setns", s->ns_path[k], errno);
+        close(fds[k]);
+    }
+    int flags = 0;
+    for (int k = 0; k < NS_COUNT; k++)
+        if (s->ns_new[k] && k != NS_PID && k != NS_CGROUP && k != NS_USER)
+            flags |= ns_kinds[k].flag;
+    if (flags && unshare(flags) < 0)
+        child_fail("unshare namespaces", NULL, errno);
+}
+
+static int sysctl_allowed(struct spec *s, const char *key)
+{
+    static const char *const ipc_keys[] = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                                           "kernel.shmall", "kernel.shmmax", "kernel.shmmni",
+                                           "kernel.shm_rmid_forced"};
+    int has_ipc = s->ns_new[NS_IPC] || s->ns_path[NS_IPC];
+    int has_net = s->ns_new[NS_NET] || s->ns_path[NS_NET];
+    int has_uts = s->ns_new[NS_UTS] || s->ns_path[NS_UTS];
+    for (size_t i = 0; i < sizeof ipc_keys / sizeof ipc_keys[0]; i++)
+        if (strcmp(key, ipc_keys[i]) == 0)
+            return has_ipc;
+    if (strncmp(key, "fs.mqueue.", 10) == 0)
+        return has_ipc;
+    if (strncmp(key, "net.", 4) == 0)
+        return has_net;
+    if (strcmp(key, "kernel.hostname") == 0 || strcmp(key, "kernel.domainname") == 0)
+        return has_uts;
+    return 0;
+}
+
+static void apply_sysctls(struct spec *s)
+{
+    char path[PATH_MAX];
+    for (size_t i = 0; i < s->nsysctl; i++) {
+        const char *key = s->sysctl[i].key;
+        if (!sysctl_allowed(s, key))
+            child_fail("sysctl not namespaced (or its namespace is the host's):", key, 0);
+        if (strstr(key, "..") || snprintf(path, sizeof path, "/proc/sys/%s", key) >= (int)sizeof path)
+            child_fail("sysctl: bad name", key, EINVAL);
+        for (char *p = path + 10; *p; p++)
+            if (*p == '.')
+                *p = '/';
+            else if (*p == '/')
+                *p = '.';
+        int r = write_file(path, s->sysctl[i].value);
+        if (r < 0)
+            child_fail("sysctl: write", path, -r);
+    }
+}
+
+static void apply_oom(struct spec *s)
+{
+    char buf[32];
+    if (!s->has_oom)
+        return;
+    ssize_t n = read_file("/proc/self/oom_score_adj", buf, sizeof buf);
+    long cur = 0;
+    if (n > 0) {
+        buf[strcspn(buf, "\n")] = 0;
+        parse_long(buf, &cur);
+    }
+    if (s->oom == cur)
+        return;
+    snprintf(buf, sizeof buf, "%d", s->oom);
+    int r = write_file("/proc/self/oom_score_adj", buf);
+    /* Lowering needs CAP_SYS_RESOURCE: where we lack it, the container keeps the current value. */
+    if (r < 0 && !(s->oom < cur && (r == -EACCES || r == -EPERM)))
+        child_fail("write /proc/self/oom_score_adj", buf, -r);
+}
+
+/* ---------- main ---------- */
+
+__attribute__((noreturn)) void container_main(struct child_ctx *c)
+{
+    struct spec *s = c->s;
+    char err[1100];
+    ctx = c;
+
+    reset_signals();
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (setsid() < 0)
+        child_fail("setsid", NULL, errno);
+
+    /* stdio: fds 0-2, sync pipe at 3, nothing else. */
+    int in = c->stdin_fd, out = c->stdout_fd, errfd = c->stderr_fd;
+    if (c->pty_slave_fd >= 0) {
+        int t = c->pty_slave_fd;
+        if (ioctl(t, TIOCSCTTY, 0) < 0)
+            child_fail("set controlling terminal", NULL, errno);
+        out = errfd = t;
+        if (in < 0)
+            in = t;
+    }
+    if (in < 0) {
+        in = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (in < 0)
+            child_fail("open /dev/null", NULL, errno);
+    }
+    /* Every source fd is >= 3 (the monitor's 0-2 are /dev/null), so dup2 cannot clobber one. */
+    if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(errfd, 2) < 0)
+        child_fail("dup2 stdio", NULL, errno);
+    if (c->sync_fd != 3) {
+        if (dup3(c->sync_fd, 3, O_CLOEXEC) < 0)
+            child_fail("dup sync fd", NULL, errno);
+        c->sync_fd = 3;
+    }
+    close_range(4, ~0U, 0);
+
+    join_cgroups(s);
+    join_namespaces(s);
+    if (s->ns_new[NS_CGROUP] && unshare(CLONE_NEWCGROUP) < 0)
+        child_fail("unshare cgroup namespace", NULL, errno);
+    if (s->hostname && *s->hostname && s->ns_new[NS_UTS] &&
+        sethostname(s->hostname, strlen(s->hostname)) < 0)
+        child_fail("sethostname", s->hostname, errno);
+    apply_sysctls(s);
+    apply_oom(s);
+
+    /* Held open for reading (and writing, so it never reports EOF) until berth writes a byte. */
+    int start_fd = open(c->start_fifo, O_RDWR | O_CLOEXEC);
+    if (start_fd < 0)
+        child_fail("open", c->start_fifo, errno);
+
+    if (s->ns_new[NS_MNT]) {
+        setup_rootfs(s);
+        finish_rootfs(s);
+    }
+
+    for (size_t i = 0; i < s->nrlimits; i++) {
+        struct rlimit rl = {s->rlimits[i].soft, s->rlimits[i].hard};
+        if (setrlimit(s->rlimits[i].resource, &rl) < 0) {
+            char what[32];
+            snprintf(what, sizeof what, "resource %d", s->rlimits[i].resource);
+            child_fail("setrlimit", what, errno);
+        }
+    }
+    if (caps_prepare(&s->caps, err, sizeof err) < 0)
+        child_fail_msg(err);
+    if (set_ids(s->uid, s->gid, s->gids, s->ngids, 1, err, sizeof err) < 0)
+        child_fail_msg(err);
+    if (caps_finish(&s->caps, err, sizeof err) < 0)
+        child_fail_msg(err);
+    if (s->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        child_fail("PR_SET_NO_NEW_PRIVS", NULL, errno);
+    if (chdir(s->cwd) < 0)
+        child_fail("chdir", s->cwd, errno);
+    /* The uid change cleared the parent-death signal: set it again and check the monitor still lives. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    /* getppid() is 0 across a pid namespace: the sync pipe tells instead (POLLERR: no reader left). */
+    struct pollfd pfd = {c->sync_fd, POLLOUT, 0};
+    if (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR))
+        _exit(1);
+
+    char msg[9];
+    msg[0] = SYNC_READY;
+    if (write_all(c->sync_fd, msg, 1) < 0)
+        _exit(1);
+    for (;;) {
+        ssize_t n = read(start_fd, msg, 1);
+        if (n == 1)
+            break;
+        if (n < 0 && errno == EINTR)
+            continue;
+        _exit(1);
+    }
+    close(start_fd);
+    int64_t started = now_ns();
+    msg[0] = SYNC_STARTED;
+    memcpy(msg + 1, &started, 8);
+    write_all(c->sync_fd, msg, 9);
+
+    int e = exec_in_path(s->args, s->env);
+    char emsg[1200];
+    char what[PATH_MAX + 8];
+    snprintf(what, sizeof what, "%s", s->args[0]);
+    emsg[0] = SYNC_EXECERR;
+    fmt_err(emsg + 1, sizeof emsg - 1, "exec", what, e);
+    write_all(c->sync_fd, emsg, strlen(emsg));
+    dprintf(2, SHIM_NAME ": %s\n", emsg + 1);
+    _exit(127);
+}

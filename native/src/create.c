@@ -1,0 +1,294 @@
+/* berth-shim create <bundle>: fork the monitor, which forks the container init. */
+#include "container.h"
+#include "monitor.h"
+#include "spec.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <malloc.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+/* Monitor -> create: 'O' + JSON line on success, 'E' + message on failure. */
+
+__attribute__((noreturn)) static void mon_fail(int report_fd, const char *step, const char *path, int err)
+{
+    char msg[1200];
+    msg[0] = 'E';
+    fmt_err(msg + 1, sizeof msg - 1, step, path, err);
+    write_all(report_fd, msg, strlen(msg));
+    _exit(1);
+}
+
+static void unlink_in(const char *dir, const char *name)
+{
+    char p[PATH_MAX];
+    if (path_join(p, sizeof p, dir, name) == 0)
+        unlink(p);
+}
+
+static int make_fifo(const char *bundle, const char *name, char *path, size_t len)
+{
+    if (path_join(path, len, bundle, name) < 0) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    unlink(path);
+    return mkfifo(path, 0600);
+}
+
+__attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd)
+{
+    struct monitor m;
+    struct child_ctx c;
+    char fifo[PATH_MAX], stdin_fifo[PATH_MAX];
+    int outp[2] = {-1, -1}, errp[2] = {-1, -1}, syncp[2];
+    int child_stdin = -1, slave = -1;
+
+    memset(&m, 0, sizeof m);
+    m.bundle = s->bundle;
+    m.stdin_hold = m.stdin_src = m.pty_master = -1;
+    m.out.name = "stdout";
+    m.err.name = "stderr";
+    m.max_line = s->max_line;
+
+    if (setsid() < 0)
+        mon_fail(report_fd, "monitor: setsid", NULL, errno);
+    int null = open("/dev/null", O_RDWR);
+    if (null < 0)
+        mon_fail(report_fd, "monitor: open /dev/null", NULL, errno);
+    dup2(null, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+    close_fds_except(3, &report_fd, 1);
+    signal(SIGPIPE, SIG_IGN);
+
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    m.sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (m.sig_fd < 0)
+        mon_fail(report_fd, "monitor: signalfd", NULL, errno);
+
+    if (make_fifo(s->bundle, "start.fifo", fifo, sizeof fifo) < 0)
+        mon_fail(report_fd, "mkfifo", fifo, errno);
+    m.log_path = strdup(s->log_path);
+    m.log_fd = log_open(s->log_path);
+    if (!m.log_path || m.log_fd < 0)
+        mon_fail(report_fd, "open log", s->log_path, errno);
+
+    if (s->terminal) {
+        int unlock = 0;
+        m.pty_master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+        if (m.pty_master < 0 || ioctl(m.pty_master, TIOCSPTLCK, &unlock) < 0)
+            mon_fail(report_fd, "open pty master", "/dev/ptmx", errno);
+        slave = ioctl(m.pty_master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (slave < 0)
+            mon_fail(report_fd, "open pty slave", NULL, errno);
+        struct winsize ws = {24, 80, 0, 0};
+        ioctl(slave, TIOCSWINSZ, &ws);
+        m.out.fd = dup(m.pty_master);
+        fcntl(m.out.fd, F_SETFD, FD_CLOEXEC);
+        m.err.fd = -1;
+    } else {
+        if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0)
+            mon_fail(report_fd, "monitor: pipe", NULL, errno);
+        m.out.fd = outp[0];
+        m.err.fd = errp[0];
+    }
+    if (s->stdin_open) {
+        if (make_fifo(s->bundle, "stdin.fifo", stdin_fifo, sizeof stdin_fifo) < 0)
+            mon_fail(report_fd, "mkfifo", stdin_fifo, errno);
+        /* O_RDWR never blocks and keeps a writer, so the container sees no EOF until SIGUSR2 */
+        int hold = open(stdin_fifo, O_RDWR | O_CLOEXEC);
+        if (hold < 0)
+            mon_fail(report_fd, "open", stdin_fifo, errno);
+        if (s->terminal) {
+            m.stdin_src = hold;
+            fcntl(hold, F_SETFL, O_NONBLOCK);
+        } else {
+            m.stdin_hold = hold;
+            child_stdin = open(stdin_fifo, O_RDONLY | O_CLOEXEC);
+            if (child_stdin < 0)
+                mon_fail(report_fd, "open", stdin_fifo, errno);
+        }
+    }
+    if (pipe2(syncp, O_CLOEXEC) < 0)
+        mon_fail(report_fd, "monitor: pipe", NULL, errno);
+
+    if (s->ns_path[NS_PID]) {
+        int fd = open(s->ns_path[NS_PID], O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || setns(fd, CLONE_NEWPID) < 0)
+            mon_fail(report_fd, "join pid namespace", s->ns_path[NS_PID], errno);
+        close(fd);
+    } else if (s->ns_new[NS_PID] && unshare(CLONE_NEWPID) < 0) {
+        mon_fail(report_fd, "unshare pid namespace", NULL, errno);
+    }
+
+    pid_t pid = fork();
+    if (pid < 0)
+        mon_fail(report_fd, "fork container", NULL, errno);
+    if (pid == 0) {
+        close(report_fd);
+        close(syncp[0]);
+        c.s = s;
+        c.sync_fd = syncp[1];
+        c.stdin_fd = child_stdin;
+        c.stdout_fd = outp[1];
+        c.stderr_fd = errp[1];
+        c.pty_slave_fd = slave;
+        c.start_fifo = fifo;
+        container_main(&c);
+    }
+    m.pid = pid;
+    close(syncp[1]);
+    if (outp[1] >= 0)
+        close(outp[1]);
+    if (errp[1] >= 0)
+        close(errp[1]);
+    if (child_stdin >= 0)
+        close(child_stdin);
+    if (slave >= 0)
+        close(slave);
+    m.sync_fd = syncp[0];
+    m.pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (m.pidfd < 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        mon_fail(report_fd, "pidfd_open", NULL, errno);
+    }
+    fcntl(m.pidfd, F_SETFD, FD_CLOEXEC);
+
+    char line[128];
+    int n = snprintf(line, sizeof line, "{\"pid\":%d,\"monitorPid\":%d}", (int)pid, (int)getpid());
+    int r = atomic_write(s->bundle, "shim.json", line, (size_t)n);
+    if (r < 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        mon_fail(report_fd, "write shim.json in", s->bundle, -r);
+    }
+
+    /* Wait for the init: 'R' = blocked on start.fifo; 'E...' + EOF = setup failed. */
+    char msg[1400];
+    size_t got = 0;
+    while (got < sizeof msg - 1) {
+        ssize_t k = read(m.sync_fd, msg + got, sizeof msg - 1 - got);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+        if (msg[0] == SYNC_READY)
+            break;
+    }
+    if (got == 0 || msg[0] != SYNC_READY) {
+        int status = 0;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        unlink_in(s->bundle, "shim.json");
+        unlink_in(s->bundle, "start.fifo");
+        if (s->stdin_open)
+            unlink_in(s->bundle, "stdin.fifo");
+        msg[got] = 0;
+        if (got > 1 && msg[0] == SYNC_ERROR)
+            mon_fail(report_fd, msg + 1, NULL, 0);
+        char what[64];
+        snprintf(what, sizeof what, "(wait status 0x%x)", status);
+        mon_fail(report_fd, "container init exited during setup", what, 0);
+    }
+    if (got > 1) { /* already released? keep what followed for the loop */
+        if (msg[1] == SYNC_STARTED && got >= 10)
+            memcpy(&m.started, msg + 2, 8);
+    }
+
+    /* Report and detach from the create process. */
+    char ok[140];
+    ok[0] = 'O';
+    memcpy(ok + 1, line, (size_t)n);
+    write_all(report_fd, ok, (size_t)n + 1);
+    close(report_fd);
+
+    /* Give back everything the setup needed: the monitor lives as long as the container. */
+    m.bundle = strdup(s->bundle);
+    spec_free(s);
+    malloc_trim(0);
+    fcntl(m.sync_fd, F_SETFL, O_NONBLOCK);
+    monitor_run(&m);
+}
+
+int cmd_create(int argc, char **argv)
+{
+    char bundle[PATH_MAX], err[1200];
+    struct spec s;
+    int rep[2];
+
+    if (argc != 2) {
+        fprintf(stderr, "usage: " SHIM_NAME " create <bundle-dir>\n");
+        return 2;
+    }
+    if (!realpath(argv[1], bundle)) {
+        warn_err("create: bundle", argv[1], errno);
+        return 1;
+    }
+    if (spec_load(bundle, &s, err, sizeof err) < 0) {
+        fprintf(stderr, SHIM_NAME ": create: %s\n", err);
+        return 1;
+    }
+    if (pipe2(rep, O_CLOEXEC) < 0) {
+        warn_err("create: pipe", NULL, errno);
+        return 1;
+    }
+    fflush(NULL);
+    pid_t mon = fork();
+    if (mon < 0) {
+        warn_err("create: fork monitor", NULL, errno);
+        return 1;
+    }
+    if (mon == 0) {
+        close(rep[0]);
+        monitor_main(&s, rep[1]);
+    }
+    close(rep[1]);
+    spec_free(&s);
+
+    char msg[1400];
+    size_t got = 0;
+    for (;;) {
+        ssize_t k = read(rep[0], msg + got, sizeof msg - 1 - got);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0 || got + (size_t)k >= sizeof msg - 1) {
+            if (k > 0)
+                got += (size_t)k;
+            break;
+        }
+        got += (size_t)k;
+    }
+    msg[got] = 0;
+    if (got > 1 && msg[0] == 'O') {
+        printf("%s\n", msg + 1);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    int status = 0;
+    while (waitpid(mon, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (got > 1 && msg[0] == 'E')
+        fprintf(stderr, SHIM_NAME ": create %s: %s\n", bundle, msg + 1);
+    else
+        fprintf(stderr, SHIM_NAME ": create %s: monitor died during setup (wait status 0x%x)\n", bundle, status);
+    return 1;
+}

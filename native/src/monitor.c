@@ -1,0 +1,330 @@
+/* The per-container monitor's event loop: CRI log writer, reaper, exit status. */
+#include "monitor.h"
+#include "container.h"
+#include "shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_CHUNK 16384
+
+int log_open(const char *path)
+{
+    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+}
+
+/* "2026-11-25T12:00:00.123456789Z" (30 chars) without stdio or tz data. */
+static size_t fmt_time(char *b)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t secs = ts.tv_sec;
+    int64_t days = secs / 86400, rem = secs % 86400;
+    if (rem < 0) {
+        rem += 86400;
+        days--;
+    }
+    /* civil_from_days (H. Hinnant) */
+    int64_t z = days + 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    unsigned doe = (unsigned)(z - era * 146097);
+    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t y = (int64_t)yoe + era * 400;
+    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    unsigned mp = (5 * doy + 2) / 153;
+    unsigned d = doy - (153 * mp + 2) / 5 + 1;
+    unsigned mo = mp < 10 ? mp + 3 : mp - 9;
+    if (mo <= 2)
+        y++;
+    unsigned v[6] = {(unsigned)y, mo, d, (unsigned)(rem / 3600), (unsigned)(rem / 60 % 60), (unsigned)(rem % 60)};
+    static const char seps[6] = {'-', '-', 'T', ':', ':', '.'};
+    static const int widths[6] = {4, 2, 2, 2, 2, 2};
+    char *p = b;
+    for (int i = 0; i < 6; i++) {
+        unsigned x = v[i];
+        for (int k = widths[i] - 1; k >= 0; k--) {
+            p[k] = (char)('0' + x % 10);
+            x /= 10;
+        }
+        p += widths[i];
+        *p++ = seps[i];
+    }
+    unsigned long ns = (unsigned long)ts.tv_nsec;
+    for (int k = 8; k >= 0; k--) {
+        p[k] = (char)('0' + ns % 10);
+        ns /= 10;
+    }
+    p += 9;
+    *p++ = 'Z';
+    return (size_t)(p - b);
+}
+
+static void emit(struct monitor *m, struct log_stream *s, char tag, const char *a, size_t alen, const char *b,
+                 size_t blen)
+{
+    char prefix[64];
+    size_t n = fmt_time(prefix);
+    prefix[n++] = ' ';
+    size_t nl = strlen(s->name);
+    memcpy(prefix + n, s->name, nl);
+    n += nl;
+    prefix[n++] = ' ';
+    prefix[n++] = tag;
+    prefix[n++] = ' ';
+    /* A full line drops its line ending ("\n" already gone; "\r" of "\r\n" too, like containerd). */
+    if (tag == 'F') {
+        if (blen && b[blen - 1] == '\r')
+            blen--;
+        else if (!blen && alen && a[alen - 1] == '\r')
+            alen--;
+    }
+    struct iovec iov[4] = {{prefix, n}, {(void *)a, alen}, {(void *)b, blen}, {"\n", 1}};
+    if (m->log_fd >= 0) {
+        ssize_t w;
+        do
+            w = writev(m->log_fd, iov, 4);
+        while (w < 0 && errno == EINTR);
+    }
+}
+
+/* Feed bytes read from a stream: emit F records per newline, P records when a line exceeds max_line. */
+static void feed(struct monitor *m, struct log_stream *s, const char *data, size_t n)
+{
+    while (n > 0) {
+        const char *nl = memchr(data, '\n', n);
+        size_t seg = nl ? (size_t)(nl - data) : n;
+        if (s->len == 0 && nl && seg <= m->max_line) {
+            emit(m, s, 'F', NULL, 0, data, seg); /* common case: the whole line is here */
+        } else {
+            while (seg > 0) {
+                if (s->len == m->max_line) {
+                    emit(m, s, 'P', s->buf, s->len, NULL, 0);
+                    s->len = 0;
+                }
+                if (!s->buf) {
+                    s->buf = malloc(m->max_line);
+                    if (!s->buf)
+                        return; /* out of memory: drop */
+                }
+                size_t take = m->max_line - s->len;
+                if (take > seg)
+                    take = seg;
+                memcpy(s->buf + s->len, data, take);
+                s->len += take;
+                data += take;
+                n -= take;
+                seg -= take;
+            }
+            if (!nl)
+                return;
+            emit(m, s, 'F', s->buf, s->len, NULL, 0);
+            s->len = 0;
+            seg = 0;
+        }
+        data += seg + 1;
+        n -= seg + 1;
+    }
+}
+
+static void flush_partial(struct monitor *m, struct log_stream *s)
+{
+    if (s->len) {
+        emit(m, s, 'F', s->buf, s->len, NULL, 0);
+        s->len = 0;
+    }
+}
+
+/* Read once from a stream. Returns 1 if data was read, 0 on EOF/error (stream closed), -1 on EAGAIN. */
+static int pump(struct monitor *m, struct log_stream *s, char *buf)
+{
+    ssize_t r = read(s->fd, buf, READ_CHUNK);
+    if (r > 0) {
+        feed(m, s, buf, (size_t)r);
+        return 1;
+    }
+    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+        return -1;
+    /* EOF, or EIO from a pty master once the slave side is gone */
+    flush_partial(m, s);
+    close(s->fd);
+    s->fd = -1;
+    return 0;
+}
+
+/* Returns 1 after a message, 0 when the pipe closed, -1 on EAGAIN. */
+static int read_sync(struct monitor *m)
+{
+    char buf[1200];
+    ssize_t r;
+    do
+        r = read(m->sync_fd, buf, sizeof buf - 1);
+    while (r < 0 && errno == EINTR);
+    if (r < 0 && errno == EAGAIN)
+        return -1;
+    if (r <= 0) {
+        close(m->sync_fd);
+        m->sync_fd = -1;
+        return 0;
+    }
+    buf[r] = 0;
+    char *p = buf, *end = buf + r;
+    while (p < end) {
+        if (*p == SYNC_STARTED && end - p >= 9) {
+            memcpy(&m->started, p + 1, 8);
+            p += 9;
+        } else if (*p == SYNC_EXECERR) {
+            free(m->exec_error);
+            m->exec_error = strdup(p + 1);
+            break;
+        } else {
+            p++;
+        }
+    }
+    return 1;
+}
+
+static void handle_signals(struct monitor *m)
+{
+    struct signalfd_siginfo si;
+    while (read(m->sig_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGUSR1) {
+            /* berth renamed the file (kubelet-style rotation): continue in a fresh one */
+            int fd = log_open(m->log_path);
+            if (fd >= 0) {
+                if (m->log_fd >= 0)
+                    close(m->log_fd);
+                m->log_fd = fd;
+            }
+        } else if (si.ssi_signo == SIGUSR2) {
+            /* stdin once: berth wrote and closed its end; let the container see EOF */
+            if (m->stdin_hold >= 0) {
+                close(m->stdin_hold);
+                m->stdin_hold = -1;
+            }
+            if (m->stdin_src >= 0) {
+                close(m->stdin_src);
+                m->stdin_src = -1;
+                char eot = 4;
+                if (m->pty_master >= 0)
+                    (void)write(m->pty_master, &eot, 1);
+            }
+        }
+    }
+}
+
+static void copy_stdin(struct monitor *m, char *buf)
+{
+    ssize_t r = read(m->stdin_src, buf, READ_CHUNK);
+    if (r > 0 && m->pty_master >= 0) {
+        /* master is non-blocking: a container that does not read its terminal loses input, never the log */
+        (void)write(m->pty_master, buf, (size_t)r);
+    }
+}
+
+static void write_exit(struct monitor *m, int status, int64_t finished)
+{
+    char buf[160];
+    int code = 0, sig = 0;
+    if (WIFEXITED(status)) {
+        code = WEXITSTATUS(status);
+    } else if (WIFSIGNALED(status)) {
+        sig = WTERMSIG(status);
+        code = 128 + sig;
+    }
+    if (m->exec_error) {
+        char msg[1300];
+        int n = snprintf(msg, sizeof msg, "%s\n", m->exec_error);
+        atomic_write(m->bundle, "exec-error", msg, (size_t)n);
+    }
+    int n = snprintf(buf, sizeof buf, "{\"exitCode\":%d,\"signal\":%d,\"startedAt\":%lld,\"finishedAt\":%lld}\n", code,
+                     sig, (long long)m->started, (long long)finished);
+    atomic_write(m->bundle, "exit.json", buf, (size_t)n);
+}
+
+void monitor_run(struct monitor *m)
+{
+    char *buf = malloc(READ_CHUNK);
+    siginfo_t si;
+    int status = 0;
+
+    if (!buf)
+        _exit(1);
+    for (;;) {
+        struct pollfd p[6];
+        int n = 0, ipid, isig, isync = -1, iout = -1, ierr = -1, iin = -1;
+        p[ipid = n++] = (struct pollfd){m->pidfd, POLLIN, 0};
+        p[isig = n++] = (struct pollfd){m->sig_fd, POLLIN, 0};
+        if (m->sync_fd >= 0)
+            p[isync = n++] = (struct pollfd){m->sync_fd, POLLIN, 0};
+        if (m->out.fd >= 0)
+            p[iout = n++] = (struct pollfd){m->out.fd, POLLIN, 0};
+        if (m->err.fd >= 0)
+            p[ierr = n++] = (struct pollfd){m->err.fd, POLLIN, 0};
+        if (m->stdin_src >= 0)
+            p[iin = n++] = (struct pollfd){m->stdin_src, POLLIN, 0};
+        if (poll(p, (nfds_t)n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            _exit(1);
+        }
+        if (p[isig].revents)
+            handle_signals(m);
+        if (isync >= 0 && p[isync].revents)
+            read_sync(m);
+        if (iout >= 0 && p[iout].revents)
+            pump(m, &m->out, buf);
+        if (ierr >= 0 && p[ierr].revents)
+            pump(m, &m->err, buf);
+        if (iin >= 0 && p[iin].revents)
+            copy_stdin(m, buf);
+        if (p[ipid].revents)
+            break;
+    }
+
+    memset(&si, 0, sizeof si);
+    int r;
+    do
+        r = waitid(P_PIDFD, (id_t)m->pidfd, &si, WEXITED);
+    while (r < 0 && errno == EINTR);
+    if (r == 0) {
+        if (si.si_code == CLD_EXITED)
+            status = (si.si_status & 0xff) << 8;
+        else
+            status = si.si_status & 0x7f; /* killed / dumped */
+    } else {
+        while (waitpid(m->pid, &status, 0) < 0 && errno == EINTR)
+            ;
+    }
+    int64_t finished = now_ns();
+    /* Drain: everything the container wrote is in the pipes now. Stop at the first EAGAIN so a
+     * leftover process sharing the pipes cannot keep us alive. */
+    if (m->sync_fd >= 0) {
+        fcntl(m->sync_fd, F_SETFL, O_NONBLOCK);
+        while (m->sync_fd >= 0 && read_sync(m) > 0)
+            ;
+    }
+    struct log_stream *streams[2] = {&m->out, &m->err};
+    for (int i = 0; i < 2; i++) {
+        struct log_stream *s = streams[i];
+        if (s->fd < 0)
+            continue;
+        fcntl(s->fd, F_SETFL, O_NONBLOCK);
+        while (s->fd >= 0 && pump(m, s, buf) > 0)
+            ;
+        flush_partial(m, s);
+    }
+    if (m->log_fd >= 0)
+        fsync(m->log_fd);
+    write_exit(m, status, finished);
+    _exit(0);
+}

@@ -1,0 +1,36 @@
+#ifndef BERTH_MONITOR_H
+#define BERTH_MONITOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct log_stream {
+    int fd;               /* read end; -1 when closed */
+    const char *name;     /* "stdout" / "stderr" */
+    char *buf;            /* pending partial line (malloc'd on demand, max_line bytes) */
+    size_t len;
+};
+
+struct monitor {
+    const char *bundle;
+    char *log_path;
+    int log_fd;
+    size_t max_line;
+    struct log_stream out, err;
+    pid_t pid;
+    int pidfd;
+    int sync_fd;          /* container init -> monitor */
+    int sig_fd;           /* signalfd: SIGUSR1 reopen log, SIGUSR2 close stdin */
+    int stdin_hold;       /* our writer on stdin.fifo (keeps it from reporting EOF) */
+    int stdin_src;        /* terminal + stdin: stdin.fifo, copied into the pty master */
+    int pty_master;       /* terminal: master (also out.fd) */
+    int64_t started;
+    char *exec_error;
+};
+
+int log_open(const char *path);
+/* Runs until the container is reaped and its output drained; writes exit.json. Never returns. */
+__attribute__((noreturn)) void monitor_run(struct monitor *m);
+
+#endif

@@ -1,0 +1,314 @@
+/* berth-shim sandbox / unpin: pod namespaces pinned by bind mounts, optional pod init. */
+#include "shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SELFBIND_MARK ".berth-selfbind"
+
+static const char *const pin_names[] = {"net", "ipc", "uts", "pid", "cgroup", "user", "mnt"};
+
+/* Undo "\040"-style escapes of /proc/self/mountinfo in place. */
+static void unescape(char *s)
+{
+    char *d = s;
+    while (*s) {
+        if (s[0] == '\\' && s[1] >= '0' && s[1] <= '7' && s[2] >= '0' && s[2] <= '7' && s[3] >= '0' && s[3] <= '7') {
+            *d++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+            s += 4;
+        } else {
+            *d++ = *s++;
+        }
+    }
+    *d = 0;
+}
+
+/* Find the mount that holds dir: *is_mountpoint when dir itself is one, *shared when it propagates. */
+static int mount_of(const char *dir, int *is_mountpoint, int *shared)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    char *line = NULL;
+    size_t cap = 0, best = 0;
+    *is_mountpoint = *shared = 0;
+    if (!f)
+        return -1;
+    while (getline(&line, &cap, f) > 0) {
+        char *save, *tok;
+        char *mp = NULL;
+        int field = 0, is_shared = 0;
+        for (tok = strtok_r(line, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save), field++) {
+            if (field == 4)
+                mp = tok;
+            else if (field >= 6 && strcmp(tok, "-") == 0)
+                break;
+            else if (field >= 6 && strncmp(tok, "shared:", 7) == 0)
+                is_shared = 1;
+        }
+        if (!mp)
+            continue;
+        unescape(mp);
+        size_t n = strlen(mp);
+        int covers = strcmp(mp, "/") == 0 ? 1 : strncmp(dir, mp, n) == 0 && (dir[n] == '/' || dir[n] == 0);
+        if (!covers)
+            continue;
+        size_t len = strcmp(mp, "/") == 0 ? 1 : n + 1;
+        if (len >= best) { /* later entries stack on top of earlier ones */
+            best = len;
+            *shared = is_shared;
+            *is_mountpoint = strcmp(mp, dir) == 0;
+        }
+    }
+    free(line);
+    fclose(f);
+    return 0;
+}
+
+static int make_private(const char *dir, char *err, size_t errlen)
+{
+    int is_mp, shared;
+    if (mount_of(dir, &is_mp, &shared) < 0) {
+        fmt_err(err, errlen, "read /proc/self/mountinfo", NULL, errno);
+        return -1;
+    }
+    if (!shared)
+        return 0;
+    if (!is_mp) {
+        char mark[PATH_MAX];
+        if (mount(dir, dir, NULL, MS_BIND, NULL) < 0) {
+            fmt_err(err, errlen, "bind onto itself", dir, errno);
+            return -1;
+        }
+        if (path_join(mark, sizeof mark, dir, SELFBIND_MARK) == 0) {
+            int fd = open(mark, O_CREAT | O_WRONLY | O_CLOEXEC, 0444);
+            if (fd >= 0)
+                close(fd);
+        }
+    }
+    if (mount(NULL, dir, NULL, MS_PRIVATE, NULL) < 0) {
+        fmt_err(err, errlen, "make private", dir, errno);
+        return -1;
+    }
+    return 0;
+}
+
+/* Unpin the names in mask (bit i = pin_names[i]); drop our self bind when everything goes. */
+static void unpin_dir(const char *dir, unsigned mask)
+{
+    char p[PATH_MAX];
+    for (size_t i = 0; i < sizeof pin_names / sizeof pin_names[0]; i++) {
+        if (!(mask & (1u << i)) || path_join(p, sizeof p, dir, pin_names[i]) < 0)
+            continue;
+        umount2(p, MNT_DETACH | UMOUNT_NOFOLLOW);
+        unlink(p);
+    }
+    if (mask == ~0u && path_join(p, sizeof p, dir, SELFBIND_MARK) == 0 && unlink(p) == 0)
+        umount2(dir, MNT_DETACH | UMOUNT_NOFOLLOW);
+}
+
+static unsigned pinned;
+
+static int pin(const char *dir, const char *name, const char *nspath, char *err, size_t errlen)
+{
+    char p[PATH_MAX];
+    struct stat sd, sf;
+    if (path_join(p, sizeof p, dir, name) < 0) {
+        fmt_err(err, errlen, "pin", dir, ENAMETOOLONG);
+        return -1;
+    }
+    int fd = open(p, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0444);
+    if (fd < 0) {
+        fmt_err(err, errlen, "pin: create", p, errno);
+        return -1;
+    }
+    close(fd);
+    if (stat(dir, &sd) == 0 && stat(p, &sf) == 0 && sd.st_dev != sf.st_dev) {
+        fmt_err(err, errlen, "pin: already a mount point:", p, EEXIST);
+        return -1;
+    }
+    if (mount(nspath, p, NULL, MS_BIND, NULL) < 0) {
+        fmt_err(err, errlen, "pin: bind", nspath, errno);
+        unlink(p);
+        return -1;
+    }
+    for (unsigned i = 0; i < sizeof pin_names / sizeof pin_names[0]; i++)
+        if (strcmp(pin_names[i], name) == 0)
+            pinned |= 1u << i;
+    return 0;
+}
+
+static void init_noop(int sig)
+{
+    (void)sig;
+}
+
+/* pid 1 of the pod's pid namespace: reap orphans, exit on SIGTERM. */
+__attribute__((noreturn)) static void pod_init(void)
+{
+    sigset_t set;
+    struct sigaction sa;
+    siginfo_t si;
+
+    setsid();
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(null, 2);
+    }
+    close_range(3, ~0U, 0);
+    prctl(PR_SET_NAME, "berth-pod-init", 0, 0, 0);
+    /* An ns init only receives signals it handles: install handlers, then take them synchronously. */
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = init_noop;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGCHLD);
+    for (int s = 1; s < NSIG; s++)
+        if (sigismember(&set, s))
+            sigaction(s, &sa, NULL);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    for (;;) {
+        if (sigwaitinfo(&set, &si) < 0)
+            continue;
+        if (si.si_signo == SIGTERM || si.si_signo == SIGINT)
+            _exit(0);
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
+    }
+}
+
+int cmd_sandbox(int argc, char **argv)
+{
+    int want_net = 0, want_ipc = 0, want_uts = 0, want_pid = 0;
+    const char *hostname = NULL;
+    char dir[PATH_MAX], err[1200];
+    pid_t init = 0;
+
+    if (argc < 2) {
+        fprintf(stderr, "usage: " SHIM_NAME " sandbox <dir> [--net] [--ipc] [--uts] [--pid] [--hostname NAME]\n");
+        return 2;
+    }
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--net") == 0)
+            want_net = 1;
+        else if (strcmp(argv[i], "--ipc") == 0)
+            want_ipc = 1;
+        else if (strcmp(argv[i], "--uts") == 0)
+            want_uts = 1;
+        else if (strcmp(argv[i], "--pid") == 0)
+            want_pid = 1;
+        else if (strcmp(argv[i], "--hostname") == 0 && i + 1 < argc)
+            hostname = argv[++i];
+        else {
+            fprintf(stderr, SHIM_NAME ": sandbox: bad argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (hostname && !want_uts) {
+        fprintf(stderr, SHIM_NAME ": sandbox: --hostname needs --uts\n");
+        return 2;
+    }
+    dir[0] = 0;
+    if (mkdir(argv[1], 0711) < 0 && errno != EEXIST) {
+        warn_err("sandbox: mkdir", argv[1], errno);
+        return 1;
+    }
+    if (!realpath(argv[1], dir)) {
+        warn_err("sandbox:", argv[1], errno);
+        return 1;
+    }
+    if (make_private(dir, err, sizeof err) < 0)
+        goto fail;
+
+    int flags = (want_net ? CLONE_NEWNET : 0) | (want_ipc ? CLONE_NEWIPC : 0) | (want_uts ? CLONE_NEWUTS : 0) |
+                (want_pid ? CLONE_NEWPID : 0);
+    if (flags && unshare(flags) < 0) {
+        fmt_err(err, sizeof err, "unshare", NULL, errno);
+        goto fail;
+    }
+    if (hostname && sethostname(hostname, strlen(hostname)) < 0) {
+        fmt_err(err, sizeof err, "sethostname", hostname, errno);
+        goto fail;
+    }
+    if (want_net) {
+        struct ifreq ifr;
+        int sk = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        memset(&ifr, 0, sizeof ifr);
+        strcpy(ifr.ifr_name, "lo");
+        if (sk < 0 || ioctl(sk, SIOCGIFFLAGS, &ifr) < 0) {
+            fmt_err(err, sizeof err, "get flags of", "lo", errno);
+            goto fail;
+        }
+        ifr.ifr_flags |= IFF_UP;
+        if (ioctl(sk, SIOCSIFFLAGS, &ifr) < 0) {
+            fmt_err(err, sizeof err, "bring up", "lo", errno);
+            goto fail;
+        }
+        close(sk);
+    }
+    if (want_pid) {
+        fflush(NULL);
+        init = fork();
+        if (init < 0) {
+            fmt_err(err, sizeof err, "fork pod init", NULL, errno);
+            goto fail;
+        }
+        if (init == 0)
+            pod_init();
+    }
+    if ((want_net && pin(dir, "net", "/proc/self/ns/net", err, sizeof err) < 0) ||
+        (want_ipc && pin(dir, "ipc", "/proc/self/ns/ipc", err, sizeof err) < 0) ||
+        (want_uts && pin(dir, "uts", "/proc/self/ns/uts", err, sizeof err) < 0))
+        goto fail;
+    if (want_pid) {
+        char p[64];
+        snprintf(p, sizeof p, "/proc/%d/ns/pid", (int)init);
+        if (pin(dir, "pid", p, err, sizeof err) < 0)
+            goto fail;
+        printf("{\"initPid\":%d}\n", (int)init);
+    } else {
+        printf("{}\n");
+    }
+    return fflush(stdout) == 0 ? 0 : 1;
+
+fail:
+    fprintf(stderr, SHIM_NAME ": sandbox %s: %s\n", argv[1], err);
+    if (init > 0) {
+        kill(init, SIGKILL);
+        waitpid(init, NULL, 0);
+    }
+    unpin_dir(dir, pinned);
+    return 1;
+}
+
+int cmd_unpin(int argc, char **argv)
+{
+    char dir[PATH_MAX];
+    if (argc != 2) {
+        fprintf(stderr, "usage: " SHIM_NAME " unpin <dir>\n");
+        return 2;
+    }
+    if (!realpath(argv[1], dir)) {
+        if (errno == ENOENT)
+            return 0;
+        warn_err("unpin:", argv[1], errno);
+        return 1;
+    }
+    unpin_dir(dir, ~0u);
+    return 0;
+}

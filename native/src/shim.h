@@ -1,0 +1,62 @@
+/* berth-shim: shared declarations. */
+#ifndef BERTH_SHIM_H
+#define BERTH_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define SHIM_NAME "berth-shim"
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define DEFAULT_MAX_LINE 16384
+
+/* ---- util.c ---- */
+/* Format "<step> <path>: <strerror(err)>" into buf (path and err optional: NULL / 0). */
+void fmt_err(char *buf, size_t len, const char *step, const char *path, int err);
+/* Print "berth-shim: <step> <path>: <strerror>" to stderr. */
+void warn_err(const char *step, const char *path, int err);
+int write_all(int fd, const void *buf, size_t len);
+/* Write data to dir/name atomically: dir/.name.tmp, fsync, rename, fsync(dir). Returns 0 or -errno. */
+int atomic_write(const char *dir, const char *name, const char *data, size_t len);
+/* Write a short string to a file (O_WRONLY, no create). Returns 0 or -errno. */
+int write_file(const char *path, const char *data);
+/* Read a small file into buf (NUL-terminated). Returns length or -errno. */
+ssize_t read_file(const char *path, char *buf, size_t len);
+int64_t now_ns(void);
+/* join dir + "/" + name into buf; returns 0, or -ENAMETOOLONG. */
+int path_join(char *buf, size_t len, const char *dir, const char *name);
+/* Parse a decimal integer; returns 0 on success. */
+int parse_long(const char *s, long *out);
+/* Close every fd >= lowfd except those listed (keep may be NULL). */
+void close_fds_except(int lowfd, const int *keep, int nkeep);
+/* Reset all signal dispositions to default and unblock everything. */
+void reset_signals(void);
+/* execve(args[0] resolved against PATH found in envp). Returns errno on failure. */
+int exec_in_path(char *const args[], char *const envp[]);
+
+/* ---- caps.c ---- */
+struct capsets {
+    int present;            /* 0: leave capabilities alone */
+    uint64_t bounding, effective, permitted, inheritable, ambient;
+};
+/* Map "CAP_CHOWN" / "chown" to a number; -1 if unknown. */
+int cap_from_name(const char *name);
+/* Drop the bounding set down to caps->bounding, set KEEPCAPS. Before the uid change. */
+int caps_prepare(const struct capsets *caps, char *err, size_t errlen);
+/* Set groups, gid, uid. */
+int set_ids(uid_t uid, gid_t gid, const gid_t *groups, size_t ngroups, int set_groups, char *err, size_t errlen);
+/* capset + ambient after the uid change. */
+int caps_finish(const struct capsets *caps, char *err, size_t errlen);
+
+/* ---- spec.c ---- */
+struct json_object;
+struct capsets;
+int caps_from_json(struct json_object *obj, struct capsets *caps, char *err, size_t errlen);
+
+/* ---- subcommands ---- */
+int cmd_create(int argc, char **argv);
+int cmd_exec(int argc, char **argv);
+int cmd_sandbox(int argc, char **argv);
+int cmd_unpin(int argc, char **argv);
+
+#endif

@@ -1,0 +1,91 @@
+/* The container spec (bundle/spec.json), parsed. Strings point into the json tree. */
+#ifndef BERTH_SPEC_H
+#define BERTH_SPEC_H
+
+#include "shim.h"
+#include <sys/resource.h>
+
+/* Namespace kinds, in the order they are joined. */
+enum { NS_USER, NS_MNT, NS_IPC, NS_UTS, NS_NET, NS_CGROUP, NS_PID, NS_COUNT };
+
+struct ns_kind {
+    const char *type;     /* spec name */
+    const char *alt;      /* accepted alias */
+    const char *procname; /* /proc/<pid>/ns/<procname> */
+    int flag;             /* CLONE_NEW* */
+};
+extern const struct ns_kind ns_kinds[NS_COUNT];
+
+struct mount_spec {
+    const char *dest, *type, *source;
+    unsigned long flags;   /* MS_* for the mount / remount */
+    unsigned long prop;    /* MS_PRIVATE/MS_SLAVE/MS_SHARED/MS_UNBINDABLE (| MS_REC) or 0 */
+    int bind;              /* 0, 1 = bind, 2 = rbind */
+    char *data;            /* filesystem options, comma-joined (malloc'd, may be NULL) */
+};
+
+struct device_spec {
+    const char *path;
+    char type;             /* c, b, u, p */
+    unsigned major, minor;
+    unsigned mode;         /* permission bits */
+    uid_t uid;
+    gid_t gid;
+};
+
+struct rlimit_spec {
+    int resource;
+    rlim_t soft, hard;
+};
+
+struct kv {
+    const char *key, *value;
+};
+
+struct spec {
+    struct json_object *json;
+    const char *id, *bundle;
+    /* process */
+    char **args, **env;
+    const char *cwd;
+    uid_t uid;
+    gid_t gid;
+    gid_t *gids;
+    size_t ngids;
+    int terminal, stdin_open, nnp;
+    struct rlimit_spec *rlimits;
+    size_t nrlimits;
+    int has_oom;
+    int oom;
+    struct capsets caps;
+    /* root */
+    const char *root;
+    int root_ro;
+    const char **lower;
+    size_t nlower;
+    const char *upper, *work;
+    const char *hostname;
+    /* namespaces: new[k] = 1 when created, path[k] when joined */
+    int ns_new[NS_COUNT];
+    const char *ns_path[NS_COUNT];
+    const char **cgroup_procs;
+    size_t ncgroup_procs;
+    struct mount_spec *mounts;
+    size_t nmounts;
+    struct device_spec *devices;
+    size_t ndevices;
+    const char **masked, **readonly;
+    size_t nmasked, nreadonly;
+    struct kv *sysctl;
+    size_t nsysctl;
+    const char *log_path;
+    size_t max_line;
+};
+
+/* Returns 0, or -1 with a message in err. */
+int spec_load(const char *bundle, struct spec *s, char *err, size_t errlen);
+void spec_free(struct spec *s);
+/* Parse mount options into flags/prop/bind/data. */
+int parse_mount_options(struct json_object *opts, struct mount_spec *m, char *err, size_t errlen);
+
+#endif

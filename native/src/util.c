@@ -1,0 +1,206 @@
+/* Small helpers shared by the subcommands. No allocation, no stdio in the hot paths. */
+#include "shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+void fmt_err(char *buf, size_t len, const char *step, const char *path, int err)
+{
+    snprintf(buf, len, "%s%s%s%s%s", step, path ? " " : "", path ? path : "", err ? ": " : "",
+             err ? strerror(err) : "");
+}
+
+void warn_err(const char *step, const char *path, int err)
+{
+    char buf[1024];
+    fmt_err(buf, sizeof buf, step, path, err);
+    fprintf(stderr, SHIM_NAME ": %s\n", buf);
+}
+
+int write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int path_join(char *buf, size_t len, const char *dir, const char *name)
+{
+    int n = snprintf(buf, len, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= len)
+        return -ENAMETOOLONG;
+    return 0;
+}
+
+int atomic_write(const char *dir, const char *name, const char *data, size_t len)
+{
+    char tmp[PATH_MAX], dst[PATH_MAX], tname[NAME_MAX + 1];
+    int fd, err = 0;
+
+    if (snprintf(tname, sizeof tname, ".%s.tmp", name) >= (int)sizeof tname)
+        return -ENAMETOOLONG;
+    if (path_join(tmp, sizeof tmp, dir, tname) < 0 || path_join(dst, sizeof dst, dir, name) < 0)
+        return -ENAMETOOLONG;
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    if (write_all(fd, data, len) < 0 || fsync(fd) < 0)
+        err = -errno;
+    if (close(fd) < 0 && !err)
+        err = -errno;
+    if (!err && rename(tmp, dst) < 0)
+        err = -errno;
+    if (err) {
+        unlink(tmp);
+        return err;
+    }
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    return 0;
+}
+
+int write_file(const char *path, const char *data)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    int err = 0;
+    if (fd < 0)
+        return -errno;
+    if (write_all(fd, data, strlen(data)) < 0)
+        err = -errno;
+    if (close(fd) < 0 && !err)
+        err = -errno;
+    return err;
+}
+
+ssize_t read_file(const char *path, char *buf, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    size_t off = 0;
+    if (fd < 0)
+        return -errno;
+    while (off + 1 < len) {
+        ssize_t n = read(fd, buf + off, len - 1 - off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+        if (n == 0)
+            break;
+        off += (size_t)n;
+    }
+    buf[off] = 0;
+    close(fd);
+    return (ssize_t)off;
+}
+
+int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int parse_long(const char *s, long *out)
+{
+    char *end;
+    if (!s || !*s)
+        return -1;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+void close_fds_except(int lowfd, const int *keep, int nkeep)
+{
+    /* Close [lowfd, max] around the kept fds (sorted not required). */
+    int start = lowfd;
+    for (;;) {
+        int next = -1;
+        for (int i = 0; i < nkeep; i++)
+            if (keep[i] >= start && (next < 0 || keep[i] < next))
+                next = keep[i];
+        if (next < 0) {
+            close_range((unsigned)start, ~0U, 0);
+            return;
+        }
+        if (next > start)
+            close_range((unsigned)start, (unsigned)next - 1, 0);
+        start = next + 1;
+    }
+}
+
+void reset_signals(void)
+{
+    sigset_t all;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    for (int s = 1; s < NSIG; s++)
+        sigaction(s, &sa, NULL); /* fails harmlessly for SIGKILL/SIGSTOP/reserved */
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+}
+
+int exec_in_path(char *const args[], char *const envp[])
+{
+    const char *file = args[0];
+    const char *path = NULL;
+    char buf[PATH_MAX];
+    int saw_eacces = 0, last = ENOENT;
+
+    if (!file || !*file)
+        return ENOENT;
+    if (strchr(file, '/')) {
+        execve(file, args, envp);
+        return errno;
+    }
+    for (char *const *e = envp; e && *e; e++)
+        if (strncmp(*e, "PATH=", 5) == 0)
+            path = *e + 5;
+    if (!path)
+        path = DEFAULT_PATH;
+    for (const char *p = path;; ) {
+        const char *colon = strchr(p, ':');
+        size_t dlen = colon ? (size_t)(colon - p) : strlen(p);
+        int n = dlen ? snprintf(buf, sizeof buf, "%.*s/%s", (int)dlen, p, file)
+                     : snprintf(buf, sizeof buf, "%s", file);
+        if (n > 0 && (size_t)n < sizeof buf) {
+            execve(buf, args, envp);
+            last = errno;
+            if (last == EACCES)
+                saw_eacces = 1;
+            else if (last != ENOENT && last != ENOTDIR && last != ELOOP && last != ENAMETOOLONG)
+                return last; /* e.g. ENOEXEC, E2BIG: found but cannot run */
+        }
+        if (!colon)
+            break;
+        p = colon + 1;
+    }
+    (void)last;
+    return saw_eacces ? EACCES : ENOENT;
+}

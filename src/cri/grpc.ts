@@ -1,0 +1,79 @@
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { BerthError, ErrorKind, errorMessage } from '../errors.js';
+import { Logger } from '../log.js';
+import type { ProtoGrpcType } from '../gen/api.js';
+
+// Loading the CRI proto and turning domain errors into gRPC statuses: the only place that knows both.
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const PROTO_PATH = path.resolve(here, '../../../proto/api.proto');
+
+export const loaderOptions: protoLoader.Options = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
+
+export function loadCri(): ProtoGrpcType {
+  const definition = protoLoader.loadSync(PROTO_PATH, loaderOptions);
+  return grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType;
+}
+
+const codes: Record<ErrorKind, grpc.status> = {
+  invalid_argument: grpc.status.INVALID_ARGUMENT,
+  not_found: grpc.status.NOT_FOUND,
+  already_exists: grpc.status.ALREADY_EXISTS,
+  failed_precondition: grpc.status.FAILED_PRECONDITION,
+  unavailable: grpc.status.UNAVAILABLE,
+  unauthenticated: grpc.status.UNAUTHENTICATED,
+  permission_denied: grpc.status.PERMISSION_DENIED,
+  deadline_exceeded: grpc.status.DEADLINE_EXCEEDED,
+  resource_exhausted: grpc.status.RESOURCE_EXHAUSTED,
+  unimplemented: grpc.status.UNIMPLEMENTED,
+  internal: grpc.status.INTERNAL,
+};
+
+export function toServiceError(err: unknown): Partial<grpc.ServiceError> {
+  if (err instanceof BerthError) return { code: codes[err.kind], details: err.message };
+  return { code: grpc.status.INTERNAL, details: errorMessage(err) };
+}
+
+export type UnaryHandler<Req, Res> = (request: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>;
+
+export interface RpcObserver {
+  (rpc: string, seconds: number, code: grpc.status): void;
+}
+
+/** Wraps a handler: logs, measures, and maps errors. */
+export function unary<Req, Res>(
+  rpc: string,
+  log: Logger,
+  handler: UnaryHandler<Req, Res>,
+  observe?: RpcObserver,
+): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    const started = process.hrtime.bigint();
+    handler(call.request, call).then(
+      (response) => {
+        const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+        observe?.(rpc, seconds, grpc.status.OK);
+        log.debug('rpc', { rpc, ms: seconds * 1000 });
+        callback(null, response);
+      },
+      (err: unknown) => {
+        const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+        const status = toServiceError(err);
+        observe?.(rpc, seconds, status.code ?? grpc.status.INTERNAL);
+        const level = status.code === grpc.status.INTERNAL ? 'error' : 'info';
+        log[level]('rpc failed', { rpc, code: grpc.status[status.code ?? 13], error: status.details, ms: seconds * 1000 });
+        callback(status as grpc.ServiceError);
+      },
+    );
+  };
+}
+
+/** What an RPC that berth does not implement yet answers: UNIMPLEMENTED naming the RPC. */
+export function unimplemented(service: string, rpc: string): grpc.handleUnaryCall<unknown, unknown> {
+  return (_call, callback) => {
+    callback({ code: grpc.status.UNIMPLEMENTED, details: `${service}/${rpc} is not implemented by berth yet` } as grpc.ServiceError);
+  };
+}

@@ -1,0 +1,57 @@
+import { promises as fs } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import type { ImageServiceHandlers } from '../gen/runtime/v1/ImageService.js';
+import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
+import { loadCri } from './grpc.js';
+
+// kubelet sends up to 16 MiB (e.g. ListContainers on a busy node); match it both ways.
+const MAX_MESSAGE = 16 * 1024 * 1024;
+
+function socketAnswers(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const conn = net.connect(socket);
+    conn.once('connect', () => {
+      conn.destroy();
+      resolve(true);
+    });
+    conn.once('error', () => resolve(false));
+  });
+}
+
+export class SocketInUseError extends Error {}
+
+/** Binds the CRI services on a unix socket: its directory 0700, the socket 0660 root. */
+export async function serveCri(
+  socket: string,
+  runtime: RuntimeServiceHandlers,
+  image: ImageServiceHandlers,
+): Promise<grpc.Server> {
+  const dir = path.dirname(socket);
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  await fs.chmod(dir, 0o700);
+  const stale = await fs.lstat(socket).catch(() => undefined);
+  if (stale) {
+    if (!stale.isSocket()) throw new SocketInUseError(`${socket} exists and is not a socket`);
+    if (await socketAnswers(socket)) throw new SocketInUseError(`another process already serves ${socket}`);
+    await fs.rm(socket);
+  }
+  const cri = loadCri();
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': MAX_MESSAGE,
+    'grpc.max_send_message_length': MAX_MESSAGE,
+  });
+  server.addService(cri.runtime.v1.RuntimeService.service, runtime);
+  server.addService(cri.runtime.v1.ImageService.service, image);
+  await new Promise<void>((resolve, reject) => {
+    server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
+  });
+  await fs.chmod(socket, 0o660);
+  return server;
+}
+
+/** Stops accepting calls and resolves once every in-flight call has finished. */
+export function drain(server: grpc.Server): Promise<void> {
+  return new Promise((resolve) => server.tryShutdown(() => resolve()));
+}

@@ -1,0 +1,228 @@
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+import { PassThrough, Readable } from 'node:stream';
+import { BerthError, errorMessage, invalidArgument, notFound, unavailable } from '../errors.js';
+import { Logger } from '../log.js';
+import { RegistryConfig } from '../config/schema.js';
+import { Credentials } from '../registry/auth.js';
+import { Endpoint, Repository } from '../registry/client.js';
+import { unpackLayer } from '../store/unpack.js';
+import { digestName, formatReference, ImageReference, isDigest, parseReference, tagName } from './reference.js';
+import { hostPlatform, selectPlatform } from './platform.js';
+import { ImageStore } from './store.js';
+import { classifyManifest, Descriptor, ImageConfig, ImageManifest, ImageRecord } from './types.js';
+
+// Pulling, listing and removing images. Layers are streamed from the registry straight into their unpacked
+// directory while their digests are computed, so a pull never keeps a second copy of the compressed data.
+
+export interface ImageServiceOptions {
+  store: ImageStore;
+  registry: RegistryConfig;
+  log: Logger;
+}
+
+async function limit<T>(items: T[], concurrency: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: unknown;
+  const runners = Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+    while (next < items.length && failure === undefined) {
+      const item = items[next++];
+      try {
+        await work(item);
+      } catch (err) {
+        failure ??= err;
+      }
+    }
+  });
+  await Promise.all(runners);
+  if (failure !== undefined) throw failure;
+}
+
+export class ImageService {
+  private readonly store: ImageStore;
+  private readonly inflightLayers = new Map<string, Promise<void>>();
+
+  constructor(private readonly opts: ImageServiceOptions) {
+    this.store = opts.store;
+  }
+
+  /** Resolves what a CRI ImageSpec.image names: an id, a tag or a digest reference. */
+  resolve(image: string): ImageRecord | undefined {
+    if (image === '') throw invalidArgument('image.image is empty');
+    const bareId = /^(sha256:)?[a-f0-9]{12,64}$/.test(image) ? image : undefined;
+    let names: string[] = [];
+    try {
+      const ref = parseReference(image);
+      names = [tagName(ref), ref.digest ? digestName(ref, ref.digest) : undefined].filter((n): n is string => !!n);
+    } catch (err) {
+      if (!bareId) throw err;
+    }
+    return this.store.find({ id: bareId, names });
+  }
+
+  list(filterImage?: string): ImageRecord[] {
+    if (filterImage) {
+      const found = this.resolve(filterImage);
+      return found ? [found] : [];
+    }
+    return this.store.list();
+  }
+
+  async remove(image: string): Promise<void> {
+    const found = this.resolve(image);
+    if (!found) return;
+    await this.store.remove(found.id);
+    this.opts.log.info('image removed', { image: found.id, tags: found.repoTags });
+  }
+
+  fsUsage(): { mountpoint: string; bytes: number; inodes: number } {
+    return { mountpoint: this.store.layersDir, ...this.store.usage() };
+  }
+
+  layerPaths(image: ImageRecord): string[] {
+    return image.layers.map((l) => this.store.layerPath(l));
+  }
+
+  /** Every failure names the reference as the caller wrote it, so kubelet's events say which image failed. */
+  async pull(reference: string, credentials?: Credentials, signal?: AbortSignal): Promise<ImageRecord> {
+    try {
+      return await this.pullUnwrapped(reference, credentials, signal);
+    } catch (err) {
+      const e = err instanceof BerthError ? err : unavailable(errorMessage(err), err);
+      if (e.message.includes(`"${reference}"`)) throw e;
+      throw new BerthError(e.kind, `pulling image "${reference}": ${e.message}`, { cause: e });
+    }
+  }
+
+  private async pullUnwrapped(reference: string, credentials?: Credentials, signal?: AbortSignal): Promise<ImageRecord> {
+    const ref = parseReference(reference);
+    const name = formatReference(ref);
+    const log = this.opts.log.child({ image: name });
+    const started = Date.now();
+    const repo = new Repository({ domain: ref.domain, path: ref.path, credentials, config: this.opts.registry, log, signal });
+    const top = await repo.getManifest(ref.digest ?? ref.tag!);
+    let manifestDigest = top.digest;
+    let endpoint = top.endpoint;
+    let parsed = this.classify(top.mediaType, top.body, name);
+    if (parsed.kind === 'index') {
+      const want = hostPlatform();
+      const index = selectPlatform(parsed.index.manifests, want);
+      if (index < 0) {
+        throw notFound(`image "${name}": no manifest for platform ${want.os}/${want.architecture} in its index`);
+      }
+      const chosen = parsed.index.manifests[index];
+      const child = await repo.getManifest(chosen.digest, endpoint);
+      manifestDigest = chosen.digest;
+      endpoint = child.endpoint;
+      parsed = this.classify(child.mediaType, child.body, name);
+      if (parsed.kind !== 'manifest') throw unavailable(`image "${name}": nested index ${chosen.digest} is not supported`);
+    }
+    const manifest = parsed.manifest;
+    const configBytes = await repo.getBlob(manifest.config.digest, endpoint);
+    const config = this.parseConfig(configBytes, name);
+    const diffIds = config.rootfs?.diff_ids ?? [];
+    if (diffIds.length !== manifest.layers.length) {
+      throw unavailable(`image "${name}": manifest has ${manifest.layers.length} layers but its config lists ${diffIds.length} diff ids`);
+    }
+    const layers = manifest.layers.map((descriptor, i) => ({ descriptor, diffId: diffIds[i] }));
+    await limit(layers, this.opts.registry.maxConcurrentDownloads, ({ descriptor, diffId }) =>
+      this.ensureLayer(repo, endpoint, descriptor, diffId, log),
+    );
+
+    const tag = tagName(ref);
+    const record: ImageRecord = {
+      id: manifest.config.digest,
+      repoTags: tag ? [tag] : [],
+      repoDigests: [digestName(ref, top.digest)],
+      size: imageSize(manifest),
+      manifestDigest,
+      layers: diffIds,
+      config,
+      pulledAt: Date.now(),
+    };
+    await this.store.put(record);
+    log.info('image pulled', { id: record.id, layers: diffIds.length, ms: Date.now() - started });
+    return this.store.get(record.id)!;
+  }
+
+  private classify(mediaType: string, body: Buffer, name: string) {
+    try {
+      return classifyManifest(mediaType, body, `image "${name}"`);
+    } catch (err) {
+      throw unavailable(errorMessage(err));
+    }
+  }
+
+  private parseConfig(bytes: Buffer, name: string): ImageConfig {
+    try {
+      return JSON.parse(bytes.toString('utf8')) as ImageConfig;
+    } catch {
+      throw unavailable(`image "${name}": config is not valid JSON`);
+    }
+  }
+
+  // Two pulls that need the same layer share one download: the second awaits the first's promise.
+  private ensureLayer(repo: Repository, endpoint: Endpoint, descriptor: Descriptor, diffId: string, log: Logger): Promise<void> {
+    if (!isDigest(descriptor.digest) || !isDigest(diffId)) {
+      return Promise.reject(unavailable(`image "${repo.name}": layer ${descriptor.digest} / diff id ${diffId} is not a sha256 digest`));
+    }
+    if (this.store.hasLayer(diffId)) return Promise.resolve();
+    const inflight = this.inflightLayers.get(diffId);
+    if (inflight) return inflight;
+    const work = this.downloadLayer(repo, endpoint, descriptor, diffId, log).finally(() => this.inflightLayers.delete(diffId));
+    this.inflightLayers.set(diffId, work);
+    return work;
+  }
+
+  private async downloadLayer(repo: Repository, endpoint: Endpoint, descriptor: Descriptor, diffId: string, log: Logger): Promise<void> {
+    const layerLog = log.child({ layer: descriptor.digest });
+    const started = Date.now();
+    layerLog.info('layer download started', { size: descriptor.size });
+    const staging = await this.opts.store.stagingDir();
+    let stream: Readable | undefined;
+    try {
+      ({ stream } = await repo.openBlob(descriptor.digest, endpoint));
+      const hash = createHash('sha256');
+      let received = 0;
+      let lastReport = Date.now();
+      const counted = new PassThrough();
+      counted.on('data', (chunk: Buffer) => {
+        hash.update(chunk);
+        received += chunk.length;
+        if (Date.now() - lastReport >= 1000) {
+          lastReport = Date.now();
+          layerLog.info('layer progress', { received, size: descriptor.size });
+        }
+      });
+      stream.on('error', (err) => counted.destroy(err));
+      const result = await unpackLayer(stream.pipe(counted) as Readable, path.join(staging, 'fs'), { log: layerLog });
+      const actual = 'sha256:' + hash.digest('hex');
+      if (actual !== descriptor.digest) {
+        throw unavailable(`layer ${descriptor.digest} of ${repo.name}: downloaded content has digest ${actual}`);
+      }
+      if (received !== descriptor.size) {
+        throw unavailable(`layer ${descriptor.digest} of ${repo.name}: expected ${descriptor.size} bytes, got ${received}`);
+      }
+      if (result.diffId !== diffId) {
+        throw unavailable(`layer ${descriptor.digest} of ${repo.name}: uncompressed digest ${result.diffId} does not match diff id ${diffId}`);
+      }
+      await this.opts.store.commitLayer(staging, {
+        diffId,
+        digests: [descriptor.digest],
+        unpackedBytes: result.unpackedBytes,
+        inodes: result.inodes,
+        createdAt: Date.now(),
+      });
+      layerLog.info('layer done', { received, ms: Date.now() - started });
+    } catch (err) {
+      stream?.destroy();
+      await this.opts.store.discardStaging(staging);
+      if (err instanceof BerthError) throw err;
+      throw unavailable(`layer ${descriptor.digest} of ${repo.name}: ${errorMessage(err)}`, err);
+    }
+  }
+}
+
+function imageSize(manifest: ImageManifest): number {
+  return manifest.config.size + manifest.layers.reduce((sum, l) => sum + l.size, 0);
+}

@@ -1,0 +1,180 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { readJson, writeJsonAtomic } from '../store/atomic.js';
+import { Logger } from '../log.js';
+import { ImageRecord, LayerRecord } from './types.js';
+
+// The content-addressed image store under <root>/: image records by config digest and unpacked layers by diff id.
+// Layers are shared by every image that has them and deleted only when no image and no container holds them.
+
+const hex = (digest: string) => digest.replace(/^sha256:/, '');
+
+export type LayerHolds = () => Set<string>;
+
+export class ImageStore {
+  readonly imagesDir: string;
+  readonly layersDir: string;
+  private readonly images = new Map<string, ImageRecord>();
+  private readonly layers = new Map<string, LayerRecord>();
+  private holds: LayerHolds = () => new Set();
+
+  constructor(
+    readonly root: string,
+    private readonly log: Logger,
+  ) {
+    this.imagesDir = path.join(root, 'images');
+    this.layersDir = path.join(root, 'layers');
+  }
+
+  /** Containers report the layers under their rootfs so removing an image does not pull them away. */
+  setLayerHolds(holds: LayerHolds): void {
+    this.holds = holds;
+  }
+
+  async load(): Promise<void> {
+    await fs.mkdir(this.imagesDir, { recursive: true, mode: 0o700 });
+    await fs.mkdir(this.layersDir, { recursive: true, mode: 0o700 });
+    for (const name of await fs.readdir(this.layersDir)) {
+      const dir = path.join(this.layersDir, name);
+      const record = name.startsWith('.') ? undefined : await readJson<LayerRecord>(path.join(dir, 'layer.json')).catch(() => undefined);
+      if (record) {
+        this.layers.set(record.diffId, record);
+      } else {
+        // An unpack that a crash interrupted: never referenced, safe to drop.
+        this.log.info('removing incomplete layer', { dir });
+        await fs.rm(dir, { recursive: true, force: true });
+      }
+    }
+    for (const name of await fs.readdir(this.imagesDir)) {
+      if (!name.endsWith('.json')) {
+        await fs.rm(path.join(this.imagesDir, name), { force: true });
+        continue;
+      }
+      const record = await readJson<ImageRecord>(path.join(this.imagesDir, name)).catch(() => undefined);
+      if (!record || record.layers.some((l) => !this.layers.has(l))) {
+        this.log.warn('dropping image record with missing layers', { file: name });
+        await fs.rm(path.join(this.imagesDir, name), { force: true });
+        continue;
+      }
+      this.images.set(record.id, record);
+    }
+    await this.collectGarbage();
+  }
+
+  list(): ImageRecord[] {
+    return [...this.images.values()];
+  }
+
+  get(id: string): ImageRecord | undefined {
+    return this.images.get(id);
+  }
+
+  /** Finds an image by id (full, bare hex or a unique prefix of at least 12 hex digits), tag or repo digest. */
+  find(candidates: { id?: string; names: string[] }): ImageRecord | undefined {
+    if (candidates.id) {
+      const id = candidates.id.startsWith('sha256:') ? candidates.id : `sha256:${candidates.id}`;
+      const exact = this.images.get(id);
+      if (exact) return exact;
+      if (/^sha256:[a-f0-9]{12,63}$/.test(id)) {
+        const matches = this.list().filter((img) => img.id.startsWith(id));
+        if (matches.length === 1) return matches[0];
+      }
+    }
+    for (const image of this.images.values()) {
+      if (candidates.names.some((n) => image.repoTags.includes(n) || image.repoDigests.includes(n))) return image;
+    }
+    return undefined;
+  }
+
+  hasLayer(diffId: string): boolean {
+    return this.layers.has(diffId);
+  }
+
+  layerPath(diffId: string): string {
+    return path.join(this.layersDir, hex(diffId), 'fs');
+  }
+
+  /** A fresh directory to unpack into; `commitLayer` moves it into place once it is verified. */
+  async stagingDir(): Promise<string> {
+    const dir = path.join(this.layersDir, `.staging-${randomBytes(8).toString('hex')}`);
+    await fs.mkdir(dir, { mode: 0o700 });
+    return dir;
+  }
+
+  async commitLayer(staging: string, record: LayerRecord): Promise<void> {
+    const existing = this.layers.get(record.diffId);
+    if (existing) {
+      await fs.rm(staging, { recursive: true, force: true });
+      return;
+    }
+    await writeJsonAtomic(path.join(staging, 'layer.json'), record);
+    await fs.rename(staging, path.join(this.layersDir, hex(record.diffId)));
+    this.layers.set(record.diffId, record);
+  }
+
+  async discardStaging(staging: string): Promise<void> {
+    await fs.rm(staging, { recursive: true, force: true });
+  }
+
+  /** Records an image; a tag or digest another image had moves to this one, as a re-pushed tag does. */
+  async put(record: ImageRecord): Promise<void> {
+    const previous = this.images.get(record.id);
+    if (previous) {
+      record.repoTags = [...new Set([...previous.repoTags, ...record.repoTags])];
+      record.repoDigests = [...new Set([...previous.repoDigests, ...record.repoDigests])];
+    }
+    for (const other of this.images.values()) {
+      if (other.id === record.id) continue;
+      const tags = other.repoTags.filter((t) => !record.repoTags.includes(t));
+      if (tags.length !== other.repoTags.length) {
+        const updated = { ...other, repoTags: tags };
+        await writeJsonAtomic(this.imageFile(other.id), updated);
+        this.images.set(other.id, updated);
+      }
+    }
+    await writeJsonAtomic(this.imageFile(record.id), record);
+    this.images.set(record.id, record);
+  }
+
+  async remove(id: string): Promise<void> {
+    if (!this.images.has(id)) return;
+    await fs.rm(this.imageFile(id), { force: true });
+    this.images.delete(id);
+    await this.collectGarbage();
+  }
+
+  /** Deletes layers no image and no container uses. */
+  async collectGarbage(): Promise<void> {
+    const used = new Set<string>(this.holds());
+    for (const image of this.images.values()) for (const layer of image.layers) used.add(layer);
+    for (const diffId of [...this.layers.keys()]) {
+      if (used.has(diffId)) continue;
+      this.layers.delete(diffId);
+      const dir = path.join(this.layersDir, hex(diffId));
+      // Rename first so a crash mid-delete leaves a dot-dir that load() discards, not a half layer with a record.
+      const doomed = path.join(this.layersDir, `.deleting-${hex(diffId)}-${randomBytes(4).toString('hex')}`);
+      await fs.rename(dir, doomed);
+      await fs.rm(doomed, { recursive: true, force: true });
+      this.log.info('layer removed', { diffId });
+    }
+  }
+
+  usage(): { bytes: number; inodes: number } {
+    let bytes = 0;
+    let inodes = 0;
+    for (const layer of this.layers.values()) {
+      bytes += layer.unpackedBytes;
+      inodes += layer.inodes;
+    }
+    for (const image of this.images.values()) {
+      bytes += JSON.stringify(image).length;
+      inodes += 1;
+    }
+    return { bytes, inodes };
+  }
+
+  private imageFile(id: string): string {
+    return path.join(this.imagesDir, `${hex(id)}.json`);
+  }
+}

@@ -1,0 +1,119 @@
+// Thin koffi bindings to glibc for the few syscalls Node has no API for (xattrs, device nodes).
+// Every wrapper throws a Node-style errno error (code, errno, syscall, path) on failure, so
+// callers can test `err.code === 'EEXIST'` exactly as with node:fs.
+import os from 'node:os';
+import koffi from 'koffi';
+
+type Fn = (...args: any[]) => any;
+
+let lib: ReturnType<typeof koffi.load> | undefined;
+const bound = new Map<string, Fn>();
+
+// Bind on first use: a symbol missing from an old libc then only breaks the call that needs it.
+function fn(name: string, definition: string): Fn {
+  let f = bound.get(name);
+  if (!f) {
+    lib ??= koffi.load('libc.so.6');
+    f = lib.func(definition) as Fn;
+    bound.set(name, f);
+  }
+  return f;
+}
+
+const errnoNames = new Map<number, string>();
+for (const [name, value] of Object.entries(os.constants.errno)) {
+  if (!errnoNames.has(value)) errnoNames.set(value, name);
+}
+
+export interface ErrnoError extends NodeJS.ErrnoException {
+  errno: number;
+  code: string;
+  syscall: string;
+  path: string;
+}
+
+/** Builds an error shaped like node:fs errors: `EPERM: operation not permitted, mknod '/x'`. */
+export function errnoError(errno: number, syscall: string, path: string, extra = ''): ErrnoError {
+  const code = errnoNames.get(errno) ?? `E${errno}`;
+  let text: string;
+  try {
+    text = fn('strerror', 'const char *strerror(int errnum)')(errno) as string;
+  } catch {
+    text = 'unknown error';
+  }
+  const err = new Error(`${code}: ${text.toLowerCase()}, ${syscall} '${path}'${extra}`) as ErrnoError;
+  err.errno = -errno;
+  err.code = code;
+  err.syscall = syscall;
+  err.path = path;
+  return err;
+}
+
+function check(ret: number | bigint, syscall: string, path: string, extra?: string): void {
+  if (Number(ret) < 0) throw errnoError(koffi.errno(), syscall, path, extra);
+}
+
+// Device numbers, encoded exactly like glibc's gnu_dev_makedev / gnu_dev_major / gnu_dev_minor.
+// dev_t is 64-bit on every glibc target (unsigned long on LP64, unsigned long long on ILP32).
+export function makedev(major: number, minor: number): bigint {
+  const ma = BigInt(major >>> 0);
+  const mi = BigInt(minor >>> 0);
+  return ((ma & 0xfffn) << 8n) | ((ma & 0xfffff000n) << 32n) | (mi & 0xffn) | ((mi & 0xffffff00n) << 12n);
+}
+
+export function major(dev: number | bigint): number {
+  const d = BigInt(dev);
+  return Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & 0xfffff000n));
+}
+
+export function minor(dev: number | bigint): number {
+  const d = BigInt(dev);
+  return Number((d & 0xffn) | ((d >> 12n) & 0xffffff00n));
+}
+
+/** mknod(2). `mode` carries the file type (S_IFCHR, S_IFBLK, S_IFIFO, ...) and is subject to umask. */
+export function mknod(path: string, mode: number, dev: number | bigint = 0): void {
+  const f = fn('mknod', 'int mknod(const char *path, uint32_t mode, uint64_t dev)');
+  check(f(path, mode >>> 0, BigInt(dev)), 'mknod', path);
+}
+
+/** mkfifo(3); subject to umask. */
+export function mkfifo(path: string, mode: number): void {
+  const f = fn('mkfifo', 'int mkfifo(const char *path, uint32_t mode)');
+  check(f(path, mode >>> 0), 'mkfifo', path);
+}
+
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;
+
+/** lsetxattr(2): sets an extended attribute without following a final symlink. */
+export function lsetxattr(path: string, name: string, value: Uint8Array, flags = 0): void {
+  const f = fn(
+    'lsetxattr',
+    'int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)',
+  );
+  check(f(path, name, value, value.byteLength, flags), 'lsetxattr', path, ` (${name})`);
+}
+
+/** lgetxattr(2): the attribute's value, or undefined when it isn't set (ENODATA). */
+export function lgetxattr(path: string, name: string): Buffer | undefined {
+  const f = fn('lgetxattr', 'intptr_t lgetxattr(const char *path, const char *name, void *value, size_t size)');
+  for (let attempt = 0; attempt < 8; attempt++) {
+    const size = Number(f(path, name, null, 0));
+    if (size < 0) {
+      const errno = koffi.errno();
+      if (errno === os.constants.errno.ENODATA) return undefined;
+      throw errnoError(errno, 'lgetxattr', path, ` (${name})`);
+    }
+    if (size === 0) return Buffer.alloc(0);
+    const buf = Buffer.alloc(size);
+    const got = Number(f(path, name, buf, size));
+    if (got >= 0) return buf.subarray(0, got);
+    const errno = koffi.errno();
+    // The value grew between the two calls: ask for the size again.
+    if (errno === os.constants.errno.ERANGE) continue;
+    if (errno === os.constants.errno.ENODATA) return undefined;
+    throw errnoError(errno, 'lgetxattr', path, ` (${name})`);
+  }
+  throw errnoError(os.constants.errno.ERANGE, 'lgetxattr', path, ` (${name})`);
+}

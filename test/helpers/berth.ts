@@ -1,0 +1,162 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { loadCri } from '../../src/cri/grpc.js';
+import type { ImageServiceClient } from '../../src/gen/runtime/v1/ImageService.js';
+import type { RuntimeServiceClient } from '../../src/gen/runtime/v1/RuntimeService.js';
+
+// Starts a real berth process on a temporary socket, root and state dir, and talks to it over gRPC.
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const MAIN = path.resolve(here, '../../src/main.js');
+
+type Callable<C> = {
+  [K in keyof C as K extends string ? (K extends Capitalize<K> ? K : never) : never]: C[K] extends (
+    arg: infer A,
+    callback: grpc.requestCallback<infer R>,
+  ) => grpc.ClientUnaryCall
+    ? (arg: A, options?: grpc.CallOptions) => Promise<R>
+    : never;
+};
+
+function promisify<C extends grpc.Client>(client: C): Callable<C> {
+  return new Proxy({} as Callable<C>, {
+    get(_target, rpc: string) {
+      return (arg: unknown, options: grpc.CallOptions = {}) =>
+        new Promise((resolve, reject) => {
+          const method = (client as unknown as Record<string, Function>)[rpc];
+          method.call(client, arg, new grpc.Metadata(), options, (err: grpc.ServiceError | null, res: unknown) =>
+            err ? reject(err) : resolve(res),
+          );
+        });
+    },
+  });
+}
+
+export interface BerthProcess {
+  dir: string;
+  socket: string;
+  root: string;
+  stateDir: string;
+  child: ChildProcess;
+  logs: string[];
+  runtime: Callable<RuntimeServiceClient>;
+  images: Callable<ImageServiceClient>;
+  rawRuntime: RuntimeServiceClient;
+  /** Resolves with the exit code once the process has exited. */
+  exited: Promise<number | null>;
+  waitForLog(predicate: (entry: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** Stops this process and starts a new one on the same root/state/socket/config. */
+  restart(): Promise<BerthProcess>;
+  cleanup(): Promise<void>;
+}
+
+export interface StartOptions {
+  config?: string;
+  dir?: string;
+  extraArgs?: string[];
+}
+
+export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess> {
+  const dir = opts.dir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'berth-test-')));
+  const socket = path.join(dir, 'run', 'berth.sock');
+  const root = path.join(dir, 'root');
+  const stateDir = path.join(dir, 'run');
+  const configFile = path.join(dir, 'config.toml');
+  if (opts.config !== undefined) await fs.writeFile(configFile, opts.config);
+  const args = [MAIN, '--socket', socket, '--root', root, '--state-dir', stateDir, '--log-level', 'debug'];
+  if (opts.config !== undefined) args.push('--config', configFile);
+  args.push(...(opts.extraArgs ?? []));
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const logs: string[] = [];
+  const waiters: { predicate: (e: Record<string, unknown>) => boolean; resolve: (e: Record<string, unknown>) => void }[] = [];
+  const onLine = (line: string) => {
+    logs.push(line);
+    let entry: Record<string, unknown>;
+    try {
+      entry = JSON.parse(line);
+    } catch {
+      return;
+    }
+    for (const w of [...waiters]) {
+      if (w.predicate(entry)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(entry);
+      }
+    }
+  };
+  for (const stream of [child.stdout!, child.stderr!]) {
+    let buffered = '';
+    stream.setEncoding('utf8');
+    stream.on('data', (chunk: string) => {
+      buffered += chunk;
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        onLine(buffered.slice(0, nl));
+        buffered = buffered.slice(nl + 1);
+      }
+    });
+  }
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const waitForLog = (predicate: (e: Record<string, unknown>) => boolean, timeoutMs = 30000) => {
+    for (const line of logs) {
+      try {
+        const entry = JSON.parse(line);
+        if (predicate(entry)) return Promise.resolve(entry);
+      } catch {
+        /* not JSON */
+      }
+    }
+    return new Promise<Record<string, unknown>>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`log line not seen in ${timeoutMs}ms; logs:\n${logs.slice(-20).join('\n')}`)), timeoutMs);
+      waiters.push({ predicate, resolve: (e) => (clearTimeout(timer), resolve(e)) });
+    });
+  };
+  const ready = waitForLog((e) => e.msg === 'berth serving');
+  const early = exited.then((code) => {
+    throw new Error(`berth exited with ${code} before serving:\n${logs.join('\n')}`);
+  });
+  await Promise.race([ready, early]);
+  early.catch(() => undefined);
+
+  const cri = loadCri();
+  const target = `unix://${socket}`;
+  const rawRuntime = new cri.runtime.v1.RuntimeService(target, grpc.credentials.createInsecure()) as unknown as RuntimeServiceClient;
+  const rawImages = new cri.runtime.v1.ImageService(target, grpc.credentials.createInsecure()) as unknown as ImageServiceClient;
+
+  const proc: BerthProcess = {
+    dir,
+    socket,
+    root,
+    stateDir,
+    child,
+    logs,
+    runtime: promisify(rawRuntime),
+    images: promisify(rawImages),
+    rawRuntime,
+    exited,
+    waitForLog,
+    async stop(signal = 'SIGTERM') {
+      rawRuntime.close();
+      rawImages.close();
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      const timer = setTimeout(() => child.kill('SIGKILL'), 30000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+    async restart() {
+      await proc.stop();
+      return startBerth({ ...opts, dir });
+    },
+    async cleanup() {
+      await proc.stop();
+      await fs.rm(dir, { recursive: true, force: true });
+    },
+  };
+  return proc;
+}

@@ -1,0 +1,35 @@
+import test from 'ava';
+import { credentialsFromAuthConfig, parseChallenge } from '../../src/registry/auth.js';
+import { endpointsFor } from '../../src/registry/client.js';
+import { defaultConfig } from '../../src/config/schema.js';
+
+test('a bearer challenge is parsed with quoted params', (t) => {
+  const c = parseChallenge('Bearer realm="http://127.0.0.1:1/token",service="reg",scope="repository:a/b:pull,push"');
+  t.is(c?.scheme, 'bearer');
+  t.is(c?.params.realm, 'http://127.0.0.1:1/token');
+  t.is(c?.params.service, 'reg');
+  t.is(c?.params.scope, 'repository:a/b:pull,push');
+});
+
+test('a basic challenge is parsed', (t) => {
+  t.deepEqual(parseChallenge('Basic realm="Registry Realm"'), { scheme: 'basic', params: { realm: 'Registry Realm' } });
+});
+
+test('the CRI auth field is decoded into username and password', (t) => {
+  const creds = credentialsFromAuthConfig({ auth: Buffer.from('alice:s3:cret').toString('base64') });
+  t.deepEqual(creds, { username: 'alice', password: 's3:cret' });
+  t.is(credentialsFromAuthConfig({}), undefined);
+});
+
+test('mirrors replace the original host; http:// endpoints are plain HTTP', (t) => {
+  const config = defaultConfig().registry;
+  config.mirrors['registry.k8s.io'] = ['http://127.0.0.1:5000', 'mirror.example'];
+  t.deepEqual(endpointsFor('registry.k8s.io', config).map((e) => e.base), ['http://127.0.0.1:5000', 'https://mirror.example']);
+});
+
+test('docker.io is reached at its API host, insecure hosts over http', (t) => {
+  const config = defaultConfig().registry;
+  config.insecure.push('127.0.0.1:5000');
+  t.deepEqual(endpointsFor('docker.io', config).map((e) => e.base), ['https://registry-1.docker.io']);
+  t.deepEqual(endpointsFor('127.0.0.1:5000', config).map((e) => e.base), ['http://127.0.0.1:5000']);
+});

@@ -1,0 +1,450 @@
+import test, { type ExecutionContext } from 'ava';
+import { spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
+import tar from 'tar-stream';
+import { BerthError } from '../../src/errors.js';
+import { lgetxattr, major, minor } from '../../src/kernel/libc.js';
+import { detectCompression, unpackLayer } from '../../src/store/unpack.js';
+
+// Unpacking sets owners, device nodes and trusted.* xattrs: only root can do that.
+const rootTest = process.getuid?.() === 0 ? test : test.skip;
+
+type Header = Partial<tar.Header> & { name: string };
+type Entry = Header & { pax?: Record<string, string>; body?: string | Buffer };
+
+const T0 = new Date('2021-03-04T05:06:07Z');
+
+async function makeTar(entries: Entry[]): Promise<Buffer> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  const collected = (async () => {
+    for await (const chunk of pack) chunks.push(chunk as Buffer);
+  })();
+  for (const { body, ...header } of entries) {
+    const full = { mtime: T0, uid: 0, gid: 0, ...header } as Header;
+    await new Promise<void>((resolve, reject) => {
+      const cb = (err?: Error | null) => (err ? reject(err) : resolve());
+      if (body !== undefined) pack.entry(full, body, cb);
+      else pack.entry(full, cb);
+    });
+  }
+  pack.finalize();
+  await collected;
+  return Buffer.concat(chunks);
+}
+
+/** A Readable that hands `buf` over in chunks of `size` bytes (all at once by default). */
+function streamOf(buf: Buffer, size = buf.length || 1): Readable {
+  const parts: Buffer[] = [];
+  for (let i = 0; i < buf.length; i += size) parts.push(buf.subarray(i, i + size));
+  return Readable.from(parts, { objectMode: false });
+}
+
+function zstd(buf: Buffer): Buffer {
+  const r = spawnSync('zstd', ['-c', '-q'], { input: buf, maxBuffer: 1 << 30 });
+  if (r.status !== 0) throw new Error(`zstd failed: ${r.stderr}`);
+  return r.stdout;
+}
+
+const sha256 = (buf: Uint8Array) => 'sha256:' + createHash('sha256').update(buf).digest('hex');
+
+/** A temp dir holding the unpack destination `<box>/dest` and a sibling `<box>/outside`. */
+async function box(t: ExecutionContext): Promise<{ dir: string; dest: string; outside: string }> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-unpack-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  const outside = path.join(dir, 'outside');
+  await fs.mkdir(outside);
+  return { dir, dest: path.join(dir, 'dest'), outside };
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Everything we preserve about a tree, for comparing unpacks. */
+async function snapshot(root: string): Promise<Record<string, unknown>> {
+  const out: Record<string, unknown> = {};
+  async function walk(rel: string): Promise<void> {
+    const abs = rel ? path.join(root, rel) : root;
+    for (const name of (await fs.readdir(abs)).sort()) {
+      const r = rel ? `${rel}/${name}` : name;
+      const p = path.join(root, r);
+      const st = await fs.lstat(p);
+      const info: Record<string, unknown> = {
+        mode: st.mode.toString(8),
+        uid: st.uid,
+        gid: st.gid,
+        mtime: st.mtimeMs,
+        nlink: st.nlink,
+      };
+      if (st.isFile()) info.sha = sha256(await fs.readFile(p));
+      if (st.isSymbolicLink()) info.target = await fs.readlink(p);
+      if (st.isCharacterDevice() || st.isBlockDevice()) info.rdev = st.rdev;
+      info.opaque = lgetxattr(p, 'trusted.overlay.opaque')?.toString();
+      out[r] = info;
+      if (st.isDirectory()) await walk(r);
+    }
+  }
+  await walk('');
+  return out;
+}
+
+async function rejectsEscape(t: ExecutionContext, entries: Entry[]): Promise<void> {
+  const { dir, dest, outside } = await box(t);
+  const layer = await makeTar(entries);
+  const err = await t.throwsAsync(unpackLayer(streamOf(layer), dest));
+  t.true(err instanceof BerthError);
+  t.is((err as BerthError).kind, 'invalid_argument');
+  t.regex(err!.message, /escapes the layer root/);
+  t.false(await exists(dest), 'dest is removed');
+  t.deepEqual((await fs.readdir(dir)).sort(), ['outside'], 'nothing appears next to dest');
+  t.deepEqual(await fs.readdir(outside), [], 'nothing is written through the symlink');
+  t.false(await exists('/tmp/x/file'));
+}
+
+test('compression is sniffed from the magic bytes', (t) => {
+  t.is(detectCompression(Buffer.from([0x1f, 0x8b, 8, 0])), 'gzip');
+  t.is(detectCompression(Buffer.from([0x28, 0xb5, 0x2f, 0xfd])), 'zstd');
+  t.is(detectCompression(Buffer.from('etc/')), 'none');
+  t.is(detectCompression(Buffer.alloc(0)), 'none');
+});
+
+rootTest('a .wh. whiteout file becomes a 0:0 character device and no .wh. file is written', async (t) => {
+  const { dest } = await box(t);
+  const layer = await makeTar([
+    { name: 'etc/', type: 'directory', mode: 0o755 },
+    { name: 'etc/.wh.passwd', body: '' },
+    { name: '.wh.top', body: '' },
+  ]);
+  await unpackLayer(streamOf(layer), dest);
+  for (const p of ['etc/passwd', 'top']) {
+    const st = await fs.lstat(path.join(dest, p));
+    t.true(st.isCharacterDevice(), p);
+    t.is(st.rdev, 0, p);
+  }
+  t.false(await exists(path.join(dest, 'etc/.wh.passwd')));
+  t.false(await exists(path.join(dest, '.wh.top')));
+});
+
+rootTest('an opaque marker sets trusted.overlay.opaque=y on its directory and is not written', async (t) => {
+  const { dest } = await box(t);
+  const layer = await makeTar([
+    { name: 'var/', type: 'directory', mode: 0o755 },
+    { name: 'var/lib/', type: 'directory', mode: 0o755 },
+    { name: 'var/lib/.wh..wh..opq', body: '' },
+    { name: 'var/lib/keep', body: 'k' },
+  ]);
+  await unpackLayer(streamOf(layer), dest);
+  t.is(lgetxattr(path.join(dest, 'var/lib'), 'trusted.overlay.opaque')?.toString(), 'y');
+  t.is(lgetxattr(path.join(dest, 'var'), 'trusted.overlay.opaque'), undefined);
+  t.deepEqual(await fs.readdir(path.join(dest, 'var/lib')), ['keep']);
+});
+
+rootTest('ownership, modes including setuid/setgid/sticky, and mtimes are kept', async (t) => {
+  const { dest } = await box(t);
+  const dirTime = new Date('2001-02-03T04:05:06Z');
+  const fileTime = new Date('2010-01-01T00:00:00Z');
+  const layer = await makeTar([
+    { name: 'usr/', type: 'directory', mode: 0o750, uid: 12, gid: 34, mtime: dirTime },
+    { name: 'usr/bin/', type: 'directory', mode: 0o2775, uid: 0, gid: 50, mtime: dirTime },
+    { name: 'usr/bin/su', body: 'su', mode: 0o4755, uid: 0, gid: 0, mtime: fileTime },
+    { name: 'usr/bin/wall', body: 'wall', mode: 0o2755, uid: 1000, gid: 5, mtime: fileTime },
+    { name: 'tmp/', type: 'directory', mode: 0o1777, mtime: dirTime },
+    { name: 'usr/bin/sh', type: 'symlink', linkname: 'su', uid: 7, gid: 8, mtime: fileTime },
+    // Created after usr/bin's entry, which must still end up with its own mtime.
+    { name: 'usr/bin/late', body: 'x', mode: 0o600, uid: 65534, gid: 65534, mtime: fileTime },
+  ]);
+  await unpackLayer(streamOf(layer), dest);
+  const st = (p: string) => fs.lstat(path.join(dest, p));
+  const usr = await st('usr');
+  t.is(usr.mode & 0o7777, 0o750);
+  t.deepEqual([usr.uid, usr.gid], [12, 34]);
+  t.is(usr.mtimeMs, dirTime.getTime());
+  const bin = await st('usr/bin');
+  t.is(bin.mode & 0o7777, 0o2775);
+  t.is(bin.gid, 50);
+  t.is(bin.mtimeMs, dirTime.getTime(), 'directory mtime survives children created after it');
+  const su = await st('usr/bin/su');
+  t.is(su.mode & 0o7777, 0o4755, 'setuid survives chown');
+  t.deepEqual([su.uid, su.gid], [0, 0]);
+  t.is(su.mtimeMs, fileTime.getTime());
+  const wall = await st('usr/bin/wall');
+  t.is(wall.mode & 0o7777, 0o2755);
+  t.deepEqual([wall.uid, wall.gid], [1000, 5]);
+  t.is((await st('tmp')).mode & 0o7777, 0o1777);
+  const sh = await st('usr/bin/sh');
+  t.true(sh.isSymbolicLink());
+  t.deepEqual([sh.uid, sh.gid], [7, 8]);
+  t.is(sh.mtimeMs, fileTime.getTime());
+  const late = await st('usr/bin/late');
+  t.deepEqual([late.mode & 0o7777, late.uid, late.gid], [0o600, 65534, 65534]);
+  t.is(await fs.readFile(path.join(dest, 'usr/bin/su'), 'utf8'), 'su');
+});
+
+rootTest('xattrs from PAX headers are kept, binary values byte for byte', async (t) => {
+  const { dest } = await box(t);
+  const placeholder = 'BINARY-PLACEHOLDER'; // replaced by non-UTF-8 bytes of the same length below
+  const layer = await makeTar([
+    { name: 'dir/', type: 'directory', mode: 0o755, pax: { 'SCHILY.xattr.user.dir': 'on-a-dir' } },
+    {
+      name: 'dir/file',
+      body: 'data',
+      mode: 0o644,
+      pax: { 'SCHILY.xattr.user.comment': 'héllo wörld', 'SCHILY.xattr.user.bin': placeholder },
+    },
+    { name: 'dir/plain', body: 'no xattrs' },
+    { name: 'dir/.wh..wh..opq', body: '' },
+    { name: 'dir/planted', body: 'x', pax: { 'SCHILY.xattr.trusted.overlay.redirect': '/etc' } },
+  ]);
+  const binary = Buffer.from([0x00, 0xff, 0xfe, 0x80, 0xc3, 0x28, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0b, 0xa0, 0xa1]);
+  t.is(binary.length, placeholder.length);
+  const at = layer.indexOf(placeholder);
+  t.true(at > 0);
+  binary.copy(layer, at);
+  // Tiny chunks: PAX records and headers straddle chunk boundaries.
+  const { diffId } = await unpackLayer(streamOf(layer, 7), dest);
+  t.is(diffId, sha256(layer));
+  const file = path.join(dest, 'dir/file');
+  t.is(lgetxattr(file, 'user.comment')?.toString(), 'héllo wörld');
+  t.deepEqual(lgetxattr(file, 'user.bin'), binary);
+  t.is(lgetxattr(path.join(dest, 'dir'), 'user.dir')?.toString(), 'on-a-dir');
+  t.is(lgetxattr(path.join(dest, 'dir/plain'), 'user.comment'), undefined);
+  t.is(lgetxattr(path.join(dest, 'dir/planted'), 'trusted.overlay.redirect'), undefined, 'overlay xattrs are not taken from the layer');
+});
+
+rootTest('a hardlink shares the inode of its target', async (t) => {
+  const { dest } = await box(t);
+  const layer = await makeTar([
+    { name: 'bin/', type: 'directory', mode: 0o755 },
+    { name: 'bin/busybox', body: 'bb', mode: 0o755 },
+    { name: 'bin/ls', type: 'link', linkname: 'bin/busybox' },
+    { name: './sbin/init', type: 'link', linkname: './bin/busybox' },
+  ]);
+  const res = await unpackLayer(streamOf(layer), dest);
+  const a = await fs.stat(path.join(dest, 'bin/busybox'));
+  const b = await fs.stat(path.join(dest, 'bin/ls'));
+  const c = await fs.stat(path.join(dest, 'sbin/init'));
+  t.is(a.ino, b.ino);
+  t.is(a.ino, c.ino);
+  t.is(a.nlink, 3);
+  t.is(res.unpackedBytes, 2);
+  t.is(res.inodes, 3, 'bin, bin/busybox and the implied sbin; hardlinks add no inode');
+});
+
+rootTest('symlinks are kept as is, dangling and absolute ones included', async (t) => {
+  const { dest } = await box(t);
+  const layer = await makeTar([
+    { name: 'lib', type: 'symlink', linkname: 'usr/lib' },
+    { name: 'dangling', type: 'symlink', linkname: '/does/not/exist' },
+    { name: 'up', type: 'symlink', linkname: '../../..' },
+  ]);
+  await unpackLayer(streamOf(layer), dest);
+  t.is(await fs.readlink(path.join(dest, 'lib')), 'usr/lib');
+  t.is(await fs.readlink(path.join(dest, 'dangling')), '/does/not/exist');
+  t.is(await fs.readlink(path.join(dest, 'up')), '../../..');
+});
+
+rootTest('device nodes get the right major/minor, and fifos are created', async (t) => {
+  const { dest } = await box(t);
+  const layer = await makeTar([
+    { name: 'dev/', type: 'directory', mode: 0o755 },
+    { name: 'dev/null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666 },
+    { name: 'dev/sda1', type: 'block-device', devmajor: 8, devminor: 1, mode: 0o660, gid: 6 },
+    { name: 'dev/big', type: 'character-device', devmajor: 300, devminor: 70000, mode: 0o600 },
+    { name: 'run/initctl', type: 'fifo', mode: 0o600 },
+  ]);
+  await unpackLayer(streamOf(layer), dest);
+  const nul = await fs.lstat(path.join(dest, 'dev/null'));
+  t.true(nul.isCharacterDevice());
+  t.deepEqual([major(nul.rdev), minor(nul.rdev)], [1, 3]);
+  t.is(nul.mode & 0o7777, 0o666);
+  const sda = await fs.lstat(path.join(dest, 'dev/sda1'));
+  t.true(sda.isBlockDevice());
+  t.deepEqual([major(sda.rdev), minor(sda.rdev), sda.gid], [8, 1, 6]);
+  const big = await fs.lstat(path.join(dest, 'dev/big'));
+  t.deepEqual([major(big.rdev), minor(big.rdev)], [300, 70000]);
+  t.true((await fs.lstat(path.join(dest, 'run/initctl'))).isFIFO());
+});
+
+rootTest('gzip, zstd and plain tar unpack to the same tree with the diffId of the plain tar', async (t) => {
+  const big = Buffer.alloc(3 * 1024 * 1024 + 123);
+  for (let i = 0; i < big.length; i++) big[i] = (i * 7919) % 251;
+  const layer = await makeTar([
+    { name: 'a/', type: 'directory', mode: 0o755 },
+    { name: 'a/big.bin', body: big, mode: 0o644, uid: 3, gid: 4 },
+    { name: 'a/small', body: 'hello\n', mode: 0o600 },
+    { name: 'a/link', type: 'symlink', linkname: 'small' },
+    { name: 'a/hard', type: 'link', linkname: 'a/small' },
+    { name: 'a/.wh.gone', body: '' },
+    { name: 'a/x', type: 'character-device', devmajor: 4, devminor: 5 },
+    { name: 'b/', type: 'directory' },
+    { name: 'b/c/d', body: 'deep' }, // b/c is implied: its mtime is the unpack time, so it is made explicit below
+    { name: 'b/c/', type: 'directory' },
+  ]);
+  const inputs: Record<string, Buffer> = { plain: layer, gzip: gzipSync(layer), zstd: zstd(layer) };
+  t.is(detectCompression(inputs.zstd), 'zstd');
+  const snapshots: Record<string, unknown> = {};
+  for (const [kind, data] of Object.entries(inputs)) {
+    const { dest } = await box(t);
+    let progress = 0;
+    const res = await unpackLayer(streamOf(data, 64 * 1024), dest, { onProgress: (n) => (progress = n) });
+    t.is(res.diffId, sha256(layer), kind);
+    t.is(res.unpackedBytes, big.length + 6 + 4, kind);
+    t.is(progress, data.length, `${kind}: the last progress report is the whole compressed size`);
+    t.is(sha256(await fs.readFile(path.join(dest, 'a/big.bin'))), sha256(big), kind);
+    snapshots[kind] = await snapshot(dest);
+  }
+  t.deepEqual(snapshots.gzip, snapshots.plain);
+  t.deepEqual(snapshots.zstd, snapshots.plain);
+});
+
+rootTest('a stream that is already flowing loses nothing', async (t) => {
+  const { dest } = await box(t);
+  const layer = gzipSync(await makeTar([{ name: 'f', body: 'flowing' }]));
+  const counted = new PassThrough();
+  let seen = 0;
+  counted.on('data', (c: Buffer) => (seen += c.length)); // the caller's own digest, as src/image does
+  const done = unpackLayer(counted, dest);
+  for (let i = 0; i < layer.length; i += 5) counted.write(layer.subarray(i, i + 5));
+  counted.end();
+  await done;
+  t.is(seen, layer.length);
+  t.is(await fs.readFile(path.join(dest, 'f'), 'utf8'), 'flowing');
+});
+
+rootTest('entries may come in any order: missing parents are made 0755 root and merged later', async (t) => {
+  const { dest } = await box(t);
+  const layer = await makeTar([
+    { name: 'x/y/z/file', body: 'z', uid: 5 },
+    { name: 'x/y/', type: 'directory', mode: 0o700, uid: 9, gid: 9 },
+  ]);
+  const res = await unpackLayer(streamOf(layer), dest);
+  const x = await fs.lstat(path.join(dest, 'x'));
+  t.deepEqual([x.mode & 0o7777, x.uid, x.gid], [0o755, 0, 0]);
+  const y = await fs.lstat(path.join(dest, 'x/y'));
+  t.deepEqual([y.mode & 0o7777, y.uid, y.gid], [0o700, 9, 9]);
+  t.is(await fs.readFile(path.join(dest, 'x/y/z/file'), 'utf8'), 'z');
+  t.is(res.inodes, 4);
+});
+
+rootTest('later entries replace earlier ones at the same path', async (t) => {
+  const { dest } = await box(t);
+  const layer = await makeTar([
+    { name: 'f', body: 'first' },
+    { name: 'f', body: 'second' },
+    { name: 'd/', type: 'directory', mode: 0o700 },
+    { name: 'd/inner', body: 'in' },
+    { name: 'd/', type: 'directory', mode: 0o755 }, // dir over dir: merge
+    { name: 'gone/', type: 'directory' },
+    { name: 'gone/sub/', type: 'directory' },
+    { name: 'gone', type: 'symlink', linkname: 'f' }, // non-dir over dir: replace it
+    { name: 'l', type: 'symlink', linkname: '/etc/passwd' },
+    { name: 'l', body: 'not through the link' }, // file over symlink: replace the link itself
+    { name: '.wh.w', body: '' },
+    { name: 'w/', type: 'directory' }, // dir over this layer's whiteout: opaque
+  ]);
+  await unpackLayer(streamOf(layer), dest);
+  t.is(await fs.readFile(path.join(dest, 'f'), 'utf8'), 'second');
+  t.is((await fs.lstat(path.join(dest, 'd'))).mode & 0o7777, 0o755);
+  t.is(await fs.readFile(path.join(dest, 'd/inner'), 'utf8'), 'in');
+  t.is(await fs.readlink(path.join(dest, 'gone')), 'f');
+  t.true((await fs.lstat(path.join(dest, 'l'))).isFile());
+  t.is(await fs.readFile(path.join(dest, 'l'), 'utf8'), 'not through the link');
+  t.true((await fs.lstat(path.join(dest, 'w'))).isDirectory());
+  t.is(lgetxattr(path.join(dest, 'w'), 'trusted.overlay.opaque')?.toString(), 'y');
+});
+
+rootTest('../escape is rejected and dest is removed', async (t) => {
+  await rejectsEscape(t, [{ name: 'ok', body: 'ok' }, { name: '../escape', body: 'bad' }]);
+});
+
+rootTest('a climbing a/../../escape is rejected', async (t) => {
+  await rejectsEscape(t, [{ name: 'a/../../escape', body: 'bad' }]);
+});
+
+rootTest('an absolute /abs entry is rejected', async (t) => {
+  await rejectsEscape(t, [{ name: '/abs', body: 'bad' }]);
+});
+
+rootTest('writing through an absolute symlink (link -> /tmp/x, then link/file) is rejected', async (t) => {
+  await rejectsEscape(t, [
+    { name: 'link', type: 'symlink', linkname: '/tmp/x' },
+    { name: 'link/file', body: 'bad' },
+  ]);
+});
+
+rootTest('writing through a symlink to an existing outside dir is rejected', async (t) => {
+  const { outside } = await box(t);
+  await rejectsEscape(t, [
+    { name: 'link', type: 'symlink', linkname: outside },
+    { name: 'link/file', body: 'bad' },
+  ]);
+});
+
+rootTest('writing through link -> .. (then link/file) is rejected', async (t) => {
+  await rejectsEscape(t, [
+    { name: 'link', type: 'symlink', linkname: '..' },
+    { name: 'link/file', body: 'bad' },
+  ]);
+});
+
+rootTest('a directory replaced by a symlink cannot be written through afterwards', async (t) => {
+  await rejectsEscape(t, [
+    { name: 'd/', type: 'directory' },
+    { name: 'd/ok', body: 'ok' },
+    { name: 'd', type: 'symlink', linkname: '..' },
+    { name: 'd/file', body: 'bad' },
+  ]);
+});
+
+rootTest('a whiteout through a symlink is rejected', async (t) => {
+  await rejectsEscape(t, [
+    { name: 'link', type: 'symlink', linkname: '..' },
+    { name: 'link/.wh.outside', body: '' },
+  ]);
+});
+
+rootTest('hardlink targets outside the root or through a symlink are rejected', async (t) => {
+  await rejectsEscape(t, [{ name: 'h', type: 'link', linkname: '../outside' }]);
+  await rejectsEscape(t, [{ name: 'h', type: 'link', linkname: '/etc/passwd' }]);
+  await rejectsEscape(t, [
+    { name: 'etc', type: 'symlink', linkname: '/etc' },
+    { name: 'h', type: 'link', linkname: 'etc/passwd' },
+  ]);
+});
+
+rootTest('a corrupt or truncated layer is rejected and dest is removed', async (t) => {
+  const layer = await makeTar([{ name: 'f', body: randomBytes(100_000) }]);
+  const half = (b: Buffer) => b.subarray(0, b.length >> 1);
+  const garbled = Buffer.from(layer);
+  garbled.fill(0x41, 0, 100); // breaks the first header's checksum
+  for (const data of [half(gzipSync(layer)), half(zstd(layer)), half(layer), garbled]) {
+    const { dir, dest } = await box(t);
+    const err = await t.throwsAsync(unpackLayer(streamOf(data), dest));
+    t.true(err instanceof BerthError, err?.message);
+    t.false(await exists(dest));
+    t.deepEqual(await fs.readdir(dir), ['outside']);
+  }
+});
+
+rootTest('an input stream error rejects with that error and removes dest', async (t) => {
+  const { dest } = await box(t);
+  const boom = new Error('connection reset');
+  const input = new PassThrough();
+  const done = unpackLayer(input, dest);
+  input.write(gzipSync(await makeTar([{ name: 'f', body: 'x'.repeat(10000) }])).subarray(0, 100));
+  setTimeout(() => input.destroy(boom), 20);
+  const err = await t.throwsAsync(done);
+  t.is(err, boom);
+  t.false(await exists(dest));
+});
