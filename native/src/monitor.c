@@ -1,6 +1,7 @@
 /* The per-container monitor's event loop: CRI log writer, reaper, exit status. */
 #include "monitor.h"
 #include "container.h"
+#include "rawsys.h"
 #include "shim.h"
 
 #include <errno.h>
@@ -17,6 +18,13 @@
 #include <unistd.h>
 
 #define READ_CHUNK 16384
+#define HOT __attribute__((hot))
+
+static inline void r_memcpy(char *d, const char *s, size_t n)
+{
+    while (n--)
+        *d++ = *s++;
+}
 
 int log_open(const char *path)
 {
@@ -24,10 +32,10 @@ int log_open(const char *path)
 }
 
 /* "2026-11-25T12:00:00.123456789Z" (30 chars) without stdio or tz data. */
-static size_t fmt_time(char *b)
+HOT static size_t fmt_time(char *b)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    r_clock_gettime(CLOCK_REALTIME, &ts);
     int64_t secs = ts.tv_sec;
     int64_t days = secs / 86400, rem = secs % 86400;
     if (rem < 0) {
@@ -69,15 +77,14 @@ static size_t fmt_time(char *b)
     return (size_t)(p - b);
 }
 
-static void emit(struct monitor *m, struct log_stream *s, char tag, const char *a, size_t alen, const char *b,
+HOT static void emit(struct monitor *m, struct log_stream *s, char tag, const char *a, size_t alen, const char *b,
                  size_t blen)
 {
     char prefix[64];
     size_t n = fmt_time(prefix);
     prefix[n++] = ' ';
-    size_t nl = strlen(s->name);
-    memcpy(prefix + n, s->name, nl);
-    n += nl;
+    for (const char *q = s->name; *q; q++)
+        prefix[n++] = *q;
     prefix[n++] = ' ';
     prefix[n++] = tag;
     prefix[n++] = ' ';
@@ -90,18 +97,18 @@ static void emit(struct monitor *m, struct log_stream *s, char tag, const char *
     }
     struct iovec iov[4] = {{prefix, n}, {(void *)a, alen}, {(void *)b, blen}, {"\n", 1}};
     if (m->log_fd >= 0) {
-        ssize_t w;
+        long w;
         do
-            w = writev(m->log_fd, iov, 4);
-        while (w < 0 && errno == EINTR);
+            w = r_writev(m->log_fd, iov, 4);
+        while (w == -EINTR);
     }
 }
 
 /* Feed bytes read from a stream: emit F records per newline, P records when a line exceeds max_line. */
-static void feed(struct monitor *m, struct log_stream *s, const char *data, size_t n)
+HOT static void feed(struct monitor *m, struct log_stream *s, const char *data, size_t n)
 {
     while (n > 0) {
-        const char *nl = memchr(data, '\n', n);
+        const char *nl = r_memchr(data, '\n', n);
         size_t seg = nl ? (size_t)(nl - data) : n;
         if (s->len == 0 && nl && seg <= m->max_line) {
             emit(m, s, 'F', NULL, 0, data, seg); /* common case: the whole line is here */
@@ -111,15 +118,12 @@ static void feed(struct monitor *m, struct log_stream *s, const char *data, size
                     emit(m, s, 'P', s->buf, s->len, NULL, 0);
                     s->len = 0;
                 }
-                if (!s->buf) {
-                    s->buf = malloc(m->max_line);
-                    if (!s->buf)
-                        return; /* out of memory: drop */
-                }
+                if (!s->buf)
+                    return; /* no line buffer (allocation failed at setup): drop */
                 size_t take = m->max_line - s->len;
                 if (take > seg)
                     take = seg;
-                memcpy(s->buf + s->len, data, take);
+                r_memcpy(s->buf + s->len, data, take);
                 s->len += take;
                 data += take;
                 n -= take;
@@ -145,14 +149,14 @@ static void flush_partial(struct monitor *m, struct log_stream *s)
 }
 
 /* Read once from a stream. Returns 1 if data was read, 0 on EOF/error (stream closed), -1 on EAGAIN. */
-static int pump(struct monitor *m, struct log_stream *s, char *buf)
+HOT static int pump(struct monitor *m, struct log_stream *s, char *buf)
 {
-    ssize_t r = read(s->fd, buf, READ_CHUNK);
+    long r = r_read(s->fd, buf, READ_CHUNK);
     if (r > 0) {
         feed(m, s, buf, (size_t)r);
         return 1;
     }
-    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+    if (r == -EAGAIN || r == -EINTR)
         return -1;
     /* EOF, or EIO from a pty master once the slave side is gone */
     flush_partial(m, s);
@@ -222,12 +226,12 @@ static void handle_signals(struct monitor *m)
     }
 }
 
-static void copy_stdin(struct monitor *m, char *buf)
+HOT static void copy_stdin(struct monitor *m, char *buf)
 {
-    ssize_t r = read(m->stdin_src, buf, READ_CHUNK);
+    long r = r_read(m->stdin_src, buf, READ_CHUNK);
     if (r > 0 && m->pty_master >= 0) {
         /* master is non-blocking: a container that does not read its terminal loses input, never the log */
-        (void)write(m->pty_master, buf, (size_t)r);
+        r_write(m->pty_master, buf, r);
     }
 }
 
@@ -251,14 +255,9 @@ static void write_exit(struct monitor *m, int status, int64_t finished)
     atomic_write(m->bundle, "exit.json", buf, (size_t)n);
 }
 
-void monitor_run(struct monitor *m)
+/* The loop, kept apart from the exit path so that its code stays in .text.hot. */
+HOT static void monitor_loop(struct monitor *m, char *buf)
 {
-    char *buf = malloc(READ_CHUNK);
-    siginfo_t si;
-    int status = 0;
-
-    if (!buf)
-        _exit(1);
     for (;;) {
         struct pollfd p[6];
         int n = 0, ipid, isig, isync = -1, iout = -1, ierr = -1, iin = -1;
@@ -272,11 +271,11 @@ void monitor_run(struct monitor *m)
             p[ierr = n++] = (struct pollfd){m->err.fd, POLLIN, 0};
         if (m->stdin_src >= 0)
             p[iin = n++] = (struct pollfd){m->stdin_src, POLLIN, 0};
-        if (poll(p, (nfds_t)n, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            _exit(1);
-        }
+        long r = r_ppoll(p, n);
+        if (r == -EINTR)
+            continue;
+        if (r < 0)
+            return;
         if (p[isig].revents)
             handle_signals(m);
         if (isync >= 0 && p[isync].revents)
@@ -288,8 +287,24 @@ void monitor_run(struct monitor *m)
         if (iin >= 0 && p[iin].revents)
             copy_stdin(m, buf);
         if (p[ipid].revents)
-            break;
+            return;
     }
+}
+
+void monitor_run(struct monitor *m)
+{
+    char *buf = malloc(READ_CHUNK);
+    siginfo_t si;
+    int status = 0;
+
+    if (!buf)
+        _exit(1);
+    if (!m->out.buf)
+        m->out.buf = malloc(m->max_line);
+    if (!m->err.buf)
+        m->err.buf = malloc(m->max_line);
+    monitor_shrink();
+    monitor_loop(m, buf);
 
     memset(&si, 0, sizeof si);
     int r;
@@ -323,8 +338,6 @@ void monitor_run(struct monitor *m)
             ;
         flush_partial(m, s);
     }
-    if (m->log_fd >= 0)
-        fsync(m->log_fd);
     write_exit(m, status, finished);
     _exit(0);
 }

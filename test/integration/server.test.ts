@@ -1,0 +1,103 @@
+import test from 'ava';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import * as grpc from '@grpc/grpc-js';
+import { MAIN, startBerth } from '../helpers/berth.js';
+
+test('Version names berth and the v1 API', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const v = await berth.runtime.Version({ version: '' });
+  t.is(v.runtime_name, 'berth');
+  t.is(v.runtime_api_version, 'v1');
+  t.truthy(v.runtime_version);
+});
+
+test('Status reports runtime and network conditions with reasons, handlers, and the config when verbose', async (t) => {
+  const berth = await startBerth({ config: '[registry]\ninsecure = ["127.0.0.1:5999"]\n' });
+  t.teardown(() => berth.cleanup());
+  const s = await berth.runtime.Status({ verbose: true });
+  const byType = Object.fromEntries(s.status!.conditions.map((c) => [c.type, c]));
+  t.true(byType.RuntimeReady.status);
+  t.is(typeof byType.NetworkReady.status, 'boolean');
+  if (!byType.NetworkReady.status) t.truthy(byType.NetworkReady.reason);
+  t.true(s.runtime_handlers.length >= 1);
+  t.is(typeof s.runtime_handlers[0].features?.user_namespaces, 'boolean');
+  const config = JSON.parse(s.info.config);
+  t.deepEqual(config.registry.insecure, ['127.0.0.1:5999']);
+  const quiet = await berth.runtime.Status({ verbose: false });
+  t.deepEqual(quiet.info, {});
+});
+
+test('RuntimeConfig reports the cgroupfs driver', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const r = await berth.runtime.RuntimeConfig({});
+  t.is(r.linux?.cgroup_driver, 'CGROUPFS');
+});
+
+test('an RPC that is not built yet answers UNIMPLEMENTED naming it', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const err = await t.throwsAsync(berth.runtime.CheckpointContainer({ container_id: 'x' })) as unknown as grpc.ServiceError;
+  t.is(err.code, grpc.status.UNIMPLEMENTED);
+  t.regex(err.details, /CheckpointContainer/);
+});
+
+test('the socket is 0660 and its directory 0700', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  t.is((await fs.stat(berth.socket)).mode & 0o777, 0o660);
+  t.is((await fs.stat(path.dirname(berth.socket))).mode & 0o777, 0o700);
+});
+
+test('a second berth on the same socket refuses to start and the first keeps serving', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const second = spawn(process.execPath, [MAIN, '--socket', berth.socket, '--root', path.join(berth.dir, 'r2'), '--state-dir', path.join(berth.dir, 's2')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  second.stderr.on('data', (d) => (stderr += d));
+  const code = await new Promise((resolve) => second.on('exit', resolve));
+  t.not(code, 0);
+  t.regex(stderr, /already serves/);
+  t.is((await berth.runtime.Version({ version: '' })).runtime_name, 'berth');
+});
+
+async function runBerth(args: string[]): Promise<{ code: number | null; stderr: string }> {
+  const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  return { code, stderr };
+}
+
+test('a bad config stops berth at start with a message naming the key', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-config-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  const cases: [string, string][] = [
+    ['[registry]\nmirrorz = {}\n', 'registry.mirrorz'],
+    ['[registry]\nmax_concurrent_downloads = -1\n', 'registry.max_concurrent_downloads'],
+    ['[registry\n', 'invalid TOML'],
+  ];
+  for (const [text, key] of cases) {
+    const file = path.join(dir, 'config.toml');
+    await fs.writeFile(file, text);
+    const { code, stderr } = await runBerth(['--config', file, '--socket', path.join(dir, 's.sock'), '--root', path.join(dir, 'root'), '--state-dir', dir]);
+    t.is(code, 2, text);
+    t.true(stderr.includes(key), `${stderr} should name ${key}`);
+  }
+  const missing = await runBerth(['--config', path.join(dir, 'absent.toml'), '--socket', path.join(dir, 's.sock')]);
+  t.is(missing.code, 2);
+  t.regex(missing.stderr, /absent\.toml/);
+  const usage = await runBerth(['--bogus']);
+  t.is(usage.code, 2);
+  t.regex(usage.stderr, /usage: berth/);
+});
+
+test('SIGTERM with nothing in flight exits 0', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  t.is(await berth.stop('SIGTERM'), 0);
+});
