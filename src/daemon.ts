@@ -4,7 +4,12 @@ import { BerthConfig } from './config/schema.js';
 import { Logger } from './log.js';
 import { ImageStore } from './image/store.js';
 import { ImageService } from './image/service.js';
+import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
+import { SandboxService } from './sandbox/service.js';
+import { ContainerService } from './container/service.js';
 import { imageHandlers } from './cri/image.js';
+import { podHandlers } from './cri/pods.js';
+import { containerHandlers } from './cri/containers.js';
 import { runtimeHandlers, RuntimeInfo } from './cri/runtime.js';
 import { drain, serveCri } from './cri/server.js';
 
@@ -25,8 +30,34 @@ export interface Daemon {
 
 export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: Logger): Promise<Daemon> {
   const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }));
-  await store.load();
   const images = new ImageService({ store, registry: config.registry, log: log.child({ component: 'images' }) });
+  const cgroups = new Cgroups(discoverCgroups(), log.child({ component: 'cgroups' }));
+  const sandboxes = new SandboxService({
+    root: paths.root,
+    stateDir: paths.stateDir,
+    cgroups,
+    log: log.child({ component: 'sandboxes' }),
+    shmSizeBytes: config.runtime.shmSizeBytes,
+  });
+  const containers = new ContainerService({
+    root: paths.root,
+    cgroups,
+    images,
+    sandboxes,
+    log: log.child({ component: 'containers' }),
+    rlimits: Object.entries(config.runtime.rlimits).map(([name, [soft, hard]]) => ({ type: `RLIMIT_${name.toUpperCase()}`, soft, hard })),
+    maxLogLineBytes: config.runtime.logMaxLineBytes,
+    shmSizeBytes: config.runtime.shmSizeBytes,
+  });
+  sandboxes.setHooks({
+    stopContainers: (id) => containers.stopAllInSandbox(id),
+    removeContainers: (id) => containers.removeAllInSandbox(id),
+  });
+  // Containers are loaded before images collect garbage, so layers under a live rootfs are never deleted.
+  store.setLayerHolds(() => containers.heldLayers());
+  await sandboxes.load();
+  await containers.load();
+  await store.load();
 
   let podCidr = '';
   const info: RuntimeInfo = {
@@ -34,9 +65,9 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     networkReady: () => ({
       ready: false,
       reason: 'NetworkPluginNotReady',
-      message: 'berth: pod networking is not implemented yet',
+      message: 'berth: pod networking beyond loopback is not implemented yet',
     }),
-    effectiveConfig: () => ({ ...config, paths, podCidr }),
+    effectiveConfig: () => ({ ...config, paths, podCidr, cgroups: cgroups.layout }),
     setPodCidr: (cidr) => {
       podCidr = cidr;
       log.info('pod CIDR set by kubelet', { podCidr });
@@ -44,10 +75,11 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     handlers: () => [{ name: '', recursiveReadOnlyMounts: false, userNamespaces: false }],
   };
 
+  const criLog = log.child({ component: 'cri' });
   const server = await serveCri(
     paths.socket,
-    runtimeHandlers(info, log.child({ component: 'cri' })),
-    imageHandlers(images, log.child({ component: 'cri' })),
+    runtimeHandlers(info, criLog, { ...podHandlers(sandboxes, criLog), ...containerHandlers(containers, images, criLog) }),
+    imageHandlers(images, criLog),
   );
   log.info('berth serving', { socket: paths.socket, root: paths.root, stateDir: paths.stateDir });
 
@@ -56,6 +88,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     server,
     stop: async () => {
       await drain(server);
+      containers.close();
     },
   };
 }

@@ -336,14 +336,15 @@ static void dev_symlinks(int rootfd, struct spec *s)
     }
     close(dfd);
     if (ctx->pty_slave_fd >= 0) {
-        /* fd 1 is the pty slave by now */
+        /* By path: an fd opened before unshare(CLONE_NEWNS) names a mount of the old namespace,
+         * which bind() refuses (EINVAL). */
         int fd = open_in_root(rootfd, "/dev/console", 2);
         char target[64];
         if (fd < 0)
             child_fail("create /dev/console", NULL, errno);
         fdpath(target, sizeof target, fd);
-        if (mount("/proc/self/fd/1", target, NULL, MS_BIND, NULL) < 0)
-            child_fail("bind the pty onto /dev/console", NULL, errno);
+        if (mount(ctx->pty_path, target, NULL, MS_BIND, NULL) < 0)
+            child_fail("bind the pty onto /dev/console from", ctx->pty_path, errno);
         close(fd);
     }
 }

@@ -15,6 +15,7 @@ struct child_ctx {
     int stdin_fd;           /* -1: /dev/null */
     int stdout_fd, stderr_fd; /* pipe write ends, or -1 with a pty */
     int pty_slave_fd;       /* pty slave when terminal, else -1 */
+    const char *pty_path;   /* its path (/dev/pts/N), bind-mounted onto the container's /dev/console */
     const char *start_fifo; /* <bundle>/start.fifo */
 };
 

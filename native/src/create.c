@@ -48,20 +48,26 @@ static int make_fifo(const char *bundle, const char *name, char *path, size_t le
     return mkfifo(path, 0600);
 }
 
+/* Setup-time buffers live on the heap (given back before the loop), not in a stack frame that
+ * stays live, and resident, for the monitor's whole life. */
+struct setup_bufs {
+    char fifo[PATH_MAX], stdin_fifo[PATH_MAX], msg[1400], line[128], ok[140], pty_path[32];
+};
+
 __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd)
 {
-    struct monitor m;
     struct child_ctx c;
-    char fifo[PATH_MAX], stdin_fifo[PATH_MAX];
     int outp[2] = {-1, -1}, errp[2] = {-1, -1}, syncp[2];
     int child_stdin = -1, slave = -1;
+    struct setup_bufs *b = malloc(sizeof *b);
+    struct monitor *mp = monitor_alloc(s->bundle, s->log_path);
 
-    memset(&m, 0, sizeof m);
-    m.bundle = s->bundle;
-    m.stdin_hold = m.stdin_src = m.pty_master = -1;
-    m.out.name = "stdout";
-    m.err.name = "stderr";
-    m.max_line = s->max_line;
+    if (!b || !mp)
+        mon_fail(report_fd, "monitor: allocate", NULL, ENOMEM);
+    mp->stdin_hold = mp->stdin_src = mp->pty_master = -1;
+    memcpy(mp->out.name, "stdout", 7);
+    memcpy(mp->err.name, "stderr", 7);
+    mp->max_line = s->max_line;
 
     if (setsid() < 0)
         mon_fail(report_fd, "monitor: setsid", NULL, errno);
@@ -79,51 +85,59 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
     sigaddset(&set, SIGUSR1);
     sigaddset(&set, SIGUSR2);
     sigprocmask(SIG_BLOCK, &set, NULL);
-    m.sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (m.sig_fd < 0)
+    mp->sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (mp->sig_fd < 0)
         mon_fail(report_fd, "monitor: signalfd", NULL, errno);
 
-    if (make_fifo(s->bundle, "start.fifo", fifo, sizeof fifo) < 0)
-        mon_fail(report_fd, "mkfifo", fifo, errno);
-    m.log_path = strdup(s->log_path);
-    m.log_fd = log_open(s->log_path);
-    if (!m.log_path || m.log_fd < 0)
+    /* leftovers of an earlier run of this bundle would be taken for this one's */
+    unlink_in(s->bundle, "exit.json");
+    unlink_in(s->bundle, "exec-error");
+    if (make_fifo(s->bundle, "start.fifo", b->fifo, sizeof b->fifo) < 0)
+        mon_fail(report_fd, "mkfifo", b->fifo, errno);
+    mp->log_fd = log_open(s->log_path);
+    if (mp->log_fd < 0)
         mon_fail(report_fd, "open log", s->log_path, errno);
 
     if (s->terminal) {
         int unlock = 0;
-        m.pty_master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
-        if (m.pty_master < 0 || ioctl(m.pty_master, TIOCSPTLCK, &unlock) < 0)
-            mon_fail(report_fd, "open pty master", "/dev/ptmx", errno);
-        slave = ioctl(m.pty_master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+        unsigned ptn = 0;
+        /* the devpts instance at /dev/pts itself, so that /dev/pts/N names the slave */
+        mp->pty_master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+        if (mp->pty_master < 0)
+            mp->pty_master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+        if (mp->pty_master < 0 || ioctl(mp->pty_master, TIOCSPTLCK, &unlock) < 0 ||
+            ioctl(mp->pty_master, TIOCGPTN, &ptn) < 0)
+            mon_fail(report_fd, "open pty master", "/dev/pts/ptmx", errno);
+        snprintf(b->pty_path, sizeof b->pty_path, "/dev/pts/%u", ptn);
+        slave = ioctl(mp->pty_master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
         if (slave < 0)
             mon_fail(report_fd, "open pty slave", NULL, errno);
         struct winsize ws = {24, 80, 0, 0};
         ioctl(slave, TIOCSWINSZ, &ws);
-        m.out.fd = dup(m.pty_master);
-        fcntl(m.out.fd, F_SETFD, FD_CLOEXEC);
-        m.err.fd = -1;
+        mp->out.fd = dup(mp->pty_master);
+        fcntl(mp->out.fd, F_SETFD, FD_CLOEXEC);
+        mp->err.fd = -1;
     } else {
         if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0)
             mon_fail(report_fd, "monitor: pipe", NULL, errno);
-        m.out.fd = outp[0];
-        m.err.fd = errp[0];
+        mp->out.fd = outp[0];
+        mp->err.fd = errp[0];
     }
     if (s->stdin_open) {
-        if (make_fifo(s->bundle, "stdin.fifo", stdin_fifo, sizeof stdin_fifo) < 0)
-            mon_fail(report_fd, "mkfifo", stdin_fifo, errno);
+        if (make_fifo(s->bundle, "stdin.fifo", b->stdin_fifo, sizeof b->stdin_fifo) < 0)
+            mon_fail(report_fd, "mkfifo", b->stdin_fifo, errno);
         /* O_RDWR never blocks and keeps a writer, so the container sees no EOF until SIGUSR2 */
-        int hold = open(stdin_fifo, O_RDWR | O_CLOEXEC);
+        int hold = open(b->stdin_fifo, O_RDWR | O_CLOEXEC);
         if (hold < 0)
-            mon_fail(report_fd, "open", stdin_fifo, errno);
+            mon_fail(report_fd, "open", b->stdin_fifo, errno);
         if (s->terminal) {
-            m.stdin_src = hold;
+            mp->stdin_src = hold;
             fcntl(hold, F_SETFL, O_NONBLOCK);
         } else {
-            m.stdin_hold = hold;
-            child_stdin = open(stdin_fifo, O_RDONLY | O_CLOEXEC);
+            mp->stdin_hold = hold;
+            child_stdin = open(b->stdin_fifo, O_RDONLY | O_CLOEXEC);
             if (child_stdin < 0)
-                mon_fail(report_fd, "open", stdin_fifo, errno);
+                mon_fail(report_fd, "open", b->stdin_fifo, errno);
         }
     }
     if (pipe2(syncp, O_CLOEXEC) < 0)
@@ -150,10 +164,11 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
         c.stdout_fd = outp[1];
         c.stderr_fd = errp[1];
         c.pty_slave_fd = slave;
-        c.start_fifo = fifo;
+        c.pty_path = b->pty_path;
+        c.start_fifo = b->fifo;
         container_main(&c);
     }
-    m.pid = pid;
+    mp->pid = pid;
     close(syncp[1]);
     if (outp[1] >= 0)
         close(outp[1]);
@@ -163,17 +178,17 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
         close(child_stdin);
     if (slave >= 0)
         close(slave);
-    m.sync_fd = syncp[0];
-    m.pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (m.pidfd < 0) {
+    mp->sync_fd = syncp[0];
+    mp->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (mp->pidfd < 0) {
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         mon_fail(report_fd, "pidfd_open", NULL, errno);
     }
-    fcntl(m.pidfd, F_SETFD, FD_CLOEXEC);
+    fcntl(mp->pidfd, F_SETFD, FD_CLOEXEC);
 
-    char line[128];
-    int n = snprintf(line, sizeof line, "{\"pid\":%d,\"monitorPid\":%d}", (int)pid, (int)getpid());
+    char *line = b->line;
+    int n = snprintf(line, sizeof b->line, "{\"pid\":%d,\"monitorPid\":%d}", (int)pid, (int)getpid());
     int r = atomic_write(s->bundle, "shim.json", line, (size_t)n);
     if (r < 0) {
         kill(pid, SIGKILL);
@@ -182,10 +197,10 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
     }
 
     /* Wait for the init: 'R' = blocked on start.fifo; 'E...' + EOF = setup failed. */
-    char msg[1400];
+    char *msg = b->msg;
     size_t got = 0;
-    while (got < sizeof msg - 1) {
-        ssize_t k = read(m.sync_fd, msg + got, sizeof msg - 1 - got);
+    while (got < sizeof b->msg - 1) {
+        ssize_t k = read(mp->sync_fd, msg + got, sizeof b->msg - 1 - got);
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0)
@@ -212,27 +227,72 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
     }
     if (got > 1) { /* already released? keep what followed for the loop */
         if (msg[1] == SYNC_STARTED && got >= 10)
-            memcpy(&m.started, msg + 2, 8);
+            memcpy(&mp->started, msg + 2, 8);
     }
 
     /* Report and detach from the create process. */
-    char ok[140];
+    char *ok = b->ok;
     ok[0] = 'O';
     memcpy(ok + 1, line, (size_t)n);
     write_all(report_fd, ok, (size_t)n + 1);
     close(report_fd);
 
     /* Give back everything the setup needed: the monitor lives as long as the container. */
-    m.bundle = strdup(s->bundle);
+    char *bundle_copy = (char *)s->bundle; /* realpath() result */
     spec_free(s);
-    malloc_trim(0);
-    fcntl(m.sync_fd, F_SETFL, O_NONBLOCK);
-    monitor_run(&m);
+    free(bundle_copy);
+    free(b);
+    fcntl(mp->sync_fd, F_SETFL, O_NONBLOCK);
+    monitor_run(mp);
+}
+
+static int create_wait(pid_t mon, int fd, const char *bundle)
+{
+    char msg[1400];
+    size_t got = 0;
+    for (;;) {
+        ssize_t k = read(fd, msg + got, sizeof msg - 1 - got);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+        if (got >= sizeof msg - 1)
+            break;
+    }
+    msg[got] = 0;
+    if (got > 1 && msg[0] == 'O') {
+        printf("%s\n", msg + 1);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    int status = 0;
+    while (waitpid(mon, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (got > 1 && msg[0] == 'E')
+        fprintf(stderr, SHIM_NAME ": create %s: %s\n", bundle, msg + 1);
+    else
+        fprintf(stderr, SHIM_NAME ": create %s: monitor died during setup (wait status 0x%x)\n", bundle, status);
+    return 1;
+}
+
+__attribute__((noinline)) static int load(const char *arg, char **bundle, struct spec *s)
+{
+    char err[1200];
+    *bundle = realpath(arg, NULL);
+    if (!*bundle) {
+        warn_err("create: bundle", arg, errno);
+        return -1;
+    }
+    if (spec_load(*bundle, s, err, sizeof err) < 0) {
+        fprintf(stderr, SHIM_NAME ": create: %s\n", err);
+        return -1;
+    }
+    return 0;
 }
 
 int cmd_create(int argc, char **argv)
 {
-    char bundle[PATH_MAX], err[1200];
+    char *bundle;
     struct spec s;
     int rep[2];
 
@@ -240,14 +300,8 @@ int cmd_create(int argc, char **argv)
         fprintf(stderr, "usage: " SHIM_NAME " create <bundle-dir>\n");
         return 2;
     }
-    if (!realpath(argv[1], bundle)) {
-        warn_err("create: bundle", argv[1], errno);
+    if (load(argv[1], &bundle, &s) < 0)
         return 1;
-    }
-    if (spec_load(bundle, &s, err, sizeof err) < 0) {
-        fprintf(stderr, SHIM_NAME ": create: %s\n", err);
-        return 1;
-    }
     if (pipe2(rep, O_CLOEXEC) < 0) {
         warn_err("create: pipe", NULL, errno);
         return 1;
@@ -264,31 +318,5 @@ int cmd_create(int argc, char **argv)
     }
     close(rep[1]);
     spec_free(&s);
-
-    char msg[1400];
-    size_t got = 0;
-    for (;;) {
-        ssize_t k = read(rep[0], msg + got, sizeof msg - 1 - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0 || got + (size_t)k >= sizeof msg - 1) {
-            if (k > 0)
-                got += (size_t)k;
-            break;
-        }
-        got += (size_t)k;
-    }
-    msg[got] = 0;
-    if (got > 1 && msg[0] == 'O') {
-        printf("%s\n", msg + 1);
-        return fflush(stdout) == 0 ? 0 : 1;
-    }
-    int status = 0;
-    while (waitpid(mon, &status, 0) < 0 && errno == EINTR)
-        ;
-    if (got > 1 && msg[0] == 'E')
-        fprintf(stderr, SHIM_NAME ": create %s: %s\n", bundle, msg + 1);
-    else
-        fprintf(stderr, SHIM_NAME ": create %s: monitor died during setup (wait status 0x%x)\n", bundle, status);
-    return 1;
+    return create_wait(mon, rep[0], bundle);
 }

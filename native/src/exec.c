@@ -120,6 +120,11 @@ int cmd_exec(int argc, char **argv)
 
     /* Open everything we need from the host's view before joining anything. */
     char path[64];
+    snprintf(path, sizeof path, "/proc/%ld", target);
+    if (access(path, F_OK) < 0) {
+        warn_err("exec: container process", path, errno);
+        return EXIT_SETUP;
+    }
     int nsfd[NS_COUNT];
     for (int k = 0; k < NS_COUNT; k++) {
         struct stat theirs, ours;

@@ -11,7 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -26,9 +31,20 @@ static inline void r_memcpy(char *d, const char *s, size_t n)
         *d++ = *s++;
 }
 
+#define LOG_FLAGS (O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY)
+
 int log_open(const char *path)
 {
-    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+    return open(path, LOG_FLAGS, 0640);
+}
+
+static inline char *put_digits(char *p, unsigned long v, int width)
+{
+    for (int k = width - 1; k >= 0; k--) {
+        p[k] = (char)('0' + v % 10);
+        v /= 10;
+    }
+    return p + width;
 }
 
 /* "2026-11-25T12:00:00.123456789Z" (30 chars) without stdio or tz data. */
@@ -54,25 +70,20 @@ HOT static size_t fmt_time(char *b)
     unsigned mo = mp < 10 ? mp + 3 : mp - 9;
     if (mo <= 2)
         y++;
-    unsigned v[6] = {(unsigned)y, mo, d, (unsigned)(rem / 3600), (unsigned)(rem / 60 % 60), (unsigned)(rem % 60)};
-    static const char seps[6] = {'-', '-', 'T', ':', ':', '.'};
-    static const int widths[6] = {4, 2, 2, 2, 2, 2};
     char *p = b;
-    for (int i = 0; i < 6; i++) {
-        unsigned x = v[i];
-        for (int k = widths[i] - 1; k >= 0; k--) {
-            p[k] = (char)('0' + x % 10);
-            x /= 10;
-        }
-        p += widths[i];
-        *p++ = seps[i];
-    }
-    unsigned long ns = (unsigned long)ts.tv_nsec;
-    for (int k = 8; k >= 0; k--) {
-        p[k] = (char)('0' + ns % 10);
-        ns /= 10;
-    }
-    p += 9;
+    p = put_digits(p, (unsigned long)y, 4);
+    *p++ = '-';
+    p = put_digits(p, mo, 2);
+    *p++ = '-';
+    p = put_digits(p, d, 2);
+    *p++ = 'T';
+    p = put_digits(p, (unsigned long)(rem / 3600), 2);
+    *p++ = ':';
+    p = put_digits(p, (unsigned long)(rem / 60 % 60), 2);
+    *p++ = ':';
+    p = put_digits(p, (unsigned long)(rem % 60), 2);
+    *p++ = '.';
+    p = put_digits(p, (unsigned long)ts.tv_nsec, 9);
     *p++ = 'Z';
     return (size_t)(p - b);
 }
@@ -83,8 +94,8 @@ HOT static void emit(struct monitor *m, struct log_stream *s, char tag, const ch
     char prefix[64];
     size_t n = fmt_time(prefix);
     prefix[n++] = ' ';
-    for (const char *q = s->name; *q; q++)
-        prefix[n++] = *q;
+    for (size_t i = 0; i < sizeof s->name && s->name[i]; i++)
+        prefix[n++] = s->name[i];
     prefix[n++] = ' ';
     prefix[n++] = tag;
     prefix[n++] = ' ';
@@ -95,7 +106,8 @@ HOT static void emit(struct monitor *m, struct log_stream *s, char tag, const ch
         else if (!blen && alen && a[alen - 1] == '\r')
             alen--;
     }
-    struct iovec iov[4] = {{prefix, n}, {(void *)a, alen}, {(void *)b, blen}, {"\n", 1}};
+    char eol = '\n';
+    struct iovec iov[4] = {{prefix, n}, {(void *)a, alen}, {(void *)b, blen}, {&eol, 1}};
     if (m->log_fd >= 0) {
         long w;
         do
@@ -160,23 +172,23 @@ HOT static int pump(struct monitor *m, struct log_stream *s, char *buf)
         return -1;
     /* EOF, or EIO from a pty master once the slave side is gone */
     flush_partial(m, s);
-    close(s->fd);
+    r_close(s->fd);
     s->fd = -1;
     return 0;
 }
 
 /* Returns 1 after a message, 0 when the pipe closed, -1 on EAGAIN. */
-static int read_sync(struct monitor *m)
+HOT static int read_sync(struct monitor *m)
 {
     char buf[1200];
-    ssize_t r;
+    long r;
     do
-        r = read(m->sync_fd, buf, sizeof buf - 1);
-    while (r < 0 && errno == EINTR);
-    if (r < 0 && errno == EAGAIN)
+        r = r_read(m->sync_fd, buf, sizeof buf - 1);
+    while (r == -EINTR);
+    if (r == -EAGAIN)
         return -1;
     if (r <= 0) {
-        close(m->sync_fd);
+        r_close(m->sync_fd);
         m->sync_fd = -1;
         return 0;
     }
@@ -184,9 +196,13 @@ static int read_sync(struct monitor *m)
     char *p = buf, *end = buf + r;
     while (p < end) {
         if (*p == SYNC_STARTED && end - p >= 9) {
-            memcpy(&m->started, p + 1, 8);
+            int64_t v = 0;
+            for (int i = 7; i >= 0; i--) /* native byte order, as the init wrote it */
+                ((unsigned char *)&v)[i] = (unsigned char)p[1 + i];
+            m->started = v;
             p += 9;
         } else if (*p == SYNC_EXECERR) {
+            /* exit 127 follows: this path may use libc */
             free(m->exec_error);
             m->exec_error = strdup(p + 1);
             break;
@@ -197,30 +213,30 @@ static int read_sync(struct monitor *m)
     return 1;
 }
 
-static void handle_signals(struct monitor *m)
+HOT static void handle_signals(struct monitor *m)
 {
     struct signalfd_siginfo si;
-    while (read(m->sig_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+    while (r_read(m->sig_fd, &si, sizeof si) == (long)sizeof si) {
         if (si.ssi_signo == SIGUSR1) {
             /* berth renamed the file (kubelet-style rotation): continue in a fresh one */
-            int fd = log_open(m->log_path);
+            long fd = r_openat(AT_FDCWD, m->log_path, LOG_FLAGS, 0640);
             if (fd >= 0) {
                 if (m->log_fd >= 0)
-                    close(m->log_fd);
-                m->log_fd = fd;
+                    r_close(m->log_fd);
+                m->log_fd = (int)fd;
             }
         } else if (si.ssi_signo == SIGUSR2) {
             /* stdin once: berth wrote and closed its end; let the container see EOF */
             if (m->stdin_hold >= 0) {
-                close(m->stdin_hold);
+                r_close(m->stdin_hold);
                 m->stdin_hold = -1;
             }
             if (m->stdin_src >= 0) {
-                close(m->stdin_src);
+                r_close(m->stdin_src);
                 m->stdin_src = -1;
                 char eot = 4;
                 if (m->pty_master >= 0)
-                    (void)write(m->pty_master, &eot, 1);
+                    r_write(m->pty_master, &eot, 1);
             }
         }
     }
@@ -255,8 +271,68 @@ static void write_exit(struct monitor *m, int status, int64_t finished)
     atomic_write(m->bundle, "exit.json", buf, (size_t)n);
 }
 
+/* Drop the page-table entries of everything setup touched: read-only file pages of this binary
+ * (refaulted from the page cache on use, and only the loop's few windows are) and the unused
+ * depth of the stack. Writable or copied-on-write mappings are left alone. */
+static uintptr_t stack_low;
+
+HOT __attribute__((noinline)) static void shrink_stack(void)
+{
+    volatile char here = 0;
+    uintptr_t top = ((uintptr_t)&here & ~(uintptr_t)4095) - 4096;
+    if (stack_low && top > stack_low)
+        rsys(SYS_madvise, (long)stack_low, (long)(top - stack_low), MADV_DONTNEED, 0, 0);
+}
+
+/* Runs from .text.hot: after the zap, execution must only touch the loop's window. */
+HOT __attribute__((noinline)) static void zap_and_shrink(const void *r, int nr)
+{
+    const uintptr_t *v = r;
+    for (int i = 0; i < nr; i++)
+        rsys(SYS_madvise, (long)v[2 * i], (long)(v[2 * i + 1] - v[2 * i]), MADV_DONTNEED, 0, 0);
+    shrink_stack();
+}
+
+void shrink_resident(void)
+{
+    struct stat exe;
+    FILE *f;
+    char line[512];
+    struct {
+        uintptr_t start, end;
+    } ranges[16] = {{0, 0}};
+    int nr = 0, ours = 0;
+    uintptr_t start = 0, end = 0;
+
+    if (stat("/proc/self/exe", &exe) < 0 || !(f = fopen("/proc/self/smaps", "re")))
+        return;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long s0, e0, ino;
+        unsigned maj, mnr;
+        char perms[8];
+        long anon;
+        if (sscanf(line, "%lx-%lx %7s %*x %x:%x %lu", &s0, &e0, perms, &maj, &mnr, &ino) == 6) {
+            start = s0;
+            end = e0;
+            ours = ino == exe.st_ino && makedev(maj, mnr) == exe.st_dev && perms[1] != 'w';
+            if (strstr(line, "[stack]"))
+                stack_low = s0;
+        } else if (ours && sscanf(line, "Anonymous: %ld kB", &anon) == 1) {
+            if (anon == 0 && nr < 16) {
+                ranges[nr].start = start;
+                ranges[nr].end = end;
+                nr++;
+            }
+            ours = 0;
+        }
+    }
+    fclose(f);
+    malloc_trim(0);
+    zap_and_shrink(ranges, nr);
+}
+
 /* The loop, kept apart from the exit path so that its code stays in .text.hot. */
-HOT static void monitor_loop(struct monitor *m, char *buf)
+HOT __attribute__((noinline)) static void monitor_loop(struct monitor *m, char *buf)
 {
     for (;;) {
         struct pollfd p[6];
@@ -291,19 +367,33 @@ HOT static void monitor_loop(struct monitor *m, char *buf)
     }
 }
 
+struct monitor *monitor_alloc(const char *bundle, const char *log_path)
+{
+    size_t bl = strlen(bundle) + 1, ll = strlen(log_path) + 1;
+    char *p = mmap(NULL, sizeof(struct monitor) + bl + ll, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    struct monitor *m = (struct monitor *)p;
+    memset(m, 0, sizeof *m);
+    m->bundle = p + sizeof *m;
+    memcpy(m->bundle, bundle, bl);
+    m->log_path = m->bundle + bl;
+    memcpy(m->log_path, log_path, ll);
+    return m;
+}
+
 void monitor_run(struct monitor *m)
 {
-    char *buf = malloc(READ_CHUNK);
     siginfo_t si;
     int status = 0;
-
-    if (!buf)
+    /* read buffer + one line buffer per stream; pages become resident only when used */
+    size_t len = READ_CHUNK + 2 * m->max_line;
+    char *buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buf == MAP_FAILED)
         _exit(1);
-    if (!m->out.buf)
-        m->out.buf = malloc(m->max_line);
-    if (!m->err.buf)
-        m->err.buf = malloc(m->max_line);
-    monitor_shrink();
+    m->out.buf = buf + READ_CHUNK;
+    m->err.buf = buf + READ_CHUNK + m->max_line;
+    shrink_resident();
     monitor_loop(m, buf);
 
     memset(&si, 0, sizeof si);

@@ -7,13 +7,15 @@
 
 struct log_stream {
     int fd;               /* read end; -1 when closed */
-    const char *name;     /* "stdout" / "stderr" */
+    char name[8];         /* "stdout" / "stderr" (inline: the loop reads no .rodata) */
     char *buf;            /* pending partial line (malloc'd on demand, max_line bytes) */
     size_t len;
 };
 
+/* Lives in its own mmap'd block (monitor_alloc) together with the two paths, so that the heap
+ * used during setup can be given back whole. */
 struct monitor {
-    const char *bundle;
+    char *bundle;
     char *log_path;
     int log_fd;
     size_t max_line;
@@ -30,6 +32,11 @@ struct monitor {
 };
 
 int log_open(const char *path);
+/* Drop resident pages that setup touched (read-only pages of this binary, unused stack depth).
+ * Call last before a long-lived loop that uses only raw syscalls and .text.hot code. */
+void shrink_resident(void);
+/* One anonymous mapping holding the struct and copies of both paths; NULL on failure. */
+struct monitor *monitor_alloc(const char *bundle, const char *log_path);
 /* Runs until the container is reaped and its output drained; writes exit.json. Never returns. */
 __attribute__((noreturn)) void monitor_run(struct monitor *m);
 

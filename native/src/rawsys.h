@@ -47,6 +47,8 @@ static inline long rsys(long n, long a, long b, long c, long d, long e)
 #define r_write(fd, buf, n) rsys(SYS_write, (fd), (long)(buf), (long)(n), 0, 0)
 #define r_writev(fd, iov, n) rsys(SYS_writev, (fd), (long)(iov), (long)(n), 0, 0)
 #define r_ppoll(fds, n) rsys(SYS_ppoll, (long)(fds), (long)(n), 0, 0, 8)
+#define r_close(fd) rsys(SYS_close, (fd), 0, 0, 0, 0)
+#define r_openat(dirfd, path, flags, mode) rsys(SYS_openat, (dirfd), (long)(path), (flags), (mode), 0)
 #define r_clock_gettime(clk, ts) rsys(SYS_clock_gettime, (clk), (long)(ts), 0, 0, 0)
 
 /* Byte helpers the compiler will not turn back into libc calls at -O2 for these small sizes. */

@@ -1,4 +1,6 @@
 /* berth-shim sandbox / unpin: pod namespaces pinned by bind mounts, optional pod init. */
+#include "monitor.h"
+#include "rawsys.h"
 #include "shim.h"
 
 #include <errno.h>
@@ -155,12 +157,25 @@ static void init_noop(int sig)
     (void)sig;
 }
 
+__attribute__((hot, noinline, noreturn)) static void pod_init_loop(const sigset_t *set)
+{
+    siginfo_t si;
+    for (;;) {
+        long sig = rsys(SYS_rt_sigtimedwait, (long)set, (long)&si, 0, 8, 0);
+        if (sig == SIGTERM || sig == SIGINT)
+            rsys(SYS_exit_group, 0, 0, 0, 0, 0);
+        if (sig < 0)
+            continue;
+        while (rsys(SYS_wait4, -1, 0, WNOHANG, 0, 0) > 0)
+            ;
+    }
+}
+
 /* pid 1 of the pod's pid namespace: reap orphans, exit on SIGTERM. */
 __attribute__((noreturn)) static void pod_init(void)
 {
     sigset_t set;
     struct sigaction sa;
-    siginfo_t si;
 
     setsid();
     int null = open("/dev/null", O_RDWR);
@@ -178,18 +193,12 @@ __attribute__((noreturn)) static void pod_init(void)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGCHLD);
-    for (int s = 1; s < NSIG; s++)
-        if (sigismember(&set, s))
-            sigaction(s, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGCHLD, &sa, NULL);
     sigprocmask(SIG_BLOCK, &set, NULL);
-    for (;;) {
-        if (sigwaitinfo(&set, &si) < 0)
-            continue;
-        if (si.si_signo == SIGTERM || si.si_signo == SIGINT)
-            _exit(0);
-        while (waitpid(-1, NULL, WNOHANG) > 0)
-            ;
-    }
+    shrink_resident();
+    pod_init_loop(&set);
 }
 
 int cmd_sandbox(int argc, char **argv)

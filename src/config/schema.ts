@@ -12,9 +12,21 @@ export interface RegistryConfig {
   requestTimeoutSeconds: number;
 }
 
+export interface RuntimeConfig {
+  /** Resource limits every container starts with, by name (`nofile` → RLIMIT_NOFILE): [soft, hard]. */
+  rlimits: Record<string, [number, number]>;
+  /** Size of each pod's /dev/shm. */
+  shmSizeBytes: number;
+  /** Longer log lines are split into partial (P) records. */
+  logMaxLineBytes: number;
+}
+
 export interface BerthConfig {
   registry: RegistryConfig;
+  runtime: RuntimeConfig;
 }
+
+export const RLIMIT_NAMES = ['as', 'core', 'cpu', 'data', 'fsize', 'locks', 'memlock', 'msgqueue', 'nice', 'nofile', 'nproc', 'rss', 'rtprio', 'rttime', 'sigpending', 'stack'];
 
 export function defaultConfig(): BerthConfig {
   return {
@@ -23,6 +35,11 @@ export function defaultConfig(): BerthConfig {
       mirrors: {},
       maxConcurrentDownloads: 3,
       requestTimeoutSeconds: 60,
+    },
+    runtime: {
+      rlimits: { nofile: [1024, 1024] },
+      shmSizeBytes: 64 * 1024 * 1024,
+      logMaxLineBytes: 16 * 1024,
     },
   };
 }
@@ -95,10 +112,36 @@ function parseRegistry(raw: Raw, into: RegistryConfig): void {
   }
 }
 
+function parseRuntime(raw: Raw, into: RuntimeConfig): void {
+  rejectUnknown('runtime', raw, ['rlimits', 'shm_size_bytes', 'log_max_line_bytes']);
+  if (raw.rlimits !== undefined) {
+    if (!isTable(raw.rlimits)) throw new ConfigError('runtime.rlimits', 'must be a table of name = [soft, hard]');
+    into.rlimits = {};
+    for (const [name, value] of Object.entries(raw.rlimits)) {
+      const key = `runtime.rlimits.${name}`;
+      if (!RLIMIT_NAMES.includes(name)) throw new ConfigError(key, `unknown resource limit (one of ${RLIMIT_NAMES.join(', ')})`);
+      if (!Array.isArray(value) || value.length !== 2) throw new ConfigError(key, 'must be [soft, hard]');
+      const [soft, hard] = value.map((v) => (typeof v === 'bigint' ? Number(v) : v));
+      if (!Number.isInteger(soft) || !Number.isInteger(hard) || soft < 0 || hard < soft) {
+        throw new ConfigError(key, 'must be two integers with 0 <= soft <= hard');
+      }
+      into.rlimits[name] = [soft, hard];
+    }
+  }
+  if (raw.shm_size_bytes !== undefined) into.shmSizeBytes = positiveInt('runtime.shm_size_bytes', raw.shm_size_bytes, 2 ** 40);
+  if (raw.log_max_line_bytes !== undefined) {
+    into.logMaxLineBytes = positiveInt('runtime.log_max_line_bytes', raw.log_max_line_bytes, 1 << 24);
+  }
+}
+
 /** Turns a parsed TOML document into a config, or throws ConfigError naming the offending key. */
 export function validateConfig(raw: Raw): BerthConfig {
   const config = defaultConfig();
-  rejectUnknown('', raw, ['registry']);
+  rejectUnknown('', raw, ['registry', 'runtime']);
+  if (raw.runtime !== undefined) {
+    if (!isTable(raw.runtime)) throw new ConfigError('runtime', 'must be a table');
+    parseRuntime(raw.runtime, config.runtime);
+  }
   if (raw.registry !== undefined) {
     if (!isTable(raw.registry)) throw new ConfigError('registry', 'must be a table');
     parseRegistry(raw.registry, config.registry);

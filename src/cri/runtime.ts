@@ -24,7 +24,12 @@ const RUNTIME_RPCS = [
   'CheckpointContainer', 'ListMetricDescriptors', 'ListPodSandboxMetrics', 'RuntimeConfig',
 ] as const;
 
-export function runtimeHandlers(info: RuntimeInfo, log: Logger, observe?: RpcObserver): RuntimeServiceHandlers {
+export function runtimeHandlers(
+  info: RuntimeInfo,
+  log: Logger,
+  lifecycle: Partial<RuntimeServiceHandlers>,
+  observe?: RpcObserver,
+): RuntimeServiceHandlers {
   const h = <Req, Res>(rpc: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>(rpc, log, (req) => fn(req), observe);
   const handlers: Record<string, unknown> = {};
   for (const rpc of RUNTIME_RPCS) handlers[rpc] = unimplemented('runtime.v1.RuntimeService', rpc);
@@ -66,5 +71,5 @@ export function runtimeHandlers(info: RuntimeInfo, log: Logger, observe?: RpcObs
       return {};
     }),
   };
-  return { ...handlers, ...implemented } as RuntimeServiceHandlers;
+  return { ...handlers, ...lifecycle, ...implemented } as RuntimeServiceHandlers;
 }

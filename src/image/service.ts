@@ -79,6 +79,11 @@ export class ImageService {
     return { mountpoint: this.store.layersDir, ...this.store.usage() };
   }
 
+  /** Deletes layers nothing uses any more, e.g. after the last container of a removed image went. */
+  collectGarbage(): Promise<void> {
+    return this.store.collectGarbage();
+  }
+
   layerPaths(image: ImageRecord): string[] {
     return image.layers.map((l) => this.store.layerPath(l));
   }

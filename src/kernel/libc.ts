@@ -117,3 +117,22 @@ export function lgetxattr(path: string, name: string): Buffer | undefined {
   }
   throw errnoError(os.constants.errno.ERANGE, 'lgetxattr', path, ` (${name})`);
 }
+
+export const MS_RDONLY = 0x1;
+export const MS_NOSUID = 0x2;
+export const MS_NODEV = 0x4;
+export const MS_NOEXEC = 0x8;
+export const MS_BIND = 0x1000;
+export const MS_REC = 0x4000;
+export const MS_PRIVATE = 0x40000;
+export const MNT_DETACH = 0x2;
+
+export function mount(source: string, target: string, fstype: string | null, flags: number, data: string | null): void {
+  const f = fn('mount', 'int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)');
+  check(f(source, target, fstype, flags, data), 'mount', target);
+}
+
+export function umount2(target: string, flags: number): void {
+  const f = fn('umount2', 'int umount2(const char *target, int flags)');
+  check(f(target, flags), 'umount2', target);
+}

@@ -1,0 +1,102 @@
+// A container as the domain sees it.
+
+export interface ContainerMount {
+  containerPath: string;
+  hostPath: string;
+  readonly: boolean;
+  selinuxRelabel: boolean;
+  propagation: 'PRIVATE' | 'HOST_TO_CONTAINER' | 'BIDIRECTIONAL';
+}
+
+export interface DeviceMapping {
+  containerPath: string;
+  hostPath: string;
+  permissions: string;
+}
+
+export interface Resources {
+  cpuPeriod?: number;
+  cpuQuota?: number;
+  cpuShares?: number;
+  memoryLimitBytes?: number;
+  oomScoreAdj?: number;
+  cpusetCpus?: string;
+  cpusetMems?: string;
+  hugepageLimits: { pageSize: string; limit: number }[];
+  unified: Record<string, string>;
+  memorySwapLimitBytes?: number;
+}
+
+export interface SecurityOptions {
+  capabilities: { add: string[]; drop: string[] };
+  privileged: boolean;
+  runAsUser?: number;
+  runAsUsername?: string;
+  runAsGroup?: number;
+  readonlyRootfs: boolean;
+  supplementalGroups: number[];
+  noNewPrivs: boolean;
+  maskedPaths: string[];
+  readonlyPaths: string[];
+  namespaces: { network: string; pid: string; ipc: string; targetId?: string };
+}
+
+export interface ContainerMetadata {
+  name: string;
+  attempt: number;
+}
+
+export interface ContainerConfig {
+  metadata: ContainerMetadata;
+  image: string;
+  command: string[];
+  args: string[];
+  workingDir: string;
+  envs: { key: string; value: string }[];
+  mounts: ContainerMount[];
+  devices: DeviceMapping[];
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  logPath: string;
+  stdin: boolean;
+  stdinOnce: boolean;
+  tty: boolean;
+  resources: Resources;
+  security: SecurityOptions;
+}
+
+export type ContainerState = 'CREATED' | 'RUNNING' | 'EXITED' | 'UNKNOWN';
+
+export interface ExitStatus {
+  exitCode: number;
+  signal: number;
+  startedAt: number;
+  finishedAt: number;
+  oomKilled: boolean;
+  reason: string;
+  message: string;
+}
+
+export interface ContainerRecord {
+  id: string;
+  sandboxId: string;
+  config: ContainerConfig;
+  imageId: string;
+  /** The image name as the user asked for it (image field of ContainerStatus). */
+  imageName: string;
+  imageLayers: string[];
+  createdAt: number;
+  startedAt?: number;
+  state: ContainerState;
+  pid?: number;
+  monitorPid?: number;
+  exit?: ExitStatus;
+  bundle: string;
+  logPath: string;
+  cgroup: { path: string; created: string[] };
+  stopSignal: string;
+  /** uid/gid/groups the process runs with, for exec. */
+  user: { uid: number; gid: number; additionalGids: number[] };
+  env: string[];
+  cwd: string;
+}

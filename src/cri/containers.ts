@@ -1,0 +1,148 @@
+import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
+import type { ContainerStatus } from '../gen/runtime/v1/ContainerStatus.js';
+import type { Container } from '../gen/runtime/v1/Container.js';
+import { BerthError, invalidArgument } from '../errors.js';
+import { Logger } from '../log.js';
+import { ContainerService } from '../container/service.js';
+import { ContainerRecord, ContainerState } from '../container/types.js';
+import { ImageService } from '../image/service.js';
+import { RpcObserver, unary } from './grpc.js';
+import { containerConfigFromProto, resourcesFromProto } from './translate.js';
+
+const stateToProto: Record<ContainerState, 'CONTAINER_CREATED' | 'CONTAINER_RUNNING' | 'CONTAINER_EXITED' | 'CONTAINER_UNKNOWN'> = {
+  CREATED: 'CONTAINER_CREATED',
+  RUNNING: 'CONTAINER_RUNNING',
+  EXITED: 'CONTAINER_EXITED',
+  UNKNOWN: 'CONTAINER_UNKNOWN',
+};
+const stateFromProto: Record<string, ContainerState> = {
+  CONTAINER_CREATED: 'CREATED',
+  CONTAINER_RUNNING: 'RUNNING',
+  CONTAINER_EXITED: 'EXITED',
+  CONTAINER_UNKNOWN: 'UNKNOWN',
+};
+
+const propagationToProto = {
+  PRIVATE: 'PROPAGATION_PRIVATE',
+  HOST_TO_CONTAINER: 'PROPAGATION_HOST_TO_CONTAINER',
+  BIDIRECTIONAL: 'PROPAGATION_BIDIRECTIONAL',
+} as const;
+
+export function containerHandlers(containers: ContainerService, images: ImageService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
+  const h = <Req, Res>(rpc: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>(rpc, log, (req) => fn(req), observe);
+  const requireId = (id: string, rpc: string) => {
+    if (!id) throw invalidArgument(`container_id is empty: ${rpc} needs a container id`);
+    return id;
+  };
+  // kubelet shows image_ref as the digest it can pull again; the id stays in image_id.
+  const imageRef = (record: ContainerRecord) => images.resolve(record.imageId)?.repoDigests[0] ?? record.imageId;
+
+  const toContainer = (record: ContainerRecord): Container => ({
+    id: record.id,
+    pod_sandbox_id: record.sandboxId,
+    metadata: { ...record.config.metadata },
+    image: { image: record.imageName, annotations: {} },
+    image_ref: imageRef(record),
+    image_id: record.imageId,
+    state: stateToProto[record.state],
+    created_at: String(record.createdAt),
+    labels: record.config.labels,
+    annotations: record.config.annotations,
+  });
+
+  const toStatus = (record: ContainerRecord): ContainerStatus => {
+    const r = record.config.resources;
+    return {
+      id: record.id,
+      metadata: { ...record.config.metadata },
+      state: stateToProto[record.state],
+      created_at: String(record.createdAt),
+      started_at: String(record.startedAt ?? 0),
+      finished_at: String(record.exit?.finishedAt ?? 0),
+      exit_code: record.exit?.exitCode ?? 0,
+      image: { image: record.imageName, annotations: {} },
+      image_ref: imageRef(record),
+      image_id: record.imageId,
+      reason: record.exit?.reason ?? '',
+      message: record.exit?.message ?? '',
+      labels: record.config.labels,
+      annotations: record.config.annotations,
+      mounts: record.config.mounts.map((m) => ({
+        container_path: m.containerPath,
+        host_path: m.hostPath,
+        readonly: m.readonly,
+        selinux_relabel: m.selinuxRelabel,
+        propagation: propagationToProto[m.propagation],
+      })),
+      log_path: record.logPath,
+      resources: {
+        linux: {
+          cpu_period: String(r.cpuPeriod ?? 0),
+          cpu_quota: String(r.cpuQuota ?? 0),
+          cpu_shares: String(r.cpuShares ?? 0),
+          memory_limit_in_bytes: String(r.memoryLimitBytes ?? 0),
+          oom_score_adj: String(r.oomScoreAdj ?? 0),
+          cpuset_cpus: r.cpusetCpus ?? '',
+          cpuset_mems: r.cpusetMems ?? '',
+          hugepage_limits: r.hugepageLimits.map((l) => ({ page_size: l.pageSize, limit: String(l.limit) })),
+          unified: r.unified,
+          memory_swap_limit_in_bytes: String(r.memorySwapLimitBytes ?? 0),
+        },
+      },
+      user: { linux: { uid: String(record.user.uid), gid: String(record.user.gid), supplemental_groups: record.user.additionalGids.map(String) } },
+    };
+  };
+
+  return {
+    CreateContainer: h('CreateContainer', async (req) => {
+      if (!req.pod_sandbox_id) throw invalidArgument('pod_sandbox_id is empty: CreateContainer needs the pod sandbox id');
+      const record = await containers.create(req.pod_sandbox_id, containerConfigFromProto(req.config));
+      return { container_id: record.id };
+    }),
+    StartContainer: h('StartContainer', async (req) => {
+      await containers.start(requireId(req.container_id, 'StartContainer'));
+      return {};
+    }),
+    StopContainer: h('StopContainer', async (req) => {
+      await containers.stop(requireId(req.container_id, 'StopContainer'), Number(req.timeout));
+      return {};
+    }),
+    RemoveContainer: h('RemoveContainer', async (req) => {
+      await containers.remove(requireId(req.container_id, 'RemoveContainer'));
+      return {};
+    }),
+    ListContainers: h('ListContainers', async (req) => {
+      const f = req.filter;
+      const list = containers.list({
+        id: f?.id || undefined,
+        sandboxId: f?.pod_sandbox_id || undefined,
+        state: f?.state ? stateFromProto[f.state.state] : undefined,
+        labels: f?.label_selector,
+      });
+      return { containers: list.map(toContainer) };
+    }),
+    ContainerStatus: h('ContainerStatus', async (req) => {
+      const record = containers.get(requireId(req.container_id, 'ContainerStatus'));
+      const info: Record<string, string> = {};
+      if (req.verbose) {
+        info.info = JSON.stringify({ pid: record.pid, monitorPid: record.monitorPid, bundle: record.bundle, cgroup: record.cgroup, user: record.user, config: record.config });
+      }
+      return { status: toStatus(record), info };
+    }),
+    UpdateContainerResources: h('UpdateContainerResources', async (req) => {
+      await containers.updateResources(requireId(req.container_id, 'UpdateContainerResources'), resourcesFromProto(req.linux));
+      return {};
+    }),
+    ReopenContainerLog: h('ReopenContainerLog', async (req) => {
+      await containers.reopenLog(requireId(req.container_id, 'ReopenContainerLog'));
+      return {};
+    }),
+    ExecSync: h('ExecSync', async (req) => {
+      const result = await containers.execSync(requireId(req.container_id, 'ExecSync'), [...req.cmd], Number(req.timeout));
+      if (result.timedOut) {
+        throw new BerthError('deadline_exceeded', `command ${JSON.stringify(req.cmd)} timed out after ${req.timeout}s`);
+      }
+      return { stdout: result.stdout, stderr: result.stderr, exit_code: result.exitCode };
+    }),
+  };
+}

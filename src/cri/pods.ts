@@ -1,0 +1,89 @@
+import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
+import type { PodSandboxStatus } from '../gen/runtime/v1/PodSandboxStatus.js';
+import type { PodSandbox } from '../gen/runtime/v1/PodSandbox.js';
+import { invalidArgument } from '../errors.js';
+import { Logger } from '../log.js';
+import { SandboxService } from '../sandbox/service.js';
+import { SandboxRecord } from '../sandbox/types.js';
+import { RpcObserver, unary } from './grpc.js';
+import { sandboxConfigFromProto } from './translate.js';
+
+const ns = (ms: number) => String(BigInt(Math.round(ms)) * 1_000_000n);
+
+function metadata(record: SandboxRecord) {
+  return { ...record.config.metadata };
+}
+
+function podState(record: SandboxRecord): 'SANDBOX_READY' | 'SANDBOX_NOTREADY' {
+  return record.state === 'READY' ? 'SANDBOX_READY' : 'SANDBOX_NOTREADY';
+}
+
+export function toPodSandbox(record: SandboxRecord): PodSandbox {
+  return {
+    id: record.id,
+    metadata: metadata(record),
+    state: podState(record),
+    created_at: ns(record.createdAt),
+    labels: record.config.labels,
+    annotations: record.config.annotations,
+    runtime_handler: record.config.runtimeHandler,
+  };
+}
+
+export function toPodSandboxStatus(record: SandboxRecord): PodSandboxStatus {
+  const n = record.config.namespaces;
+  return {
+    id: record.id,
+    metadata: metadata(record),
+    state: podState(record),
+    created_at: ns(record.createdAt),
+    network: { ip: record.ip ?? '', additional_ips: record.additionalIps.map((ip) => ({ ip })) },
+    linux: { namespaces: { options: { network: n.network, pid: n.pid, ipc: n.ipc, target_id: n.targetId ?? '' } } },
+    labels: record.config.labels,
+    annotations: record.config.annotations,
+    runtime_handler: record.config.runtimeHandler,
+  };
+}
+
+export function podHandlers(sandboxes: SandboxService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
+  const h = <Req, Res>(rpc: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>(rpc, log, (req) => fn(req), observe);
+  const requireId = (id: string, rpc: string) => {
+    if (!id) throw invalidArgument(`pod_sandbox_id is empty: ${rpc} needs a pod sandbox id`);
+    return id;
+  };
+  return {
+    RunPodSandbox: h('RunPodSandbox', async (req) => {
+      const record = await sandboxes.run(sandboxConfigFromProto(req.config, req.runtime_handler));
+      return { pod_sandbox_id: record.id };
+    }),
+    StopPodSandbox: h('StopPodSandbox', async (req) => {
+      await sandboxes.stop(requireId(req.pod_sandbox_id, 'StopPodSandbox'));
+      return {};
+    }),
+    RemovePodSandbox: h('RemovePodSandbox', async (req) => {
+      await sandboxes.remove(requireId(req.pod_sandbox_id, 'RemovePodSandbox'));
+      return {};
+    }),
+    PodSandboxStatus: h('PodSandboxStatus', async (req) => {
+      const record = sandboxes.get(requireId(req.pod_sandbox_id, 'PodSandboxStatus'));
+      const info: Record<string, string> = {};
+      if (req.verbose) {
+        info.info = JSON.stringify({
+          namespaces: record.namespacePaths,
+          initPid: record.initPid,
+          cgroup: record.cgroup,
+          filesDir: record.filesDir,
+          shm: record.shmPath,
+          config: record.config,
+        });
+      }
+      return { status: toPodSandboxStatus(record), info, containers_statuses: [], timestamp: ns(Date.now()) };
+    }),
+    ListPodSandbox: h('ListPodSandbox', async (req) => {
+      const f = req.filter;
+      const state = f?.state ? (f.state.state === 'SANDBOX_READY' ? 'READY' : 'NOTREADY') : undefined;
+      const items = sandboxes.list({ id: f?.id || undefined, state, labels: f?.label_selector });
+      return { items: items.map(toPodSandbox) };
+    }),
+  };
+}

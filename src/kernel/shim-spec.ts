@@ -1,0 +1,58 @@
+// The contract with native/berth-shim: bundle/spec.json. See native/README.md.
+
+export type NamespaceType = 'mount' | 'pid' | 'ipc' | 'uts' | 'network' | 'cgroup' | 'user';
+
+export interface ShimMount {
+  destination: string;
+  type: string;
+  source: string;
+  options: string[];
+}
+
+export interface ShimDevice {
+  path: string;
+  type: 'c' | 'b';
+  major: number;
+  minor: number;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+export interface ShimCapabilities {
+  bounding: string[];
+  effective: string[];
+  permitted: string[];
+  inheritable: string[];
+  ambient: string[];
+}
+
+export interface ShimSpec {
+  id: string;
+  bundle: string;
+  process: {
+    args: string[];
+    env: string[];
+    cwd: string;
+    uid: number;
+    gid: number;
+    additionalGids: number[];
+    terminal: boolean;
+    stdin: boolean;
+    rlimits: { type: string; soft: number; hard: number }[];
+    oomScoreAdj: number | null;
+    noNewPrivileges: boolean;
+    capabilities: ShimCapabilities;
+  };
+  root: { path: string; readonly: boolean };
+  overlay?: { lower: string[]; upper: string; work: string };
+  hostname?: string;
+  namespaces: { type: NamespaceType; path?: string }[];
+  cgroupProcs: string[];
+  mounts: ShimMount[];
+  devices: ShimDevice[];
+  maskedPaths: string[];
+  readonlyPaths: string[];
+  sysctl: Record<string, string>;
+  log: { path: string; maxLineBytes: number };
+}

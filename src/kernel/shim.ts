@@ -1,0 +1,200 @@
+import { execFile, spawn } from 'node:child_process';
+import { constants, promises as fs } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BerthError, errorMessage, internal } from '../errors.js';
+import { writeJsonAtomic } from '../store/atomic.js';
+import { ShimSpec } from './shim-spec.js';
+
+// Driving native/berth-shim: creating containers and pod namespaces, starting, exec. Nothing above this file
+// knows the shim's command line or its files.
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const SHIM_PATH = process.env.BERTH_SHIM ?? path.resolve(here, '../../../native/build/berth-shim');
+
+const SHIM_TIMEOUT_MS = 15_000;
+
+export interface ShimExit {
+  exitCode: number;
+  signal: number;
+  startedAt: number;
+  finishedAt: number;
+}
+
+function run(args: string[], timeoutMs = SHIM_TIMEOUT_MS): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(SHIM_PATH, args, { timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+      if (err) {
+        const why = stderr.trim() || errorMessage(err);
+        const timedOut = (err as { killed?: boolean }).killed;
+        reject(internal(`berth-shim ${args[0]}${timedOut ? ` timed out after ${timeoutMs}ms` : ''}: ${why}`, err));
+        return;
+      }
+      resolve(stdout);
+    });
+  });
+}
+
+/** Writes the spec and creates the container process, blocked until `startContainer`. */
+export async function createContainer(spec: ShimSpec): Promise<{ pid: number; monitorPid: number }> {
+  await writeJsonAtomic(path.join(spec.bundle, 'spec.json'), spec);
+  const out = await run(['create', spec.bundle]);
+  try {
+    const parsed = JSON.parse(out.trim().split('\n').pop() ?? '') as { pid: number; monitorPid: number };
+    if (!parsed.pid || !parsed.monitorPid) throw new Error('missing pids');
+    return parsed;
+  } catch (err) {
+    throw internal(`berth-shim create ${spec.id}: unexpected output ${JSON.stringify(out)}: ${errorMessage(err)}`);
+  }
+}
+
+/** Releases the container from its start fifo. Fails (ENXIO) when nobody waits on it: the process is gone. */
+export async function startContainer(bundle: string): Promise<void> {
+  const fifo = path.join(bundle, 'start.fifo');
+  let handle;
+  try {
+    handle = await fs.open(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENXIO' || code === 'ENOENT') throw new BerthError('failed_precondition', 'the container process is no longer waiting to start (it exited)');
+    throw internal(`opening ${fifo}: ${errorMessage(err)}`, err);
+  }
+  try {
+    await handle.write(Buffer.from('1'));
+  } finally {
+    await handle.close();
+  }
+}
+
+export async function readExit(bundle: string): Promise<ShimExit | undefined> {
+  try {
+    return JSON.parse(await fs.readFile(path.join(bundle, 'exit.json'), 'utf8')) as ShimExit;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function readExecError(bundle: string): Promise<string | undefined> {
+  try {
+    return (await fs.readFile(path.join(bundle, 'exec-error'), 'utf8')).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** True when `pid` is alive and is the process we started (its cmdline names berth-shim), not a reused pid. */
+export async function isShim(pid: number): Promise<boolean> {
+  try {
+    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8');
+    return cmdline.includes('berth-shim');
+  } catch {
+    return false;
+  }
+}
+
+export interface PodNamespaces {
+  network?: string;
+  ipc?: string;
+  uts?: string;
+  pid?: string;
+  initPid?: number;
+}
+
+/** Creates and pins a pod's namespaces under `dir`. */
+export async function createPodNamespaces(
+  dir: string,
+  want: { network: boolean; ipc: boolean; uts: boolean; pid: boolean; hostname?: string },
+): Promise<PodNamespaces> {
+  const args = ['sandbox', dir];
+  if (want.network) args.push('--net');
+  if (want.ipc) args.push('--ipc');
+  if (want.uts) args.push('--uts');
+  if (want.pid) args.push('--pid');
+  if (want.uts && want.hostname) args.push('--hostname', want.hostname);
+  const out = await run(args);
+  const parsed = JSON.parse(out.trim() || '{}') as { initPid?: number };
+  const result: PodNamespaces = {};
+  if (want.network) result.network = path.join(dir, 'net');
+  if (want.ipc) result.ipc = path.join(dir, 'ipc');
+  if (want.uts) result.uts = path.join(dir, 'uts');
+  if (want.pid) {
+    result.pid = path.join(dir, 'pid');
+    result.initPid = parsed.initPid;
+  }
+  return result;
+}
+
+export async function unpinNamespaces(dir: string): Promise<void> {
+  await fs.access(dir).then(
+    () => run(['unpin', dir]),
+    () => undefined,
+  );
+}
+
+export interface ExecOptions {
+  pid: number;
+  uid: number;
+  gid: number;
+  groups: number[];
+  cwd: string;
+  env: string[];
+  cgroupProcs: string[];
+  noNewPrivs: boolean;
+  capsFile?: string;
+  command: string[];
+  timeoutMs: number;
+  /** Bytes kept of each stream. */
+  maxOutput?: number;
+}
+
+export interface ExecResult {
+  stdout: Buffer;
+  stderr: Buffer;
+  exitCode: number;
+  timedOut: boolean;
+}
+
+/** Runs a command inside a running container and collects its output. */
+export function execInContainer(opts: ExecOptions): Promise<ExecResult> {
+  const args = ['exec', String(opts.pid), '--uid', String(opts.uid), '--gid', String(opts.gid), '--cwd', opts.cwd];
+  if (opts.groups.length > 0) args.push('--groups', opts.groups.join(','));
+  for (const e of opts.env) args.push('--env', e);
+  for (const f of opts.cgroupProcs) args.push('--cgroup-procs', f);
+  if (opts.capsFile) args.push('--caps-json', opts.capsFile);
+  if (opts.noNewPrivs) args.push('--no-new-privs');
+  args.push('--', ...opts.command);
+  const max = opts.maxOutput ?? 16 << 20;
+  return new Promise((resolve, reject) => {
+    const child = spawn(SHIM_PATH, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let outBytes = 0;
+    let errBytes = 0;
+    child.stdout.on('data', (c: Buffer) => {
+      if (outBytes < max) out.push(c);
+      outBytes += c.length;
+    });
+    child.stderr.on('data', (c: Buffer) => {
+      if (errBytes < max) err.push(c);
+      errBytes += c.length;
+    });
+    let timedOut = false;
+    const timer = opts.timeoutMs > 0 ? setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, opts.timeoutMs) : undefined;
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(internal(`berth-shim exec: ${e.message}`, e));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({
+        stdout: Buffer.concat(out),
+        stderr: Buffer.concat(err),
+        exitCode: code ?? (signal ? 128 + (({ SIGKILL: 9, SIGTERM: 15 } as Record<string, number>)[signal] ?? 1) : 1),
+        timedOut,
+      });
+    });
+  });
+}

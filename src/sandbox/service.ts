@@ -1,0 +1,238 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { BerthError, errorMessage, failedPrecondition, invalidArgument, notFound } from '../errors.js';
+import { Logger } from '../log.js';
+import { Cgroups } from '../kernel/cgroups.js';
+import { MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, mount, umount2 } from '../kernel/libc.js';
+import { createPodNamespaces, isShim, unpinNamespaces } from '../kernel/shim.js';
+import { RecordStore } from '../store/records.js';
+import { writePodFiles } from './files.js';
+import { SandboxConfig, SandboxRecord } from './types.js';
+
+// Pod sandboxes without a pause process: the pod's namespaces are pinned by bind mounts under the run directory.
+// Only a pod that shares one PID namespace gets a process of its own, the shim's tiny init.
+
+export interface SandboxHooks {
+  /** Stops (kills) every container of the pod: StopPodSandbox's contract. */
+  stopContainers(sandboxId: string): Promise<void>;
+  /** Removes every container of the pod. */
+  removeContainers(sandboxId: string): Promise<void>;
+}
+
+export interface SandboxFilter {
+  id?: string;
+  state?: 'READY' | 'NOTREADY';
+  labels?: Record<string, string>;
+}
+
+export class SandboxService {
+  private readonly records: RecordStore<SandboxRecord>;
+  private readonly sandboxes = new Map<string, SandboxRecord>();
+  private readonly names = new Map<string, string>();
+  private hooks: SandboxHooks = { stopContainers: async () => undefined, removeContainers: async () => undefined };
+
+  constructor(
+    private readonly opts: { root: string; stateDir: string; cgroups: Cgroups; log: Logger; shmSizeBytes: number },
+  ) {
+    this.records = new RecordStore(path.join(opts.root, 'sandboxes'), 'sandbox.json');
+  }
+
+  setHooks(hooks: SandboxHooks): void {
+    this.hooks = hooks;
+  }
+
+  private runDir(id: string): string {
+    return path.join(this.opts.stateDir, 'sandboxes', id);
+  }
+
+  private static nameKey(c: SandboxConfig): string {
+    const m = c.metadata;
+    return `${m.name}_${m.namespace}_${m.uid}_${m.attempt}`;
+  }
+
+  /** Re-reads records; a pod whose pinned namespaces vanished (a reboot cleared /run) is NOTREADY. */
+  async load(): Promise<void> {
+    const { records, orphans } = await this.records.loadAll();
+    for (const dir of orphans) await fs.rm(dir, { recursive: true, force: true });
+    for (const record of records) {
+      if (record.state === 'READY') {
+        const pins = Object.values(record.namespacePaths);
+        const alive = (await Promise.all(pins.map((p) => fs.access(p).then(() => true, () => false)))).every(Boolean);
+        const initAlive = record.initPid === undefined || (await isShim(record.initPid));
+        if (!alive || !initAlive) {
+          this.opts.log.warn('sandbox lost its namespaces while berth was down: marking NOTREADY', { pod: record.id });
+          record.state = 'NOTREADY';
+          await this.records.put(record);
+        }
+      }
+      this.sandboxes.set(record.id, record);
+      this.names.set(SandboxService.nameKey(record.config), record.id);
+    }
+  }
+
+  get(id: string): SandboxRecord {
+    const found = this.find(id);
+    if (!found) throw notFound(`pod sandbox "${id}" not found`);
+    return found;
+  }
+
+  /** By full id or a unique prefix, as crictl accepts. */
+  find(id: string): SandboxRecord | undefined {
+    if (id === '') return undefined;
+    const exact = this.sandboxes.get(id);
+    if (exact) return exact;
+    const matches = [...this.sandboxes.values()].filter((s) => s.id.startsWith(id));
+    return matches.length === 1 ? matches[0] : undefined;
+  }
+
+  list(filter: SandboxFilter = {}): SandboxRecord[] {
+    let out = [...this.sandboxes.values()];
+    if (filter.id) out = out.filter((s) => s.id.startsWith(filter.id!));
+    if (filter.state) out = out.filter((s) => s.state === filter.state);
+    if (filter.labels) {
+      const wanted = Object.entries(filter.labels);
+      out = out.filter((s) => wanted.every(([k, v]) => s.config.labels[k] === v));
+    }
+    return out;
+  }
+
+  async run(config: SandboxConfig): Promise<SandboxRecord> {
+    if (!config.metadata.name) throw invalidArgument('config.metadata.name is empty');
+    if (config.runtimeHandler && config.runtimeHandler !== 'berth') {
+      throw invalidArgument(`runtime_handler "${config.runtimeHandler}" is not known; berth has the default handler only`);
+    }
+    const key = SandboxService.nameKey(config);
+    const existing = this.names.get(key);
+    if (existing) throw new BerthError('already_exists', `a pod sandbox named ${key} already exists (id ${existing})`);
+    const id = randomBytes(32).toString('hex');
+    const log = this.opts.log.child({ pod: id });
+    const started = Date.now();
+    this.names.set(key, id);
+
+    const hostNetwork = config.namespaces.network === 'NODE';
+    const hostIpc = config.namespaces.ipc === 'NODE';
+    const hostname = config.hostname || config.metadata.name;
+    const runDir = this.runDir(id);
+    const record: SandboxRecord = {
+      id,
+      config,
+      state: 'READY',
+      createdAt: Date.now(),
+      namespacePaths: {},
+      cgroup: { path: config.cgroupParent || `/berth/pod-${id.slice(0, 16)}`, created: [] },
+      filesDir: path.join(this.records.pathOf(id), 'files'),
+      additionalIps: [],
+    };
+    const undo: (() => Promise<void>)[] = [];
+    try {
+      await fs.mkdir(runDir, { recursive: true, mode: 0o711 });
+      undo.push(() => fs.rm(runDir, { recursive: true, force: true }));
+      const shmPath = hostIpc ? '/dev/shm' : path.join(runDir, 'shm');
+      // Independent steps run at once: namespaces, cgroup, pod files and shm are unrelated.
+      const [namespaces, cgroup] = await Promise.all([
+        createPodNamespaces(path.join(runDir, 'ns'), {
+          network: !hostNetwork,
+          ipc: !hostIpc,
+          uts: !hostNetwork,
+          pid: config.namespaces.pid === 'POD',
+          hostname,
+        }).then((ns) => {
+          undo.push(() => unpinNamespaces(path.join(runDir, 'ns')));
+          return ns;
+        }),
+        this.opts.cgroups.create(record.cgroup.path).then((handle) => {
+          undo.push(() => this.opts.cgroups.remove(handle));
+          return handle;
+        }),
+        writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork }),
+        hostIpc ? Promise.resolve() : this.mountShm(shmPath).then(() => undo.push(() => this.unmountShm(shmPath))),
+      ]);
+      record.cgroup = { path: cgroup.path, created: cgroup.created };
+      record.shmPath = shmPath;
+      if (namespaces.network) record.namespacePaths.network = namespaces.network;
+      if (namespaces.ipc) record.namespacePaths.ipc = namespaces.ipc;
+      if (namespaces.uts) record.namespacePaths.uts = namespaces.uts;
+      if (namespaces.pid) {
+        record.namespacePaths.pid = namespaces.pid;
+        record.initPid = namespaces.initPid;
+        // The init is the pod's process: account it to the pod's cgroup, not berth's.
+        const initPid = record.initPid;
+        if (initPid) {
+          await Promise.all(this.opts.cgroups.procsFiles(record.cgroup.path).map((f) => fs.writeFile(f, String(initPid)).catch(() => undefined)));
+        }
+      }
+      await this.records.put(record);
+    } catch (err) {
+      this.names.delete(key);
+      if (record.initPid) process.kill(record.initPid, 'SIGKILL');
+      for (const step of undo.reverse()) await step().catch((e) => log.warn('undo failed', { error: errorMessage(e) }));
+      await fs.rm(this.records.pathOf(id), { recursive: true, force: true });
+      throw err;
+    }
+    this.sandboxes.set(id, record);
+    log.info('pod sandbox running', { name: config.metadata.name, namespace: config.metadata.namespace, ms: Date.now() - started });
+    return record;
+  }
+
+  private async mountShm(target: string): Promise<void> {
+    await fs.mkdir(target, { recursive: true, mode: 0o1777 });
+    mount('shm', target, 'tmpfs', MS_NOSUID | MS_NODEV | MS_NOEXEC, `mode=1777,size=${this.opts.shmSizeBytes}`);
+  }
+
+  private async unmountShm(target: string): Promise<void> {
+    try {
+      umount2(target, MNT_DETACH);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'EINVAL' && code !== 'ENOENT') throw err;
+    }
+  }
+
+  /** Kills the pod's containers and releases its namespaces. Idempotent. */
+  async stop(id: string): Promise<void> {
+    const record = this.get(id);
+    await this.hooks.stopContainers(record.id);
+    await this.release(record);
+    if (record.state !== 'NOTREADY') {
+      record.state = 'NOTREADY';
+      await this.records.put(record);
+      this.opts.log.info('pod sandbox stopped', { pod: record.id });
+    }
+  }
+
+  private async release(record: SandboxRecord): Promise<void> {
+    if (record.initPid && (await isShim(record.initPid))) {
+      try {
+        process.kill(record.initPid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
+    const runDir = this.runDir(record.id);
+    await unpinNamespaces(path.join(runDir, 'ns'));
+    if (record.shmPath && record.shmPath !== '/dev/shm') await this.unmountShm(record.shmPath);
+  }
+
+  /** Removes the pod and everything it holds. Removing an unknown pod is not an error. */
+  async remove(id: string): Promise<void> {
+    const record = this.find(id);
+    if (!record) return;
+    await this.hooks.stopContainers(record.id);
+    await this.hooks.removeContainers(record.id);
+    await this.release(record);
+    try {
+      await this.opts.cgroups.remove({ path: record.cgroup.path, created: record.cgroup.created });
+    } catch (err) {
+      if (err instanceof BerthError && err.kind === 'failed_precondition') {
+        throw failedPrecondition(`pod sandbox ${record.id}: its cgroup still holds processes: ${err.message}`);
+      }
+      throw err;
+    }
+    await fs.rm(this.runDir(record.id), { recursive: true, force: true });
+    await this.records.delete(record.id);
+    this.sandboxes.delete(record.id);
+    this.names.delete(SandboxService.nameKey(record.config));
+    this.opts.log.info('pod sandbox removed', { pod: record.id });
+  }
+}

@@ -1,0 +1,65 @@
+// A pod sandbox as the domain sees it: no protobuf here, src/cri/ translates.
+
+export type NamespaceMode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
+
+export interface NamespaceOptions {
+  network: NamespaceMode;
+  pid: NamespaceMode;
+  ipc: NamespaceMode;
+  targetId?: string;
+}
+
+export interface PortMapping {
+  protocol: 'TCP' | 'UDP' | 'SCTP';
+  containerPort: number;
+  hostPort: number;
+  hostIp: string;
+}
+
+export interface DnsConfig {
+  servers: string[];
+  searches: string[];
+  options: string[];
+}
+
+export interface SandboxMetadata {
+  name: string;
+  uid: string;
+  namespace: string;
+  attempt: number;
+}
+
+export interface SandboxConfig {
+  metadata: SandboxMetadata;
+  hostname: string;
+  logDirectory: string;
+  dns?: DnsConfig;
+  portMappings: PortMapping[];
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  cgroupParent: string;
+  namespaces: NamespaceOptions;
+  privileged: boolean;
+  sysctls: Record<string, string>;
+  runtimeHandler: string;
+}
+
+export type SandboxState = 'READY' | 'NOTREADY';
+
+export interface SandboxRecord {
+  id: string;
+  config: SandboxConfig;
+  state: SandboxState;
+  createdAt: number;
+  /** Pinned namespace files, by type. */
+  namespacePaths: Partial<Record<'network' | 'ipc' | 'uts' | 'pid', string>>;
+  /** The shared-PID init, when the pod shares one PID namespace. */
+  initPid?: number;
+  /** Pod cgroup and the directories berth created for it. */
+  cgroup: { path: string; created: string[] };
+  /** Directory holding hosts, hostname, resolv.conf. */
+  filesDir: string;
+  shmPath?: string;
+  ip?: string;
+  additionalIps: string[];
+}

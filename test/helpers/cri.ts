@@ -1,0 +1,47 @@
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
+import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
+import type { BerthProcess } from './berth.js';
+
+// Request builders shaped like what kubelet sends, and host-state checks every lifecycle test runs.
+
+export function podConfig(overrides: Partial<PodSandboxConfig> = {}): PodSandboxConfig {
+  const suffix = randomBytes(4).toString('hex');
+  return {
+    metadata: { name: `pod-${suffix}`, uid: `uid-${suffix}`, namespace: 'default', attempt: 0 },
+    hostname: `pod-${suffix}`,
+    log_directory: '',
+    labels: { 'io.kubernetes.pod.uid': `uid-${suffix}`, app: 'berth-test' },
+    annotations: { 'berth.test/annotation': 'kept' },
+    linux: { security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } },
+    ...overrides,
+  };
+}
+
+export function containerConfig(image: string, overrides: Partial<ContainerConfig> = {}): ContainerConfig {
+  return {
+    metadata: { name: `c-${randomBytes(3).toString('hex')}`, attempt: 0 },
+    image: { image },
+    labels: { 'io.kubernetes.container.name': 'c' },
+    annotations: {},
+    ...overrides,
+  };
+}
+
+/** Host objects that mention a berth test dir: mounts, cgroups. */
+export async function leftovers(berth: BerthProcess): Promise<{ mounts: string[]; cgroups: string[] }> {
+  const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8');
+  const mounts = mountinfo.split('\n').filter((l) => l.includes(berth.dir));
+  return { mounts, cgroups: [] };
+}
+
+export async function waitFor<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 10000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

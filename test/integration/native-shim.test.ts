@@ -1,0 +1,503 @@
+// native/build/berth-shim against the real kernel (needs root): containers over an overlay of a busybox
+// rootfs, the CRI log, exit status, exec, pod sandboxes and cgroups. Every test removes what it made
+// (processes it started, mounts, cgroups, pinned namespaces) and the last test checks that it did.
+import test, { type ExecutionContext } from 'ava';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import {
+  closeSync, constants as fsc, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync,
+  rmSync, rmdirSync, writeFileSync, writeSync,
+} from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { REPO_ROOT, SHIM, buildBusyboxRootfs, buildSpec, type SpecInput } from '../helpers/rootfs.js';
+import { pidAlive, sleep } from '../helpers/util.js';
+
+const execFileP = promisify(execFile);
+const isRoot = process.getuid?.() === 0;
+const rtest = isRoot ? test.serial : test.serial.skip;
+
+const TMP = mkdtempSync(path.join(os.tmpdir(), 'berth-native-'));
+const LOWER = path.join(TMP, 'rootfs');
+const started = new Set<number>(); // pids this file started (containers, monitors, pod inits)
+const cgroupsMade: string[] = [];
+const podDirs: string[] = [];
+
+async function until<T>(what: string, check: () => T | undefined | null | false, ms = 10000): Promise<T> {
+  for (const end = Date.now() + ms; ; await sleep(10)) {
+    const v = check();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+  }
+}
+
+function mountsUnder(dir: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter((l) => l.split(' ')[4]?.startsWith(dir));
+}
+
+interface Exit {
+  exitCode: number;
+  signal: number;
+  startedAt: number;
+  finishedAt: number;
+}
+
+interface LogRecord {
+  time: string;
+  stream: 'stdout' | 'stderr';
+  tag: 'P' | 'F';
+  content: string;
+}
+
+const CRI_LINE = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (stdout|stderr) ([PF]) (.*)$/s;
+
+function parseLog(file: string): LogRecord[] {
+  const text = existsSync(file) ? readFileSync(file, 'utf8') : '';
+  if (text === '') return [];
+  if (!text.endsWith('\n')) throw new Error(`log ${file} does not end in a newline`);
+  return text
+    .slice(0, -1)
+    .split('\n')
+    .map((l) => {
+      const m = CRI_LINE.exec(l);
+      if (!m) throw new Error(`not a CRI log line: ${JSON.stringify(l.slice(0, 200))}`);
+      return { time: m[1]!, stream: m[2] as 'stdout' | 'stderr', tag: m[3] as 'P' | 'F', content: m[4]! };
+    });
+}
+
+/** Full lines of one stream (P records joined to their F). */
+function lines(records: LogRecord[], stream: 'stdout' | 'stderr'): string[] {
+  const out: string[] = [];
+  let cur = '';
+  for (const r of records.filter((x) => x.stream === stream)) {
+    cur += r.content;
+    if (r.tag === 'F') {
+      out.push(cur);
+      cur = '';
+    }
+  }
+  return out;
+}
+
+class Container {
+  readonly dir: string;
+  readonly bundle: string;
+  readonly log: string;
+  pid = 0;
+  monitorPid = 0;
+
+  constructor(readonly name: string) {
+    this.dir = mkdtempSync(path.join(TMP, `${name}-`));
+    this.bundle = path.join(this.dir, 'bundle');
+    this.log = path.join(this.dir, 'log', `${name}.log`);
+    for (const d of ['bundle', 'upper', 'work', 'merged', 'log']) mkdirSync(path.join(this.dir, d));
+  }
+
+  spec(over: Partial<SpecInput> & { args: string[] }): this {
+    const spec = buildSpec({
+      id: this.name,
+      bundle: this.bundle,
+      rootPath: path.join(this.dir, 'merged'),
+      overlay: { lower: [LOWER], upper: path.join(this.dir, 'upper'), work: path.join(this.dir, 'work') },
+      logPath: this.log,
+      ...over,
+    });
+    writeFileSync(path.join(this.bundle, 'spec.json'), JSON.stringify(spec));
+    return this;
+  }
+
+  async create(): Promise<void> {
+    const { stdout } = await execFileP(SHIM, ['create', this.bundle]);
+    const res = JSON.parse(stdout) as { pid: number; monitorPid: number };
+    this.pid = res.pid;
+    this.monitorPid = res.monitorPid;
+    started.add(res.pid);
+    started.add(res.monitorPid);
+  }
+
+  /** What berth does for StartContainer: one byte into start.fifo, never blocking. */
+  start(): void {
+    const fd = openSync(path.join(this.bundle, 'start.fifo'), fsc.O_WRONLY | fsc.O_NONBLOCK);
+    try {
+      writeSync(fd, 'x');
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  async exit(ms = 15000): Promise<Exit> {
+    const file = path.join(this.bundle, 'exit.json');
+    await until(`exit.json of ${this.name}`, () => existsSync(file), ms);
+    await until(`monitor ${this.monitorPid} to exit`, () => !pidAlive(this.monitorPid), ms);
+    return JSON.parse(readFileSync(file, 'utf8')) as Exit;
+  }
+
+  async run(over: Partial<SpecInput> & { args: string[] }): Promise<{ exit: Exit; records: LogRecord[] }> {
+    this.spec(over);
+    await this.create();
+    this.start();
+    const exit = await this.exit();
+    return { exit, records: parseLog(this.log) };
+  }
+
+  async destroy(): Promise<void> {
+    if (this.pid && pidAlive(this.pid)) process.kill(this.pid, 'SIGKILL');
+    if (this.monitorPid) await until(`monitor ${this.monitorPid} to exit`, () => !pidAlive(this.monitorPid));
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Run fn with a fresh container and always destroy it. */
+async function withContainer(name: string, fn: (c: Container) => Promise<void>): Promise<void> {
+  const c = new Container(name);
+  try {
+    await fn(c);
+  } finally {
+    await c.destroy();
+    if (mountsUnder(c.dir).length) throw new Error(`mounts left under ${c.dir}: ${mountsUnder(c.dir).join('\n')}`);
+  }
+}
+
+function shim(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(SHIM, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('error', reject);
+    p.on('close', (code, signal) => resolve({ code: code ?? 128 + (signal ? os.constants.signals[signal] : 0), stdout, stderr }));
+  });
+}
+
+test.before(async () => {
+  if (!isRoot) return;
+  execFileSync('make', ['-s', '-C', path.join(REPO_ROOT, 'native')], { stdio: 'inherit' });
+  await buildBusyboxRootfs(LOWER);
+});
+
+test.after.always(async () => {
+  for (const pid of started) {
+    if (pidAlive(pid)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone meanwhile
+      }
+    }
+  }
+  for (const d of podDirs) await shim(['unpin', d]).catch(() => undefined);
+  for (const cg of cgroupsMade.reverse()) {
+    try {
+      rmdirSync(cg);
+    } catch {
+      // removed by its test
+    }
+  }
+  rmSync(TMP, { recursive: true, force: true });
+});
+
+rtest('a container in new namespaces logs stdout and stderr apart in the CRI format and reports exit code 3', async (t) => {
+  await withContainer('basic', async (c) => {
+    const { exit, records } = await c.run({
+      hostname: 'ctr-basic',
+      args: ['/bin/sh', '-c', 'echo out1; echo err1 >&2; echo "pid $$"; hostname; ps; echo out2; echo err2 >&2; exit 3'],
+    });
+    t.is(exit.exitCode, 3);
+    t.is(exit.signal, 0);
+    t.true(exit.startedAt > 1.6e18 && exit.finishedAt >= exit.startedAt, JSON.stringify(exit));
+    const out = lines(records, 'stdout');
+    const err = lines(records, 'stderr');
+    t.true(records.every((r) => r.tag === 'F'));
+    t.deepEqual(err, ['err1', 'err2']);
+    t.is(out[0], 'out1');
+    t.is(out[1], 'pid 1');
+    t.is(out[2], 'ctr-basic');
+    t.is(out[out.length - 1], 'out2');
+    // ps: the shell is pid 1 of its own pid namespace, and it sees nothing of the host
+    const ps = out.slice(4, -1);
+    t.true(ps.some((l) => /^\s*1\s+root\s+\/bin\/sh -c/.test(l)), ps.join('\n'));
+    t.true(ps.length <= 3, ps.join('\n'));
+    // timestamps are UTC, non-decreasing per stream
+    for (const s of ['stdout', 'stderr'] as const) {
+      const times = records.filter((r) => r.stream === s).map((r) => r.time);
+      t.deepEqual(times, [...times].sort());
+    }
+    t.false(existsSync(path.join(c.bundle, 'exec-error')));
+    const shimJson = JSON.parse(readFileSync(path.join(c.bundle, 'shim.json'), 'utf8')) as Record<string, number>;
+    t.deepEqual(shimJson, { pid: c.pid, monitorPid: c.monitorPid });
+  });
+});
+
+rtest('a line longer than maxLineBytes is split into P records and an F; an unterminated tail is flushed as F', async (t) => {
+  await withContainer('long', async (c) => {
+    // 10 * 2^12 = 40960 bytes without a newline, then a newline; then 'tail' with no newline at all
+    const script = 's=aaaaaaaaaa; i=0; while [ $i -lt 12 ]; do s=$s$s; i=$((i+1)); done; echo "$s"; echo short; printf tail';
+    const { exit, records } = await c.run({ args: ['/bin/sh', '-c', script] });
+    t.is(exit.exitCode, 0);
+    const out = records.filter((r) => r.stream === 'stdout');
+    t.deepEqual(
+      out.map((r) => [r.tag, r.content.length]),
+      [['P', 16384], ['P', 16384], ['F', 8192], ['F', 5], ['F', 4]],
+    );
+    t.true(out.slice(0, 3).every((r) => /^a+$/.test(r.content)));
+    t.deepEqual(lines(records, 'stdout').slice(1), ['short', 'tail']);
+  });
+});
+
+rtest('maxLineBytes is configurable', async (t) => {
+  await withContainer('maxline', async (c) => {
+    const { records } = await c.run({ args: ['/bin/sh', '-c', 'echo 0123456789abcdefghij'], maxLineBytes: 8 });
+    t.deepEqual(records.map((r) => `${r.tag}:${r.content}`), ['P:01234567', 'P:89abcdef', 'F:ghij']);
+  });
+});
+
+rtest('SIGUSR1 reopens the log after berth renamed it', async (t) => {
+  await withContainer('rotate', async (c) => {
+    const sync = path.join(c.dir, 'sync');
+    mkdirSync(sync);
+    c.spec({
+      args: ['/bin/sh', '-c', 'echo before; while [ ! -e /sync/go ]; do sleep 0.02; done; echo after'],
+      extraMounts: [{ destination: '/sync', type: 'bind', source: sync, options: ['rbind', 'rw'] }],
+    });
+    await c.create();
+    c.start();
+    await until('the first line', () => existsSync(c.log) && readFileSync(c.log, 'utf8').includes('before'));
+    renameSync(c.log, `${c.log}.1`);
+    process.kill(c.monitorPid, 'SIGUSR1');
+    await until('the reopened log', () => existsSync(c.log));
+    writeFileSync(path.join(sync, 'go'), '');
+    const exit = await c.exit();
+    t.is(exit.exitCode, 0);
+    t.deepEqual(lines(parseLog(`${c.log}.1`), 'stdout'), ['before']);
+    t.deepEqual(lines(parseLog(c.log), 'stdout'), ['after']);
+  });
+});
+
+rtest('a sleep 1000 container killed with SIGKILL reports signal 9', async (t) => {
+  await withContainer('kill', async (c) => {
+    c.spec({ args: ['sleep', '1000'] });
+    await c.create();
+    c.start();
+    await until('sleep to run', () => readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').startsWith('sleep'));
+    process.kill(c.pid, 'SIGKILL');
+    const exit = await c.exit();
+    t.is(exit.signal, 9);
+    t.is(exit.exitCode, 137);
+    t.true(exit.startedAt > 0);
+  });
+});
+
+rtest('a container killed before it was started still gets exit.json (startedAt 0)', async (t) => {
+  await withContainer('unstarted', async (c) => {
+    c.spec({ args: ['sleep', '1000'] });
+    await c.create();
+    // created = blocked on start.fifo: not yet the container's program
+    t.true(pidAlive(c.pid));
+    t.false(readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').startsWith('sleep'));
+    process.kill(c.pid, 'SIGKILL');
+    const exit = await c.exit();
+    t.is(exit.signal, 9);
+    t.is(exit.startedAt, 0);
+    t.deepEqual(parseLog(c.log), []);
+  });
+});
+
+rtest('a program that cannot be executed exits 127 and leaves exec-error', async (t) => {
+  await withContainer('noexec', async (c) => {
+    const { exit, records } = await c.run({ args: ['no-such-program'] });
+    t.is(exit.exitCode, 127);
+    const reason = readFileSync(path.join(c.bundle, 'exec-error'), 'utf8');
+    t.regex(reason, /no-such-program: No such file or directory/);
+    t.true(lines(records, 'stderr').some((l) => l.includes('no-such-program')));
+  });
+});
+
+rtest('a failing setup prints nothing on stdout, explains on stderr and leaves no process', async (t) => {
+  await withContainer('fail', async (c) => {
+    c.spec({ args: ['true'] });
+    const spec = JSON.parse(readFileSync(path.join(c.bundle, 'spec.json'), 'utf8')) as { mounts: unknown[] };
+    spec.mounts.push({ destination: '/data', type: 'bind', source: path.join(c.dir, 'missing'), options: ['rbind'] });
+    writeFileSync(path.join(c.bundle, 'spec.json'), JSON.stringify(spec));
+    const r = await shim(['create', c.bundle]);
+    t.not(r.code, 0);
+    t.is(r.stdout, '');
+    t.regex(r.stderr, /bind source .*missing: No such file or directory/);
+    t.false(existsSync(path.join(c.bundle, 'shim.json')));
+    const mine = readdirSync('/proc')
+      .filter((p) => /^\d+$/.test(p))
+      .filter((p) => {
+        try {
+          return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(c.bundle);
+        } catch {
+          return false;
+        }
+      });
+    t.deepEqual(mine, []);
+
+    const bad = await shim(['create', path.join(c.dir, 'no-bundle')]);
+    t.not(bad.code, 0);
+    t.is(bad.stdout, '');
+  });
+});
+
+rtest('exec runs in the container namespaces with its exit code passed through', async (t) => {
+  await withContainer('exec', async (c) => {
+    c.spec({ hostname: 'ctr-exec', args: ['sleep', '1000'] });
+    await c.create();
+    c.start();
+    await until('sleep to run', () => readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').startsWith('sleep'));
+    const pid = String(c.pid);
+
+    const host = await shim(['exec', pid, '--', 'hostname']);
+    t.is(host.code, 0, host.stderr);
+    t.is(host.stdout.trim(), 'ctr-exec');
+
+    const cmdline = await shim(['exec', pid, '--', 'cat', '/proc/1/cmdline']);
+    t.is(cmdline.stdout, 'sleep\x001000\x00');
+
+    const who = await shim(['exec', pid, '--uid', '65534', '--gid', '65534', '--groups', '5', '--cwd', '/tmp',
+      '--env', 'GREETING=hi', '--env', 'PATH=/bin', '--', 'sh', '-c', 'id; pwd; echo $GREETING; echo $$']);
+    t.is(who.code, 0, who.stderr);
+    const [id, pwd, greeting, shellPid] = who.stdout.trim().split('\n');
+    t.regex(id!, /^uid=65534\(nobody\) gid=65534\(nogroup\) groups=5\(tty\)/);
+    t.is(pwd, '/tmp');
+    t.is(greeting, 'hi');
+    t.not(shellPid, '1'); // in the container's pid namespace, not its init
+
+    const code = await shim(['exec', pid, '--', 'sh', '-c', 'exit 5']);
+    t.is(code.code, 5);
+    const missing = await shim(['exec', pid, '--', 'no-such-program']);
+    t.is(missing.code, 127);
+    t.regex(missing.stderr, /no-such-program/);
+    const denied = await shim(['exec', pid, '--', '/etc/passwd']);
+    t.is(denied.code, 126);
+
+    process.kill(c.pid, 'SIGKILL');
+    t.is((await c.exit()).signal, 9);
+  });
+});
+
+rtest('sandbox pins pod namespaces; a container joining them shares the pod pid namespace and sees lo up', async (t) => {
+  const pod = path.join(TMP, `pod-${randomBytes(4).toString('hex')}`);
+  podDirs.push(pod);
+  const sb = await shim(['sandbox', pod, '--net', '--ipc', '--uts', '--pid', '--hostname', 'pod-one']);
+  t.is(sb.code, 0, sb.stderr);
+  const { initPid } = JSON.parse(sb.stdout) as { initPid: number };
+  started.add(initPid);
+  try {
+    t.true(pidAlive(initPid));
+    for (const ns of ['net', 'ipc', 'uts', 'pid']) t.true(mountsUnder(path.join(pod, ns)).length === 1, ns);
+    await withContainer('podctr', async (c) => {
+      const ns = (type: 'network' | 'ipc' | 'uts' | 'pid', file: string) => ({ type, path: path.join(pod, file) });
+      const { exit, records } = await c.run({
+        namespaces: [{ type: 'mount' }, ns('pid', 'pid'), ns('network', 'net'), ns('ipc', 'ipc'), ns('uts', 'uts'), { type: 'cgroup' }],
+        args: ['/bin/sh', '-c', 'echo $$; hostname; cat /proc/1/cmdline | tr "\\0" " "; echo; cat /sys/class/net/lo/flags; ls /sys/class/net'],
+      });
+      t.is(exit.exitCode, 0, JSON.stringify(records));
+      const [pid, hostname, init, flags, ifaces] = lines(records, 'stdout');
+      t.not(pid, '1');
+      t.is(hostname, 'pod-one');
+      t.regex(init!, /berth-shim sandbox/);
+      t.is(Number(flags) & 1, 1); // IFF_UP
+      t.is(ifaces, 'lo');
+    });
+  } finally {
+    process.kill(initPid, 'SIGTERM');
+    await until('pod init to exit on SIGTERM', () => !pidAlive(initPid));
+    const un = await shim(['unpin', pod]);
+    t.is(un.code, 0, un.stderr);
+  }
+  t.deepEqual(mountsUnder(pod), []);
+  for (const f of ['net', 'ipc', 'uts', 'pid']) t.false(existsSync(path.join(pod, f)));
+});
+
+rtest('sandbox without --pid leaves no process behind', async (t) => {
+  const pod = path.join(TMP, `pod-${randomBytes(4).toString('hex')}`);
+  podDirs.push(pod);
+  const before = new Set(readdirSync('/proc').filter((p) => /^\d+$/.test(p)));
+  const sb = await shim(['sandbox', pod, '--net', '--uts', '--hostname', 'p2']);
+  t.is(sb.code, 0, sb.stderr);
+  t.deepEqual(JSON.parse(sb.stdout), {});
+  const leftovers = readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p) && !before.has(p))
+    .filter((p) => {
+      try {
+        return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(pod);
+      } catch {
+        return false;
+      }
+    });
+  t.deepEqual(leftovers, []);
+  const pins = mountsUnder(pod).map((l) => l.split(' ')[4]).filter((m) => m !== pod);
+  t.deepEqual(pins.sort(), [path.join(pod, 'net'), path.join(pod, 'uts')]);
+  t.is((await shim(['unpin', pod])).code, 0);
+  t.deepEqual(mountsUnder(pod), []);
+});
+
+/** A fresh cgroup to put a container in: v1 memory when the host has it, else cgroup2. */
+function makeCgroup(): string | null {
+  const name = `berth-test-${randomBytes(4).toString('hex')}`;
+  for (const base of ['/sys/fs/cgroup/memory', '/sys/fs/cgroup']) {
+    if (!existsSync(path.join(base, 'cgroup.procs'))) continue;
+    const dir = path.join(base, name);
+    mkdirSync(dir);
+    cgroupsMade.push(dir);
+    return dir;
+  }
+  return null;
+}
+
+rtest('the container joins the cgroups listed in cgroupProcs before anything else', async (t) => {
+  const cg = makeCgroup();
+  if (!cg) {
+    t.pass('no writable cgroup hierarchy');
+    return;
+  }
+  try {
+    await withContainer('cgroup', async (c) => {
+      c.spec({ args: ['sleep', '1000'], cgroupProcs: [path.join(cg, 'cgroup.procs')] });
+      await c.create();
+      // even before start: the init joined first
+      const procs = readFileSync(path.join(cg, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+      t.deepEqual(procs, [c.pid]);
+      t.false(procs.includes(c.monitorPid));
+      c.start();
+      // inside its new cgroup namespace, its own cgroup is the root
+      const r = await shim(['exec', String(c.pid), '--', 'cat', '/proc/self/cgroup']);
+      t.true(r.stdout.split('\n').some((l) => /:(memory)?:\/$/.test(l)), r.stdout);
+      process.kill(c.pid, 'SIGKILL');
+      await c.exit();
+      await until('the cgroup to empty', () => readFileSync(path.join(cg, 'cgroup.procs'), 'utf8').trim() === '');
+    });
+  } finally {
+    rmdirSync(cg);
+  }
+  t.false(existsSync(cg));
+});
+
+rtest('an idle monitor stays small', async (t) => {
+  await withContainer('rss', async (c) => {
+    c.spec({ args: ['sleep', '1000'] });
+    await c.create();
+    c.start();
+    await until('sleep to run', () => readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').startsWith('sleep'));
+    const status = readFileSync(`/proc/${c.monitorPid}/status`, 'utf8');
+    const rss = Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]);
+    t.log(`monitor VmRSS ${rss} kB`);
+    t.true(rss < 1024, `monitor VmRSS ${rss} kB`);
+  });
+});
+
+function checkClean(t: ExecutionContext): void {
+  t.deepEqual(mountsUnder(TMP), []);
+  for (const pid of started) t.false(pidAlive(pid), `pid ${pid} still alive`);
+  for (const cg of cgroupsMade) t.false(existsSync(cg), `${cg} left`);
+}
+
+rtest('nothing is left behind: mounts, processes, cgroups, pinned namespaces', (t) => {
+  checkClean(t);
+});
