@@ -49,6 +49,11 @@ const OPAQUE_XATTR = 'trusted.overlay.opaque';
 const PAX_XATTR = 'SCHILY.xattr.';
 const PROGRESS_INTERVAL_MS = 250;
 const WRITE_BATCH_BYTES = 1 << 20;
+// Small regular files are read into memory and written behind, several at a time: per file the
+// work is ~6 fs calls, and their thread-pool round trips, not the disk, bound a sequential unpack.
+const WRITE_BEHIND_MAX_FILE = 1 << 20;
+const WRITE_BEHIND_MAX_FILES = 16;
+const WRITE_BEHIND_MAX_BYTES = 16 << 20;
 
 /**
  * Streams `input` (compressed or not) into `dest`, which is created if missing and should be empty.
@@ -84,6 +89,7 @@ export async function unpackLayer(input: Readable, dest: string, opts: UnpackOpt
       await extractor.idle();
     }
     await ready;
+    extractor.throwIfFailed();
     await extractor.finish();
     const result: UnpackResult = {
       diffId: 'sha256:' + tap.hash.digest('hex'),
@@ -444,6 +450,11 @@ function invalidEntry(name: string, why: string): BerthError {
   return new BerthError('invalid_argument', `layer entry ${name}: ${why}`);
 }
 
+/** Whether one of two relative paths is the other or lies below it. */
+function related(a: string, b: string): boolean {
+  return a === b || a.startsWith(b + '/') || b.startsWith(a + '/') || a === '' || b === '';
+}
+
 function isWhiteoutDevice(st: Stats): boolean {
   return st.isCharacterDevice() && st.rdev === 0;
 }
@@ -462,6 +473,10 @@ class Extractor {
   /** Directory times, applied at the end because creating children changes them. */
   private readonly dirTimes = new Map<string, [number, number]>();
   private current: Promise<void> = Promise.resolve();
+  /** Small files being written behind, by path, and the bytes they hold. */
+  private readonly inflight = new Map<string, Promise<void>>();
+  private inflightBytes = 0;
+  private failure: Error | undefined;
 
   constructor(
     private readonly root: string,
@@ -479,13 +494,56 @@ class Extractor {
       () => next(),
       (err: unknown) => {
         data.resume();
-        next(err instanceof BerthError ? err : internal(`unpacking layer entry ${header.name} into ${this.root}: ${errorMessage(err)}`, err));
+        next(this.wrap(err, header.name));
       },
     );
   }
 
-  idle(): Promise<void> {
-    return this.current.catch(() => {});
+  /** Settles once nothing is running any more: the current entry and every write-behind. */
+  async idle(): Promise<void> {
+    await this.current.catch(() => {});
+    while (this.inflight.size) await Promise.all(this.inflight.values());
+  }
+
+  throwIfFailed(): void {
+    if (this.failure) throw this.failure;
+  }
+
+  private wrap(err: unknown, name: string): Error {
+    return err instanceof BerthError ? err : internal(`unpacking layer entry ${name} into ${this.root}: ${errorMessage(err)}`, err);
+  }
+
+  private writeBehind(rel: string, name: string, bytes: number, work: () => Promise<void>): void {
+    this.inflightBytes += bytes;
+    const promise = (async () => {
+      try {
+        await work();
+      } catch (err) {
+        this.failure ??= this.wrap(err, name);
+      } finally {
+        this.inflight.delete(rel);
+        this.inflightBytes -= bytes;
+      }
+    })();
+    this.inflight.set(rel, promise);
+  }
+
+  private async waitForRoom(bytes: number): Promise<void> {
+    while (
+      this.inflight.size >= WRITE_BEHIND_MAX_FILES ||
+      (this.inflight.size > 0 && this.inflightBytes + bytes > WRITE_BEHIND_MAX_BYTES)
+    ) {
+      await Promise.race(this.inflight.values());
+    }
+  }
+
+  /** Waits for the write-behinds at, above or below any of `paths`, so that nothing races on them. */
+  private async settle(...paths: string[]): Promise<void> {
+    for (;;) {
+      const clash = [...this.inflight.entries()].find(([p]) => paths.some((q) => related(p, q)));
+      if (!clash) return;
+      await clash[1];
+    }
   }
 
   async finish(): Promise<void> {
@@ -518,6 +576,7 @@ class Extractor {
     const isFile = type === 'file' || type === 'contiguous-file';
     if (!isFile) data.resume(); // drain anything a non-file entry carries
     await this.ready;
+    this.throwIfFailed();
 
     const name = h.name;
     const rel = this.relative(name, name);
@@ -539,11 +598,23 @@ class Extractor {
     const base = path.posix.basename(rel);
     if (base.startsWith(WHITEOUT_PREFIX)) return this.whiteout(rel, name, meta);
 
+    const size = h.size ?? 0;
+    if (isFile && size <= WRITE_BEHIND_MAX_FILE && this.canWriteBehind(rel)) {
+      const chunks: Buffer[] = [];
+      for await (const chunk of data) chunks.push(chunk as Buffer);
+      await this.waitForRoom(size);
+      // Still true: only write-behinds ran meanwhile, and none of them at or around `rel`.
+      this.writeBehind(rel, name, size, () => this.file(rel, name, size, meta, xattrs, chunks));
+      return;
+    }
+
+    const linkTarget = type === 'link' && h.linkname ? [this.relative(h.linkname, name, 'hardlink target')] : [];
+    await this.settle(rel, ...linkTarget);
     await this.ensureParents(rel, name);
     switch (type) {
       case 'file':
       case 'contiguous-file':
-        return this.file(rel, name, h.size ?? 0, meta, xattrs, data);
+        return this.file(rel, name, size, meta, xattrs, data);
       case 'directory':
         return this.directory(rel, meta, xattrs);
       case 'symlink':
@@ -557,6 +628,19 @@ class Extractor {
       default:
         throw invalidEntry(name, `unsupported entry type ${type ?? 'unknown'}`);
     }
+  }
+
+  /**
+   * A file can be written behind when that cannot race with anything: its parent is a directory we
+   * know (so no parent gets created), it replaces no directory (so nothing below it is removed),
+   * and no other write-behind is at, above or below it.
+   */
+  private canWriteBehind(rel: string): boolean {
+    const dir = path.posix.dirname(rel);
+    if (dir !== '.' && !this.dirs.has(dir)) return false;
+    if (this.dirs.has(rel)) return false;
+    for (const p of this.inflight.keys()) if (related(p, rel)) return false;
+    return true;
   }
 
   private xattrs(h: EntryHeader): Array<[string, Buffer]> {
@@ -658,7 +742,7 @@ class Extractor {
     size: number,
     meta: Meta,
     xattrs: Array<[string, Buffer]>,
-    data: EntryData,
+    data: AsyncIterable<unknown> | Iterable<unknown>,
   ): Promise<void> {
     const abs = this.abs(rel);
     const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
@@ -784,6 +868,7 @@ class Extractor {
     const dirRel = dir === '.' ? '' : dir;
     const base = path.posix.basename(rel);
     if (base === WHITEOUT_OPAQUE) {
+      await this.settle(rel);
       await this.ensureParents(rel, name);
       lsetxattr(this.abs(dirRel), OPAQUE_XATTR, Buffer.from('y'));
       return;
@@ -795,6 +880,7 @@ class Extractor {
     const original = base.slice(WHITEOUT_PREFIX.length);
     if (original === '' || original === '.' || original === '..') throw invalidEntry(name, 'malformed whiteout');
     const target = dirRel ? `${dirRel}/${original}` : original;
+    await this.settle(target);
     await this.ensureParents(target, name);
     const abs = this.abs(target);
     try {

@@ -45,3 +45,29 @@ export async function waitFor<T>(fn: () => Promise<T | undefined | false>, timeo
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** Processes whose command line mentions `dir` (our shims and containers' monitors). */
+export async function processesMentioning(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const pid of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes(dir)) found.push(`${pid}: ${cmdline.replace(/\0/g, ' ')}`);
+  }
+  return found;
+}
+
+/** Everything a berth test may leave behind on the host, for the pod cgroup paths it used. */
+export async function hostLeftovers(dir: string, cgroupPaths: string[]): Promise<string[]> {
+  const problems: string[] = [];
+  const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8');
+  for (const line of mountinfo.split('\n')) if (line.includes(dir)) problems.push(`mount: ${line}`);
+  for (const p of await processesMentioning(dir)) problems.push(`process: ${p}`);
+  for (const cg of cgroupPaths) {
+    for (const ctrl of ['memory', 'cpu', 'pids', 'cpuset', 'unified']) {
+      const full = `/sys/fs/cgroup/${ctrl}${cg}`;
+      if (await fs.access(full).then(() => true, () => false)) problems.push(`cgroup: ${full}`);
+    }
+  }
+  return problems;
+}
