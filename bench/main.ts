@@ -68,18 +68,25 @@ function hostInfo(): HostInfo {
 
 const progress = (msg: string) => process.stderr.write(`bench: ${msg}\n`);
 
-/** Pull (timed), then `cycles` lifecycles. When `ownImage`, an image this run pulled is removed again afterwards. */
-async function measure(label: string | undefined, cri: CriClient, image: string, cycles: number, ownImage: boolean): Promise<RuntimeRun> {
-  let runtimeName: string | undefined;
-  let runtimeVersion: string | undefined;
+interface Identity {
+  runtimeName?: string;
+  runtimeVersion?: string;
+}
+
+/** The Version RPC: proves the endpoint answers before any work is done against it. */
+async function identify(cri: CriClient): Promise<Identity> {
   try {
     const v = await cri.runtime.Version({ version: 'v1' });
-    runtimeName = v.runtime_name || undefined;
-    runtimeVersion = v.runtime_version || undefined;
+    return { runtimeName: v.runtime_name || undefined, runtimeVersion: v.runtime_version || undefined };
   } catch (err) {
     throw new Error(`cannot reach the CRI runtime at ${cri.endpoint}: ${(err as Error).message}`);
   }
-  const name = label ?? runtimeName ?? 'other';
+}
+
+/** Pull (timed), then `cycles` lifecycles. When `ownImage`, an image this run pulled is removed again afterwards. */
+async function measure(label: string | undefined, cri: CriClient, id: Identity, image: string, cycles: number, ownImage: boolean): Promise<RuntimeRun> {
+  const { runtimeName, runtimeVersion } = id;
+  const name = label ?? (runtimeName && runtimeName !== 'berth' ? runtimeName : 'other');
   const present = ownImage ? false : Boolean((await cri.images.ImageStatus({ image: { image } })).image);
   progress(`${name}: pulling ${image}`);
   const t0 = process.hrtime.bigint();
@@ -144,6 +151,7 @@ async function main(argv: string[]): Promise<number> {
   let berth: BerthProcess | undefined;
   const clients: CriClient[] = [];
   let cleaning: Promise<void> | undefined;
+  let phase: 'setup' | 'berth' | 'other' | 'report' = 'setup';
   const cleanup = () =>
     (cleaning ??= (async () => {
       for (const c of clients) c.close();
@@ -159,6 +167,12 @@ async function main(argv: string[]): Promise<number> {
 
   try {
     const startedAt = new Date().toISOString();
+    let other: { cri: CriClient; id: Identity } | undefined;
+    if (opts.endpoint) {
+      const cri = criClient(opts.endpoint);
+      clients.push(cri);
+      other = { cri, id: await identify(cri) };
+    }
     progress('starting registry');
     registry = await startRegistry();
     const pushed = await pushImage(registry, 'bench/busybox', 'v1', {
@@ -170,12 +184,11 @@ async function main(argv: string[]): Promise<number> {
 
     const berthClient = criClient(`unix://${berth.socket}`);
     clients.push(berthClient);
-    const runs: RuntimeRun[] = [await measure('berth', berthClient, pushed.ref, opts.cycles, true)];
-    if (opts.endpoint) {
-      const other = criClient(opts.endpoint);
-      clients.push(other);
-      runs.push(await measure(undefined, other, opts.image ?? pushed.ref, opts.cycles, false));
-    }
+    phase = 'berth';
+    const runs: RuntimeRun[] = [await measure('berth', berthClient, await identify(berthClient), pushed.ref, opts.cycles, true)];
+    phase = 'other';
+    if (other) runs.push(await measure(undefined, other.cri, other.id, opts.image ?? pushed.ref, opts.cycles, false));
+    phase = 'report';
 
     const result: BenchResult = { startedAt, finishedAt: new Date().toISOString(), cycles: opts.cycles, host: hostInfo(), runs };
     process.stdout.write(renderTables(result));
@@ -184,7 +197,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     process.stderr.write(`bench failed: ${err instanceof Error ? err.message : String(err)}\n`);
-    if (berth) process.stderr.write(`last berth log lines:\n${berth.logs.slice(-30).join('\n')}\n`);
+    if (berth && phase !== 'other' && phase !== 'report') process.stderr.write(`last berth log lines:\n${berth.logs.slice(-30).join('\n')}\n`);
     return 1;
   } finally {
     await cleanup();

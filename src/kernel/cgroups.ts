@@ -506,6 +506,26 @@ export class Cgroups {
     this.log.debug('cgroup removed', { path: handle.path });
   }
 
+  /**
+   * Removes those of `dirs` that no longer hold cgroups or processes (shared parents such as /kubepods that berth
+   * made for the first pod and that later pods also live in). Returns the ones still in use.
+   */
+  async removeIfUnused(dirs: string[]): Promise<string[]> {
+    const depth = (d: string) => d.split('/').length;
+    const kept: string[] = [];
+    for (const dir of [...dirs].sort((a, b) => depth(b) - depth(a))) {
+      if (!this.layout.hierarchies.some((h) => dir.startsWith(h.mountPoint + '/'))) continue;
+      try {
+        await fs.rmdir(dir);
+      } catch (err) {
+        const code = codeOf(err);
+        if (code === 'EBUSY' || code === 'ENOTEMPTY') kept.push(dir);
+        else if (code !== 'ENOENT') throw internal(`cgroup: rmdir ${dir}: ${errorMessage(err)}`, err);
+      }
+    }
+    return kept;
+  }
+
   private async rmdirs(dirs: string[]): Promise<void> {
     const depth = (d: string) => d.split('/').length;
     for (const dir of [...dirs].sort((a, b) => depth(b) - depth(a))) await rmdirCgroup(dir);

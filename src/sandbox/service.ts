@@ -7,6 +7,7 @@ import { Cgroups } from '../kernel/cgroups.js';
 import { MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, mount, umount2 } from '../kernel/libc.js';
 import { createPodNamespaces, isShim, unpinNamespaces } from '../kernel/shim.js';
 import { RecordStore } from '../store/records.js';
+import { readJson, writeJsonAtomic } from '../store/atomic.js';
 import { writePodFiles } from './files.js';
 import { SandboxConfig, SandboxRecord } from './types.js';
 
@@ -30,6 +31,8 @@ export class SandboxService {
   private readonly records: RecordStore<SandboxRecord>;
   private readonly sandboxes = new Map<string, SandboxRecord>();
   private readonly names = new Map<string, string>();
+  /** Ancestor cgroups berth created for some pod (e.g. /kubepods/burstable) and removes once unused. */
+  private ownedParents = new Set<string>();
   private hooks: SandboxHooks = { stopContainers: async () => undefined, removeContainers: async () => undefined };
 
   constructor(
@@ -52,7 +55,16 @@ export class SandboxService {
   }
 
   /** Re-reads records; a pod whose pinned namespaces vanished (a reboot cleared /run) is NOTREADY. */
+  private get parentsFile(): string {
+    return path.join(this.opts.root, 'cgroup-parents.json');
+  }
+
+  private async saveParents(): Promise<void> {
+    await writeJsonAtomic(this.parentsFile, [...this.ownedParents]);
+  }
+
   async load(): Promise<void> {
+    this.ownedParents = new Set((await readJson<string[]>(this.parentsFile)) ?? []);
     const { records, orphans } = await this.records.loadAll();
     for (const dir of orphans) await fs.rm(dir, { recursive: true, force: true });
     for (const record of records) {
@@ -120,7 +132,8 @@ export class SandboxService {
       state: 'READY',
       createdAt: Date.now(),
       namespacePaths: {},
-      cgroup: { path: config.cgroupParent || `/berth/pod-${id.slice(0, 16)}`, created: [] },
+      // Without a parent from kubelet, each pod gets a top-level cgroup: no shared parent for two berths to race on.
+      cgroup: { path: config.cgroupParent || `/berth-pod-${id.slice(0, 16)}`, created: [] },
       filesDir: path.join(this.records.pathOf(id), 'files'),
       additionalIps: [],
     };
@@ -148,7 +161,14 @@ export class SandboxService {
         writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork }),
         hostIpc ? Promise.resolve() : this.mountShm(shmPath).then(() => undo.push(() => this.unmountShm(shmPath))),
       ]);
-      record.cgroup = { path: cgroup.path, created: cgroup.created };
+      // The pod owns only its own directories; ancestors it happened to create are shared with later pods.
+      const own = cgroup.created.filter((d) => d.endsWith(cgroup.path));
+      const parents = cgroup.created.filter((d) => !own.includes(d));
+      record.cgroup = { path: cgroup.path, created: own };
+      if (parents.length > 0) {
+        for (const d of parents) this.ownedParents.add(d);
+        await this.saveParents();
+      }
       record.shmPath = shmPath;
       if (namespaces.network) record.namespacePaths.network = namespaces.network;
       if (namespaces.ipc) record.namespacePaths.ipc = namespaces.ipc;
@@ -228,6 +248,10 @@ export class SandboxService {
         throw failedPrecondition(`pod sandbox ${record.id}: its cgroup still holds processes: ${err.message}`);
       }
       throw err;
+    }
+    if (this.ownedParents.size > 0) {
+      this.ownedParents = new Set(await this.opts.cgroups.removeIfUnused([...this.ownedParents]));
+      await this.saveParents();
     }
     await fs.rm(this.runDir(record.id), { recursive: true, force: true });
     await this.records.delete(record.id);

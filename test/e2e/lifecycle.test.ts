@@ -351,3 +351,22 @@ test('bind mounts: a directory read-write, a single file read-only, a missing ho
   t.is(await fs.readFile(file, 'utf8'), 'seed\n');
   t.true((await fs.stat(missing)).isDirectory());
 });
+
+test('a missing cgroup parent is created, shared by later pods, and removed with the last of them', async (t) => {
+  const e = await env(t);
+  const top = `/berth-kubepods-${Math.random().toString(36).slice(2, 8)}`;
+  const parentA = `${top}/burstable/poda`;
+  const parentB = `${top}/burstable/podb`;
+  const podA = await e.pod({ linux: { cgroup_parent: parentA } });
+  const podB = await e.pod({ linux: { cgroup_parent: parentB } });
+  const c = await e.container(podA, { linux: { cgroup_parent: parentA } }, sh(TERM_FRIENDLY));
+  t.true((await e.cgroupOf(c)).startsWith(`${parentA}/`));
+  const exists = (p: string) => fs.access(`/sys/fs/cgroup/memory${p}`).then(() => true, () => false);
+  t.true(await exists(parentA));
+  await e.berth.runtime.RemovePodSandbox({ pod_sandbox_id: podA });
+  t.false(await exists(parentA));
+  t.true(await exists(`${top}/burstable`), 'still used by the second pod');
+  await e.berth.runtime.RemovePodSandbox({ pod_sandbox_id: podB });
+  t.false(await exists(top));
+  e.cgroups.push(top);
+});
