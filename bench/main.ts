@@ -154,11 +154,13 @@ async function main(argv: string[]): Promise<number> {
   let phase: 'setup' | 'berth' | 'other' | 'report' = 'setup';
   const cleanup = () =>
     (cleaning ??= (async () => {
-      for (const c of clients) c.close();
       await berth?.cleanup().catch((err: Error) => progress(`berth cleanup: ${err.message}`));
       await registry?.stop().catch((err: Error) => progress(`registry cleanup: ${err.message}`));
+      for (const c of clients) c.close();
     })());
+  let interrupted = false;
   const onSignal = (signal: NodeJS.Signals) => {
+    interrupted = true;
     progress(`${signal}: cleaning up`);
     void cleanup().finally(() => process.exit(130));
   };
@@ -196,6 +198,7 @@ async function main(argv: string[]): Promise<number> {
     progress(`wrote ${files.join(', ')}`);
     return 0;
   } catch (err) {
+    if (interrupted) return 130;
     process.stderr.write(`bench failed: ${err instanceof Error ? err.message : String(err)}\n`);
     if (berth && phase !== 'other' && phase !== 'report') process.stderr.write(`last berth log lines:\n${berth.logs.slice(-30).join('\n')}\n`);
     return 1;
