@@ -38,9 +38,18 @@ export interface Leftovers {
   containers: Set<string>;
 }
 
-export async function runCycle(cri: CriClient, image: string, samples: Samples, left: Leftovers): Promise<void> {
+/** Thrown before the next RPC once the signal is aborted. */
+export class Interrupted extends Error {
+  constructor() {
+    super('interrupted');
+    this.name = 'Interrupted';
+  }
+}
+
+export async function runCycle(cri: CriClient, image: string, samples: Samples, left: Leftovers, signal?: AbortSignal): Promise<void> {
   const { runtime } = cri;
   const timed = async <T>(row: RowName, fn: () => Promise<T>): Promise<T> => {
+    if (signal?.aborted) throw new Interrupted();
     const t0 = process.hrtime.bigint();
     const res = await fn();
     samples[row].push(nsToMs(process.hrtime.bigint() - t0));

@@ -12,7 +12,7 @@ import { startBerth, type BerthProcess } from '../test/helpers/berth.js';
 import { startRegistry, type Registry } from '../test/helpers/registry.js';
 import { busyboxLayer, pushImage, DEFAULT_PATH_ENV } from '../test/helpers/images.js';
 import { criClient, type CriClient } from './cri-client.js';
-import { emptySamples, removeLeftovers, runCycle, type Leftovers } from './lifecycle.js';
+import { emptySamples, Interrupted, removeLeftovers, runCycle, type Leftovers } from './lifecycle.js';
 import { renderMarkdown, renderTables, toJson, type BenchResult, type HostInfo, type RuntimeRun } from './report.js';
 import { nsToMs } from './stats.js';
 
@@ -84,7 +84,15 @@ async function identify(cri: CriClient): Promise<Identity> {
 }
 
 /** Pull (timed), then `cycles` lifecycles. When `ownImage`, an image this run pulled is removed again afterwards. */
-async function measure(label: string | undefined, cri: CriClient, id: Identity, image: string, cycles: number, ownImage: boolean): Promise<RuntimeRun> {
+async function measure(
+  label: string | undefined,
+  cri: CriClient,
+  id: Identity,
+  image: string,
+  cycles: number,
+  ownImage: boolean,
+  signal: AbortSignal,
+): Promise<RuntimeRun> {
   const { runtimeName, runtimeVersion } = id;
   const name = label ?? (runtimeName && runtimeName !== 'berth' ? runtimeName : 'other');
   const present = ownImage ? false : Boolean((await cri.images.ImageStatus({ image: { image } })).image);
@@ -102,7 +110,7 @@ async function measure(label: string | undefined, cri: CriClient, id: Identity, 
   const left: Leftovers = { pods: new Set(), containers: new Set() };
   try {
     for (let i = 1; i <= cycles; i++) {
-      await runCycle(cri, image, samples, left);
+      await runCycle(cri, image, samples, left, signal);
       const full = samples['full cycle'];
       progress(`${name}: cycle ${i}/${cycles} ${full[full.length - 1]!.toFixed(1)} ms`);
     }
@@ -158,14 +166,20 @@ async function main(argv: string[]): Promise<number> {
       await registry?.stop().catch((err: Error) => progress(`registry cleanup: ${err.message}`));
       for (const c of clients) c.close();
     })());
-  let interrupted = false;
+  // First signal: issue no further RPC; the running cycle stops, removes what it created, and cleanup follows.
+  // Second signal: clean up now and exit.
+  const abort = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => {
-    interrupted = true;
-    progress(`${signal}: cleaning up`);
+    if (!abort.signal.aborted) {
+      progress(`${signal}: stopping after the current RPC, then cleaning up (again to force)`);
+      abort.abort();
+      return;
+    }
+    progress(`${signal}: cleaning up now`);
     void cleanup().finally(() => process.exit(130));
   };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
 
   try {
     const startedAt = new Date().toISOString();
@@ -187,9 +201,9 @@ async function main(argv: string[]): Promise<number> {
     const berthClient = criClient(`unix://${berth.socket}`);
     clients.push(berthClient);
     phase = 'berth';
-    const runs: RuntimeRun[] = [await measure('berth', berthClient, await identify(berthClient), pushed.ref, opts.cycles, true)];
+    const runs: RuntimeRun[] = [await measure('berth', berthClient, await identify(berthClient), pushed.ref, opts.cycles, true, abort.signal)];
     phase = 'other';
-    if (other) runs.push(await measure(undefined, other.cri, other.id, opts.image ?? pushed.ref, opts.cycles, false));
+    if (other) runs.push(await measure(undefined, other.cri, other.id, opts.image ?? pushed.ref, opts.cycles, false, abort.signal));
     phase = 'report';
 
     const result: BenchResult = { startedAt, finishedAt: new Date().toISOString(), cycles: opts.cycles, host: hostInfo(), runs };
@@ -198,7 +212,10 @@ async function main(argv: string[]): Promise<number> {
     progress(`wrote ${files.join(', ')}`);
     return 0;
   } catch (err) {
-    if (interrupted) return 130;
+    if (err instanceof Interrupted || abort.signal.aborted) {
+      process.stderr.write('bench interrupted\n');
+      return 130;
+    }
     process.stderr.write(`bench failed: ${err instanceof Error ? err.message : String(err)}\n`);
     if (berth && phase !== 'other' && phase !== 'report') process.stderr.write(`last berth log lines:\n${berth.logs.slice(-30).join('\n')}\n`);
     return 1;
