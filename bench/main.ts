@@ -93,6 +93,7 @@ async function measure(
   ownImage: boolean,
   signal: AbortSignal,
 ): Promise<RuntimeRun> {
+  if (signal.aborted) throw new Interrupted();
   const { runtimeName, runtimeVersion } = id;
   const name = label ?? (runtimeName && runtimeName !== 'berth' ? runtimeName : 'other');
   const present = ownImage ? false : Boolean((await cri.images.ImageStatus({ image: { image } })).image);
@@ -124,6 +125,24 @@ async function measure(
     }
   }
   return { label: name, endpoint: cri.endpoint, runtimeName, runtimeVersion, image, pullMs, samples };
+}
+
+/**
+ * berth.cleanup() removes the pods through berth and stops it; a berth that no longer answers would hold it
+ * forever, so after graceMs its process (only that pid) is killed, which fails the pending RPCs and lets cleanup finish.
+ */
+async function stopBerth(berth: BerthProcess, graceMs: number): Promise<void> {
+  const timer = setTimeout(() => {
+    progress(`berth (pid ${berth.child.pid}) did not clean up within ${graceMs} ms: killing it`);
+    berth.child.kill('SIGKILL');
+  }, graceMs);
+  try {
+    await berth.cleanup();
+  } catch (err) {
+    progress(`berth cleanup: ${(err as Error).message}`);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function writeResults(out: string, result: BenchResult): Promise<string[]> {
@@ -162,7 +181,7 @@ async function main(argv: string[]): Promise<number> {
   let phase: 'setup' | 'berth' | 'other' | 'report' = 'setup';
   const cleanup = () =>
     (cleaning ??= (async () => {
-      await berth?.cleanup().catch((err: Error) => progress(`berth cleanup: ${err.message}`));
+      if (berth) await stopBerth(berth, 60_000);
       await registry?.stop().catch((err: Error) => progress(`registry cleanup: ${err.message}`));
       for (const c of clients) c.close();
     })());
@@ -176,6 +195,8 @@ async function main(argv: string[]): Promise<number> {
       return;
     }
     progress(`${signal}: cleaning up now`);
+    const b = berth;
+    if (b) setTimeout(() => b.child.exitCode === null && b.child.signalCode === null && b.child.kill('SIGKILL'), 5_000).unref();
     void cleanup().finally(() => process.exit(130));
   };
   process.on('SIGINT', onSignal);
