@@ -1,5 +1,4 @@
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import { BerthConfig } from './config/schema.js';
 import { Logger } from './log.js';
 import { ImageStore } from './image/store.js';
@@ -11,7 +10,7 @@ import { imageHandlers } from './cri/image.js';
 import { podHandlers } from './cri/pods.js';
 import { containerHandlers } from './cri/containers.js';
 import { runtimeHandlers, RuntimeInfo } from './cri/runtime.js';
-import { drain, serveCri } from './cri/server.js';
+import { CriServer, drain, forceClose, serveCri } from './cri/server.js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
 
@@ -23,9 +22,10 @@ export interface DaemonPaths {
 
 export interface Daemon {
   images: ImageService;
-  server: grpc.Server;
   /** Drains in-flight RPCs, then releases everything. */
   stop(): Promise<void>;
+  /** Drops every connection at once (a second signal). */
+  kill(): void;
 }
 
 export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: Logger): Promise<Daemon> {
@@ -76,7 +76,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   };
 
   const criLog = log.child({ component: 'cri' });
-  const server = await serveCri(
+  const cri: CriServer = await serveCri(
     paths.socket,
     runtimeHandlers(info, criLog, { ...podHandlers(sandboxes, criLog), ...containerHandlers(containers, images, criLog) }),
     imageHandlers(images, criLog),
@@ -85,10 +85,10 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
 
   return {
     images,
-    server,
     stop: async () => {
-      await drain(server);
+      await drain(cri);
       containers.close();
     },
+    kill: () => forceClose(cri),
   };
 }

@@ -43,7 +43,7 @@ async function main(argv: string[]): Promise<number> {
     const stop = (signal: string) => {
       if (stopping) {
         log.warn('second signal: forcing shutdown', { signal });
-        daemon.server.forceShutdown();
+        daemon.kill();
         resolve(1);
         return;
       }

@@ -151,12 +151,14 @@ static void mount_overlay(struct spec *s)
     /* New mount API first: one fsconfig call per layer, no length limit, no escaping. */
     int fsfd = fsopen("overlay", FSOPEN_CLOEXEC);
     if (fsfd >= 0) {
-        int ok = 1;
+        int ok = fsconfig(fsfd, FSCONFIG_SET_STRING, "source", "overlay", 0) == 0;
         for (size_t i = 0; i < s->nlower && ok; i++)
             ok = fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", s->lower[i], 0) == 0;
         if (ok && s->upper)
             ok = fsconfig(fsfd, FSCONFIG_SET_STRING, "upperdir", s->upper, 0) == 0 &&
                  fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", s->work, 0) == 0;
+        if (ok && s->upper && s->overlay_volatile)
+            ok = fsconfig(fsfd, FSCONFIG_SET_FLAG, "volatile", NULL, 0) == 0;
         if (ok) {
             if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
                 child_fail("mount overlay at", s->root, errno);
@@ -193,7 +195,7 @@ static void mount_overlay(struct spec *s)
         }
     }
     if (s->upper)
-        p += sprintf(p, ",upperdir=%s,workdir=%s", s->upper, s->work);
+        p += sprintf(p, ",upperdir=%s,workdir=%s%s", s->upper, s->work, s->overlay_volatile ? ",volatile" : "");
     *p = 0;
     if (mount("overlay", s->root, "overlay", 0, data) < 0)
         child_fail("mount overlay at", s->root, errno);

@@ -51,8 +51,28 @@ static int make_fifo(const char *bundle, const char *name, char *path, size_t le
 /* Setup-time buffers live on the heap (given back before the loop), not in a stack frame that
  * stays live, and resident, for the monitor's whole life. */
 struct setup_bufs {
-    char fifo[PATH_MAX], stdin_fifo[PATH_MAX], msg[1400], line[128], ok[140], pty_path[32];
+    char fifo[PATH_MAX], stdin_fifo[PATH_MAX], msg[1400], line[200], ok[210], pty_path[32];
 };
+
+/* The OOM counter of the first memory cgroup the container joins (v2 memory.events, v1 memory.oom_control). */
+static const char *oom_file(const struct spec *s, char *buf, size_t len)
+{
+    if (!buf)
+        return NULL;
+    for (size_t i = 0; i < s->ncgroup_procs; i++) {
+        const char *procs = s->cgroup_procs[i];
+        const char *slash = strrchr(procs, '/');
+        if (!slash)
+            continue;
+        static const char *const names[] = {"memory.events", "memory.oom_control"};
+        for (int k = 0; k < 2; k++) {
+            snprintf(buf, len, "%.*s/%s", (int)(slash - procs), procs, names[k]);
+            if (access(buf, R_OK) == 0)
+                return buf;
+        }
+    }
+    return NULL;
+}
 
 __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd)
 {
@@ -60,7 +80,7 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
     int outp[2] = {-1, -1}, errp[2] = {-1, -1}, syncp[2];
     int child_stdin = -1, slave = -1;
     struct setup_bufs *b = malloc(sizeof *b);
-    struct monitor *mp = monitor_alloc(s->bundle, s->log_path);
+    struct monitor *mp = monitor_alloc(s->bundle, s->log_path, oom_file(s, b->fifo, sizeof b->fifo));
 
     if (!b || !mp)
         mon_fail(report_fd, "monitor: allocate", NULL, ENOMEM);
@@ -188,7 +208,10 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
     fcntl(mp->pidfd, F_SETFD, FD_CLOEXEC);
 
     char *line = b->line;
-    int n = snprintf(line, sizeof b->line, "{\"pid\":%d,\"monitorPid\":%d}", (int)pid, (int)getpid());
+    int n = snprintf(line, sizeof b->line, "{\"pid\":%d,\"monitorPid\":%d,\"startTime\":%lld,\"monitorStartTime\":%lld}",
+                     (int)pid, (int)getpid(), proc_start_time(pid), proc_start_time(getpid()));
+    if (n < 0 || (size_t)n >= sizeof b->line)
+        n = (int)strlen(line);
     int r = atomic_write(s->bundle, "shim.json", line, (size_t)n);
     if (r < 0) {
         kill(pid, SIGKILL);

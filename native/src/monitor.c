@@ -253,7 +253,7 @@ HOT static void copy_stdin(struct monitor *m, char *buf)
 
 static void write_exit(struct monitor *m, int status, int64_t finished)
 {
-    char buf[160];
+    char buf[200];
     int code = 0, sig = 0;
     if (WIFEXITED(status)) {
         code = WEXITSTATUS(status);
@@ -266,8 +266,15 @@ static void write_exit(struct monitor *m, int status, int64_t finished)
         int n = snprintf(msg, sizeof msg, "%s\n", m->exec_error);
         atomic_write(m->bundle, "exec-error", msg, (size_t)n);
     }
-    int n = snprintf(buf, sizeof buf, "{\"exitCode\":%d,\"signal\":%d,\"startedAt\":%lld,\"finishedAt\":%lld}\n", code,
-                     sig, (long long)m->started, (long long)finished);
+    /* OOM-killed: the cgroup's oom_kill count went up and the container died of SIGKILL */
+    int oom = 0;
+    if (m->oom_file && sig == SIGKILL) {
+        long now = read_oom_kills(m->oom_file);
+        oom = now > m->oom_base && m->oom_base >= 0;
+    }
+    int n = snprintf(buf, sizeof buf,
+                     "{\"exitCode\":%d,\"signal\":%d,\"startedAt\":%lld,\"finishedAt\":%lld,\"oomKilled\":%s}\n", code,
+                     sig, (long long)m->started, (long long)finished, oom ? "true" : "false");
     atomic_write(m->bundle, "exit.json", buf, (size_t)n);
 }
 
@@ -367,10 +374,11 @@ HOT __attribute__((noinline)) static void monitor_loop(struct monitor *m, char *
     }
 }
 
-struct monitor *monitor_alloc(const char *bundle, const char *log_path)
+struct monitor *monitor_alloc(const char *bundle, const char *log_path, const char *oom_file)
 {
-    size_t bl = strlen(bundle) + 1, ll = strlen(log_path) + 1;
-    char *p = mmap(NULL, sizeof(struct monitor) + bl + ll, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    size_t bl = strlen(bundle) + 1, ll = strlen(log_path) + 1, ol = oom_file ? strlen(oom_file) + 1 : 0;
+    char *p = mmap(NULL, sizeof(struct monitor) + bl + ll + ol, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
     if (p == MAP_FAILED)
         return NULL;
     struct monitor *m = (struct monitor *)p;
@@ -379,7 +387,44 @@ struct monitor *monitor_alloc(const char *bundle, const char *log_path)
     memcpy(m->bundle, bundle, bl);
     m->log_path = m->bundle + bl;
     memcpy(m->log_path, log_path, ll);
+    if (oom_file) {
+        m->oom_file = m->log_path + ll;
+        memcpy(m->oom_file, oom_file, ol);
+        m->oom_base = read_oom_kills(oom_file);
+    }
     return m;
+}
+
+long read_oom_kills(const char *file)
+{
+    char buf[1024];
+    if (read_file(file, buf, sizeof buf) < 0)
+        return -1;
+    for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        long v;
+        if (sscanf(l, "oom_kill %ld", &v) == 1)
+            return v;
+    }
+    return -1;
+}
+
+long long proc_start_time(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    if (read_file(path, buf, sizeof buf) < 0)
+        return -1;
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return -1;
+    /* after ") ": field 3 (state) onwards; starttime is field 22 */
+    p += 2;
+    for (int field = 3; field < 22 && p; field++) {
+        p = strchr(p, ' ');
+        if (p)
+            p++;
+    }
+    return p ? strtoll(p, NULL, 10) : -1;
 }
 
 void monitor_run(struct monitor *m)

@@ -29,6 +29,8 @@ struct monitor {
     int pty_master;       /* terminal: master (also out.fd) */
     int64_t started;
     char *exec_error;
+    char *oom_file;       /* memory.events (v2) or memory.oom_control (v1) of the container's cgroup, or NULL */
+    long oom_base;        /* its oom_kill count when the container was created */
 };
 
 int log_open(const char *path);
@@ -36,7 +38,11 @@ int log_open(const char *path);
  * Call last before a long-lived loop that uses only raw syscalls and .text.hot code. */
 void shrink_resident(void);
 /* One anonymous mapping holding the struct and copies of both paths; NULL on failure. */
-struct monitor *monitor_alloc(const char *bundle, const char *log_path);
+struct monitor *monitor_alloc(const char *bundle, const char *log_path, const char *oom_file);
+/* The oom_kill counter in a memory.events / memory.oom_control file; -1 if unreadable. */
+long read_oom_kills(const char *file);
+/* Field 22 of /proc/<pid>/stat (start time in clock ticks since boot), or -1. */
+long long proc_start_time(pid_t pid);
 /* Runs until the container is reaped and its output drained; writes exit.json. Never returns. */
 __attribute__((noreturn)) void monitor_run(struct monitor *m);
 

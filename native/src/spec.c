@@ -461,7 +461,8 @@ int spec_load(const char *bundle, struct spec *s, char *err, size_t errlen)
     if (o) {
         if (get_strings(o, "lower", &s->lower, &s->nlower, "overlay.", err, errlen) < 0 ||
             get_string(o, "upper", &s->upper, 0, "overlay.", err, errlen) < 0 ||
-            get_string(o, "work", &s->work, 0, "overlay.", err, errlen) < 0)
+            get_string(o, "work", &s->work, 0, "overlay.", err, errlen) < 0 ||
+            get_bool(o, "volatile", &s->overlay_volatile, "overlay.", err, errlen) < 0)
             return -1;
         if (s->nlower == 0)
             FAIL("spec: overlay.lower must not be empty");

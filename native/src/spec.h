@@ -64,6 +64,7 @@ struct spec {
     const char **lower;
     size_t nlower;
     const char *upper, *work;
+    int overlay_volatile;   /* overlay "volatile": no syncfs of the upper filesystem at unmount */
     const char *hostname;
     /* namespaces: new[k] = 1 when created, path[k] when joined */
     int ns_new[NS_COUNT];

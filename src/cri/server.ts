@@ -5,6 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { ImageServiceHandlers } from '../gen/runtime/v1/ImageService.js';
 import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
 import { loadCri } from './grpc.js';
+import { fixAuthority } from './authority.js';
 
 // kubelet sends up to 16 MiB (e.g. ListContainers on a busy node); match it both ways.
 const MAX_MESSAGE = 16 * 1024 * 1024;
@@ -27,7 +28,7 @@ export async function serveCri(
   socket: string,
   runtime: RuntimeServiceHandlers,
   image: ImageServiceHandlers,
-): Promise<grpc.Server> {
+): Promise<CriServer> {
   const dir = path.dirname(socket);
   await fs.mkdir(dir, { recursive: true, mode: 0o700 });
   await fs.chmod(dir, 0o700);
@@ -44,14 +45,32 @@ export async function serveCri(
   });
   server.addService(cri.runtime.v1.RuntimeService.service, runtime);
   server.addService(cri.runtime.v1.ImageService.service, image);
+  // berth accepts the connections itself and injects them, so each can pass the :authority filter first.
+  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const listener = net.createServer((conn) => injector.injectConnection(fixAuthority(conn)));
   await new Promise<void>((resolve, reject) => {
-    server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
+    listener.once('error', reject);
+    listener.listen(socket, () => resolve());
   });
   await fs.chmod(socket, 0o660);
-  return server;
+  return { server, listener, injector };
 }
 
-/** Stops accepting calls and resolves once every in-flight call has finished. */
-export function drain(server: grpc.Server): Promise<void> {
-  return new Promise((resolve) => server.tryShutdown(() => resolve()));
+export interface CriServer {
+  server: grpc.Server;
+  listener: net.Server;
+  injector: grpc.ConnectionInjector;
+}
+
+/** Stops accepting connections and resolves once every in-flight call has finished. */
+export async function drain(cri: CriServer): Promise<void> {
+  // listener.close() only stops accepting here: its callback waits for the connections tryShutdown ends.
+  const closed = new Promise<void>((resolve) => cri.listener.close(() => resolve()));
+  await new Promise<void>((resolve) => cri.server.tryShutdown(() => resolve()));
+  await closed;
+}
+
+export function forceClose(cri: CriServer): void {
+  cri.listener.close();
+  cri.server.forceShutdown();
 }

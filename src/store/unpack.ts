@@ -5,13 +5,37 @@
 // Safety: a layer is untrusted input. Every entry name and hardlink target is normalized and must
 // stay inside the layer root, and no parent directory on the way may be a symlink, so nothing is
 // ever created or modified outside `dest`. Final path components are never followed either: files
-// are created with O_EXCL and metadata is set with the l*() calls or on the open descriptor.
+// are created with O_EXCL|O_NOFOLLOW, metadata is set on the open descriptor or with the l*() calls,
+// and the one path-based chmod(2) only ever targets a directory or node created the line before.
+//
+// Only this process is assumed to write under `dest` while it is being unpacked.
+//
+// Speed: the quick metadata syscalls and small files are done synchronously, in slices of a few
+// milliseconds between which the event loop runs; file data beyond that is written asynchronously.
 import { createHash } from 'node:crypto';
-import fsCb, { closeSync, constants as fsc, fchmodSync, fchownSync, futimesSync, promises as fs, type Stats } from 'node:fs';
+import fsCb, {
+  chmodSync,
+  closeSync,
+  constants as fsc,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  promises as fs,
+  symlinkSync,
+  unlinkSync,
+  writeSync,
+  writevSync,
+  type Stats,
+} from 'node:fs';
 import path from 'node:path';
 import { pipeline as pipelineCb, Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { promisify } from 'node:util';
 import { createGunzip } from 'node:zlib';
 import { Decompress } from 'fzstd';
 import tar from 'tar-stream';
@@ -50,11 +74,10 @@ const OPAQUE_XATTR = 'trusted.overlay.opaque';
 const PAX_XATTR = 'SCHILY.xattr.';
 const PROGRESS_INTERVAL_MS = 250;
 const WRITE_BATCH_BYTES = 1 << 20;
-// Small regular files are read into memory and written behind, several at a time: per file the
-// work is ~6 fs calls, and their thread-pool round trips, not the disk, bound a sequential unpack.
-const WRITE_BEHIND_MAX_FILE = 1 << 20;
-const WRITE_BEHIND_MAX_FILES = 16;
-const WRITE_BEHIND_MAX_BYTES = 16 << 20;
+/** Files up to this size are written synchronously (their data is at most one batch anyway). */
+const SYNC_FILE_MAX = 256 * 1024;
+/** The longest stretch of synchronous fs calls before the event loop gets a turn. */
+const SYNC_SLICE_MS = 4;
 
 /**
  * Streams `input` (compressed or not) into `dest`, which is created if missing and should be empty.
@@ -90,7 +113,6 @@ export async function unpackLayer(input: Readable, dest: string, opts: UnpackOpt
       await extractor.idle();
     }
     await ready;
-    extractor.throwIfFailed();
     await extractor.finish();
     const result: UnpackResult = {
       diffId: 'sha256:' + tap.hash.digest('hex'),
@@ -120,8 +142,13 @@ export async function unpackLayer(input: Readable, dest: string, opts: UnpackOpt
 }
 
 async function prepareRoot(root: string): Promise<void> {
-  await fs.mkdir(root, { recursive: true, mode: 0o755 });
-  const st = await fs.lstat(root);
+  let st: Stats;
+  try {
+    await fs.mkdir(root, { recursive: true, mode: 0o755 });
+    st = await fs.lstat(root);
+  } catch (err) {
+    throw internal(`creating unpack destination ${root}: ${errorMessage(err)}`, err);
+  }
   if (!st.isDirectory()) throw new BerthError('invalid_argument', `unpack destination ${root} is not a directory`);
 }
 
@@ -451,13 +478,14 @@ function invalidEntry(name: string, why: string): BerthError {
   return new BerthError('invalid_argument', `layer entry ${name}: ${why}`);
 }
 
-/** Whether one of two relative paths is the other or lies below it. */
-function related(a: string, b: string): boolean {
-  return a === b || a.startsWith(b + '/') || b.startsWith(a + '/') || a === '' || b === '';
-}
-
 function isWhiteoutDevice(st: Stats): boolean {
   return st.isCharacterDevice() && st.rdev === 0;
+}
+
+function paxId(value: string | undefined): number | undefined {
+  if (!value || !/^\d+$/.test(value)) return undefined;
+  const id = Number(value);
+  return id <= 0xffffffff ? id : undefined;
 }
 
 function paxTime(value: string | undefined): number | undefined {
@@ -474,10 +502,7 @@ class Extractor {
   /** Directory times, applied at the end because creating children changes them. */
   private readonly dirTimes = new Map<string, [number, number]>();
   private current: Promise<void> = Promise.resolve();
-  /** Small files being written behind, by path, and the bytes they hold. */
-  private readonly inflight = new Map<string, Promise<void>>();
-  private inflightBytes = 0;
-  private failure: Error | undefined;
+  private sliceStart = performance.now();
 
   constructor(
     private readonly root: string,
@@ -500,61 +525,33 @@ class Extractor {
     );
   }
 
-  /** Settles once nothing is running any more: the current entry and every write-behind. */
-  async idle(): Promise<void> {
-    await this.current.catch(() => {});
-    while (this.inflight.size) await Promise.all(this.inflight.values());
+  /** Settles once the entry being extracted, if any, is done. */
+  idle(): Promise<void> {
+    return this.current.catch(() => {});
   }
 
-  throwIfFailed(): void {
-    if (this.failure) throw this.failure;
+  async finish(): Promise<void> {
+    for (const [rel, [atime, mtime]] of this.dirTimes) {
+      try {
+        lutimesSync(this.abs(rel), atime, mtime);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw this.wrap(err, rel);
+      }
+      await this.yieldSometimes();
+    }
   }
 
   private wrap(err: unknown, name: string): Error {
     return err instanceof BerthError ? err : internal(`unpacking layer entry ${name} into ${this.root}: ${errorMessage(err)}`, err);
   }
 
-  private writeBehind(rel: string, name: string, bytes: number, work: () => Promise<void>): void {
-    this.inflightBytes += bytes;
-    const promise = (async () => {
-      try {
-        await work();
-      } catch (err) {
-        this.failure ??= this.wrap(err, name);
-      } finally {
-        this.inflight.delete(rel);
-        this.inflightBytes -= bytes;
-      }
-    })();
-    this.inflight.set(rel, promise);
-  }
-
-  private async waitForRoom(bytes: number): Promise<void> {
-    while (
-      this.inflight.size >= WRITE_BEHIND_MAX_FILES ||
-      (this.inflight.size > 0 && this.inflightBytes + bytes > WRITE_BEHIND_MAX_BYTES)
-    ) {
-      await Promise.race(this.inflight.values());
-    }
-  }
-
-  /** Waits for the write-behinds at, above or below any of `paths`, so that nothing races on them. */
-  private async settle(...paths: string[]): Promise<void> {
-    for (;;) {
-      const clash = [...this.inflight.entries()].find(([p]) => paths.some((q) => related(p, q)));
-      if (!clash) return;
-      await clash[1];
-    }
-  }
-
-  async finish(): Promise<void> {
-    for (const [rel, [atime, mtime]] of this.dirTimes) {
-      try {
-        await fs.lutimes(this.abs(rel), atime, mtime);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      }
-    }
+  // Metadata syscalls and small files run synchronously: a thread-pool round trip per call costs
+  // more than the call itself, and a layer is tens of thousands of them. The event loop still gets
+  // a turn every few milliseconds.
+  private async yieldSometimes(): Promise<void> {
+    if (performance.now() - this.sliceStart < SYNC_SLICE_MS) return;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    this.sliceStart = performance.now();
   }
 
   private abs(rel: string): string {
@@ -577,15 +574,15 @@ class Extractor {
     const isFile = type === 'file' || type === 'contiguous-file';
     if (!isFile) data.resume(); // drain anything a non-file entry carries
     await this.ready;
-    this.throwIfFailed();
 
     const name = h.name;
     const rel = this.relative(name, name);
     const xattrs = this.xattrs(h);
     const meta: Meta = {
       mode: (h.mode ?? 0) & 0o7777,
-      uid: h.uid ?? 0,
-      gid: h.gid ?? 0,
+      // tar-stream applies only path, linkpath and size from PAX; ids too big for the header are there.
+      uid: paxId(h.pax?.uid) ?? h.uid ?? 0,
+      gid: paxId(h.pax?.gid) ?? h.gid ?? 0,
       mtime: paxTime(h.pax?.mtime) ?? (h.mtime ? h.mtime.getTime() / 1000 : 0),
       atime: 0,
     };
@@ -597,51 +594,34 @@ class Extractor {
     }
 
     const base = path.posix.basename(rel);
-    if (base.startsWith(WHITEOUT_PREFIX)) return this.whiteout(rel, name, meta);
-
-    const size = h.size ?? 0;
-    if (isFile && size <= WRITE_BEHIND_MAX_FILE && this.canWriteBehind(rel)) {
-      const chunks: Buffer[] = [];
-      for await (const chunk of data) chunks.push(chunk as Buffer);
-      await this.waitForRoom(size);
-      // Still true: only write-behinds ran meanwhile, and none of them at or around `rel`.
-      this.writeBehind(rel, name, size, () => this.file(rel, name, size, meta, xattrs, chunks));
-      return;
+    if (base.startsWith(WHITEOUT_PREFIX)) {
+      await this.whiteout(rel, name, meta);
+    } else {
+      this.ensureParents(rel, name);
+      switch (type) {
+        case 'file':
+        case 'contiguous-file':
+          await this.file(rel, name, h.size ?? 0, meta, xattrs, data);
+          break;
+        case 'directory':
+          await this.directory(rel, meta, xattrs);
+          break;
+        case 'symlink':
+          await this.symlink(rel, name, h.linkname ?? '', meta, xattrs);
+          break;
+        case 'link':
+          await this.hardlink(rel, name, h.linkname ?? '');
+          break;
+        case 'character-device':
+        case 'block-device':
+        case 'fifo':
+          await this.special(rel, type, h.devmajor ?? 0, h.devminor ?? 0, meta, xattrs);
+          break;
+        default:
+          throw invalidEntry(name, `unsupported entry type ${type ?? 'unknown'}`);
+      }
     }
-
-    const linkTarget = type === 'link' && h.linkname ? [this.relative(h.linkname, name, 'hardlink target')] : [];
-    await this.settle(rel, ...linkTarget);
-    await this.ensureParents(rel, name);
-    switch (type) {
-      case 'file':
-      case 'contiguous-file':
-        return this.file(rel, name, size, meta, xattrs, data);
-      case 'directory':
-        return this.directory(rel, meta, xattrs);
-      case 'symlink':
-        return this.symlink(rel, name, h.linkname ?? '', meta, xattrs);
-      case 'link':
-        return this.hardlink(rel, name, h.linkname ?? '');
-      case 'character-device':
-      case 'block-device':
-      case 'fifo':
-        return this.special(rel, type, h.devmajor ?? 0, h.devminor ?? 0, meta, xattrs);
-      default:
-        throw invalidEntry(name, `unsupported entry type ${type ?? 'unknown'}`);
-    }
-  }
-
-  /**
-   * A file can be written behind when that cannot race with anything: its parent is a directory we
-   * know (so no parent gets created), it replaces no directory (so nothing below it is removed),
-   * and no other write-behind is at, above or below it.
-   */
-  private canWriteBehind(rel: string): boolean {
-    const dir = path.posix.dirname(rel);
-    if (dir !== '.' && !this.dirs.has(dir)) return false;
-    if (this.dirs.has(rel)) return false;
-    for (const p of this.inflight.keys()) if (related(p, rel)) return false;
-    return true;
+    await this.yieldSometimes();
   }
 
   private xattrs(h: EntryHeader): Array<[string, Buffer]> {
@@ -665,7 +645,7 @@ class Extractor {
   }
 
   /** Makes sure every parent of `rel` is a real directory, creating missing ones (0755 root:root). */
-  private async ensureParents(rel: string, entryName: string): Promise<void> {
+  private ensureParents(rel: string, entryName: string): void {
     const dir = path.posix.dirname(rel);
     if (dir === '.' || this.dirs.has(dir)) return;
     let cur = '';
@@ -675,7 +655,7 @@ class Extractor {
       if (this.dirs.has(cur)) continue;
       const abs = this.abs(cur);
       if (!missing) {
-        const st = await lstatOrUndefined(abs);
+        const st = lstatSync(abs, { throwIfNoEntry: false });
         if (st) {
           if (st.isDirectory()) {
             this.dirs.add(cur);
@@ -686,23 +666,23 @@ class Extractor {
         }
         missing = true;
       }
-      await fs.mkdir(abs, 0o700);
-      await fs.lchown(abs, 0, 0);
-      await fs.chmod(abs, 0o755);
+      mkdirSync(abs, 0o700);
+      lchownSync(abs, 0, 0);
+      chmodSync(abs, 0o755);
       this.dirs.add(cur);
       this.inodes++;
     }
   }
 
   /** Like ensureParents for a path that must already exist (a hardlink target), creating nothing. */
-  private async checkParents(rel: string, entryName: string, linkname: string): Promise<void> {
+  private checkParents(rel: string, entryName: string, linkname: string): void {
     const dir = path.posix.dirname(rel);
     if (dir === '.' || this.dirs.has(dir)) return;
     let cur = '';
     for (const part of dir.split('/')) {
       cur = cur ? `${cur}/${part}` : part;
       if (this.dirs.has(cur)) continue;
-      const st = await lstatOrUndefined(this.abs(cur));
+      const st = lstatSync(this.abs(cur), { throwIfNoEntry: false });
       if (!st) throw invalidEntry(entryName, `hardlink target ${linkname} does not exist`);
       if (st.isSymbolicLink()) throw escapes(entryName, `hardlink target ${linkname} goes through symlink ${cur}`);
       if (!st.isDirectory()) throw invalidEntry(entryName, `hardlink target ${linkname} does not exist`);
@@ -719,21 +699,21 @@ class Extractor {
       for (const d of this.dirs) if (d === rel || d.startsWith(prefix)) this.dirs.delete(d);
       for (const d of this.dirTimes.keys()) if (d === rel || d.startsWith(prefix)) this.dirTimes.delete(d);
     } else {
-      await fs.unlink(abs);
+      unlinkSync(abs);
     }
   }
 
   /** Runs `make`; if the path is taken, replaces what is there. Returns whether that was a whiteout. */
-  private async create(rel: string, make: () => Promise<void>): Promise<boolean> {
+  private async create(rel: string, make: () => void): Promise<boolean> {
     try {
-      await make();
+      make();
       return false;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
-    const st = await fs.lstat(this.abs(rel));
+    const st = lstatSync(this.abs(rel));
     await this.remove(rel, st);
-    await make();
+    make();
     return isWhiteoutDevice(st);
   }
 
@@ -743,36 +723,39 @@ class Extractor {
     size: number,
     meta: Meta,
     xattrs: Array<[string, Buffer]>,
-    data: AsyncIterable<unknown> | Iterable<unknown>,
+    data: EntryData,
   ): Promise<void> {
     const abs = this.abs(rel);
-    const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW | fsc.O_CLOEXEC;
+    // O_EXCL: never opens an existing file, nor follows a symlink planted at this name.
+    const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
     let fd = -1;
-    await this.create(rel, async () => {
-      fd = await openFd(abs, flags, 0o600);
+    await this.create(rel, () => {
+      fd = openSync(abs, flags, 0o600);
     });
     this.inodes++;
     try {
       let written = 0;
       let batch: Buffer[] = [];
       let batchBytes = 0;
-      const flush = async () => {
-        if (batchBytes === 0) return;
-        await writeAll(fd, batch, batchBytes);
-        written += batchBytes;
-        batch = [];
-        batchBytes = 0;
-      };
+      const small = size <= SYNC_FILE_MAX;
       for await (const item of data) {
         const chunk = item as Buffer;
         batch.push(chunk);
         batchBytes += chunk.length;
-        if (batchBytes >= WRITE_BATCH_BYTES) await flush();
+        if (batchBytes >= WRITE_BATCH_BYTES) {
+          await writeAll(fd, batch, batchBytes);
+          written += batchBytes;
+          batch = [];
+          batchBytes = 0;
+        }
       }
-      await flush();
+      if (batchBytes > 0) {
+        if (small) writeAllSync(fd, batch, batchBytes);
+        else await writeAll(fd, batch, batchBytes);
+        written += batchBytes;
+      }
       if (written !== size) throw invalidEntry(name, `expected ${size} bytes of data, got ${written}`);
       this.unpackedBytes += size;
-      // Quick syscalls on an fd we hold run inline: a thread-pool round trip costs more than they do.
       fchownSync(fd, meta.uid, meta.gid);
       fchmodSync(fd, meta.mode); // after chown, which clears setuid/setgid
       this.setXattrs(abs, name, xattrs, false); // after chown, which clears security.capability
@@ -786,22 +769,22 @@ class Extractor {
     const abs = this.abs(rel);
     let opaque = false;
     try {
-      await fs.mkdir(abs, 0o700);
+      mkdirSync(abs, 0o700);
       this.inodes++;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const st = await fs.lstat(abs);
+      const st = lstatSync(abs);
       if (!st.isDirectory()) {
         // A directory over a whiteout of this same layer: the lower one stays hidden, so opaque.
         opaque = isWhiteoutDevice(st);
         await this.remove(rel, st);
-        await fs.mkdir(abs, 0o700);
+        mkdirSync(abs, 0o700);
         this.inodes++;
       } // else: a directory over a directory merges; the later metadata wins
     }
     this.dirs.add(rel);
-    await fs.lchown(abs, meta.uid, meta.gid);
-    await fs.chmod(abs, meta.mode);
+    lchownSync(abs, meta.uid, meta.gid);
+    chmodSync(abs, meta.mode);
     this.setXattrs(abs, rel, xattrs, false);
     if (opaque) lsetxattr(abs, OPAQUE_XATTR, Buffer.from('y'));
     this.dirTimes.set(rel, [meta.atime, meta.mtime]);
@@ -818,11 +801,11 @@ class Extractor {
     if (target.includes('\0')) throw invalidEntry(name, 'symlink target contains a NUL byte');
     const abs = this.abs(rel);
     // The target is stored as is (absolute or dangling is fine): it is never followed here.
-    await this.create(rel, () => fs.symlink(target, abs));
+    await this.create(rel, () => symlinkSync(target, abs));
     this.inodes++;
-    await fs.lchown(abs, meta.uid, meta.gid);
+    lchownSync(abs, meta.uid, meta.gid);
     this.setXattrs(abs, name, xattrs, true);
-    await fs.lutimes(abs, meta.atime, meta.mtime);
+    lutimesSync(abs, meta.atime, meta.mtime);
   }
 
   private async hardlink(rel: string, name: string, linkname: string): Promise<void> {
@@ -830,12 +813,12 @@ class Extractor {
     const target = this.relative(linkname, name, 'hardlink target');
     if (target === '') throw invalidEntry(name, 'hardlink to the layer root');
     if (target === rel) return; // a link to itself: nothing to do
-    await this.checkParents(target, name, linkname);
+    this.checkParents(target, name, linkname);
     const from = this.abs(target);
     const to = this.abs(rel);
     try {
       // link(2) does not follow a symlink at `from`: at worst this links the symlink itself.
-      await this.create(rel, () => fs.link(from, to));
+      await this.create(rel, () => linkSync(from, to));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
         throw invalidEntry(name, `hardlink target ${linkname} does not exist`);
@@ -856,12 +839,12 @@ class Extractor {
     const abs = this.abs(rel);
     const ifmt = type === 'character-device' ? fsc.S_IFCHR : type === 'block-device' ? fsc.S_IFBLK : fsc.S_IFIFO;
     const dev = type === 'fifo' ? 0n : makedev(devmajor, devminor);
-    await this.create(rel, async () => mknod(abs, ifmt | 0o600, dev));
+    await this.create(rel, () => mknod(abs, ifmt | 0o600, dev));
     this.inodes++;
-    await fs.lchown(abs, meta.uid, meta.gid);
-    await fs.chmod(abs, meta.mode); // chmod(2) on a node we just made; devices aren't opened by it
+    lchownSync(abs, meta.uid, meta.gid);
+    chmodSync(abs, meta.mode); // chmod(2) on a node we just made; devices aren't opened by it
     this.setXattrs(abs, rel, xattrs, false);
-    await fs.lutimes(abs, meta.atime, meta.mtime);
+    lutimesSync(abs, meta.atime, meta.mtime);
   }
 
   /** `dir/.wh.name` → 0:0 character device `dir/name`; `dir/.wh..wh..opq` → `dir` is opaque. */
@@ -870,8 +853,7 @@ class Extractor {
     const dirRel = dir === '.' ? '' : dir;
     const base = path.posix.basename(rel);
     if (base === WHITEOUT_OPAQUE) {
-      await this.settle(rel);
-      await this.ensureParents(rel, name);
+      this.ensureParents(rel, name);
       lsetxattr(this.abs(dirRel), OPAQUE_XATTR, Buffer.from('y'));
       return;
     }
@@ -882,8 +864,7 @@ class Extractor {
     const original = base.slice(WHITEOUT_PREFIX.length);
     if (original === '' || original === '.' || original === '..') throw invalidEntry(name, 'malformed whiteout');
     const target = dirRel ? `${dirRel}/${original}` : original;
-    await this.settle(target);
-    await this.ensureParents(target, name);
+    this.ensureParents(target, name);
     const abs = this.abs(target);
     try {
       mknod(abs, fsc.S_IFCHR, 0n);
@@ -892,13 +873,12 @@ class Extractor {
       // The path was created earlier in this same layer, which a whiteout does not remove (it only
       // hides lower layers). A same-layer file hides the lower one anyway; a directory must become
       // opaque so the lower directory's content stays hidden.
-      const st = await fs.lstat(abs);
-      if (st.isDirectory()) lsetxattr(abs, OPAQUE_XATTR, Buffer.from('y'));
+      if (lstatSync(abs).isDirectory()) lsetxattr(abs, OPAQUE_XATTR, Buffer.from('y'));
       return;
     }
     this.inodes++;
-    await fs.lchown(abs, meta.uid, meta.gid);
-    await fs.lutimes(abs, meta.atime, meta.mtime); // for reproducible trees; overlayfs ignores it
+    lchownSync(abs, meta.uid, meta.gid);
+    lutimesSync(abs, meta.atime, meta.mtime); // for reproducible trees; overlayfs ignores it
   }
 
   private setXattrs(abs: string, entry: string, xattrs: Array<[string, Buffer]>, symlink: boolean): void {
@@ -919,18 +899,10 @@ class Extractor {
   }
 }
 
-async function lstatOrUndefined(p: string): Promise<Stats | undefined> {
-  try {
-    return await fs.lstat(p);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
-}
-
-const openFd = promisify(fsCb.open) as (path: string, flags: number, mode: number) => Promise<number>;
-const writevFd = promisify(fsCb.writev) as (fd: number, buffers: Buffer[]) => Promise<number>;
-const writeFd = promisify(fsCb.write) as (fd: number, buffer: Buffer) => Promise<number>;
+const writevFd = (fd: number, buffers: Buffer[]) =>
+  new Promise<number>((resolve, reject) => fsCb.writev(fd, buffers, (err, n) => (err ? reject(err) : resolve(n))));
+const writeFd = (fd: number, buffer: Buffer) =>
+  new Promise<number>((resolve, reject) => fsCb.write(fd, buffer, (err, n) => (err ? reject(err) : resolve(n))));
 
 async function writeAll(fd: number, chunks: Buffer[], total: number): Promise<void> {
   const n = chunks.length === 1 ? await writeFd(fd, chunks[0]) : await writevFd(fd, chunks);
@@ -938,4 +910,11 @@ async function writeAll(fd: number, chunks: Buffer[], total: number): Promise<vo
   // Short write: finish the rest.
   let rest = Buffer.concat(chunks, total).subarray(n);
   while (rest.length > 0) rest = rest.subarray(await writeFd(fd, rest));
+}
+
+function writeAllSync(fd: number, chunks: Buffer[], total: number): void {
+  const n = chunks.length === 1 ? writeSync(fd, chunks[0]) : writevSync(fd, chunks);
+  if (n === total) return;
+  let rest = Buffer.concat(chunks, total).subarray(n);
+  while (rest.length > 0) rest = rest.subarray(writeSync(fd, rest));
 }

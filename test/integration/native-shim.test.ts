@@ -11,7 +11,7 @@ import {
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { REPO_ROOT, SHIM, buildBusyboxRootfs, buildSpec, type SpecInput } from '../helpers/rootfs.js';
+import { REPO_ROOT, SHIM, buildBusyboxRootfs, buildSpec, type ShimSpec, type SpecInput } from '../helpers/rootfs.js';
 import { pidAlive, sleep } from '../helpers/util.js';
 
 const execFileP = promisify(execFile);
@@ -43,6 +43,7 @@ interface Exit {
   signal: number;
   startedAt: number;
   finishedAt: number;
+  oomKilled: boolean;
 }
 
 interface LogRecord {
@@ -96,7 +97,7 @@ class Container {
     for (const d of ['bundle', 'upper', 'work', 'merged', 'log']) mkdirSync(path.join(this.dir, d));
   }
 
-  spec(over: Partial<SpecInput> & { args: string[] }): this {
+  spec(over: Partial<SpecInput> & { args: string[] }, mutate?: (s: ShimSpec) => void): this {
     const spec = buildSpec({
       id: this.name,
       bundle: this.bundle,
@@ -105,6 +106,7 @@ class Container {
       logPath: this.log,
       ...over,
     });
+    mutate?.(spec);
     writeFileSync(path.join(this.bundle, 'spec.json'), JSON.stringify(spec));
     return this;
   }
@@ -135,8 +137,11 @@ class Container {
     return JSON.parse(readFileSync(file, 'utf8')) as Exit;
   }
 
-  async run(over: Partial<SpecInput> & { args: string[] }): Promise<{ exit: Exit; records: LogRecord[] }> {
-    this.spec(over);
+  async run(
+    over: Partial<SpecInput> & { args: string[] },
+    mutate?: (s: ShimSpec) => void,
+  ): Promise<{ exit: Exit; records: LogRecord[] }> {
+    this.spec(over, mutate);
     await this.create();
     this.start();
     const exit = await this.exit();
@@ -228,7 +233,9 @@ rtest('a container in new namespaces logs stdout and stderr apart in the CRI for
     }
     t.false(existsSync(path.join(c.bundle, 'exec-error')));
     const shimJson = JSON.parse(readFileSync(path.join(c.bundle, 'shim.json'), 'utf8')) as Record<string, number>;
-    t.deepEqual(shimJson, { pid: c.pid, monitorPid: c.monitorPid });
+    t.like(shimJson, { pid: c.pid, monitorPid: c.monitorPid });
+    t.true(shimJson.startTime! > 0 && shimJson.monitorStartTime! > 0 && shimJson.startTime! >= shimJson.monitorStartTime!);
+    t.false(exit.oomKilled);
   });
 });
 
@@ -344,6 +351,112 @@ rtest('a failing setup prints nothing on stdout, explains on stderr and leaves n
   });
 });
 
+rtest('process settings: uid, groups, capabilities, no_new_privs, rlimits, oom_score_adj, sysctls', async (t) => {
+  await withContainer('process', async (c) => {
+    const script = 'grep -E "^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):" /proc/self/status; ' +
+      'ulimit -n; cat /proc/self/oom_score_adj /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni; pwd';
+    const { exit, records } = await c.run({ args: ['/bin/sh', '-c', script], uid: 65534, gid: 65534, cwd: '/tmp' }, (s) => {
+      s.process.additionalGids = [5];
+      s.process.noNewPrivileges = true;
+      s.process.oomScoreAdj = 500;
+      s.process.rlimits = [{ type: 'RLIMIT_NOFILE', soft: 512, hard: 1000 }];
+      s.process.capabilities = {
+        bounding: ['CAP_CHOWN', 'CAP_NET_BIND_SERVICE'],
+        effective: ['CAP_NET_BIND_SERVICE'],
+        permitted: ['CAP_NET_BIND_SERVICE'],
+        inheritable: ['CAP_NET_BIND_SERVICE'],
+        ambient: ['CAP_NET_BIND_SERVICE'],
+      };
+      s.sysctl = { 'net.ipv4.ip_forward': '1', 'kernel.shmmni': '2048' };
+    });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    const out = lines(records, 'stdout');
+    const status = Object.fromEntries(out.slice(0, 9).map((l) => l.split(/:\s+/) as [string, string]));
+    t.regex(status.Uid!, /^65534\s+65534\s+65534\s+65534$/);
+    t.regex(status.Gid!, /^65534\s+65534\s+65534\s+65534$/);
+    t.is(status.Groups!.trim(), '5');
+    const bit10 = (1 << 10).toString(16).padStart(16, '0'); // CAP_NET_BIND_SERVICE
+    t.is(status.CapBnd, (1 + (1 << 10)).toString(16).padStart(16, '0'));
+    t.is(status.CapEff, bit10);
+    t.is(status.CapPrm, bit10);
+    t.is(status.CapAmb, bit10);
+    t.is(status.NoNewPrivs, '1');
+    t.deepEqual(out.slice(9), ['512', '500', '1', '2048', '/tmp']);
+  });
+});
+
+rtest('a sysctl that is not namespaced is refused', async (t) => {
+  await withContainer('sysctl', async (c) => {
+    c.spec({ args: ['true'], sysctl: { 'kernel.panic': '1' } });
+    const r = await shim(['create', c.bundle]);
+    t.not(r.code, 0);
+    t.regex(r.stderr, /sysctl not namespaced.*kernel\.panic/);
+  });
+});
+
+rtest('read-only root, read-only and masked paths', async (t) => {
+  await withContainer('readonly', async (c) => {
+    const script = 'touch /x 2>&1; { echo 1 > /proc/sys/kernel/shmmni; } 2>&1; cat /proc/timer_list | wc -c; ' +
+      'ls /sys/firmware | wc -l; touch /dev/shm/ok && echo shm-writable';
+    const { exit, records } = await c.run({ args: ['/bin/sh', '-c', script], readonlyRoot: true });
+    t.is(exit.exitCode, 0);
+    const out = lines(records, 'stdout');
+    t.regex(out[0]!, /Read-only file system/);
+    t.regex(out[1]!, /Read-only file system/);
+    t.is(out[2], '0'); // /proc/timer_list: /dev/null bound over it
+    t.is(out[3], '0'); // /sys/firmware: empty read-only tmpfs
+    t.is(out[4], 'shm-writable');
+    t.deepEqual(readdirSync(path.join(c.dir, 'upper')), []);
+  });
+});
+
+rtest('a terminal container: pty as stdio and /dev/console, stdin through stdin.fifo', async (t) => {
+  await withContainer('tty', async (c) => {
+    c.spec({ args: ['/bin/sh'] }, (s) => {
+      s.process.terminal = true;
+      s.process.stdin = true;
+    });
+    await c.create();
+    c.start();
+    const fd = openSync(path.join(c.bundle, 'stdin.fifo'), fsc.O_WRONLY | fsc.O_NONBLOCK);
+    try {
+      writeSync(fd, 'test -t 0 && test -t 1 && echo "tty-$((6*7))"; ls -l /dev/console; exit 4\n');
+    } finally {
+      closeSync(fd);
+    }
+    const exit = await c.exit();
+    t.is(exit.exitCode, 4);
+    const records = parseLog(c.log);
+    t.true(records.every((r) => r.stream === 'stdout'));
+    const out = lines(records, 'stdout');
+    t.true(out.includes('tty-42'), out.join('\n'));
+    t.true(out.some((l) => /^c.* \/dev\/console$/.test(l)), out.join('\n'));
+    t.false(out.some((l) => l.endsWith('\r')));
+  });
+});
+
+rtest('stdin without a terminal: the container reads stdin.fifo until SIGUSR2 closes it', async (t) => {
+  await withContainer('stdin', async (c) => {
+    c.spec({ args: ['/bin/sh', '-c', 'cat; echo done'] }, (s) => {
+      s.process.stdin = true;
+    });
+    await c.create();
+    c.start();
+    const fd = openSync(path.join(c.bundle, 'stdin.fifo'), fsc.O_WRONLY | fsc.O_NONBLOCK);
+    try {
+      writeSync(fd, 'line one\nline two\n');
+    } finally {
+      closeSync(fd);
+    }
+    await until('the echoed input', () => existsSync(c.log) && readFileSync(c.log, 'utf8').includes('line two'));
+    t.true(pidAlive(c.pid)); // the monitor's own writer keeps cat from seeing EOF
+    process.kill(c.monitorPid, 'SIGUSR2');
+    const exit = await c.exit();
+    t.is(exit.exitCode, 0);
+    t.deepEqual(lines(parseLog(c.log), 'stdout'), ['line one', 'line two', 'done']);
+  });
+});
+
 rtest('exec runs in the container namespaces with its exit code passed through', async (t) => {
   await withContainer('exec', async (c) => {
     c.spec({ hostname: 'ctr-exec', args: ['sleep', '1000'] });
@@ -375,6 +488,15 @@ rtest('exec runs in the container namespaces with its exit code passed through',
     t.regex(missing.stderr, /no-such-program/);
     const denied = await shim(['exec', pid, '--', '/etc/passwd']);
     t.is(denied.code, 126);
+
+    const capsFile = path.join(c.dir, 'caps.json');
+    const kill = ['CAP_KILL'];
+    writeFileSync(capsFile, JSON.stringify({ bounding: kill, effective: kill, permitted: kill, inheritable: [], ambient: [] }));
+    const caps = await shim(['exec', pid, '--caps-json', capsFile, '--no-new-privs', '--',
+      'grep', '-E', '^(CapEff|CapBnd|NoNewPrivs):', '/proc/self/status']);
+    t.is(caps.code, 0, caps.stderr);
+    t.deepEqual(caps.stdout.trim().split('\n').map((l) => l.split(/\s+/)[1]),
+      ['0000000000000020', '0000000000000020', '1']); // CapEff, CapBnd: CAP_KILL (bit 5)
 
     process.kill(c.pid, 'SIGKILL');
     t.is((await c.exit()).signal, 9);
@@ -477,6 +599,29 @@ rtest('the container joins the cgroups listed in cgroupProcs before anything els
     rmdirSync(cg);
   }
   t.false(existsSync(cg));
+});
+
+rtest('a container killed by the OOM killer is reported as oomKilled', async (t) => {
+  const cg = makeCgroup();
+  if (!cg) {
+    t.pass('no writable cgroup hierarchy');
+    return;
+  }
+  try {
+    const v1 = existsSync(path.join(cg, 'memory.limit_in_bytes'));
+    writeFileSync(path.join(cg, v1 ? 'memory.limit_in_bytes' : 'memory.max'), String(32 * 1024 * 1024));
+    if (!v1 && existsSync(path.join(cg, 'memory.swap.max'))) writeFileSync(path.join(cg, 'memory.swap.max'), '0');
+    await withContainer('oom', async (c) => {
+      const { exit } = await c.run({
+        args: ['/bin/sh', '-c', 's=aaaaaaaaaa; while :; do s=$s$s; done'],
+        cgroupProcs: [path.join(cg, 'cgroup.procs')],
+      });
+      t.is(exit.signal, 9);
+      t.true(exit.oomKilled);
+    });
+  } finally {
+    rmdirSync(cg);
+  }
 });
 
 rtest('an idle monitor stays small', async (t) => {

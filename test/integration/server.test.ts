@@ -101,3 +101,16 @@ test('SIGTERM with nothing in flight exits 0', async (t) => {
   t.teardown(() => berth.cleanup());
   t.is(await berth.stop('SIGTERM'), 0);
 });
+
+test('a client that sends the socket path as :authority (older grpc-go, crictl 1.26) is served', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const { loadCri } = await import('../../src/cri/grpc.js');
+  const cri = loadCri();
+  const client = new cri.runtime.v1.RuntimeService(`unix://${berth.socket}`, grpc.credentials.createInsecure(), {
+    'grpc.default_authority': berth.socket,
+  }) as unknown as { Version(req: object, cb: (err: grpc.ServiceError | null, res: { runtime_name: string }) => void): void; close(): void };
+  const version = await new Promise<{ runtime_name: string }>((resolve, reject) => client.Version({}, (err, res) => (err ? reject(err) : resolve(res))));
+  client.close();
+  t.is(version.runtime_name, 'berth');
+});

@@ -8,7 +8,8 @@ import { PassThrough, Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { BerthError } from '../../src/errors.js';
-import { lgetxattr, major, minor } from '../../src/kernel/libc.js';
+import { lgetxattr, lsetxattr as setxattr, major, minor } from '../../src/kernel/libc.js';
+import type { Logger } from '../../src/log.js';
 import { detectCompression, unpackLayer } from '../../src/store/unpack.js';
 
 // Unpacking sets owners, device nodes and trusted.* xattrs: only root can do that.
@@ -49,6 +50,14 @@ function zstd(buf: Buffer): Buffer {
   const r = spawnSync('zstd', ['-c', '-q'], { input: buf, maxBuffer: 1 << 30 });
   if (r.status !== 0) throw new Error(`zstd failed: ${r.stderr}`);
   return r.stdout;
+}
+
+/** A logger that keeps what it is told, for assertions and a quiet test output. */
+function captureLog(): Logger & { lines: Array<{ level: string; msg: string; fields?: Record<string, unknown> }> } {
+  const lines: Array<{ level: string; msg: string; fields?: Record<string, unknown> }> = [];
+  const at = (level: string) => (msg: string, fields?: Record<string, unknown>) => void lines.push({ level, msg, fields });
+  const log = { lines, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), child: () => log };
+  return log;
 }
 
 const sha256 = (buf: Uint8Array) => 'sha256:' + createHash('sha256').update(buf).digest('hex');
@@ -161,6 +170,8 @@ rootTest('ownership, modes including setuid/setgid/sticky, and mtimes are kept',
     { name: 'usr/bin/wall', body: 'wall', mode: 0o2755, uid: 1000, gid: 5, mtime: fileTime },
     { name: 'tmp/', type: 'directory', mode: 0o1777, mtime: dirTime },
     { name: 'usr/bin/sh', type: 'symlink', linkname: 'su', uid: 7, gid: 8, mtime: fileTime },
+    // Ids too big for the octal header fields travel in PAX records.
+    { name: 'usr/bin/bigid', body: 'b', mode: 0o644, uid: 0, gid: 0, pax: { uid: '3000000', gid: '4000000' } },
     // Created after usr/bin's entry, which must still end up with its own mtime.
     { name: 'usr/bin/late', body: 'x', mode: 0o600, uid: 65534, gid: 65534, mtime: fileTime },
   ]);
@@ -186,6 +197,8 @@ rootTest('ownership, modes including setuid/setgid/sticky, and mtimes are kept',
   t.true(sh.isSymbolicLink());
   t.deepEqual([sh.uid, sh.gid], [7, 8]);
   t.is(sh.mtimeMs, fileTime.getTime());
+  const bigid = await st('usr/bin/bigid');
+  t.deepEqual([bigid.uid, bigid.gid], [3000000, 4000000]);
   const late = await st('usr/bin/late');
   t.deepEqual([late.mode & 0o7777, late.uid, late.gid], [0o600, 65534, 65534]);
   t.is(await fs.readFile(path.join(dest, 'usr/bin/su'), 'utf8'), 'su');
@@ -212,7 +225,8 @@ rootTest('xattrs from PAX headers are kept, binary values byte for byte', async 
   t.true(at > 0);
   binary.copy(layer, at);
   // Tiny chunks: PAX records and headers straddle chunk boundaries.
-  const { diffId } = await unpackLayer(streamOf(layer, 7), dest);
+  const log = captureLog();
+  const { diffId } = await unpackLayer(streamOf(layer, 7), dest, { log });
   t.is(diffId, sha256(layer));
   const file = path.join(dest, 'dir/file');
   t.is(lgetxattr(file, 'user.comment')?.toString(), 'héllo wörld');
@@ -220,6 +234,7 @@ rootTest('xattrs from PAX headers are kept, binary values byte for byte', async 
   t.is(lgetxattr(path.join(dest, 'dir'), 'user.dir')?.toString(), 'on-a-dir');
   t.is(lgetxattr(path.join(dest, 'dir/plain'), 'user.comment'), undefined);
   t.is(lgetxattr(path.join(dest, 'dir/planted'), 'trusted.overlay.redirect'), undefined, 'overlay xattrs are not taken from the layer');
+  t.true(log.lines.some((l) => l.level === 'warn' && l.fields?.xattr === 'trusted.overlay.redirect'));
 });
 
 rootTest('a hardlink shares the inode of its target', async (t) => {
@@ -447,4 +462,36 @@ rootTest('an input stream error rejects with that error and removes dest', async
   const err = await t.throwsAsync(done);
   t.is(err, boom);
   t.false(await exists(dest));
+});
+
+rootTest('a layer made by GNU tar (posix, --xattrs) round-trips, binary security.capability included', async (t) => {
+  const { dir, dest } = await box(t);
+  const src = path.join(dir, 'src');
+  await fs.mkdir(path.join(src, 'usr/bin'), { recursive: true });
+  await fs.writeFile(path.join(src, 'usr/bin/ping'), 'ping');
+  await fs.chown(path.join(src, 'usr/bin/ping'), 0, 0);
+  // vfs_cap_data v2, effective, permitted = CAP_SETUID|CAP_NET_RAW: byte 0x80 is not valid UTF-8.
+  const cap = Buffer.from([0x01, 0, 0, 0x02, 0x80, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+  setxattr(path.join(src, 'usr/bin/ping'), 'security.capability', cap);
+  setxattr(path.join(src, 'usr'), 'user.note', Buffer.from('a note'));
+  await fs.link(path.join(src, 'usr/bin/ping'), path.join(src, 'usr/bin/ping6'));
+  await fs.symlink('bin/ping', path.join(src, 'usr/ping'));
+  await fs.writeFile(path.join(src, 'usr/big'), randomBytes(600_000));
+  // Whole seconds: sub-microsecond precision of PAX times is not kept (Node's utimes takes doubles).
+  for (const [p, s] of [['usr/ping', 1_600_000_001], ['usr/big', 1_600_000_002], ['usr/bin/ping', 1_600_000_003], ['usr/bin', 1_600_000_004], ['usr', 1_600_000_005]] as const) {
+    await fs.lutimes(path.join(src, p), s, s);
+  }
+  const r = spawnSync('tar', ['--xattrs', "--xattrs-include=*", '--format=posix', '-cf', '-', '-C', src, '.'], {
+    maxBuffer: 1 << 30,
+  });
+  t.is(r.status, 0, String(r.stderr));
+  const layer = r.stdout;
+  t.true(layer.includes(Buffer.from('SCHILY.xattr.security.capability')), 'tar wrote the capability');
+  const res = await unpackLayer(streamOf(gzipSync(layer), 4096), dest);
+  t.is(res.diffId, sha256(layer));
+  t.deepEqual(lgetxattr(path.join(dest, 'usr/bin/ping'), 'security.capability'), cap);
+  t.is(lgetxattr(path.join(dest, 'usr'), 'user.note')?.toString(), 'a note');
+  const before = await snapshot(src);
+  const after = await snapshot(dest);
+  t.deepEqual(after, before);
 });
