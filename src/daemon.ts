@@ -5,6 +5,7 @@ import { ImageStore } from './image/store.js';
 import { ImageService } from './image/service.js';
 import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
 import { SandboxService } from './sandbox/service.js';
+import { createPodNetwork } from './network/index.js';
 import { ContainerService } from './container/service.js';
 import { imageHandlers } from './cri/image.js';
 import { podHandlers } from './cri/pods.js';
@@ -32,7 +33,9 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }));
   const images = new ImageService({ store, registry: config.registry, log: log.child({ component: 'images' }) });
   const cgroups = new Cgroups(discoverCgroups(), log.child({ component: 'cgroups' }));
+  const network = await createPodNetwork(config, paths, log.child({ component: 'network' }));
   const sandboxes = new SandboxService({
+    network,
     root: paths.root,
     stateDir: paths.stateDir,
     cgroups,
@@ -57,19 +60,20 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   store.setLayerHolds(() => containers.heldLayers());
   await sandboxes.load();
   await containers.load();
+  await network.start(sandboxes.networkedPods());
   await store.load();
 
   let podCidr = '';
   const info: RuntimeInfo = {
     runtimeReady: () => ({ ready: true, reason: '', message: '' }),
-    networkReady: () => ({
-      ready: false,
-      reason: 'NetworkPluginNotReady',
-      message: 'berth: pod networking beyond loopback is not implemented yet',
-    }),
+    networkReady: () => {
+      const r = network.readiness();
+      return { ready: r.ready, reason: r.reason, message: r.message };
+    },
     effectiveConfig: () => ({ ...config, paths, podCidr, cgroups: cgroups.layout }),
     setPodCidr: (cidr) => {
       podCidr = cidr;
+      network.setPodCidr(cidr);
       log.info('pod CIDR set by kubelet', { podCidr });
     },
     handlers: () => [{ name: '', recursiveReadOnlyMounts: false, userNamespaces: false }],
@@ -88,6 +92,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     stop: async () => {
       await drain(cri);
       containers.close();
+      await network.close();
     },
     kill: () => forceClose(cri),
   };

@@ -10,6 +10,7 @@ import { RecordStore } from '../store/records.js';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
 import { writePodFiles } from './files.js';
 import { SandboxConfig, SandboxRecord } from './types.js';
+import { LoopbackOnly, PodNetwork, PodNetworkRequest } from '../network/types.js';
 
 // Pod sandboxes without a pause process: the pod's namespaces are pinned by bind mounts under the run directory.
 // Only a pod that shares one PID namespace gets a process of its own, the shim's tiny init.
@@ -20,6 +21,8 @@ export interface SandboxHooks {
   /** Removes every container of the pod. */
   removeContainers(sandboxId: string): Promise<void>;
 }
+
+const loopbackOnly = new LoopbackOnly();
 
 export interface SandboxFilter {
   id?: string;
@@ -36,9 +39,32 @@ export class SandboxService {
   private hooks: SandboxHooks = { stopContainers: async () => undefined, removeContainers: async () => undefined };
 
   constructor(
-    private readonly opts: { root: string; stateDir: string; cgroups: Cgroups; log: Logger; shmSizeBytes: number },
+    private readonly opts: { root: string; stateDir: string; cgroups: Cgroups; log: Logger; shmSizeBytes: number; network?: PodNetwork },
   ) {
     this.records = new RecordStore(path.join(opts.root, 'sandboxes'), 'sandbox.json');
+  }
+
+  private get network(): PodNetwork {
+    return this.opts.network ?? loopbackOnly;
+  }
+
+  private networkRequest(record: SandboxRecord): PodNetworkRequest {
+    const m = record.config.metadata;
+    return {
+      podId: record.id,
+      name: m.name,
+      namespace: m.namespace,
+      uid: m.uid,
+      netnsPath: record.namespacePaths.network ?? '',
+      portMappings: record.config.portMappings,
+      dns: record.config.dns,
+      annotations: record.config.annotations,
+    };
+  }
+
+  /** Live pods and their network state, for the network backend to reconcile its allocations on start. */
+  networkedPods(): { podId: string; state: Record<string, unknown> }[] {
+    return [...this.sandboxes.values()].filter((s) => s.networkState).map((s) => ({ podId: s.id, state: s.networkState! }));
   }
 
   setHooks(hooks: SandboxHooks): void {
@@ -182,6 +208,14 @@ export class SandboxService {
           await Promise.all(this.opts.cgroups.procsFiles(record.cgroup.path).map((f) => fs.writeFile(f, String(initPid)).catch(() => undefined)));
         }
       }
+      if (record.namespacePaths.network) {
+        const net = await this.network.setup(this.networkRequest(record));
+        record.ip = net.ip || undefined;
+        record.additionalIps = net.additionalIps;
+        record.networkState = net.state;
+        undo.push(() => this.network.teardown(this.networkRequest(record), net.state));
+        if (record.ip) await writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork, ip: record.ip });
+      }
       await this.records.put(record);
     } catch (err) {
       this.names.delete(key);
@@ -228,6 +262,11 @@ export class SandboxService {
       } catch {
         /* already gone */
       }
+    }
+    if (record.networkState) {
+      await this.network.teardown(this.networkRequest(record), record.networkState);
+      record.networkState = undefined;
+      await this.records.put(record);
     }
     const runDir = this.runDir(record.id);
     await unpinNamespaces(path.join(runDir, 'ns'));

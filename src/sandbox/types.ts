@@ -62,4 +62,6 @@ export interface SandboxRecord {
   shmPath?: string;
   ip?: string;
   additionalIps: string[];
+  /** What the network backend needs to tear the pod's network down, even after a restart. */
+  networkState?: Record<string, unknown>;
 }
