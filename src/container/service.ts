@@ -1,4 +1,4 @@
-import { FSWatcher, promises as fs, watch } from 'node:fs';
+import { FSWatcher, promises as fs, readFileSync, watch } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { BerthError, errorMessage, failedPrecondition, invalidArgument, notFound } from '../errors.js';
@@ -11,6 +11,8 @@ import { RecordStore } from '../store/records.js';
 import { SandboxService } from '../sandbox/service.js';
 import { readImageFile } from './image-files.js';
 import { buildSpec } from './spec.js';
+import { loadLocalhostProfile } from './seccomp.js';
+import { ShimDevice } from '../kernel/shim-spec.js';
 import { ContainerConfig, ContainerRecord, ContainerState, ExitStatus, Resources } from './types.js';
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
 
@@ -191,6 +193,11 @@ export class ContainerService {
         logPath ? fs.mkdir(path.dirname(logPath), { recursive: true }) : undefined,
         ...config.mounts.map((m) => this.ensureHostPath(m.hostPath)),
       ]);
+      const localhostSeccomp = config.security.seccomp.kind === 'localhost'
+        ? await loadLocalhostProfile(config.security.seccomp.path, 'config.linux.security_context.seccomp')
+        : undefined;
+      const hostDevices = await Promise.all(config.devices.map((d, i) => this.hostDevice(d.hostPath, d.containerPath, i)));
+      this.warnAppArmor(config.security.apparmor, log);
       const handle = await this.opts.cgroups.create(`${sandbox.cgroup.path}/${id}`);
       cgroup = { path: handle.path, created: handle.created };
       await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources));
@@ -211,6 +218,8 @@ export class ContainerService {
         rlimits: this.opts.rlimits,
         maxLogLineBytes: this.opts.maxLogLineBytes,
         shmSizeBytes: this.opts.shmSizeBytes,
+        localhostSeccomp,
+        hostDevices,
       });
       spec.sysctl = { ...sandbox.config.sysctls };
       const created = await createContainer(spec);
@@ -249,6 +258,32 @@ export class ContainerService {
       await fs.rm(bundle, { recursive: true, force: true }).catch(() => undefined);
       throw err;
     }
+  }
+
+  private async hostDevice(hostPath: string, containerPath: string, index: number): Promise<ShimDevice[]> {
+    const st = await fs.stat(hostPath).catch(() => undefined);
+    if (!st) throw notFound(`config.devices[${index}].host_path ${hostPath} does not exist`);
+    if (!st.isCharacterDevice() && !st.isBlockDevice()) throw invalidArgument(`config.devices[${index}].host_path ${hostPath} is not a device node`);
+    const major = Number((BigInt(st.rdev) >> 8n) & 0xfffn);
+    const minor = Number((BigInt(st.rdev) & 0xffn) | ((BigInt(st.rdev) >> 12n) & 0xfff00n));
+    return [{ path: containerPath, type: st.isCharacterDevice() ? 'c' : 'b', major, minor, mode: st.mode & 0o777, uid: 0, gid: 0 }];
+  }
+
+  // kubelet may ask for AppArmor on a node whose kernel has none; that is worth a warning, not a failed pod.
+  private apparmorChecked = false;
+  private apparmorAvailable = false;
+  private warnAppArmor(profile: string, log: Logger): void {
+    if (!profile || profile === 'unconfined') return;
+    if (!this.apparmorChecked) {
+      this.apparmorChecked = true;
+      try {
+        this.apparmorAvailable = readFileSync('/sys/module/apparmor/parameters/enabled', 'utf8').trim() === 'Y';
+      } catch {
+        this.apparmorAvailable = false;
+      }
+    }
+    if (!this.apparmorAvailable) log.warn('AppArmor profile requested but this kernel has no AppArmor: running without it', { profile });
+    else log.warn('AppArmor profiles are not applied by berth yet', { profile });
   }
 
   private async targetPidNamespace(targetId?: string): Promise<string> {

@@ -4,6 +4,7 @@ import { ImageConfig } from '../image/types.js';
 import { NamespaceType, ShimDevice, ShimMount, ShimSpec } from '../kernel/shim-spec.js';
 import { SandboxRecord } from '../sandbox/types.js';
 import { capabilitySet } from './capabilities.js';
+import { runtimeDefaultProfile, SeccompProfile } from './seccomp.js';
 import { ContainerConfig } from './types.js';
 import { ResolvedUser } from './user.js';
 
@@ -71,14 +72,21 @@ export interface SpecInputs {
   targetPidNamespace?: string;
   rlimits: { type: string; soft: number; hard: number }[];
   maxLogLineBytes: number;
-  /** Host paths of regular files (not dirs), for bind targets. */
   shmSizeBytes: number;
+  /** A Localhost profile, already read; RuntimeDefault is built here from the capability set. */
+  localhostSeccomp?: SeccompProfile;
+  /** The host device nodes behind config.devices[i], already stat'ed by the service. */
+  hostDevices?: ShimDevice[][];
 }
 
 function standardMounts(inputs: SpecInputs, privileged: boolean): ShimMount[] {
+  // A privileged container sees every host device, as with Docker: the host's /dev instead of a fresh tmpfs.
+  const dev: ShimMount = privileged
+    ? { destination: '/dev', type: 'bind', source: '/dev', options: ['rbind', 'rslave', 'nosuid'] }
+    : { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] };
   const mounts: ShimMount[] = [
     { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
-    { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+    dev,
     { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'] },
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
     { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', privileged ? 'rw' : 'ro'] },
@@ -124,7 +132,14 @@ export function buildSpec(inputs: SpecInputs): ShimSpec {
     });
   }
 
-  const devices = [...DEFAULT_DEVICES];
+  const devices = privileged ? [] : [...DEFAULT_DEVICES];
+  for (const [i, d] of config.devices.entries()) {
+    if (!path.posix.isAbsolute(d.containerPath)) throw invalidArgument(`config.devices[${i}].container_path "${d.containerPath}" must be absolute`);
+    if (!privileged) devices.push(...(inputs.hostDevices?.[i] ?? []));
+  }
+  let seccomp: SeccompProfile | undefined;
+  if (!privileged && security.seccomp.kind === 'runtime-default') seccomp = runtimeDefaultProfile(caps);
+  else if (!privileged && security.seccomp.kind === 'localhost') seccomp = inputs.localhostSeccomp;
   const namespaces: { type: NamespaceType; path?: string }[] = [{ type: 'mount' }, { type: 'cgroup' }];
   const ns = security.namespaces;
   if (ns.network !== 'NODE') {
@@ -166,5 +181,6 @@ export function buildSpec(inputs: SpecInputs): ShimSpec {
     readonlyPaths: privileged ? [] : security.readonlyPaths.length > 0 ? security.readonlyPaths : DEFAULT_READONLY_PATHS,
     sysctl: {},
     log: { path: inputs.logPath, maxLineBytes: inputs.maxLogLineBytes },
+    ...(seccomp ? { seccomp } : {}),
   };
 }

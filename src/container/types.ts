@@ -27,6 +27,8 @@ export interface Resources {
   memorySwapLimitBytes?: number;
 }
 
+import type { SeccompRequest } from './seccomp.js';
+
 export interface SecurityOptions {
   capabilities: { add: string[]; drop: string[] };
   privileged: boolean;
@@ -39,6 +41,9 @@ export interface SecurityOptions {
   maskedPaths: string[];
   readonlyPaths: string[];
   namespaces: { network: string; pid: string; ipc: string; targetId?: string };
+  seccomp: SeccompRequest;
+  /** AppArmor profile asked for ('' = none / runtime default). */
+  apparmor: string;
 }
 
 export interface ContainerMetadata {

@@ -5,6 +5,7 @@ import type { NamespaceOption__Output } from '../gen/runtime/v1/NamespaceOption.
 import { invalidArgument } from '../errors.js';
 import { NamespaceMode, SandboxConfig } from '../sandbox/types.js';
 import { ContainerConfig, ContainerMount, Resources } from '../container/types.js';
+import { seccompRequest } from '../container/seccomp.js';
 
 // Protobuf requests → domain configs. Validation of the shape lives here; meaning is checked by the services.
 
@@ -136,6 +137,8 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
       maskedPaths: [...(security?.masked_paths ?? [])],
       readonlyPaths: [...(security?.readonly_paths ?? [])],
       namespaces: namespaces(security?.namespace_options, 'config.linux.security_context.namespace_options'),
+      seccomp: seccompRequest(security?.seccomp, security?.seccomp_profile_path, 'config.linux.security_context'),
+      apparmor: security?.apparmor?.profile_type === 'Localhost' ? `localhost/${security.apparmor.localhost_ref}` : security?.apparmor?.profile_type === 'RuntimeDefault' ? 'runtime/default' : security?.apparmor_profile ?? '',
     },
   };
 }

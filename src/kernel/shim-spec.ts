@@ -55,4 +55,11 @@ export interface ShimSpec {
   readonlyPaths: string[];
   sysctl: Record<string, string>;
   log: { path: string; maxLineBytes: number };
+  /** Loaded with libseccomp right before exec; absent = unconfined. */
+  seccomp?: {
+    defaultAction: string;
+    defaultErrnoRet?: number;
+    architectures?: string[];
+    syscalls: { names: string[]; action: string; errnoRet?: number; args?: { index: number; value: number; valueTwo?: number; op: string }[] }[];
+  };
 }

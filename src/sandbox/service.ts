@@ -9,6 +9,7 @@ import { createPodNamespaces, isShim, unpinNamespaces } from '../kernel/shim.js'
 import { RecordStore } from '../store/records.js';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
 import { writePodFiles } from './files.js';
+import { validateSysctls } from './sysctls.js';
 import { SandboxConfig, SandboxRecord } from './types.js';
 import { LoopbackOnly, PodNetwork, PodNetworkRequest } from '../network/types.js';
 
@@ -140,6 +141,7 @@ export class SandboxService {
     if (config.runtimeHandler && config.runtimeHandler !== 'berth') {
       throw invalidArgument(`runtime_handler "${config.runtimeHandler}" is not known; berth has the default handler only`);
     }
+    validateSysctls(config.sysctls, { hostNetwork: config.namespaces.network === 'NODE', hostIpc: config.namespaces.ipc === 'NODE' });
     const key = SandboxService.nameKey(config);
     const existing = this.names.get(key);
     if (existing) throw new BerthError('already_exists', `a pod sandbox named ${key} already exists (id ${existing})`);

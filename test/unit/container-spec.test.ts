@@ -72,6 +72,7 @@ function inputs(config: Partial<ContainerConfig> = {}, sandbox: Partial<SandboxR
     security: {
       capabilities: { add: [], drop: [] }, privileged: false, readonlyRootfs: false, supplementalGroups: [], noNewPrivs: false,
       maskedPaths: [], readonlyPaths: [], namespaces: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' },
+      seccomp: { kind: 'unconfined' }, apparmor: '',
     },
   };
   const pod: SandboxRecord = {
