@@ -567,6 +567,12 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
     }
     close_range(4, ~0U, 0);
 
+    /* Opened while the bundle is still in view (before any setns or pivot_root). Held for reading,
+     * and for writing so that it never reports EOF, until berth writes one byte. */
+    int start_fd = open(c->start_fifo, O_RDWR | O_CLOEXEC);
+    if (start_fd < 0)
+        child_fail("open", c->start_fifo, errno);
+
     join_cgroups(s);
     join_namespaces(s);
     if (s->ns_new[NS_CGROUP] && unshare(CLONE_NEWCGROUP) < 0)
@@ -576,11 +582,6 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
         child_fail("sethostname", s->hostname, errno);
     apply_sysctls(s);
     apply_oom(s);
-
-    /* Held open for reading (and writing, so it never reports EOF) until berth writes a byte. */
-    int start_fd = open(c->start_fifo, O_RDWR | O_CLOEXEC);
-    if (start_fd < 0)
-        child_fail("open", c->start_fifo, errno);
 
     if (s->ns_new[NS_MNT]) {
         setup_rootfs(s);

@@ -560,9 +560,10 @@ rtest('sandbox without --pid leaves no process behind', async (t) => {
   t.deepEqual(mountsUnder(pod), []);
 });
 
-/** A fresh cgroup to put a container in: v1 memory when the host has it, else cgroup2. */
+/** A fresh cgroup to put a container in: v1 memory when the host has it, else cgroup2. Not named
+ * berth-test-*: cgroups.test.ts, which may run at the same time, asserts that none of those is left. */
 function makeCgroup(): string | null {
-  const name = `berth-test-${randomBytes(4).toString('hex')}`;
+  const name = `berth-shimtest-${randomBytes(4).toString('hex')}`;
   for (const base of ['/sys/fs/cgroup/memory', '/sys/fs/cgroup']) {
     if (!existsSync(path.join(base, 'cgroup.procs'))) continue;
     const dir = path.join(base, name);
