@@ -154,9 +154,14 @@ export function buildSpec(inputs: SpecInputs): ShimSpec {
     namespaces.push({ type: 'pid', path: inputs.targetPidNamespace });
   } else if (ns.pid !== 'NODE') namespaces.push({ type: 'pid' });
 
+  // kubelet sends the pod's mappings with every container; each container gets a user namespace with them.
+  const userns = ns.userns ?? sandbox.config.namespaces.userns;
+  if (userns) namespaces.unshift({ type: 'user' });
+
   return {
     id: inputs.id,
     bundle: inputs.bundle,
+    ...(userns ? { uidMappings: userns.uidMappings, gidMappings: userns.gidMappings } : {}),
     process: {
       args: mergeCommand(config, inputs.image),
       env: mergeEnv(config, inputs.image, sandbox.config.hostname),

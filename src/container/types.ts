@@ -40,7 +40,7 @@ export interface SecurityOptions {
   noNewPrivs: boolean;
   maskedPaths: string[];
   readonlyPaths: string[];
-  namespaces: { network: string; pid: string; ipc: string; targetId?: string };
+  namespaces: { network: string; pid: string; ipc: string; targetId?: string; userns?: import('../sandbox/types.js').UserNamespaceOptions };
   seccomp: SeccompRequest;
   /** AppArmor profile asked for ('' = none / runtime default). */
   apparmor: string;

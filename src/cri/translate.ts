@@ -3,7 +3,7 @@ import type { ContainerConfig__Output } from '../gen/runtime/v1/ContainerConfig.
 import type { LinuxContainerResources__Output } from '../gen/runtime/v1/LinuxContainerResources.js';
 import type { NamespaceOption__Output } from '../gen/runtime/v1/NamespaceOption.js';
 import { invalidArgument } from '../errors.js';
-import { NamespaceMode, SandboxConfig } from '../sandbox/types.js';
+import { IdMapping, NamespaceMode, SandboxConfig, UserNamespaceOptions } from '../sandbox/types.js';
 import { ContainerConfig, ContainerMount, Resources } from '../container/types.js';
 import { seccompRequest } from '../container/seccomp.js';
 
@@ -26,10 +26,24 @@ function namespaces(opts: NamespaceOption__Output | null | undefined, field: str
     pid: mode(opts?.pid, 'pid'),
     ipc: mode(opts?.ipc, 'ipc'),
     targetId: opts?.target_id || undefined,
+    userns: userns(opts?.userns_options, `${field}.userns_options`),
   };
   if (result.network === 'TARGET') throw invalidArgument(`${field}.network: TARGET is only valid for pid`);
   if (result.ipc === 'TARGET') throw invalidArgument(`${field}.ipc: TARGET is only valid for pid`);
   return result;
+}
+
+function userns(opts: NamespaceOption__Output['userns_options'] | undefined, field: string): UserNamespaceOptions | undefined {
+  if (!opts || opts.mode === 'NODE' || (opts.uids.length === 0 && opts.gids.length === 0 && opts.mode !== 'POD')) return undefined;
+  if (opts.mode !== 'POD') throw invalidArgument(`${field}.mode ${opts.mode}: only POD and NODE are supported for user namespaces`);
+  const mappings = (list: { host_id: number; container_id: number; length: number }[], which: string): IdMapping[] => {
+    if (list.length === 0) throw invalidArgument(`${field}.${which}: a user namespace needs at least one mapping`);
+    return list.map((m, i) => {
+      if (m.length <= 0) throw invalidArgument(`${field}.${which}[${i}].length must be positive`);
+      return { containerID: m.container_id, hostID: m.host_id, size: m.length };
+    });
+  };
+  return { uidMappings: mappings(opts.uids, 'uids'), gidMappings: mappings(opts.gids, 'gids') };
 }
 
 export function sandboxConfigFromProto(config: PodSandboxConfig__Output | null, runtimeHandler: string): SandboxConfig {

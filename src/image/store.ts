@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
+import { syncfs } from '../kernel/libc.js';
 import { Logger } from '../log.js';
 import { ImageRecord, LayerRecord } from './types.js';
 
@@ -108,6 +109,8 @@ export class ImageStore {
       await fs.rm(staging, { recursive: true, force: true });
       return;
     }
+    // The unpacked files must be on disk before the record that vouches for them.
+    syncfs(staging);
     await writeJsonAtomic(path.join(staging, 'layer.json'), record);
     await fs.rename(staging, path.join(this.layersDir, hex(record.diffId)));
     this.layers.set(record.diffId, record);

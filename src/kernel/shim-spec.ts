@@ -48,6 +48,9 @@ export interface ShimSpec {
   overlay?: { lower: string[]; upper: string; work: string };
   hostname?: string;
   namespaces: { type: NamespaceType; path?: string }[];
+  /** With a new `user` namespace: OCI-style mappings. */
+  uidMappings?: { containerID: number; hostID: number; size: number }[];
+  gidMappings?: { containerID: number; hostID: number; size: number }[];
   cgroupProcs: string[];
   mounts: ShimMount[];
   devices: ShimDevice[];

@@ -2,11 +2,24 @@
 
 export type NamespaceMode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
 
+export interface IdMapping {
+  containerID: number;
+  hostID: number;
+  size: number;
+}
+
+export interface UserNamespaceOptions {
+  uidMappings: IdMapping[];
+  gidMappings: IdMapping[];
+}
+
 export interface NamespaceOptions {
   network: NamespaceMode;
   pid: NamespaceMode;
   ipc: NamespaceMode;
   targetId?: string;
+  /** A user namespace with these mappings (kubelet's hostUsers: false); absent = the host's. */
+  userns?: UserNamespaceOptions;
 }
 
 export interface PortMapping {

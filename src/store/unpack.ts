@@ -78,6 +78,8 @@ const WRITE_BATCH_BYTES = 1 << 20;
 const SYNC_FILE_MAX = 256 * 1024;
 /** The longest stretch of synchronous fs calls before the event loop gets a turn. */
 const SYNC_SLICE_MS = 4;
+/** Compressed bytes handed to the (synchronous, pure JS) zstd decoder at a time. */
+const ZSTD_SLICE = 64 * 1024;
 
 /**
  * Streams `input` (compressed or not) into `dest`, which is created if missing and should be empty.
@@ -243,12 +245,27 @@ class ZstdDecompress extends Transform {
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     // Backpressure is per input chunk: Transform holds the next chunk until the output is read.
-    try {
-      this.z.push(chunk);
-    } catch (err) {
-      return cb(new Error(`zstd: ${errorMessage(err)}`));
-    }
-    cb();
+    // Decoding runs on this thread, so a chunk is fed in slices with event loop turns in between.
+    let offset = 0;
+    const step = () => {
+      if (this.destroyed) return;
+      const start = performance.now();
+      try {
+        while (offset < chunk.length) {
+          const end = Math.min(offset + ZSTD_SLICE, chunk.length);
+          this.z.push(chunk.subarray(offset, end));
+          offset = end;
+          if (offset < chunk.length && performance.now() - start > SYNC_SLICE_MS) {
+            setImmediate(step);
+            return;
+          }
+        }
+      } catch (err) {
+        return cb(new Error(`zstd: ${errorMessage(err)}`));
+      }
+      cb();
+    };
+    step();
   }
 
   override _flush(cb: TransformCallback): void {
@@ -587,6 +604,11 @@ class Extractor {
       atime: 0,
     };
     meta.atime = paxTime(h.pax?.atime) ?? meta.mtime;
+
+    if (h.pax && Object.keys(h.pax).some((k) => k.startsWith('GNU.sparse.'))) {
+      // tar-stream would hand over the sparse map as file content: refuse rather than write garbage.
+      throw invalidEntry(name, 'GNU sparse files are not supported');
+    }
 
     if (rel === '') {
       if (type === 'directory') return; // the root's own entry ("./"): the root is ours, like containerd

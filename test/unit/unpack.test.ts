@@ -294,9 +294,11 @@ rootTest('device nodes get the right major/minor, and fifos are created', async 
 rootTest('gzip, zstd and plain tar unpack to the same tree with the diffId of the plain tar', async (t) => {
   const big = Buffer.alloc(3 * 1024 * 1024 + 123);
   for (let i = 0; i < big.length; i++) big[i] = (i * 7919) % 251;
+  const noise = randomBytes(1 << 20); // incompressible: the compressed streams span many chunks
   const layer = await makeTar([
     { name: 'a/', type: 'directory', mode: 0o755 },
     { name: 'a/big.bin', body: big, mode: 0o644, uid: 3, gid: 4 },
+    { name: 'a/random.bin', body: noise, mode: 0o644 },
     { name: 'a/small', body: 'hello\n', mode: 0o600 },
     { name: 'a/link', type: 'symlink', linkname: 'small' },
     { name: 'a/hard', type: 'link', linkname: 'a/small' },
@@ -306,21 +308,26 @@ rootTest('gzip, zstd and plain tar unpack to the same tree with the diffId of th
     { name: 'b/c/d', body: 'deep' }, // b/c is implied: its mtime is the unpack time, so it is made explicit below
     { name: 'b/c/', type: 'directory' },
   ]);
-  const inputs: Record<string, Buffer> = { plain: layer, gzip: gzipSync(layer), zstd: zstd(layer) };
-  t.is(detectCompression(inputs.zstd), 'zstd');
+  const inputs: Record<string, [Buffer, number]> = {
+    plain: [layer, 64 * 1024],
+    gzip: [gzipSync(layer), 64 * 1024],
+    zstd: [zstd(layer), 64 * 1024],
+    'zstd in one chunk': [zstd(layer), Infinity],
+    'gzip in 1000-byte chunks': [gzipSync(layer), 1000],
+  };
+  t.is(detectCompression(inputs.zstd[0]), 'zstd');
   const snapshots: Record<string, unknown> = {};
-  for (const [kind, data] of Object.entries(inputs)) {
+  for (const [kind, [data, chunk]] of Object.entries(inputs)) {
     const { dest } = await box(t);
     let progress = 0;
-    const res = await unpackLayer(streamOf(data, 64 * 1024), dest, { onProgress: (n) => (progress = n) });
+    const res = await unpackLayer(streamOf(data, Math.min(chunk, data.length)), dest, { onProgress: (n) => (progress = n) });
     t.is(res.diffId, sha256(layer), kind);
-    t.is(res.unpackedBytes, big.length + 6 + 4, kind);
+    t.is(res.unpackedBytes, big.length + noise.length + 6 + 4, kind);
     t.is(progress, data.length, `${kind}: the last progress report is the whole compressed size`);
     t.is(sha256(await fs.readFile(path.join(dest, 'a/big.bin'))), sha256(big), kind);
     snapshots[kind] = await snapshot(dest);
   }
-  t.deepEqual(snapshots.gzip, snapshots.plain);
-  t.deepEqual(snapshots.zstd, snapshots.plain);
+  for (const kind of Object.keys(inputs)) t.deepEqual(snapshots[kind], snapshots.plain, kind);
 });
 
 rootTest('a stream that is already flowing loses nothing', async (t) => {
@@ -450,6 +457,16 @@ rootTest('a corrupt or truncated layer is rejected and dest is removed', async (
     t.false(await exists(dest));
     t.deepEqual(await fs.readdir(dir), ['outside']);
   }
+});
+
+rootTest('unsupported entries (GNU sparse files) fail the unpack instead of writing garbage', async (t) => {
+  const { dest } = await box(t);
+  const layer = await makeTar([
+    { name: 'GNUSparseFile.0/disk.img', body: '1\n0\n4\nabcd', pax: { 'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.name': 'disk.img', 'GNU.sparse.realsize': '4096' } },
+  ]);
+  const err = await t.throwsAsync(unpackLayer(streamOf(layer), dest));
+  t.regex(err!.message, /sparse/);
+  t.false(await exists(dest));
 });
 
 rootTest('an input stream error rejects with that error and removes dest', async (t) => {
