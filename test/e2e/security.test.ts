@@ -1,0 +1,172 @@
+import test, { ExecutionContext } from 'ava';
+import { promises as fs, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import os from 'node:os';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { startRegistry, Registry } from '../helpers/registry.js';
+import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.js';
+import { startBerth, BerthProcess } from '../helpers/berth.js';
+import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/cri.js';
+import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
+import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
+
+// The security context takes effect: each test asks for something and looks at it from inside the container.
+
+let registry: Registry;
+let image: PushedImage;
+
+test.before(async () => {
+  registry = await startRegistry();
+  // A static setuid-root program that prints its effective uid: tells whether no_new_privs stopped the change.
+  const binary = path.join(os.tmpdir(), `berth-euid-${process.pid}`);
+  execFileSync('gcc', ['-static', '-O2', '-o', binary, fileURLToPath(new URL('../../../test/fixtures/euid.c', import.meta.url))]);
+  const suid = await layer([{ type: 'file', path: 'usr/bin/euid', content: readFileSync(binary), mode: 0o4755, uid: 0, gid: 0 }]);
+  await fs.rm(binary, { force: true });
+  image = await pushImage(registry, 'berth/secure', 'v1', { layers: [await busyboxLayer(), suid], config: { Cmd: ['sh'] } });
+});
+test.after.always(async () => {
+  await registry?.stop();
+});
+
+interface Env {
+  berth: BerthProcess;
+  run(script: string, c?: Partial<ContainerConfig>, pod?: Partial<PodSandboxConfig>): Promise<{ id: string; out: string }>;
+}
+
+async function env(t: ExecutionContext): Promise<Env> {
+  const berth = await startBerth({ config: `[registry]\ninsecure = ["${registry.host}"]\n` });
+  const cgroups: string[] = [];
+  t.teardown(async () => {
+    await berth.cleanup();
+    const left = await hostLeftovers(berth.dir, cgroups);
+    if (left.length > 0) throw new Error(`left behind:\n${left.join('\n')}`);
+  });
+  await berth.images.PullImage({ image: { image: image.ref } });
+  const logDir = path.join(berth.dir, 'logs');
+  return {
+    berth,
+    /** Runs `script` to completion in a fresh pod and returns its stdout+stderr from the CRI log. */
+    async run(script, c = {}, pod = {}) {
+      const pc = podConfig({ log_directory: logDir, ...pod });
+      const { pod_sandbox_id } = await berth.runtime.RunPodSandbox({ config: pc });
+      const st = await berth.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true });
+      cgroups.push(JSON.parse(st.info.info).cgroup.path);
+      const logPath = `${Math.random().toString(36).slice(2)}.log`;
+      const { container_id } = await berth.runtime.CreateContainer({
+        pod_sandbox_id,
+        config: containerConfig(image.ref, { command: ['/bin/sh', '-c', script], log_path: logPath, ...c }),
+        sandbox_config: pc,
+      });
+      await berth.runtime.StartContainer({ container_id });
+      await waitFor(async () => (await berth.runtime.ContainerStatus({ container_id })).status?.state === 'CONTAINER_EXITED', 20000, 'exit');
+      const log = await fs.readFile(path.join(logDir, logPath), 'utf8');
+      const out = log.split('\n').filter(Boolean).map((l) => l.replace(/^\S+ \S+ [PF] /, '')).join('\n');
+      return { id: container_id, out };
+    },
+  };
+}
+
+const sc = (s: NonNullable<NonNullable<ContainerConfig['linux']>['security_context']>): Partial<ContainerConfig> => ({ linux: { security_context: s } });
+
+test('uid, gid and groups for each way of asking', async (t) => {
+  const e = await env(t);
+  t.regex((await e.run('id')).out, /uid=0\(root\) gid=0\(root\)/);
+  const byUid = await e.run('id', sc({ run_as_user: { value: '1000' } }));
+  t.regex(byUid.out, /uid=1000\(berthuser\) gid=1000\(berthgroup\) groups=2000\(berthextra\)/);
+  const byName = await e.run('id -u; id -G', sc({ run_as_username: 'berthuser' }));
+  t.is(byName.out, '1000\n1000 2000', 'id -G lists the primary group, then the groups the user is a member of');
+  const withGroup = await e.run('id -g; id -G', sc({ run_as_user: { value: '1000' }, run_as_group: { value: '3000' }, supplemental_groups: ['4000'] }));
+  t.is(withGroup.out.split('\n')[0], '3000');
+  t.true(withGroup.out.split('\n')[1].split(' ').includes('4000'));
+});
+
+const capEff = (out: string) => BigInt('0x' + /CapEff:\s+([0-9a-f]+)/.exec(out)![1]);
+const CAP_NET_RAW = 13n;
+const CAP_SYS_ADMIN = 21n;
+
+test('capabilities: the default set, an added one, all dropped; privileged can mount', async (t) => {
+  const e = await env(t);
+  const def = capEff((await e.run('grep CapEff /proc/self/status')).out);
+  t.is(def, 0xa80425fbn, 'Docker default set');
+  const added = capEff((await e.run('grep CapEff /proc/self/status', sc({ capabilities: { add_capabilities: ['SYS_ADMIN'], drop_capabilities: ['NET_RAW'] } }))).out);
+  t.true((added >> CAP_SYS_ADMIN) % 2n === 1n);
+  t.true((added >> CAP_NET_RAW) % 2n === 0n);
+  t.is(capEff((await e.run('grep CapEff /proc/self/status', sc({ capabilities: { drop_capabilities: ['ALL'] } }))).out), 0n);
+  const priv = await e.run('mkdir /tmp/t && mount -t tmpfs none /tmp/t && echo mounted', sc({ privileged: true }), { linux: { security_context: { privileged: true } } });
+  t.regex(priv.out, /mounted/);
+  const unpriv = await e.run('mkdir /tmp/t && mount -t tmpfs none /tmp/t && echo mounted || echo refused');
+  t.regex(unpriv.out, /refused/);
+});
+
+test('no_new_privs keeps a setuid binary from raising privileges', async (t) => {
+  const e = await env(t);
+  t.is((await e.run('euid', sc({ run_as_user: { value: '1000' } }))).out.trim(), 'euid=0');
+  t.is((await e.run('euid', sc({ run_as_user: { value: '1000' }, no_new_privs: true }))).out.trim(), 'euid=1000');
+  t.regex((await e.run('grep NoNewPrivs /proc/self/status', sc({ no_new_privs: true }))).out, /NoNewPrivs:\s+1/);
+});
+
+test('a read-only rootfs refuses writes with EROFS; masked paths read empty', async (t) => {
+  const e = await env(t);
+  t.regex((await e.run('touch /x 2>&1; echo done', sc({ readonly_rootfs: true }))).out, /Read-only file system/);
+  t.regex((await e.run('touch /x && echo wrote')).out, /wrote/);
+  const masked = await e.run('cat /etc/group | wc -c', sc({ masked_paths: ['/etc/group'], readonly_paths: ['/proc/sys'] }));
+  t.is(masked.out.trim(), '0');
+  t.regex((await e.run('echo 1 > /proc/sys/kernel/shm_rmid_forced 2>&1; echo done')).out, /Read-only file system/);
+});
+
+test('namespaced sysctls from the pod config are applied; others are refused naming the sysctl', async (t) => {
+  const e = await env(t);
+  const out = await e.run('cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_unprivileged_port_start', {}, {
+    linux: { sysctls: { 'kernel.shm_rmid_forced': '1', 'net.ipv4.ip_unprivileged_port_start': '1024' } },
+  });
+  t.is(out.out, '1\n1024');
+  const err = (await t.throwsAsync(e.berth.runtime.RunPodSandbox({ config: podConfig({ linux: { sysctls: { 'kernel.panic': '1' } } }) }))) as unknown as grpc.ServiceError;
+  t.is(err.code, grpc.status.INVALID_ARGUMENT);
+  t.regex(err.details, /sysctls\["kernel.panic"\]/);
+  t.deepEqual((await e.berth.runtime.ListPodSandbox({})).items.filter((p) => p.state === 'SANDBOX_READY').length, 1);
+});
+
+test('ping fails without NET_RAW and works with it', async (t) => {
+  const e = await env(t);
+  t.regex((await e.run('ping -c 1 -W 1 127.0.0.1 2>&1; echo rc=$?', sc({ capabilities: { drop_capabilities: ['NET_RAW'] } }))).out, /rc=[1-9]/);
+  t.regex((await e.run('ping -c 1 -W 1 127.0.0.1 2>&1; echo rc=$?')).out, /rc=0/);
+});
+
+test('HostIpc sees the host SysV segments; a private IPC namespace does not', async (t) => {
+  const e = await env(t);
+  const id = execFileSync('ipcmk', ['-M', '4096']).toString().match(/(\d+)/)![1];
+  t.teardown(() => void execFileSync('ipcrm', ['-m', id]));
+  const hostIpc = { linux: { security_context: { namespace_options: { ipc: 'NODE' as const, network: 'POD' as const, pid: 'CONTAINER' as const } } } };
+  const seen = await e.run('cat /proc/sysvipc/shm', { linux: { security_context: { namespace_options: { ipc: 'NODE', network: 'POD', pid: 'CONTAINER' } } } }, hostIpc);
+  t.true(seen.out.split('\n').some((l) => l.trim().split(/\s+/)[1] === id));
+  const unseen = await e.run('cat /proc/sysvipc/shm');
+  t.false(unseen.out.split('\n').some((l) => l.trim().split(/\s+/)[1] === id));
+});
+
+test('HostPid and HostNetwork pods see the host', async (t) => {
+  const e = await env(t);
+  const hostPid = await e.run('ls /proc | grep -c "^[0-9]"', { linux: { security_context: { namespace_options: { pid: 'NODE', network: 'POD', ipc: 'POD' } } } }, { linux: { security_context: { namespace_options: { pid: 'NODE', network: 'POD', ipc: 'POD' } } } });
+  t.true(Number(hostPid.out) > 20);
+  const hostNet = await e.run('hostname; ls /sys/class/net', { linux: { security_context: { namespace_options: { pid: 'CONTAINER', network: 'NODE', ipc: 'POD' } } } }, { linux: { security_context: { namespace_options: { pid: 'CONTAINER', network: 'NODE', ipc: 'POD' } } } });
+  t.true(hostNet.out.includes(execFileSync('hostname').toString().trim()));
+});
+
+test('bad input: RunAsGroup alone, a seccomp path without localhost/, an unknown capability; nothing half-made', async (t) => {
+  const e = await env(t);
+  const pc = podConfig();
+  const { pod_sandbox_id } = await e.berth.runtime.RunPodSandbox({ config: pc });
+  const create = (c: Partial<ContainerConfig>) => e.berth.runtime.CreateContainer({ pod_sandbox_id, config: containerConfig(image.ref, { command: ['true'], ...c }), sandbox_config: pc });
+  const cases: [Partial<ContainerConfig>, RegExp][] = [
+    [sc({ run_as_group: { value: '10' } }), /run_as_group/],
+    [sc({ seccomp_profile_path: '/abs/profile.json' }), /seccomp_profile_path/],
+    [sc({ capabilities: { add_capabilities: ['CAP_FLY'] } }), /add_capabilities.*CAP_FLY/],
+  ];
+  for (const [c, pattern] of cases) {
+    const err = (await t.throwsAsync(create(c))) as unknown as grpc.ServiceError;
+    t.is(err.code, grpc.status.INVALID_ARGUMENT);
+    t.regex(err.details, pattern);
+  }
+  t.deepEqual((await e.berth.runtime.ListContainers({})).containers, []);
+});
