@@ -222,6 +222,9 @@ export class ContainerService {
         hostDevices,
       });
       spec.sysctl = { ...sandbox.config.sysctls };
+      // ExecSync'd processes get the container's capability set and seccomp filter, not berth's.
+      await fs.writeFile(path.join(bundle, 'exec-caps.json'), JSON.stringify(spec.process.capabilities));
+      if (spec.seccomp) await fs.writeFile(path.join(bundle, 'exec-seccomp.json'), JSON.stringify(spec.seccomp));
       const created = await createContainer(spec);
       pid = created.pid;
       const record: ContainerRecord = {
@@ -477,6 +480,8 @@ export class ContainerService {
       env: record.env,
       cgroupProcs: this.opts.cgroups.procsFiles(record.cgroup.path),
       noNewPrivs: security.noNewPrivs && !security.privileged,
+      capsFile: path.join(record.bundle, 'exec-caps.json'),
+      seccompFile: await fs.access(path.join(record.bundle, 'exec-seccomp.json')).then(() => path.join(record.bundle, 'exec-seccomp.json'), () => undefined),
       command,
       timeoutMs: timeoutSeconds * 1000,
     });

@@ -92,7 +92,7 @@ function standardMounts(inputs: SpecInputs, privileged: boolean): ShimMount[] {
     { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', privileged ? 'rw' : 'ro'] },
   ];
   const shm = inputs.sandbox.shmPath;
-  if (shm && inputs.config.security.namespaces.ipc !== 'CONTAINER') {
+  if (shm && (inputs.config.security.namespaces.ipc !== 'CONTAINER' || inputs.sandbox.config.namespaces.ipc === 'NODE')) {
     mounts.push({ destination: '/dev/shm', type: 'bind', source: shm, options: ['rbind', 'nosuid', 'nodev', 'noexec', 'rprivate'] });
   } else {
     mounts.push({ destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', `size=${inputs.shmSizeBytes}`] });
@@ -142,17 +142,26 @@ export function buildSpec(inputs: SpecInputs): ShimSpec {
   else if (!privileged && security.seccomp.kind === 'localhost') seccomp = inputs.localhostSeccomp;
   const namespaces: { type: NamespaceType; path?: string }[] = [{ type: 'mount' }, { type: 'cgroup' }];
   const ns = security.namespaces;
-  if (ns.network !== 'NODE') {
+  const pod = sandbox.config.namespaces;
+  // Network and IPC belong to the pod in CRI: a container shares whatever its pod has (host included).
+  if (pod.network !== 'NODE') {
     namespaces.push(sandbox.namespacePaths.network ? { type: 'network', path: sandbox.namespacePaths.network } : { type: 'network' });
   }
-  if (ns.ipc === 'POD' && sandbox.namespacePaths.ipc) namespaces.push({ type: 'ipc', path: sandbox.namespacePaths.ipc });
-  else if (ns.ipc !== 'NODE') namespaces.push({ type: 'ipc' });
+  if (pod.ipc !== 'NODE') {
+    if (ns.ipc === 'CONTAINER' || !sandbox.namespacePaths.ipc) namespaces.push({ type: 'ipc' });
+    else namespaces.push({ type: 'ipc', path: sandbox.namespacePaths.ipc });
+  }
   if (sandbox.namespacePaths.uts) namespaces.push({ type: 'uts', path: sandbox.namespacePaths.uts });
-  if (ns.pid === 'POD' && sandbox.namespacePaths.pid) namespaces.push({ type: 'pid', path: sandbox.namespacePaths.pid });
-  else if (ns.pid === 'TARGET') {
+  if (ns.pid === 'TARGET') {
     if (!inputs.targetPidNamespace) throw invalidArgument('linux.security_context.namespace_options.target_id: target container is not running');
     namespaces.push({ type: 'pid', path: inputs.targetPidNamespace });
-  } else if (ns.pid !== 'NODE') namespaces.push({ type: 'pid' });
+  } else if (ns.pid === 'NODE' || pod.pid === 'NODE') {
+    // the host's pid namespace: nothing to join or create
+  } else if (ns.pid === 'POD' && sandbox.namespacePaths.pid) {
+    namespaces.push({ type: 'pid', path: sandbox.namespacePaths.pid });
+  } else {
+    namespaces.push({ type: 'pid' });
+  }
 
   // kubelet sends the pod's mappings with every container; each container gets a user namespace with them.
   const userns = ns.userns ?? sandbox.config.namespaces.userns;

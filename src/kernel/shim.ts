@@ -141,6 +141,7 @@ export interface ExecOptions {
   cgroupProcs: string[];
   noNewPrivs: boolean;
   capsFile?: string;
+  seccompFile?: string;
   command: string[];
   timeoutMs: number;
   /** Bytes kept of each stream. */
@@ -161,6 +162,7 @@ export function execInContainer(opts: ExecOptions): Promise<ExecResult> {
   for (const e of opts.env) args.push('--env', e);
   for (const f of opts.cgroupProcs) args.push('--cgroup-procs', f);
   if (opts.capsFile) args.push('--caps-json', opts.capsFile);
+  if (opts.seccompFile) args.push('--seccomp-json', opts.seccompFile);
   if (opts.noNewPrivs) args.push('--no-new-privs');
   args.push('--', ...opts.command);
   const max = opts.maxOutput ?? 16 << 20;

@@ -1,5 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { BerthError, errorMessage, failedPrecondition, invalidArgument, notFound } from '../errors.js';
 import { Logger } from '../log.js';
@@ -147,12 +148,13 @@ export class SandboxService {
     if (existing) throw new BerthError('already_exists', `a pod sandbox named ${key} already exists (id ${existing})`);
     const id = randomBytes(32).toString('hex');
     const log = this.opts.log.child({ pod: id });
-    const started = Date.now();
-    this.names.set(key, id);
-
     const hostNetwork = config.namespaces.network === 'NODE';
     const hostIpc = config.namespaces.ipc === 'NODE';
-    const hostname = config.hostname || config.metadata.name;
+    // Like containerd: no hostname from the client means the node's (pod names are often longer than 64 bytes).
+    const hostname = config.hostname || os.hostname();
+    if (Buffer.byteLength(hostname) > 64) throw invalidArgument(`config.hostname "${hostname}" is longer than 64 bytes`);
+    const started = Date.now();
+    this.names.set(key, id);
     const runDir = this.runDir(id);
     const record: SandboxRecord = {
       id,
@@ -171,7 +173,8 @@ export class SandboxService {
       undo.push(() => fs.rm(runDir, { recursive: true, force: true }));
       const shmPath = hostIpc ? '/dev/shm' : path.join(runDir, 'shm');
       // Independent steps run at once: namespaces, cgroup, pod files and shm are unrelated.
-      const [namespaces, cgroup] = await Promise.all([
+      // Every step is awaited (allSettled) before any undo, so nothing still running escapes the cleanup.
+      const settled = await Promise.allSettled([
         createPodNamespaces(path.join(runDir, 'ns'), {
           network: !hostNetwork,
           ipc: !hostIpc,
@@ -188,7 +191,10 @@ export class SandboxService {
         }),
         writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork }),
         hostIpc ? Promise.resolve() : this.mountShm(shmPath).then(() => undo.push(() => this.unmountShm(shmPath))),
-      ]);
+      ] as const);
+      for (const r of settled) if (r.status === 'rejected') throw r.reason;
+      const namespaces = (settled[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof createPodNamespaces>>>).value;
+      const cgroup = (settled[1] as PromiseFulfilledResult<Awaited<ReturnType<Cgroups['create']>>>).value;
       // The pod owns only its own directories; ancestors it happened to create are shared with later pods.
       const own = cgroup.created.filter((d) => d.endsWith(cgroup.path));
       const parents = cgroup.created.filter((d) => !own.includes(d));
@@ -204,11 +210,8 @@ export class SandboxService {
       if (namespaces.pid) {
         record.namespacePaths.pid = namespaces.pid;
         record.initPid = namespaces.initPid;
-        // The init is the pod's process: account it to the pod's cgroup, not berth's.
-        const initPid = record.initPid;
-        if (initPid) {
-          await Promise.all(this.opts.cgroups.procsFiles(record.cgroup.path).map((f) => fs.writeFile(f, String(initPid)).catch(() => undefined)));
-        }
+        // The init stays out of the pod's cgroup: on cgroup v2 a cgroup with a process of its own cannot hand
+        // controllers down to its containers' cgroups (the no-internal-process rule).
       }
       if (record.namespacePaths.network) {
         const net = await this.network.setup(this.networkRequest(record));

@@ -100,6 +100,22 @@ test('capabilities: the default set, an added one, all dropped; privileged can m
   t.regex(unpriv.out, /refused/);
 });
 
+test('ExecSync runs with the container capability set, not berth\'s', async (t) => {
+  const e = await env(t);
+  const pc = podConfig();
+  const { pod_sandbox_id } = await e.berth.runtime.RunPodSandbox({ config: pc });
+  const { container_id } = await e.berth.runtime.CreateContainer({
+    pod_sandbox_id,
+    config: containerConfig(image.ref, { command: ['sleep', '1000'], ...sc({ capabilities: { drop_capabilities: ['ALL'] } }) }),
+    sandbox_config: pc,
+  });
+  await e.berth.runtime.StartContainer({ container_id });
+  const r = await e.berth.runtime.ExecSync({ container_id, cmd: ['grep', '-E', 'Cap(Eff|Bnd)', '/proc/self/status'], timeout: 10 });
+  const text = r.stdout.toString();
+  t.regex(text, /CapEff:\s+0+\n/);
+  t.regex(text, /CapBnd:\s+0+\n/);
+});
+
 test('no_new_privs keeps a setuid binary from raising privileges', async (t) => {
   const e = await env(t);
   t.is((await e.run('euid', sc({ run_as_user: { value: '1000' } }))).out.trim(), 'euid=0');

@@ -118,13 +118,20 @@ test('mount propagation and read-only bind mounts become shim options; a user /e
 });
 
 test('host namespaces are not joined or created; privileged drops masks and gets all capabilities', (t) => {
+  const base = inputs();
   const spec = buildSpec(inputs({
-    security: { ...inputs().config.security, privileged: true, namespaces: { network: 'NODE', pid: 'NODE', ipc: 'NODE' } },
-  }, { namespacePaths: {} }));
+    security: { ...base.config.security, privileged: true, namespaces: { network: 'NODE', pid: 'NODE', ipc: 'NODE' } },
+  }, { namespacePaths: {}, config: { ...base.sandbox.config, namespaces: { network: 'NODE', pid: 'NODE', ipc: 'NODE' } } }));
   t.deepEqual(spec.namespaces.map((n) => n.type), ['mount', 'cgroup']);
   t.deepEqual(spec.maskedPaths, []);
   t.deepEqual(spec.readonlyPaths, []);
   t.true(spec.process.capabilities.bounding.includes('CAP_SYS_ADMIN'));
+});
+
+test('a container in a host-network pod gets the host network even when its own option says POD', (t) => {
+  const base = inputs();
+  const spec = buildSpec(inputs({}, { namespacePaths: {}, config: { ...base.sandbox.config, namespaces: { network: 'NODE', pid: 'CONTAINER', ipc: 'NODE' } } }));
+  t.deepEqual(spec.namespaces.map((n) => n.type), ['mount', 'cgroup', 'pid']);
 });
 
 test('a relative container path is refused naming the mount', (t) => {
