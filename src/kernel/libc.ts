@@ -126,6 +126,7 @@ export const MS_BIND = 0x1000;
 export const MS_REC = 0x4000;
 export const MS_PRIVATE = 0x40000;
 export const MNT_DETACH = 0x2;
+export const UMOUNT_NOFOLLOW = 0x8;
 
 export function mount(source: string, target: string, fstype: string | null, flags: number, data: string | null): void {
   const f = fn('mount', 'int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)');

@@ -1,6 +1,5 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { writeFileAtomic } from '../store/atomic.js';
 import { DnsConfig } from './types.js';
 
 // The per-pod /etc/hosts, /etc/hostname and /etc/resolv.conf that every container of the pod bind-mounts.
@@ -31,9 +30,10 @@ export async function writePodFiles(dir: string, opts: { hostname: string; dns?:
   const hasDns = opts.dns && (opts.dns.servers.length > 0 || opts.dns.searches.length > 0 || opts.dns.options.length > 0);
   const resolv = hasDns ? resolvConf(opts.dns!) : await fs.readFile('/etc/resolv.conf', 'utf8').catch(() => '');
   const hosts = opts.hostNetwork ? await fs.readFile('/etc/hosts', 'utf8').catch(() => hostsFile(opts.hostname)) : hostsFile(opts.hostname, opts.ip);
+  // Derived from the pod config and rewritten whenever needed: plain writes, without an atomic write's fsyncs.
   await Promise.all([
-    writeFileAtomic(path.join(dir, 'resolv.conf'), resolv, 0o644),
-    writeFileAtomic(path.join(dir, 'hosts'), hosts, 0o644),
-    writeFileAtomic(path.join(dir, 'hostname'), `${opts.hostname}\n`, 0o644),
+    fs.writeFile(path.join(dir, 'resolv.conf'), resolv, { mode: 0o644 }),
+    fs.writeFile(path.join(dir, 'hosts'), hosts, { mode: 0o644 }),
+    fs.writeFile(path.join(dir, 'hostname'), `${opts.hostname}\n`, { mode: 0o644 }),
   ]);
 }
