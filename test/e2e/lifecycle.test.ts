@@ -370,3 +370,14 @@ test('a missing cgroup parent is created, shared by later pods, and removed with
   t.false(await exists(top));
   e.cgroups.push(top);
 });
+
+test('OomScoreAdj up to 1000 is applied; a value below berth\'s own is raised to it, not refused', async (t) => {
+  const e = await env(t);
+  const podId = await e.pod();
+  const high = await e.container(podId, {}, { ...sh(TERM_FRIENDLY), linux: { resources: { oom_score_adj: '1000' } } });
+  const read = async (id: string) => (await e.berth.runtime.ExecSync({ container_id: id, cmd: ['cat', '/proc/1/oom_score_adj'], timeout: 5 })).stdout.toString().trim();
+  t.is(await read(high), '1000');
+  const own = Number((await fs.readFile(`/proc/${e.berth.child.pid}/oom_score_adj`, 'utf8')).trim());
+  const low = await e.container(podId, {}, { ...sh(TERM_FRIENDLY), linux: { resources: { oom_score_adj: String(Math.max(-1000, own - 500)) } } });
+  t.true(Number(await read(low)) >= own);
+});
