@@ -148,6 +148,12 @@ export class ContainerService {
 
   async create(sandboxId: string, config: ContainerConfig): Promise<ContainerRecord> {
     if (!sandboxId) throw invalidArgument('pod_sandbox_id is empty');
+    const pod = this.opts.sandboxes.get(sandboxId);
+    // Serialised with StopPodSandbox/RemovePodSandbox of the same pod: no container is born into a dying pod.
+    return this.opts.sandboxes.podLock.run(pod.id, () => this.createLocked(pod.id, config));
+  }
+
+  private async createLocked(sandboxId: string, config: ContainerConfig): Promise<ContainerRecord> {
     const sandbox = this.opts.sandboxes.get(sandboxId);
     if (sandbox.state !== 'READY') throw failedPrecondition(`pod sandbox ${sandbox.id} is not ready`);
     if (!config.metadata.name) throw invalidArgument('config.metadata.name is empty');

@@ -8,6 +8,7 @@ import { Cgroups } from '../kernel/cgroups.js';
 import { MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, mount, umount2 } from '../kernel/libc.js';
 import { createPodNamespaces, isShim, unpinNamespaces } from '../kernel/shim.js';
 import { RecordStore } from '../store/records.js';
+import { KeyedMutex } from '../store/locks.js';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
 import { writePodFiles } from './files.js';
 import { validateSysctls } from './sysctls.js';
@@ -38,6 +39,8 @@ export class SandboxService {
   private readonly names = new Map<string, string>();
   /** Ancestor cgroups berth created for some pod (e.g. /kubepods/burstable) and removes once unused. */
   private ownedParents = new Set<string>();
+  /** Pod-level operations (stop, remove, and container creation in the pod) never interleave. */
+  readonly podLock = new KeyedMutex();
   private hooks: SandboxHooks = { stopContainers: async () => undefined, removeContainers: async () => undefined };
 
   constructor(
@@ -251,6 +254,10 @@ export class SandboxService {
   /** Kills the pod's containers and releases its namespaces. Idempotent. */
   async stop(id: string): Promise<void> {
     const record = this.get(id);
+    return this.podLock.run(record.id, () => this.stopLocked(record));
+  }
+
+  private async stopLocked(record: SandboxRecord): Promise<void> {
     await this.hooks.stopContainers(record.id);
     await this.release(record);
     if (record.state !== 'NOTREADY') {
@@ -280,8 +287,16 @@ export class SandboxService {
 
   /** Removes the pod and everything it holds. Removing an unknown pod is not an error. */
   async remove(id: string): Promise<void> {
-    const record = this.find(id);
-    if (!record) return;
+    const found = this.find(id);
+    if (!found) return;
+    return this.podLock.run(found.id, async () => {
+      // Another remove may have finished while this one waited.
+      const record = this.sandboxes.get(found.id);
+      if (record) await this.removeLocked(record);
+    });
+  }
+
+  private async removeLocked(record: SandboxRecord): Promise<void> {
     await this.hooks.stopContainers(record.id);
     await this.hooks.removeContainers(record.id);
     await this.release(record);
