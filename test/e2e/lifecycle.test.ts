@@ -381,3 +381,17 @@ test('OomScoreAdj up to 1000 is applied; a value below berth\'s own is raised to
   const low = await e.container(podId, {}, { ...sh(TERM_FRIENDLY), linux: { resources: { oom_score_adj: String(Math.max(-1000, own - 500)) } } });
   t.true(Number(await read(low)) >= own);
 });
+
+test('removing an image keeps the layers under a container\'s rootfs until that container is removed', async (t) => {
+  const e = await env(t);
+  const podId = await e.pod();
+  const id = await e.container(podId, {}, sh(TERM_FRIENDLY));
+  const layerDir = path.join(e.berth.root, 'images', 'layers', image.layers[0].diffId.slice(7));
+  await e.berth.images.RemoveImage({ image: { image: image.ref } });
+  t.is((await e.berth.images.ImageStatus({ image: { image: image.ref } })).image, null);
+  t.true(await fs.access(layerDir).then(() => true, () => false), 'layer kept while the container exists');
+  t.is((await e.berth.runtime.ExecSync({ container_id: id, cmd: ['echo', 'still-here'], timeout: 5 })).stdout.toString(), 'still-here\n');
+  await e.berth.runtime.StopContainer({ container_id: id, timeout: 5 });
+  await e.berth.runtime.RemoveContainer({ container_id: id });
+  t.false(await fs.access(layerDir).then(() => true, () => false), 'layer deleted with the last container');
+});
