@@ -1,3 +1,5 @@
+import { parseCidr } from '../network/cidr.js';
+
 // The configuration berth runs with: one TOML section per subsystem. Validation is strict because a typo in a
 // node's config that silently falls back to a default is worse than refusing to start.
 
@@ -21,9 +23,29 @@ export interface RuntimeConfig {
   logMaxLineBytes: number;
 }
 
+export type NetworkMode = 'auto' | 'embedded' | 'cni';
+
+export interface NetworkConfig {
+  /** auto: a CNI config in cni.conf_dir wins, else the embedded bridge; embedded; cni: CNI only. */
+  mode: NetworkMode;
+  /** IPv4 subnet of the embedded bridge (a pod CIDR from kubelet takes precedence). */
+  subnet: string;
+  /** Name of the embedded bridge. */
+  bridge: string;
+}
+
+export interface CniConfig {
+  /** Where CNI network configs are looked for (the lexically first .conflist/.conf/.json is used). */
+  confDir: string;
+  /** Where plugin binaries are looked for, in order. */
+  binDirs: string[];
+}
+
 export interface BerthConfig {
   registry: RegistryConfig;
   runtime: RuntimeConfig;
+  network: NetworkConfig;
+  cni: CniConfig;
 }
 
 export const RLIMIT_NAMES = ['as', 'core', 'cpu', 'data', 'fsize', 'locks', 'memlock', 'msgqueue', 'nice', 'nofile', 'nproc', 'rss', 'rtprio', 'rttime', 'sigpending', 'stack'];
@@ -40,6 +62,15 @@ export function defaultConfig(): BerthConfig {
       rlimits: { nofile: [1024, 1024] },
       shmSizeBytes: 64 * 1024 * 1024,
       logMaxLineBytes: 16 * 1024,
+    },
+    network: {
+      mode: 'auto',
+      subnet: '10.86.0.0/16',
+      bridge: 'berth0',
+    },
+    cni: {
+      confDir: '/etc/cni/net.d',
+      binDirs: ['/opt/cni/bin', '/usr/lib/cni'],
     },
   };
 }
@@ -134,10 +165,49 @@ function parseRuntime(raw: Raw, into: RuntimeConfig): void {
   }
 }
 
+const NETWORK_MODES: NetworkMode[] = ['auto', 'embedded', 'cni'];
+
+function absolutePath(key: string, value: unknown): string {
+  if (typeof value !== 'string' || !value.startsWith('/')) throw new ConfigError(key, 'must be an absolute path');
+  return value;
+}
+
+function parseNetwork(raw: Raw, into: NetworkConfig): void {
+  rejectUnknown('network', raw, ['mode', 'subnet', 'bridge']);
+  if (raw.mode !== undefined) {
+    if (typeof raw.mode !== 'string' || !NETWORK_MODES.includes(raw.mode as NetworkMode)) {
+      throw new ConfigError('network.mode', `must be one of ${NETWORK_MODES.join(', ')}`);
+    }
+    into.mode = raw.mode as NetworkMode;
+  }
+  if (raw.subnet !== undefined) {
+    const cidr = typeof raw.subnet === 'string' ? parseCidr(raw.subnet) : undefined;
+    if (!cidr) throw new ConfigError('network.subnet', 'must be an IPv4 subnet in CIDR notation with the host bits zero, e.g. "10.86.0.0/16"');
+    if (cidr.prefix < 8 || cidr.prefix > 30) throw new ConfigError('network.subnet', 'prefix length must be from /8 to /30');
+    into.subnet = raw.subnet as string;
+  }
+  if (raw.bridge !== undefined) {
+    if (typeof raw.bridge !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(raw.bridge)) {
+      throw new ConfigError('network.bridge', 'must be a network device name: 1–15 letters, digits, "_", "-" or "."');
+    }
+    into.bridge = raw.bridge;
+  }
+}
+
+function parseCni(raw: Raw, into: CniConfig): void {
+  rejectUnknown('cni', raw, ['conf_dir', 'bin_dirs']);
+  if (raw.conf_dir !== undefined) into.confDir = absolutePath('cni.conf_dir', raw.conf_dir);
+  if (raw.bin_dirs !== undefined) {
+    const dirs = stringList('cni.bin_dirs', raw.bin_dirs);
+    if (dirs.length === 0) throw new ConfigError('cni.bin_dirs', 'must name at least one directory');
+    into.binDirs = dirs.map((d) => absolutePath('cni.bin_dirs', d));
+  }
+}
+
 /** Turns a parsed TOML document into a config, or throws ConfigError naming the offending key. */
 export function validateConfig(raw: Raw): BerthConfig {
   const config = defaultConfig();
-  rejectUnknown('', raw, ['registry', 'runtime']);
+  rejectUnknown('', raw, ['registry', 'runtime', 'network', 'cni']);
   if (raw.runtime !== undefined) {
     if (!isTable(raw.runtime)) throw new ConfigError('runtime', 'must be a table');
     parseRuntime(raw.runtime, config.runtime);
@@ -145,6 +215,14 @@ export function validateConfig(raw: Raw): BerthConfig {
   if (raw.registry !== undefined) {
     if (!isTable(raw.registry)) throw new ConfigError('registry', 'must be a table');
     parseRegistry(raw.registry, config.registry);
+  }
+  if (raw.network !== undefined) {
+    if (!isTable(raw.network)) throw new ConfigError('network', 'must be a table');
+    parseNetwork(raw.network, config.network);
+  }
+  if (raw.cni !== undefined) {
+    if (!isTable(raw.cni)) throw new ConfigError('cni', 'must be a table');
+    parseCni(raw.cni, config.cni);
   }
   return config;
 }

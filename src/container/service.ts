@@ -172,6 +172,14 @@ export class ContainerService {
     this.names.set(key, id);
     const log = this.opts.log.child({ pod: sandbox.id, container: id });
     const started = Date.now();
+    // Phase timings go into the 'container created' log line: the hot path stays visible in production.
+    const phases: Record<string, number> = {};
+    let mark = process.hrtime.bigint();
+    const phase = (name: string) => {
+      const now = process.hrtime.bigint();
+      phases[name] = Number(now - mark) / 1e6;
+      mark = now;
+    };
     const bundle = this.records.pathOf(id);
     let cgroup: { path: string; created: string[] } | undefined;
     let pid: number | undefined;
@@ -204,9 +212,11 @@ export class ContainerService {
         : undefined;
       const hostDevices = await Promise.all(config.devices.map((d, i) => this.hostDevice(d.hostPath, d.containerPath, i)));
       this.warnAppArmor(config.security.apparmor, log);
+      phase('prepare');
       const handle = await this.opts.cgroups.create(`${sandbox.cgroup.path}/${id}`);
       cgroup = { path: handle.path, created: handle.created };
       await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources));
+      phase('cgroup');
       const spec = buildSpec({
         id,
         config,
@@ -231,7 +241,9 @@ export class ContainerService {
       // ExecSync'd processes get the container's capability set and seccomp filter, not berth's.
       await fs.writeFile(path.join(bundle, 'exec-caps.json'), JSON.stringify(spec.process.capabilities));
       if (spec.seccomp) await fs.writeFile(path.join(bundle, 'exec-seccomp.json'), JSON.stringify(spec.seccomp));
+      phase('spec');
       const created = await createContainer(spec);
+      phase('shim');
       pid = created.pid;
       const record: ContainerRecord = {
         id,
@@ -255,7 +267,8 @@ export class ContainerService {
       await this.records.put(record);
       this.containers.set(id, record);
       this.watchExit(record);
-      log.info('container created', { name: config.metadata.name, image: image.id, ms: Date.now() - started });
+      phase('record');
+      log.info('container created', { name: config.metadata.name, image: image.id, ms: Date.now() - started, phases });
       return record;
     } catch (err) {
       this.names.delete(key);

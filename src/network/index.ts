@@ -1,8 +1,87 @@
-import { BerthConfig } from '../config/schema.js';
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+import { BerthConfig, NetworkMode } from '../config/schema.js';
+import { errorMessage } from '../errors.js';
 import { Logger } from '../log.js';
-import { LoopbackOnly, PodNetwork } from './types.js';
+import { CniNetwork } from './cni/network.js';
+import { EmbeddedNetwork } from './embedded.js';
+import { MAX_PREFIX_LENGTH } from './rules.js';
+import { NetworkReadiness, PodNetwork, PodNetworkRequest, PodNetworkResult } from './types.js';
+
+// The pod network berth runs with, chosen by `[network] mode`:
+//   auto      a CNI config in the conf dir wins, else the embedded bridge; decided at every pod start
+//   embedded  the embedded bridge only
+//   cni       CNI only; NetworkReady is false until a valid config (and its plugins) exist
+// Teardown always goes to the backend that set the pod up (recorded in the pod's network state).
+
+/** berth's iptables chains: "BERTH-*" for the default bridge, "BERTH-<bridge>-*" for another, so that two berths
+ * on one node (tests, say) with different bridges never touch each other's rules. */
+export function chainPrefixFor(bridge: string, defaultBridge = 'berth0'): string {
+  if (bridge === defaultBridge) return 'BERTH';
+  const prefix = `BERTH-${bridge}`;
+  return prefix.length <= MAX_PREFIX_LENGTH ? prefix : `BERTH-${createHash('sha256').update(bridge).digest('hex').slice(0, MAX_PREFIX_LENGTH - 6)}`;
+}
+
+export class NetworkManager implements PodNetwork {
+  constructor(
+    readonly mode: NetworkMode,
+    readonly embedded: EmbeddedNetwork,
+    readonly cni: CniNetwork,
+    private readonly log: Logger,
+  ) {}
+
+  async start(livePods: { podId: string; state: Record<string, unknown> }[]): Promise<void> {
+    await this.embedded.load(livePods);
+    if (this.mode !== 'embedded') await this.cni.start(livePods);
+    const embeddedPods = livePods.some((p) => p.state.backend === 'embedded');
+    const embeddedActive = this.mode === 'embedded' || (this.mode === 'auto' && !this.cni.hasConfig());
+    if (embeddedActive || embeddedPods) {
+      // A failure here leaves NetworkReady false with the reason; berth keeps serving, and pod starts retry it.
+      await this.embedded.ensure().catch((err) => this.log.error('embedded network is not ready', { error: errorMessage(err) }));
+    }
+  }
+
+  private async backendFor(): Promise<'embedded' | 'cni'> {
+    if (this.mode !== 'auto') return this.mode;
+    await this.cni.refresh();
+    return this.cni.hasConfig() ? 'cni' : 'embedded';
+  }
+
+  async setup(req: PodNetworkRequest): Promise<PodNetworkResult> {
+    return (await this.backendFor()) === 'cni' ? this.cni.setup(req) : this.embedded.setup(req);
+  }
+
+  async teardown(req: PodNetworkRequest, state: Record<string, unknown>): Promise<void> {
+    if (state.backend === 'cni') await this.cni.teardown(req, state);
+    else if (state.backend === 'embedded') await this.embedded.teardown(req, state);
+  }
+
+  readiness(): NetworkReadiness {
+    if (this.mode === 'embedded') return this.embedded.readiness();
+    if (this.mode === 'cni' || this.cni.hasConfig()) return this.cni.readiness();
+    return this.embedded.readiness();
+  }
+
+  setPodCidr(cidr: string): void {
+    this.embedded.setPodCidr(cidr);
+  }
+
+  async close(): Promise<void> {
+    this.cni.close();
+  }
+}
 
 /** Chooses the pod network backend from `[network] mode`. */
-export async function createPodNetwork(_config: BerthConfig, _paths: { root: string; stateDir: string }, _log: Logger): Promise<PodNetwork> {
-  return new LoopbackOnly();
+export async function createPodNetwork(config: BerthConfig, paths: { root: string; stateDir: string }, log: Logger): Promise<PodNetwork> {
+  const dataDir = path.join(paths.root, 'network');
+  const embedded = new EmbeddedNetwork({
+    bridge: config.network.bridge,
+    subnet: config.network.subnet,
+    chainPrefix: chainPrefixFor(config.network.bridge),
+    dataDir,
+    log: log.child({ backend: 'embedded' }),
+  });
+  const cni = new CniNetwork({ confDir: config.cni.confDir, binDirs: config.cni.binDirs, cacheDir: path.join(dataDir, 'cni-cache'), log: log.child({ backend: 'cni' }) });
+  log.info('pod network', { mode: config.network.mode, bridge: config.network.bridge, subnet: config.network.subnet, cniConfDir: config.cni.confDir });
+  return new NetworkManager(config.network.mode, embedded, cni, log);
 }

@@ -157,6 +157,7 @@ export class SandboxService {
     const hostname = config.hostname || os.hostname();
     if (Buffer.byteLength(hostname) > 64) throw invalidArgument(`config.hostname "${hostname}" is longer than 64 bytes`);
     const started = Date.now();
+    const phases: Record<string, number> = {};
     this.names.set(key, id);
     const runDir = this.runDir(id);
     const record: SandboxRecord = {
@@ -177,8 +178,9 @@ export class SandboxService {
       const shmPath = hostIpc ? '/dev/shm' : path.join(runDir, 'shm');
       // Independent steps run at once: namespaces, cgroup, pod files and shm are unrelated.
       // Every step is awaited (allSettled) before any undo, so nothing still running escapes the cleanup.
+      const timed = <T>(name: string, p: Promise<T>) => p.then((v) => ((phases[name] = Date.now() - started), v));
       const settled = await Promise.allSettled([
-        createPodNamespaces(path.join(runDir, 'ns'), {
+        timed('namespaces', createPodNamespaces(path.join(runDir, 'ns'), {
           network: !hostNetwork,
           ipc: !hostIpc,
           uts: !hostNetwork,
@@ -187,11 +189,11 @@ export class SandboxService {
         }).then((ns) => {
           undo.push(() => unpinNamespaces(path.join(runDir, 'ns')));
           return ns;
-        }),
-        this.opts.cgroups.create(record.cgroup.path).then((handle) => {
+        })),
+        timed('cgroup', this.opts.cgroups.create(record.cgroup.path).then((handle) => {
           undo.push(() => this.opts.cgroups.remove(handle));
           return handle;
-        }),
+        })),
         writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork }),
         hostIpc ? Promise.resolve() : this.mountShm(shmPath).then(() => undo.push(() => this.unmountShm(shmPath))),
       ] as const);
@@ -217,7 +219,7 @@ export class SandboxService {
         // controllers down to its containers' cgroups (the no-internal-process rule).
       }
       if (record.namespacePaths.network) {
-        const net = await this.network.setup(this.networkRequest(record));
+        const net = await timed('network', this.network.setup(this.networkRequest(record)));
         record.ip = net.ip || undefined;
         record.additionalIps = net.additionalIps;
         record.networkState = net.state;
@@ -233,7 +235,7 @@ export class SandboxService {
       throw err;
     }
     this.sandboxes.set(id, record);
-    log.info('pod sandbox running', { name: config.metadata.name, namespace: config.metadata.namespace, ms: Date.now() - started });
+    log.info('pod sandbox running', { name: config.metadata.name, namespace: config.metadata.namespace, ms: Date.now() - started, phases });
     return record;
   }
 

@@ -1,0 +1,272 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { BerthError, errorMessage, invalidArgument } from '../errors.js';
+import { Logger } from '../log.js';
+import { Cidr, formatCidr, formatIp, gatewayOf, parseCidr, parseIp, contains } from './cidr.js';
+import { HostPort, HostPortTable, hostPortsOf } from './hostports.js';
+import { addressOf, adopt, allocate, reconcile, release } from './ipam.js';
+import { IpamStore } from './ipam-store.js';
+import { iptablesRestore, iptablesSave } from './iptables.js';
+import { addPodVeth, bridgePorts, defaultMtu, deleteLink, ensureBridge, writeSysctl } from './links.js';
+import { defaultRouteDevice, parseProcRoutes, routeCollision } from './routes.js';
+import { baseRules, Chains, chainsFor, deletePodRules, podRules } from './rules.js';
+import { NetworkReadiness, PodNetworkRequest, PodNetworkResult } from './types.js';
+
+// The embedded network: one bridge, a veth pair per pod, IPAM in <root>/network/ipam.json, and berth's own
+// iptables chains for masquerade and hostPorts. Made for a node without a CNI plugin.
+
+export interface EmbeddedOptions {
+  bridge: string;
+  /** `[network] subnet`; a pod CIDR from kubelet (persisted) takes precedence. */
+  subnet: string;
+  chainPrefix: string;
+  /** <root>/network */
+  dataDir: string;
+  log: Logger;
+}
+
+export interface EmbeddedPodState {
+  backend: 'embedded';
+  ip: string;
+  subnet: string;
+  bridge: string;
+  veth: string;
+  chainPrefix: string;
+  hostPorts: HostPort[];
+}
+
+export function isEmbeddedState(s: Record<string, unknown>): s is Record<string, unknown> & EmbeddedPodState {
+  return s.backend === 'embedded' && typeof s.ip === 'string';
+}
+
+/** Host end of a pod's veth pair: "berth" + the first 10 hex digits of the pod id (15 characters, IFNAMSIZ-1). */
+export function vethName(podId: string): string {
+  return `berth${podId.slice(0, 10)}`;
+}
+
+/** The first IPv4 block of what kubelet sends ("10.244.1.0/24" or a dual-stack "10.244.1.0/24,fd00::/64"). */
+export function ipv4PodCidr(text: string): Cidr | undefined {
+  for (const part of text.split(',').map((s) => s.trim())) {
+    const c = parseCidr(part, false);
+    if (c) return c;
+  }
+  return undefined;
+}
+
+export class EmbeddedNetwork {
+  private readonly store: IpamStore;
+  private readonly chains: Chains;
+  private readonly hostPorts = new HostPortTable();
+  private subnet: Cidr;
+  /** Subnets live pods use (pods started before a pod CIDR change keep theirs). */
+  private readonly liveSubnets = new Set<string>();
+  private readonly livePods = new Set<string>();
+  private readonly liveVeths = new Set<string>();
+  private mtu = 1500;
+  private ensured: Promise<void> | undefined;
+  private pending: Promise<void> = Promise.resolve();
+  private status: NetworkReadiness = { ready: true, reason: '', message: '' };
+
+  constructor(private readonly opts: EmbeddedOptions) {
+    this.store = new IpamStore(path.join(opts.dataDir, 'ipam.json'));
+    this.chains = chainsFor(opts.chainPrefix);
+    const subnet = parseCidr(opts.subnet);
+    if (!subnet) throw invalidArgument(`network.subnet "${opts.subnet}" is not an IPv4 CIDR`);
+    this.subnet = subnet;
+  }
+
+  get bridge(): string {
+    return this.opts.bridge;
+  }
+
+  currentSubnet(): string {
+    return formatCidr(this.subnet);
+  }
+
+  /** Reads IPAM, frees addresses of pods that are gone, takes back what live pods hold. No kernel work. */
+  async load(livePods: { podId: string; state: Record<string, unknown> }[]): Promise<void> {
+    const state = await this.store.load();
+    if (state.podCidr) {
+      const c = parseCidr(state.podCidr);
+      if (c) this.subnet = c;
+    }
+    let changed = false;
+    const live = new Set(livePods.map((p) => p.podId));
+    for (const [ip, pod] of reconcile(state, live)) {
+      this.opts.log.info('released the address of a pod that is gone', { pod, ip });
+      changed = true;
+    }
+    for (const { podId, state: s } of livePods) {
+      if (!isEmbeddedState(s) || s.bridge !== this.opts.bridge) continue;
+      if (adopt(state, podId, s.ip)) changed = true;
+      this.track(podId, s);
+      try {
+        this.hostPorts.reserve(podId, s.hostPorts ?? []);
+      } catch (err) {
+        this.opts.log.warn('live pods share a hostPort', { pod: podId, error: errorMessage(err) });
+      }
+    }
+    if (changed) await this.store.save();
+  }
+
+  private track(podId: string, s: EmbeddedPodState): void {
+    this.livePods.add(podId);
+    this.liveSubnets.add(s.subnet);
+    this.liveVeths.add(s.veth);
+  }
+
+  /** Bridge, sysctls and chains; memoized, retried after a failure. */
+  ensure(): Promise<void> {
+    this.ensured ??= this.doEnsure().then(
+      () => {
+        this.status = { ready: true, reason: '', message: '' };
+      },
+      (err) => {
+        this.ensured = undefined;
+        this.status = { ready: false, reason: 'NetworkPluginNotReady', message: errorMessage(err) };
+        throw err;
+      },
+    );
+    return this.ensured;
+  }
+
+  private async doEnsure(): Promise<void> {
+    const t0 = Date.now();
+    const what = `embedded network (bridge ${this.opts.bridge})`;
+    const routes = parseProcRoutes(await fs.readFile('/proc/net/route', 'utf8'));
+    const collision = routeCollision(this.subnet, routes, this.opts.bridge);
+    if (collision) {
+      throw new BerthError('failed_precondition', `${what}: ${collision}; set another [network] subnet (or pod CIDR)`);
+    }
+    this.mtu = await defaultMtu(defaultRouteDevice(routes));
+    await ensureBridge(this.opts.bridge, `${formatIp(gatewayOf(this.subnet))}/${this.subnet.prefix}`);
+    await writeSysctl('net.ipv4.ip_forward', '1');
+    const saved = await iptablesSave(what);
+    const subnets = [formatCidr(this.subnet), ...[...this.liveSubnets].filter((s) => s !== formatCidr(this.subnet))];
+    await iptablesRestore(baseRules({ chains: this.chains, bridge: this.opts.bridge, subnets, saved, livePods: this.livePods }), what);
+    // A veth on our bridge that no live pod owns outlived its pod (its netns is still referenced somewhere).
+    for (const port of await bridgePorts(this.opts.bridge)) {
+      if (port.startsWith('berth') && !this.liveVeths.has(port)) {
+        this.opts.log.info('removing a veth no pod owns', { veth: port });
+        await deleteLink(port, what).catch((err) => this.opts.log.warn('cannot remove orphan veth', { veth: port, error: errorMessage(err) }));
+      }
+    }
+    this.opts.log.info('embedded network ready', { bridge: this.opts.bridge, subnet: formatCidr(this.subnet), mtu: this.mtu, ms: Date.now() - t0 });
+  }
+
+  readiness(): NetworkReadiness {
+    return this.status;
+  }
+
+  setPodCidr(text: string): void {
+    const cidr = ipv4PodCidr(text);
+    const log = this.opts.log;
+    if (!cidr) {
+      log.warn('pod CIDR from kubelet has no IPv4 block; keeping the configured subnet', { podCidr: text });
+      return;
+    }
+    const normalized = { base: cidr.base, prefix: cidr.prefix };
+    if (formatCidr(normalized) === formatCidr(this.subnet)) return;
+    this.pending = this.pending.then(async () => {
+      if (cidr.prefix > 30) {
+        log.error('pod CIDR is too small for pods', { podCidr: text });
+        this.status = { ready: false, reason: 'NetworkPluginNotReady', message: `pod CIDR ${text} is too small (needs /30 or larger)` };
+        return;
+      }
+      const previous = this.subnet;
+      this.subnet = normalized;
+      this.store.state.podCidr = formatCidr(normalized);
+      await this.store.save();
+      log.info('embedded network follows the pod CIDR', { from: formatCidr(previous), to: formatCidr(normalized) });
+      if (this.ensured) {
+        this.ensured = undefined;
+        await this.ensure().catch((err) => log.error('embedded network cannot use the pod CIDR', { error: errorMessage(err) }));
+      }
+    });
+  }
+
+  async setup(req: PodNetworkRequest): Promise<PodNetworkResult> {
+    const t0 = process.hrtime.bigint();
+    await this.pending;
+    await this.ensure();
+    const what = `pod ${req.podId}: embedded network`;
+    const ports = hostPortsOf(req.portMappings);
+    this.hostPorts.reserve(req.podId, ports);
+    const subnet = this.subnet;
+    const veth = vethName(req.podId);
+    let ip: string;
+    try {
+      ip = allocate(this.store.state, subnet, req.podId);
+    } catch (err) {
+      this.hostPorts.release(req.podId);
+      throw err;
+    }
+    const state: EmbeddedPodState = {
+      backend: 'embedded',
+      ip,
+      subnet: formatCidr(subnet),
+      bridge: this.opts.bridge,
+      veth,
+      chainPrefix: this.opts.chainPrefix,
+      hostPorts: ports,
+    };
+    const steps = await Promise.allSettled([
+      addPodVeth({
+        what,
+        bridge: this.opts.bridge,
+        hostName: veth,
+        netnsPath: req.netnsPath,
+        mtu: this.mtu,
+        address: `${ip}/${subnet.prefix}`,
+        gateway: formatIp(gatewayOf(subnet)),
+      }),
+      iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-A'), what),
+      this.store.save(),
+    ]);
+    const failed = steps.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failed) {
+      if (steps[1]!.status === 'fulfilled') await iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-D'), what).catch(() => undefined);
+      if (steps[0]!.status === 'fulfilled') await deleteLink(veth, what).catch(() => undefined);
+      release(this.store.state, req.podId);
+      this.hostPorts.release(req.podId);
+      await this.store.save().catch(() => undefined);
+      throw failed.reason;
+    }
+    this.track(req.podId, state);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    this.opts.log.debug('pod network set up', { pod: req.podId, ip, veth, hostPorts: ports.length, ms: Math.round(ms * 100) / 100 });
+    return { ip, additionalIps: [], state: { ...state } };
+  }
+
+  async teardown(req: PodNetworkRequest, raw: Record<string, unknown>): Promise<void> {
+    if (!isEmbeddedState(raw)) return;
+    const what = `pod ${req.podId}: embedded network teardown`;
+    const chains = chainsFor(raw.chainPrefix ?? this.opts.chainPrefix);
+    const ports = raw.hostPorts ?? [];
+    if (ports.length > 0) {
+      try {
+        await iptablesRestore(podRules(chains, req.podId, raw.ip, ports, '-D'), what);
+      } catch {
+        // Some rule was gone already (a second teardown, or a manual flush): delete whatever is left of the pod's.
+        await iptablesRestore(deletePodRules(chains, await iptablesSave(what, 'nat'), req.podId), what);
+      }
+    }
+    // The veth goes with the pod's netns once it is unpinned: deleting it here would cost ~17 ms of RCU wait.
+    const freed = release(this.store.state, req.podId);
+    this.hostPorts.release(req.podId);
+    this.livePods.delete(req.podId);
+    this.liveVeths.delete(raw.veth);
+    if (freed.length > 0) await this.store.save();
+    if (addressOf(this.store.state, req.podId)) throw new BerthError('internal', `${what}: address still allocated`);
+  }
+
+  /** True if `ip` is in a subnet this network hands out (for tests and diagnostics). */
+  owns(ip: string): boolean {
+    const n = parseIp(ip);
+    return n !== undefined && contains(this.subnet, n);
+  }
+
+  allocations(): Record<string, string> {
+    return { ...this.store.state.allocations };
+  }
+}

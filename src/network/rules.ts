@@ -1,0 +1,157 @@
+import { HostPort } from './hostports.js';
+
+// iptables rules of the embedded network, as iptables-restore text (applied with --noflush). Pure.
+//
+// Chains (prefix P, "BERTH" for the default bridge):
+//   nat    P-HOSTPORTS    per-pod DNAT rules, each tagged with the comment "berth-pod:<pod id>";
+//                         jumped to from PREROUTING and OUTPUT for traffic to a local address
+//   nat    P-POSTROUTING  masquerade: pod traffic leaving the subnet, loopback-sourced traffic to a hostPort, and
+//                         hairpin (a pod reaching a pod, itself included, through a hostPort)
+//   filter P-FORWARD      accept traffic to and from the bridge (a FORWARD policy of DROP does not cut pods off)
+// P-POSTROUTING and P-FORWARD are rewritten whole at start (declaring an existing chain in iptables-restore --noflush
+// flushes it); P-HOSTPORTS is declared only when missing, so live pods' rules survive a restart.
+
+export interface Chains {
+  hostports: string;
+  postrouting: string;
+  forward: string;
+}
+
+export function chainsFor(prefix: string): Chains {
+  return { hostports: `${prefix}-HOSTPORTS`, postrouting: `${prefix}-POSTROUTING`, forward: `${prefix}-FORWARD` };
+}
+
+/** iptables chain names are at most 28 characters; this leaves room for "-POSTROUTING". */
+export const MAX_PREFIX_LENGTH = 28 - '-POSTROUTING'.length;
+
+export const POD_COMMENT = 'berth-pod:';
+
+export function podComment(podId: string): string {
+  return `${POD_COMMENT}${podId}`;
+}
+
+/** What iptables-save shows: per table, the chains that exist and the rules. */
+export interface SavedTables {
+  [table: string]: { chains: Set<string>; rules: string[] };
+}
+
+export function parseSave(text: string): SavedTables {
+  const out: SavedTables = {};
+  let current: { chains: Set<string>; rules: string[] } | undefined;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('*')) {
+      current = { chains: new Set(), rules: [] };
+      out[line.slice(1).trim()] = current;
+    } else if (!current) {
+      continue;
+    } else if (line.startsWith(':')) {
+      current.chains.add(line.slice(1).split(' ')[0]!);
+    } else if (line.startsWith('-A ')) {
+      current.rules.push(line);
+    }
+  }
+  return out;
+}
+
+interface Jump {
+  table: 'nat' | 'filter';
+  from: string;
+  spec: string;
+  to: string;
+}
+
+function jumps(c: Chains): Jump[] {
+  const local = '-m addrtype --dst-type LOCAL';
+  return [
+    { table: 'nat', from: 'PREROUTING', spec: `${local} -m comment --comment "berth hostPorts"`, to: c.hostports },
+    { table: 'nat', from: 'OUTPUT', spec: `${local} -m comment --comment "berth hostPorts"`, to: c.hostports },
+    { table: 'nat', from: 'POSTROUTING', spec: '-m comment --comment "berth masquerade"', to: c.postrouting },
+    { table: 'filter', from: 'FORWARD', spec: '-m comment --comment "berth forward"', to: c.forward },
+  ];
+}
+
+function hasJump(saved: SavedTables, j: Jump): boolean {
+  const rules = saved[j.table]?.rules ?? [];
+  return rules.some((r) => r.startsWith(`-A ${j.from} `) && r.endsWith(` -j ${j.to}`));
+}
+
+/** The per-pod comment in a saved rule, or undefined. */
+export function podOfRule(rule: string): string | undefined {
+  const m = /--comment "?berth-pod:([0-9a-zA-Z_.-]+)"?/.exec(rule);
+  return m?.[1];
+}
+
+export interface BaseRulesInput {
+  chains: Chains;
+  bridge: string;
+  /** Pod subnets in use (the current one first). */
+  subnets: string[];
+  saved: SavedTables;
+  /** Pods whose DNAT rules stay; rules of any other pod in P-HOSTPORTS are deleted. */
+  livePods: ReadonlySet<string>;
+}
+
+/** The start-time batch: chains, static rules, jumps (only those missing), stale per-pod rules deleted. */
+export function baseRules(input: BaseRulesInput): string {
+  const { chains: c, bridge, subnets, saved } = input;
+  const nat: string[] = ['*nat'];
+  const natSaved = saved.nat ?? { chains: new Set<string>(), rules: [] };
+  if (!natSaved.chains.has(c.hostports)) nat.push(`:${c.hostports} - [0:0]`);
+  nat.push(`:${c.postrouting} - [0:0]`);
+  nat.push(`-A ${c.postrouting} -s 127.0.0.0/8 -o ${bridge} -m comment --comment "berth: node to hostPort via loopback" -j MASQUERADE`);
+  for (const s of subnets) {
+    nat.push(`-A ${c.postrouting} -s ${s} -d ${s} -m conntrack --ctstate DNAT -m comment --comment "berth: hairpin" -j MASQUERADE`);
+    nat.push(`-A ${c.postrouting} -s ${s} ! -d ${s} -m comment --comment "berth: pod traffic leaving the subnet" -j MASQUERADE`);
+  }
+  for (const rule of natSaved.rules) {
+    if (!rule.startsWith(`-A ${c.hostports} `)) continue;
+    const pod = podOfRule(rule);
+    if (pod !== undefined && !input.livePods.has(pod)) nat.push('-D' + rule.slice(2));
+  }
+  const filter: string[] = ['*filter', `:${c.forward} - [0:0]`];
+  filter.push(`-A ${c.forward} -o ${bridge} -m comment --comment "berth: to pods" -j ACCEPT`);
+  filter.push(`-A ${c.forward} -i ${bridge} -m comment --comment "berth: from pods" -j ACCEPT`);
+  for (const j of jumps(c)) {
+    if (hasJump(saved, j)) continue;
+    (j.table === 'nat' ? nat : filter).push(`-I ${j.from} 1 ${j.spec} -j ${j.to}`);
+  }
+  return [...nat, 'COMMIT', ...filter, 'COMMIT', ''].join('\n');
+}
+
+/** A pod's DNAT rules, to add (`-A`) or delete (`-D`). Empty when the pod has no hostPorts. */
+export function podRules(chains: Chains, podId: string, ip: string, ports: HostPort[], op: '-A' | '-D'): string {
+  if (ports.length === 0) return '';
+  const lines = ['*nat'];
+  for (const p of ports) {
+    const dst = p.hostIp ? `-d ${p.hostIp}/32 ` : '';
+    lines.push(
+      `${op} ${chains.hostports} ${dst}-p ${p.protocol} -m ${p.protocol} --dport ${p.hostPort} -m comment --comment "${podComment(podId)}" ` +
+        `-j DNAT --to-destination ${ip}:${p.containerPort}`,
+    );
+  }
+  lines.push('COMMIT', '');
+  return lines.join('\n');
+}
+
+/** Deletes whatever rules of `podId` the saved nat table holds in P-HOSTPORTS (fallback when podRules -D fails). */
+export function deletePodRules(chains: Chains, saved: SavedTables, podId: string): string {
+  const rules = (saved.nat?.rules ?? []).filter((r) => r.startsWith(`-A ${chains.hostports} `) && podOfRule(r) === podId);
+  if (rules.length === 0) return '';
+  return ['*nat', ...rules.map((r) => '-D' + r.slice(2)), 'COMMIT', ''].join('\n');
+}
+
+/** Removes berth's chains and jumps entirely (tests, and an operator who drops the embedded network). */
+export function removeAll(chains: Chains, saved: SavedTables): string {
+  const nat: string[] = ['*nat'];
+  const filter: string[] = ['*filter'];
+  for (const j of jumps(chains)) {
+    for (const r of saved[j.table]?.rules ?? []) {
+      if (r.startsWith(`-A ${j.from} `) && r.endsWith(` -j ${j.to}`)) (j.table === 'nat' ? nat : filter).push('-D' + r.slice(2));
+    }
+  }
+  for (const chain of [chains.hostports, chains.postrouting]) {
+    if (saved.nat?.chains.has(chain)) nat.push(`-F ${chain}`, `-X ${chain}`);
+  }
+  if (saved.filter?.chains.has(chains.forward)) filter.push(`-F ${chains.forward}`, `-X ${chains.forward}`);
+  return [...nat, 'COMMIT', ...filter, 'COMMIT', ''].join('\n');
+}
