@@ -1,7 +1,8 @@
-// npm run bench: sequential pod/container lifecycle cycles against a freshly started berth (and optionally
-// another CRI runtime), timed per RPC from this process over gRPC.
+// npm run bench: latency, density and memory of a freshly started berth (and optionally another CRI runtime in the
+// same run), measured over gRPC from this process.
 //
-//   node dist/bench/main.js [--quick] [--cycles N] [--endpoint unix:///path] [--image REF] [--out DIR]
+//   node dist/bench/main.js [--quick] [--cycles N] [--pulls N] [--concurrent 20,50] [--memory-pods N]
+//                           [--endpoint unix:///path] [--registry HOST:PORT] [--image REF] [--out DIR]
 
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -10,24 +11,43 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startBerth, type BerthProcess } from '../test/helpers/berth.js';
 import { startRegistry, type Registry } from '../test/helpers/registry.js';
-import { busyboxLayer, pushImage, DEFAULT_PATH_ENV } from '../test/helpers/images.js';
+import { busyboxLayer, pushImage, DEFAULT_PATH_ENV, type PushedImage } from '../test/helpers/images.js';
 import { criClient, type CriClient } from './cri-client.js';
 import { emptySamples, Interrupted, removeLeftovers, runCycle, type Leftovers } from './lifecycle.js';
-import { renderMarkdown, renderTables, toJson, type BenchResult, type HostInfo, type RuntimeRun } from './report.js';
-import { nsToMs } from './stats.js';
+import type { BenchResult, HostInfo, MemUsage, RuntimeRun } from './model.js';
+import { measureConcurrent, measureDaemon, measureMemory, measurePull } from './phases.js';
+import { pidsListeningOn, processTable } from './procfs.js';
+import { renderMarkdown, renderTables, toJson } from './report.js';
+import { renderSvg } from './svg.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const DEFAULT_OUT = path.resolve(here, '../../bench/results');
-const USAGE = 'usage: node dist/bench/main.js [--quick] [--cycles N] [--endpoint unix:///path] [--image REF] [--out DIR]';
+const USAGE =
+  'usage: node dist/bench/main.js [--quick] [--cycles N] [--pulls N] [--concurrent 20,50] [--memory-pods N]\n' +
+  '                               [--endpoint unix:///path] [--registry HOST:PORT] [--image REF] [--out DIR]\n' +
+  '  --quick        2 cycles, 1 cold + 1 warm pull, 5 pods at once, 3 pods for memory\n' +
+  '  --endpoint     also measure the CRI runtime there, same run, and compare\n' +
+  '  --registry     push the bench image to this plain-HTTP registry (e.g. 127.0.0.1:5000) instead of a private one;\n' +
+  '                 both runtimes pull it from there\n' +
+  '  --image        image for the --endpoint runtime (default: the bench image)';
 
-interface Options {
+export interface Options {
   cycles: number;
+  pulls: number;
+  concurrent: number[];
+  memoryPods: number;
   endpoint?: string;
+  registry?: string;
   image?: string;
   out: string;
 }
 
 class UsageError extends Error {}
+
+function positive(name: string, value: string, allowZero = false): number {
+  if (!(allowZero ? /^\d+$/ : /^[1-9]\d*$/).test(value)) throw new UsageError(`--${name} must be a ${allowZero ? 'non-negative' : 'positive'} integer, not ${JSON.stringify(value)}`);
+  return Number(value);
+}
 
 function options(argv: string[]): Options | 'help' {
   let parsed;
@@ -37,7 +57,11 @@ function options(argv: string[]): Options | 'help' {
       options: {
         quick: { type: 'boolean', default: false },
         cycles: { type: 'string' },
+        pulls: { type: 'string' },
+        concurrent: { type: 'string' },
+        'memory-pods': { type: 'string' },
         endpoint: { type: 'string' },
+        registry: { type: 'string' },
         image: { type: 'string' },
         out: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
@@ -49,24 +73,47 @@ function options(argv: string[]): Options | 'help' {
     throw new UsageError((err as Error).message);
   }
   if (parsed.help) return 'help';
-  let cycles = parsed.quick ? 2 : 20;
-  if (parsed.cycles !== undefined) {
-    if (!/^[1-9]\d*$/.test(parsed.cycles)) throw new UsageError(`--cycles must be a positive integer, not ${JSON.stringify(parsed.cycles)}`);
-    cycles = Number(parsed.cycles);
+  const quick = parsed.quick;
+  const cycles = parsed.cycles !== undefined ? positive('cycles', parsed.cycles) : quick ? 2 : 20;
+  const pulls = parsed.pulls !== undefined ? positive('pulls', parsed.pulls) : quick ? 1 : 3;
+  const memoryPods = parsed['memory-pods'] !== undefined ? positive('memory-pods', parsed['memory-pods'], true) : quick ? 3 : 30;
+  let concurrent = quick ? [5] : [20, 50];
+  if (parsed.concurrent !== undefined) {
+    concurrent = parsed.concurrent === '' || parsed.concurrent === '0' ? [] : parsed.concurrent.split(',').map((v) => positive('concurrent', v.trim()));
   }
   if (parsed.image !== undefined && parsed.endpoint === undefined) throw new UsageError('--image names the image for --endpoint; give --endpoint too');
   if (parsed.endpoint !== undefined && !parsed.endpoint.includes('://')) {
     throw new UsageError(`--endpoint must be a URL like unix:///run/containerd/containerd.sock, not ${JSON.stringify(parsed.endpoint)}`);
   }
-  return { cycles, endpoint: parsed.endpoint, image: parsed.image, out: path.resolve(parsed.out ?? DEFAULT_OUT) };
+  if (parsed.registry !== undefined && !/^[A-Za-z0-9.-]+(:\d+)?$/.test(parsed.registry)) {
+    throw new UsageError(`--registry must be HOST or HOST:PORT, not ${JSON.stringify(parsed.registry)}`);
+  }
+  return {
+    cycles,
+    pulls,
+    concurrent,
+    memoryPods,
+    endpoint: parsed.endpoint,
+    registry: parsed.registry,
+    image: parsed.image,
+    out: path.resolve(parsed.out ?? DEFAULT_OUT),
+  };
 }
 
 function hostInfo(): HostInfo {
   const cpus = os.cpus();
-  return { node: process.version, os: `${os.type()} ${os.release()}`, arch: os.arch(), cpus: cpus.length, cpuModel: cpus[0]?.model.trim() ?? 'unknown' };
+  return {
+    node: process.version,
+    os: `${os.type()} ${os.release()}`,
+    arch: os.arch(),
+    cpus: cpus.length,
+    cpuModel: cpus[0]?.model.trim() ?? 'unknown',
+    memTotalMiB: Math.round(os.totalmem() / 2 ** 20),
+  };
 }
 
 const progress = (msg: string) => process.stderr.write(`bench: ${msg}\n`);
+const message = (err: unknown) => (err instanceof Error ? err.message : String(err));
 
 interface Identity {
   runtimeName?: string;
@@ -83,48 +130,114 @@ async function identify(cri: CriClient): Promise<Identity> {
   }
 }
 
-/** Pull (timed), then `cycles` lifecycles. When `ownImage`, an image this run pulled is removed again afterwards. */
-async function measure(
-  label: string | undefined,
-  cri: CriClient,
-  id: Identity,
-  image: string,
-  cycles: number,
-  ownImage: boolean,
-  signal: AbortSignal,
-): Promise<RuntimeRun> {
-  if (signal.aborted) throw new Interrupted();
-  const { runtimeName, runtimeVersion } = id;
-  const name = label ?? (runtimeName && runtimeName !== 'berth' ? runtimeName : 'other');
-  const present = ownImage ? false : Boolean((await cri.images.ImageStatus({ image: { image } })).image);
-  progress(`${name}: pulling ${image}`);
-  const t0 = process.hrtime.bigint();
-  try {
-    await cri.images.PullImage({ image: { image } });
-  } catch (err) {
-    const hint = ownImage ? '' : ' (use --image REF for an image this runtime can pull, or configure the bench registry as insecure in it)';
-    throw new Error(`${(err as Error).message}${hint}`);
-  }
-  const pullMs = nsToMs(process.hrtime.bigint() - t0);
+interface Target {
+  label: string;
+  cri: CriClient;
+  id: Identity;
+  image: string;
+  daemonPid?: number;
+  daemonNote?: string;
+  /** Hex digests of the image's blobs and layers, to check them gone before cold pulls. */
+  layerHexes?: string[];
+  /** Remove the image at the end unless it was present before (another runtime's store is left as found). */
+  restoreImage: boolean;
+  scratch?: Record<string, string>;
+}
 
+/** The daemon behind a unix:// endpoint: the process holding its listening socket. */
+async function daemonOf(endpoint: string): Promise<{ pid?: number; note: string }> {
+  if (!endpoint.startsWith('unix://')) return { note: 'not a unix socket endpoint: daemon memory not measured' };
+  const sock = endpoint.slice('unix://'.length);
+  const pids = (await pidsListeningOn(sock).catch(() => [] as number[])).filter((p) => p !== 1);
+  if (pids.length === 0) return { note: `no process found holding ${sock} (/proc/net/unix + /proc/*/fd)` };
+  const procs = new Map((await processTable()).map((p) => [p.pid, p]));
+  // The daemon is the holder whose parent does not hold the socket too.
+  const pid = pids.find((p) => !pids.includes(procs.get(p)?.ppid ?? -1)) ?? pids[0]!;
+  return { pid, note: `${procs.get(pid)?.comm ?? 'process'} found holding ${sock}${pids.length > 1 ? ` (of ${pids.length} holders)` : ''}` };
+}
+
+/** Every measurement against one runtime. A failed phase is recorded in run.errors and the next one runs. */
+async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atStart?: MemUsage): Promise<RuntimeRun> {
+  const { cri, image } = t;
   const samples = emptySamples();
-  const left: Leftovers = { pods: new Set(), containers: new Set() };
+  const run: RuntimeRun = {
+    label: t.label,
+    endpoint: cri.endpoint,
+    runtimeName: t.id.runtimeName,
+    runtimeVersion: t.id.runtimeVersion,
+    image,
+    samples,
+    concurrent: [],
+    errors: [],
+    ...(t.scratch ? { scratch: t.scratch } : {}),
+  };
+  const name = t.label;
+  atStart ??= await measureDaemon(t.daemonPid);
+  const phase = async (what: string, fn: () => Promise<void>) => {
+    if (signal.aborted) throw new Interrupted();
+    progress(`${name}: ${what}`);
+    try {
+      await fn();
+    } catch (err) {
+      if (err instanceof Interrupted || signal.aborted) throw err instanceof Interrupted ? err : new Interrupted();
+      run.errors.push(`${what}: ${message(err)}`);
+      progress(`${name}: ${what} failed: ${message(err)}`);
+    }
+  };
+  const presentBefore = Boolean((await cri.images.ImageStatus({ image: { image } })).image);
   try {
-    for (let i = 1; i <= cycles; i++) {
-      await runCycle(cri, image, samples, left, signal);
-      const full = samples['full cycle'];
-      progress(`${name}: cycle ${i}/${cycles} ${full[full.length - 1]!.toFixed(1)} ms`);
+    await phase(`PullImage ${image} (${opts.pulls} cold, ${opts.pulls} warm)`, async () => {
+      run.pull = await measurePull(cri, image, { cold: opts.pulls, warm: opts.pulls, layerHexes: t.layerHexes, signal });
+    });
+    if (!(await cri.images.ImageStatus({ image: { image } })).image) {
+      try {
+        await cri.images.PullImage({ image: { image } });
+      } catch (err) {
+        const hint = t.label === 'berth' ? '' : ' (use --registry 127.0.0.1:5000 or --image REF for an image this runtime can pull)';
+        throw new Error(`${message(err)}${hint}`);
+      }
+    }
+
+    await phase(`${opts.cycles} sequential cycles (after 1 warm-up)`, async () => {
+      const left: Leftovers = { pods: new Set(), containers: new Set() };
+      try {
+        await runCycle(cri, image, emptySamples(), left, signal);
+        for (let i = 1; i <= opts.cycles; i++) {
+          await runCycle(cri, image, samples, left, signal);
+          const full = samples['full cycle'];
+          if (i === opts.cycles || i % 5 === 0) progress(`${name}: cycle ${i}/${opts.cycles} ${full[full.length - 1]!.toFixed(1)} ms`);
+        }
+      } finally {
+        if (left.pods.size || left.containers.size) for (const e of await removeLeftovers(cri, left)) progress(`${name}: cleanup: ${e}`);
+      }
+    });
+
+    await phase(`memory: idle, then ${opts.memoryPods} pods running`, async () => {
+      run.memory = await measureMemory(cri, image, { daemonPid: t.daemonPid, pods: opts.memoryPods, signal });
+      run.memory.atStart = atStart;
+      if (t.daemonNote) run.memory.daemonNote = t.daemonNote;
+    });
+
+    for (const n of opts.concurrent) {
+      await phase(`${n} pods at once`, async () => {
+        const c = await measureConcurrent(cri, image, n, signal);
+        run.concurrent.push(c);
+        progress(`${name}: ${n} pods running after ${c.wallMs.toFixed(0)} ms${c.failures.length ? `, ${c.failures.length} failures: ${c.failures[0]}` : ''}`);
+      });
+    }
+    // Every phase removes its pods; one that did not is a bench (or runtime) bug worth failing on.
+    const { items } = await cri.runtime.ListPodSandbox({ filter: { label_selector: { app: 'berth-bench' } } });
+    if (items.length) {
+      run.errors.push(`${items.length} bench pods left behind: ${items.map((p) => p.id.slice(0, 12)).join(', ')}`);
+      const left: Leftovers = { pods: new Set(items.map((p) => p.id)), containers: new Set() };
+      for (const e of await removeLeftovers(cri, left)) progress(`${name}: cleanup: ${e}`);
     }
   } finally {
-    if (left.pods.size || left.containers.size) {
-      const errors = await removeLeftovers(cri, left);
-      for (const e of errors) progress(`${name}: cleanup: ${e}`);
-    }
-    if (!ownImage && !present) {
+    if (t.restoreImage && !presentBefore) {
       await cri.images.RemoveImage({ image: { image } }).catch((err: Error) => progress(`${name}: cleanup: ${err.message}`));
     }
   }
-  return { label: name, endpoint: cri.endpoint, runtimeName, runtimeVersion, image, pullMs, samples };
+  return run;
 }
 
 /**
@@ -148,16 +261,21 @@ async function stopBerth(berth: BerthProcess, graceMs: number): Promise<void> {
 async function writeResults(out: string, result: BenchResult): Promise<string[]> {
   await fs.mkdir(out, { recursive: true });
   const stamp = result.startedAt.replace(/[:.]/g, '-');
-  const md = renderMarkdown(result);
   const json = JSON.stringify(toJson(result), null, 2) + '\n';
-  const files: [string, string][] = [
-    [`${stamp}.md`, md],
-    [`${stamp}.json`, json],
-    ['latest.md', md],
-    ['latest.json', json],
-  ];
+  const svg = renderSvg(result);
+  const files: [string, string][] = [];
+  for (const base of [stamp, 'latest']) {
+    files.push([`${base}.md`, renderMarkdown(result, `${base}.svg`)], [`${base}.json`, json], [`${base}.svg`, svg]);
+  }
   for (const [name, text] of files) await fs.writeFile(path.join(out, name), text);
   return files.map(([name]) => path.join(out, name));
+}
+
+async function pushBenchImage(registryUrl: string): Promise<PushedImage> {
+  return pushImage({ url: registryUrl }, 'bench/busybox', 'v1', {
+    layers: [await busyboxLayer()],
+    config: { Env: [DEFAULT_PATH_ENV], Cmd: ['sh'] },
+  });
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -185,7 +303,7 @@ async function main(argv: string[]): Promise<number> {
       await registry?.stop().catch((err: Error) => progress(`registry cleanup: ${err.message}`));
       for (const c of clients) c.close();
     })());
-  // First signal: issue no further RPC; the running cycle stops, removes what it created, and cleanup follows.
+  // First signal: issue no further RPC; the running phase stops, removes what it created, and cleanup follows.
   // Second signal: clean up now and exit.
   const abort = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => {
@@ -210,34 +328,92 @@ async function main(argv: string[]): Promise<number> {
       clients.push(cri);
       other = { cri, id: await identify(cri) };
     }
-    progress('starting registry');
-    registry = await startRegistry();
-    const pushed = await pushImage(registry, 'bench/busybox', 'v1', {
-      layers: [await busyboxLayer()],
-      config: { Env: [DEFAULT_PATH_ENV], Cmd: ['sh'] },
-    });
+    let registryHost: string;
+    let pushed: PushedImage;
+    if (opts.registry) {
+      registryHost = opts.registry;
+      progress(`pushing the bench image to ${registryHost}`);
+      pushed = await pushBenchImage(`http://${registryHost}`).catch((err) => {
+        throw new Error(`cannot push to the registry at ${registryHost}: ${message(err)}`);
+      });
+    } else {
+      progress('starting registry');
+      registry = await startRegistry();
+      registryHost = registry.host;
+      pushed = await pushBenchImage(registry.url);
+    }
+    const layerHexes = [
+      pushed.configDigest,
+      ...pushed.layers.flatMap((l) => [l.digest, l.diffId]),
+    ].map((d) => d.replace(/^sha256:/, ''));
     progress(`pushed ${pushed.ref}; starting berth`);
-    berth = await startBerth({ config: `[registry]\ninsecure = [${JSON.stringify(registry.host)}]\n` });
+    berth = await startBerth({ config: `[registry]\ninsecure = [${JSON.stringify(registryHost)}]\n`, extraArgs: ['--log-level', 'info'] });
+    const berthAtStart = await measureDaemon(berth.child.pid);
 
     const berthClient = criClient(`unix://${berth.socket}`);
     clients.push(berthClient);
     phase = 'berth';
-    const runs: RuntimeRun[] = [await measure('berth', berthClient, await identify(berthClient), pushed.ref, opts.cycles, true, abort.signal)];
+    const runs: RuntimeRun[] = [];
+    runs.push(
+      await measureRuntime(
+        {
+          label: 'berth',
+          cri: berthClient,
+          id: await identify(berthClient),
+          image: pushed.ref,
+          daemonPid: berth.child.pid,
+          daemonNote: 'the berth process this bench started',
+          layerHexes,
+          restoreImage: false,
+          scratch: { berthDir: berth.dir, ...(registry ? { registryDir: registry.dir } : {}) },
+        },
+        opts,
+        abort.signal,
+        berthAtStart,
+      ),
+    );
     phase = 'other';
-    if (other) runs.push(await measure(undefined, other.cri, other.id, opts.image ?? pushed.ref, opts.cycles, false, abort.signal));
+    if (other) {
+      const image = opts.image ?? pushed.ref;
+      const daemon = await daemonOf(other.cri.endpoint);
+      progress(`other runtime: ${other.id.runtimeName ?? '?'} ${other.id.runtimeVersion ?? ''}; daemon: ${daemon.note}`);
+      const label = other.id.runtimeName && other.id.runtimeName !== 'berth' ? other.id.runtimeName : 'other';
+      runs.push(
+        await measureRuntime(
+          {
+            label,
+            cri: other.cri,
+            id: other.id,
+            image,
+            daemonPid: daemon.pid,
+            daemonNote: daemon.note,
+            layerHexes: image === pushed.ref ? layerHexes : undefined,
+            restoreImage: true,
+          },
+          opts,
+          abort.signal,
+        ),
+      );
+    }
     phase = 'report';
 
     const result: BenchResult = { startedAt, finishedAt: new Date().toISOString(), cycles: opts.cycles, host: hostInfo(), runs };
     process.stdout.write(renderTables(result));
     const files = await writeResults(opts.out, result);
     progress(`wrote ${files.join(', ')}`);
+    const errors = runs.flatMap((r) => r.errors.map((e) => `${r.label}: ${e}`));
+    if (errors.length) {
+      process.stderr.write(`bench: ${errors.length} phase(s) failed:\n${errors.map((e) => `  ${e}`).join('\n')}\n`);
+      if (berth) process.stderr.write(`last berth log lines:\n${berth.logs.slice(-30).join('\n')}\n`);
+      return 1;
+    }
     return 0;
   } catch (err) {
     if (err instanceof Interrupted || abort.signal.aborted) {
       process.stderr.write('bench interrupted\n');
       return 130;
     }
-    process.stderr.write(`bench failed: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`bench failed: ${message(err)}\n`);
     if (berth && phase !== 'other' && phase !== 'report') process.stderr.write(`last berth log lines:\n${berth.logs.slice(-30).join('\n')}\n`);
     return 1;
   } finally {

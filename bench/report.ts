@@ -1,41 +1,18 @@
 // Rendering benchmark results: markdown tables for people, a JSON object for tools. Pure: no I/O, no clocks.
 
+import { headlineMetrics, memorySummary, type BenchResult, type Metric, type RuntimeRun } from './model.js';
 import { summarize, type Summary } from './stats.js';
+import { evaluateTargets, type TargetResult, type Unit } from './targets.js';
 
-/** One runtime's measurements. */
-export interface RuntimeRun {
-  /** Short name used in column headers ('berth', 'containerd', …). */
-  label: string;
-  /** CRI endpoint measured, e.g. 'unix:///run/containerd/containerd.sock'. */
-  endpoint: string;
-  /** From the Version RPC, when it answered. */
-  runtimeName?: string;
-  runtimeVersion?: string;
-  /** Image reference the cycles ran. */
-  image: string;
-  /** Wall time of the initial PullImage, ms. */
-  pullMs?: number;
-  /** Row (RPC or composite step) → samples in ms. Rows appear in the report in insertion order. */
-  samples: Record<string, number[]>;
-}
-
-export interface HostInfo {
-  node: string;
-  os: string;
-  arch: string;
-  cpus: number;
-  cpuModel: string;
-}
-
-export interface BenchResult {
-  startedAt: string;
-  finishedAt: string;
-  /** Lifecycle cycles run against each runtime. */
-  cycles: number;
-  host: HostInfo;
-  /** runs[0] is berth; a second run is the runtime it is compared with. */
-  runs: RuntimeRun[];
-}
+export type {
+  BenchResult,
+  ConcurrentResult,
+  HostInfo,
+  MemoryResult,
+  PodMemory,
+  PullResult,
+  RuntimeRun,
+} from './model.js';
 
 export interface Row {
   name: string;
@@ -47,6 +24,19 @@ export function formatMs(ms: number): string {
   return Number.isFinite(ms) ? ms.toFixed(2) : '–';
 }
 
+/** MiB: 3 decimals below 10, else 1; '–' for a missing value. */
+export function formatMiB(mib: number): string {
+  if (!Number.isFinite(mib)) return '–';
+  return Math.abs(mib) < 10 ? mib.toFixed(3) : mib.toFixed(1);
+}
+
+export function formatValue(value: number | null, unit: Unit): string {
+  if (value === null) return '–';
+  return unit === 'ms' ? formatMs(value) : formatMiB(value);
+}
+
+const kibToMiB = (kib: number | undefined) => (kib === undefined ? NaN : kib / 1024);
+
 /** other/base as '1.23×'; '–' when either side is missing or the base is 0. */
 export function formatRatio(other: number, base: number): string {
   if (!Number.isFinite(other) || !Number.isFinite(base) || base === 0) return '–';
@@ -54,7 +44,7 @@ export function formatRatio(other: number, base: number): string {
 }
 
 function cell(text: string): string {
-  return text.replace(/\|/g, '\\|');
+  return text.replace(/\|/g, '\\|').replace(/\n/g, ' ');
 }
 
 function table(header: string[], align: ('l' | 'r')[], body: string[][]): string {
@@ -68,27 +58,83 @@ export function rowsOf(samples: Record<string, number[]>): Row[] {
 }
 
 /** Rows = RPCs; columns = n, min, median, p95, max (ms, 2 decimals). */
-export function markdownTable(rows: Row[]): string {
+export function markdownTable(rows: Row[], first = 'RPC'): string {
   return table(
-    ['RPC', 'n', 'min ms', 'median ms', 'p95 ms', 'max ms'],
+    [first, 'n', 'min ms', 'median ms', 'p95 ms', 'max ms'],
     ['l', 'r', 'r', 'r', 'r', 'r'],
     rows.map(({ name, summary: s }) => [cell(name), String(s.n), formatMs(s.min), formatMs(s.median), formatMs(s.p95), formatMs(s.max)]),
   );
 }
 
+function unionNames(a: Record<string, unknown>, b: Record<string, unknown>): string[] {
+  const names = [...Object.keys(a)];
+  for (const n of Object.keys(b)) if (!names.includes(n)) names.push(n);
+  return names;
+}
+
 /** base and other side by side: medians and p95s with other/base ratios. Rows in base's order, then other's extras. */
 export function comparisonTable(base: RuntimeRun, other: RuntimeRun): string {
-  const names = [...Object.keys(base.samples)];
-  for (const n of Object.keys(other.samples)) if (!names.includes(n)) names.push(n);
   const b = cell(base.label);
   const o = cell(other.label);
   return table(
     ['RPC', `${b} median ms`, `${o} median ms`, `median ${o}/${b}`, `${b} p95 ms`, `${o} p95 ms`, `p95 ${o}/${b}`],
     ['l', 'r', 'r', 'r', 'r', 'r', 'r'],
-    names.map((name) => {
+    unionNames(base.samples, other.samples).map((name) => {
       const x = summarize(base.samples[name] ?? []);
       const y = summarize(other.samples[name] ?? []);
       return [cell(name), formatMs(x.median), formatMs(y.median), formatRatio(y.median, x.median), formatMs(x.p95), formatMs(y.p95), formatRatio(y.p95, x.p95)];
+    }),
+  );
+}
+
+interface MetricPair {
+  name: string;
+  unit: 'ms' | 'MiB';
+  base: number;
+  other: number;
+}
+
+function metricPairs(base: RuntimeRun, other: RuntimeRun): MetricPair[] {
+  const a = new Map(headlineMetrics(base).map((m) => [m.name, m]));
+  const b = new Map(headlineMetrics(other).map((m) => [m.name, m]));
+  const names = [...a.keys()];
+  for (const n of b.keys()) if (!a.has(n)) names.push(n);
+  return names.map((name) => {
+    const m = (a.get(name) ?? b.get(name)) as Metric;
+    return { name, unit: m.unit, base: a.get(name)?.value ?? NaN, other: b.get(name)?.value ?? NaN };
+  });
+}
+
+/** Pulls, concurrent pods and memory side by side with other/base ratios. */
+export function headlineComparisonTable(base: RuntimeRun, other: RuntimeRun): string {
+  const b = cell(base.label);
+  const o = cell(other.label);
+  return table(
+    ['measure', 'unit', b, o, `${o}/${b}`],
+    ['l', 'l', 'r', 'r', 'r'],
+    metricPairs(base, other).map((p) => [cell(p.name), p.unit, formatValue(p.base, p.unit), formatValue(p.other, p.unit), formatRatio(p.other, p.base)]),
+  );
+}
+
+const metMark = (met: boolean | null) => (met === null ? 'not measured' : met ? 'met' : 'NOT MET');
+
+/** The issue's targets for base (berth), with the other runtime's value for reference when given. */
+export function targetsTable(base: RuntimeRun, other?: RuntimeRun): string {
+  const mine = evaluateTargets(base);
+  const theirs = other ? evaluateTargets(other) : undefined;
+  const header = ['target', 'limit', `${cell(base.label)}`, 'status', 'basis'];
+  const align: ('l' | 'r')[] = ['l', 'r', 'r', 'l', 'l'];
+  if (other) {
+    header.push(cell(other.label));
+    align.push('r');
+  }
+  return table(
+    header,
+    align,
+    mine.map((t, i) => {
+      const row = [cell(t.name), `≤ ${t.limit} ${t.unit}`, formatValue(t.value, t.unit), metMark(t.met), cell(t.basis)];
+      if (theirs) row.push(formatValue(theirs[i]!.value, t.unit));
+      return row;
     }),
   );
 }
@@ -98,72 +144,186 @@ function runTitle(run: RuntimeRun): string {
   return `${run.label}${version} — ${run.endpoint}`;
 }
 
-/** The tables: one per runtime, then the comparison when there are two. What main prints to stdout. */
+function pullSection(run: RuntimeRun): string {
+  const p = run.pull;
+  if (!p) return '';
+  const check = p.coldVerified === null ? 'layers on disk not checked' : p.coldVerified ? 'layer files checked gone before each cold pull' : 'layer files were NOT all gone before cold pulls';
+  return (
+    `PullImage (cold: after RemoveImage; ${check}):\n\n` +
+    markdownTable(rowsOf({ 'PullImage cold': p.cold, 'PullImage warm': p.warm }), 'pull') +
+    p.notes.map((n) => `\n- ${n}`).join('') +
+    (p.notes.length ? '\n' : '')
+  );
+}
+
+function concurrentSection(run: RuntimeRun): string {
+  if (run.concurrent.length === 0) return '';
+  return (
+    'Pods started at once (RunPodSandbox + CreateContainer + StartContainer until RUNNING, all issued together):\n\n' +
+    table(
+      ['pods', 'all running ms', 'per-pod p50 ms', 'per-pod p95 ms', 'per-pod max ms', 'teardown ms', 'failures'],
+      ['r', 'r', 'r', 'r', 'r', 'r', 'r'],
+      run.concurrent.map((c) => {
+        const s = summarize(c.perPodMs);
+        return [String(c.pods), formatMs(c.wallMs), formatMs(s.median), formatMs(s.p95), formatMs(s.max), formatMs(c.teardownMs), String(c.failures.length)];
+      }),
+    ) +
+    run.concurrent
+      .flatMap((c) => c.failures.slice(0, 3).map((f) => `\n- ${c.pods} pods: ${cell(f)}`))
+      .join('') +
+    (run.concurrent.some((c) => c.failures.length) ? '\n' : '')
+  );
+}
+
+function memorySection(run: RuntimeRun): string {
+  const m = run.memory;
+  if (!m) return '';
+  const s = memorySummary(m);
+  const rows: string[][] = [
+    ['daemon at start', m.atStart?.rssKiB, m.atStart?.pssKiB],
+    ['daemon idle (no pods)', m.idle?.rssKiB, m.idle?.pssKiB],
+    [`daemon with ${m.running ?? m.pods} pods`, m.withPods?.rssKiB, m.withPods?.pssKiB],
+    [`runtime-owned per pod (mean of ${m.perPod.length})`, s.perPodRssKiB, s.perPodPssKiB],
+    ['runtime-owned per pod (max)', s.perPodRssMaxKiB, s.perPodPssMaxKiB],
+  ].map(([name, rss, pss]) => [name as string, formatMiB(kibToMiB(rss as number | undefined)), formatMiB(kibToMiB(pss as number | undefined))]);
+  rows.push(['host MemAvailable drop per pod', formatMiB(kibToMiB(s.memAvailableDropPerPodKiB)), '']);
+  const lines = [
+    `daemon pid ${m.daemonPid ?? 'unknown'}${m.daemonNote ? ` (${m.daemonNote})` : ''}`,
+    `runtime processes per pod: ${s.processes || 'none found'}`,
+    ...m.notes,
+  ];
+  return (
+    'Memory (RSS and PSS from /proc/<pid>/smaps_rollup):\n\n' +
+    table(['memory', 'RSS MiB', 'PSS MiB'], ['l', 'r', 'r'], rows) +
+    lines.map((l) => `\n- ${cell(l)}`).join('') +
+    '\n'
+  );
+}
+
+/** The tables: per runtime, then the comparison when there are two, then the targets. What main prints to stdout. */
 export function renderTables(result: BenchResult): string {
   const parts: string[] = [];
   for (const run of result.runs) {
     parts.push(`### ${cell(runTitle(run))}\n`);
-    parts.push(`image \`${run.image}\`${run.pullMs !== undefined ? `, initial pull ${formatMs(run.pullMs)} ms` : ''}\n`);
-    parts.push(markdownTable(rowsOf(run.samples)));
+    parts.push(`image \`${run.image}\`\n`);
+    parts.push(`Sequential cycles:\n\n` + markdownTable(rowsOf(run.samples)));
+    for (const section of [pullSection(run), concurrentSection(run), memorySection(run)]) if (section) parts.push(section);
+    if (run.errors.length) parts.push(`Errors:\n${run.errors.map((e) => `\n- ${cell(e)}`).join('')}\n`);
   }
-  if (result.runs.length >= 2) {
-    const [base, other] = result.runs as [RuntimeRun, RuntimeRun];
+  const [base, other] = result.runs;
+  if (base && other) {
     parts.push(`### ${cell(other.label)} vs ${cell(base.label)}\n`);
     parts.push(comparisonTable(base, other));
+    const headline = metricPairs(base, other);
+    if (headline.length) parts.push(headlineComparisonTable(base, other));
+  }
+  if (base) {
+    parts.push(`### targets (${cell(base.label)}; reported, not asserted)\n`);
+    parts.push(targetsTable(base, other));
   }
   return parts.join('\n');
 }
 
 /** The whole markdown file: what was run, where, then the tables. */
-export function renderMarkdown(result: BenchResult): string {
+export function renderMarkdown(result: BenchResult, svgName?: string): string {
   const h = result.host;
   return (
-    `# berth CRI lifecycle benchmark\n\n` +
+    `# berth CRI benchmark\n\n` +
     `- started ${result.startedAt}, finished ${result.finishedAt}\n` +
     `- ${result.cycles} sequential cycles per runtime\n` +
-    `- host: ${h.os} ${h.arch}, ${h.cpus} × ${h.cpuModel}, node ${h.node}\n\n` +
+    `- host: ${h.os} ${h.arch}, ${h.cpus} × ${h.cpuModel}${h.memTotalMiB ? `, ${h.memTotalMiB} MiB` : ''}, node ${h.node}\n\n` +
+    (svgName ? `![latency distributions](${svgName})\n\n` : '') +
     renderTables(result)
   );
 }
 
-const round3 = (ms: number) => (Number.isFinite(ms) ? Math.round(ms * 1000) / 1000 : null);
+const round3 = (v: number) => (Number.isFinite(v) ? Math.round(v * 1000) / 1000 : null);
 
-/** A JSON-ready object: per runtime, per row, the summary and the raw samples (ms, µs precision). */
+function distJson(samples: number[]) {
+  const s = summarize(samples);
+  return { n: s.n, min: round3(s.min), median: round3(s.median), p95: round3(s.p95), max: round3(s.max), samples: samples.map(round3) };
+}
+
+function targetJson(t: TargetResult) {
+  return { id: t.id, name: t.name, limit: t.limit, unit: t.unit, value: t.value === null ? null : round3(t.value), met: t.met, basis: t.basis };
+}
+
+function runJson(run: RuntimeRun): Record<string, unknown> {
+  const m = run.memory;
+  const ms = m && memorySummary(m);
+  return {
+    label: run.label,
+    endpoint: run.endpoint,
+    ...(run.runtimeName !== undefined ? { runtimeName: run.runtimeName } : {}),
+    ...(run.runtimeVersion !== undefined ? { runtimeVersion: run.runtimeVersion } : {}),
+    image: run.image,
+    rows: Object.fromEntries(Object.entries(run.samples).map(([name, s]) => [name, distJson(s)])),
+    pull: run.pull ? { cold: distJson(run.pull.cold), warm: distJson(run.pull.warm), coldVerified: run.pull.coldVerified, notes: run.pull.notes } : null,
+    concurrent: run.concurrent.map((c) => ({
+      pods: c.pods,
+      wallMs: round3(c.wallMs),
+      perPod: distJson(c.perPodMs),
+      teardownMs: round3(c.teardownMs),
+      failures: c.failures,
+    })),
+    memory:
+      m && ms
+        ? {
+            unit: 'KiB',
+            pods: m.pods,
+            running: m.running ?? null,
+            daemonPid: m.daemonPid ?? null,
+            ...(m.daemonNote ? { daemonNote: m.daemonNote } : {}),
+            atStart: m.atStart ?? null,
+            idle: m.idle ?? null,
+            withPods: m.withPods ?? null,
+            perPod: {
+              mean: { rssKiB: round3(ms.perPodRssKiB), pssKiB: round3(ms.perPodPssKiB) },
+              max: { rssKiB: round3(ms.perPodRssMaxKiB), pssKiB: round3(ms.perPodPssMaxKiB) },
+              processes: ms.processes,
+              pods: m.perPod,
+            },
+            memAvailable: {
+              beforeKiB: m.memAvailableBeforeKiB ?? null,
+              afterKiB: m.memAvailableAfterKiB ?? null,
+              dropPerPodKiB: round3(ms.memAvailableDropPerPodKiB),
+            },
+            notes: m.notes,
+          }
+        : null,
+    targets: evaluateTargets(run).map(targetJson),
+    errors: run.errors,
+    ...(run.scratch ? { scratch: run.scratch } : {}),
+  };
+}
+
+/** A JSON-ready object: per runtime every measurement with summaries and raw samples (ms, µs precision). */
 export function toJson(result: BenchResult): Record<string, unknown> {
-  const summaryJson = (s: Summary) => ({ n: s.n, min: round3(s.min), median: round3(s.median), p95: round3(s.p95), max: round3(s.max) });
   const out: Record<string, unknown> = {
-    schema: 'berth-bench/1',
+    schema: 'berth-bench/2',
     unit: 'ms',
     startedAt: result.startedAt,
     finishedAt: result.finishedAt,
     cycles: result.cycles,
     host: { ...result.host },
-    runs: result.runs.map((run) => ({
-      label: run.label,
-      endpoint: run.endpoint,
-      ...(run.runtimeName !== undefined ? { runtimeName: run.runtimeName } : {}),
-      ...(run.runtimeVersion !== undefined ? { runtimeVersion: run.runtimeVersion } : {}),
-      image: run.image,
-      ...(run.pullMs !== undefined ? { pullMs: round3(run.pullMs) } : {}),
-      rows: Object.fromEntries(
-        Object.entries(run.samples).map(([name, s]) => [name, { ...summaryJson(summarize(s)), samples: s.map(round3) }]),
-      ),
-    })),
+    runs: result.runs.map(runJson),
+    targets: result.runs[0] ? evaluateTargets(result.runs[0]).map(targetJson) : [],
   };
-  if (result.runs.length >= 2) {
-    const [base, other] = result.runs as [RuntimeRun, RuntimeRun];
+  const [base, other] = result.runs;
+  if (base && other) {
     const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b !== 0 ? Math.round((a / b) * 1000) / 1000 : null);
-    const names = [...Object.keys(base.samples)];
-    for (const n of Object.keys(other.samples)) if (!names.includes(n)) names.push(n);
     out.comparison = {
       base: base.label,
       other: other.label,
       rows: Object.fromEntries(
-        names.map((name) => {
+        unionNames(base.samples, other.samples).map((name) => {
           const x = summarize(base.samples[name] ?? []);
           const y = summarize(other.samples[name] ?? []);
           return [name, { medianRatio: ratio(y.median, x.median), p95Ratio: ratio(y.p95, x.p95) }];
         }),
+      ),
+      metrics: Object.fromEntries(
+        metricPairs(base, other).map((p) => [p.name, { unit: p.unit, base: round3(p.base), other: round3(p.other), ratio: ratio(p.other, p.base) }]),
       ),
     };
   }

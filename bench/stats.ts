@@ -53,3 +53,22 @@ export function summarize(samples: readonly number[]): Summary {
 export function nsToMs(ns: bigint): number {
   return Number(ns) / 1e6;
 }
+
+/** What a box plot draws: whiskers at min/max, the box from q1 to q3 (nearest rank 25/75), median and p95 marks. */
+export interface Box extends Summary {
+  q1: number;
+  q3: number;
+}
+
+export function boxOf(samples: readonly number[]): Box {
+  const sorted = sortedCopy(samples);
+  return { ...summarize(sorted), q1: nearestRank(sorted, 25), q3: nearestRank(sorted, 75) };
+}
+
+/** Arithmetic mean; NaN when empty. */
+export function mean(samples: readonly number[]): number {
+  if (samples.length === 0) return NaN;
+  let sum = 0;
+  for (const s of samples) sum += s;
+  return sum / samples.length;
+}

@@ -92,8 +92,10 @@ const berthRun: RuntimeRun = {
   runtimeName: 'berth',
   runtimeVersion: '0.1.0',
   image: '127.0.0.1:5000/bench/busybox:v1',
-  pullMs: 42.1234,
   samples: { RunPodSandbox: [10, 20], StartContainer: [4, 6] },
+  pull: { cold: [42.1234], warm: [3], coldVerified: true, notes: [] },
+  concurrent: [],
+  errors: [],
 };
 const otherRun: RuntimeRun = {
   label: 'containerd',
@@ -102,6 +104,8 @@ const otherRun: RuntimeRun = {
   runtimeVersion: 'v1.7.0',
   image: 'docker.io/library/busybox:latest',
   samples: { RunPodSandbox: [30, 30], StartContainer: [5, 15], Extra: [1] },
+  concurrent: [],
+  errors: [],
 };
 const result = (runs: RuntimeRun[]): BenchResult => ({
   startedAt: '2024-01-01T00:00:00.000Z',
@@ -125,14 +129,14 @@ test('comparisonTable: medians and p95s side by side with other/berth ratios', (
 test('renderTables: a table per runtime, the comparison only with two', (t) => {
   const one = renderTables(result([berthRun]));
   t.true(one.includes('### berth (berth 0.1.0) — unix:///tmp/berth.sock'));
-  t.true(one.includes('initial pull 42.12 ms'));
+  t.true(one.includes('| PullImage cold | 1 | 42.12 | 42.12 | 42.12 | 42.12 |'));
   t.true(one.includes('| RunPodSandbox | 2 | 10.00 | 15.00 | 20.00 | 20.00 |'));
   t.false(one.includes(' vs '));
   const two = renderTables(result([berthRun, otherRun]));
   t.true(two.includes('### containerd (containerd v1.7.0) — unix:///run/containerd/containerd.sock'));
   t.true(two.includes('### containerd vs berth'));
   const md = renderMarkdown(result([berthRun]));
-  t.true(md.startsWith('# berth CRI lifecycle benchmark\n'));
+  t.true(md.startsWith('# berth CRI benchmark\n'));
   t.true(md.includes('2 sequential cycles per runtime'));
   t.true(md.endsWith(one));
 });
@@ -140,22 +144,23 @@ test('renderTables: a table per runtime, the comparison only with two', (t) => {
 test('toJson: summaries and samples per row, comparison ratios with two runs, round-trips through JSON', (t) => {
   const json = toJson(result([berthRun, otherRun]));
   t.deepEqual(JSON.parse(JSON.stringify(json)), json);
-  t.is(json.schema, 'berth-bench/1');
+  t.is(json.schema, 'berth-bench/2');
   t.is(json.cycles, 2);
   const runs = json.runs as Record<string, unknown>[];
   t.is(runs.length, 2);
-  t.is(runs[0]!.pullMs, 42.123);
-  t.false('pullMs' in runs[1]!);
+  t.deepEqual((runs[0]!.pull as Record<string, unknown>).cold, { n: 1, min: 42.123, median: 42.123, p95: 42.123, max: 42.123, samples: [42.123] });
+  t.is(runs[1]!.pull, null);
   t.deepEqual((runs[0]!.rows as Record<string, unknown>).RunPodSandbox, { n: 2, min: 10, median: 15, p95: 20, max: 20, samples: [10, 20] });
-  t.deepEqual(json.comparison, {
-    base: 'berth',
-    other: 'containerd',
-    rows: {
-      RunPodSandbox: { medianRatio: 2, p95Ratio: 1.5 },
-      StartContainer: { medianRatio: 2, p95Ratio: 2.5 },
-      Extra: { medianRatio: null, p95Ratio: null },
-    },
+  const comparison = json.comparison as Record<string, unknown>;
+  t.is(comparison.base, 'berth');
+  t.is(comparison.other, 'containerd');
+  t.deepEqual(comparison.rows, {
+    RunPodSandbox: { medianRatio: 2, p95Ratio: 1.5 },
+    StartContainer: { medianRatio: 2, p95Ratio: 2.5 },
+    Extra: { medianRatio: null, p95Ratio: null },
   });
+  // Only berth pulled: the metric is there with no ratio.
+  t.deepEqual((comparison.metrics as Record<string, unknown>)['PullImage cold (median)'], { unit: 'ms', base: 42.123, other: null, ratio: null });
   t.false('comparison' in toJson(result([berthRun])));
 });
 

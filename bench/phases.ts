@@ -1,0 +1,312 @@
+// The bench's measurements beyond the sequential cycles: PullImage cold and warm, many pods started at once, and
+// memory (the daemon's, the runtime's per pod, the host's). Driven over CRI only, from this process.
+
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { containerConfig, podConfig } from '../test/helpers/cri.js';
+import type { CriClient } from './cri-client.js';
+import { CONTAINER_COMMAND, Interrupted, STOP_TIMEOUT_S } from './lifecycle.js';
+import {
+  describeProcesses,
+  processTable,
+  readMemAvailable,
+  runtimeOwnedProcesses,
+  sumMemUsage,
+  type MemUsage,
+} from './procfs.js';
+import type { ConcurrentResult, MemoryResult, PodMemory, PullResult } from './model.js';
+import { nsToMs } from './stats.js';
+
+const RUNNING_TIMEOUT_MS = 60_000;
+const POLL_MS = 10;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const since = (t0: bigint) => nsToMs(process.hrtime.bigint() - t0);
+const message = (err: unknown) => (err instanceof Error ? err.message : String(err));
+
+function check(signal?: AbortSignal): void {
+  if (signal?.aborted) throw new Interrupted();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// PullImage
+
+/** Names (hex digests) of files or directories at most `depth` levels below `root` that are in `names`. */
+export async function findNamed(root: string, names: ReadonlySet<string>, depth: number): Promise<string[]> {
+  const found: string[] = [];
+  const walk = async (dir: string, left: number): Promise<void> => {
+    let entries;
+    try {
+      entries = await fs.readdir(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const full = path.join(dir, e.name);
+      if (names.has(e.name) || [...names].some((n) => e.name.startsWith(n) || e.name.includes(`-${n}`))) found.push(full);
+      else if (left > 1 && e.isDirectory()) await walk(full, left - 1);
+    }
+  };
+  await walk(root, depth);
+  return found;
+}
+
+export interface PullOptions {
+  cold: number;
+  warm: number;
+  /** Hex digests (compressed digests and diff ids) of the image's layers, when known: checked gone before a cold pull. */
+  layerHexes?: string[];
+  signal?: AbortSignal;
+}
+
+/**
+ * Cold pulls: RemoveImage, check that the image and its layer files are gone, then a timed PullImage. Warm pulls:
+ * PullImage of the image already present. Leaves the image present.
+ */
+export async function measurePull(cri: CriClient, image: string, opts: PullOptions): Promise<PullResult> {
+  const result: PullResult = { cold: [], warm: [], coldVerified: null, notes: [] };
+  const pull = async (): Promise<number> => {
+    check(opts.signal);
+    const t0 = process.hrtime.bigint();
+    await cri.images.PullImage({ image: { image } });
+    return since(t0);
+  };
+  // Where the layers live on disk: the parent of the image filesystem the runtime reports (berth: <root>/images,
+  // containerd: its root with io.containerd.content.v1.content and the overlayfs snapshotter below it).
+  let fsRoot: string | undefined;
+  try {
+    const info = await cri.images.ImageFsInfo({});
+    const mp = info.image_filesystems[0]?.fs_id?.mountpoint;
+    if (mp) fsRoot = path.dirname(mp);
+  } catch (err) {
+    result.notes.push(`ImageFsInfo failed: ${message(err)}`);
+  }
+  const names = new Set(opts.layerHexes ?? []);
+  const verdicts: boolean[] = [];
+  for (let i = 0; i < opts.cold; i++) {
+    check(opts.signal);
+    const present = (await cri.images.ImageStatus({ image: { image } })).image;
+    if (present) await cri.images.RemoveImage({ image: { image } });
+    const still = (await cri.images.ImageStatus({ image: { image } })).image;
+    if (still) throw new Error(`${image} is still listed after RemoveImage`);
+    if (names.size > 0 && fsRoot) {
+      const left = await findNamed(fsRoot, names, 4);
+      verdicts.push(left.length === 0);
+      if (left.length > 0 && i === 0) result.notes.push(`layer files still on disk after RemoveImage: ${left.slice(0, 3).join(', ')}${left.length > 3 ? ', …' : ''}`);
+    }
+    result.cold.push(await pull());
+  }
+  if (verdicts.length > 0) result.coldVerified = verdicts.every(Boolean);
+  else if (opts.cold > 0) result.notes.push(names.size === 0 ? 'layer digests unknown: cold pulls not checked on disk' : 'image filesystem unknown: cold pulls not checked on disk');
+  if (opts.cold === 0 || result.cold.length === 0) {
+    const present = (await cri.images.ImageStatus({ image: { image } })).image;
+    if (!present) await pull();
+  }
+  for (let i = 0; i < opts.warm; i++) result.warm.push(await pull());
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// pods
+
+export interface StartedPod {
+  podId: string;
+  containerId?: string;
+  /** RunPodSandbox issued → container RUNNING, ms. */
+  ms: number;
+}
+
+/** Pods this run created and has not removed yet. */
+export type PodSet = Set<string>;
+
+function benchPodConfig() {
+  const config = podConfig();
+  config.labels = { ...config.labels, app: 'berth-bench' };
+  return config;
+}
+
+/** RunPodSandbox + CreateContainer + StartContainer, then ContainerStatus until RUNNING. */
+export async function startPod(cri: CriClient, image: string, pods: PodSet, signal?: AbortSignal, t0 = process.hrtime.bigint()): Promise<StartedPod> {
+  check(signal);
+  const sandboxConfig = benchPodConfig();
+  const { pod_sandbox_id: podId } = await cri.runtime.RunPodSandbox({ config: sandboxConfig });
+  pods.add(podId);
+  check(signal);
+  const config = containerConfig(image, { command: CONTAINER_COMMAND });
+  const { container_id: containerId } = await cri.runtime.CreateContainer({ pod_sandbox_id: podId, config, sandbox_config: sandboxConfig });
+  check(signal);
+  await cri.runtime.StartContainer({ container_id: containerId });
+  const deadline = Date.now() + RUNNING_TIMEOUT_MS;
+  for (;;) {
+    const { status } = await cri.runtime.ContainerStatus({ container_id: containerId });
+    if (status?.state === 'CONTAINER_RUNNING') break;
+    if (status?.state === 'CONTAINER_EXITED' || status?.state === 'CONTAINER_UNKNOWN') {
+      throw new Error(`container ${containerId} is ${status.state}: exit ${status.exit_code}, ${status.reason} ${status.message}`);
+    }
+    if (Date.now() > deadline) throw new Error(`container ${containerId} not RUNNING after ${RUNNING_TIMEOUT_MS} ms`);
+    check(signal);
+    await sleep(POLL_MS);
+  }
+  return { podId, containerId, ms: since(t0) };
+}
+
+/** What kubelet does to a pod: stop and remove its containers, then stop and remove the sandbox. */
+export async function removePod(cri: CriClient, podId: string, pods: PodSet): Promise<void> {
+  const { containers } = await cri.runtime.ListContainers({ filter: { pod_sandbox_id: podId } });
+  for (const c of containers) {
+    await cri.runtime.StopContainer({ container_id: c.id, timeout: STOP_TIMEOUT_S });
+    await cri.runtime.RemoveContainer({ container_id: c.id });
+  }
+  await cri.runtime.StopPodSandbox({ pod_sandbox_id: podId });
+  await cri.runtime.RemovePodSandbox({ pod_sandbox_id: podId });
+  pods.delete(podId);
+}
+
+/** Removes every pod in `pods` in parallel; returns the errors met (best effort: a failed pod is retried once). */
+export async function removePods(cri: CriClient, pods: PodSet): Promise<string[]> {
+  const errors: string[] = [];
+  await Promise.all(
+    [...pods].map((id) =>
+      removePod(cri, id, pods).catch(async () => {
+        await cri.runtime.StopPodSandbox({ pod_sandbox_id: id }).catch(() => undefined);
+        await cri.runtime
+          .RemovePodSandbox({ pod_sandbox_id: id })
+          .then(() => pods.delete(id))
+          .catch((err) => void errors.push(`pod ${id}: ${message(err)}`));
+      }),
+    ),
+  );
+  return errors;
+}
+
+/** Runs fn over items with at most `limit` in flight; results in input order (settled). */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<PromiseSettledResult<R>[]> {
+  const out: PromiseSettledResult<R>[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      try {
+        out[i] = { status: 'fulfilled', value: await fn(items[i]!, i) };
+      } catch (reason) {
+        out[i] = { status: 'rejected', reason };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  return out;
+}
+
+/**
+ * `count` pods started at the same instant: wall time until every container runs and each pod's own time; then
+ * all of them removed at once (timed separately as teardown).
+ */
+export async function measureConcurrent(cri: CriClient, image: string, count: number, signal?: AbortSignal): Promise<ConcurrentResult> {
+  const pods: PodSet = new Set();
+  const result: ConcurrentResult = { pods: count, wallMs: NaN, perPodMs: [], teardownMs: NaN, failures: [] };
+  try {
+    const t0 = process.hrtime.bigint();
+    const settled = await Promise.allSettled(Array.from({ length: count }, () => startPod(cri, image, pods, signal, t0)));
+    result.wallMs = since(t0);
+    for (const s of settled) {
+      if (s.status === 'fulfilled') result.perPodMs.push(s.value.ms);
+      else if (s.reason instanceof Interrupted) throw s.reason;
+      else result.failures.push(message(s.reason));
+    }
+    const t1 = process.hrtime.bigint();
+    const errors = await removePods(cri, pods);
+    result.teardownMs = since(t1);
+    result.failures.push(...errors.map((e) => `teardown: ${e}`));
+  } finally {
+    if (pods.size) await removePods(cri, pods);
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// memory
+
+const parseInfo = (info: Record<string, string> | undefined): Record<string, unknown> => {
+  try {
+    return info?.info ? (JSON.parse(info.info) as Record<string, unknown>) : {};
+  } catch {
+    return {};
+  }
+};
+const pidField = (o: Record<string, unknown>, key: string): number[] => (typeof o[key] === 'number' && (o[key] as number) > 0 ? [o[key] as number] : []);
+
+export interface MemoryOptions {
+  /** The runtime daemon, when known. */
+  daemonPid?: number;
+  pods: number;
+  /** Pause after the pods run before measuring, ms. */
+  settleMs?: number;
+  signal?: AbortSignal;
+}
+
+async function daemonUsage(pid: number | undefined): Promise<MemUsage | undefined> {
+  if (pid === undefined) return undefined;
+  const u = await sumMemUsage([pid]);
+  return u.gone.length ? undefined : { rssKiB: u.rssKiB, pssKiB: u.pssKiB };
+}
+
+/** The daemon's memory now (undefined when its pid is unknown or gone). */
+export const measureDaemon = daemonUsage;
+
+/**
+ * Idle memory, then `pods` pods running: the daemon's RSS/PSS, per pod the summed RSS/PSS of the processes the runtime
+ * runs for it (runtimeOwnedProcesses), and the drop of the host's MemAvailable. The pods are removed afterwards.
+ */
+export async function measureMemory(cri: CriClient, image: string, opts: MemoryOptions): Promise<MemoryResult> {
+  const settleMs = opts.settleMs ?? 1000;
+  const result: MemoryResult = { pods: opts.pods, daemonPid: opts.daemonPid, perPod: [], notes: [] };
+  const pods: PodSet = new Set();
+  try {
+    await sleep(settleMs);
+    result.idle = await daemonUsage(opts.daemonPid);
+    result.memAvailableBeforeKiB = await readMemAvailable();
+    const settled = await mapLimit(Array.from({ length: opts.pods }), 8, () => startPod(cri, image, pods, opts.signal));
+    const started: StartedPod[] = [];
+    for (const s of settled) {
+      if (s.status === 'fulfilled') started.push(s.value);
+      else if (s.reason instanceof Interrupted) throw s.reason;
+      else result.notes.push(`pod failed to start: ${message(s.reason)}`);
+    }
+    result.running = started.length;
+    check(opts.signal);
+    await sleep(settleMs);
+    result.memAvailableAfterKiB = await readMemAvailable();
+    result.withPods = await daemonUsage(opts.daemonPid);
+
+    const procs = await processTable();
+    const exclude = [process.pid, ...(opts.daemonPid ? [opts.daemonPid] : [])];
+    for (const pod of started) {
+      const podInfo = parseInfo((await cri.runtime.PodSandboxStatus({ pod_sandbox_id: pod.podId, verbose: true })).info);
+      const ownPids = [...pidField(podInfo, 'initPid'), ...pidField(podInfo, 'pid')];
+      const workloadPids: number[] = [];
+      const containerIds: string[] = [];
+      const { containers } = await cri.runtime.ListContainers({ filter: { pod_sandbox_id: pod.podId } });
+      for (const c of containers) {
+        containerIds.push(c.id);
+        const info = parseInfo((await cri.runtime.ContainerStatus({ container_id: c.id, verbose: true })).info);
+        ownPids.push(...pidField(info, 'monitorPid'));
+        workloadPids.push(...pidField(info, 'pid'));
+      }
+      const owned = runtimeOwnedProcesses(procs, { podId: pod.podId, containerIds, ownPids, workloadPids, excludePids: exclude });
+      const usage = await sumMemUsage(owned.map((p) => p.pid));
+      const entry: PodMemory = {
+        podId: pod.podId,
+        pids: owned.map((p) => p.pid),
+        processes: describeProcesses(owned),
+        rssKiB: usage.rssKiB,
+        pssKiB: usage.pssKiB,
+      };
+      result.perPod.push(entry);
+    }
+    if (result.perPod.some((p) => p.pids.length === 0)) result.notes.push('no runtime process found for some pods');
+  } finally {
+    const errors = await removePods(cri, pods);
+    for (const e of errors) result.notes.push(`cleanup: ${e}`);
+  }
+  return result;
+}

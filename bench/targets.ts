@@ -1,0 +1,108 @@
+// The issue's targets, evaluated against one runtime's measurements. Reported by the bench, never asserted. Pure.
+
+import { memorySummary, type RuntimeRun } from './model.js';
+import { summarize } from './stats.js';
+
+export type Unit = 'ms' | 'MiB';
+
+export interface TargetResult {
+  id: string;
+  /** What is measured, as the table shows it. */
+  name: string;
+  /** The target: value ≤ limit. */
+  limit: number;
+  unit: Unit;
+  /** Measured value; null when this run did not measure it. */
+  value: number | null;
+  /** value ≤ limit; null when not measured. */
+  met: boolean | null;
+  /** How the value was obtained, or why it is missing. */
+  basis: string;
+}
+
+interface Measured {
+  value: number | null;
+  basis: string;
+}
+
+const finite = (v: number | undefined): number | null => (v !== undefined && Number.isFinite(v) ? v : null);
+
+function medianOf(run: RuntimeRun, row: string): Measured {
+  const s = run.samples[row] ?? [];
+  const v = finite(summarize(s).median);
+  return { value: v, basis: v === null ? `no ${row} samples` : `median of ${s.length}` };
+}
+
+/** Pods that the "all running" target counts. */
+export const CONCURRENT_TARGET_PODS = 20;
+/** Pods the memory targets are stated for. */
+export const MEMORY_TARGET_PODS = 30;
+
+interface TargetDef {
+  id: string;
+  name: string;
+  limit: number;
+  unit: Unit;
+  measure(run: RuntimeRun): Measured;
+}
+
+export const TARGETS: readonly TargetDef[] = [
+  { id: 'fromScratch', name: 'pod + container from scratch → RUNNING (median)', limit: 60, unit: 'ms', measure: (r) => medianOf(r, 'from scratch → RUNNING') },
+  { id: 'RunPodSandbox', name: 'RunPodSandbox (median)', limit: 30, unit: 'ms', measure: (r) => medianOf(r, 'RunPodSandbox') },
+  { id: 'StartContainer', name: 'StartContainer (median)', limit: 15, unit: 'ms', measure: (r) => medianOf(r, 'StartContainer') },
+  { id: 'StopContainer', name: 'StopContainer, process exits on SIGTERM (median)', limit: 15, unit: 'ms', measure: (r) => medianOf(r, 'StopContainer') },
+  { id: 'StopPodSandbox', name: 'StopPodSandbox (median)', limit: 20, unit: 'ms', measure: (r) => medianOf(r, 'StopPodSandbox') },
+  {
+    id: 'podRss',
+    name: 'runtime-owned RSS per pod (mean)',
+    limit: 1,
+    unit: 'MiB',
+    measure: (r) => {
+      const m = r.memory && memorySummary(r.memory);
+      const v = finite(m?.perPodRssKiB !== undefined ? m.perPodRssKiB / 1024 : undefined);
+      return { value: v, basis: v === null ? 'not measured' : `mean over ${r.memory!.perPod.length} pods` };
+    },
+  },
+  {
+    id: 'podPss',
+    name: 'runtime-owned PSS per pod (mean)',
+    limit: 0.3,
+    unit: 'MiB',
+    measure: (r) => {
+      const m = r.memory && memorySummary(r.memory);
+      const v = finite(m?.perPodPssKiB !== undefined ? m.perPodPssKiB / 1024 : undefined);
+      return { value: v, basis: v === null ? 'not measured' : `mean over ${r.memory!.perPod.length} pods` };
+    },
+  },
+  {
+    id: 'daemonRss',
+    name: `runtime daemon RSS with ${MEMORY_TARGET_PODS} pods`,
+    limit: 80,
+    unit: 'MiB',
+    measure: (r) => {
+      const m = r.memory;
+      const v = finite(m?.withPods ? m.withPods.rssKiB / 1024 : undefined);
+      if (v === null || !m) return { value: null, basis: 'not measured' };
+      return { value: v, basis: m.running === MEMORY_TARGET_PODS ? `${m.running} pods running` : `measured with ${m.running ?? m.pods} pods, not ${MEMORY_TARGET_PODS}` };
+    },
+  },
+  {
+    id: 'concurrent20',
+    name: `${CONCURRENT_TARGET_PODS} pods started at once, all running`,
+    limit: 2000,
+    unit: 'ms',
+    measure: (r) => {
+      const c = r.concurrent.find((x) => x.pods === CONCURRENT_TARGET_PODS);
+      if (!c) return { value: null, basis: `not measured (no ${CONCURRENT_TARGET_PODS}-pod run)` };
+      if (c.failures.length > 0 || c.perPodMs.length < c.pods) return { value: null, basis: `${c.failures.length} of ${c.pods} pods failed` };
+      return { value: finite(c.wallMs), basis: 'wall time' };
+    },
+  },
+];
+
+export function evaluateTargets(run: RuntimeRun): TargetResult[] {
+  return TARGETS.map((t) => {
+    const { value, basis } = t.measure(run);
+    return { id: t.id, name: t.name, limit: t.limit, unit: t.unit, value, met: value === null ? null : value <= t.limit, basis };
+  });
+}

@@ -1,0 +1,137 @@
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ROWS } from '../../bench/lifecycle.js';
+import { TARGETS } from '../../bench/targets.js';
+import { processesMentioning } from '../helpers/cri.js';
+
+// `npm run bench -- --quick` end to end, so the bench cannot rot: every measurement is in its JSON, and it leaves
+// nothing behind (no berth dir, mount, process or registry).
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const BENCH = path.resolve(here, '../../bench/main.js');
+const TIMEOUT_MS = 4 * 60_000;
+
+function runBench(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BENCH, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
+    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+    // SIGINT lets the bench clean up; a second one forces it.
+    const timer = setTimeout(() => {
+      child.kill('SIGINT');
+      setTimeout(() => child.kill('SIGINT'), 20_000).unref();
+    }, TIMEOUT_MS);
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+type Json = Record<string, any>;
+
+const usage = (t: any, what: string, m: Json | null) => {
+  t.truthy(m, `${what} measured`);
+  t.true(m!.rssKiB > 0, `${what} RSS > 0`);
+  t.true(m!.pssKiB > 0, `${what} PSS > 0`);
+};
+
+test('bench --quick measures everything and cleans up after itself', async (t) => {
+  t.timeout(TIMEOUT_MS + 60_000);
+  const out = await fs.mkdtemp(path.join(os.tmpdir(), 'bench-quick-'));
+  t.teardown(() => fs.rm(out, { recursive: true, force: true }));
+  const { code, stdout, stderr } = await runBench(['--quick', '--out', out]);
+  t.is(code, 0, `bench exited ${code}:\n${stderr.slice(-4000)}`);
+  if (code !== 0) return;
+
+  const json: Json = JSON.parse(await fs.readFile(path.join(out, 'latest.json'), 'utf8'));
+  t.is(json.schema, 'berth-bench/2');
+  t.is(json.cycles, 2);
+  t.is(json.runs.length, 1);
+  const run: Json = json.runs[0];
+  t.is(run.label, 'berth');
+  t.deepEqual(run.errors, []);
+
+  // sequential cycles: every RPC row and the composite rows
+  t.deepEqual(Object.keys(run.rows), [...ROWS]);
+  for (const name of ROWS) {
+    const row = run.rows[name];
+    if (name === 'ContainerStatus') t.true(row.n >= 2, name);
+    else t.is(row.n, 2, name);
+    t.true(row.min > 0 && row.median >= row.min && row.max >= row.p95, name);
+  }
+  t.true(run.rows['from scratch → RUNNING'].median > run.rows.RunPodSandbox.median);
+
+  // pulls
+  t.is(run.pull.cold.n, 1);
+  t.is(run.pull.warm.n, 1);
+  t.true(run.pull.cold.median > 0 && run.pull.warm.median > 0);
+  t.is(run.pull.coldVerified, true, `cold pulls not verified: ${run.pull.notes.join('; ')}`);
+
+  // pods at once
+  t.is(run.concurrent.length, 1);
+  const c = run.concurrent[0];
+  t.is(c.pods, 5);
+  t.deepEqual(c.failures, []);
+  t.is(c.perPod.n, 5);
+  t.true(c.wallMs >= c.perPod.max && c.teardownMs > 0);
+
+  // memory
+  const m = run.memory;
+  t.is(m.unit, 'KiB');
+  t.is(m.pods, 3);
+  t.is(m.running, 3);
+  t.true(m.daemonPid > 0);
+  usage(t, 'daemon at start', m.atStart);
+  usage(t, 'daemon idle', m.idle);
+  usage(t, 'daemon with pods', m.withPods);
+  t.is(m.perPod.pods.length, 3);
+  for (const pod of m.perPod.pods) {
+    t.true(pod.pids.length >= 1, `runtime processes of pod ${pod.podId}`);
+    t.true(pod.rssKiB > 0 && pod.pssKiB > 0);
+  }
+  t.regex(m.perPod.processes, /berth-shim/);
+  t.true(m.perPod.mean.rssKiB > 0 && m.perPod.mean.pssKiB > 0);
+  t.true(m.memAvailable.beforeKiB > 0 && m.memAvailable.afterKiB > 0);
+  t.is(typeof m.memAvailable.dropPerPodKiB, 'number');
+
+  // targets: all of them, each measured except the 20-pod one a quick run does not do
+  t.deepEqual(json.targets.map((x: Json) => x.id), TARGETS.map((d) => d.id));
+  for (const target of json.targets) {
+    if (target.id === 'concurrent20') {
+      t.is(target.value, null);
+      continue;
+    }
+    t.is(typeof target.value, 'number', target.id);
+    t.is(typeof target.met, 'boolean', target.id);
+  }
+
+  // the human outputs
+  const md = await fs.readFile(path.join(out, 'latest.md'), 'utf8');
+  t.true(md.includes('### targets'));
+  t.true(md.includes('![latency distributions](latest.svg)'));
+  t.true(stdout.includes('| RunPodSandbox |'));
+  const svg = await fs.readFile(path.join(out, 'latest.svg'), 'utf8');
+  t.true(svg.startsWith('<svg') && svg.trimEnd().endsWith('</svg>'));
+  t.true(svg.includes('data-row="PullImage cold"'));
+  const files = await fs.readdir(out);
+  t.is(files.filter((f) => f.endsWith('.json')).length, 2);
+
+  // nothing left behind
+  const { berthDir, registryDir } = run.scratch;
+  t.truthy(berthDir);
+  t.truthy(registryDir);
+  for (const dir of [berthDir, registryDir]) {
+    t.false(await fs.access(dir).then(() => true, () => false), `${dir} removed`);
+    t.deepEqual(await processesMentioning(dir), [], `no process mentions ${dir}`);
+  }
+  const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8');
+  t.deepEqual(mountinfo.split('\n').filter((l) => l.includes(berthDir)), []);
+});
