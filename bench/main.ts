@@ -213,16 +213,19 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
     });
 
     await phase(`memory: idle, then ${opts.memoryPods} pods running`, async () => {
-      run.memory = await measureMemory(cri, image, { daemonPid: t.daemonPid, pods: opts.memoryPods, signal });
-      run.memory.atStart = atStart;
-      if (t.daemonNote) run.memory.daemonNote = t.daemonNote;
+      const m = await measureMemory(cri, image, { daemonPid: t.daemonPid, pods: opts.memoryPods, signal });
+      m.atStart = atStart;
+      if (t.daemonNote) m.daemonNote = t.daemonNote;
+      run.memory = m;
+      if ((m.running ?? 0) < m.pods) throw new Error(`${m.pods - (m.running ?? 0)} of ${m.pods} pods did not start: ${m.notes[0] ?? ''}`);
     });
 
     for (const n of opts.concurrent) {
       await phase(`${n} pods at once`, async () => {
         const c = await measureConcurrent(cri, image, n, signal);
         run.concurrent.push(c);
-        progress(`${name}: ${n} pods running after ${c.wallMs.toFixed(0)} ms${c.failures.length ? `, ${c.failures.length} failures: ${c.failures[0]}` : ''}`);
+        progress(`${name}: ${n} pods running after ${c.wallMs.toFixed(0)} ms`);
+        if (c.failures.length) throw new Error(`${c.failures.length} failures, first: ${c.failures[0]}`);
       });
     }
     // Every phase removes its pods; one that did not is a bench (or runtime) bug worth failing on.

@@ -22,6 +22,8 @@ export interface ConcurrentResult {
   wallMs: number;
   /** Each successful pod: start instant → its container RUNNING, ms. */
   perPodMs: number[];
+  /** Per step (RunPodSandbox, CreateContainer, StartContainer, until RUNNING): each successful pod's time in it, ms. */
+  stages?: Record<string, number[]>;
   /** Removing them all at once afterwards (StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox), ms. */
   teardownMs: number;
   failures: string[];

@@ -114,7 +114,12 @@ export interface StartedPod {
   containerId?: string;
   /** RunPodSandbox issued → container RUNNING, ms. */
   ms: number;
+  /** Each step's own time, ms. */
+  stages: Record<Stage, number>;
 }
+
+export const STAGES = ['RunPodSandbox', 'CreateContainer', 'StartContainer', 'until RUNNING'] as const;
+export type Stage = (typeof STAGES)[number];
 
 /** Pods this run created and has not removed yet. */
 export type PodSet = Set<string>;
@@ -128,14 +133,24 @@ function benchPodConfig() {
 /** RunPodSandbox + CreateContainer + StartContainer, then ContainerStatus until RUNNING. */
 export async function startPod(cri: CriClient, image: string, pods: PodSet, signal?: AbortSignal, t0 = process.hrtime.bigint()): Promise<StartedPod> {
   check(signal);
+  const stages = {} as Record<Stage, number>;
+  let mark = process.hrtime.bigint();
+  const stage = (name: Stage) => {
+    const now = process.hrtime.bigint();
+    stages[name] = nsToMs(now - mark);
+    mark = now;
+  };
   const sandboxConfig = benchPodConfig();
   const { pod_sandbox_id: podId } = await cri.runtime.RunPodSandbox({ config: sandboxConfig });
   pods.add(podId);
+  stage('RunPodSandbox');
   check(signal);
   const config = containerConfig(image, { command: CONTAINER_COMMAND });
   const { container_id: containerId } = await cri.runtime.CreateContainer({ pod_sandbox_id: podId, config, sandbox_config: sandboxConfig });
+  stage('CreateContainer');
   check(signal);
   await cri.runtime.StartContainer({ container_id: containerId });
+  stage('StartContainer');
   const deadline = Date.now() + RUNNING_TIMEOUT_MS;
   for (;;) {
     const { status } = await cri.runtime.ContainerStatus({ container_id: containerId });
@@ -147,7 +162,8 @@ export async function startPod(cri: CriClient, image: string, pods: PodSet, sign
     check(signal);
     await sleep(POLL_MS);
   }
-  return { podId, containerId, ms: since(t0) };
+  stage('until RUNNING');
+  return { podId, containerId, ms: since(t0), stages };
 }
 
 /** What kubelet does to a pod: stop and remove its containers, then stop and remove the sandbox. */
@@ -203,13 +219,16 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (it
  */
 export async function measureConcurrent(cri: CriClient, image: string, count: number, signal?: AbortSignal): Promise<ConcurrentResult> {
   const pods: PodSet = new Set();
-  const result: ConcurrentResult = { pods: count, wallMs: NaN, perPodMs: [], teardownMs: NaN, failures: [] };
+  const result: ConcurrentResult = { pods: count, wallMs: NaN, perPodMs: [], stages: Object.fromEntries(STAGES.map((s) => [s, []])), teardownMs: NaN, failures: [] };
   try {
     const t0 = process.hrtime.bigint();
     const settled = await Promise.allSettled(Array.from({ length: count }, () => startPod(cri, image, pods, signal, t0)));
     result.wallMs = since(t0);
     for (const s of settled) {
-      if (s.status === 'fulfilled') result.perPodMs.push(s.value.ms);
+      if (s.status === 'fulfilled') {
+        result.perPodMs.push(s.value.ms);
+        for (const st of STAGES) result.stages![st]!.push(s.value.stages[st]);
+      }
       else if (s.reason instanceof Interrupted) throw s.reason;
       else result.failures.push(message(s.reason));
     }

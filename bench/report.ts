@@ -171,7 +171,30 @@ function concurrentSection(run: RuntimeRun): string {
     run.concurrent
       .flatMap((c) => c.failures.slice(0, 3).map((f) => `\n- ${c.pods} pods: ${cell(f)}`))
       .join('') +
-    (run.concurrent.some((c) => c.failures.length) ? '\n' : '')
+    (run.concurrent.some((c) => c.failures.length) ? '\n' : '') +
+    stagesTable(run)
+  );
+}
+
+/** Where a pod's time went when many start together: per step, median / p95 over the pods. */
+function stagesTable(run: RuntimeRun): string {
+  const withStages = run.concurrent.filter((c) => c.stages && Object.keys(c.stages).length);
+  if (withStages.length === 0) return '';
+  const names: string[] = [];
+  for (const c of withStages) for (const n of Object.keys(c.stages!)) if (!names.includes(n)) names.push(n);
+  return (
+    '\nPer pod, time in each step (median / p95 ms):\n\n' +
+    table(
+      ['pods', ...names.map(cell)],
+      ['r', ...names.map((): 'r' => 'r')],
+      withStages.map((c) => [
+        String(c.pods),
+        ...names.map((n) => {
+          const s = summarize(c.stages![n] ?? []);
+          return `${formatMs(s.median)} / ${formatMs(s.p95)}`;
+        }),
+      ]),
+    )
   );
 }
 
@@ -263,6 +286,7 @@ function runJson(run: RuntimeRun): Record<string, unknown> {
       pods: c.pods,
       wallMs: round3(c.wallMs),
       perPod: distJson(c.perPodMs),
+      stages: Object.fromEntries(Object.entries(c.stages ?? {}).map(([n, v]) => [n, distJson(v)])),
       teardownMs: round3(c.teardownMs),
       failures: c.failures,
     })),

@@ -412,3 +412,16 @@ test('mapLimit: at most `limit` in flight, results in order, failures settled', 
   t.is(peak, 2);
   t.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value : (r.reason as Error).message)), [10, 20, 30, 'four', 50, 60]);
 });
+
+test('pods at once: per-step medians and p95s in a table and in the JSON', (t) => {
+  const run: RuntimeRun = {
+    ...fast,
+    concurrent: [{ pods: 2, wallMs: 30, perPodMs: [20, 30], stages: { RunPodSandbox: [10, 20], CreateContainer: [5, 6] }, teardownMs: 5, failures: [] }],
+  };
+  const md = renderTables(result([run]));
+  t.true(md.includes('| pods | RunPodSandbox | CreateContainer |'));
+  t.true(md.includes('| 2 | 15.00 / 20.00 | 5.50 / 6.00 |'));
+  const c = ((toJson(result([run])).runs as Record<string, any>[])[0]!.concurrent as Record<string, any>[])[0]!;
+  t.deepEqual(c.stages.RunPodSandbox, { n: 2, min: 10, median: 15, p95: 20, max: 20, samples: [10, 20] });
+  t.false(renderTables(result([fast])).includes('time in each step'));
+});
