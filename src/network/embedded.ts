@@ -210,8 +210,11 @@ export class EmbeddedNetwork {
       chainPrefix: this.opts.chainPrefix,
       hostPorts: ports,
     };
+    const steps_ms: Record<string, number> = {};
+    const timed = <T>(name: string, p: Promise<T>) =>
+      p.finally(() => (steps_ms[name] = Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100));
     const steps = await Promise.allSettled([
-      addPodVeth({
+      timed('links', addPodVeth({
         what,
         bridge: this.opts.bridge,
         hostName: veth,
@@ -219,9 +222,8 @@ export class EmbeddedNetwork {
         mtu: this.mtu,
         address: `${ip}/${subnet.prefix}`,
         gateway: formatIp(gatewayOf(subnet)),
-      }),
-      iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-A'), what),
-      this.store.save(),
+      }, steps_ms)),
+      timed('hostPorts', iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-A'), what)),
     ]);
     const failed = steps.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) {
@@ -229,12 +231,14 @@ export class EmbeddedNetwork {
       if (steps[0]!.status === 'fulfilled') await deleteLink(veth, what).catch(() => undefined);
       release(this.store.state, req.podId);
       this.hostPorts.release(req.podId);
-      await this.store.save().catch(() => undefined);
       throw failed.reason;
     }
     this.track(req.podId, state);
+    // Not awaited: the sandbox record (written next) holds the address too, and start() takes back into IPAM
+    // whatever live pods hold, so a crash before this write lands loses nothing. It keeps an fsync off pod start.
+    this.persist();
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    this.opts.log.debug('pod network set up', { pod: req.podId, ip, veth, hostPorts: ports.length, ms: Math.round(ms * 100) / 100 });
+    this.opts.log.debug('pod network set up', { pod: req.podId, ip, veth, hostPorts: ports.length, ms: Math.round(ms * 100) / 100, doneAt: steps_ms });
     return { ip, additionalIps: [], state: { ...state } };
   }
 
@@ -258,6 +262,15 @@ export class EmbeddedNetwork {
     this.liveVeths.delete(raw.veth);
     if (freed.length > 0) await this.store.save();
     if (addressOf(this.store.state, req.podId)) throw new BerthError('internal', `${what}: address still allocated`);
+  }
+
+  private persist(): void {
+    this.store.save().catch((err) => this.opts.log.error('cannot write IPAM state', { file: this.store.file, error: errorMessage(err) }));
+  }
+
+  /** Waits for pending IPAM writes. */
+  async close(): Promise<void> {
+    await this.store.save();
   }
 
   /** True if `ip` is in a subnet this network hands out (for tests and diagnostics). */

@@ -68,6 +68,7 @@ export class NetworkManager implements PodNetwork {
 
   async close(): Promise<void> {
     this.cni.close();
+    await this.embedded.close();
   }
 }
 

@@ -1,6 +1,7 @@
-import { promises as fs } from 'node:fs';
+import { promises as fs, writeFileSync } from 'node:fs';
 import { BerthError } from '../errors.js';
 import { run } from './exec.js';
+import { bridgeAddPort, ifindexOf, linkUp } from './netdev.js';
 
 // Links and sysctls of the embedded network: the bridge, a veth pair per pod, the pod's address and route.
 // Commands run from the host; inside a pod's pinned netns through `nsenter --net=<file>` (never `ip netns`, whose
@@ -57,21 +58,30 @@ export interface VethRequest {
 }
 
 /**
- * Two commands: the pair is made in the host with its peer created straight inside the pod's netns, attached to
- * the bridge and up; then eth0 gets its address and default route from inside. Hairpin mode goes through sysfs.
+ * One spawn: inside the pod's netns, `ip -batch` makes the pair (eth0 there, the host end created straight in
+ * berth's netns), gives eth0 its address and default route. Then, in-process, the host end joins the bridge and
+ * comes up (ioctls), and hairpin mode is set through sysfs.
  */
-export async function addPodVeth(r: VethRequest): Promise<void> {
+export async function addPodVeth(r: VethRequest, timings?: Record<string, number>): Promise<void> {
+  const t0 = process.hrtime.bigint();
+  const mark = (name: string) => timings && (timings[name] = Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100);
   const mtu = String(r.mtu);
-  await run('ip', ['link', 'add', r.hostName, 'mtu', mtu, 'master', r.bridge, 'up', 'type', 'veth', 'peer', 'name', 'eth0', 'mtu', mtu, 'netns', r.netnsPath], {
-    what: `${r.what}: create veth ${r.hostName}`,
-  });
-  const inside = `addr add ${r.address} dev eth0\nlink set eth0 up\nroute add default via ${r.gateway} dev eth0\n`;
-  await Promise.all([
-    run('nsenter', [`--net=${r.netnsPath}`, 'ip', '-batch', '-'], { what: `${r.what}: configure eth0 in ${r.netnsPath}`, input: inside }),
-    fs.writeFile(`/sys/class/net/${r.hostName}/brport/hairpin_mode`, '1').catch((err: Error) => {
-      throw new BerthError('internal', `${r.what}: hairpin mode on ${r.hostName}: ${err.message}`);
-    }),
-  ]);
+  const inside =
+    `link add eth0 mtu ${mtu} type veth peer name ${r.hostName} mtu ${mtu} netns /proc/${process.pid}/ns/net\n` +
+    `addr add ${r.address} dev eth0\n` +
+    'link set eth0 up\n' +
+    `route add default via ${r.gateway} dev eth0\n`;
+  await run('nsenter', [`--net=${r.netnsPath}`, 'ip', '-batch', '-'], { what: `${r.what}: veth ${r.hostName} and eth0 in ${r.netnsPath}`, input: inside });
+  mark('ip');
+  try {
+    // sysfs reads and writes of a few bytes: synchronous is cheaper than a trip through the thread pool.
+    bridgeAddPort(r.bridge, r.hostName, ifindexOf(r.hostName));
+    linkUp(r.hostName);
+    writeFileSync(`/sys/class/net/${r.hostName}/brport/hairpin_mode`, '1');
+  } catch (err) {
+    throw err instanceof BerthError ? new BerthError(err.kind, `${r.what}: ${err.message}`) : new BerthError('internal', `${r.what}: ${r.hostName}: ${(err as Error).message}`);
+  }
+  mark('hostEnd');
 }
 
 /** Deletes a link; a missing one is fine. */
