@@ -94,24 +94,21 @@ int set_ids(uid_t uid, gid_t gid, const gid_t *groups, size_t ngroups, int set_g
     return 0;
 }
 
-int caps_finish(const struct capsets *caps, char *err, size_t errlen)
+/* Set effective/permitted/inheritable to the requested sets (intersected with what we hold) plus `extra`. */
+static int caps_set(const struct capsets *caps, uint64_t extra, uint64_t *perm_out, uint64_t *inh_out)
 {
-    if (!caps->present)
-        return 0;
     struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
     uint64_t have;
 
     memset(data, 0, sizeof data);
-    if (capget_all(data) < 0) {
-        fmt_err(err, errlen, "capabilities: capget", NULL, errno);
+    if (capget_all(data) < 0)
         return -1;
-    }
     /* We cannot grant what this process does not hold (e.g. CAP_SYS_RESOURCE on a
      * restricted host): every set is intersected with the current permitted set. */
     have = (uint64_t)data[0].permitted | ((uint64_t)data[1].permitted << 32);
-    uint64_t perm = caps->permitted & have;
-    uint64_t eff = caps->effective & perm;
+    uint64_t perm = (caps->permitted | extra) & have;
+    uint64_t eff = (caps->effective | extra) & perm;
     uint64_t inh = caps->inheritable & (have | ((uint64_t)data[0].inheritable | ((uint64_t)data[1].inheritable << 32)));
     data[0].effective = (uint32_t)eff;
     data[1].effective = (uint32_t)(eff >> 32);
@@ -119,7 +116,19 @@ int caps_finish(const struct capsets *caps, char *err, size_t errlen)
     data[1].permitted = (uint32_t)(perm >> 32);
     data[0].inheritable = (uint32_t)inh;
     data[1].inheritable = (uint32_t)(inh >> 32);
-    if (syscall(SYS_capset, &hdr, data) < 0) {
+    if (perm_out)
+        *perm_out = perm & ~(extra & ~caps->permitted);
+    if (inh_out)
+        *inh_out = inh;
+    return (int)syscall(SYS_capset, &hdr, data);
+}
+
+int caps_finish(const struct capsets *caps, uint64_t extra, char *err, size_t errlen)
+{
+    uint64_t perm, inh;
+    if (!caps->present)
+        return 0;
+    if (caps_set(caps, extra, &perm, &inh) < 0) {
         fmt_err(err, errlen, "capabilities: capset", NULL, errno);
         return -1;
     }
@@ -140,4 +149,32 @@ int caps_finish(const struct capsets *caps, char *err, size_t errlen)
     }
     prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
     return 0;
+}
+
+/* One capset: what caps_finish set, without its extra capabilities (ambient ones stay: they are in the
+ * requested permitted and inheritable sets). */
+int caps_drop_extra(const struct capsets *caps)
+{
+    return caps_set(caps, 0, NULL, NULL) < 0 ? -errno : 0;
+}
+
+int cap_effective(int cap)
+{
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (capget_all(data) < 0)
+        return 0;
+    return (int)((data[cap / 32].effective >> (cap % 32)) & 1);
+}
+
+int caps_raise_effective(void)
+{
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (capget_all(data) < 0)
+        return -errno;
+    data[0].effective = data[0].permitted;
+    data[1].effective = data[1].permitted;
+    return syscall(SYS_capset, &hdr, data) < 0 ? -errno : 0;
 }

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <sys/fsuid.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -22,6 +24,7 @@
 #include <unistd.h>
 
 static struct child_ctx *ctx;
+static int userns_fd = -1; /* a new user namespace: mounts are id-mapped to it, the init enters it last */
 
 __attribute__((noreturn)) static void child_fail_msg(const char *msg)
 {
@@ -144,20 +147,185 @@ int lock_flags(const char *path, unsigned long *flags)
     return 0;
 }
 
+/* ---------- user namespace: id-mapped mounts ---------- */
+
+/* A detached clone of the mount tree at path (open_tree), id-mapped to the new user namespace when there
+ * is one and idmap is set. *mapped tells whether it is: a filesystem without idmap support (EINVAL) keeps
+ * its ids. Returns an O_PATH fd, or -1 with errno. */
+static int clone_tree(const char *path, int rec, int idmap, int *mapped)
+{
+    int fd = open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (rec ? AT_RECURSIVE : 0));
+    *mapped = 0;
+    if (fd < 0 || !idmap || userns_fd < 0)
+        return fd;
+    struct mount_attr a;
+    memset(&a, 0, sizeof a);
+    a.attr_set = MOUNT_ATTR_IDMAP;
+    a.userns_fd = (uint64_t)userns_fd;
+    int r = mount_setattr(fd, "", AT_EMPTY_PATH | (rec ? AT_RECURSIVE : 0), &a, sizeof a);
+    if (r < 0 && rec && errno == EINVAL) /* a submount that cannot be id-mapped: the top mount at least */
+        r = mount_setattr(fd, "", AT_EMPTY_PATH, &a, sizeof a);
+    if (r == 0) {
+        *mapped = 1;
+    } else if (errno != EINVAL) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static int mnt_id_of(const char *path, uint64_t *id)
+{
+    struct statx stx;
+    if (statx(AT_FDCWD, path, 0, STATX_MNT_ID, &stx) < 0)
+        return -1;
+    *id = stx.stx_mnt_id;
+    return 0;
+}
+
+/* An id-mapped detached clone of a layer directory, named "/proc/self/fd/N[/rest]" (malloc'd). */
+static char *idmapped_layer(const char *dir, const char *rest, int *fd_out)
+{
+    int mapped;
+    int fd = clone_tree(dir, 0, 1, &mapped);
+    if (fd < 0)
+        child_fail("overlay: clone layer for id-mapping", dir, errno);
+    if (!mapped)
+        child_fail("overlay: the filesystem of this layer cannot be id-mapped:", dir, EINVAL);
+    char *p = malloc(strlen(rest) + 32);
+    if (!p)
+        child_fail("overlay", NULL, ENOMEM);
+    sprintf(p, "/proc/self/fd/%d%s", fd, rest);
+    *fd_out = fd;
+    return p;
+}
+
+/* upper and work must stay on one mount: id-map their lowest common directory on the mount of upper. */
+static void idmapped_upper_work(struct spec *s, char **upper, char **work, int *fd_out)
+{
+    const char *u = s->upper, *w = s->work;
+    size_t last = 0;
+    for (size_t i = 0; u[i] && u[i] == w[i]; i++)
+        if (u[i] == '/')
+            last = i;
+    char dir[PATH_MAX];
+    uint64_t want, have;
+    if (strlen(u) >= sizeof dir)
+        child_fail("overlay: upperdir", u, ENAMETOOLONG);
+    if (mnt_id_of(u, &want) < 0)
+        child_fail("overlay: upperdir", u, errno);
+    /* walk down along upper until the directory is on upper's mount */
+    for (;;) {
+        memcpy(dir, u, last);
+        dir[last] = 0;
+        if (mnt_id_of(last ? dir : "/", &have) < 0)
+            child_fail("overlay: statx", last ? dir : "/", errno);
+        if (have == want || !u[last])
+            break;
+        do
+            last++;
+        while (u[last] && u[last] != '/');
+    }
+    if (strncmp(w, u, last) != 0 || (w[last] && w[last] != '/'))
+        child_fail("overlay: workdir is not on the mount of upperdir", w, EINVAL);
+    free(idmapped_layer(last ? dir : "/", "", fd_out));
+    int fd = *fd_out;
+    *upper = malloc(strlen(u) + 32);
+    *work = malloc(strlen(w) + 32);
+    if (!*upper || !*work)
+        child_fail("overlay", NULL, ENOMEM);
+    sprintf(*upper, "/proc/self/fd/%d%s", fd, u + last);
+    sprintf(*work, "/proc/self/fd/%d%s", fd, w + last);
+}
+
+/* "uid=N" / "gid=N" in filesystem data name container ids: the host ids when a user namespace is new
+ * (the init mounts from the host's user namespace). Returns a malloc'd copy, or NULL when unchanged. */
+static char *map_data_ids(struct spec *s, const char *data)
+{
+    if (userns_fd < 0 || !data || (!strstr(data, "uid=") && !strstr(data, "gid=")))
+        return NULL;
+    char *out = malloc(strlen(data) + 64 * 8), *o = out;
+    if (!out)
+        child_fail("mount data", NULL, ENOMEM);
+    for (const char *p = data; *p;) {
+        size_t len = strcspn(p, ",");
+        long v;
+        char num[24];
+        int isuid = strncmp(p, "uid=", 4) == 0, isgid = strncmp(p, "gid=", 4) == 0;
+        if ((isuid || isgid) && len - 4 < sizeof num) {
+            memcpy(num, p + 4, len - 4);
+            num[len - 4] = 0;
+            if (parse_long(num, &v) == 0 && v >= 0 && v <= 0xffffffffL && o - out < 7 * 64) {
+                long long h = isuid ? map_id(s->uidmap, s->nuidmap, (uint32_t)v) : map_id(s->gidmap, s->ngidmap, (uint32_t)v);
+                if (h >= 0) {
+                    o += sprintf(o, "%cid=%lld,", p[0], h);
+                    p += len + (p[len] == ',');
+                    continue;
+                }
+            }
+        }
+        memcpy(o, p, len);
+        o += len;
+        *o++ = ',';
+        p += len + (p[len] == ',');
+    }
+    if (o > out)
+        o--;
+    *o = 0;
+    return out;
+}
+
+/* While the init builds the rootfs of a container with a new user namespace, files it creates (mount
+ * points, devices, /dev links, overlay work files; tmpfs roots) belong to the container's root: fsuid/fsgid
+ * are its host ids. The overlay keeps these credentials for its own work in the (id-mapped) upper layer. */
+static void act_as_container_root(struct spec *s)
+{
+    long long u = map_id(s->uidmap, s->nuidmap, 0), g = map_id(s->gidmap, s->ngidmap, 0);
+    if (u >= 0)
+        setfsuid((uid_t)u);
+    if (g >= 0)
+        setfsgid((gid_t)g);
+    int r = caps_raise_effective(); /* a non-zero fsuid drops the file capabilities from the effective set */
+    if (r < 0)
+        child_fail("capabilities: raise effective set", NULL, -r);
+}
+
 /* ---------- rootfs ---------- */
 
 static void mount_overlay(struct spec *s)
 {
+    const char **lower = s->lower;
+    const char *upper = s->upper, *work = s->work;
+    char **names = NULL, *up = NULL, *wk = NULL;
+    int *fds = NULL, upfd = -1;
+    if (userns_fd >= 0) {
+        /* id-mapped layers (Linux >= 5.19); overlayfs itself cannot be id-mapped */
+        names = calloc(s->nlower + 1, sizeof *names);
+        fds = calloc(s->nlower + 1, sizeof *fds);
+        if (!names || !fds)
+            child_fail("overlay", NULL, ENOMEM);
+        for (size_t i = 0; i < s->nlower; i++)
+            names[i] = idmapped_layer(s->lower[i], "", &fds[i]);
+        lower = (const char **)names;
+        if (upper) {
+            idmapped_upper_work(s, &up, &wk, &upfd);
+            upper = up;
+            work = wk;
+        }
+    }
     /* New mount API first: one fsconfig call per layer, no length limit, no escaping. */
     int fsfd = fsopen("overlay", FSOPEN_CLOEXEC);
+    int done = 0;
     if (fsfd >= 0) {
         int ok = fsconfig(fsfd, FSCONFIG_SET_STRING, "source", "overlay", 0) == 0;
         for (size_t i = 0; i < s->nlower && ok; i++)
-            ok = fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", s->lower[i], 0) == 0;
-        if (ok && s->upper)
-            ok = fsconfig(fsfd, FSCONFIG_SET_STRING, "upperdir", s->upper, 0) == 0 &&
-                 fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", s->work, 0) == 0;
-        if (ok && s->upper && s->overlay_volatile)
+            ok = fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", lower[i], 0) == 0;
+        if (ok && upper)
+            ok = fsconfig(fsfd, FSCONFIG_SET_STRING, "upperdir", upper, 0) == 0 &&
+                 fsconfig(fsfd, FSCONFIG_SET_STRING, "workdir", work, 0) == 0;
+        if (ok && upper && s->overlay_volatile)
             ok = fsconfig(fsfd, FSCONFIG_SET_FLAG, "volatile", NULL, 0) == 0;
         if (ok) {
             if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
@@ -168,48 +336,71 @@ static void mount_overlay(struct spec *s)
             if (move_mount(mfd, "", AT_FDCWD, s->root, MOVE_MOUNT_F_EMPTY_PATH) < 0)
                 child_fail("mount overlay (move_mount) at", s->root, errno);
             close(mfd);
-            close(fsfd);
-            return;
+            done = 1;
         }
         close(fsfd); /* kernel < 6.8 has no lowerdir+: fall back to mount(2) */
     }
-    size_t cap = 64;
-    for (size_t i = 0; i < s->nlower; i++)
-        cap += strlen(s->lower[i]) * 2 + 1;
-    if (s->upper)
-        cap += strlen(s->upper) * 2 + strlen(s->work) * 2 + 32;
-    char *data = malloc(cap);
-    if (!data)
-        child_fail("mount overlay", NULL, ENOMEM);
-    char *p = data;
-    p += sprintf(p, "lowerdir=");
-    for (size_t i = 0; i < s->nlower; i++) {
-        if (i)
-            *p++ = ':';
-        for (const char *q = s->lower[i]; *q; q++) {
-            if (*q == ',')
-                child_fail("mount overlay: ',' in layer path", s->lower[i], EINVAL);
-            if (*q == ':' || *q == '\\')
-                *p++ = '\\';
-            *p++ = *q;
+    if (!done) {
+        size_t cap = 64;
+        for (size_t i = 0; i < s->nlower; i++)
+            cap += strlen(lower[i]) * 2 + 1;
+        if (upper)
+            cap += strlen(upper) * 2 + strlen(work) * 2 + 32;
+        char *data = malloc(cap);
+        if (!data)
+            child_fail("mount overlay", NULL, ENOMEM);
+        char *p = data;
+        p += sprintf(p, "lowerdir=");
+        for (size_t i = 0; i < s->nlower; i++) {
+            if (i)
+                *p++ = ':';
+            for (const char *q = lower[i]; *q; q++) {
+                if (*q == ',')
+                    child_fail("mount overlay: ',' in layer path", lower[i], EINVAL);
+                if (*q == ':' || *q == '\\')
+                    *p++ = '\\';
+                *p++ = *q;
+            }
         }
+        if (upper)
+            p += sprintf(p, ",upperdir=%s,workdir=%s%s", upper, work, s->overlay_volatile ? ",volatile" : "");
+        *p = 0;
+        if (mount("overlay", s->root, "overlay", 0, data) < 0)
+            child_fail("mount overlay at", s->root, errno);
+        free(data);
     }
-    if (s->upper)
-        p += sprintf(p, ",upperdir=%s,workdir=%s%s", s->upper, s->work, s->overlay_volatile ? ",volatile" : "");
-    *p = 0;
-    if (mount("overlay", s->root, "overlay", 0, data) < 0)
-        child_fail("mount overlay at", s->root, errno);
-    free(data);
+    /* the overlay holds private clones of its layers */
+    for (size_t i = 0; names && i < s->nlower; i++) {
+        close(fds[i]);
+        free(names[i]);
+    }
+    if (upfd >= 0)
+        close(upfd);
+    free(names);
+    free(fds);
+    free(up);
+    free(wk);
 }
 
-static void do_mount(int rootfd, const struct mount_spec *m)
+/* A bind source as a detached tree: id-mapped with a new user namespace (when its filesystem allows). */
+static int clone_bind_source(const struct mount_spec *m)
+{
+    int mapped;
+    int fd = clone_tree(m->source, m->bind == 2, 1, &mapped);
+    if (fd < 0)
+        child_fail("mount: clone bind source", m->source, errno);
+    return fd;
+}
+
+/* tree: the source already cloned (open_tree) or -1 */
+static void do_mount(struct spec *s, int rootfd, const struct mount_spec *m, int tree)
 {
     char target[64];
     int isfile = 0;
     struct stat st;
 
     if (m->bind) {
-        if (stat(m->source, &st) < 0)
+        if (tree >= 0 ? fstat(tree, &st) < 0 : stat(m->source, &st) < 0)
             child_fail("mount: stat bind source", m->source, errno);
         isfile = !S_ISDIR(st.st_mode);
     }
@@ -218,14 +409,23 @@ static void do_mount(int rootfd, const struct mount_spec *m)
         child_fail("mount: create mount point", m->dest, errno);
     fdpath(target, sizeof target, fd);
     if (m->bind) {
-        if (mount(m->source, target, NULL, MS_BIND | (m->bind == 2 ? MS_REC : 0), NULL) < 0)
+        if (tree < 0 && userns_fd >= 0)
+            tree = clone_bind_source(m);
+        if (tree >= 0) {
+            if (move_mount(tree, "", fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+                child_fail("mount: bind (move_mount)", m->dest, errno);
+            close(tree);
+        } else if (mount(m->source, target, NULL, MS_BIND | (m->bind == 2 ? MS_REC : 0), NULL) < 0) {
             child_fail("mount: bind", m->dest, errno);
+        }
     } else {
-        if (mount(m->source, target, m->type, m->flags, m->data) < 0) {
+        char *data = map_data_ids(s, m->data);
+        if (mount(m->source, target, m->type, m->flags, data ? data : m->data) < 0) {
             char what[PATH_MAX + 64];
-            snprintf(what, sizeof what, "%s (type %s, data %s)", m->dest, m->type, m->data ? m->data : "");
+            snprintf(what, sizeof what, "%s (type %s, data %s)", m->dest, m->type, data ? data : m->data ? m->data : "");
             child_fail("mount:", what, errno);
         }
+        free(data);
     }
     close(fd);
     if ((m->bind && (m->flags & ~MS_REMOUNT)) || m->prop) {
@@ -266,7 +466,7 @@ static int open_parent(int rootfd, const char *path, const char **name)
     return open_in_root(rootfd, dlen ? dir : "/", 1);
 }
 
-static void make_device(int rootfd, const struct device_spec *d, int in_userns)
+static void make_device(struct spec *s, int rootfd, const struct device_spec *d, int in_userns)
 {
     const char *name;
     int pfd = open_parent(rootfd, d->path, &name);
@@ -278,7 +478,13 @@ static void make_device(int rootfd, const struct device_spec *d, int in_userns)
     if (!in_userns) {
         /* mknod honours mode/uid/gid and costs no mount entry */
         if (mknodat(pfd, name, type | (d->mode & 0777), dev) == 0) {
-            if (fchownat(pfd, name, d->uid, d->gid, AT_SYMLINK_NOFOLLOW) < 0)
+            long long uid = d->uid, gid = d->gid;
+            if (userns_fd >= 0) { /* container ids: the host ids they map to (left as made when unmapped) */
+                uid = map_id(s->uidmap, s->nuidmap, d->uid);
+                gid = map_id(s->gidmap, s->ngidmap, d->gid);
+            }
+            if (fchownat(pfd, name, uid < 0 ? (uid_t)-1 : (uid_t)uid, gid < 0 ? (gid_t)-1 : (gid_t)gid,
+                         AT_SYMLINK_NOFOLLOW) < 0)
                 child_fail("device: chown", d->path, errno);
             /* umask may have cut the mode */
             int fd = openat(pfd, name, O_PATH | O_CLOEXEC | O_NOFOLLOW);
@@ -376,6 +582,15 @@ static void pivot(const char *root)
 
 static void setup_rootfs(struct spec *s)
 {
+    /* Binds asked to be shared are cloned before / turns slave: the clone stays a peer of a shared source
+     * (mounts propagate both ways), where a bind made later would only be a slave of it. */
+    int *trees = malloc((s->nmounts + 1) * sizeof *trees);
+    if (!trees)
+        child_fail("mounts", NULL, ENOMEM);
+    for (size_t i = 0; i < s->nmounts; i++)
+        trees[i] = s->mounts[i].bind && (s->mounts[i].prop & MS_SHARED) ? clone_bind_source(&s->mounts[i]) : -1;
+    if (userns_fd >= 0)
+        act_as_container_root(s);
     if (mount(NULL, "/", NULL, MS_SLAVE | MS_REC, NULL) < 0)
         child_fail("make / rslave", NULL, errno);
     if (s->nlower) {
@@ -387,10 +602,11 @@ static void setup_rootfs(struct spec *s)
     if (rootfd < 0)
         child_fail("open rootfs", s->root, errno);
     for (size_t i = 0; i < s->nmounts; i++)
-        do_mount(rootfd, &s->mounts[i]);
+        do_mount(s, rootfd, &s->mounts[i], trees[i]);
+    free(trees);
     int in_userns = s->ns_path[NS_USER] != NULL;
     for (size_t i = 0; i < s->ndevices; i++)
-        make_device(rootfd, &s->devices[i], in_userns);
+        make_device(s, rootfd, &s->devices[i], in_userns);
     dev_symlinks(rootfd, s);
     close(rootfd);
     pivot(s->root);
@@ -542,7 +758,10 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
     if (setsid() < 0)
         child_fail("setsid", NULL, errno);
 
-    /* stdio: fds 0-2, sync pipe at 3, nothing else. */
+    /* stdio: fds 0-2, sync pipe at 3, the user namespace at 4 when new, nothing else. */
+    int ufd = c->userns_fd >= 0 ? fcntl(c->userns_fd, F_DUPFD_CLOEXEC, 10) : -1;
+    if (c->userns_fd >= 0 && ufd < 0)
+        child_fail("dup user namespace fd", NULL, errno);
     int in = c->stdin_fd, out = c->stdout_fd, errfd = c->stderr_fd;
     if (c->pty_slave_fd >= 0) {
         int t = c->pty_slave_fd;
@@ -565,7 +784,12 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
             child_fail("dup sync fd", NULL, errno);
         c->sync_fd = 3;
     }
-    close_range(4, ~0U, 0);
+    if (ufd >= 0) {
+        if (dup3(ufd, 4, O_CLOEXEC) < 0)
+            child_fail("dup user namespace fd", NULL, errno);
+        userns_fd = 4;
+    }
+    close_range(userns_fd >= 0 ? 5 : 4, ~0U, 0);
 
     /* Opened while the bundle is still in view (before any setns or pivot_root). Held for reading,
      * and for writing so that it never reports EOF, until berth writes one byte. */
@@ -596,11 +820,36 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
             child_fail("setrlimit", what, errno);
         }
     }
+    if (userns_fd >= 0) {
+        /* Everything that needed the host's privileges is done: enter the container's user namespace
+         * (full capabilities there; the ids are set just below). */
+        if (setns(userns_fd, CLONE_NEWUSER) < 0)
+            child_fail("enter the new user namespace", NULL, errno);
+        close(userns_fd);
+        userns_fd = -1;
+    }
+    /* seccomp is installed right before execve. Without no_new_privs that takes CAP_SYS_ADMIN: it is kept
+     * until then when the requested sets lack it (and dropped by one capset after the install); when
+     * capabilities are left alone and the uid changes, every capability goes with the uid change, so the
+     * filter is installed before it (runc's order). */
+    int filter = s->seccomp.filter != NULL, filter_early = 0;
+    uint64_t extra = 0;
+    if (filter && !s->nnp) {
+        if (s->caps.present && !(s->caps.effective & (1ULL << CAP_SYS_ADMIN)))
+            extra = 1ULL << CAP_SYS_ADMIN;
+        else if (!s->caps.present && s->uid != 0)
+            filter_early = 1;
+    }
+    if (filter_early) {
+        int r = seccomp_install(&s->seccomp);
+        if (r < 0)
+            child_fail("seccomp: install the filter", NULL, -r);
+    }
     if (caps_prepare(&s->caps, err, sizeof err) < 0)
         child_fail_msg(err);
     if (set_ids(s->uid, s->gid, s->gids, s->ngids, 1, err, sizeof err) < 0)
         child_fail_msg(err);
-    if (caps_finish(&s->caps, err, sizeof err) < 0)
+    if (caps_finish(&s->caps, extra, err, sizeof err) < 0)
         child_fail_msg(err);
     if (s->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         child_fail("PR_SET_NO_NEW_PRIVS", NULL, errno);
@@ -631,12 +880,22 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
     memcpy(msg + 1, &started, 8);
     write_all(c->sync_fd, msg, 9);
 
-    int e = exec_in_path(s->args, s->env);
+    const char *step = "exec";
+    int e = 0;
+    if (filter && !filter_early) {
+        e = -seccomp_install(&s->seccomp);
+        if (e)
+            step = "seccomp: install the filter for";
+        else if (extra && (e = -caps_drop_extra(&s->caps)) != 0)
+            step = "capabilities: drop CAP_SYS_ADMIN before";
+    }
+    if (!e)
+        e = exec_in_path(s->args, s->env);
     char emsg[1200];
     char what[PATH_MAX + 8];
     snprintf(what, sizeof what, "%s", s->args[0]);
     emsg[0] = SYNC_EXECERR;
-    fmt_err(emsg + 1, sizeof emsg - 1, "exec", what, e);
+    fmt_err(emsg + 1, sizeof emsg - 1, step, what, e);
     write_all(c->sync_fd, emsg, strlen(emsg));
     dprintf(2, SHIM_NAME ": %s\n", emsg + 1);
     _exit(127);

@@ -17,6 +17,7 @@ struct child_ctx {
     int pty_slave_fd;       /* pty slave when terminal, else -1 */
     const char *pty_path;   /* its path (/dev/pts/N), bind-mounted onto the container's /dev/console */
     const char *start_fifo; /* <bundle>/start.fifo */
+    int userns_fd;          /* the new user namespace (mapped by the monitor), or -1 */
 };
 
 __attribute__((noreturn)) void container_main(struct child_ctx *c);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -53,6 +54,62 @@ static int make_fifo(const char *bundle, const char *name, char *path, size_t le
 struct setup_bufs {
     char fifo[PATH_MAX], stdin_fifo[PATH_MAX], msg[1400], line[200], ok[210], pty_path[32];
 };
+
+/* The container's new user namespace: a helper child unshares it and waits while the monitor (host root)
+ * writes its uid_map and gid_map (setgroups stays "allow": a privileged writer needs no "deny", and the
+ * container may then call setgroups) and keeps an fd of it; then the helper is gone. The init does its
+ * setup with the host's privileges (it joins the pod's namespaces, mounts, id-maps layers and volumes to
+ * this namespace) and enters it last, before the uid change. Returns the fd (O_CLOEXEC). */
+static int make_userns(struct spec *s, int report_fd)
+{
+    int p[2], e = 0;
+    char path[64];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        mon_fail(report_fd, "monitor: pipe", NULL, errno);
+    pid_t h = fork();
+    if (h < 0)
+        mon_fail(report_fd, "fork user namespace helper", NULL, errno);
+    if (h == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        e = unshare(CLONE_NEWUSER) < 0 ? errno : 0;
+        if (write(p[1], &e, sizeof e) != sizeof e || e)
+            _exit(1);
+        for (;;)
+            pause();
+    }
+    close(p[1]);
+    if (read(p[0], &e, sizeof e) != sizeof e)
+        e = EIO;
+    close(p[0]);
+    int fd = -1;
+    const char *step = "unshare user namespace";
+    size_t cap = 40 * (s->nuidmap > s->ngidmap ? s->nuidmap : s->ngidmap) + 1;
+    char *buf = malloc(cap);
+    if (!e && !buf)
+        e = ENOMEM;
+    for (int k = 0; k < 2 && !e; k++) {
+        snprintf(path, sizeof path, "/proc/%d/%s", (int)h, k ? "gid_map" : "uid_map");
+        step = k ? "write gid_map" : "write uid_map";
+        if (format_idmap(k ? s->gidmap : s->uidmap, k ? s->ngidmap : s->nuidmap, buf, cap) < 0)
+            e = EINVAL;
+        else
+            e = -write_file(path, buf);
+    }
+    if (!e) {
+        snprintf(path, sizeof path, "/proc/%d/ns/user", (int)h);
+        step = "open user namespace";
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            e = errno;
+    }
+    free(buf);
+    kill(h, SIGKILL);
+    while (waitpid(h, NULL, 0) < 0 && errno == EINTR)
+        ;
+    if (e)
+        mon_fail(report_fd, step, NULL, e);
+    return fd;
+}
 
 /* The OOM counter of the first memory cgroup the container joins (v2 memory.events, v1 memory.oom_control). */
 static const char *oom_file(const struct spec *s, char *buf, size_t len)
@@ -162,6 +219,8 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
     }
     if (pipe2(syncp, O_CLOEXEC) < 0)
         mon_fail(report_fd, "monitor: pipe", NULL, errno);
+    /* before the pid namespace: the helper would be its pid 1 */
+    int userns = s->ns_new[NS_USER] ? make_userns(s, report_fd) : -1;
 
     if (s->ns_path[NS_PID]) {
         int fd = open(s->ns_path[NS_PID], O_RDONLY | O_CLOEXEC);
@@ -186,9 +245,12 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
         c.pty_slave_fd = slave;
         c.pty_path = b->pty_path;
         c.start_fifo = b->fifo;
+        c.userns_fd = userns;
         container_main(&c);
     }
     mp->pid = pid;
+    if (userns >= 0)
+        close(userns);
     close(syncp[1]);
     if (outp[1] >= 0)
         close(outp[1]);

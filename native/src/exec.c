@@ -22,7 +22,8 @@
 static void usage(void)
 {
     fprintf(stderr, "usage: " SHIM_NAME " exec <container-pid> [--uid N] [--gid N] [--groups a,b] [--cwd DIR]\n"
-                    "         [--env K=V]... [--cgroup-procs FILE]... [--caps-json FILE] [--no-new-privs]\n"
+                    "         [--env K=V]... [--cgroup-procs FILE]... [--caps-json FILE] [--seccomp-json FILE]\n"
+                    "         [--no-new-privs]\n"
                     "         -- cmd [args...]\n");
 }
 
@@ -39,7 +40,8 @@ int cmd_exec(int argc, char **argv)
     gid_t groups[256];
     size_t ngroups = 0;
     int set_groups = 0, nnp = 0;
-    const char *cwd = NULL, *caps_file = NULL;
+    const char *cwd = NULL, *caps_file = NULL, *seccomp_file = NULL;
+    struct seccomp_prog filter = {NULL, 0};
     char **env = calloc((size_t)argc + 2, sizeof *env);
     const char **cgprocs = calloc((size_t)argc + 1, sizeof *cgprocs);
     size_t nenv = 0, ncg = 0;
@@ -88,6 +90,8 @@ int cmd_exec(int argc, char **argv)
             cgprocs[ncg++] = val;
         } else if (strcmp(a, "--caps-json") == 0) {
             caps_file = val;
+        } else if (strcmp(a, "--seccomp-json") == 0) {
+            seccomp_file = val;
         } else if (strcmp(a, "--no-new-privs") == 0) {
             nnp = 1;
             i--; /* takes no value */
@@ -113,6 +117,18 @@ int cmd_exec(int argc, char **argv)
         }
         if (caps_from_json(o, &caps, err, sizeof err) < 0) {
             fprintf(stderr, SHIM_NAME ": exec: %s\n", err);
+            return EXIT_SETUP;
+        }
+        json_object_put(o);
+    }
+    if (seccomp_file) {
+        struct json_object *o = json_object_from_file(seccomp_file);
+        if (!o) {
+            fprintf(stderr, SHIM_NAME ": exec: --seccomp-json %s: not JSON\n", seccomp_file);
+            return EXIT_SETUP;
+        }
+        if (seccomp_build(o, &filter, err, sizeof err) < 0) {
+            fprintf(stderr, SHIM_NAME ": exec: --seccomp-json %s: %s\n", seccomp_file, err);
             return EXIT_SETUP;
         }
         json_object_put(o);
@@ -161,9 +177,16 @@ int cmd_exec(int argc, char **argv)
             return EXIT_SETUP;
         }
     }
-    for (int k = 0; k < NS_COUNT; k++) {
+    /* The user namespace last: as host root we may enter every other namespace whatever its owner, and a
+     * user namespace made for the container owns none of the pod's. */
+    for (int i = 0; i < NS_COUNT; i++) {
+        int k = i == NS_COUNT - 1 ? NS_USER : i + 1;
         if (nsfd[k] < 0)
             continue;
+        if (k == NS_USER && (fchdir(rootfd) < 0 || chroot(".") < 0)) {
+            warn_err("exec: enter container root", NULL, errno);
+            return EXIT_SETUP;
+        }
         if (setns(nsfd[k], ns_kinds[k].flag) < 0) {
             snprintf(path, sizeof path, "/proc/%ld/ns/%s", target, ns_kinds[k].procname);
             warn_err("exec: setns", path, errno);
@@ -172,7 +195,7 @@ int cmd_exec(int argc, char **argv)
         close(nsfd[k]);
     }
     /* The container may have pivoted or chrooted: take its root as ours. */
-    if (fchdir(rootfd) < 0 || chroot(".") < 0) {
+    if (nsfd[NS_USER] < 0 && (fchdir(rootfd) < 0 || chroot(".") < 0)) {
         warn_err("exec: enter container root", NULL, errno);
         return EXIT_SETUP;
     }
@@ -185,9 +208,26 @@ int cmd_exec(int argc, char **argv)
         return EXIT_SETUP;
     }
     if (child == 0) {
+        /* seccomp as in the container's init: right before execve, holding CAP_SYS_ADMIN for it when
+         * no_new_privs is not set (or before the uid change when capabilities are left alone). */
+        int joined_user = nsfd[NS_USER] >= 0;
+        int early = 0;
+        uint64_t extra = 0;
+        if (filter.filter && !nnp) {
+            if (caps.present && !(caps.effective & (1ULL << 21 /* CAP_SYS_ADMIN */)))
+                extra = 1ULL << 21;
+            else if (!caps.present && uid != 0)
+                early = 1;
+        }
+        int r = early ? seccomp_install(&filter) : 0;
+        if (r < 0) {
+            warn_err("exec: seccomp: install the filter", NULL, -r);
+            _exit(EXIT_CANNOT);
+        }
+        /* In a user namespace the ids are always set: host root's would be unmapped there. */
         if (caps_prepare(&caps, err, sizeof err) < 0 ||
-            set_ids(uid, gid, groups, ngroups, set_groups || uid != 0 || gid != 0, err, sizeof err) < 0 ||
-            caps_finish(&caps, err, sizeof err) < 0) {
+            set_ids(uid, gid, groups, ngroups, set_groups || uid != 0 || gid != 0 || joined_user, err, sizeof err) < 0 ||
+            caps_finish(&caps, extra, err, sizeof err) < 0) {
             fprintf(stderr, SHIM_NAME ": exec: %s\n", err);
             _exit(EXIT_CANNOT);
         }
@@ -204,6 +244,16 @@ int cmd_exec(int argc, char **argv)
         prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
         if (getppid() != parent && getppid() != 0)
             _exit(EXIT_CANNOT);
+        if (filter.filter && !early) {
+            if ((r = seccomp_install(&filter)) < 0) {
+                warn_err("exec: seccomp: install the filter", NULL, -r);
+                _exit(EXIT_CANNOT);
+            }
+            if (extra && (r = caps_drop_extra(&caps)) < 0) {
+                warn_err("exec: capabilities: drop CAP_SYS_ADMIN", NULL, -r);
+                _exit(EXIT_CANNOT);
+            }
+        }
         int e = exec_in_path(cmd, env);
         warn_err("exec", cmd[0], e);
         _exit(e == ENOENT ? EXIT_NOTFOUND : EXIT_CANNOT);

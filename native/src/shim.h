@@ -45,8 +45,27 @@ int cap_from_name(const char *name);
 int caps_prepare(const struct capsets *caps, char *err, size_t errlen);
 /* Set groups, gid, uid. */
 int set_ids(uid_t uid, gid_t gid, const gid_t *groups, size_t ngroups, int set_groups, char *err, size_t errlen);
-/* capset + ambient after the uid change. */
-int caps_finish(const struct capsets *caps, char *err, size_t errlen);
+/* capset + ambient after the uid change. `extra` capabilities are kept in the effective and permitted
+ * sets on top of the requested ones (to install seccomp later); caps_drop_extra() then removes them. */
+int caps_finish(const struct capsets *caps, uint64_t extra, char *err, size_t errlen);
+int caps_drop_extra(const struct capsets *caps);
+/* effective = permitted (after a change of fsuid cleared the file capabilities). Returns 0 or -errno. */
+int caps_raise_effective(void);
+/* Is the capability in the effective set of this process? */
+int cap_effective(int cap);
+
+/* ---- seccomp.c ---- */
+struct json_object;
+struct sock_filter;
+struct seccomp_prog {
+    struct sock_filter *filter; /* NULL: no filter (unconfined) */
+    unsigned short len;
+};
+/* Build the BPF program of an OCI linux.seccomp object. Returns 0, or -1 with a message in err. */
+int seccomp_build(struct json_object *obj, struct seccomp_prog *prog, char *err, size_t errlen);
+/* Install it on the calling thread (needs no_new_privs or CAP_SYS_ADMIN). Returns 0 or -errno. */
+int seccomp_install(const struct seccomp_prog *prog);
+void seccomp_prog_free(struct seccomp_prog *prog);
 
 /* ---- spec.c ---- */
 struct json_object;

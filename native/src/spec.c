@@ -245,9 +245,60 @@ static int parse_namespaces(struct json_object *root, struct spec *s, char *err,
         else
             s->ns_new[k] = 1;
     }
-    if (s->ns_new[NS_USER])
-        FAIL("spec: a new user namespace needs uid/gid mappings, which this shim does not support yet "
-             "(join one by path instead)");
+    return 0;
+}
+
+long long map_id(const struct idmap *m, size_t n, uint32_t id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (id >= m[i].container && id - m[i].container < m[i].size)
+            return (long long)m[i].host + (id - m[i].container);
+    return -1;
+}
+
+int format_idmap(const struct idmap *m, size_t n, char *buf, size_t len)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        int k = snprintf(buf + off, len - off, "%u %u %u\n", m[i].container, m[i].host, m[i].size);
+        if (k < 0 || (size_t)k >= len - off)
+            return -1;
+        off += (size_t)k;
+    }
+    return (int)off;
+}
+
+/* uidMappings / gidMappings: [{containerID, hostID, size}] */
+static int parse_idmaps(struct json_object *root, const char *key, struct idmap **out, size_t *n, char *err,
+                        size_t errlen)
+{
+    int bad = 0;
+    struct json_object *a = member(root, key, json_type_array, &bad);
+    if (bad)
+        FAIL("spec: %s must be an array", key);
+    *n = a ? json_object_array_length(a) : 0;
+    if (*n > 340)
+        FAIL("spec: %s: at most 340 ranges", key);
+    *out = calloc(*n + 1, sizeof **out);
+    if (!*out)
+        FAIL("spec: out of memory");
+    for (size_t i = 0; i < *n; i++) {
+        struct json_object *e = json_object_array_get_idx(a, i);
+        static const char *const fields[] = {"containerID", "hostID", "size"};
+        long long v[3];
+        int present;
+        if (!json_object_is_type(e, json_type_object))
+            FAIL("spec: %s[%zu] must be an object", key, i);
+        for (int f = 0; f < 3; f++) {
+            if (get_int(e, fields[f], &v[f], &present, "", err, errlen) < 0)
+                return -1;
+            if (!present || v[f] < 0 || v[f] > 0xffffffffLL)
+                FAIL("spec: %s[%zu].%s must be an integer in [0, 2^32)", key, i, fields[f]);
+        }
+        if (v[2] == 0 || v[0] + v[2] > 0x100000000LL || v[1] + v[2] > 0x100000000LL)
+            FAIL("spec: %s[%zu]: size must be positive and the ranges within 32 bits", key, i);
+        (*out)[i] = (struct idmap){(uint32_t)v[0], (uint32_t)v[1], (uint32_t)v[2]};
+    }
     return 0;
 }
 
@@ -473,6 +524,18 @@ int spec_load(const char *bundle, struct spec *s, char *err, size_t errlen)
         return -1;
     if (parse_namespaces(root, s, err, errlen) < 0)
         return -1;
+    if (parse_idmaps(root, "uidMappings", &s->uidmap, &s->nuidmap, err, errlen) < 0 ||
+        parse_idmaps(root, "gidMappings", &s->gidmap, &s->ngidmap, err, errlen) < 0)
+        return -1;
+    if (s->ns_new[NS_USER] && (!s->nuidmap || !s->ngidmap))
+        FAIL("spec: a new user namespace needs uidMappings and gidMappings");
+    if (!s->ns_new[NS_USER] && (s->nuidmap || s->ngidmap))
+        FAIL("spec: uidMappings/gidMappings need a new user namespace ({\"type\":\"user\"} without a path)");
+    o = member(root, "seccomp", json_type_object, &bad);
+    if (bad)
+        FAIL("spec: seccomp must be an object");
+    if (o && seccomp_build(o, &s->seccomp, err, errlen) < 0)
+        return -1;
     if (get_strings(root, "cgroupProcs", &s->cgroup_procs, &s->ncgroup_procs, "", err, errlen) < 0)
         return -1;
     if (parse_mounts(root, s, err, errlen) < 0 || parse_devices(root, s, err, errlen) < 0)
@@ -527,6 +590,9 @@ void spec_free(struct spec *s)
     free(s->masked);
     free(s->readonly);
     free(s->sysctl);
+    free(s->uidmap);
+    free(s->gidmap);
+    seccomp_prog_free(&s->seccomp);
     if (s->json)
         json_object_put(s->json);
     memset(s, 0, sizeof *s);

@@ -38,6 +38,10 @@ struct rlimit_spec {
     rlim_t soft, hard;
 };
 
+struct idmap {
+    uint32_t container, host, size;
+};
+
 struct kv {
     const char *key, *value;
 };
@@ -81,6 +85,11 @@ struct spec {
     size_t nsysctl;
     const char *log_path;
     size_t max_line;
+    /* a new user namespace: its mappings (OCI uidMappings/gidMappings) */
+    struct idmap *uidmap, *gidmap;
+    size_t nuidmap, ngidmap;
+    /* seccomp: prog.filter NULL = unconfined */
+    struct seccomp_prog seccomp;
 };
 
 /* Returns 0, or -1 with a message in err. */
@@ -88,5 +97,9 @@ int spec_load(const char *bundle, struct spec *s, char *err, size_t errlen);
 void spec_free(struct spec *s);
 /* Parse mount options into flags/prop/bind/data. */
 int parse_mount_options(struct json_object *opts, struct mount_spec *m, char *err, size_t errlen);
+/* Host id of a container id through the mappings; -1 when unmapped. */
+long long map_id(const struct idmap *m, size_t n, uint32_t id);
+/* "0 100000 65536\n..." for /proc/<pid>/{uid,gid}_map. Returns the length, or -1 when it does not fit. */
+int format_idmap(const struct idmap *m, size_t n, char *buf, size_t len);
 
 #endif

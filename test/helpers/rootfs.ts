@@ -1,9 +1,16 @@
-// A minimal container rootfs from Debian's busybox-static, and a builder for berth-shim's spec.json
-// (the schema is documented in native/README.md).
-import { closeSync, openSync, readSync } from 'node:fs';
+// A minimal container rootfs from Debian's busybox-static, a builder for berth-shim's spec.json (the schema
+// is documented in native/README.md), and a harness that runs containers with native/build/berth-shim.
+import { execFile, spawn } from 'node:child_process';
+import {
+  closeSync, constants as fsc, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { chmod, copyFile, mkdir, symlink, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { pidAlive, sleep } from './util.js';
 
 /** Repository root (this file is compiled to dist/test/helpers/rootfs.js). */
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -119,6 +126,29 @@ export interface ShimSpec {
   readonlyPaths: string[];
   sysctl: Record<string, string>;
   log: { path: string; maxLineBytes: number };
+  /** With a new `user` namespace (OCI names). */
+  uidMappings?: IdMapping[];
+  gidMappings?: IdMapping[];
+  /** The OCI `linux.seccomp` shape; absent = unconfined. */
+  seccomp?: SeccompProfile;
+}
+
+export interface IdMapping {
+  containerID: number;
+  hostID: number;
+  size: number;
+}
+
+export interface SeccompProfile {
+  defaultAction: string;
+  defaultErrnoRet?: number;
+  architectures?: string[];
+  syscalls: {
+    names: string[];
+    action: string;
+    errnoRet?: number;
+    args?: { index: number; value: number; valueTwo?: number; op: string }[];
+  }[];
 }
 
 /** containerd's default capability set. */
@@ -218,4 +248,181 @@ export function buildSpec(i: SpecInput): ShimSpec {
     sysctl: i.sysctl ?? {},
     log: { path: i.logPath, maxLineBytes: i.maxLineBytes ?? 16384 },
   };
+}
+
+// ---- running containers with berth-shim ----
+
+export async function until<T>(what: string, check: () => T | undefined | null | false, ms = 10000): Promise<T> {
+  for (const end = Date.now() + ms; ; await sleep(10)) {
+    const v = check();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+  }
+}
+
+/** Lines of /proc/self/mountinfo whose mount point is under dir. */
+export function mountsUnder(dir: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter((l) => l.split(' ')[4]?.startsWith(dir));
+}
+
+export interface Exit {
+  exitCode: number;
+  signal: number;
+  startedAt: number;
+  finishedAt: number;
+  oomKilled: boolean;
+}
+
+export interface LogRecord {
+  time: string;
+  stream: 'stdout' | 'stderr';
+  tag: 'P' | 'F';
+  content: string;
+}
+
+const CRI_LINE = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (stdout|stderr) ([PF]) (.*)$/s;
+
+export function parseLog(file: string): LogRecord[] {
+  const text = existsSync(file) ? readFileSync(file, 'utf8') : '';
+  if (text === '') return [];
+  if (!text.endsWith('\n')) throw new Error(`log ${file} does not end in a newline`);
+  return text
+    .slice(0, -1)
+    .split('\n')
+    .map((l) => {
+      const m = CRI_LINE.exec(l);
+      if (!m) throw new Error(`not a CRI log line: ${JSON.stringify(l.slice(0, 200))}`);
+      return { time: m[1]!, stream: m[2] as 'stdout' | 'stderr', tag: m[3] as 'P' | 'F', content: m[4]! };
+    });
+}
+
+/** Full lines of one stream (P records joined to their F). */
+export function lines(records: LogRecord[], stream: 'stdout' | 'stderr'): string[] {
+  const out: string[] = [];
+  let cur = '';
+  for (const r of records.filter((x) => x.stream === stream)) {
+    cur += r.content;
+    if (r.tag === 'F') {
+      out.push(cur);
+      cur = '';
+    }
+  }
+  return out;
+}
+
+/** berth-shim with these arguments; resolves with its exit code (128+signal when killed) and output. */
+export function shim(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(SHIM, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('error', reject);
+    p.on('close', (code, signal) => resolve({ code: code ?? 128 + (signal ? os.constants.signals[signal] : 0), stdout, stderr }));
+  });
+}
+
+/** Where a test file's containers live: its temp dir, the lower layer, and every pid it started. */
+export interface ShimEnv {
+  tmp: string;
+  lower: string;
+  started: Set<number>;
+}
+
+const execFileP = promisify(execFile);
+
+/** One container over an overlay of env.lower: bundle, upper, work, merged and log under a fresh dir. */
+export class Container {
+  readonly dir: string;
+  readonly bundle: string;
+  readonly log: string;
+  pid = 0;
+  monitorPid = 0;
+
+  constructor(readonly env: ShimEnv, readonly name: string) {
+    this.dir = mkdtempSync(path.join(env.tmp, `${name}-`));
+    this.bundle = path.join(this.dir, 'bundle');
+    this.log = path.join(this.dir, 'log', `${name}.log`);
+    for (const d of ['bundle', 'upper', 'work', 'merged', 'log']) mkdirSync(path.join(this.dir, d));
+  }
+
+  spec(over: Partial<SpecInput> & { args: string[] }, mutate?: (s: ShimSpec) => void): this {
+    const spec = buildSpec({
+      id: this.name,
+      bundle: this.bundle,
+      rootPath: path.join(this.dir, 'merged'),
+      overlay: { lower: [this.env.lower], upper: path.join(this.dir, 'upper'), work: path.join(this.dir, 'work') },
+      logPath: this.log,
+      ...over,
+    });
+    mutate?.(spec);
+    writeFileSync(path.join(this.bundle, 'spec.json'), JSON.stringify(spec));
+    return this;
+  }
+
+  async create(): Promise<void> {
+    const { stdout } = await execFileP(SHIM, ['create', this.bundle]);
+    const res = JSON.parse(stdout) as { pid: number; monitorPid: number };
+    this.pid = res.pid;
+    this.monitorPid = res.monitorPid;
+    this.env.started.add(res.pid);
+    this.env.started.add(res.monitorPid);
+  }
+
+  /** What berth does for StartContainer: one byte into start.fifo, never blocking. */
+  start(): void {
+    const fd = openSync(path.join(this.bundle, 'start.fifo'), fsc.O_WRONLY | fsc.O_NONBLOCK);
+    try {
+      writeSync(fd, 'x');
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  async exit(ms = 15000): Promise<Exit> {
+    const file = path.join(this.bundle, 'exit.json');
+    await until(`exit.json of ${this.name}`, () => existsSync(file), ms);
+    await until(`monitor ${this.monitorPid} to exit`, () => !pidAlive(this.monitorPid), ms);
+    return JSON.parse(readFileSync(file, 'utf8')) as Exit;
+  }
+
+  async run(
+    over: Partial<SpecInput> & { args: string[] },
+    mutate?: (s: ShimSpec) => void,
+  ): Promise<{ exit: Exit; records: LogRecord[] }> {
+    this.spec(over, mutate);
+    await this.create();
+    this.start();
+    const exit = await this.exit();
+    return { exit, records: parseLog(this.log) };
+  }
+
+  /** Created and started, running args[0] (waits until the init has exec'd it). */
+  async running(over: Partial<SpecInput> & { args: string[] }, mutate?: (s: ShimSpec) => void): Promise<void> {
+    this.spec(over, mutate);
+    await this.create();
+    this.start();
+    const want = over.args[0]!;
+    await until(`${want} to run`, () => readFileSync(`/proc/${this.pid}/cmdline`, 'utf8').startsWith(want));
+  }
+
+  async destroy(): Promise<void> {
+    if (this.pid && pidAlive(this.pid)) process.kill(this.pid, 'SIGKILL');
+    if (this.monitorPid) await until(`monitor ${this.monitorPid} to exit`, () => !pidAlive(this.monitorPid));
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Run fn with a fresh container and always destroy it (and check that it left no mount). */
+export async function withContainer(env: ShimEnv, name: string, fn: (c: Container) => Promise<void>): Promise<void> {
+  const c = new Container(env, name);
+  try {
+    await fn(c);
+  } finally {
+    await c.destroy();
+    if (mountsUnder(c.dir).length) throw new Error(`mounts left under ${c.dir}: ${mountsUnder(c.dir).join('\n')}`);
+  }
 }

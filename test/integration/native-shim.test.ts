@@ -2,7 +2,7 @@
 // rootfs, the CRI log, exit status, exec, pod sandboxes and cgroups. Every test removes what it made
 // (processes it started, mounts, cgroups, pinned namespaces) and the last test checks that it did.
 import test, { type ExecutionContext } from 'ava';
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
   closeSync, constants as fsc, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync,
@@ -10,11 +10,12 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
-import { REPO_ROOT, SHIM, buildBusyboxRootfs, buildSpec, type ShimSpec, type SpecInput } from '../helpers/rootfs.js';
-import { pidAlive, sleep } from '../helpers/util.js';
+import {
+  REPO_ROOT, type Container, type ShimEnv, buildBusyboxRootfs, lines, mountsUnder, parseLog, shim, until,
+  withContainer as withContainerIn,
+} from '../helpers/rootfs.js';
+import { pidAlive } from '../helpers/util.js';
 
-const execFileP = promisify(execFile);
 const isRoot = process.getuid?.() === 0;
 const rtest = isRoot ? test.serial : test.serial.skip;
 
@@ -23,159 +24,10 @@ const LOWER = path.join(TMP, 'rootfs');
 const started = new Set<number>(); // pids this file started (containers, monitors, pod inits)
 const cgroupsMade: string[] = [];
 const podDirs: string[] = [];
+const env: ShimEnv = { tmp: TMP, lower: LOWER, started };
 
-async function until<T>(what: string, check: () => T | undefined | null | false, ms = 10000): Promise<T> {
-  for (const end = Date.now() + ms; ; await sleep(10)) {
-    const v = check();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-  }
-}
-
-function mountsUnder(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .filter((l) => l.split(' ')[4]?.startsWith(dir));
-}
-
-interface Exit {
-  exitCode: number;
-  signal: number;
-  startedAt: number;
-  finishedAt: number;
-  oomKilled: boolean;
-}
-
-interface LogRecord {
-  time: string;
-  stream: 'stdout' | 'stderr';
-  tag: 'P' | 'F';
-  content: string;
-}
-
-const CRI_LINE = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (stdout|stderr) ([PF]) (.*)$/s;
-
-function parseLog(file: string): LogRecord[] {
-  const text = existsSync(file) ? readFileSync(file, 'utf8') : '';
-  if (text === '') return [];
-  if (!text.endsWith('\n')) throw new Error(`log ${file} does not end in a newline`);
-  return text
-    .slice(0, -1)
-    .split('\n')
-    .map((l) => {
-      const m = CRI_LINE.exec(l);
-      if (!m) throw new Error(`not a CRI log line: ${JSON.stringify(l.slice(0, 200))}`);
-      return { time: m[1]!, stream: m[2] as 'stdout' | 'stderr', tag: m[3] as 'P' | 'F', content: m[4]! };
-    });
-}
-
-/** Full lines of one stream (P records joined to their F). */
-function lines(records: LogRecord[], stream: 'stdout' | 'stderr'): string[] {
-  const out: string[] = [];
-  let cur = '';
-  for (const r of records.filter((x) => x.stream === stream)) {
-    cur += r.content;
-    if (r.tag === 'F') {
-      out.push(cur);
-      cur = '';
-    }
-  }
-  return out;
-}
-
-class Container {
-  readonly dir: string;
-  readonly bundle: string;
-  readonly log: string;
-  pid = 0;
-  monitorPid = 0;
-
-  constructor(readonly name: string) {
-    this.dir = mkdtempSync(path.join(TMP, `${name}-`));
-    this.bundle = path.join(this.dir, 'bundle');
-    this.log = path.join(this.dir, 'log', `${name}.log`);
-    for (const d of ['bundle', 'upper', 'work', 'merged', 'log']) mkdirSync(path.join(this.dir, d));
-  }
-
-  spec(over: Partial<SpecInput> & { args: string[] }, mutate?: (s: ShimSpec) => void): this {
-    const spec = buildSpec({
-      id: this.name,
-      bundle: this.bundle,
-      rootPath: path.join(this.dir, 'merged'),
-      overlay: { lower: [LOWER], upper: path.join(this.dir, 'upper'), work: path.join(this.dir, 'work') },
-      logPath: this.log,
-      ...over,
-    });
-    mutate?.(spec);
-    writeFileSync(path.join(this.bundle, 'spec.json'), JSON.stringify(spec));
-    return this;
-  }
-
-  async create(): Promise<void> {
-    const { stdout } = await execFileP(SHIM, ['create', this.bundle]);
-    const res = JSON.parse(stdout) as { pid: number; monitorPid: number };
-    this.pid = res.pid;
-    this.monitorPid = res.monitorPid;
-    started.add(res.pid);
-    started.add(res.monitorPid);
-  }
-
-  /** What berth does for StartContainer: one byte into start.fifo, never blocking. */
-  start(): void {
-    const fd = openSync(path.join(this.bundle, 'start.fifo'), fsc.O_WRONLY | fsc.O_NONBLOCK);
-    try {
-      writeSync(fd, 'x');
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  async exit(ms = 15000): Promise<Exit> {
-    const file = path.join(this.bundle, 'exit.json');
-    await until(`exit.json of ${this.name}`, () => existsSync(file), ms);
-    await until(`monitor ${this.monitorPid} to exit`, () => !pidAlive(this.monitorPid), ms);
-    return JSON.parse(readFileSync(file, 'utf8')) as Exit;
-  }
-
-  async run(
-    over: Partial<SpecInput> & { args: string[] },
-    mutate?: (s: ShimSpec) => void,
-  ): Promise<{ exit: Exit; records: LogRecord[] }> {
-    this.spec(over, mutate);
-    await this.create();
-    this.start();
-    const exit = await this.exit();
-    return { exit, records: parseLog(this.log) };
-  }
-
-  async destroy(): Promise<void> {
-    if (this.pid && pidAlive(this.pid)) process.kill(this.pid, 'SIGKILL');
-    if (this.monitorPid) await until(`monitor ${this.monitorPid} to exit`, () => !pidAlive(this.monitorPid));
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
-/** Run fn with a fresh container and always destroy it. */
-async function withContainer(name: string, fn: (c: Container) => Promise<void>): Promise<void> {
-  const c = new Container(name);
-  try {
-    await fn(c);
-  } finally {
-    await c.destroy();
-    if (mountsUnder(c.dir).length) throw new Error(`mounts left under ${c.dir}: ${mountsUnder(c.dir).join('\n')}`);
-  }
-}
-
-function shim(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(SHIM, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('error', reject);
-    p.on('close', (code, signal) => resolve({ code: code ?? 128 + (signal ? os.constants.signals[signal] : 0), stdout, stderr }));
-  });
+function withContainer(name: string, fn: (c: Container) => Promise<void>): Promise<void> {
+  return withContainerIn(env, name, fn);
 }
 
 test.before(async () => {

@@ -1,0 +1,397 @@
+// native/build/berth-shim's isolation features against the real kernel (needs root): seccomp filters (in the
+// container and for exec), new user namespaces with id-mapped layers and volumes, mount propagation. Every
+// test removes what it made; the last one checks that nothing is left (mounts, processes).
+import test, { type ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  REPO_ROOT, type Container, DEFAULT_CAPS, type SeccompProfile, type ShimEnv, buildBusyboxRootfs, lines, mountsUnder,
+  shim, until, withContainer as withContainerIn,
+} from '../helpers/rootfs.js';
+import { pidAlive } from '../helpers/util.js';
+
+const isRoot = process.getuid?.() === 0;
+const rtest = isRoot ? test.serial : test.serial.skip;
+
+const TMP = mkdtempSync(path.join(os.tmpdir(), 'berth-native-sec-'));
+const LOWER = path.join(TMP, 'rootfs');
+const started = new Set<number>();
+const podDirs: string[] = [];
+const hostMounts: string[] = []; // made by the propagation test on the host; unmounted by it (or in after)
+const env: ShimEnv = { tmp: TMP, lower: LOWER, started };
+
+function withContainer(name: string, fn: (c: Container) => Promise<void>): Promise<void> {
+  return withContainerIn(env, name, fn);
+}
+
+const EPERM = 1;
+const ALL_CAPS = [
+  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_DAC_READ_SEARCH', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID',
+  'CAP_SETUID', 'CAP_SETPCAP', 'CAP_LINUX_IMMUTABLE', 'CAP_NET_BIND_SERVICE', 'CAP_NET_BROADCAST', 'CAP_NET_ADMIN',
+  'CAP_NET_RAW', 'CAP_IPC_LOCK', 'CAP_IPC_OWNER', 'CAP_SYS_MODULE', 'CAP_SYS_RAWIO', 'CAP_SYS_CHROOT', 'CAP_SYS_PTRACE',
+  'CAP_SYS_PACCT', 'CAP_SYS_ADMIN', 'CAP_SYS_BOOT', 'CAP_SYS_NICE', 'CAP_SYS_RESOURCE', 'CAP_SYS_TIME', 'CAP_SYS_TTY_CONFIG',
+  'CAP_MKNOD', 'CAP_LEASE', 'CAP_AUDIT_WRITE', 'CAP_AUDIT_CONTROL', 'CAP_SETFCAP',
+];
+
+/** RuntimeDefault-like: everything allowed but the keyring, mkdir and unshare, refused with EPERM. */
+function defaultLikeProfile(): SeccompProfile {
+  return {
+    defaultAction: 'SCMP_ACT_ALLOW',
+    architectures: ['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86', 'SCMP_ARCH_X32'],
+    syscalls: [
+      // no errnoRet: EPERM, as in the OCI spec; unknown names are skipped
+      { names: ['keyctl', 'add_key', 'request_key', 'no_such_syscall_berth'], action: 'SCMP_ACT_ERRNO' },
+      { names: ['mkdir', 'mkdirat'], action: 'SCMP_ACT_ERRNO', errnoRet: EPERM },
+      { names: ['unshare'], action: 'SCMP_ACT_ERRNO', errnoRet: EPERM },
+      { names: ['getppid'], action: 'SCMP_ACT_ALLOW' }, // the default action again: ignored
+    ],
+  };
+}
+
+/** "Key:\tvalue" lines (grep of /proc/self/status) as an object. */
+function fields(ls: string[]): Record<string, string> {
+  return Object.fromEntries(ls.map((l) => l.split(/:\s+/) as [string, string]));
+}
+
+/** The hex CapEff of a capability list. */
+function capMask(names: string[]): string {
+  let m = 0n;
+  for (const n of names) m |= 1n << BigInt(ALL_CAPS.indexOf(n));
+  return m.toString(16).padStart(16, '0');
+}
+
+function statusField(status: string, field: string): string {
+  return new RegExp(`^${field}:\\s*(.*)$`, 'm').exec(status)?.[1]?.trim() ?? '';
+}
+
+test.before(async () => {
+  if (!isRoot) return;
+  execFileSync('make', ['-s', '-C', path.join(REPO_ROOT, 'native')], { stdio: 'inherit' });
+  await buildBusyboxRootfs(LOWER);
+  const src = fileURLToPath(new URL('../../../test/fixtures/syscalls.c', import.meta.url));
+  execFileSync('gcc', ['-static', '-O2', '-o', path.join(LOWER, 'bin/syscalls'), src]);
+});
+
+test.after.always(async () => {
+  for (const pid of started) {
+    if (pidAlive(pid)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone meanwhile
+      }
+    }
+  }
+  for (const m of hostMounts.reverse()) {
+    try {
+      execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+    } catch {
+      // unmounted by its test
+    }
+  }
+  for (const d of podDirs) await shim(['unpin', d]).catch(() => undefined);
+  rmSync(TMP, { recursive: true, force: true });
+});
+
+// ---- seccomp ----
+
+rtest('seccomp: a RuntimeDefault-like profile refuses mkdir and keyctl, Seccomp: 2; unconfined by default', async (t) => {
+  const script = 'grep -E "^(Seccomp|CapEff|NoNewPrivs):" /proc/self/status; mkdir /tmp/d 2>&1 || echo mkdir-failed; ' +
+    'syscalls keyctl add_key unshare-uts mkdir getppid';
+  await withContainer('seccomp', async (c) => {
+    const { exit, records } = await c.run({ args: ['/bin/sh', '-c', script] }, (s) => {
+      s.seccomp = defaultLikeProfile();
+    });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    const out = lines(records, 'stdout');
+    t.deepEqual(fields(out.slice(0, 3)), { Seccomp: '2', CapEff: capMask(DEFAULT_CAPS), NoNewPrivs: '0' },
+      'filtered, and the CAP_SYS_ADMIN held to install it (no no_new_privs) is gone');
+    t.regex(out[3]!, /Operation not permitted/);
+    t.is(out[4], 'mkdir-failed');
+    t.is(out[5], `keyctl=${EPERM} add_key=${EPERM} unshare-uts=${EPERM} mkdir=${EPERM} getppid=0`);
+  });
+  // the same with no_new_privs and another uid: the filter goes in after the uid change
+  await withContainer('seccomp-nnp', async (c) => {
+    const { exit, records } = await c.run({ args: ['/bin/sh', '-c', script], uid: 65534, gid: 65534 }, (s) => {
+      s.seccomp = defaultLikeProfile();
+      s.process.noNewPrivileges = true;
+    });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    const out = lines(records, 'stdout');
+    t.deepEqual(fields(out.slice(0, 3)), { Seccomp: '2', CapEff: '0000000000000000', NoNewPrivs: '1' });
+    t.is(out[5], `keyctl=${EPERM} add_key=${EPERM} unshare-uts=${EPERM} mkdir=${EPERM} getppid=0`);
+  });
+  // capabilities left alone (no capabilities object) and a uid change: installed before it
+  await withContainer('seccomp-nocaps', async (c) => {
+    const { exit, records } = await c.run({ args: ['/bin/sh', '-c', script], uid: 65534, gid: 65534 }, (s) => {
+      s.seccomp = defaultLikeProfile();
+      delete (s.process as { capabilities?: unknown }).capabilities;
+    });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    const out = lines(records, 'stdout');
+    t.is(fields(out.slice(0, 3)).Seccomp, '2');
+    t.is(out[5], `keyctl=${EPERM} add_key=${EPERM} unshare-uts=${EPERM} mkdir=${EPERM} getppid=0`);
+  });
+  await withContainer('unconfined', async (c) => {
+    const { exit, records } = await c.run({ args: ['/bin/sh', '-c', script] });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    const out = lines(records, 'stdout');
+    t.is(fields(out.slice(0, 3)).Seccomp, '0');
+    t.is(out[3], `keyctl=0 add_key=0 unshare-uts=${EPERM} mkdir=0 getppid=0`); // unshare: no CAP_SYS_ADMIN
+  });
+});
+
+rtest('seccomp: argument rules (MASKED_EQ), errnoRet, KILL_PROCESS, a defaultAction other than ALLOW', async (t) => {
+  const CLONE_NEWUTS = 0x04000000;
+  await withContainer('seccomp-args', async (c) => {
+    const { exit, records } = await c.run({
+      args: ['/bin/sh', '-c', 'syscalls unshare-uts unshare-ipc getppid; syscalls acct; echo "acct status $?"'],
+      capabilities: ALL_CAPS,
+    }, (s) => {
+      s.seccomp = {
+        defaultAction: 'SCMP_ACT_ALLOW',
+        syscalls: [
+          { names: ['unshare'], action: 'SCMP_ACT_ERRNO', errnoRet: 95, args: [{ index: 0, value: CLONE_NEWUTS, valueTwo: CLONE_NEWUTS, op: 'SCMP_CMP_MASKED_EQ' }] },
+          { names: ['getppid'], action: 'SCMP_ACT_ERRNO', errnoRet: 42 },
+          { names: ['acct'], action: 'SCMP_ACT_KILL_PROCESS' },
+        ],
+      };
+    });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    t.deepEqual(lines(records, 'stdout'), ['unshare-uts=95 unshare-ipc=0 getppid=42', 'acct status 159']); // 128 + SIGSYS
+  });
+  await withContainer('seccomp-deny', async (c) => {
+    // ERRNO by default: the allow list must hold all that busybox sh needs; getppid is not on it
+    const allow = ['read', 'write', 'openat', 'close', 'fstat', 'newfstatat', 'execve', 'brk', 'arch_prctl', 'set_tid_address',
+      'set_robust_list', 'rseq', 'prlimit64', 'mmap', 'munmap', 'mprotect', 'getpid', 'getuid', 'geteuid', 'getgid', 'getegid',
+      'rt_sigaction', 'rt_sigprocmask', 'rt_sigreturn', 'exit', 'exit_group', 'uname', 'readlink', 'ioctl', 'fcntl',
+      'getcwd', 'stat', 'lstat', 'access', 'dup2', 'dup3', 'wait4', 'clone', 'fork', 'vfork', 'getrandom', 'sigaltstack',
+      'poll', 'lseek', 'pread64', 'statx', 'futex', 'madvise'];
+    const { exit, records } = await c.run({ args: ['/bin/syscalls', 'getppid', 'keyctl'] }, (s) => {
+      s.process.noNewPrivileges = true;
+      s.seccomp = { defaultAction: 'SCMP_ACT_ERRNO', defaultErrnoRet: 38, syscalls: [{ names: allow, action: 'SCMP_ACT_ALLOW' }] };
+    });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    t.deepEqual(lines(records, 'stdout'), ['getppid=38 keyctl=38']);
+  });
+});
+
+rtest('seccomp: a bad profile fails create with a message naming it', async (t) => {
+  await withContainer('seccomp-bad', async (c) => {
+    c.spec({ args: ['true'] }, (s) => {
+      s.seccomp = { defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mkdir'], action: 'SCMP_ACT_EXPLODE' }] };
+    });
+    const r = await shim(['create', c.bundle]);
+    t.is(r.code, 1);
+    t.is(r.stdout, '');
+    t.regex(r.stderr, /seccomp: syscalls\[0\]: action .* SCMP_ACT_EXPLODE/);
+  });
+});
+
+rtest('exec --seccomp-json filters the exec\'d process the same way', async (t) => {
+  await withContainer('seccomp-exec', async (c) => {
+    await c.running({ args: ['sleep', '1000'] });
+    const pid = String(c.pid);
+    const profile = path.join(c.dir, 'seccomp.json');
+    writeFileSync(profile, JSON.stringify(defaultLikeProfile()));
+    const caps = path.join(c.dir, 'caps.json');
+    writeFileSync(caps, JSON.stringify({ bounding: DEFAULT_CAPS, effective: DEFAULT_CAPS, permitted: DEFAULT_CAPS, inheritable: [], ambient: [] }));
+    const cmd = ['sh', '-c', 'grep -E "^(Seccomp|CapEff):" /proc/self/status; syscalls keyctl mkdir getppid'];
+
+    const plain = await shim(['exec', pid, '--caps-json', caps, '--', ...cmd]);
+    t.is(plain.code, 0, plain.stderr);
+    t.deepEqual(plain.stdout.trim().split('\n'), [`CapEff:\t${capMask(DEFAULT_CAPS)}`, 'Seccomp:\t0', 'keyctl=0 mkdir=0 getppid=0']);
+
+    const filtered = await shim(['exec', pid, '--caps-json', caps, '--seccomp-json', profile, '--', ...cmd]);
+    t.is(filtered.code, 0, filtered.stderr);
+    t.deepEqual(filtered.stdout.trim().split('\n'),
+      [`CapEff:\t${capMask(DEFAULT_CAPS)}`, 'Seccomp:\t2', `keyctl=${EPERM} mkdir=${EPERM} getppid=0`]);
+
+    const nnp = await shim(['exec', pid, '--uid', '65534', '--gid', '65534', '--no-new-privs', '--seccomp-json', profile, '--', ...cmd]);
+    t.is(nnp.code, 0, nnp.stderr);
+    t.deepEqual(nnp.stdout.trim().split('\n'), ['CapEff:\t0000000000000000', 'Seccomp:\t2', `keyctl=${EPERM} mkdir=${EPERM} getppid=0`]);
+
+    const mk = await shim(['exec', pid, '--seccomp-json', profile, '--', 'sh', '-c', 'mkdir /tmp/x']);
+    t.not(mk.code, 0);
+    t.regex(mk.stderr, /Operation not permitted/);
+
+    writeFileSync(profile, '{"defaultAction": "SCMP_ACT_NOPE", "syscalls": []}');
+    const bad = await shim(['exec', pid, '--seccomp-json', profile, '--', 'true']);
+    t.is(bad.code, 125);
+    t.regex(bad.stderr, /defaultAction/);
+  });
+});
+
+// ---- user namespaces ----
+
+const MAP = [{ containerID: 0, hostID: 100000, size: 65536 }];
+
+rtest('a new user namespace: root inside, uid 100000 outside; layers, volumes and new files have the right owners', async (t) => {
+  const vol = path.join(TMP, `vol-${randomBytes(4).toString('hex')}`);
+  mkdirSync(vol);
+  writeFileSync(path.join(vol, 'owned-by-1000'), 'x');
+  chownSync(path.join(vol, 'owned-by-1000'), 1000, 1000);
+  try {
+    await withContainer('userns', async (c) => {
+      await c.running({
+        args: ['sleep', '1000'],
+        namespaces: [{ type: 'user' }, { type: 'mount' }, { type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'network' }, { type: 'cgroup' }],
+        extraMounts: [{ destination: '/vol', type: 'bind', source: vol, options: ['rbind', 'rw'] }],
+      }, (s) => {
+        s.uidMappings = MAP;
+        s.gidMappings = MAP;
+      });
+      const status = readFileSync(`/proc/${c.pid}/status`, 'utf8');
+      t.regex(statusField(status, 'Uid'), /^100000\s+100000\s+100000\s+100000$/);
+      t.regex(statusField(status, 'Gid'), /^100000\s+100000\s+100000\s+100000$/);
+      t.is(readFileSync(`/proc/${c.pid}/uid_map`, 'utf8').trim().split(/\s+/).join(' '), '0 100000 65536');
+      t.is(readFileSync(`/proc/${c.pid}/gid_map`, 'utf8').trim().split(/\s+/).join(' '), '0 100000 65536');
+
+      const script = [
+        'id -u', 'id -g',
+        'stat -c "%u %g" /bin/busybox / /root /vol /vol/owned-by-1000 /dev/null /dev/shm /proc/1',
+        'touch /root/new /vol/new && echo wrote',
+        'stat -c "%u %g" /root/new',
+        'echo hi > /dev/null && echo devnull-ok',
+        'cat /proc/self/uid_map',
+      ].join('; ');
+      const r = await shim(['exec', String(c.pid), '--', 'sh', '-c', script]);
+      t.is(r.code, 0, r.stderr);
+      const out = r.stdout.trim().split('\n');
+      t.is(out[0], '0');
+      t.is(out[1], '0');
+      t.deepEqual(out.slice(2, 10), ['0 0', '0 0', '0 0', '0 0', '1000 1000', '0 0', '0 0', '0 0']);
+      t.is(out[10], 'wrote');
+      t.is(out[11], '0 0');
+      t.is(out[12], 'devnull-ok');
+      t.is(out[13]!.trim().split(/\s+/).join(' '), '0 100000 65536');
+      // on the host: the layer and the volume keep their on-disk owners; new files belong to root of the disk's view
+      t.is(statSync(path.join(c.dir, 'upper/root/new')).uid, 0);
+      t.is(statSync(path.join(vol, 'new')).uid, 0);
+      t.is(statSync(path.join(vol, 'owned-by-1000')).uid, 1000);
+      // the exec'd process is mapped too: never host root inside the namespace
+      const who = await shim(['exec', String(c.pid), '--', 'sh', '-c', 'cat /proc/self/status | grep ^Uid; id -u']);
+      t.is(who.code, 0, who.stderr);
+      t.regex(who.stdout, /^Uid:\s+0\s+0\s+0\s+0\n0\n$/);
+      process.kill(c.pid, 'SIGKILL');
+      t.is((await c.exit()).signal, 9);
+    });
+  } finally {
+    rmSync(vol, { recursive: true, force: true });
+  }
+});
+
+rtest('a user-namespaced container in a pod: joins the pod namespaces, mounts sysfs and mqueue, runs as a mapped user', async (t) => {
+  const pod = path.join(TMP, `pod-${randomBytes(4).toString('hex')}`);
+  podDirs.push(pod);
+  const sb = await shim(['sandbox', pod, '--net', '--ipc', '--uts', '--pid', '--hostname', 'userns-pod']);
+  t.is(sb.code, 0, sb.stderr);
+  const { initPid } = JSON.parse(sb.stdout) as { initPid: number };
+  started.add(initPid);
+  try {
+    await withContainer('userns-pod', async (c) => {
+      const ns = (type: 'network' | 'ipc' | 'uts' | 'pid', file: string) => ({ type, path: path.join(pod, file) });
+      const { exit, records } = await c.run({
+        args: ['/bin/sh', '-c', 'id -u; hostname; ls /sys/class/net; grep -c mqueue /proc/self/mounts; stat -c "%u %g" /dev/pts/ptmx /dev/shm; ' +
+          'touch /dev/shm/x /tmp/y && echo writable; syscalls keyctl'],
+        uid: 1000,
+        gid: 1000,
+        namespaces: [{ type: 'user' }, { type: 'mount' }, ns('pid', 'pid'), ns('network', 'net'), ns('ipc', 'ipc'), ns('uts', 'uts'), { type: 'cgroup' }],
+      }, (s) => {
+        s.uidMappings = MAP;
+        s.gidMappings = MAP;
+        s.seccomp = defaultLikeProfile();
+      });
+      t.is(exit.exitCode, 0, JSON.stringify(records));
+      const out = lines(records, 'stdout');
+      t.deepEqual(out, ['1000', 'userns-pod', 'lo', '1', '0 0', '0 0', 'writable', `keyctl=${EPERM}`]);
+    });
+  } finally {
+    process.kill(initPid, 'SIGTERM');
+    await until('pod init to exit', () => !pidAlive(initPid));
+    t.is((await shim(['unpin', pod])).code, 0);
+  }
+});
+
+rtest('user namespace: bad mappings are refused before anything runs', async (t) => {
+  await withContainer('userns-bad', async (c) => {
+    c.spec({ args: ['true'], namespaces: [{ type: 'user' }, { type: 'mount' }] });
+    let r = await shim(['create', c.bundle]);
+    t.is(r.code, 1);
+    t.regex(r.stderr, /needs uidMappings and gidMappings/);
+    c.spec({ args: ['true'] }, (s) => {
+      s.uidMappings = MAP;
+      s.gidMappings = MAP;
+    });
+    r = await shim(['create', c.bundle]);
+    t.is(r.code, 1);
+    t.regex(r.stderr, /need a new user namespace/);
+  });
+});
+
+// ---- mount propagation ----
+
+function mountedAt(p: string): boolean {
+  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === p);
+}
+
+rtest('propagation: rshared goes both ways, rslave host to container only, rprivate not at all', async (t) => {
+  const shared = path.join(TMP, `shared-${randomBytes(4).toString('hex')}`);
+  mkdirSync(shared);
+  execFileSync('mount', ['--bind', shared, shared]);
+  hostMounts.push(shared);
+  execFileSync('mount', ['--make-shared', shared]);
+  for (const d of ['from-host', 'from-ctr-shared', 'from-ctr-slave']) mkdirSync(path.join(shared, d));
+  try {
+    await withContainer('propagation', async (c) => {
+      await c.running({
+        args: ['sleep', '1000'],
+        capabilities: ALL_CAPS, // to mount inside
+        extraMounts: ['rshared', 'rslave', 'rprivate'].map((p) => ({
+          destination: `/${p}`, type: 'bind', source: shared, options: ['rbind', p],
+        })),
+      });
+      const pid = String(c.pid);
+      // host -> container
+      execFileSync('mount', ['-t', 'tmpfs', 'berth-from-host', path.join(shared, 'from-host')]);
+      hostMounts.push(path.join(shared, 'from-host'));
+      writeFileSync(path.join(shared, 'from-host/marker'), 'host');
+      const seen = await shim(['exec', pid, '--', 'sh', '-c',
+        'for p in rshared rslave rprivate; do cat /$p/from-host/marker 2>/dev/null || echo none; echo; done']);
+      t.is(seen.code, 0, seen.stderr);
+      t.deepEqual(seen.stdout.split('\n').filter(Boolean), ['host', 'host', 'none']);
+      // container -> host: only through the rshared mount
+      const m1 = await shim(['exec', pid, '--', 'mount', '-t', 'tmpfs', 'berth-from-ctr', '/rshared/from-ctr-shared']);
+      t.is(m1.code, 0, m1.stderr);
+      const m2 = await shim(['exec', pid, '--', 'mount', '-t', 'tmpfs', 'berth-from-ctr', '/rslave/from-ctr-slave']);
+      t.is(m2.code, 0, m2.stderr);
+      hostMounts.push(path.join(shared, 'from-ctr-shared'), path.join(shared, 'from-ctr-slave'));
+      t.true(mountedAt(path.join(shared, 'from-ctr-shared')), 'a mount in the rshared volume reaches the host');
+      t.false(mountedAt(path.join(shared, 'from-ctr-slave')), 'a mount in the rslave volume stays in the container');
+      const inside = await shim(['exec', pid, '--', 'sh', '-c', 'grep -c berth-from-ctr /proc/self/mounts']);
+      t.true(Number(inside.stdout.trim()) >= 2, inside.stdout); // both, and the shared one again under /rslave
+      process.kill(c.pid, 'SIGKILL');
+      await c.exit();
+    });
+  } finally {
+    for (const m of [path.join(shared, 'from-ctr-shared'), path.join(shared, 'from-host'), shared]) {
+      if (mountedAt(m)) execFileSync('umount', [m]);
+    }
+  }
+  t.deepEqual(mountsUnder(shared), []);
+  rmSync(shared, { recursive: true, force: true });
+});
+
+function checkClean(t: ExecutionContext): void {
+  t.deepEqual(mountsUnder(TMP), []);
+  for (const pid of started) t.false(pidAlive(pid), `pid ${pid} still alive`);
+  for (const d of podDirs) t.false(existsSync(path.join(d, 'net')), `${d} still pinned`);
+}
+
+rtest('nothing is left behind: mounts, processes, pinned namespaces', (t) => {
+  checkClean(t);
+});
