@@ -15,7 +15,7 @@ import {
   type MemUsage,
 } from './procfs.js';
 import type { ConcurrentResult, MemoryResult, PodMemory, PullResult } from './model.js';
-import { nsToMs } from './stats.js';
+import { nsToMs, summarize } from './stats.js';
 
 const RUNNING_TIMEOUT_MS = 60_000;
 const POLL_MS = 10;
@@ -263,10 +263,20 @@ export interface MemoryOptions {
   signal?: AbortSignal;
 }
 
+/** Median of a few MemAvailable readings 100 ms apart: the host's other activity jitters single readings. */
+async function memAvailableSettled(readings = 5): Promise<number> {
+  const values: number[] = [];
+  for (let i = 0; i < readings; i++) {
+    if (i) await sleep(100);
+    values.push(await readMemAvailable());
+  }
+  return summarize(values).median;
+}
+
 async function daemonUsage(pid: number | undefined): Promise<MemUsage | undefined> {
   if (pid === undefined) return undefined;
   const u = await sumMemUsage([pid]);
-  return u.gone.length ? undefined : { rssKiB: u.rssKiB, pssKiB: u.pssKiB };
+  return u.gone.length ? undefined : { rssKiB: u.rssKiB, pssKiB: u.pssKiB, anonKiB: u.anonKiB };
 }
 
 /** The daemon's memory now (undefined when its pid is unknown or gone). */
@@ -283,7 +293,7 @@ export async function measureMemory(cri: CriClient, image: string, opts: MemoryO
   try {
     await sleep(settleMs);
     result.idle = await daemonUsage(opts.daemonPid);
-    result.memAvailableBeforeKiB = await readMemAvailable();
+    result.memAvailableBeforeKiB = await memAvailableSettled();
     const settled = await mapLimit(Array.from({ length: opts.pods }), 8, () => startPod(cri, image, pods, opts.signal));
     const started: StartedPod[] = [];
     for (const s of settled) {
@@ -294,7 +304,7 @@ export async function measureMemory(cri: CriClient, image: string, opts: MemoryO
     result.running = started.length;
     check(opts.signal);
     await sleep(settleMs);
-    result.memAvailableAfterKiB = await readMemAvailable();
+    result.memAvailableAfterKiB = await memAvailableSettled();
     result.withPods = await daemonUsage(opts.daemonPid);
 
     const procs = await processTable();

@@ -7,6 +7,8 @@ import { promises as fs } from 'node:fs';
 export interface MemUsage {
   rssKiB: number;
   pssKiB: number;
+  /** Anonymous memory (heap, stacks): what the process itself allocated, as opposed to mapped files. */
+  anonKiB?: number;
 }
 
 /** `Key:   123 kB` lines (smaps_rollup, meminfo, status) → { Key: 123 }. Lines without a number are skipped. */
@@ -23,7 +25,7 @@ export function parseKbLines(text: string): Record<string, number> {
 export function parseSmapsRollup(text: string): MemUsage {
   const kv = parseKbLines(text);
   if (kv.Rss === undefined || kv.Pss === undefined) throw new Error('smaps_rollup without Rss/Pss lines');
-  return { rssKiB: kv.Rss, pssKiB: kv.Pss };
+  return { rssKiB: kv.Rss, pssKiB: kv.Pss, ...(kv.Anonymous !== undefined ? { anonKiB: kv.Anonymous } : {}) };
 }
 
 /** MemAvailable of /proc/meminfo text, KiB. */
@@ -125,20 +127,22 @@ export async function readMemUsage(pid: number): Promise<MemUsage> {
 }
 
 /** Summed usage of processes; those that vanished meanwhile count 0 and are returned in `gone`. */
-export async function sumMemUsage(pids: readonly number[]): Promise<MemUsage & { gone: number[] }> {
+export async function sumMemUsage(pids: readonly number[]): Promise<Required<MemUsage> & { gone: number[] }> {
   let rssKiB = 0;
   let pssKiB = 0;
+  let anonKiB = 0;
   const gone: number[] = [];
   for (const pid of pids) {
     try {
       const m = await readMemUsage(pid);
       rssKiB += m.rssKiB;
       pssKiB += m.pssKiB;
+      anonKiB += m.anonKiB ?? 0;
     } catch {
       gone.push(pid);
     }
   }
-  return { rssKiB, pssKiB, gone };
+  return { rssKiB, pssKiB, anonKiB, gone };
 }
 
 export async function readMemAvailable(): Promise<number> {

@@ -1,6 +1,6 @@
 // Rendering benchmark results: markdown tables for people, a JSON object for tools. Pure: no I/O, no clocks.
 
-import { headlineMetrics, memorySummary, type BenchResult, type Metric, type RuntimeRun } from './model.js';
+import { headlineMetrics, memorySummary, type BenchResult, type MemUsage, type Metric, type RuntimeRun } from './model.js';
 import { summarize, type Summary } from './stats.js';
 import { evaluateTargets, type TargetResult, type Unit } from './targets.js';
 
@@ -37,9 +37,9 @@ export function formatValue(value: number | null, unit: Unit): string {
 
 const kibToMiB = (kib: number | undefined) => (kib === undefined ? NaN : kib / 1024);
 
-/** other/base as '1.23×'; '–' when either side is missing or the base is 0. */
+/** other/base as '1.23×'; '–' when either side is missing, the base is not positive or other is negative. */
 export function formatRatio(other: number, base: number): string {
-  if (!Number.isFinite(other) || !Number.isFinite(base) || base === 0) return '–';
+  if (!(other >= 0 && base > 0) || !Number.isFinite(other) || !Number.isFinite(base)) return '–';
   return `${(other / base).toFixed(2)}×`;
 }
 
@@ -202,22 +202,28 @@ function memorySection(run: RuntimeRun): string {
   const m = run.memory;
   if (!m) return '';
   const s = memorySummary(m);
+  const mem = (kib: number | undefined) => formatMiB(kibToMiB(kib));
   const rows: string[][] = [
-    ['daemon at start', m.atStart?.rssKiB, m.atStart?.pssKiB],
-    ['daemon idle (no pods)', m.idle?.rssKiB, m.idle?.pssKiB],
-    [`daemon with ${m.running ?? m.pods} pods`, m.withPods?.rssKiB, m.withPods?.pssKiB],
-    [`runtime-owned per pod (mean of ${m.perPod.length})`, s.perPodRssKiB, s.perPodPssKiB],
-    ['runtime-owned per pod (max)', s.perPodRssMaxKiB, s.perPodPssMaxKiB],
-  ].map(([name, rss, pss]) => [name as string, formatMiB(kibToMiB(rss as number | undefined)), formatMiB(kibToMiB(pss as number | undefined))]);
-  rows.push(['host MemAvailable drop per pod', formatMiB(kibToMiB(s.memAvailableDropPerPodKiB)), '']);
+    ['daemon at start', m.atStart],
+    ['daemon idle (no pods)', m.idle],
+    [`daemon with ${m.running ?? m.pods} pods`, m.withPods],
+  ].map(([name, u]) => {
+    const usage = u as MemUsage | undefined;
+    return [name as string, mem(usage?.rssKiB), mem(usage?.pssKiB), mem(usage?.anonKiB)];
+  });
+  rows.push(
+    [`runtime-owned per pod (mean of ${m.perPod.length})`, mem(s.perPodRssKiB), mem(s.perPodPssKiB), ''],
+    ['runtime-owned per pod (max)', mem(s.perPodRssMaxKiB), mem(s.perPodPssMaxKiB), ''],
+    ['host MemAvailable drop per pod', mem(s.memAvailableDropPerPodKiB), '', ''],
+  );
   const lines = [
     `daemon pid ${m.daemonPid ?? 'unknown'}${m.daemonNote ? ` (${m.daemonNote})` : ''}`,
     `runtime processes per pod: ${s.processes || 'none found'}`,
     ...m.notes,
   ];
   return (
-    'Memory (RSS and PSS from /proc/<pid>/smaps_rollup):\n\n' +
-    table(['memory', 'RSS MiB', 'PSS MiB'], ['l', 'r', 'r'], rows) +
+    'Memory (RSS, PSS and anonymous from /proc/<pid>/smaps_rollup; MemAvailable is host-wide, so other activity on the host adds noise):\n\n' +
+    table(['memory', 'RSS MiB', 'PSS MiB', 'anon MiB'], ['l', 'r', 'r', 'r'], rows) +
     lines.map((l) => `\n- ${cell(l)}`).join('') +
     '\n'
   );
@@ -335,7 +341,7 @@ export function toJson(result: BenchResult): Record<string, unknown> {
   };
   const [base, other] = result.runs;
   if (base && other) {
-    const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b !== 0 ? Math.round((a / b) * 1000) / 1000 : null);
+    const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && a >= 0 && b > 0 ? Math.round((a / b) * 1000) / 1000 : null);
     out.comparison = {
       base: base.label,
       other: other.label,

@@ -94,6 +94,7 @@ test('bench --quick measures everything and cleans up after itself', async (t) =
   usage(t, 'daemon at start', m.atStart);
   usage(t, 'daemon idle', m.idle);
   usage(t, 'daemon with pods', m.withPods);
+  t.true(m.withPods.anonKiB > 0 && m.withPods.anonKiB <= m.withPods.rssKiB);
   t.is(m.perPod.pods.length, 3);
   for (const pod of m.perPod.pods) {
     t.true(pod.pids.length >= 1, `runtime processes of pod ${pod.podId}`);

@@ -14,7 +14,7 @@ import {
 } from '../../bench/procfs.js';
 import { headlineMetrics, memorySummary, type BenchResult, type MemoryResult, type RuntimeRun } from '../../bench/model.js';
 import { evaluateTargets, TARGETS } from '../../bench/targets.js';
-import { formatMiB, headlineComparisonTable, renderTables, targetsTable, toJson } from '../../bench/report.js';
+import { formatMiB, formatRatio, headlineComparisonTable, renderTables, targetsTable, toJson } from '../../bench/report.js';
 import { escapeXml, logDomain, logTicks, logX, renderSvg } from '../../bench/svg.js';
 import { findNamed, mapLimit } from '../../bench/phases.js';
 
@@ -42,11 +42,13 @@ Pss:                 350 kB
 Pss_Dirty:           112 kB
 Pss_Anon:            112 kB
 Shared_Clean:       1432 kB
+Anonymous:           120 kB
 Swap:                  0 kB
 `;
 
 test('parseSmapsRollup reads Rss and Pss in KiB', (t) => {
-  t.deepEqual(parseSmapsRollup(SMAPS), { rssKiB: 1780, pssKiB: 350 });
+  t.deepEqual(parseSmapsRollup(SMAPS), { rssKiB: 1780, pssKiB: 350, anonKiB: 120 });
+  t.deepEqual(parseSmapsRollup('Rss: 8 kB\nPss: 4 kB\n'), { rssKiB: 8, pssKiB: 4 });
   t.throws(() => parseSmapsRollup('Size: 4 kB\n'), { message: /Rss\/Pss/ });
 });
 
@@ -128,7 +130,7 @@ const memory = (over: Partial<MemoryResult> = {}): MemoryResult => ({
   running: 30,
   daemonPid: 100,
   atStart: { rssKiB: 60 * 1024, pssKiB: 40 * 1024 },
-  idle: { rssKiB: 70 * 1024, pssKiB: 50 * 1024 },
+  idle: { rssKiB: 70 * 1024, pssKiB: 50 * 1024, anonKiB: 30 * 1024 },
   withPods: { rssKiB: 75 * 1024, pssKiB: 55 * 1024 },
   memAvailableBeforeKiB: 1_000_000,
   memAvailableAfterKiB: 1_000_000 - 30 * 2048,
@@ -262,6 +264,12 @@ test('targetsTable: limit, value, status, basis, and the other runtime for refer
 // ---------------------------------------------------------------------------------------------------------------
 // tables and JSON
 
+test('ratios only between a non-negative value and a positive base', (t) => {
+  t.is(formatRatio(-1, 2), '–');
+  t.is(formatRatio(1, -2), '–');
+  t.is(formatRatio(0, 2), '0.00×');
+});
+
 test('formatMiB: 3 decimals below 10 MiB, 1 above', (t) => {
   t.is(formatMiB(0.1234), '0.123');
   t.is(formatMiB(75.04), '75.0');
@@ -285,10 +293,11 @@ test('renderTables: per-runtime pull, pods-at-once and memory sections, comparis
   t.true(md.includes('| 20 | 1500.00 | 1237.50 | 1450.00 | 1475.00 | 400.00 | 0 |'));
   t.true(md.includes('| 50 | 4000.00 | 3500.00 | 4000.00 | 4000.00 | 900.00 | 1 |'));
   t.true(md.includes('- 50 pods: x'));
-  t.true(md.includes('| daemon with 30 pods | 75.0 | 55.0 |'));
-  t.true(md.includes('| runtime-owned per pod (mean of 30) | 0.202 | 0.098 |'));
-  t.true(md.includes('| runtime-owned per pod (max) | 0.391 | 0.098 |'));
-  t.true(md.includes('| host MemAvailable drop per pod | 2.000 |  |'));
+  t.true(md.includes('| daemon with 30 pods | 75.0 | 55.0 | – |'));
+  t.true(md.includes('| daemon idle (no pods) | 70.0 | 50.0 | 30.0 |'));
+  t.true(md.includes('| runtime-owned per pod (mean of 30) | 0.202 | 0.098 |  |'));
+  t.true(md.includes('| runtime-owned per pod (max) | 0.391 | 0.098 |  |'));
+  t.true(md.includes('| host MemAvailable drop per pod | 2.000 |  |  |'));
   t.true(md.includes('- runtime processes per pod: berth-shim ×1'));
   t.true(md.includes('- runtime processes per pod: containerd-shim ×1, pause ×1'));
   t.true(md.includes('### containerd vs berth'));
