@@ -222,7 +222,7 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
 
     for (const n of opts.concurrent) {
       await phase(`${n} pods at once`, async () => {
-        const c = await measureConcurrent(cri, image, n, signal);
+        const c = await measureConcurrent(cri, image, n, signal, t.daemonPid);
         run.concurrent.push(c);
         progress(`${name}: ${n} pods running after ${c.wallMs.toFixed(0)} ms`);
         if (c.failures.length) throw new Error(`${c.failures.length} failures, first: ${c.failures[0]}`);

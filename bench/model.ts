@@ -24,6 +24,8 @@ export interface ConcurrentResult {
   perPodMs: number[];
   /** Per step (RunPodSandbox, CreateContainer, StartContainer, until RUNNING): each successful pod's time in it, ms. */
   stages?: Record<string, number[]>;
+  /** CPU time the runtime daemon used until all ran (utime + stime, its own threads only), ms. */
+  daemonCpuMs?: number;
   /** Removing them all at once afterwards (StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox), ms. */
   teardownMs: number;
   failures: string[];

@@ -9,6 +9,7 @@ import { CONTAINER_COMMAND, Interrupted, STOP_TIMEOUT_S } from './lifecycle.js';
 import {
   describeProcesses,
   processTable,
+  readCpuMs,
   readMemAvailable,
   runtimeOwnedProcesses,
   sumMemUsage,
@@ -217,13 +218,15 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (it
  * `count` pods started at the same instant: wall time until every container runs and each pod's own time; then
  * all of them removed at once (timed separately as teardown).
  */
-export async function measureConcurrent(cri: CriClient, image: string, count: number, signal?: AbortSignal): Promise<ConcurrentResult> {
+export async function measureConcurrent(cri: CriClient, image: string, count: number, signal?: AbortSignal, daemonPid?: number): Promise<ConcurrentResult> {
   const pods: PodSet = new Set();
+  const cpu0 = daemonPid ? await readCpuMs(daemonPid) : NaN;
   const result: ConcurrentResult = { pods: count, wallMs: NaN, perPodMs: [], stages: Object.fromEntries(STAGES.map((s) => [s, []])), teardownMs: NaN, failures: [] };
   try {
     const t0 = process.hrtime.bigint();
     const settled = await Promise.allSettled(Array.from({ length: count }, () => startPod(cri, image, pods, signal, t0)));
     result.wallMs = since(t0);
+    if (daemonPid) result.daemonCpuMs = (await readCpuMs(daemonPid)) - cpu0;
     for (const s of settled) {
       if (s.status === 'fulfilled') {
         result.perPodMs.push(s.value.ms);

@@ -64,13 +64,30 @@ export interface ProcInfo {
   cmdline: string;
 }
 
-/** ppid and comm from /proc/<pid>/stat text (comm may contain spaces and parentheses). */
-export function parseStat(text: string): { comm: string; ppid: number } {
+/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ, 100 on every mainstream Linux build). */
+export const USER_HZ = 100;
+
+/**
+ * comm, ppid and the CPU time the process used (utime + stime, in ms) from /proc/<pid>/stat text (comm may contain
+ * spaces and parentheses).
+ */
+export function parseStat(text: string): { comm: string; ppid: number; cpuMs: number } {
   const open = text.indexOf('(');
   const close = text.lastIndexOf(')');
   if (open < 0 || close < open) throw new Error('malformed stat');
+  // After "(comm) ": state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime …
   const rest = text.slice(close + 2).split(' ');
-  return { comm: text.slice(open + 1, close), ppid: Number(rest[1]) };
+  const ticks = Number(rest[11]) + Number(rest[12]);
+  return { comm: text.slice(open + 1, close), ppid: Number(rest[1]), cpuMs: Number.isFinite(ticks) ? (ticks * 1000) / USER_HZ : NaN };
+}
+
+/** CPU time a process has used so far, ms; NaN when it is gone. */
+export async function readCpuMs(pid: number): Promise<number> {
+  try {
+    return parseStat(await fs.readFile(`/proc/${pid}/stat`, 'utf8')).cpuMs;
+  } catch {
+    return NaN;
+  }
 }
 
 /** The processes attributed to one pod: what the runtime runs for it, not the pod's workload. */

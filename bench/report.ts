@@ -161,11 +161,11 @@ function concurrentSection(run: RuntimeRun): string {
   return (
     'Pods started at once (RunPodSandbox + CreateContainer + StartContainer until RUNNING, all issued together):\n\n' +
     table(
-      ['pods', 'all running ms', 'per-pod p50 ms', 'per-pod p95 ms', 'per-pod max ms', 'teardown ms', 'failures'],
-      ['r', 'r', 'r', 'r', 'r', 'r', 'r'],
+      ['pods', 'all running ms', 'per-pod p50 ms', 'per-pod p95 ms', 'per-pod max ms', 'daemon CPU ms', 'teardown ms', 'failures'],
+      ['r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
       run.concurrent.map((c) => {
         const s = summarize(c.perPodMs);
-        return [String(c.pods), formatMs(c.wallMs), formatMs(s.median), formatMs(s.p95), formatMs(s.max), formatMs(c.teardownMs), String(c.failures.length)];
+        return [String(c.pods), formatMs(c.wallMs), formatMs(s.median), formatMs(s.p95), formatMs(s.max), formatMs(c.daemonCpuMs ?? NaN), formatMs(c.teardownMs), String(c.failures.length)];
       }),
     ) +
     run.concurrent
@@ -292,6 +292,7 @@ function runJson(run: RuntimeRun): Record<string, unknown> {
       pods: c.pods,
       wallMs: round3(c.wallMs),
       perPod: distJson(c.perPodMs),
+      daemonCpuMs: round3(c.daemonCpuMs ?? NaN),
       stages: Object.fromEntries(Object.entries(c.stages ?? {}).map(([n, v]) => [n, distJson(v)])),
       teardownMs: round3(c.teardownMs),
       failures: c.failures,

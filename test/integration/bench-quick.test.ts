@@ -82,6 +82,7 @@ test('bench --quick measures everything and cleans up after itself', async (t) =
   t.deepEqual(c.failures, []);
   t.is(c.perPod.n, 5);
   t.true(c.wallMs >= c.perPod.max && c.teardownMs > 0);
+  t.is(typeof c.daemonCpuMs, 'number');
   t.deepEqual(Object.keys(c.stages), ['RunPodSandbox', 'CreateContainer', 'StartContainer', 'until RUNNING']);
   for (const stage of Object.values(c.stages) as Json[]) t.is(stage.n, 5);
 

@@ -73,8 +73,8 @@ test('parseNetUnix: bound sockets with their inode, path and listening flag', (t
 });
 
 test('parseStat: comm may hold spaces and parentheses', (t) => {
-  t.deepEqual(parseStat('4242 (containerd-shim) S 1 4242 4242 0 -1 4194560 …'), { comm: 'containerd-shim', ppid: 1 });
-  t.deepEqual(parseStat('77 (a (b) c) R 12 77 77 0'), { comm: 'a (b) c', ppid: 12 });
+  t.deepEqual(parseStat('4242 (containerd-shim) S 1 4242 4242 0 -1 4194560 1517 0 3 0 250 17 0 0 20 0 11 0 1000'), { comm: 'containerd-shim', ppid: 1, cpuMs: 2670 });
+  t.like(parseStat('77 (a (b) c) R 12 77 77 0 -1 0 0 0 0 0 1 2'), { comm: 'a (b) c', ppid: 12, cpuMs: 30 });
 });
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ const fast: RuntimeRun = {
   },
   pull: { cold: [100, 120, 140], warm: [5, 6, 7], coldVerified: true, notes: [] },
   concurrent: [
-    { pods: 20, wallMs: 1500, perPodMs: Array.from({ length: 20 }, (_, i) => 1000 + i * 25), teardownMs: 400, failures: [] },
+    { pods: 20, wallMs: 1500, perPodMs: Array.from({ length: 20 }, (_, i) => 1000 + i * 25), daemonCpuMs: 750, teardownMs: 400, failures: [] },
     { pods: 50, wallMs: 4000, perPodMs: [3000, 4000], teardownMs: 900, failures: ['x'] },
   ],
   memory: memory(),
@@ -290,8 +290,8 @@ test('renderTables: per-runtime pull, pods-at-once and memory sections, comparis
   t.true(md.includes('PullImage (cold: after RemoveImage; layer files checked gone before each cold pull)'));
   t.true(md.includes('PullImage (cold: after RemoveImage; layers on disk not checked)'));
   t.true(md.includes('\n- layer digests unknown\n'));
-  t.true(md.includes('| 20 | 1500.00 | 1237.50 | 1450.00 | 1475.00 | 400.00 | 0 |'));
-  t.true(md.includes('| 50 | 4000.00 | 3500.00 | 4000.00 | 4000.00 | 900.00 | 1 |'));
+  t.true(md.includes('| 20 | 1500.00 | 1237.50 | 1450.00 | 1475.00 | 750.00 | 400.00 | 0 |'));
+  t.true(md.includes('| 50 | 4000.00 | 3500.00 | 4000.00 | 4000.00 | – | 900.00 | 1 |'));
   t.true(md.includes('- 50 pods: x'));
   t.true(md.includes('| daemon with 30 pods | 75.0 | 55.0 | – |'));
   t.true(md.includes('| daemon idle (no pods) | 70.0 | 50.0 | 30.0 |'));
@@ -316,7 +316,8 @@ test('toJson: every measurement per run, targets, metric comparison; no NaN anyw
   t.deepEqual(b!.pull.warm, { n: 3, min: 5, median: 6, p95: 7, max: 7, samples: [5, 6, 7] });
   t.is(b!.pull.coldVerified, true);
   t.is(b!.concurrent.length, 2);
-  t.like(b!.concurrent[0], { pods: 20, wallMs: 1500, teardownMs: 400, failures: [] });
+  t.like(b!.concurrent[0], { pods: 20, wallMs: 1500, daemonCpuMs: 750, teardownMs: 400, failures: [] });
+  t.is(b!.concurrent[1].daemonCpuMs, null);
   t.like(b!.concurrent[0].perPod, { n: 20, median: 1237.5, p95: 1450 });
   t.like(b!.memory, { unit: 'KiB', pods: 30, running: 30, daemonPid: 100 });
   t.deepEqual(b!.memory.withPods, { rssKiB: 75 * 1024, pssKiB: 55 * 1024 });
