@@ -158,15 +158,6 @@ int caps_drop_extra(const struct capsets *caps)
     return caps_set(caps, 0, NULL, NULL) < 0 ? -errno : 0;
 }
 
-int cap_effective(int cap)
-{
-    struct __user_cap_data_struct data[2];
-    memset(data, 0, sizeof data);
-    if (capget_all(data) < 0)
-        return 0;
-    return (int)((data[cap / 32].effective >> (cap % 32)) & 1);
-}
-
 int caps_raise_effective(void)
 {
     struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};

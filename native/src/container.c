@@ -595,6 +595,15 @@ static void setup_rootfs(struct spec *s)
         child_fail("make / rslave", NULL, errno);
     if (s->nlower) {
         mount_overlay(s);
+    } else if (userns_fd >= 0) {
+        int mapped, fd = clone_tree(s->root, 1, 1, &mapped);
+        if (fd < 0)
+            child_fail("clone rootfs for id-mapping", s->root, errno);
+        if (!mapped)
+            child_fail("the filesystem of the rootfs cannot be id-mapped:", s->root, EINVAL);
+        if (move_mount(fd, "", AT_FDCWD, s->root, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            child_fail("mount id-mapped rootfs at", s->root, errno);
+        close(fd);
     } else if (mount(s->root, s->root, NULL, MS_BIND | MS_REC, NULL) < 0) {
         child_fail("bind rootfs onto itself", s->root, errno);
     }

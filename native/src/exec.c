@@ -19,6 +19,15 @@
 #define EXIT_CANNOT 126
 #define EXIT_NOTFOUND 127
 
+static volatile pid_t exec_child;
+
+static void kill_exec_child(int sig)
+{
+    (void)sig;
+    if (exec_child > 0)
+        kill(exec_child, SIGKILL);
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: " SHIM_NAME " exec <container-pid> [--uid N] [--gid N] [--groups a,b] [--cwd DIR]\n"
@@ -258,9 +267,15 @@ int cmd_exec(int argc, char **argv)
         warn_err("exec", cmd[0], e);
         _exit(e == ENOENT ? EXIT_NOTFOUND : EXIT_CANNOT);
     }
-    /* SIGTERM/SIGKILL of this process kill the child through PDEATHSIG; a terminal's ^C/^\\ reach
-     * the child directly (same process group), so this process only waits. */
+    /* SIGTERM (berth's exec timeout) kills the child and reaps it before this process exits, so no zombie
+     * outlives the call (PDEATHSIG alone would leave it to the host's init to reap, later). SIGKILL of this
+     * process still kills the child through PDEATHSIG; a terminal's ^C/^\\ reach the child directly. */
     int status;
+    exec_child = child;
+    struct sigaction sa = {0};
+    sa.sa_handler = kill_exec_child;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
     signal(SIGINT, SIG_IGN);
     signal(SIGQUIT, SIG_IGN);
     while (waitpid(child, &status, 0) < 0) {

@@ -51,8 +51,6 @@ int caps_finish(const struct capsets *caps, uint64_t extra, char *err, size_t er
 int caps_drop_extra(const struct capsets *caps);
 /* effective = permitted (after a change of fsuid cleared the file capabilities). Returns 0 or -errno. */
 int caps_raise_effective(void);
-/* Is the capability in the effective set of this process? */
-int cap_effective(int cap);
 
 /* ---- seccomp.c ---- */
 struct json_object;

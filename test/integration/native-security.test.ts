@@ -240,7 +240,11 @@ rtest('a new user namespace: root inside, uid 100000 outside; layers, volumes an
       await c.running({
         args: ['sleep', '1000'],
         namespaces: [{ type: 'user' }, { type: 'mount' }, { type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'network' }, { type: 'cgroup' }],
-        extraMounts: [{ destination: '/vol', type: 'bind', source: vol, options: ['rbind', 'rw'] }],
+        extraMounts: [
+          { destination: '/vol', type: 'bind', source: vol, options: ['rbind', 'rw'] },
+          { destination: '/vol-ro', type: 'bind', source: vol, options: ['rbind', 'ro', 'rprivate'] },
+          { destination: '/etc/one-file', type: 'bind', source: path.join(vol, 'owned-by-1000'), options: ['rbind', 'rw'] },
+        ],
       }, (s) => {
         s.uidMappings = MAP;
         s.gidMappings = MAP;
@@ -258,6 +262,8 @@ rtest('a new user namespace: root inside, uid 100000 outside; layers, volumes an
         'stat -c "%u %g" /root/new',
         'echo hi > /dev/null && echo devnull-ok',
         'cat /proc/self/uid_map',
+        'stat -c "%u %g" /vol-ro /etc/one-file',
+        'touch /vol-ro/x 2>&1 || true',
       ].join('; ');
       const r = await shim(['exec', String(c.pid), '--', 'sh', '-c', script]);
       t.is(r.code, 0, r.stderr);
@@ -269,6 +275,8 @@ rtest('a new user namespace: root inside, uid 100000 outside; layers, volumes an
       t.is(out[11], '0 0');
       t.is(out[12], 'devnull-ok');
       t.is(out[13]!.trim().split(/\s+/).join(' '), '0 100000 65536');
+      t.deepEqual(out.slice(14, 16), ['0 0', '1000 1000']); // a read-only volume and a file are id-mapped too
+      t.regex(out[16]!, /Read-only file system/);
       // on the host: the layer and the volume keep their on-disk owners; new files belong to root of the disk's view
       t.is(statSync(path.join(c.dir, 'upper/root/new')).uid, 0);
       t.is(statSync(path.join(vol, 'new')).uid, 0);
@@ -283,6 +291,24 @@ rtest('a new user namespace: root inside, uid 100000 outside; layers, volumes an
   } finally {
     rmSync(vol, { recursive: true, force: true });
   }
+});
+
+rtest('a new user namespace without an overlay: the rootfs bind is id-mapped', async (t) => {
+  await withContainer('userns-bind', async (c) => {
+    const { exit, records } = await c.run({
+      args: ['/bin/sh', '-c', 'id -u; stat -c "%u %g" / /bin/busybox /etc/passwd'],
+      rootPath: LOWER, // read only by this container: nothing is written under it
+      overlay: undefined,
+      namespaces: [{ type: 'user' }, { type: 'mount' }, { type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'network' }],
+    }, (s) => {
+      delete s.overlay;
+      s.uidMappings = MAP;
+      s.gidMappings = MAP;
+    });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    t.deepEqual(lines(records, 'stdout'), ['0', '0 0', '0 0', '0 0']);
+  });
+  t.deepEqual(mountsUnder(LOWER), []);
 });
 
 rtest('a user-namespaced container in a pod: joins the pod namespaces, mounts sysfs and mqueue, runs as a mapped user', async (t) => {
