@@ -204,9 +204,13 @@ export function execInContainer(opts: ExecOptions): Promise<ExecResult> {
       errBytes += c.length;
     });
     let timedOut = false;
+    // SIGTERM makes the shim kill and reap the command before it exits (no zombie left for the caller to see);
+    // SIGKILL follows if the shim itself does not go.
+    let hardKill: NodeJS.Timeout | undefined;
     const timer = opts.timeoutMs > 0 ? setTimeout(() => {
       timedOut = true;
-      child.kill('SIGKILL');
+      child.kill('SIGTERM');
+      hardKill = setTimeout(() => child.kill('SIGKILL'), 2000);
     }, opts.timeoutMs) : undefined;
     child.on('error', (e) => {
       clearTimeout(timer);
@@ -214,6 +218,7 @@ export function execInContainer(opts: ExecOptions): Promise<ExecResult> {
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      clearTimeout(hardKill);
       resolve({
         stdout: Buffer.concat(out),
         stderr: Buffer.concat(err),

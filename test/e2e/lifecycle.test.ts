@@ -181,6 +181,8 @@ test('ExecSync returns stdout and stderr apart with the exit code, and honours i
   const err = await t.throwsAsync(e.berth.runtime.ExecSync({ container_id: id, cmd: ['sleep', '30'], timeout: 1 })) as unknown as grpc.ServiceError;
   t.is(err.code, grpc.status.DEADLINE_EXCEEDED);
   t.true(Date.now() - t0 < 10000);
+  const left = await e.berth.runtime.ExecSync({ container_id: id, cmd: ['sh', '-c', 'ps -o args | grep -c "^sleep 30"'], timeout: 10 });
+  t.is(left.stdout.toString().trim(), '0', 'the timed-out command is gone when ExecSync returns');
   const missing = await t.throwsAsync(e.berth.runtime.ExecSync({ container_id: 'nope', cmd: ['true'], timeout: 1 })) as unknown as grpc.ServiceError;
   t.is(missing.code, grpc.status.NOT_FOUND);
 });
