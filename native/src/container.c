@@ -246,7 +246,7 @@ static char *map_data_ids(struct spec *s, const char *data)
 {
     if (userns_fd < 0 || !data || (!strstr(data, "uid=") && !strstr(data, "gid=")))
         return NULL;
-    char *out = malloc(strlen(data) + 64 * 8), *o = out;
+    char *out = malloc(strlen(data) * 3 + 16), *o = out; /* "uid=0" (5) becomes at most "uid=4294967295" (14) */
     if (!out)
         child_fail("mount data", NULL, ENOMEM);
     for (const char *p = data; *p;) {
@@ -257,7 +257,7 @@ static char *map_data_ids(struct spec *s, const char *data)
         if ((isuid || isgid) && len - 4 < sizeof num) {
             memcpy(num, p + 4, len - 4);
             num[len - 4] = 0;
-            if (parse_long(num, &v) == 0 && v >= 0 && v <= 0xffffffffL && o - out < 7 * 64) {
+            if (parse_long(num, &v) == 0 && v >= 0 && v <= 0xffffffffL) {
                 long long h = isuid ? map_id(s->uidmap, s->nuidmap, (uint32_t)v) : map_id(s->gidmap, s->ngidmap, (uint32_t)v);
                 if (h >= 0) {
                     o += sprintf(o, "%cid=%lld,", p[0], h);

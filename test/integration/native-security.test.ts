@@ -244,6 +244,7 @@ rtest('a new user namespace: root inside, uid 100000 outside; layers, volumes an
           { destination: '/vol', type: 'bind', source: vol, options: ['rbind', 'rw'] },
           { destination: '/vol-ro', type: 'bind', source: vol, options: ['rbind', 'ro', 'rprivate'] },
           { destination: '/etc/one-file', type: 'bind', source: path.join(vol, 'owned-by-1000'), options: ['rbind', 'rw'] },
+          { destination: '/scratch', type: 'tmpfs', source: 'tmpfs', options: ['uid=1000', 'gid=1000', 'mode=700'] },
         ],
       }, (s) => {
         s.uidMappings = MAP;
@@ -262,7 +263,7 @@ rtest('a new user namespace: root inside, uid 100000 outside; layers, volumes an
         'stat -c "%u %g" /root/new',
         'echo hi > /dev/null && echo devnull-ok',
         'cat /proc/self/uid_map',
-        'stat -c "%u %g" /vol-ro /etc/one-file',
+        'stat -c "%u %g" /vol-ro /etc/one-file /scratch',
         'touch /vol-ro/x 2>&1 || true',
       ].join('; ');
       const r = await shim(['exec', String(c.pid), '--', 'sh', '-c', script]);
@@ -275,8 +276,9 @@ rtest('a new user namespace: root inside, uid 100000 outside; layers, volumes an
       t.is(out[11], '0 0');
       t.is(out[12], 'devnull-ok');
       t.is(out[13]!.trim().split(/\s+/).join(' '), '0 100000 65536');
-      t.deepEqual(out.slice(14, 16), ['0 0', '1000 1000']); // a read-only volume and a file are id-mapped too
-      t.regex(out[16]!, /Read-only file system/);
+      // a read-only volume and a file are id-mapped too; tmpfs uid=/gid= are container ids
+      t.deepEqual(out.slice(14, 17), ['0 0', '1000 1000', '1000 1000']);
+      t.regex(out[17]!, /Read-only file system/);
       // on the host: the layer and the volume keep their on-disk owners; new files belong to root of the disk's view
       t.is(statSync(path.join(c.dir, 'upper/root/new')).uid, 0);
       t.is(statSync(path.join(vol, 'new')).uid, 0);
