@@ -270,7 +270,7 @@ export class EmbeddedNetwork {
 
   /** Waits for pending IPAM writes. */
   async close(): Promise<void> {
-    await this.store.save();
+    await this.store.flush();
   }
 
   /** True if `ip` is in a subnet this network hands out (for tests and diagnostics). */

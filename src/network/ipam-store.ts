@@ -37,6 +37,11 @@ export class IpamStore {
     return this.queued;
   }
 
+  /** Waits for writes already started or queued; starts none. */
+  async flush(): Promise<void> {
+    await (this.queued ?? this.writing)?.catch(() => undefined);
+  }
+
   private async write(): Promise<void> {
     await writeJsonAtomic(this.file, this.state);
   }

@@ -305,3 +305,53 @@ test.serial('auto mode: the embedded bridge until a CNI config appears in the wa
   t.deepEqual(await cniLeftovers(n, root), []);
   t.true(await waitGone(vethOf(first.id)), 'the embedded pod\'s veth is gone');
 });
+
+test.serial('CNI: a plugin failing ADD gets the spec environment and chained input; the list is deleted again and nothing is left', async (t) => {
+  const n = await cniNet(t);
+  const bin = path.join(n.dir, 'bin');
+  const record = path.join(n.dir, 'calls.log');
+  await fs.mkdir(bin);
+  // Records what it was given, then refuses ADD the way plugins do: an error object on stdout, a non-zero exit.
+  await fs.writeFile(
+    path.join(bin, 'berthfail'),
+    `#!/bin/sh\nin=$(cat)\nprintf '%s\\t%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n' "$CNI_COMMAND" "$CNI_CONTAINERID" "$CNI_NETNS" "$CNI_IFNAME" "$CNI_PATH" "$CNI_ARGS" "$in" >> ${record}\n` +
+      `if [ "$CNI_COMMAND" = ADD ]; then echo '{"cniVersion":"1.0.0","code":7,"msg":"berth test plugin says no","details":"on purpose"}'; exit 1; fi\nexit 0\n`,
+    { mode: 0o755 },
+  );
+  await fs.mkdir(n.confDir, { recursive: true });
+  const list = JSON.parse(n.conflist());
+  list.plugins = [list.plugins[0], { type: 'berthfail', capabilities: { portMappings: true, dns: true } }];
+  await fs.writeFile(path.join(n.confDir, '10-berthtest.conflist'), JSON.stringify(list));
+  let root = '';
+  const e = await env(t, `[network]\nmode = "cni"\n[cni]\nconf_dir = "${n.confDir}"\nbin_dirs = ["${bin}", "${PLUGINS}"]\n`, () => cniLeftovers(n, root));
+  root = e.berth.root;
+  t.true((await e.ready()).status);
+  const hostPort = await freePort();
+  const config = podConfig({
+    log_directory: path.join(e.berth.dir, 'logs'),
+    port_mappings: ports([{ host_port: hostPort }]),
+    dns_config: { servers: ['10.0.0.10'], searches: ['svc.cluster.local'], options: ['ndots:5'] },
+  });
+  const err = (await t.throwsAsync(e.berth.runtime.RunPodSandbox({ config }))) as unknown as grpc.ServiceError;
+  t.true(err.details.includes('berth test plugin says no') && err.details.includes('code 7') && err.details.includes('"berthfail"'), err.details);
+  t.is((await e.berth.runtime.ListPodSandbox({})).items.length, 0);
+
+  const calls = (await fs.readFile(record, 'utf8')).trim().split('\n').map((l) => l.split('\t'));
+  t.deepEqual(calls.map((c) => c[0]), ['ADD', 'DEL'], 'ADD, then DEL of the whole list');
+  const [command, containerId, netns, ifname, cniPath, args, stdin] = calls[0]!;
+  t.is(command, 'ADD');
+  t.is(containerId!.length, 64);
+  t.true(netns!.endsWith('/ns/net'), netns);
+  t.is(ifname, 'eth0');
+  t.is(cniPath, `${bin}:${PLUGINS}`);
+  t.is(args, `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${config.metadata!.name};K8S_POD_INFRA_CONTAINER_ID=${containerId};K8S_POD_UID=${config.metadata!.uid}`);
+  const input = JSON.parse(stdin!);
+  t.is(input.name, n.name);
+  t.is(input.cniVersion, '1.0.0');
+  t.true(inSubnet(input.prevResult.ips[0].address.split('/')[0], n.subnet), 'prevResult is the bridge plugin\'s result');
+  t.deepEqual(input.runtimeConfig, {
+    portMappings: [{ hostPort, containerPort: 80, protocol: 'tcp' }],
+    dns: { servers: ['10.0.0.10'], searches: ['svc.cluster.local'], options: ['ndots:5'] },
+  });
+  t.deepEqual(await cniLeftovers(n, root), []);
+});

@@ -79,7 +79,8 @@ export function vethOf(podId: string): string {
 /** Host objects a network test may leave: veths of its pods, rules and chains of its prefix, its bridge. */
 export async function networkLeftovers(net: TestNet, podIds: string[], opts: { bridgeToo?: boolean } = {}): Promise<string[]> {
   const problems: string[] = [];
-  for (const id of podIds) if (await linkExists(vethOf(id))) problems.push(`veth ${vethOf(id)}`);
+  // A pod's veth goes with its netns, which the kernel destroys asynchronously once unpinned.
+  for (const id of podIds) if (!(await waitGone(vethOf(id)))) problems.push(`veth ${vethOf(id)}`);
   const saveText = await iptablesSaveText();
   for (const line of saveText.split('\n')) {
     if (podIds.some((id) => line.includes(id))) problems.push(`rule: ${line}`);

@@ -11,6 +11,7 @@ import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig
 import type { PortMapping } from '../../src/gen/runtime/v1/PortMapping.js';
 import {
   eventually,
+  freeSubnet,
   httpGet,
   linkExists,
   networkLeftovers,
@@ -157,8 +158,12 @@ test('two pods get addresses on the bridge and talk over TCP; the node reaches t
   t.is(allocated[a.ip], a.id);
 
   for (const p of [a, b]) await e.berth.runtime.RemovePodSandbox({ pod_sandbox_id: p.id });
+  const removed = Date.now();
+  const atReturn = await Promise.all([a, b].map((p) => linkExists(vethOf(p.id))));
   t.deepEqual(await e.allocations(), {}, 'addresses are released');
+  // The kernel deletes a veth when its netns goes (after the pin is unmounted), asynchronously.
   for (const p of [a, b]) t.true(await waitGone(vethOf(p.id)), `veth of ${p.id} is gone after RemovePodSandbox`);
+  t.log(`veths still present when RemovePodSandbox returned: ${atReturn.filter(Boolean).length}/2; all gone ${Date.now() - removed} ms later`);
   t.deepEqual(await networkLeftovers(e.net, [a.id, b.id]), []);
   const status = await e.berth.runtime.Status({ verbose: false });
   t.true(status.status!.conditions.find((c) => c.type === 'NetworkReady')!.status);
@@ -259,6 +264,24 @@ test('a berth restart keeps allocations, hostPorts and reachability; teardown af
   await restarted.runtime.RemovePodSandbox({ pod_sandbox_id: b.id });
   t.deepEqual(await e.allocations(), {});
   t.deepEqual(await networkLeftovers(e.net, [a.id, b.id]), []);
+});
+
+test('a pod CIDR from UpdateRuntimeConfig takes precedence over the configured subnet, and survives a restart', async (t) => {
+  const e = await env(t);
+  const before = await e.pod();
+  t.true(inSubnet(before.ip, e.net.subnet));
+  const podCidr = freeSubnet(10, 213);
+  await e.berth.runtime.UpdateRuntimeConfig({ runtime_config: { network_config: { pod_cidr: podCidr } } });
+  const after = await e.pod();
+  t.true(inSubnet(after.ip, podCidr), `${after.ip} in ${podCidr}`);
+  await e.run(after.id, HTTPD('new-cidr'));
+  t.is((await eventually(() => httpGet(`http://${after.ip}/`))).trim(), 'new-cidr');
+  // The same CIDR again (kubelet repeats it) changes nothing.
+  await e.berth.runtime.UpdateRuntimeConfig({ runtime_config: { network_config: { pod_cidr: podCidr } } });
+  e.berth = await e.berth.restart();
+  const third = await e.pod();
+  t.true(inSubnet(third.ip, podCidr), 'the pod CIDR is remembered across a restart');
+  t.not(third.ip, after.ip);
 });
 
 test('a subnet that collides with a host route is refused with a clear reason; nothing is made', async (t) => {
