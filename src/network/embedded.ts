@@ -64,6 +64,8 @@ export class EmbeddedNetwork {
   private readonly liveVeths = new Set<string>();
   private mtu = 1500;
   private ensured: Promise<void> | undefined;
+  /** Orphan veths are looked for once, at start: later, a pod being set up could look like one. */
+  private vethsReconciled = false;
   private pending: Promise<void> = Promise.resolve();
   private status: NetworkReadiness = { ready: true, reason: '', message: '' };
 
@@ -98,7 +100,11 @@ export class EmbeddedNetwork {
     }
     for (const { podId, state: s } of livePods) {
       if (!isEmbeddedState(s) || s.bridge !== this.opts.bridge) continue;
-      if (adopt(state, podId, s.ip)) changed = true;
+      try {
+        if (adopt(state, podId, s.ip)) changed = true;
+      } catch (err) {
+        this.opts.log.error('two live pods claim one address', { pod: podId, ip: s.ip, error: errorMessage(err) });
+      }
       this.track(podId, s);
       try {
         this.hostPorts.reserve(podId, s.hostPorts ?? []);
@@ -145,7 +151,9 @@ export class EmbeddedNetwork {
     const subnets = [formatCidr(this.subnet), ...[...this.liveSubnets].filter((s) => s !== formatCidr(this.subnet))];
     await iptablesRestore(baseRules({ chains: this.chains, bridge: this.opts.bridge, subnets, saved, livePods: this.livePods }), what);
     // A veth on our bridge that no live pod owns outlived its pod (its netns is still referenced somewhere).
-    for (const port of await bridgePorts(this.opts.bridge)) {
+    const orphans = this.vethsReconciled ? [] : await bridgePorts(this.opts.bridge);
+    this.vethsReconciled = true;
+    for (const port of orphans) {
       if (port.startsWith('berth') && !this.liveVeths.has(port)) {
         this.opts.log.info('removing a veth no pod owns', { veth: port });
         await deleteLink(port, what).catch((err) => this.opts.log.warn('cannot remove orphan veth', { veth: port, error: errorMessage(err) }));
@@ -201,6 +209,9 @@ export class EmbeddedNetwork {
       this.hostPorts.release(req.podId);
       throw err;
     }
+    // Counted as live from here on, so that a concurrent re-run of ensure() (a pod CIDR change) keeps its rules.
+    this.livePods.add(req.podId);
+    this.liveVeths.add(veth);
     const state: EmbeddedPodState = {
       backend: 'embedded',
       ip,
@@ -210,11 +221,11 @@ export class EmbeddedNetwork {
       chainPrefix: this.opts.chainPrefix,
       hostPorts: ports,
     };
-    const steps_ms: Record<string, number> = {};
-    const timed = <T>(name: string, p: Promise<T>) =>
-      p.finally(() => (steps_ms[name] = Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100));
-    const steps = await Promise.allSettled([
-      timed('links', addPodVeth({
+    // When each step finished, in ms since setup() began: logged, so the pod-start path stays measurable.
+    const steps: Record<string, number> = {};
+    const mark = (name: string) => (steps[name] = Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100);
+    const settled = await Promise.allSettled([
+      addPodVeth({
         what,
         bridge: this.opts.bridge,
         hostName: veth,
@@ -222,15 +233,17 @@ export class EmbeddedNetwork {
         mtu: this.mtu,
         address: `${ip}/${subnet.prefix}`,
         gateway: formatIp(gatewayOf(subnet)),
-      }, steps_ms)),
-      timed('hostPorts', iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-A'), what)),
+      }, mark),
+      iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-A'), what).then(() => ports.length > 0 && mark('hostPorts')),
     ]);
-    const failed = steps.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) {
-      if (steps[1]!.status === 'fulfilled') await iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-D'), what).catch(() => undefined);
-      if (steps[0]!.status === 'fulfilled') await deleteLink(veth, what).catch(() => undefined);
+      if (settled[1]!.status === 'fulfilled') await iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-D'), what).catch(() => undefined);
+      if (settled[0]!.status === 'fulfilled') await deleteLink(veth, what).catch(() => undefined);
       release(this.store.state, req.podId);
       this.hostPorts.release(req.podId);
+      this.livePods.delete(req.podId);
+      this.liveVeths.delete(veth);
       throw failed.reason;
     }
     this.track(req.podId, state);
@@ -238,7 +251,7 @@ export class EmbeddedNetwork {
     // whatever live pods hold, so a crash before this write lands loses nothing. It keeps an fsync off pod start.
     this.persist();
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    this.opts.log.debug('pod network set up', { pod: req.podId, ip, veth, hostPorts: ports.length, ms: Math.round(ms * 100) / 100, doneAt: steps_ms });
+    this.opts.log.debug('pod network set up', { pod: req.podId, ip, veth, hostPorts: ports.length, ms: Math.round(ms * 100) / 100, steps });
     return { ip, additionalIps: [], state: { ...state } };
   }
 

@@ -62,9 +62,7 @@ export interface VethRequest {
  * berth's netns), gives eth0 its address and default route. Then, in-process, the host end joins the bridge and
  * comes up (ioctls), and hairpin mode is set through sysfs.
  */
-export async function addPodVeth(r: VethRequest, timings?: Record<string, number>): Promise<void> {
-  const t0 = process.hrtime.bigint();
-  const mark = (name: string) => timings && (timings[name] = Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100);
+export async function addPodVeth(r: VethRequest, mark: (step: string) => void = () => undefined): Promise<void> {
   const mtu = String(r.mtu);
   const inside =
     `link add eth0 mtu ${mtu} type veth peer name ${r.hostName} mtu ${mtu} netns /proc/${process.pid}/ns/net\n` +
@@ -72,7 +70,7 @@ export async function addPodVeth(r: VethRequest, timings?: Record<string, number
     'link set eth0 up\n' +
     `route add default via ${r.gateway} dev eth0\n`;
   await run('nsenter', [`--net=${r.netnsPath}`, 'ip', '-batch', '-'], { what: `${r.what}: veth ${r.hostName} and eth0 in ${r.netnsPath}`, input: inside });
-  mark('ip');
+  mark('eth0');
   try {
     // sysfs reads and writes of a few bytes: synchronous is cheaper than a trip through the thread pool.
     bridgeAddPort(r.bridge, r.hostName, ifindexOf(r.hostName));

@@ -95,7 +95,7 @@ async function env(t: ExecutionContext): Promise<Env> {
           }
         })
         .filter((l) => l.msg === 'pod network set up')
-        .map((l) => `${l.ms} ${JSON.stringify(l.doneAt)}`);
+        .map((l) => `${l.ms} ${JSON.stringify(l.steps)}`);
     },
   };
   await berth.images.PullImage({ image: { image: image.ref } });
