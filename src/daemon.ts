@@ -1,4 +1,6 @@
 import path from 'node:path';
+import os from 'node:os';
+import { readFileSync } from 'node:fs';
 import { BerthConfig } from './config/schema.js';
 import { Logger } from './log.js';
 import { ImageStore } from './image/store.js';
@@ -27,6 +29,17 @@ export interface Daemon {
   stop(): Promise<void>;
   /** Drops every connection at once (a second signal). */
   kill(): void;
+}
+
+/** User namespaces with id-mapped layers need Linux 5.19+ and user namespaces enabled. */
+function userNamespacesSupported(): boolean {
+  const [major, minor] = os.release().split('.').map(Number);
+  if (major < 5 || (major === 5 && minor < 19)) return false;
+  try {
+    return Number(readFileSync('/proc/sys/user/max_user_namespaces', 'utf8')) > 0;
+  } catch {
+    return false;
+  }
 }
 
 export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: Logger): Promise<Daemon> {
@@ -76,7 +89,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       network.setPodCidr(cidr);
       log.info('pod CIDR set by kubelet', { podCidr });
     },
-    handlers: () => [{ name: '', recursiveReadOnlyMounts: false, userNamespaces: false }],
+    handlers: () => [{ name: '', recursiveReadOnlyMounts: false, userNamespaces: userNamespacesSupported() }],
   };
 
   const criLog = log.child({ component: 'cri' });

@@ -186,3 +186,39 @@ test('bad input: RunAsGroup alone, a seccomp path without localhost/, an unknown
   }
   t.deepEqual((await e.berth.runtime.ListContainers({})).containers, []);
 });
+
+test('seccomp: RuntimeDefault filters (Seccomp: 2, keyring and namespace syscalls refused); a Localhost profile blocking mkdir blocks it', async (t) => {
+  const e = await env(t);
+  const def = await e.run('grep Seccomp: /proc/self/status; unshare -n true 2>&1; echo rc=$?', sc({ seccomp: { profile_type: 'RuntimeDefault' } }));
+  t.regex(def.out, /Seccomp:\s+2/);
+  t.regex(def.out, /rc=[1-9]/);
+  t.regex((await e.run('grep Seccomp: /proc/self/status', sc({ seccomp: { profile_type: 'Unconfined' } }))).out, /Seccomp:\s+0/);
+  const profile = path.join(e.berth.dir, 'no-mkdir.json');
+  await fs.writeFile(profile, JSON.stringify({ defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mkdir', 'mkdirat'], action: 'SCMP_ACT_ERRNO' }] }));
+  const blocked = await e.run('mkdir /tmp/x 2>&1; echo rc=$?', sc({ seccomp_profile_path: `localhost/${profile}` }));
+  t.regex(blocked.out, /Operation not permitted/);
+  t.regex(blocked.out, /rc=1/);
+  const viaMessage = await e.run('mkdir /tmp/x 2>&1; echo rc=$?', sc({ seccomp: { profile_type: 'Localhost', localhost_ref: profile } }));
+  t.regex(viaMessage.out, /Operation not permitted[\s\S]*rc=1/);
+});
+
+test('user namespaces: root inside is an unprivileged uid on the host and image files keep their owners', async (t) => {
+  const e = await env(t);
+  const status = await e.berth.runtime.Status({});
+  t.true(status.runtime_handlers[0].features?.user_namespaces, 'Status reports user namespace support on this kernel');
+  const userns = { mode: 'POD' as const, uids: [{ container_id: 0, host_id: 200000, length: 65536 }], gids: [{ container_id: 0, host_id: 200000, length: 65536 }] };
+  const nsopts = { network: 'POD' as const, pid: 'CONTAINER' as const, ipc: 'POD' as const, userns_options: userns };
+  const pc = podConfig({ linux: { security_context: { namespace_options: nsopts } } });
+  const { pod_sandbox_id } = await e.berth.runtime.RunPodSandbox({ config: pc });
+  const { container_id } = await e.berth.runtime.CreateContainer({
+    pod_sandbox_id,
+    config: containerConfig(image.ref, { command: ['sleep', '1000'], linux: { security_context: { namespace_options: nsopts } } }),
+    sandbox_config: pc,
+  });
+  await e.berth.runtime.StartContainer({ container_id });
+  const inside = await e.berth.runtime.ExecSync({ container_id, cmd: ['sh', '-c', 'id -u; stat -c %u /bin/busybox; touch /tmp/mine && stat -c %u /tmp/mine'], timeout: 10 });
+  t.is(inside.stdout.toString(), '0\n0\n0\n');
+  const pid = JSON.parse((await e.berth.runtime.ContainerStatus({ container_id, verbose: true })).info.info).pid as number;
+  const hostUid = /Uid:\s+(\d+)/.exec(await fs.readFile(`/proc/${pid}/status`, 'utf8'))![1];
+  t.is(hostUid, '200000');
+});
