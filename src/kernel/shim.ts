@@ -1,4 +1,5 @@
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { spawnCollect } from './spawn.js';
 import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,18 +22,15 @@ export interface ShimExit {
   finishedAt: number;
 }
 
-function run(args: string[], timeoutMs = SHIM_TIMEOUT_MS): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(SHIM_PATH, args, { timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
-      if (err) {
-        const why = stderr.trim() || errorMessage(err);
-        const timedOut = (err as { killed?: boolean }).killed;
-        reject(internal(`berth-shim ${args[0]}${timedOut ? ` timed out after ${timeoutMs}ms` : ''}: ${why}`, err));
-        return;
-      }
-      resolve(stdout);
-    });
+async function run(args: string[], timeoutMs = SHIM_TIMEOUT_MS): Promise<string> {
+  const result = await spawnCollect(SHIM_PATH, args, timeoutMs).catch((err) => {
+    throw internal(`berth-shim ${args[0]}: ${errorMessage(err)}`, err);
   });
+  if (result.code !== 0) {
+    const why = result.stderr.toString().trim() || `exit code ${result.code}`;
+    throw internal(`berth-shim ${args[0]}: ${why}`);
+  }
+  return result.stdout.toString();
 }
 
 /** Writes the spec and creates the container process, blocked until `startContainer`. */
