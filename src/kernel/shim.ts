@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { spawnCollect } from './spawn.js';
 import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -165,8 +164,6 @@ export interface ExecOptions {
   seccompFile?: string;
   command: string[];
   timeoutMs: number;
-  /** Bytes kept of each stream. */
-  maxOutput?: number;
 }
 
 export interface ExecResult {
@@ -186,43 +183,12 @@ export function execInContainer(opts: ExecOptions): Promise<ExecResult> {
   if (opts.seccompFile) args.push('--seccomp-json', opts.seccompFile);
   if (opts.noNewPrivs) args.push('--no-new-privs');
   args.push('--', ...opts.command);
-  const max = opts.maxOutput ?? 16 << 20;
-  return new Promise((resolve, reject) => {
-    const child = spawn(SHIM_PATH, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let outBytes = 0;
-    let errBytes = 0;
-    child.stdout.on('data', (c: Buffer) => {
-      if (outBytes < max) out.push(c);
-      outBytes += c.length;
-    });
-    child.stderr.on('data', (c: Buffer) => {
-      if (errBytes < max) err.push(c);
-      errBytes += c.length;
-    });
-    let timedOut = false;
-    // SIGTERM makes the shim kill and reap the command before it exits (no zombie left for the caller to see);
-    // SIGKILL follows if the shim itself does not go.
-    let hardKill: NodeJS.Timeout | undefined;
-    const timer = opts.timeoutMs > 0 ? setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGTERM');
-      hardKill = setTimeout(() => child.kill('SIGKILL'), 2000);
-    }, opts.timeoutMs) : undefined;
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(internal(`berth-shim exec: ${e.message}`, e));
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      clearTimeout(hardKill);
-      resolve({
-        stdout: Buffer.concat(out),
-        stderr: Buffer.concat(err),
-        exitCode: code ?? (signal ? 128 + (({ SIGKILL: 9, SIGTERM: 15 } as Record<string, number>)[signal] ?? 1) : 1),
-        timedOut,
-      });
-    });
-  });
+  // SIGTERM at the timeout makes the shim kill and reap the command before it exits (no zombie outlives the
+  // call); SIGKILL follows if the shim itself does not go.
+  return spawnCollect(SHIM_PATH, args, opts.timeoutMs, { timeoutSignal: 'SIGTERM', graceMs: 2000, reportTimeout: true }).then(
+    (r) => ({ stdout: r.stdout, stderr: r.stderr, exitCode: r.code, timedOut: r.timedOut }),
+    (err) => {
+      throw internal(`berth-shim exec: ${errorMessage(err)}`, err);
+    },
+  );
 }

@@ -28,6 +28,15 @@ export interface SpawnResult {
   signal: number;
   stdout: Buffer;
   stderr: Buffer;
+  timedOut: boolean;
+}
+
+export interface SpawnOptions {
+  /** Signal sent at the timeout (default SIGKILL); SIGKILL follows `graceMs` later if the process stays. */
+  timeoutSignal?: NodeJS.Signals;
+  graceMs?: number;
+  /** Resolve with timedOut: true instead of rejecting. */
+  reportTimeout?: boolean;
 }
 
 function pipe(): [number, number] {
@@ -65,7 +74,7 @@ function reap(pid: number): Promise<{ code: number; signal: number }> {
 }
 
 /** Runs `file` with `args`, stdin from /dev/null, and collects stdout and stderr; kills it after `timeoutMs`. */
-export async function spawnCollect(file: string, args: string[], timeoutMs: number): Promise<SpawnResult> {
+export async function spawnCollect(file: string, args: string[], timeoutMs: number, opts: SpawnOptions = {}): Promise<SpawnResult> {
   const [outR, outW] = pipe();
   const [errR, errW] = pipe();
   const actions = Buffer.alloc(256);
@@ -102,21 +111,27 @@ export async function spawnCollect(file: string, args: string[], timeoutMs: numb
   close(errW);
   const pid = pidOut[0];
   let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
+  let hardKill: NodeJS.Timeout | undefined;
+  const signal = (sig: NodeJS.Signals) => {
     try {
-      process.kill(pid, 'SIGKILL');
+      process.kill(pid, sig);
     } catch {
       /* gone */
     }
-  }, timeoutMs);
+  };
+  const timer = timeoutMs > 0 ? setTimeout(() => {
+    timedOut = true;
+    signal(opts.timeoutSignal ?? 'SIGKILL');
+    if ((opts.timeoutSignal ?? 'SIGKILL') !== 'SIGKILL') hardKill = setTimeout(() => signal('SIGKILL'), opts.graceMs ?? 2000);
+  }, timeoutMs) : undefined;
   try {
     const [stdout, stderr] = await Promise.all([collect(outR), collect(errR)]);
-    const { code, signal } = await reap(pid);
-    if (timedOut) throw internal(`${file} ${args[0] ?? ''} timed out after ${timeoutMs}ms`);
-    return { code, signal, stdout, stderr };
+    const status = await reap(pid);
+    if (timedOut && !opts.reportTimeout) throw internal(`${file} ${args[0] ?? ''} timed out after ${timeoutMs}ms`);
+    return { ...status, stdout, stderr, timedOut };
   } finally {
     clearTimeout(timer);
+    clearTimeout(hardKill);
   }
 }
 
