@@ -123,6 +123,9 @@ export class EmbeddedNetwork {
 
   /** Bridge, sysctls and chains; memoized, retried after a failure. */
   ensure(): Promise<void> {
+    if (!this.ensured) {
+      this.status = { ready: false, reason: 'NetworkPluginNotReady', message: `embedded network: setting up bridge ${this.opts.bridge}` };
+    }
     this.ensured ??= this.doEnsure().then(
       () => {
         this.status = { ready: true, reason: '', message: '' };
@@ -283,6 +286,7 @@ export class EmbeddedNetwork {
 
   /** Waits for pending IPAM writes. */
   async close(): Promise<void> {
+    await this.ensured?.catch(() => undefined);
     await this.store.flush();
   }
 

@@ -36,8 +36,9 @@ export class NetworkManager implements PodNetwork {
     const embeddedPods = livePods.some((p) => p.state.backend === 'embedded');
     const embeddedActive = this.mode === 'embedded' || (this.mode === 'auto' && !this.cni.hasConfig());
     if (embeddedActive || embeddedPods) {
-      // A failure here leaves NetworkReady false with the reason; berth keeps serving, and pod starts retry it.
-      await this.embedded.ensure().catch((err) => this.log.error('embedded network is not ready', { error: errorMessage(err) }));
+      // In the background: serving does not wait for it, pod starts do. A failure leaves NetworkReady false with
+      // the reason, and the next pod start tries again.
+      this.embedded.ensure().catch((err) => this.log.error('embedded network is not ready', { error: errorMessage(err) }));
     }
   }
 

@@ -278,7 +278,7 @@ test.serial('auto mode: the embedded bridge until a CNI config appears in the wa
   );
   t.teardown(() => removeTestNet(embedded));
   root = e.berth.root;
-  t.true((await e.ready()).status);
+  await waitFor(async () => (await e.ready()).status, 10000, 'the embedded bridge to be ready');
   const first = await e.pod();
   t.true(inSubnet(first.ip, embedded.subnet), `without a CNI config, ${first.ip} comes from the embedded ${embedded.subnet}`);
 

@@ -57,13 +57,27 @@ export class CniNetwork {
   private loaded: Loaded = {};
   private watcher: DirWatcher | undefined;
   private refreshing: Promise<Loaded> | undefined;
+  private queuedRefresh: Promise<Loaded> | undefined;
 
   constructor(private readonly opts: CniOptions) {}
 
-  /** Re-reads the conf dir (cheap when nothing changed). */
+  /**
+   * Re-reads the conf dir (cheap when nothing changed). A call made while a read is under way gets a read that
+   * starts after it (one, shared by every such call), so a change that triggered the call is never missed.
+   */
   refresh(): Promise<Loaded> {
-    this.refreshing ??= this.load().finally(() => (this.refreshing = undefined));
-    return this.refreshing;
+    if (this.queuedRefresh) return this.queuedRefresh;
+    if (!this.refreshing) {
+      this.refreshing = this.load().finally(() => (this.refreshing = undefined));
+      return this.refreshing;
+    }
+    this.queuedRefresh = this.refreshing
+      .catch(() => undefined)
+      .then(() => {
+        this.queuedRefresh = undefined;
+        return this.refresh();
+      });
+    return this.queuedRefresh;
   }
 
   private async load(): Promise<Loaded> {
