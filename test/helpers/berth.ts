@@ -12,6 +12,8 @@ import type { RuntimeServiceClient } from '../../src/gen/runtime/v1/RuntimeServi
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const MAIN = path.resolve(here, '../../src/main.js');
+/** The launcher operators run: the same node flags in tests and the bench as in production. */
+export const LAUNCHER = path.resolve(here, '../../../bin/berth');
 
 type Callable<C> = {
   [K in keyof C as K extends string ? (K extends Capitalize<K> ? K : never) : never]: C[K] extends (
@@ -68,10 +70,10 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
   const stateDir = path.join(dir, 'run');
   const configFile = path.join(dir, 'config.toml');
   if (opts.config !== undefined) await fs.writeFile(configFile, opts.config);
-  const args = [MAIN, '--socket', socket, '--root', root, '--state-dir', stateDir, '--log-level', 'debug'];
+  const args = ['--socket', socket, '--root', root, '--state-dir', stateDir, '--log-level', 'debug'];
   if (opts.config !== undefined) args.push('--config', configFile);
   args.push(...(opts.extraArgs ?? []));
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(LAUNCHER, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: string[] = [];
   const waiters: { predicate: (e: Record<string, unknown>) => boolean; resolve: (e: Record<string, unknown>) => void }[] = [];
   const onLine = (line: string) => {
