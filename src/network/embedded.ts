@@ -22,6 +22,8 @@ export interface EmbeddedOptions {
   chainPrefix: string;
   /** <root>/network */
   dataDir: string;
+  /** <state-dir>/network: command input files on the pod-start path. */
+  scratchDir: string;
   log: Logger;
 }
 
@@ -88,6 +90,7 @@ export class EmbeddedNetwork {
   /** Reads IPAM, frees addresses of pods that are gone, takes back what live pods hold. No kernel work. */
   async load(livePods: { podId: string; state: Record<string, unknown> }[]): Promise<void> {
     const state = await this.store.load();
+    await fs.mkdir(this.opts.scratchDir, { recursive: true, mode: 0o700 });
     if (state.podCidr) {
       const c = parseCidr(state.podCidr);
       if (c) this.subnet = c;
@@ -236,8 +239,9 @@ export class EmbeddedNetwork {
         mtu: this.mtu,
         address: `${ip}/${subnet.prefix}`,
         gateway: formatIp(gatewayOf(subnet)),
+        scratchDir: this.opts.scratchDir,
       }, mark),
-      iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-A'), what).then(() => ports.length > 0 && mark('hostPorts')),
+      iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-A'), what, this.opts.scratchDir).then(() => ports.length > 0 && mark('hostPorts')),
     ]);
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) {
@@ -265,7 +269,7 @@ export class EmbeddedNetwork {
     const ports = raw.hostPorts ?? [];
     if (ports.length > 0) {
       try {
-        await iptablesRestore(podRules(chains, req.podId, raw.ip, ports, '-D'), what);
+        await iptablesRestore(podRules(chains, req.podId, raw.ip, ports, '-D'), what, this.opts.scratchDir);
       } catch {
         // Some rule was gone already (a second teardown, or a manual flush): delete whatever is left of the pod's.
         await iptablesRestore(deletePodRules(chains, await iptablesSave(what, 'nat'), req.podId), what);

@@ -1,5 +1,9 @@
 import { spawn } from 'node:child_process';
-import { BerthError } from '../errors.js';
+import { accessSync, constants, promises as fs } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { BerthError, errorMessage } from '../errors.js';
+import { spawnCollect } from '../kernel/spawn.js';
 
 // Runs one command (ip, iptables-restore, nsenter, a CNI plugin) with a deadline; failures are BerthErrors that
 // name what was being done, the command, and what it printed.
@@ -59,3 +63,63 @@ export function run(cmd: string, args: string[], opts: RunOptions): Promise<RunR
     });
   });
 }
+
+const resolved = new Map<string, string | undefined>();
+
+/** The absolute path of a command found in PATH (posix_spawn does not search PATH), cached. */
+export function which(cmd: string): string | undefined {
+  if (cmd.includes('/')) return cmd;
+  if (!resolved.has(cmd)) {
+    const dirs = (process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin').split(':');
+    let found: string | undefined;
+    for (const dir of dirs) {
+      try {
+        accessSync(path.join(dir, cmd), constants.X_OK);
+        found = path.join(dir, cmd);
+        break;
+      } catch {
+        /* next */
+      }
+    }
+    resolved.set(cmd, found);
+  }
+  return resolved.get(cmd);
+}
+
+/**
+ * Like run(), on the pod-start path: the process is started with posix_spawn (vfork semantics), whose cost does not
+ * grow with berth's memory as Node's fork+exec does. Input goes through a file in `scratchDir` (stdin is /dev/null),
+ * named in `args` where `INPUT` stands.
+ */
+export async function runSpawned(cmd: string, args: string[], opts: RunOptions & { scratchDir?: string }): Promise<RunResult> {
+  const file = which(cmd);
+  if (!file) throw new BerthError('failed_precondition', `${opts.what}: cannot run ${cmd}: not installed (not found in PATH)`);
+  let inputFile: string | undefined;
+  if (opts.input !== undefined) {
+    if (!opts.scratchDir) throw new BerthError('internal', `${opts.what}: no scratch directory for the input of ${cmd}`);
+    inputFile = path.join(opts.scratchDir, `${cmd.replace(/\W/g, '')}-${randomBytes(6).toString('hex')}.in`);
+    await fs.writeFile(inputFile, opts.input, { mode: 0o600 });
+    args = args.map((a) => (a === INPUT ? inputFile! : a));
+  }
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const line = `${cmd} ${args.join(' ')}`;
+  try {
+    const r = await spawnCollect(file, args, timeoutMs, { reportTimeout: true }).catch((err) => {
+      throw new BerthError('internal', `${opts.what}: cannot run ${cmd}: ${errorMessage(err)}`, { cause: err });
+    });
+    const stdout = r.stdout.toString('utf8');
+    const stderr = r.stderr.toString('utf8');
+    if (r.timedOut) {
+      throw new BerthError('deadline_exceeded', `${opts.what}: ${line} did not finish within ${timeoutMs} ms`);
+    }
+    if (r.code === 0 || opts.okCodes === 'any' || opts.okCodes?.includes(r.code)) return { code: r.code, stdout, stderr };
+    const detail = (stderr.trim() || stdout.trim()).split('\n').slice(0, 8).join('; ');
+    const how = r.signal ? `signal ${r.signal}` : `exit ${r.code}`;
+    throw new BerthError('internal', `${opts.what}: ${line} failed (${how})${detail ? `: ${detail}` : ''}`);
+  } finally {
+    if (inputFile) await fs.rm(inputFile, { force: true });
+  }
+}
+
+/** Placeholder in runSpawned's args for the file holding `input`. */
+export const INPUT = '\0input';

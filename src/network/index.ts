@@ -81,6 +81,7 @@ export async function createPodNetwork(config: BerthConfig, paths: { root: strin
     subnet: config.network.subnet,
     chainPrefix: chainPrefixFor(config.network.bridge),
     dataDir,
+    scratchDir: path.join(paths.stateDir, 'network'),
     log: log.child({ backend: 'embedded' }),
   });
   const cni = new CniNetwork({ confDir: config.cni.confDir, binDirs: config.cni.binDirs, cacheDir: path.join(dataDir, 'cni-cache'), log: log.child({ backend: 'cni' }) });

@@ -1,6 +1,6 @@
 import { promises as fs, writeFileSync } from 'node:fs';
 import { BerthError } from '../errors.js';
-import { run } from './exec.js';
+import { INPUT, run, runSpawned, which } from './exec.js';
 import { bridgeAddPort, ifindexOf, linkUp } from './netdev.js';
 
 // Links and sysctls of the embedded network: the bridge, a veth pair per pod, the pod's address and route.
@@ -55,10 +55,12 @@ export interface VethRequest {
   /** ip/prefix for eth0 */
   address: string;
   gateway: string;
+  /** A directory on tmpfs for the command's input file. */
+  scratchDir: string;
 }
 
 /**
- * One spawn: inside the pod's netns, `ip -batch` makes the pair (eth0 there, the host end created straight in
+ * One process (posix_spawned; its commands in a file on tmpfs): inside the pod's netns, `ip -batch` makes the pair (eth0 there, the host end created straight in
  * berth's netns), gives eth0 its address and default route. Then, in-process, the host end joins the bridge and
  * comes up (ioctls), and hairpin mode is set through sysfs.
  */
@@ -69,7 +71,11 @@ export async function addPodVeth(r: VethRequest, mark: (step: string) => void = 
     `addr add ${r.address} dev eth0\n` +
     'link set eth0 up\n' +
     `route add default via ${r.gateway} dev eth0\n`;
-  await run('nsenter', [`--net=${r.netnsPath}`, 'ip', '-batch', '-'], { what: `${r.what}: veth ${r.hostName} and eth0 in ${r.netnsPath}`, input: inside });
+  await runSpawned('nsenter', [`--net=${r.netnsPath}`, which('ip') ?? 'ip', '-batch', INPUT], {
+    what: `${r.what}: veth ${r.hostName} and eth0 in ${r.netnsPath}`,
+    input: inside,
+    scratchDir: r.scratchDir,
+  });
   mark('eth0');
   try {
     // sysfs reads and writes of a few bytes: synchronous is cheaper than a trip through the thread pool.
