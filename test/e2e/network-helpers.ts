@@ -40,8 +40,10 @@ export interface TestNet {
 }
 
 export function testNet(): TestNet {
-  const bridge = `bt${randomBytes(3).toString('hex')}`;
-  const subnet = freeSubnet(10, 213);
+  return testNetFrom(`bt${randomBytes(3).toString('hex')}`, freeSubnet(10, 213));
+}
+
+export function testNetFrom(bridge: string, subnet: string): TestNet {
   const gateway = subnet.replace(/\.0\/24$/, '.1');
   return {
     bridge,

@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { loadCri } from '../../src/cri/grpc.js';
 import type { ImageServiceClient } from '../../src/gen/runtime/v1/ImageService.js';
 import type { RuntimeServiceClient } from '../../src/gen/runtime/v1/RuntimeService.js';
+import { removeTestNet, testNet, testNetFrom, TestNet } from '../e2e/network-helpers.js';
 
 // Starts a real berth process on a temporary socket, root and state dir, and talks to it over gRPC.
 
@@ -63,15 +64,30 @@ export interface StartOptions {
   extraArgs?: string[];
 }
 
+/**
+ * Each test berth gets a bridge and /24 of its own (kept in its dir across restarts), unless the test's config has a
+ * [network] section: parallel berths on one shared berth0 would hand out the same addresses.
+ */
+async function isolatedNetwork(dir: string, config: string | undefined): Promise<TestNet | undefined> {
+  if (config?.includes('[network]')) return undefined;
+  const file = path.join(dir, 'testnet.json');
+  const saved = await fs.readFile(file, 'utf8').then((t) => JSON.parse(t) as { bridge: string; subnet: string }, () => undefined);
+  const net = saved ? testNetFrom(saved.bridge, saved.subnet) : testNet();
+  if (!saved) await fs.writeFile(file, JSON.stringify({ bridge: net.bridge, subnet: net.subnet }));
+  return net;
+}
+
 export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess> {
   const dir = opts.dir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'berth-test-')));
+  const net = await isolatedNetwork(dir, opts.config);
   const socket = path.join(dir, 'run', 'berth.sock');
   const root = path.join(dir, 'root');
   const stateDir = path.join(dir, 'run');
   const configFile = path.join(dir, 'config.toml');
-  if (opts.config !== undefined) await fs.writeFile(configFile, opts.config);
+  const config = net ? `${opts.config ?? ''}\n${net.toml('embedded')}` : opts.config;
+  if (config !== undefined) await fs.writeFile(configFile, config);
   const args = ['--socket', socket, '--root', root, '--state-dir', stateDir, '--log-level', 'debug'];
-  if (opts.config !== undefined) args.push('--config', configFile);
+  if (config !== undefined) args.push('--config', configFile);
   args.push(...(opts.extraArgs ?? []));
   const child = spawn(LAUNCHER, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: string[] = [];
@@ -166,6 +182,7 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
         }
       }
       await proc.stop();
+      if (net) await removeTestNet(net);
       await fs.rm(dir, { recursive: true, force: true });
     },
   };
