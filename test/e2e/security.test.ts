@@ -166,7 +166,7 @@ test('HostPid and HostNetwork pods see the host', async (t) => {
   const hostPid = await e.run('ls /proc | grep -c "^[0-9]"', { linux: { security_context: { namespace_options: { pid: 'NODE', network: 'POD', ipc: 'POD' } } } }, { linux: { security_context: { namespace_options: { pid: 'NODE', network: 'POD', ipc: 'POD' } } } });
   t.true(Number(hostPid.out) > 20);
   const hostNet = await e.run('hostname; ls /sys/class/net', { linux: { security_context: { namespace_options: { pid: 'CONTAINER', network: 'NODE', ipc: 'POD' } } } }, { linux: { security_context: { namespace_options: { pid: 'CONTAINER', network: 'NODE', ipc: 'POD' } } } });
-  t.true(hostNet.out.includes(execFileSync('hostname').toString().trim()));
+  t.true(hostNet.out.includes(execFileSync("hostname").toString().trim()), hostNet.out);
 });
 
 test('bad input: RunAsGroup alone, a seccomp path without localhost/, an unknown capability; nothing half-made', async (t) => {
