@@ -13,7 +13,7 @@ import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/c
 import { freePort } from '../helpers/util.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { PortMapping } from '../../src/gen/runtime/v1/PortMapping.js';
-import { eventually, freeSubnet, httpGet, iptablesSaveText, networkLeftovers, outsideHost, removeTestNet, testNet, TestNet, vethOf, waitGone } from './network-helpers.js';
+import { eventually, freeSubnet, releaseSubnet, httpGet, iptablesSaveText, networkLeftovers, outsideHost, removeTestNet, testNet, TestNet, vethOf, waitGone } from './network-helpers.js';
 
 // CNI for real: Debian's containernetworking-plugins (bridge, host-local, portmap, loopback from /usr/lib/cni),
 // configured in a conf dir of the test's own. The tests run one at a time: portmap keeps node-wide chains
@@ -103,6 +103,7 @@ async function cniNet(t: ExecutionContext): Promise<CniNet> {
   t.teardown(async () => {
     await run('ip', ['link', 'del', n.bridge]).catch(() => undefined);
     await fs.rm(dir, { recursive: true, force: true });
+    releaseSubnet(n.subnet);
   });
   return n;
 }

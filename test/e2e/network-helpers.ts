@@ -1,6 +1,6 @@
 import { ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { promises as fs, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, promises as fs, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import dgram from 'node:dgram';
 import http from 'node:http';
 import os from 'node:os';
@@ -18,15 +18,32 @@ import { parseProcRoutes } from '../../src/network/routes.js';
 
 const run = promisify(execFile);
 
-/** A /24 in `first.second.x.0` that no host route overlaps (so parallel tests and the host never collide). */
+const RESERVATIONS = path.join(os.tmpdir(), 'berth-test-subnets');
+
+/**
+ * A /24 in `first.second.x.0` that no host route overlaps and no other test process holds: a reservation file made
+ * with O_EXCL settles races between berths that pick before either has made its bridge. Released by
+ * releaseSubnet (removeTestNet does it).
+ */
 export function freeSubnet(first: number, second: number): string {
   const routes = parseProcRoutes(readFileSync('/proc/net/route', 'utf8'));
-  for (let tries = 0; tries < 200; tries++) {
+  mkdirSync(RESERVATIONS, { recursive: true });
+  for (let tries = 0; tries < 500; tries++) {
     const candidate = `${first}.${second}.${1 + Math.floor(Math.random() * 250)}.0/24`;
     const c = parseCidr(candidate)!;
-    if (!routes.some((r) => r.dest.prefix > 0 && overlaps(r.dest, c))) return candidate;
+    if (routes.some((r) => r.dest.prefix > 0 && overlaps(r.dest, c))) continue;
+    try {
+      writeFileSync(path.join(RESERVATIONS, candidate.replace('/', '_')), String(process.pid), { flag: 'wx' });
+      return candidate;
+    } catch {
+      // held by another test process
+    }
   }
   throw new Error(`no free /24 in ${first}.${second}.0.0/16`);
+}
+
+export function releaseSubnet(subnet: string): void {
+  rmSync(path.join(RESERVATIONS, subnet.replace('/', '_')), { force: true });
 }
 
 export interface TestNet {
@@ -68,6 +85,7 @@ export async function removeTestNet(net: TestNet): Promise<void> {
     child.stdin.end(text);
   });
   await run('ip', ['link', 'del', net.bridge]).catch(() => undefined);
+  releaseSubnet(net.subnet);
 }
 
 export async function linkExists(name: string): Promise<boolean> {
@@ -225,6 +243,7 @@ export async function outsideHost(): Promise<OutsideHost> {
       holder.kill('SIGKILL');
       await new Promise((r) => (holder.exitCode !== null || holder.signalCode !== null ? r(undefined) : holder.once('exit', r)));
       if (!(await waitGone(nodeLink))) await run('ip', ['link', 'del', nodeLink]).catch(() => undefined);
+      releaseSubnet(subnet);
     },
   };
 }

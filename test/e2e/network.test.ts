@@ -12,6 +12,7 @@ import type { PortMapping } from '../../src/gen/runtime/v1/PortMapping.js';
 import {
   eventually,
   freeSubnet,
+  releaseSubnet,
   httpGet,
   linkExists,
   networkLeftovers,
@@ -271,6 +272,7 @@ test('a pod CIDR from UpdateRuntimeConfig takes precedence over the configured s
   const before = await e.pod();
   t.true(inSubnet(before.ip, e.net.subnet));
   const podCidr = freeSubnet(10, 213);
+  t.teardown(() => releaseSubnet(podCidr));
   await e.berth.runtime.UpdateRuntimeConfig({ runtime_config: { network_config: { pod_cidr: podCidr } } });
   const after = await e.pod();
   t.true(inSubnet(after.ip, podCidr), `${after.ip} in ${podCidr}`);
@@ -290,6 +292,7 @@ test('a subnet that collides with a host route is refused with a clear reason; n
   // The outside link's /24 is a host route now; ask for a subnet inside it.
   const linkSubnet = outside.ip.replace(/\.2$/, '.0');
   const collide = testNet();
+  t.teardown(() => releaseSubnet(collide.subnet));
   const berth = await startBerth({
     config: `[registry]\ninsecure = ["${registry.host}"]\n[network]\nmode = "embedded"\nbridge = "${collide.bridge}"\nsubnet = "${linkSubnet}/25"\n`,
   });
