@@ -4,13 +4,13 @@
 import os from 'node:os';
 import koffi from 'koffi';
 
-type Fn = (...args: any[]) => any;
+export type Fn = ((...args: any[]) => any) & { async: (...args: any[]) => void };
 
 let lib: ReturnType<typeof koffi.load> | undefined;
 const bound = new Map<string, Fn>();
 
 // Bind on first use: a symbol missing from an old libc then only breaks the call that needs it.
-function fn(name: string, definition: string): Fn {
+export function fn(name: string, definition: string): Fn {
   let f = bound.get(name);
   if (!f) {
     lib ??= koffi.load('libc.so.6');

@@ -1,23 +1,11 @@
 import net from 'node:net';
 import koffi from 'koffi';
 import { internal } from '../errors.js';
+import { fn } from './libc.js';
 
 // Starting a process with posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK)) instead of Node's fork+exec.
 // fork copies the parent's page tables, so with Node's RSS every spawn cost milliseconds of blocked event loop
 // (measured: 8 ms at 44 MiB RSS, 23 ms at 145 MiB); vfork-style spawning costs the same whatever berth's size.
-
-type Fn = ((...args: any[]) => any) & { async: (...args: any[]) => void };
-let lib: ReturnType<typeof koffi.load> | undefined;
-const fns = new Map<string, Fn>();
-function fn(name: string, decl: string): Fn {
-  let f = fns.get(name);
-  if (!f) {
-    lib ??= koffi.load('libc.so.6');
-    f = lib.func(decl) as Fn;
-    fns.set(name, f);
-  }
-  return f;
-}
 
 const O_CLOEXEC = 0o2000000;
 const POSIX_SPAWN_SETSIGMASK = 0x08;

@@ -71,85 +71,12 @@ export async function buildBusyboxRootfs(dir: string): Promise<void> {
 
 // ---- spec.json (native/README.md) ----
 
-export type ShimNamespaceType = 'mount' | 'pid' | 'ipc' | 'uts' | 'network' | 'cgroup' | 'user';
-
-export interface ShimMount {
-  destination: string;
-  type: string;
-  source: string;
-  options: string[];
-}
-
-export interface ShimDevice {
-  path: string;
-  type: 'c' | 'b';
-  major: number;
-  minor: number;
-  mode: number;
-  uid: number;
-  gid: number;
-}
-
-export interface ShimCapabilities {
-  bounding: string[];
-  effective: string[];
-  permitted: string[];
-  inheritable: string[];
-  ambient: string[];
-}
-
-export interface ShimSpec {
-  id: string;
-  bundle: string;
-  process: {
-    args: string[];
-    env: string[];
-    cwd: string;
-    uid: number;
-    gid: number;
-    additionalGids: number[];
-    terminal: boolean;
-    stdin: boolean;
-    rlimits: { type: string; soft: number; hard: number }[];
-    oomScoreAdj: number | null;
-    noNewPrivileges: boolean;
-    capabilities: ShimCapabilities;
-  };
-  root: { path: string; readonly: boolean };
-  overlay?: { lower: string[]; upper: string; work: string };
-  hostname?: string;
-  namespaces: { type: ShimNamespaceType; path?: string }[];
-  cgroupProcs: string[];
-  mounts: ShimMount[];
-  devices: ShimDevice[];
-  maskedPaths: string[];
-  readonlyPaths: string[];
-  sysctl: Record<string, string>;
-  log: { path: string; maxLineBytes: number };
-  /** With a new `user` namespace (OCI names). */
-  uidMappings?: IdMapping[];
-  gidMappings?: IdMapping[];
-  /** The OCI `linux.seccomp` shape; absent = unconfined. */
-  seccomp?: SeccompProfile;
-}
-
-export interface IdMapping {
-  containerID: number;
-  hostID: number;
-  size: number;
-}
-
-export interface SeccompProfile {
-  defaultAction: string;
-  defaultErrnoRet?: number;
-  architectures?: string[];
-  syscalls: {
-    names: string[];
-    action: string;
-    errnoRet?: number;
-    args?: { index: number; value: number; valueTwo?: number; op: string }[];
-  }[];
-}
+// The spec types are berth's own (src/kernel/shim-spec.ts): the tests drive the shim with exactly what berth sends.
+import type { NamespaceType, ShimCapabilities, ShimDevice, ShimMount, ShimSpec } from '../../src/kernel/shim-spec.js';
+export type { ShimCapabilities, ShimDevice, ShimMount, ShimSpec };
+export type ShimNamespaceType = NamespaceType;
+export type IdMapping = NonNullable<ShimSpec['uidMappings']>[number];
+export type SeccompProfile = NonNullable<ShimSpec['seccomp']>;
 
 /** containerd's default capability set. */
 export const DEFAULT_CAPS = [
