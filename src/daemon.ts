@@ -13,7 +13,7 @@ import { imageHandlers } from './cri/image.js';
 import { podHandlers } from './cri/pods.js';
 import { containerHandlers } from './cri/containers.js';
 import { runtimeHandlers, RuntimeInfo } from './cri/runtime.js';
-import { CriServer, drain, forceClose, serveCri } from './cri/server.js';
+import { claimSocket, CriServer, drain, forceClose, serveCri } from './cri/server.js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
 
@@ -43,6 +43,7 @@ function userNamespacesSupported(): boolean {
 }
 
 export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: Logger): Promise<Daemon> {
+  await claimSocket(paths.socket);
   const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }));
   const images = new ImageService({ store, registry: config.registry, log: log.child({ component: 'images' }) });
   const cgroups = new Cgroups(discoverCgroups(), log.child({ component: 'cgroups' }));

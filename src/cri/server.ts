@@ -23,12 +23,11 @@ function socketAnswers(socket: string): Promise<boolean> {
 
 export class SocketInUseError extends Error {}
 
-/** Binds the CRI services on a unix socket: its directory 0700, the socket 0660 root. */
-export async function serveCri(
-  socket: string,
-  runtime: RuntimeServiceHandlers,
-  image: ImageServiceHandlers,
-): Promise<CriServer> {
+/**
+ * Refuses a socket another berth serves, and clears a stale one. Called before berth touches the node (bridges,
+ * cgroups), so a second berth started by mistake changes nothing.
+ */
+export async function claimSocket(socket: string): Promise<void> {
   const dir = path.dirname(socket);
   await fs.mkdir(dir, { recursive: true, mode: 0o700 });
   await fs.chmod(dir, 0o700);
@@ -38,6 +37,14 @@ export async function serveCri(
     if (await socketAnswers(socket)) throw new SocketInUseError(`another process already serves ${socket}`);
     await fs.rm(socket);
   }
+}
+
+/** Binds the CRI services on a unix socket (claimed first with claimSocket): the socket 0660 root. */
+export async function serveCri(
+  socket: string,
+  runtime: RuntimeServiceHandlers,
+  image: ImageServiceHandlers,
+): Promise<CriServer> {
   const cri = loadCri();
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_MESSAGE,
