@@ -59,7 +59,8 @@ test('a second berth on the same socket refuses to start and the first keeps ser
   const second = spawn(process.execPath, [MAIN, '--socket', berth.socket, '--root', path.join(berth.dir, 'r2'), '--state-dir', path.join(berth.dir, 's2')], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   second.stderr.on('data', (d) => (stderr += d));
-  const code = await new Promise((resolve) => second.on('exit', resolve));
+  // 'close', not 'exit': the exit can be seen before the last of stderr is read.
+  const code = await new Promise((resolve) => second.on('close', resolve));
   t.not(code, 0);
   t.regex(stderr, /already serves/);
   t.is((await berth.runtime.Version({ version: '' })).runtime_name, 'berth');
@@ -69,7 +70,7 @@ async function runBerth(args: string[]): Promise<{ code: number | null; stderr: 
   const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
-  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
   return { code, stderr };
 }
 
