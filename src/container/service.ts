@@ -500,7 +500,8 @@ export class ContainerService {
       cgroupProcs: this.opts.cgroups.procsFiles(record.cgroup.path),
       noNewPrivs: security.noNewPrivs && !security.privileged,
       capsFile: path.join(record.bundle, 'exec-caps.json'),
-      seccompFile: await fs.access(path.join(record.bundle, 'exec-seccomp.json')).then(() => path.join(record.bundle, 'exec-seccomp.json'), () => undefined),
+      // Written at create exactly when the container got a filter: known from the config, no file probe per exec.
+      seccompFile: security.seccomp.kind !== 'unconfined' && !security.privileged ? path.join(record.bundle, 'exec-seccomp.json') : undefined,
       command,
       timeoutMs: timeoutSeconds * 1000,
     });

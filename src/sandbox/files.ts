@@ -25,6 +25,11 @@ export function hostsFile(hostname: string, ip?: string): string {
   return lines.join('\n') + '\n';
 }
 
+/** Only /etc/hosts depends on the pod's address, so only it is rewritten once the network has given one. */
+export async function writeHostsFile(dir: string, hostname: string, ip: string): Promise<void> {
+  await fs.writeFile(path.join(dir, 'hosts'), hostsFile(hostname, ip), { mode: 0o644 });
+}
+
 export async function writePodFiles(dir: string, opts: { hostname: string; dns?: DnsConfig; hostNetwork: boolean; ip?: string }): Promise<void> {
   await fs.mkdir(dir, { recursive: true, mode: 0o755 });
   const hasDns = opts.dns && (opts.dns.servers.length > 0 || opts.dns.searches.length > 0 || opts.dns.options.length > 0);

@@ -10,7 +10,7 @@ import { createPodNamespaces, isShim, unpinNamespaces } from '../kernel/shim.js'
 import { RecordStore } from '../store/records.js';
 import { KeyedMutex } from '../store/locks.js';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
-import { writePodFiles } from './files.js';
+import { writeHostsFile, writePodFiles } from './files.js';
 import { validateSysctls } from './sysctls.js';
 import { SandboxConfig, SandboxRecord } from './types.js';
 import { LoopbackOnly, PodNetwork, PodNetworkRequest } from '../network/types.js';
@@ -224,7 +224,7 @@ export class SandboxService {
         record.additionalIps = net.additionalIps;
         record.networkState = net.state;
         undo.push(() => this.network.teardown(this.networkRequest(record), net.state));
-        if (record.ip) await writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork, ip: record.ip });
+        if (record.ip) await writeHostsFile(record.filesDir, hostname, record.ip);
       }
       await this.records.put(record);
     } catch (err) {
