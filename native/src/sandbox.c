@@ -205,11 +205,14 @@ int cmd_sandbox(int argc, char **argv)
 {
     int want_net = 0, want_ipc = 0, want_uts = 0, want_pid = 0;
     const char *hostname = NULL;
+    struct veth_plan veth = {0};
     char dir[PATH_MAX], err[1200];
     pid_t init = 0;
+    int host_netns = -1;
 
     if (argc < 2) {
-        fprintf(stderr, "usage: " SHIM_NAME " sandbox <dir> [--net] [--ipc] [--uts] [--pid] [--hostname NAME]\n");
+        fprintf(stderr, "usage: " SHIM_NAME " sandbox <dir> [--net [--veth HOST_NAME --address A.B.C.D/P --gateway A.B.C.D"
+                        " --mtu N]] [--ipc] [--uts] [--pid] [--hostname NAME]\n");
         return 2;
     }
     for (int i = 2; i < argc; i++) {
@@ -223,7 +226,20 @@ int cmd_sandbox(int argc, char **argv)
             want_pid = 1;
         else if (strcmp(argv[i], "--hostname") == 0 && i + 1 < argc)
             hostname = argv[++i];
-        else {
+        else if (strcmp(argv[i], "--veth") == 0 && i + 1 < argc)
+            veth.host_name = argv[++i];
+        else if (strcmp(argv[i], "--address") == 0 && i + 1 < argc)
+            veth.address = argv[++i];
+        else if (strcmp(argv[i], "--gateway") == 0 && i + 1 < argc)
+            veth.gateway = argv[++i];
+        else if (strcmp(argv[i], "--mtu") == 0 && i + 1 < argc) {
+            long mtu;
+            if (parse_long(argv[++i], &mtu) < 0 || mtu <= 0 || mtu > 65535) {
+                fprintf(stderr, SHIM_NAME ": sandbox: bad --mtu %s\n", argv[i]);
+                return 2;
+            }
+            veth.mtu = (int)mtu;
+        } else {
             fprintf(stderr, SHIM_NAME ": sandbox: bad argument %s\n", argv[i]);
             return 2;
         }
@@ -231,6 +247,24 @@ int cmd_sandbox(int argc, char **argv)
     if (hostname && !want_uts) {
         fprintf(stderr, SHIM_NAME ": sandbox: --hostname needs --uts\n");
         return 2;
+    }
+    if (veth.host_name || veth.address || veth.gateway || veth.mtu) {
+        if (!want_net) {
+            fprintf(stderr, SHIM_NAME ": sandbox: --veth needs --net\n");
+            return 2;
+        }
+        if (!veth.mtu)
+            veth.mtu = 1500;
+        if (veth_plan_check(&veth, err, sizeof err) < 0) {
+            fprintf(stderr, SHIM_NAME ": sandbox: %s\n", err);
+            return 2;
+        }
+        /* The host end is created in our namespace as it is before unshare: keep a handle on it. */
+        host_netns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (host_netns < 0) {
+            warn_err("sandbox: open", "/proc/self/ns/net", errno);
+            return 1;
+        }
     }
     dir[0] = 0;
     if (mkdir(argv[1], 0711) < 0 && errno != EEXIST) {
@@ -269,6 +303,8 @@ int cmd_sandbox(int argc, char **argv)
             goto fail;
         }
         close(sk);
+        if (host_netns >= 0 && veth_setup(&veth, host_netns, err, sizeof err) < 0)
+            goto fail;
     }
     if (want_pid) {
         fflush(NULL);

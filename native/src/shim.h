@@ -70,6 +70,18 @@ struct json_object;
 struct capsets;
 int caps_from_json(struct json_object *obj, struct capsets *caps, char *err, size_t errlen);
 
+/* ---- netlink.c ---- */
+struct veth_plan {
+    const char *host_name; /* the host end, created in the namespace of host_netns_fd */
+    const char *address;   /* eth0's a.b.c.d/prefix */
+    const char *gateway;   /* default route */
+    int mtu;
+};
+/* Validate a plan before any namespace is made. Returns 0, or -1 with a message in err. */
+int veth_plan_check(const struct veth_plan *plan, char *err, size_t errlen);
+/* From inside the pod's network namespace: the pair, eth0 up with its address and default route. */
+int veth_setup(const struct veth_plan *plan, int host_netns_fd, char *err, size_t errlen);
+
 /* ---- subcommands ---- */
 int cmd_create(int argc, char **argv);
 int cmd_exec(int argc, char **argv);

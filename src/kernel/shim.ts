@@ -90,6 +90,14 @@ export async function isShim(pid: number): Promise<boolean> {
   }
 }
 
+/** A veth pair made inside the new netns: eth0 there, `hostName` in berth's own network namespace. */
+export interface PodVeth {
+  hostName: string;
+  address: string;
+  gateway: string;
+  mtu: number;
+}
+
 export interface PodNamespaces {
   network?: string;
   ipc?: string;
@@ -101,10 +109,14 @@ export interface PodNamespaces {
 /** Creates and pins a pod's namespaces under `dir`. */
 export async function createPodNamespaces(
   dir: string,
-  want: { network: boolean; ipc: boolean; uts: boolean; pid: boolean; hostname?: string },
+  want: { network: boolean; ipc: boolean; uts: boolean; pid: boolean; hostname?: string; veth?: PodVeth },
 ): Promise<PodNamespaces> {
   const args = ['sandbox', dir];
   if (want.network) args.push('--net');
+  if (want.network && want.veth) {
+    const v = want.veth;
+    args.push('--veth', v.hostName, '--address', v.address, '--gateway', v.gateway, '--mtu', String(v.mtu));
+  }
   if (want.ipc) args.push('--ipc');
   if (want.uts) args.push('--uts');
   if (want.pid) args.push('--pid');

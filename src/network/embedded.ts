@@ -7,10 +7,10 @@ import { HostPort, HostPortTable, hostPortsOf } from './hostports.js';
 import { addressOf, adopt, allocate, reconcile, release } from './ipam.js';
 import { IpamStore } from './ipam-store.js';
 import { iptablesRestore, iptablesSave } from './iptables.js';
-import { addPodVeth, bridgePorts, defaultMtu, deleteLink, ensureBridge, writeSysctl } from './links.js';
+import { attachHostEnd, bridgePorts, defaultMtu, deleteLink, ensureBridge, writeSysctl } from './links.js';
 import { defaultRouteDevice, parseProcRoutes, routeCollision } from './routes.js';
 import { baseRules, Chains, chainsFor, deletePodRules, podRules } from './rules.js';
-import { NetworkReadiness, PodNetworkRequest, PodNetworkResult } from './types.js';
+import { NetworkReadiness, PodNetworkPlan, PodNetworkRequest, PodNetworkResult } from './types.js';
 
 // The embedded network: one bridge, a veth pair per pod, IPAM in <root>/network/ipam.json, and berth's own
 // iptables chains for masquerade and hostPorts. Made for a node without a CNI plugin.
@@ -199,11 +199,13 @@ export class EmbeddedNetwork {
     });
   }
 
-  async setup(req: PodNetworkRequest): Promise<PodNetworkResult> {
-    const t0 = process.hrtime.bigint();
+  /**
+   * Address and hostPorts are taken now, before the pod's netns exists, so that the namespace helper can make the
+   * veth pair, eth0's address and route as it creates the netns: no process of its own on the pod-start path.
+   */
+  async prepare(req: PodNetworkRequest): Promise<PodNetworkPlan> {
     await this.pending;
     await this.ensure();
-    const what = `pod ${req.podId}: embedded network`;
     const ports = hostPortsOf(req.portMappings);
     this.hostPorts.reserve(req.podId, ports);
     const subnet = this.subnet;
@@ -227,39 +229,33 @@ export class EmbeddedNetwork {
       chainPrefix: this.opts.chainPrefix,
       hostPorts: ports,
     };
+    return {
+      backend: 'embedded',
+      veth: { hostName: veth, address: `${ip}/${subnet.prefix}`, gateway: formatIp(gatewayOf(subnet)), mtu: this.mtu },
+      state: { ...state },
+    };
+  }
+
+  /** The host end joins the bridge and comes up; hostPort rules go in. On failure, teardown(plan.state) undoes it. */
+  async setup(req: PodNetworkRequest, plan: PodNetworkPlan): Promise<PodNetworkResult> {
+    const t0 = process.hrtime.bigint();
+    if (!plan.veth || !isEmbeddedState(plan.state)) throw new BerthError('internal', `pod ${req.podId}: embedded network setup without a plan`);
+    const state = plan.state;
+    const what = `pod ${req.podId}: embedded network`;
     // When each step finished, in ms since setup() began: logged, so the pod-start path stays measurable.
     const steps: Record<string, number> = {};
     const mark = (name: string) => (steps[name] = Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100);
-    const settled = await Promise.allSettled([
-      addPodVeth({
-        what,
-        bridge: this.opts.bridge,
-        hostName: veth,
-        netnsPath: req.netnsPath,
-        mtu: this.mtu,
-        address: `${ip}/${subnet.prefix}`,
-        gateway: formatIp(gatewayOf(subnet)),
-        scratchDir: this.opts.scratchDir,
-      }, mark),
-      iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-A'), what, this.opts.scratchDir).then(() => ports.length > 0 && mark('hostPorts')),
-    ]);
+    const rules = iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-A'), what, this.opts.scratchDir).then(() => state.hostPorts.length > 0 && mark('hostPorts'));
+    const settled = await Promise.allSettled([attachHostEnd(this.opts.bridge, state.veth, what).then(() => mark('hostEnd')), rules]);
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-    if (failed) {
-      if (settled[1]!.status === 'fulfilled') await iptablesRestore(podRules(this.chains, req.podId, ip, ports, '-D'), what).catch(() => undefined);
-      if (settled[0]!.status === 'fulfilled') await deleteLink(veth, what).catch(() => undefined);
-      release(this.store.state, req.podId);
-      this.hostPorts.release(req.podId);
-      this.livePods.delete(req.podId);
-      this.liveVeths.delete(veth);
-      throw failed.reason;
-    }
+    if (failed) throw failed.reason;
     this.track(req.podId, state);
     // Not awaited: the sandbox record (written next) holds the address too, and start() takes back into IPAM
     // whatever live pods hold, so a crash before this write lands loses nothing. It keeps an fsync off pod start.
     this.persist();
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    this.opts.log.debug('pod network set up', { pod: req.podId, ip, veth, hostPorts: ports.length, ms: Math.round(ms * 100) / 100, steps });
-    return { ip, additionalIps: [], state: { ...state } };
+    this.opts.log.debug('pod network set up', { pod: req.podId, ip: state.ip, veth: state.veth, hostPorts: state.hostPorts.length, ms: Math.round(ms * 100) / 100, steps });
+    return { ip: state.ip, additionalIps: [], state: { ...state } };
   }
 
   async teardown(req: PodNetworkRequest, raw: Record<string, unknown>): Promise<void> {

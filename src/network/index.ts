@@ -6,7 +6,7 @@ import { Logger } from '../log.js';
 import { CniNetwork } from './cni/network.js';
 import { EmbeddedNetwork } from './embedded.js';
 import { MAX_PREFIX_LENGTH } from './rules.js';
-import { NetworkReadiness, PodNetwork, PodNetworkRequest, PodNetworkResult } from './types.js';
+import { NetworkReadiness, PodNetwork, PodNetworkPlan, PodNetworkRequest, PodNetworkResult } from './types.js';
 
 // The pod network berth runs with, chosen by `[network] mode`:
 //   auto      a CNI config in the conf dir wins, else the embedded bridge; decided at every pod start
@@ -48,8 +48,13 @@ export class NetworkManager implements PodNetwork {
     return this.cni.hasConfig() ? 'cni' : 'embedded';
   }
 
-  async setup(req: PodNetworkRequest): Promise<PodNetworkResult> {
-    return (await this.backendFor()) === 'cni' ? this.cni.setup(req) : this.embedded.setup(req);
+  async prepare(req: PodNetworkRequest): Promise<PodNetworkPlan> {
+    // CNI plugins make everything themselves once the netns exists; nothing to undo before that.
+    return (await this.backendFor()) === 'cni' ? { backend: 'cni', state: {} } : this.embedded.prepare(req);
+  }
+
+  async setup(req: PodNetworkRequest, plan: PodNetworkPlan): Promise<PodNetworkResult> {
+    return plan.backend === 'cni' ? this.cni.setup(req) : this.embedded.setup(req, plan);
   }
 
   async teardown(req: PodNetworkRequest, state: Record<string, unknown>): Promise<void> {

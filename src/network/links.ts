@@ -1,11 +1,10 @@
 import { promises as fs, writeFileSync } from 'node:fs';
 import { BerthError } from '../errors.js';
-import { INPUT, run, runSpawned, which } from './exec.js';
+import { run } from './exec.js';
 import { bridgeAddPort, ifindexOf, linkUp } from './netdev.js';
 
-// Links and sysctls of the embedded network: the bridge, a veth pair per pod, the pod's address and route.
-// Commands run from the host; inside a pod's pinned netns through `nsenter --net=<file>` (never `ip netns`, whose
-// `add` remounts /run/netns).
+// Links and sysctls of the embedded network on the host side: the bridge and the host ends of the pods' veth
+// pairs. The pod side (eth0, its address and route) is made by `berth-shim sandbox` inside the new netns.
 
 const exists = (p: string) => fs.access(p).then(() => true, () => false);
 
@@ -46,46 +45,19 @@ export async function defaultMtu(dev: string | undefined): Promise<number> {
   return Number.isInteger(mtu) && mtu >= 576 ? mtu : 1500;
 }
 
-export interface VethRequest {
-  what: string;
-  bridge: string;
-  hostName: string;
-  netnsPath: string;
-  mtu: number;
-  /** ip/prefix for eth0 */
-  address: string;
-  gateway: string;
-  /** A directory on tmpfs for the command's input file. */
-  scratchDir: string;
-}
-
 /**
- * One process (posix_spawned; its commands in a file on tmpfs): inside the pod's netns, `ip -batch` makes the pair (eth0 there, the host end created straight in
- * berth's netns), gives eth0 its address and default route. Then, in-process, the host end joins the bridge and
- * comes up (ioctls), and hairpin mode is set through sysfs.
+ * The host end of a pod's veth pair (made by the namespace helper along with the pod's netns) joins the bridge and
+ * comes up, in-process (ioctls), and hairpin mode is set through sysfs: a pod reaches itself through a hostPort.
  */
-export async function addPodVeth(r: VethRequest, mark: (step: string) => void = () => undefined): Promise<void> {
-  const mtu = String(r.mtu);
-  const inside =
-    `link add eth0 mtu ${mtu} type veth peer name ${r.hostName} mtu ${mtu} netns /proc/${process.pid}/ns/net\n` +
-    `addr add ${r.address} dev eth0\n` +
-    'link set eth0 up\n' +
-    `route add default via ${r.gateway} dev eth0\n`;
-  await runSpawned('nsenter', [`--net=${r.netnsPath}`, which('ip') ?? 'ip', '-batch', INPUT], {
-    what: `${r.what}: veth ${r.hostName} and eth0 in ${r.netnsPath}`,
-    input: inside,
-    scratchDir: r.scratchDir,
-  });
-  mark('eth0');
+export async function attachHostEnd(bridge: string, hostName: string, what: string): Promise<void> {
   try {
     // sysfs reads and writes of a few bytes: synchronous is cheaper than a trip through the thread pool.
-    bridgeAddPort(r.bridge, r.hostName, ifindexOf(r.hostName));
-    linkUp(r.hostName);
-    writeFileSync(`/sys/class/net/${r.hostName}/brport/hairpin_mode`, '1');
+    bridgeAddPort(bridge, hostName, ifindexOf(hostName));
+    linkUp(hostName);
+    writeFileSync(`/sys/class/net/${hostName}/brport/hairpin_mode`, '1');
   } catch (err) {
-    throw err instanceof BerthError ? new BerthError(err.kind, `${r.what}: ${err.message}`) : new BerthError('internal', `${r.what}: ${r.hostName}: ${(err as Error).message}`);
+    throw err instanceof BerthError ? new BerthError(err.kind, `${what}: ${err.message}`) : new BerthError('internal', `${what}: ${hostName}: ${(err as Error).message}`);
   }
-  mark('hostEnd');
 }
 
 /** Deletes a link; a missing one is fine. */

@@ -22,6 +22,24 @@ export interface PodNetworkResult {
   state: Record<string, unknown>;
 }
 
+/** A veth pair the pod's namespace helper makes as it creates the network namespace (no process of its own). */
+export interface InNamespaceVeth {
+  /** The host end, created in berth's network namespace. */
+  hostName: string;
+  /** eth0's address/prefix */
+  address: string;
+  gateway: string;
+  mtu: number;
+}
+
+/** Decided before the pod's namespaces exist: which backend, and what (if anything) is made along with them. */
+export interface PodNetworkPlan {
+  backend: 'embedded' | 'cni' | 'none';
+  veth?: InNamespaceVeth;
+  /** What teardown needs to undo the plan when setup never runs or fails (addresses, hostPorts). */
+  state: Record<string, unknown>;
+}
+
 export interface NetworkReadiness {
   ready: boolean;
   reason: string;
@@ -31,7 +49,10 @@ export interface NetworkReadiness {
 export interface PodNetwork {
   /** Called once at start: make the bridge, chains, reconcile allocations against live pods. */
   start(livePods: { podId: string; state: Record<string, unknown> }[]): Promise<void>;
-  setup(req: PodNetworkRequest): Promise<PodNetworkResult>;
+  /** Before the namespaces are made (req.netnsPath is where the netns will be pinned). */
+  prepare(req: PodNetworkRequest): Promise<PodNetworkPlan>;
+  /** Once the netns exists (with plan.veth in it, if the plan had one). */
+  setup(req: PodNetworkRequest, plan: PodNetworkPlan): Promise<PodNetworkResult>;
   /** Idempotent; must work after a berth restart from `state` alone. */
   teardown(req: PodNetworkRequest, state: Record<string, unknown>): Promise<void>;
   readiness(): NetworkReadiness;
@@ -42,6 +63,9 @@ export interface PodNetwork {
 /** Loopback only: what a pod has until a real network is configured. */
 export class LoopbackOnly implements PodNetwork {
   async start(): Promise<void> {}
+  async prepare(): Promise<PodNetworkPlan> {
+    return { backend: 'none', state: { backend: 'none' } };
+  }
   async setup(): Promise<PodNetworkResult> {
     return { ip: '', additionalIps: [], state: { backend: 'none' } };
   }

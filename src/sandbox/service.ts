@@ -53,14 +53,14 @@ export class SandboxService {
     return this.opts.network ?? loopbackOnly;
   }
 
-  private networkRequest(record: SandboxRecord): PodNetworkRequest {
+  private networkRequest(record: SandboxRecord, netnsPath = record.namespacePaths.network ?? ''): PodNetworkRequest {
     const m = record.config.metadata;
     return {
       podId: record.id,
       name: m.name,
       namespace: m.namespace,
       uid: m.uid,
-      netnsPath: record.namespacePaths.network ?? '',
+      netnsPath,
       portMappings: record.config.portMappings,
       dns: record.config.dns,
       annotations: record.config.annotations,
@@ -179,6 +179,11 @@ export class SandboxService {
       // Independent steps run at once: namespaces, cgroup, pod files and shm are unrelated.
       // Every step is awaited (allSettled) before any undo, so nothing still running escapes the cleanup.
       const timed = <T>(name: string, p: Promise<T>) => p.then((v) => ((phases[name] = Date.now() - started), v));
+      // The address is taken first so that the namespace helper can make the pod's veth along with its netns.
+      const netRequest = this.networkRequest(record, path.join(runDir, 'ns', 'net'));
+      const netPlan = hostNetwork ? undefined : await timed('networkPlan', this.network.prepare(netRequest));
+      let netState = netPlan?.state;
+      if (netPlan) undo.push(() => this.network.teardown(netRequest, netState!));
       const settled = await Promise.allSettled([
         timed('namespaces', createPodNamespaces(path.join(runDir, 'ns'), {
           network: !hostNetwork,
@@ -186,6 +191,7 @@ export class SandboxService {
           uts: !hostNetwork,
           pid: config.namespaces.pid === 'POD',
           hostname,
+          veth: netPlan?.veth,
         }).then((ns) => {
           undo.push(() => unpinNamespaces(path.join(runDir, 'ns')));
           return ns;
@@ -218,12 +224,11 @@ export class SandboxService {
         // The init stays out of the pod's cgroup: on cgroup v2 a cgroup with a process of its own cannot hand
         // controllers down to its containers' cgroups (the no-internal-process rule).
       }
-      if (record.namespacePaths.network) {
-        const net = await timed('network', this.network.setup(this.networkRequest(record)));
+      if (netPlan && record.namespacePaths.network) {
+        const net = await timed('network', this.network.setup(netRequest, netPlan));
         record.ip = net.ip || undefined;
         record.additionalIps = net.additionalIps;
-        record.networkState = net.state;
-        undo.push(() => this.network.teardown(this.networkRequest(record), net.state));
+        record.networkState = netState = net.state;
         if (record.ip) await writeHostsFile(record.filesDir, hostname, record.ip);
       }
       await this.records.put(record);

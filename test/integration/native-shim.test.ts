@@ -412,6 +412,42 @@ rtest('sandbox without --pid leaves no process behind', async (t) => {
   t.deepEqual(mountsUnder(pod), []);
 });
 
+rtest('sandbox --veth makes eth0 with its address and default route inside, the peer on the host; bad plans change nothing', async (t) => {
+  const pod = path.join(TMP, `pod-${randomBytes(4).toString('hex')}`);
+  podDirs.push(pod);
+  const hostEnd = `bshim${randomBytes(4).toString('hex')}`;
+  const sb = await shim(['sandbox', pod, '--net', '--veth', hostEnd, '--address', '10.250.7.9/24', '--gateway', '10.250.7.1', '--mtu', '1400']);
+  t.is(sb.code, 0, sb.stderr);
+  try {
+    const inside = (args: string[]) => execFileSync('nsenter', [`--net=${path.join(pod, 'net')}`, 'ip', ...args]).toString();
+    t.regex(inside(['-o', '-4', 'addr', 'show', 'dev', 'eth0']), /inet 10\.250\.7\.9\/24 /);
+    t.regex(inside(['-o', 'link', 'show', 'dev', 'eth0']), /<[^>]*\bUP\b[^>]*> mtu 1400 /);
+    t.regex(inside(['route', 'show', 'default']), /^default via 10\.250\.7\.1 dev eth0/);
+    t.is(readFileSync(`/sys/class/net/${hostEnd}/mtu`, 'utf8').trim(), '1400');
+  } finally {
+    t.is((await shim(['unpin', pod])).code, 0);
+  }
+  await until('the host end to go with the netns', () => !existsSync(`/sys/class/net/${hostEnd}`));
+
+  // A plan the kernel refuses (the host already has a link by that name) fails before anything is pinned.
+  const taken = execFileSync('ip', ['-o', 'link', 'show', 'up']).toString().split('\n')[0]!.split(': ')[1]!.split('@')[0]!;
+  const clash = await shim(['sandbox', pod, '--net', '--veth', taken, '--address', '10.250.7.9/24', '--gateway', '10.250.7.1']);
+  t.is(clash.code, 1);
+  t.regex(clash.stderr, new RegExp(`create veth eth0 with peer ${taken}: File exists`));
+  t.deepEqual(mountsUnder(pod), []);
+  for (const bad of [['--address', '10.250.7.9/33'], ['--gateway', 'ten'], ['--mtu', '0']]) {
+    const args = { '--address': '10.250.7.9/24', '--gateway': '10.250.7.1', '--mtu': '1500', [bad[0]!]: bad[1]! };
+    const r = await shim(['sandbox', pod, '--net', '--veth', hostEnd, ...Object.entries(args).flat()]);
+    t.is(r.code, 2, bad.join(' '));
+    t.regex(r.stderr, new RegExp(`bad ${bad[0]}`));
+  }
+  const noNet = await shim(['sandbox', pod, '--uts', '--veth', hostEnd, '--address', '10.250.7.9/24', '--gateway', '10.250.7.1']);
+  t.is(noNet.code, 2);
+  t.regex(noNet.stderr, /--veth needs --net/);
+  t.deepEqual(mountsUnder(pod), []);
+  t.false(existsSync(`/sys/class/net/${hostEnd}`));
+});
+
 /** A fresh cgroup to put a container in: v1 memory when the host has it, else cgroup2. Not named
  * berth-test-*: cgroups.test.ts, which may run at the same time, asserts that none of those is left. */
 function makeCgroup(): string | null {
