@@ -13,6 +13,7 @@ import { startBerth, type BerthProcess } from '../test/helpers/berth.js';
 import { startRegistry, type Registry } from '../test/helpers/registry.js';
 import { busyboxLayer, pushImage, DEFAULT_PATH_ENV, type PushedImage } from '../test/helpers/images.js';
 import { criClient, type CriClient } from './cri-client.js';
+import { collectInside } from './inside.js';
 import { emptySamples, Interrupted, removeLeftovers, runCycle, type Leftovers } from './lifecycle.js';
 import type { BenchResult, HostInfo, MemUsage, RuntimeRun } from './model.js';
 import { measureConcurrent, measureDaemon, measureMemory, measurePull } from './phases.js';
@@ -142,6 +143,8 @@ interface Target {
   /** Remove the image at the end unless it was present before (another runtime's store is left as found). */
   restoreImage: boolean;
   scratch?: Record<string, string>;
+  /** The runtime's log lines as they arrive (berth's), to summarize the ones logged during the sequential cycles. */
+  log?: readonly string[];
 }
 
 /** The daemon behind a unix:// endpoint: the process holding its listening socket. */
@@ -200,14 +203,18 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
 
     await phase(`${opts.cycles} sequential cycles (after 1 warm-up)`, async () => {
       const left: Leftovers = { pods: new Set(), containers: new Set() };
+      let logFrom: number | undefined;
       try {
         await runCycle(cri, image, emptySamples(), left, signal);
+        // The warm-up's timed lines were logged before its replies, a whole cycle of RPCs ago: all in by now.
+        logFrom = t.log?.length;
         for (let i = 1; i <= opts.cycles; i++) {
           await runCycle(cri, image, samples, left, signal);
           const full = samples['full cycle'];
           if (i === opts.cycles || i % 5 === 0) progress(`${name}: cycle ${i}/${opts.cycles} ${full[full.length - 1]!.toFixed(1)} ms`);
         }
       } finally {
+        if (t.log && logFrom !== undefined) run.inside = collectInside(t.log.slice(logFrom));
         if (left.pods.size || left.containers.size) for (const e of await removeLeftovers(cri, left)) progress(`${name}: cleanup: ${e}`);
       }
     });
@@ -261,7 +268,18 @@ async function stopBerth(berth: BerthProcess, graceMs: number): Promise<void> {
   }
 }
 
-async function writeResults(out: string, result: BenchResult): Promise<string[]> {
+/** Once berth has exited: its stdout and stderr closed too, so that its last lines are in berth.logs (bounded wait). */
+async function logsComplete(berth: BerthProcess, timeoutMs: number): Promise<void> {
+  const streams = [berth.child.stdout, berth.child.stderr].filter((s) => s && !s.closed);
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    Promise.all(streams.map((s) => new Promise((resolve) => s!.once('close', resolve)))),
+    new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+  ]);
+  clearTimeout(timer);
+}
+
+async function writeResults(out: string, result: BenchResult, berthLog?: readonly string[]): Promise<string[]> {
   await fs.mkdir(out, { recursive: true });
   const stamp = result.startedAt.replace(/[:.]/g, '-');
   const json = JSON.stringify(toJson(result), null, 2) + '\n';
@@ -269,6 +287,7 @@ async function writeResults(out: string, result: BenchResult): Promise<string[]>
   const files: [string, string][] = [];
   for (const base of [stamp, 'latest']) {
     files.push([`${base}.md`, renderMarkdown(result, `${base}.svg`)], [`${base}.json`, json], [`${base}.svg`, svg]);
+    if (berthLog) files.push([`${base}-berth.log`, berthLog.map((l) => `${l}\n`).join('')]);
   }
   for (const [name, text] of files) await fs.writeFile(path.join(out, name), text);
   return files.map(([name]) => path.join(out, name));
@@ -369,6 +388,7 @@ async function main(argv: string[]): Promise<number> {
           layerHexes,
           restoreImage: false,
           scratch: { berthDir: berth.dir, ...(registry ? { registryDir: registry.dir } : {}) },
+          log: berth.logs,
         },
         opts,
         abort.signal,
@@ -402,7 +422,10 @@ async function main(argv: string[]): Promise<number> {
 
     const result: BenchResult = { startedAt, finishedAt: new Date().toISOString(), cycles: opts.cycles, host: hostInfo(), runs };
     process.stdout.write(renderTables(result));
-    const files = await writeResults(opts.out, result);
+    // Stopped first, so that the log written is berth's whole log, shutdown included.
+    await cleanup();
+    await logsComplete(berth, 5_000);
+    const files = await writeResults(opts.out, result, berth.logs);
     progress(`wrote ${files.join(', ')}`);
     const errors = runs.flatMap((r) => r.errors.map((e) => `${r.label}: ${e}`));
     if (errors.length) {

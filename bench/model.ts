@@ -1,5 +1,6 @@
 // What a bench run measured, and the figures derived from it that tables, JSON and targets share. Pure.
 
+import type { InsideSamples } from './inside.js';
 import type { MemUsage } from './procfs.js';
 import { mean, summarize } from './stats.js';
 
@@ -77,6 +78,8 @@ export interface RuntimeRun {
   pull?: PullResult;
   concurrent: ConcurrentResult[];
   memory?: MemoryResult;
+  /** berth only: its own timed log lines from the measured sequential cycles (the warm-up excluded). */
+  inside?: InsideSamples;
   /** Phases that failed, with their error. */
   errors: string[];
   /** Host paths this run used (berth's temporary dir), for leak checks. */

@@ -1,5 +1,6 @@
 // Rendering benchmark results: markdown tables for people, a JSON object for tools. Pure: no I/O, no clocks.
 
+import { insideRows, type InsideSamples } from './inside.js';
 import { headlineMetrics, memorySummary, type BenchResult, type MemUsage, type Metric, type RuntimeRun } from './model.js';
 import { summarize, type Summary } from './stats.js';
 import { evaluateTargets, type TargetResult, type Unit } from './targets.js';
@@ -198,6 +199,21 @@ function stagesTable(run: RuntimeRun): string {
   );
 }
 
+/** berth's own account of the sequential cycles: per logged message its total and phases, as it logged them. */
+export function insideTable(inside: InsideSamples): string {
+  const title = 'Inside berth during the sequential cycles (from its log; median / p95 ms):\n\n';
+  const rows = insideRows(inside);
+  if (rows.length === 0) return title + 'no timed log lines.\n';
+  return (
+    title +
+    table(
+      ['message', 'phase', 'n', 'median ms', 'p95 ms'],
+      ['l', 'l', 'r', 'r', 'r'],
+      rows.map((r) => [cell(r.msg), cell(r.phase), String(r.summary.n), formatMs(r.summary.median), formatMs(r.summary.p95)]),
+    )
+  );
+}
+
 function memorySection(run: RuntimeRun): string {
   const m = run.memory;
   if (!m) return '';
@@ -236,6 +252,7 @@ export function renderTables(result: BenchResult): string {
     parts.push(`### ${cell(runTitle(run))}\n`);
     parts.push(`image \`${run.image}\`\n`);
     parts.push(`Sequential cycles:\n\n` + markdownTable(rowsOf(run.samples)));
+    if (run.inside) parts.push(insideTable(run.inside));
     for (const section of [pullSection(run), concurrentSection(run), memorySection(run)]) if (section) parts.push(section);
     if (run.errors.length) parts.push(`Errors:\n${run.errors.map((e) => `\n- ${cell(e)}`).join('')}\n`);
   }
@@ -322,6 +339,16 @@ function runJson(run: RuntimeRun): Record<string, unknown> {
             notes: m.notes,
           }
         : null,
+    ...(run.inside
+      ? {
+          inside: Object.fromEntries(
+            Object.entries(run.inside).map(([msg, m]) => [
+              msg,
+              { ms: distJson(m.ms), phases: Object.fromEntries(Object.entries(m.phases).map(([n, v]) => [n, distJson(v)])) },
+            ]),
+          ),
+        }
+      : {}),
     targets: evaluateTargets(run).map(targetJson),
     errors: run.errors,
     ...(run.scratch ? { scratch: run.scratch } : {}),

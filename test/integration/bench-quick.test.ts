@@ -69,6 +69,14 @@ test('bench --quick measures everything and cleans up after itself', async (t) =
   }
   t.true(run.rows['from scratch → RUNNING'].median > run.rows.RunPodSandbox.median);
 
+  // berth's own timings from its log: one line per measured cycle, the warm-up and later phases excluded
+  t.truthy(run.inside, 'inside berth summarized');
+  const podLine = run.inside['pod sandbox running'];
+  t.truthy(podLine, `a 'pod sandbox running' row among ${Object.keys(run.inside ?? {}).join(', ')}`);
+  t.is(podLine.ms.n, 2);
+  t.true(podLine.ms.median >= 0);
+  t.is(run.inside['container created']?.ms.n, 2);
+
   // pulls
   t.is(run.pull.cold.n, 1);
   t.is(run.pull.warm.n, 1);
@@ -122,11 +130,17 @@ test('bench --quick measures everything and cleans up after itself', async (t) =
   t.true(md.includes('### targets'));
   t.true(md.includes('![latency distributions](latest.svg)'));
   t.true(stdout.includes('| RunPodSandbox |'));
+  t.true(stdout.includes('Inside berth during the sequential cycles'));
+  t.true(stdout.includes('| pod sandbox running | total |'));
   const svg = await fs.readFile(path.join(out, 'latest.svg'), 'utf8');
   t.true(svg.startsWith('<svg') && svg.trimEnd().endsWith('</svg>'));
   t.true(svg.includes('data-row="PullImage cold"'));
   const files = await fs.readdir(out);
   t.is(files.filter((f) => f.endsWith('.json')).length, 2);
+  t.is(files.filter((f) => f.endsWith('.log')).length, 2);
+  const berthLog = (await fs.readFile(path.join(out, 'latest-berth.log'), 'utf8')).trimEnd().split('\n');
+  t.true(berthLog.some((l) => l.includes('"msg":"berth serving"')));
+  t.true(berthLog.some((l) => l.includes('"msg":"pod sandbox running"')));
 
   // nothing left behind
   const { berthDir, registryDir } = run.scratch;
