@@ -290,7 +290,7 @@ export const measureDaemon = daemonUsage;
  * runs for it (runtimeOwnedProcesses), and the drop of the host's MemAvailable. The pods are removed afterwards.
  */
 export async function measureMemory(cri: CriClient, image: string, opts: MemoryOptions): Promise<MemoryResult> {
-  const settleMs = opts.settleMs ?? 1000;
+  const settleMs = opts.settleMs ?? 3000;
   const result: MemoryResult = { pods: opts.pods, daemonPid: opts.daemonPid, perPod: [], notes: [] };
   const pods: PodSet = new Set();
   try {

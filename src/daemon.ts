@@ -2,10 +2,12 @@ import path from 'node:path';
 import os from 'node:os';
 import { readFileSync } from 'node:fs';
 import { BerthConfig } from './config/schema.js';
+import { IdleCompactor, exposedGc } from './memory.js';
 import { Logger } from './log.js';
 import { ImageStore } from './image/store.js';
 import { ImageService } from './image/service.js';
 import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
+import { mallocTrim } from './kernel/libc.js';
 import { SandboxService } from './sandbox/service.js';
 import { createPodNetwork } from './network/index.js';
 import { ContainerService } from './container/service.js';
@@ -94,10 +96,12 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   };
 
   const criLog = log.child({ component: 'cri' });
+  const compactor = new IdleCompactor({ quietMs: 1000, gc: exposedGc(), trim: mallocTrim, log: log.child({ component: 'memory' }) });
+  const observe = compactor.observe;
   const cri: CriServer = await serveCri(
     paths.socket,
-    runtimeHandlers(info, criLog, { ...podHandlers(sandboxes, criLog), ...containerHandlers(containers, images, criLog) }),
-    imageHandlers(images, criLog),
+    runtimeHandlers(info, criLog, { ...podHandlers(sandboxes, criLog, observe), ...containerHandlers(containers, images, criLog, observe) }, observe),
+    imageHandlers(images, criLog, observe),
   );
   log.info('berth serving', { socket: paths.socket, root: paths.root, stateDir: paths.stateDir });
 
@@ -105,6 +109,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     images,
     stop: async () => {
       await drain(cri);
+      compactor.close();
       containers.close();
       await network.close();
     },

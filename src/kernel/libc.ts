@@ -151,3 +151,8 @@ export function syncfs(path: string): void {
     close(fd);
   }
 }
+
+/** Gives free heap memory of every malloc arena back to the kernel (glibc keeps it otherwise). */
+export function mallocTrim(): void {
+  fn('malloc_trim', 'int malloc_trim(size_t pad)')(0);
+}
