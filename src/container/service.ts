@@ -215,7 +215,8 @@ export class ContainerService {
       phase('prepare');
       const handle = await this.opts.cgroups.create(`${sandbox.cgroup.path}/${id}`);
       cgroup = { path: handle.path, created: handle.created };
-      await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources));
+      // The cgroup was just made and holds no process yet: its limits are written without the thread pool.
+      await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources), { empty: true });
       phase('cgroup');
       const spec = buildSpec({
         id,

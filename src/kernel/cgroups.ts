@@ -4,7 +4,7 @@
 // hugetlb lives alone on the cgroup2 mount, on others everything is one cgroup2 tree.
 //
 // Paths are absolute within each hierarchy as seen through its mount point (cgroup-namespace semantics).
-import { constants, readFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import {
@@ -153,14 +153,18 @@ export function cgroupSegments(p: string): string[] {
 
 const codeOf = (err: unknown) => (err as NodeJS.ErrnoException)?.code;
 
+function writeError(file: string, value: string | number, err: unknown): BerthError {
+  // The kernel answers EINVAL for values it refuses (out of range, above the parent's, ...).
+  const kind = codeOf(err) === 'EINVAL' ? 'invalid_argument' : 'internal';
+  return new BerthError(kind, `cgroup: writing "${value}" to ${file}: ${errorMessage(err)}`, { cause: err });
+}
+
 /** One write(2) of the whole value; cgroup files reject partial or appended writes. */
 async function writeCgroupFile(file: string, value: string | number): Promise<void> {
   try {
     await fs.writeFile(file, String(value), { flag: constants.O_WRONLY });
   } catch (err) {
-    // The kernel answers EINVAL for values it refuses (out of range, above the parent's, ...).
-    const kind = codeOf(err) === 'EINVAL' ? 'invalid_argument' : 'internal';
-    throw new BerthError(kind, `cgroup: writing "${value}" to ${file}: ${errorMessage(err)}`, { cause: err });
+    throw writeError(file, value, err);
   }
 }
 
@@ -177,6 +181,55 @@ async function readOptional(file: string): Promise<string | undefined> {
 async function exists(file: string): Promise<boolean> {
   return fs.access(file).then(() => true, () => false);
 }
+
+/**
+ * How a call reaches cgroupfs. cgroupfs lives in memory: on a cgroup without processes a read, write or mkdir
+ * costs microseconds, far less than a trip through the thread pool (several per pod start, each waiting behind
+ * whatever else the pool does). Writes to a live cgroup stay asynchronous: lowering a memory limit makes the
+ * kernel reclaim before write(2) returns.
+ */
+interface CgroupIo {
+  write(file: string, value: string | number): Promise<void>;
+  read(file: string): Promise<string | undefined>;
+  exists(file: string): Promise<boolean>;
+  mkdir(dir: string): Promise<void>;
+}
+
+const asyncIo: CgroupIo = {
+  write: writeCgroupFile,
+  read: readOptional,
+  exists,
+  mkdir: (dir) => fs.mkdir(dir, { mode: 0o755 }).then(() => undefined),
+};
+
+const syncIo: CgroupIo = {
+  async write(file, value) {
+    try {
+      const fd = openSync(file, constants.O_WRONLY);
+      try {
+        writeSync(fd, String(value));
+      } finally {
+        closeSync(fd);
+      }
+    } catch (err) {
+      throw writeError(file, value, err);
+    }
+  },
+  async read(file) {
+    try {
+      return readFileSync(file, 'utf8');
+    } catch (err) {
+      if (codeOf(err) === 'ENOENT') return undefined;
+      throw internal(`cgroup: reading ${file}: ${errorMessage(err)}`, err);
+    }
+  },
+  async exists(file) {
+    return existsSync(file);
+  },
+  async mkdir(dir) {
+    mkdirSync(dir, { mode: 0o755 });
+  },
+};
 
 /** "key value" lines (cpu.stat, memory.events, memory.oom_control) as numbers. */
 function keyed(text: string | undefined): Map<string, number> {
@@ -201,10 +254,10 @@ function bytesLimit(text: string | undefined): number | null {
  * memory, lowering the other way round; the same for CFS period/quota against the parent's), so try one
  * order and, when the kernel refuses it, the other.
  */
-async function writeEitherOrder(dir: string, writes: ([string, string] | undefined)[]): Promise<void> {
+async function writeEitherOrder(io: CgroupIo, dir: string, writes: ([string, string] | undefined)[]): Promise<void> {
   const todo = writes.filter((w): w is [string, string] => w !== undefined);
   const run = async (list: [string, string][]) => {
-    for (const [name, value] of list) await writeCgroupFile(path.join(dir, name), value);
+    for (const [name, value] of list) await io.write(path.join(dir, name), value);
   };
   try {
     await run(todo);
@@ -326,7 +379,7 @@ export class Cgroups {
       const parent = dir;
       dir = path.join(dir, seg);
       try {
-        await fs.mkdir(dir, { mode: 0o755 });
+        await syncIo.mkdir(dir);
         created.push(dir);
       } catch (err) {
         if (codeOf(err) !== 'EEXIST') throw internal(`cgroup: mkdir ${dir}: ${errorMessage(err)}`, err);
@@ -339,12 +392,12 @@ export class Cgroups {
   private async enableSubtree(h: Hierarchy, dir: string): Promise<void> {
     const wanted = CONTROLLERS.filter((c) => this.layout.controllers[c]?.mountPoint === h.mountPoint);
     if (wanted.length === 0) return;
-    const available = (await readOptional(path.join(dir, 'cgroup.controllers')) ?? '').split(/\s+/);
-    const enabled = (await readOptional(path.join(dir, 'cgroup.subtree_control')) ?? '').split(/\s+/);
+    const available = (await syncIo.read(path.join(dir, 'cgroup.controllers')) ?? '').split(/\s+/);
+    const enabled = (await syncIo.read(path.join(dir, 'cgroup.subtree_control')) ?? '').split(/\s+/);
     for (const c of wanted) {
       if (enabled.includes(c) || !available.includes(c)) continue;
       // One controller per write, so one refusal (e.g. EBUSY: processes in a non-root parent) spares the rest.
-      await writeCgroupFile(path.join(dir, 'cgroup.subtree_control'), `+${c}`).catch((err) =>
+      await syncIo.write(path.join(dir, 'cgroup.subtree_control'), `+${c}`).catch((err) =>
         this.log.warn('cannot enable cgroup controller', { dir, controller: c, err }),
       );
     }
@@ -373,49 +426,50 @@ export class Cgroups {
    * Writes the given limits. Inputs are checked before the first write; kernel refusals come back as
    * errors naming the file and value (invalid_argument for EINVAL, internal otherwise).
    */
-  async apply(cgPath: string, r: CgroupResources): Promise<void> {
+  async apply(cgPath: string, r: CgroupResources, opts: { empty?: boolean } = {}): Promise<void> {
     const segs = cgroupSegments(cgPath);
+    const io = opts.empty ? syncIo : asyncIo;
     checkResources(r, this.layout);
-    await this.applyCpu(segs, r);
+    await this.applyCpu(io, segs, r);
     if (r.cpusetCpus || r.cpusetMems) {
       const cs = this.dirOf('cpuset', segs) ?? this.missing('cpuset');
-      if (cs && r.cpusetCpus) await writeCgroupFile(path.join(cs.dir, 'cpuset.cpus'), r.cpusetCpus);
-      if (cs && r.cpusetMems) await writeCgroupFile(path.join(cs.dir, 'cpuset.mems'), r.cpusetMems);
+      if (cs && r.cpusetCpus) await io.write(path.join(cs.dir, 'cpuset.cpus'), r.cpusetCpus);
+      if (cs && r.cpusetMems) await io.write(path.join(cs.dir, 'cpuset.mems'), r.cpusetMems);
     }
-    await this.applyMemory(segs, r);
+    await this.applyMemory(io, segs, r);
     if (r.pidsLimit !== undefined) {
       const pids = this.dirOf('pids', segs) ?? this.missing('pids');
-      if (pids) await writeCgroupFile(path.join(pids.dir, 'pids.max'), r.pidsLimit > 0 ? r.pidsLimit : 'max');
+      if (pids) await io.write(path.join(pids.dir, 'pids.max'), r.pidsLimit > 0 ? r.pidsLimit : 'max');
     }
-    await this.applyHugepages(segs, r.hugepageLimits ?? []);
+    await this.applyHugepages(io, segs, r.hugepageLimits ?? []);
     for (const [name, value] of Object.entries(r.unified ?? {})) {
       const file = path.join(this.layout.unified!.mountPoint, ...segs, name);
-      if (!(await exists(file))) throw invalidArgument(`unified cgroup file ${name} does not exist (${file})`);
-      await writeCgroupFile(file, value);
+      if (!(await io.exists(file))) throw invalidArgument(`unified cgroup file ${name} does not exist (${file})`);
+      await io.write(file, value);
     }
   }
 
-  private async applyCpu(segs: string[], r: CgroupResources): Promise<void> {
+  private async applyCpu(io: CgroupIo, segs: string[], r: CgroupResources): Promise<void> {
     if (!isSet(r.cpuShares) && r.cpuQuota === undefined && !isSet(r.cpuPeriod)) return;
     const cpu = this.dirOf('cpu', segs) ?? this.missing('cpu');
     if (!cpu) return;
     if (!cpu.v2) {
-      if (isSet(r.cpuShares)) await writeCgroupFile(path.join(cpu.dir, 'cpu.shares'), r.cpuShares!);
-      await writeEitherOrder(cpu.dir, [
+      if (isSet(r.cpuShares)) await io.write(path.join(cpu.dir, 'cpu.shares'), r.cpuShares!);
+      await writeEitherOrder(io, cpu.dir, [
         isSet(r.cpuPeriod) ? ['cpu.cfs_period_us', String(r.cpuPeriod)] : undefined,
         r.cpuQuota !== undefined ? ['cpu.cfs_quota_us', r.cpuQuota > 0 ? String(r.cpuQuota) : '-1'] : undefined,
       ]);
       return;
     }
-    if (isSet(r.cpuShares)) await writeCgroupFile(path.join(cpu.dir, 'cpu.weight'), sharesToWeight(r.cpuShares!));
+    if (isSet(r.cpuShares)) await io.write(path.join(cpu.dir, 'cpu.weight'), sharesToWeight(r.cpuShares!));
     if (r.cpuQuota === undefined && !isSet(r.cpuPeriod)) return;
     // cpu.max is "<quota|max> [period]": keep the current quota when only the period changes.
-    const current = (await readOptional(path.join(cpu.dir, 'cpu.max')))?.trim().split(' ')[0] ?? 'max';
+    const current = (await io.read(path.join(cpu.dir, 'cpu.max')))?.trim().split(' ')[0] ?? 'max';
     const quota = r.cpuQuota === undefined ? current : r.cpuQuota > 0 ? String(r.cpuQuota) : 'max';
-    await writeCgroupFile(path.join(cpu.dir, 'cpu.max'), isSet(r.cpuPeriod) ? `${quota} ${r.cpuPeriod}` : quota);
+    await io.write(path.join(cpu.dir, 'cpu.max'), isSet(r.cpuPeriod) ? `${quota} ${r.cpuPeriod}` : quota);
   }
 
-  private async applyMemory(segs: string[], r: CgroupResources): Promise<void> {
+  private async applyMemory(io: CgroupIo, segs: string[], r: CgroupResources): Promise<void> {
     if (!isSet(r.memoryLimitBytes) && r.memorySwapLimitBytes === undefined) return;
     const mem = this.dirOf('memory', segs) ?? this.missing('memory');
     if (!mem) return;
@@ -423,32 +477,32 @@ export class Cgroups {
     if (!mem.v2) {
       const memsw = v1MemswLimit(limit, r.memorySwapLimitBytes);
       // memsw exists only with swap accounting (swapaccount=1).
-      const hasMemsw = memsw !== undefined && (await exists(path.join(mem.dir, 'memory.memsw.limit_in_bytes')));
-      await writeEitherOrder(mem.dir, [
+      const hasMemsw = memsw !== undefined && (await io.exists(path.join(mem.dir, 'memory.memsw.limit_in_bytes')));
+      await writeEitherOrder(io, mem.dir, [
         limit !== undefined ? ['memory.limit_in_bytes', String(limit)] : undefined,
         hasMemsw ? ['memory.memsw.limit_in_bytes', String(memsw)] : undefined,
       ]);
       return;
     }
     const swap = v2SwapMax(limit, r.memorySwapLimitBytes);
-    if (limit !== undefined) await writeCgroupFile(path.join(mem.dir, 'memory.max'), limit);
-    if (swap !== undefined && (await exists(path.join(mem.dir, 'memory.swap.max')))) {
-      await writeCgroupFile(path.join(mem.dir, 'memory.swap.max'), swap);
+    if (limit !== undefined) await io.write(path.join(mem.dir, 'memory.max'), limit);
+    if (swap !== undefined && (await io.exists(path.join(mem.dir, 'memory.swap.max')))) {
+      await io.write(path.join(mem.dir, 'memory.swap.max'), swap);
     }
   }
 
-  private async applyHugepages(segs: string[], limits: HugepageLimit[]): Promise<void> {
+  private async applyHugepages(io: CgroupIo, segs: string[], limits: HugepageLimit[]): Promise<void> {
     if (limits.length === 0) return;
     const hp = this.dirOf('hugetlb', segs) ?? this.missing('hugetlb');
     if (!hp) return;
     const suffix = hp.v2 ? 'max' : 'limit_in_bytes';
     for (const { pageSize, limit } of limits) {
       const file = path.join(hp.dir, `hugetlb.${pageSize}.${suffix}`);
-      if (!(await exists(file))) throw invalidArgument(`hugepage size ${pageSize} is not supported here (no ${file})`);
-      await writeCgroupFile(file, limit);
+      if (!(await io.exists(file))) throw invalidArgument(`hugepage size ${pageSize} is not supported here (no ${file})`);
+      await io.write(file, limit);
       // Newer kernels also account reservations; keep both limits equal, as runc does.
       const rsvd = path.join(hp.dir, `hugetlb.${pageSize}.rsvd.${suffix}`);
-      if (await exists(rsvd)) await writeCgroupFile(rsvd, limit);
+      if (await io.exists(rsvd)) await io.write(rsvd, limit);
     }
   }
 
@@ -561,10 +615,10 @@ export class Cgroups {
 /** v1 cpusets start empty (unless clone_children) and refuse processes until cpus and mems are set. */
 async function inheritCpuset(parent: string, dir: string): Promise<void> {
   for (const name of ['cpuset.cpus', 'cpuset.mems']) {
-    if ((await readOptional(path.join(dir, name)))?.trim()) continue;
+    if ((await syncIo.read(path.join(dir, name)))?.trim()) continue;
     // Ancestors are visited first (root down), so the parent already has a value.
-    const value = (await readOptional(path.join(parent, name)))?.trim();
-    if (value) await writeCgroupFile(path.join(dir, name), value);
+    const value = (await syncIo.read(path.join(parent, name)))?.trim();
+    if (value) await syncIo.write(path.join(dir, name), value);
   }
 }
 
