@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { BerthError, errorMessage } from '../errors.js';
 import { spawnCollect } from '../kernel/spawn.js';
 
-// Runs one command (ip, iptables-restore, nsenter, a CNI plugin) with a deadline; failures are BerthErrors that
+// Runs one command (ip, iptables-restore, a CNI plugin) with a deadline; failures are BerthErrors that
 // name what was being done, the command, and what it printed.
 
 export interface RunOptions {
