@@ -71,6 +71,8 @@ export class ContainerService {
   private readonly names = new Map<string, string>();
   private readonly watchers = new Map<string, FSWatcher>();
   private readonly exitWaiters = new Map<string, (() => void)[]>();
+  /** Exit records being written, by container id (see markExited). */
+  private readonly exitWrites = new Map<string, Promise<void>>();
 
   constructor(private readonly opts: ContainerServiceOptions) {
     this.records = new RecordStore(path.join(opts.root, 'containers'), 'container.json');
@@ -357,7 +359,7 @@ export class ContainerService {
     if (this.watchers.has(record.id)) return;
     try {
       const watcher = watch(record.bundle, (_event, file) => {
-        if (file === 'exit.json') void this.recordExit(record);
+        if (file === 'exit.json') this.recordExitInBackground(record);
       });
       watcher.on('error', () => watcher.close());
       this.watchers.set(record.id, watcher);
@@ -366,13 +368,20 @@ export class ContainerService {
     }
   }
 
+  /** From a watcher or timer: nobody awaits it, so a failure (a full disk, say) is logged here, not thrown. */
+  private recordExitInBackground(record: ContainerRecord): void {
+    this.recordExit(record).catch((err) =>
+      this.opts.log.error('cannot record a container exit', { pod: record.sandboxId, container: record.id, error: errorMessage(err) }),
+    );
+  }
+
   private async recordExit(record: ContainerRecord): Promise<void> {
     if (record.state === 'EXITED') return;
     const exit = await readExit(record.bundle);
     if (!exit) return;
     let oomKilled = false;
     try {
-      oomKilled = (await this.opts.cgroups.read(record.cgroup.path)).oomKills > 0;
+      oomKilled = (await this.opts.cgroups.oomKills(record.cgroup.path)) > 0;
     } catch {
       /* cgroup gone: no OOM information */
     }
@@ -395,10 +404,16 @@ export class ContainerService {
     if (!record.startedAt && exit.startedAt) record.startedAt = exit.startedAt;
     this.watchers.get(record.id)?.close();
     this.watchers.delete(record.id);
-    await this.records.put(record);
-    this.opts.log.info('container exited', { pod: record.sandboxId, container: record.id, exitCode: exit.exitCode, reason: exit.reason });
+    // StopContainer returns before the record is on disk: the monitor's exit.json is already durable, and a berth
+    // that crashes before this write lands finds it on start (reconcile) and records the same exit again.
     for (const wake of this.exitWaiters.get(record.id) ?? []) wake();
     this.exitWaiters.delete(record.id);
+    const write = this.records.put(record).finally(() => {
+      if (this.exitWrites.get(record.id) === write) this.exitWrites.delete(record.id);
+    });
+    this.exitWrites.set(record.id, write);
+    await write;
+    this.opts.log.info('container exited', { pod: record.sandboxId, container: record.id, exitCode: exit.exitCode, reason: exit.reason });
   }
 
   private waitExit(record: ContainerRecord, timeoutMs: number): Promise<boolean> {
@@ -417,7 +432,7 @@ export class ContainerService {
       list.push(wake);
       this.exitWaiters.set(record.id, list);
       // The exit may have landed between our state check and the watcher: look once.
-      void this.recordExit(record);
+      this.recordExitInBackground(record);
     });
   }
 
@@ -446,6 +461,8 @@ export class ContainerService {
     const record = this.find(id);
     if (!record) return;
     if (record.state !== 'EXITED') await this.stop(record.id, 0);
+    // An exit record still being written must land before the record is deleted, or it could outlive it.
+    await this.exitWrites.get(record.id)?.catch(() => undefined);
     await this.removeCgroupWhenEmpty(record.cgroup);
     this.watchers.get(record.id)?.close();
     this.watchers.delete(record.id);

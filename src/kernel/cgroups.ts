@@ -536,6 +536,14 @@ export class Cgroups {
     };
   }
 
+  /** OOM kills counted in the cgroup (0 without a memory controller or once the cgroup is gone). */
+  async oomKills(cgPath: string): Promise<number> {
+    const d = this.dirOf('memory', cgroupSegments(cgPath));
+    if (!d) return 0;
+    // Read on the exit path of every container: cgroupfs answers from memory, no thread pool needed.
+    return keyed(await syncIo.read(path.join(d.dir, d.v2 ? 'memory.events' : 'memory.oom_control'))).get('oom_kill') ?? 0;
+  }
+
   private async cpuUsage(segs: string[]): Promise<number> {
     // v1 accounts CPU time in cpuacct; v2 in the core cpu.stat, present even without the cpu controller.
     const acct = this.dirOf('cpuacct', segs);
