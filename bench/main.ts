@@ -2,6 +2,7 @@
 // same run), measured over gRPC from this process.
 //
 //   node dist/bench/main.js [--quick] [--cycles N] [--pulls N] [--concurrent 20,50] [--memory-pods N]
+//                           [--relist-pods N] [--relists N]
 //                           [--endpoint unix:///path] [--registry HOST:PORT] [--image REF] [--out DIR]
 
 import { promises as fs } from 'node:fs';
@@ -15,8 +16,8 @@ import { busyboxLayer, pushImage, DEFAULT_PATH_ENV, type PushedImage } from '../
 import { criClient, type CriClient } from './cri-client.js';
 import { collectInside } from './inside.js';
 import { emptySamples, Interrupted, removeLeftovers, runCycle, type Leftovers } from './lifecycle.js';
-import type { BenchResult, HostInfo, MemUsage, RuntimeRun } from './model.js';
-import { measureConcurrent, measureDaemon, measureMemory, measurePull } from './phases.js';
+import { relistProblems, relistSummary, type BenchResult, type HostInfo, type MemUsage, type RuntimeRun } from './model.js';
+import { measureConcurrent, measureDaemon, measureMemory, measurePull, measureRelist } from './phases.js';
 import { pidsListeningOn, processTable } from './procfs.js';
 import { renderMarkdown, renderTables, toJson } from './report.js';
 import { renderSvg } from './svg.js';
@@ -25,8 +26,11 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const DEFAULT_OUT = path.resolve(here, '../../bench/results');
 const USAGE =
   'usage: node dist/bench/main.js [--quick] [--cycles N] [--pulls N] [--concurrent 20,50] [--memory-pods N]\n' +
+  '                               [--relist-pods N] [--relists N]\n' +
   '                               [--endpoint unix:///path] [--registry HOST:PORT] [--image REF] [--out DIR]\n' +
-  '  --quick        2 cycles, 1 cold + 1 warm pull, 5 pods at once, 3 pods for memory\n' +
+  '  --quick        2 cycles, 1 cold + 1 warm pull, 5 pods at once, 3 pods for memory, 3 relists with 5 pods\n' +
+  '  --relist-pods  pods running while the lists are timed (default 100; 0 skips the phase)\n' +
+  '  --relists      relists timed (default 20)\n' +
   '  --endpoint     also measure the CRI runtime there, same run, and compare\n' +
   '  --registry     push the bench image to this plain-HTTP registry (e.g. 127.0.0.1:5000) instead of a private one;\n' +
   '                 both runtimes pull it from there\n' +
@@ -37,6 +41,8 @@ export interface Options {
   pulls: number;
   concurrent: number[];
   memoryPods: number;
+  relistPods: number;
+  relists: number;
   endpoint?: string;
   registry?: string;
   image?: string;
@@ -61,6 +67,8 @@ function options(argv: string[]): Options | 'help' {
         pulls: { type: 'string' },
         concurrent: { type: 'string' },
         'memory-pods': { type: 'string' },
+        'relist-pods': { type: 'string' },
+        relists: { type: 'string' },
         endpoint: { type: 'string' },
         registry: { type: 'string' },
         image: { type: 'string' },
@@ -78,6 +86,8 @@ function options(argv: string[]): Options | 'help' {
   const cycles = parsed.cycles !== undefined ? positive('cycles', parsed.cycles) : quick ? 2 : 20;
   const pulls = parsed.pulls !== undefined ? positive('pulls', parsed.pulls) : quick ? 1 : 3;
   const memoryPods = parsed['memory-pods'] !== undefined ? positive('memory-pods', parsed['memory-pods'], true) : quick ? 3 : 30;
+  const relistPods = parsed['relist-pods'] !== undefined ? positive('relist-pods', parsed['relist-pods'], true) : quick ? 5 : 100;
+  const relists = parsed.relists !== undefined ? positive('relists', parsed.relists) : quick ? 3 : 20;
   let concurrent = quick ? [5] : [20, 50];
   if (parsed.concurrent !== undefined) {
     concurrent = parsed.concurrent === '' || parsed.concurrent === '0' ? [] : parsed.concurrent.split(',').map((v) => positive('concurrent', v.trim()));
@@ -94,6 +104,8 @@ function options(argv: string[]): Options | 'help' {
     pulls,
     concurrent,
     memoryPods,
+    relistPods,
+    relists,
     endpoint: parsed.endpoint,
     registry: parsed.registry,
     image: parsed.image,
@@ -233,6 +245,18 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
         run.concurrent.push(c);
         progress(`${name}: ${n} pods running after ${c.wallMs.toFixed(0)} ms`);
         if (c.failures.length) throw new Error(`${c.failures.length} failures, first: ${c.failures[0]}`);
+      });
+    }
+
+    // Last: what its 100 pods leave in the daemon's heap would skew the memory phase's idle reading.
+    if (opts.relistPods > 0) {
+      await phase(`relist: ${opts.relists} relists with ${opts.relistPods} pods running`, async () => {
+        const r = await measureRelist(cri, image, { pods: opts.relistPods, samples: opts.relists, daemonPid: t.daemonPid, signal });
+        run.relist = r;
+        const s = relistSummary(r);
+        progress(`${name}: relist with ${r.running} pods: median ${s.relist.median.toFixed(2)} ms, daemon CPU ${s.cpuPerRelistMs.toFixed(2)} ms per relist`);
+        const problems = relistProblems(r);
+        if (problems.length) throw new Error(problems.join('; '));
       });
     }
     // Every phase removes its pods; one that did not is a bench (or runtime) bug worth failing on.

@@ -2,7 +2,7 @@
 
 import type { InsideSamples } from './inside.js';
 import type { MemUsage } from './procfs.js';
-import { mean, summarize } from './stats.js';
+import { mean, summarize, type Summary } from './stats.js';
 
 export type { MemUsage } from './procfs.js';
 
@@ -31,6 +31,70 @@ export interface ConcurrentResult {
   teardownMs: number;
   failures: string[];
 }
+
+/** Rows of the relist table, in its order; keys of RelistResult.calls. */
+export const RELIST_CALLS = [
+  'relist: ListPodSandbox + ListContainers together',
+  'ListPodSandbox {} (in the relist)',
+  'ListContainers {} (in the relist)',
+  'ListContainers {io.kubernetes.pod.uid} (one pod)',
+  'ListPodSandbox {state: SANDBOX_READY}',
+  'PodSandboxStatus + ContainerStatus (one pod)',
+] as const;
+export type RelistCall = (typeof RELIST_CALLS)[number];
+export const RELIST: RelistCall = RELIST_CALLS[0];
+
+export interface RelistResult {
+  /** Pods asked for. */
+  pods: number;
+  /** Pods running while the lists were timed: what every list had to return. */
+  running: number;
+  /** Relists in the CPU window (daemonCpuMs covers exactly these). */
+  relists: number;
+  /** Per call, ms. The two "in the relist" rows: each call's own time within the pair issued together. */
+  calls: Record<RelistCall, number[]>;
+  /** CPU time the daemon used over the relists (utime + stime of the process), ms. */
+  daemonCpuMs?: number;
+  /** The most items an unfiltered list returned (the bench's pods and any others the runtime holds). */
+  listed: { sandboxes: number; containers: number };
+  /** A list that missed a running bench pod, or a filtered one that returned a wrong item (first few). */
+  mismatches: string[];
+  /** Pods that failed to start, and what cleanup could not remove. */
+  failures: string[];
+}
+
+export function emptyRelistCalls(): Record<RelistCall, number[]> {
+  return Object.fromEntries(RELIST_CALLS.map((c) => [c, []])) as unknown as Record<RelistCall, number[]>;
+}
+
+export interface RelistSummary {
+  relist: Summary;
+  /** daemonCpuMs / relists; NaN when unknown. */
+  cpuPerRelistMs: number;
+  /** Every list returned every running pod, and the filtered ones nothing else. */
+  countsMatched: boolean;
+}
+
+export function relistSummary(r: RelistResult): RelistSummary {
+  return {
+    relist: summarize(r.calls[RELIST] ?? []),
+    cpuPerRelistMs: r.daemonCpuMs !== undefined && r.relists > 0 ? r.daemonCpuMs / r.relists : NaN,
+    countsMatched: r.mismatches.length === 0 && r.running > 0 && r.listed.sandboxes >= r.running && r.listed.containers >= r.running,
+  };
+}
+
+/** Why a relist phase failed, one line each; empty when it did not. */
+export function relistProblems(r: RelistResult): string[] {
+  const out: string[] = [];
+  if (r.running < r.pods) out.push(`${r.pods - r.running} of ${r.pods} pods did not start${r.failures[0] ? `: ${r.failures[0]}` : ''}`);
+  if (r.mismatches.length) out.push(`${r.mismatches.length === MAX_MISMATCHES ? `${MAX_MISMATCHES}+` : r.mismatches.length} wrong list results, first: ${r.mismatches[0]}`);
+  const cleanup = r.failures.filter((f) => f.startsWith('cleanup: '));
+  if (cleanup.length) out.push(`${cleanup.length} pods not removed, first: ${cleanup[0]}`);
+  return out;
+}
+
+/** Mismatches kept: a broken list repeats the same error on every sample. */
+export const MAX_MISMATCHES = 10;
 
 export interface PodMemory {
   podId: string;
@@ -78,6 +142,8 @@ export interface RuntimeRun {
   pull?: PullResult;
   concurrent: ConcurrentResult[];
   memory?: MemoryResult;
+  /** Lists with many pods running, as kubelet's PLEG relists them. */
+  relist?: RelistResult;
   /** berth only: its own timed log lines from the measured sequential cycles (the warm-up excluded). */
   inside?: InsideSamples;
   /** Phases that failed, with their error. */
@@ -171,6 +237,11 @@ export function headlineMetrics(run: RuntimeRun): Metric[] {
     out.push({ name: 'runtime-owned RSS per pod', unit: 'MiB', value: mib(s.perPodRssKiB) });
     out.push({ name: 'runtime-owned PSS per pod', unit: 'MiB', value: mib(s.perPodPssKiB) });
     out.push({ name: 'host MemAvailable drop per pod', unit: 'MiB', value: mib(s.memAvailableDropPerPodKiB) });
+  }
+  if (run.relist) {
+    const s = relistSummary(run.relist);
+    out.push({ name: `relist with ${run.relist.pods} pods (median)`, unit: 'ms', value: s.relist.median });
+    out.push({ name: `daemon CPU per relist with ${run.relist.pods} pods`, unit: 'ms', value: s.cpuPerRelistMs });
   }
   return out;
 }

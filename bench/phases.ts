@@ -15,7 +15,7 @@ import {
   sumMemUsage,
   type MemUsage,
 } from './procfs.js';
-import type { ConcurrentResult, MemoryResult, PodMemory, PullResult } from './model.js';
+import { emptyRelistCalls, MAX_MISMATCHES, RELIST, type ConcurrentResult, type MemoryResult, type PodMemory, type PullResult, type RelistCall, type RelistResult } from './model.js';
 import { nsToMs, summarize } from './stats.js';
 
 const RUNNING_TIMEOUT_MS = 60_000;
@@ -112,6 +112,8 @@ export async function measurePull(cri: CriClient, image: string, opts: PullOptio
 
 export interface StartedPod {
   podId: string;
+  /** Its io.kubernetes.pod.uid label, on the sandbox and its container. */
+  uid: string;
   containerId?: string;
   /** RunPodSandbox issued → container RUNNING, ms. */
   ms: number;
@@ -147,6 +149,14 @@ export async function startPod(cri: CriClient, image: string, pods: PodSet, sign
   stage('RunPodSandbox');
   check(signal);
   const config = containerConfig(image, { command: CONTAINER_COMMAND });
+  // kubelet labels each container with its pod's identity, and selects the pod's containers by that uid.
+  const uid = sandboxConfig.metadata!.uid!;
+  config.labels = {
+    ...config.labels,
+    'io.kubernetes.pod.uid': uid,
+    'io.kubernetes.pod.name': sandboxConfig.metadata!.name!,
+    'io.kubernetes.pod.namespace': sandboxConfig.metadata!.namespace!,
+  };
   const { container_id: containerId } = await cri.runtime.CreateContainer({ pod_sandbox_id: podId, config, sandbox_config: sandboxConfig });
   stage('CreateContainer');
   check(signal);
@@ -164,7 +174,7 @@ export async function startPod(cri: CriClient, image: string, pods: PodSet, sign
     await sleep(POLL_MS);
   }
   stage('until RUNNING');
-  return { podId, containerId, ms: since(t0), stages };
+  return { podId, uid, containerId, ms: since(t0), stages };
 }
 
 /** What kubelet does to a pod: stop and remove its containers, then stop and remove the sandbox. */
@@ -339,6 +349,108 @@ export async function measureMemory(cri: CriClient, image: string, opts: MemoryO
   } finally {
     const errors = await removePods(cri, pods);
     for (const e of errors) result.notes.push(`cleanup: ${e}`);
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// relist
+
+export interface RelistOptions {
+  pods: number;
+  /** Relists timed, and as many rounds of the per-pod calls. */
+  samples: number;
+  daemonPid?: number;
+  /** Pods starting at once: enough to start 100 quickly, few enough not to be a concurrency test. */
+  startLimit?: number;
+  /** Pause after the pods run before timing anything, ms. */
+  settleMs?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * `pods` pods running, then what kubelet asks of the runtime about them every second: its PLEG's relist
+ * (ListPodSandbox and ListContainers, unfiltered), and a pod's status (its containers by uid label, the ready
+ * sandboxes, PodSandboxStatus and ContainerStatus). Every list is checked to hold every running pod. The pods are
+ * removed afterwards, whatever happened.
+ */
+export async function measureRelist(cri: CriClient, image: string, opts: RelistOptions): Promise<RelistResult> {
+  // The daemon's own post-burst work (berth compacts its heap 1 s after the last start) must not land in the CPU window.
+  const settleMs = opts.settleMs ?? 2000;
+  const limit = opts.startLimit ?? 8;
+  const calls = emptyRelistCalls();
+  const result: RelistResult = { pods: opts.pods, running: 0, relists: 0, calls, listed: { sandboxes: 0, containers: 0 }, mismatches: [], failures: [] };
+  const mismatch = (what: string) => {
+    if (result.mismatches.length < MAX_MISMATCHES) result.mismatches.push(what);
+  };
+  const timed = async <T>(row: RelistCall, fn: () => Promise<T>, t0 = process.hrtime.bigint()): Promise<T> => {
+    const res = await fn();
+    calls[row].push(since(t0));
+    return res;
+  };
+  const pods: PodSet = new Set();
+  try {
+    const settled = await mapLimit(Array.from({ length: opts.pods }), limit, () => startPod(cri, image, pods, opts.signal));
+    const started: StartedPod[] = [];
+    for (const s of settled) {
+      if (s.status === 'fulfilled') started.push(s.value);
+      else if (s.reason instanceof Interrupted) throw s.reason;
+      else result.failures.push(`pod failed to start: ${message(s.reason)}`);
+    }
+    result.running = started.length;
+    if (started.length === 0) return result;
+    check(opts.signal);
+    await sleep(settleMs);
+    const podIds = new Set(started.map((p) => p.podId));
+    const containerIds = new Set(started.map((p) => p.containerId!));
+    const missing = (what: string, want: ReadonlySet<string>, got: readonly { id: string }[]) => {
+      const ids = new Set(got.map((x) => x.id));
+      const absent = [...want].filter((id) => !ids.has(id));
+      if (absent.length) mismatch(`${what} returned ${got.length} items without ${absent.length} of the ${want.size} running: ${absent[0]!.slice(0, 12)}…`);
+    };
+
+    // Untimed, as the sequential cycles' warm-up: kubelet relists every second, so the first relist's one-off cost is not what a node pays.
+    await Promise.all([cri.runtime.ListPodSandbox({}), cri.runtime.ListContainers({})]);
+    const cpu0 = opts.daemonPid ? await readCpuMs(opts.daemonPid) : NaN;
+    for (let i = 0; i < opts.samples; i++) {
+      check(opts.signal);
+      const t0 = process.hrtime.bigint();
+      const [{ items }, { containers }] = await Promise.all([
+        timed('ListPodSandbox {} (in the relist)', () => cri.runtime.ListPodSandbox({}), t0),
+        timed('ListContainers {} (in the relist)', () => cri.runtime.ListContainers({}), t0),
+      ]);
+      calls[RELIST].push(since(t0));
+      result.relists++;
+      result.listed.sandboxes = Math.max(result.listed.sandboxes, items.length);
+      result.listed.containers = Math.max(result.listed.containers, containers.length);
+      missing('ListPodSandbox {}', podIds, items);
+      missing('ListContainers {}', containerIds, containers);
+    }
+    if (opts.daemonPid) result.daemonCpuMs = (await readCpuMs(opts.daemonPid)) - cpu0;
+
+    for (let i = 0; i < opts.samples; i++) {
+      check(opts.signal);
+      const pod = started[i % started.length]!;
+      const { containers } = await timed('ListContainers {io.kubernetes.pod.uid} (one pod)', () =>
+        cri.runtime.ListContainers({ filter: { label_selector: { 'io.kubernetes.pod.uid': pod.uid } } }),
+      );
+      if (containers.length !== 1 || containers[0]!.id !== pod.containerId) {
+        mismatch(`ListContainers {io.kubernetes.pod.uid: ${pod.uid}} returned [${containers.map((c) => c.id.slice(0, 12)).join(', ')}], not ${pod.containerId!.slice(0, 12)}`);
+      }
+      const { items } = await timed('ListPodSandbox {state: SANDBOX_READY}', () => cri.runtime.ListPodSandbox({ filter: { state: { state: 'SANDBOX_READY' } } }));
+      missing('ListPodSandbox {state: SANDBOX_READY}', podIds, items);
+      const notReady = items.filter((p) => p.state !== 'SANDBOX_READY');
+      if (notReady.length) mismatch(`ListPodSandbox {state: SANDBOX_READY} returned ${notReady.length} sandboxes in another state: ${notReady[0]!.id.slice(0, 12)} ${notReady[0]!.state}`);
+      const [sandbox, container] = await timed('PodSandboxStatus + ContainerStatus (one pod)', async () => [
+        await cri.runtime.PodSandboxStatus({ pod_sandbox_id: pod.podId }),
+        await cri.runtime.ContainerStatus({ container_id: pod.containerId! }),
+      ] as const);
+      if (sandbox.status?.state !== 'SANDBOX_READY') mismatch(`PodSandboxStatus of ${pod.podId.slice(0, 12)}: ${sandbox.status?.state}`);
+      if (container.status?.state !== 'CONTAINER_RUNNING') mismatch(`ContainerStatus of ${pod.containerId!.slice(0, 12)}: ${container.status?.state}`);
+    }
+  } finally {
+    await mapLimit([...pods], limit, (id) => removePod(cri, id, pods));
+    if (pods.size) for (const e of await removePods(cri, pods)) result.failures.push(`cleanup: ${e}`);
   }
   return result;
 }

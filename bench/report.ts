@@ -1,7 +1,7 @@
 // Rendering benchmark results: markdown tables for people, a JSON object for tools. Pure: no I/O, no clocks.
 
 import { insideRows, type InsideSamples } from './inside.js';
-import { headlineMetrics, memorySummary, type BenchResult, type MemUsage, type Metric, type RuntimeRun } from './model.js';
+import { headlineMetrics, memorySummary, relistSummary, type BenchResult, type MemUsage, type Metric, type RelistResult, type RuntimeRun } from './model.js';
 import { summarize, type Summary } from './stats.js';
 import { evaluateTargets, type TargetResult, type Unit } from './targets.js';
 
@@ -12,6 +12,7 @@ export type {
   MemoryResult,
   PodMemory,
   PullResult,
+  RelistResult,
   RuntimeRun,
 } from './model.js';
 
@@ -117,7 +118,7 @@ export function headlineComparisonTable(base: RuntimeRun, other: RuntimeRun): st
   );
 }
 
-const metMark = (met: boolean | null) => (met === null ? 'not measured' : met ? 'met' : 'NOT MET');
+const metMark = (t: TargetResult) => (t.met !== null ? (t.met ? 'met' : 'NOT MET') : t.value === null ? 'not measured' : 'not evaluated');
 
 /** The issue's targets for base (berth), with the other runtime's value for reference when given. */
 export function targetsTable(base: RuntimeRun, other?: RuntimeRun): string {
@@ -133,7 +134,7 @@ export function targetsTable(base: RuntimeRun, other?: RuntimeRun): string {
     header,
     align,
     mine.map((t, i) => {
-      const row = [cell(t.name), `≤ ${t.limit} ${t.unit}`, formatValue(t.value, t.unit), metMark(t.met), cell(t.basis)];
+      const row = [cell(t.name), `≤ ${t.limit} ${t.unit}`, formatValue(t.value, t.unit), metMark(t), cell(t.basis)];
       if (theirs) row.push(formatValue(theirs[i]!.value, t.unit));
       return row;
     }),
@@ -214,6 +215,31 @@ export function insideTable(inside: InsideSamples): string {
   );
 }
 
+/** The lists kubelet sends every second with the pods running: per call n, median, p95; the daemon's CPU per relist. */
+export function relistTable(r: RelistResult): string {
+  const s = relistSummary(r);
+  const rows = Object.entries(r.calls).map(([name, samples]) => {
+    const x = summarize(samples);
+    return [cell(name), String(x.n), formatMs(x.median), formatMs(x.p95)];
+  });
+  rows.push(['daemon CPU per relist', String(r.relists), formatMs(s.cpuPerRelistMs), '']);
+  const lines = [
+    r.daemonCpuMs === undefined
+      ? 'daemon CPU not measured (daemon unknown)'
+      : `daemon CPU ${formatMs(r.daemonCpuMs)} ms over ${r.relists} relists (utime + stime, clock-tick resolution)`,
+    `unfiltered lists returned up to ${r.listed.sandboxes} sandboxes and ${r.listed.containers} containers; ` +
+      (s.countsMatched ? `every list held all ${r.running} pods` : `${r.mismatches.length} wrong list results`),
+    ...r.mismatches.slice(0, 3),
+    ...r.failures.slice(0, 3),
+  ];
+  return (
+    `Relist with ${r.running} pods (kubelet's PLEG: ListPodSandbox + ListContainers every second):\n\n` +
+    table(['call', 'n', 'median ms', 'p95 ms'], ['l', 'r', 'r', 'r'], rows) +
+    lines.map((l) => `\n- ${cell(l)}`).join('') +
+    '\n'
+  );
+}
+
 function memorySection(run: RuntimeRun): string {
   const m = run.memory;
   if (!m) return '';
@@ -253,7 +279,7 @@ export function renderTables(result: BenchResult): string {
     parts.push(`image \`${run.image}\`\n`);
     parts.push(`Sequential cycles:\n\n` + markdownTable(rowsOf(run.samples)));
     if (run.inside) parts.push(insideTable(run.inside));
-    for (const section of [pullSection(run), concurrentSection(run), memorySection(run)]) if (section) parts.push(section);
+    for (const section of [pullSection(run), concurrentSection(run), memorySection(run), run.relist ? relistTable(run.relist) : '']) if (section) parts.push(section);
     if (run.errors.length) parts.push(`Errors:\n${run.errors.map((e) => `\n- ${cell(e)}`).join('')}\n`);
   }
   const [base, other] = result.runs;
@@ -292,6 +318,22 @@ function distJson(samples: number[]) {
 
 function targetJson(t: TargetResult) {
   return { id: t.id, name: t.name, limit: t.limit, unit: t.unit, value: t.value === null ? null : round3(t.value), met: t.met, basis: t.basis };
+}
+
+function relistJson(r: RelistResult): Record<string, unknown> {
+  const s = relistSummary(r);
+  return {
+    pods: r.pods,
+    running: r.running,
+    relists: r.relists,
+    calls: Object.fromEntries(Object.entries(r.calls).map(([name, v]) => [name, distJson(v)])),
+    daemonCpuMs: round3(r.daemonCpuMs ?? NaN),
+    cpuPerRelistMs: round3(s.cpuPerRelistMs),
+    listed: r.listed,
+    countsMatched: s.countsMatched,
+    mismatches: r.mismatches,
+    failures: r.failures,
+  };
 }
 
 function runJson(run: RuntimeRun): Record<string, unknown> {
@@ -339,6 +381,7 @@ function runJson(run: RuntimeRun): Record<string, unknown> {
             notes: m.notes,
           }
         : null,
+    relist: run.relist ? relistJson(run.relist) : null,
     ...(run.inside
       ? {
           inside: Object.fromEntries(

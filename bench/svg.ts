@@ -1,7 +1,7 @@
 // A hand-written SVG of the latency distributions: one horizontal box plot per row and runtime, log-scaled ms.
 // Pure: no I/O, no clocks, no dependency.
 
-import type { BenchResult, RuntimeRun } from './model.js';
+import { RELIST, type BenchResult, type RuntimeRun } from './model.js';
 import { boxOf } from './stats.js';
 
 export const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728'];
@@ -17,11 +17,12 @@ export function escapeXml(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
 }
 
-/** Every latency distribution of a run by name, in report order: sequential rows, pulls, pods at once (per pod). */
+/** Every latency distribution of a run by name, in report order: sequential rows, pulls, pods at once (per pod), relist. */
 export function distributions(run: RuntimeRun): [string, number[]][] {
   const out: [string, number[]][] = Object.entries(run.samples);
   if (run.pull) out.push(['PullImage cold', run.pull.cold], ['PullImage warm', run.pull.warm]);
   for (const c of run.concurrent) out.push([`${c.pods} pods at once: per pod`, c.perPodMs]);
+  if (run.relist) out.push([`relist with ${run.relist.pods} pods`, run.relist.calls[RELIST]]);
   return out;
 }
 
