@@ -4,7 +4,7 @@
 // hugetlb lives alone on the cgroup2 mount, on others everything is one cgroup2 tree.
 //
 // Paths are absolute within each hierarchy as seen through its mount point (cgroup-namespace semantics).
-import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, rmdirSync, writeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import {
@@ -578,7 +578,7 @@ export class Cgroups {
     for (const dir of [...dirs].sort((a, b) => depth(b) - depth(a))) {
       if (!this.layout.hierarchies.some((h) => dir.startsWith(h.mountPoint + '/'))) continue;
       try {
-        await fs.rmdir(dir);
+        rmdirSync(dir);
       } catch (err) {
         const code = codeOf(err);
         if (code === 'EBUSY' || code === 'ENOTEMPTY') kept.push(dir);
@@ -633,7 +633,8 @@ async function inheritCpuset(parent: string, dir: string): Promise<void> {
 async function rmdirCgroup(dir: string): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     try {
-      await fs.rmdir(dir);
+      // rmdir on cgroupfs returns at once (the kernel frees the cgroup later): no thread-pool round trip needed.
+      rmdirSync(dir);
       return;
     } catch (err) {
       const code = codeOf(err);
