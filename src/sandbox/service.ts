@@ -183,7 +183,13 @@ export class SandboxService {
       const netRequest = this.networkRequest(record, path.join(runDir, 'ns', 'net'));
       const netPlan = hostNetwork ? undefined : await timed('networkPlan', this.network.prepare(netRequest));
       let netState = netPlan?.state;
-      if (netPlan) undo.push(() => this.network.teardown(netRequest, netState!));
+      let netTornDown = false;
+      const teardownNetwork = async () => {
+        if (netTornDown) return;
+        netTornDown = true;
+        await this.network.teardown(netRequest, netState!);
+      };
+      if (netPlan) undo.push(teardownNetwork);
       const settled = await Promise.allSettled([
         timed('namespaces', createPodNamespaces(path.join(runDir, 'ns'), {
           network: !hostNetwork,
@@ -203,6 +209,9 @@ export class SandboxService {
         writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork }),
         hostIpc ? Promise.resolve() : this.mountShm(shmPath).then(() => undo.push(() => this.unmountShm(shmPath))),
       ] as const);
+      // Pushed again once the netns exists, so that the undo (last in, first out) tears the network down while the
+      // netns is still there (CNI DEL gets a netns to clean) and only then unpins it.
+      if (netPlan) undo.push(teardownNetwork);
       for (const r of settled) if (r.status === 'rejected') throw r.reason;
       const namespaces = (settled[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof createPodNamespaces>>>).value;
       const cgroup = (settled[1] as PromiseFulfilledResult<Awaited<ReturnType<Cgroups['create']>>>).value;
