@@ -15,6 +15,7 @@ import { loadLocalhostProfile } from './seccomp.js';
 import { ShimDevice } from '../kernel/shim-spec.js';
 import { ContainerConfig, ContainerRecord, ContainerState, ExitStatus, Resources } from './types.js';
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
+import { findByIdOrPrefix } from '../lookup.js';
 
 // Container lifecycle: create (process made, blocked), start (released), stop (signal, then SIGKILL), remove.
 // The per-container shim monitor owns the process; berth learns of exits from the exit.json it writes (inotify).
@@ -129,11 +130,7 @@ export class ContainerService {
   }
 
   find(id: string): ContainerRecord | undefined {
-    if (id === '') return undefined;
-    const exact = this.containers.get(id);
-    if (exact) return exact;
-    const matches = [...this.containers.values()].filter((c) => c.id.startsWith(id));
-    return matches.length === 1 ? matches[0] : undefined;
+    return findByIdOrPrefix(this.containers, id, 'container');
   }
 
   list(filter: ContainerFilter = {}): ContainerRecord[] {
@@ -162,13 +159,8 @@ export class ContainerService {
     if (!config.image) throw invalidArgument('config.image.image is empty');
     const image = this.opts.images.resolve(config.image);
     if (!image) throw notFound(`image "${config.image}" not found: pull it first`);
-    for (const [i, m] of config.mounts.entries()) {
-      if (!path.posix.isAbsolute(m.containerPath)) {
-        throw invalidArgument(`config.mounts[${i}].container_path "${m.containerPath}" must be an absolute path`);
-      }
-    }
     const id = randomBytes(32).toString('hex');
-    const key = `${sandbox.id}/${config.metadata.name}/${config.metadata.attempt}`;
+    const key = this.nameKey({ sandboxId: sandbox.id, config });
     const existing = this.names.get(key);
     if (existing) throw new BerthError('already_exists', `container ${config.metadata.name} (attempt ${config.metadata.attempt}) already exists in pod ${sandbox.id} as ${existing}`);
     this.names.set(key, id);
@@ -201,13 +193,13 @@ export class ContainerService {
         parseGroup(group ?? ''),
       );
       const logPath = sandbox.config.logDirectory && config.logPath ? path.join(sandbox.config.logDirectory, config.logPath) : '';
-      const targetPidNamespace = config.security.namespaces.pid === 'TARGET' ? await this.targetPidNamespace(config.security.namespaces.targetId) : undefined;
+      const targetPidNamespace = config.security.namespaces.pid === 'TARGET' ? this.targetPidNamespace(sandbox.id, config.security.namespaces.targetId) : undefined;
       await Promise.all([
         fs.mkdir(path.join(bundle, 'rootfs')),
         fs.mkdir(path.join(bundle, 'upper')),
         fs.mkdir(path.join(bundle, 'work')),
         logPath ? fs.mkdir(path.dirname(logPath), { recursive: true }) : undefined,
-        ...config.mounts.map((m) => this.ensureHostPath(m.hostPath)),
+        ...config.mounts.map((m, i) => this.ensureHostPath(m.hostPath, i)),
       ]);
       const localhostSeccomp = config.security.seccomp.kind === 'localhost'
         ? await loadLocalhostProfile(config.security.seccomp.path, 'config.linux.security_context.seccomp')
@@ -311,17 +303,20 @@ export class ContainerService {
     else log.warn('AppArmor profiles are not applied by berth yet', { profile });
   }
 
-  private async targetPidNamespace(targetId?: string): Promise<string> {
-    if (!targetId) throw invalidArgument('linux.security_context.namespace_options.target_id is empty but pid mode is TARGET');
+  private targetPidNamespace(sandboxId: string, targetId?: string): string {
+    const field = 'config.linux.security_context.namespace_options.target_id';
+    if (!targetId) throw invalidArgument(`${field} is empty but pid mode is TARGET`);
     const target = this.find(targetId);
-    if (!target) throw notFound(`linux.security_context.namespace_options.target_id: container "${targetId}" not found`);
-    if (target.state !== 'RUNNING' || !target.pid) throw failedPrecondition(`target container ${target.id} is not running`);
+    if (!target) throw notFound(`${field}: container "${targetId}" not found`);
+    // Only a container of the same pod: another pod's processes are not this pod's to see.
+    if (target.sandboxId !== sandboxId) throw failedPrecondition(`${field}: container ${target.id} belongs to another pod sandbox`);
+    if (target.state !== 'RUNNING' || !target.pid) throw failedPrecondition(`${field}: container ${target.id} is not running`);
     return `/proc/${target.pid}/ns/pid`;
   }
 
   // kubelet expects a missing host path of a bind mount to be created as a directory, as Docker did.
-  private async ensureHostPath(hostPath: string): Promise<void> {
-    if (!path.isAbsolute(hostPath)) throw invalidArgument(`mount host_path "${hostPath}" must be absolute`);
+  private async ensureHostPath(hostPath: string, index: number): Promise<void> {
+    if (!path.isAbsolute(hostPath)) throw invalidArgument(`config.mounts[${index}].host_path "${hostPath}" must be an absolute path`);
     const st = await fs.stat(hostPath).catch(() => undefined);
     if (!st) await fs.mkdir(hostPath, { recursive: true });
   }
@@ -487,12 +482,16 @@ export class ContainerService {
     }
   }
 
+  private inSandbox(sandboxId: string): ContainerRecord[] {
+    return [...this.containers.values()].filter((c) => c.sandboxId === sandboxId);
+  }
+
   async stopAllInSandbox(sandboxId: string): Promise<void> {
-    await Promise.all(this.list({ sandboxId }).filter((c) => c.sandboxId === sandboxId).map((c) => this.stop(c.id, 0)));
+    await Promise.all(this.inSandbox(sandboxId).map((c) => this.stop(c.id, 0)));
   }
 
   async removeAllInSandbox(sandboxId: string): Promise<void> {
-    await Promise.all(this.list({ sandboxId }).filter((c) => c.sandboxId === sandboxId).map((c) => this.remove(c.id)));
+    await Promise.all(this.inSandbox(sandboxId).map((c) => this.remove(c.id)));
   }
 
   async updateResources(id: string, resources: Resources): Promise<void> {
@@ -536,11 +535,6 @@ export class ContainerService {
       if (Date.now() > deadline) throw new BerthError('deadline_exceeded', `container ${record.id}: log ${record.logPath} was not reopened within 5s`);
       await new Promise((r) => setTimeout(r, 5));
     }
-  }
-
-  async stats(id: string) {
-    const record = this.get(id);
-    return this.opts.cgroups.read(record.cgroup.path);
   }
 
   close(): void {

@@ -36,6 +36,8 @@ export interface InNamespaceVeth {
 export interface PodNetworkPlan {
   backend: 'embedded' | 'cni' | 'none';
   veth?: InNamespaceVeth;
+  /** The pod's address when it is known before the netns exists (embedded); CNI plugins give it in setup. */
+  ip?: string;
   /** What teardown needs to undo the plan when setup never runs or fails (addresses, hostPorts). */
   state: Record<string, unknown>;
 }

@@ -8,6 +8,7 @@ import { Cgroups } from '../kernel/cgroups.js';
 import { MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, mount, umount2 } from '../kernel/libc.js';
 import { createPodNamespaces, isShim, unpinNamespaces } from '../kernel/shim.js';
 import { RecordStore } from '../store/records.js';
+import { findByIdOrPrefix } from '../lookup.js';
 import { KeyedMutex } from '../store/locks.js';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
 import { writeHostsFile, writePodFiles } from './files.js';
@@ -85,7 +86,6 @@ export class SandboxService {
     return `${m.name}_${m.namespace}_${m.uid}_${m.attempt}`;
   }
 
-  /** Re-reads records; a pod whose pinned namespaces vanished (a reboot cleared /run) is NOTREADY. */
   private get parentsFile(): string {
     return path.join(this.opts.root, 'cgroup-parents.json');
   }
@@ -94,6 +94,7 @@ export class SandboxService {
     await writeJsonAtomic(this.parentsFile, [...this.ownedParents]);
   }
 
+  /** Re-reads records; a pod whose pinned namespaces vanished (a reboot cleared /run) is NOTREADY. */
   async load(): Promise<void> {
     this.ownedParents = new Set((await readJson<string[]>(this.parentsFile)) ?? []);
     const { records, orphans } = await this.records.loadAll();
@@ -122,11 +123,7 @@ export class SandboxService {
 
   /** By full id or a unique prefix, as crictl accepts. */
   find(id: string): SandboxRecord | undefined {
-    if (id === '') return undefined;
-    const exact = this.sandboxes.get(id);
-    if (exact) return exact;
-    const matches = [...this.sandboxes.values()].filter((s) => s.id.startsWith(id));
-    return matches.length === 1 ? matches[0] : undefined;
+    return findByIdOrPrefix(this.sandboxes, id, 'pod sandbox');
   }
 
   list(filter: SandboxFilter = {}): SandboxRecord[] {
@@ -179,40 +176,39 @@ export class SandboxService {
       // Independent steps run at once: namespaces, cgroup, pod files and shm are unrelated.
       // Every step is awaited (allSettled) before any undo, so nothing still running escapes the cleanup.
       const timed = <T>(name: string, p: Promise<T>) => p.then((v) => ((phases[name] = Date.now() - started), v));
-      // The address is taken first so that the namespace helper can make the pod's veth along with its netns.
-      const netRequest = this.networkRequest(record, path.join(runDir, 'ns', 'net'));
-      const netPlan = hostNetwork ? undefined : await timed('networkPlan', this.network.prepare(netRequest));
-      let netState = netPlan?.state;
-      let netTornDown = false;
-      const teardownNetwork = async () => {
-        if (netTornDown) return;
-        netTornDown = true;
-        await this.network.teardown(netRequest, netState!);
-      };
-      if (netPlan) undo.push(teardownNetwork);
+      // The network is planned first (the embedded bridge takes the address) so that the namespace helper can make
+      // the pod's veth along with its netns; the cgroup and /dev/shm do not wait for it.
+      const nsDir = path.join(runDir, 'ns');
+      const netRequest = this.networkRequest(record, path.join(nsDir, 'net'));
+      const planned = hostNetwork ? Promise.resolve(undefined) : timed('networkPlan', this.network.prepare(netRequest));
+      let netState: Record<string, unknown> | undefined;
+      // Both registered up front: unpinning nothing is a no-op, and a shim killed at its timeout may have pinned.
+      // The teardown comes second so that the undo (last in, first out) runs it while the netns still exists.
+      undo.push(() => unpinNamespaces(nsDir));
+      undo.push(async () => {
+        if (netState) await this.network.teardown(netRequest, netState);
+      });
       const settled = await Promise.allSettled([
-        timed('namespaces', createPodNamespaces(path.join(runDir, 'ns'), {
-          network: !hostNetwork,
-          ipc: !hostIpc,
-          uts: !hostNetwork,
-          pid: config.namespaces.pid === 'POD',
-          hostname,
-          veth: netPlan?.veth,
-        }).then((ns) => {
-          undo.push(() => unpinNamespaces(path.join(runDir, 'ns')));
-          return ns;
-        })),
+        planned.then((plan) => {
+          netState = plan?.state;
+          return timed('namespaces', createPodNamespaces(nsDir, {
+            network: !hostNetwork,
+            ipc: !hostIpc,
+            uts: !hostNetwork,
+            pid: config.namespaces.pid === 'POD',
+            hostname,
+            veth: plan?.veth,
+          }));
+        }),
         timed('cgroup', this.opts.cgroups.create(record.cgroup.path).then((handle) => {
           undo.push(() => this.opts.cgroups.remove(handle));
           return handle;
         })),
-        writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork }),
+        planned.then((plan) => writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork, ip: plan?.ip })),
         hostIpc ? Promise.resolve() : this.mountShm(shmPath).then(() => undo.push(() => this.unmountShm(shmPath))),
       ] as const);
-      // Pushed again once the netns exists, so that the undo (last in, first out) tears the network down while the
-      // netns is still there (CNI DEL gets a netns to clean) and only then unpins it.
-      if (netPlan) undo.push(teardownNetwork);
       for (const r of settled) if (r.status === 'rejected') throw r.reason;
+      const netPlan = await planned;
       const namespaces = (settled[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof createPodNamespaces>>>).value;
       const cgroup = (settled[1] as PromiseFulfilledResult<Awaited<ReturnType<Cgroups['create']>>>).value;
       // The pod owns only its own directories; ancestors it happened to create are shared with later pods.
@@ -238,7 +234,8 @@ export class SandboxService {
         record.ip = net.ip || undefined;
         record.additionalIps = net.additionalIps;
         record.networkState = netState = net.state;
-        if (record.ip) await writeHostsFile(record.filesDir, hostname, record.ip);
+        // The embedded network's address was known before the files were written; a CNI plugin's comes only now.
+        if (record.ip && record.ip !== netPlan.ip) await writeHostsFile(record.filesDir, hostname, record.ip);
       }
       await this.records.put(record);
     } catch (err) {
@@ -269,21 +266,30 @@ export class SandboxService {
 
   /** Kills the pod's containers and releases its namespaces. Idempotent. */
   async stop(id: string): Promise<void> {
-    const record = this.get(id);
-    return this.podLock.run(record.id, () => this.stopLocked(record));
+    const found = this.get(id);
+    return this.podLock.run(found.id, async () => {
+      // A remove may have finished while this stop waited: writing the record now would bring the pod back.
+      const record = this.sandboxes.get(found.id);
+      if (record) await this.stopLocked(record);
+    });
   }
 
   private async stopLocked(record: SandboxRecord): Promise<void> {
     await this.hooks.stopContainers(record.id);
-    await this.release(record);
-    if (record.state !== 'NOTREADY') {
+    const tornDown = await this.release(record);
+    if (record.state !== 'NOTREADY' || tornDown) {
+      const stopping = record.state !== 'NOTREADY';
       record.state = 'NOTREADY';
       await this.records.put(record);
-      this.opts.log.info('pod sandbox stopped', { pod: record.id });
+      if (stopping) this.opts.log.info('pod sandbox stopped', { pod: record.id });
     }
   }
 
-  private async release(record: SandboxRecord): Promise<void> {
+  /**
+   * Kills the pod init, tears the network down, unpins the namespaces. Returns whether the network was torn down:
+   * the caller writes the record once (a crash before that write only repeats an idempotent teardown).
+   */
+  private async release(record: SandboxRecord): Promise<boolean> {
     if (record.initPid && (await isShim(record.initPid))) {
       try {
         process.kill(record.initPid, 'SIGKILL');
@@ -291,14 +297,15 @@ export class SandboxService {
         /* already gone */
       }
     }
+    const tornDown = record.networkState !== undefined;
     if (record.networkState) {
       await this.network.teardown(this.networkRequest(record), record.networkState);
       record.networkState = undefined;
-      await this.records.put(record);
     }
     const runDir = this.runDir(record.id);
     await unpinNamespaces(path.join(runDir, 'ns'));
     if (record.shmPath && record.shmPath !== '/dev/shm') await this.unmountShm(record.shmPath);
+    return tornDown;
   }
 
   /** Removes the pod and everything it holds. Removing an unknown pod is not an error. */
@@ -313,7 +320,7 @@ export class SandboxService {
   }
 
   private async removeLocked(record: SandboxRecord): Promise<void> {
-    await this.hooks.stopContainers(record.id);
+    // Removing a container stops it first if it still runs.
     await this.hooks.removeContainers(record.id);
     await this.release(record);
     try {
