@@ -189,19 +189,17 @@ export async function removePod(cri: CriClient, podId: string, pods: PodSet): Pr
   pods.delete(podId);
 }
 
-/** Removes every pod in `pods` in parallel; returns the errors met (best effort: a failed pod is retried once). */
-export async function removePods(cri: CriClient, pods: PodSet): Promise<string[]> {
+/** Removes every pod in `pods`, at most `limit` at a time; returns the errors met (a failed pod is retried once). */
+export async function removePods(cri: CriClient, pods: PodSet, limit = Infinity): Promise<string[]> {
   const errors: string[] = [];
-  await Promise.all(
-    [...pods].map((id) =>
-      removePod(cri, id, pods).catch(async () => {
-        await cri.runtime.StopPodSandbox({ pod_sandbox_id: id }).catch(() => undefined);
-        await cri.runtime
-          .RemovePodSandbox({ pod_sandbox_id: id })
-          .then(() => pods.delete(id))
-          .catch((err) => void errors.push(`pod ${id}: ${message(err)}`));
-      }),
-    ),
+  await mapLimit([...pods], limit, (id) =>
+    removePod(cri, id, pods).catch(async () => {
+      await cri.runtime.StopPodSandbox({ pod_sandbox_id: id }).catch(() => undefined);
+      await cri.runtime
+        .RemovePodSandbox({ pod_sandbox_id: id })
+        .then(() => pods.delete(id))
+        .catch((err) => void errors.push(`pod ${id}: ${message(err)}`));
+    }),
   );
   return errors;
 }
@@ -224,6 +222,17 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (it
   return out;
 }
 
+/** The pods that started; the others' errors go to `failures`. An interruption ends the phase. */
+function startedPods(settled: PromiseSettledResult<StartedPod>[], failures: string[], prefix = ''): StartedPod[] {
+  const started: StartedPod[] = [];
+  for (const s of settled) {
+    if (s.status === 'fulfilled') started.push(s.value);
+    else if (s.reason instanceof Interrupted) throw s.reason;
+    else failures.push(`${prefix}${message(s.reason)}`);
+  }
+  return started;
+}
+
 /**
  * `count` pods started at the same instant: wall time until every container runs and each pod's own time; then
  * all of them removed at once (timed separately as teardown).
@@ -237,13 +246,9 @@ export async function measureConcurrent(cri: CriClient, image: string, count: nu
     const settled = await Promise.allSettled(Array.from({ length: count }, () => startPod(cri, image, pods, signal, t0)));
     result.wallMs = since(t0);
     if (daemonPid) result.daemonCpuMs = (await readCpuMs(daemonPid)) - cpu0;
-    for (const s of settled) {
-      if (s.status === 'fulfilled') {
-        result.perPodMs.push(s.value.ms);
-        for (const st of STAGES) result.stages![st]!.push(s.value.stages[st]);
-      }
-      else if (s.reason instanceof Interrupted) throw s.reason;
-      else result.failures.push(message(s.reason));
+    for (const pod of startedPods(settled, result.failures)) {
+      result.perPodMs.push(pod.ms);
+      for (const st of STAGES) result.stages![st]!.push(pod.stages[st]);
     }
     const t1 = process.hrtime.bigint();
     const errors = await removePods(cri, pods);
@@ -286,14 +291,12 @@ async function memAvailableSettled(readings = 5): Promise<number> {
   return summarize(values).median;
 }
 
-async function daemonUsage(pid: number | undefined): Promise<MemUsage | undefined> {
+/** The daemon's memory now (undefined when its pid is unknown or gone). */
+export async function measureDaemon(pid: number | undefined): Promise<MemUsage | undefined> {
   if (pid === undefined) return undefined;
   const u = await sumMemUsage([pid]);
   return u.gone.length ? undefined : { rssKiB: u.rssKiB, pssKiB: u.pssKiB, anonKiB: u.anonKiB };
 }
-
-/** The daemon's memory now (undefined when its pid is unknown or gone). */
-export const measureDaemon = daemonUsage;
 
 /**
  * Idle memory, then `pods` pods running: the daemon's RSS/PSS, per pod the summed RSS/PSS of the processes the runtime
@@ -305,20 +308,15 @@ export async function measureMemory(cri: CriClient, image: string, opts: MemoryO
   const pods: PodSet = new Set();
   try {
     await sleep(settleMs);
-    result.idle = await daemonUsage(opts.daemonPid);
+    result.idle = await measureDaemon(opts.daemonPid);
     result.memAvailableBeforeKiB = await memAvailableSettled();
     const settled = await mapLimit(Array.from({ length: opts.pods }), 8, () => startPod(cri, image, pods, opts.signal));
-    const started: StartedPod[] = [];
-    for (const s of settled) {
-      if (s.status === 'fulfilled') started.push(s.value);
-      else if (s.reason instanceof Interrupted) throw s.reason;
-      else result.notes.push(`pod failed to start: ${message(s.reason)}`);
-    }
+    const started = startedPods(settled, result.notes, 'pod failed to start: ');
     result.running = started.length;
     check(opts.signal);
     await sleep(settleMs);
     result.memAvailableAfterKiB = await memAvailableSettled();
-    result.withPods = await daemonUsage(opts.daemonPid);
+    result.withPods = await measureDaemon(opts.daemonPid);
 
     const procs = await processTable();
     const exclude = [process.pid, ...(opts.daemonPid ? [opts.daemonPid] : [])];
@@ -391,12 +389,7 @@ export async function measureRelist(cri: CriClient, image: string, opts: RelistO
   const pods: PodSet = new Set();
   try {
     const settled = await mapLimit(Array.from({ length: opts.pods }), limit, () => startPod(cri, image, pods, opts.signal));
-    const started: StartedPod[] = [];
-    for (const s of settled) {
-      if (s.status === 'fulfilled') started.push(s.value);
-      else if (s.reason instanceof Interrupted) throw s.reason;
-      else result.failures.push(`pod failed to start: ${message(s.reason)}`);
-    }
+    const started = startedPods(settled, result.failures, 'pod failed to start: ');
     result.running = started.length;
     if (started.length === 0) return result;
     check(opts.signal);
@@ -449,8 +442,7 @@ export async function measureRelist(cri: CriClient, image: string, opts: RelistO
       if (container.status?.state !== 'CONTAINER_RUNNING') mismatch(`ContainerStatus of ${pod.containerId!.slice(0, 12)}: ${container.status?.state}`);
     }
   } finally {
-    await mapLimit([...pods], limit, (id) => removePod(cri, id, pods));
-    if (pods.size) for (const e of await removePods(cri, pods)) result.failures.push(`cleanup: ${e}`);
+    for (const e of await removePods(cri, pods, limit)) result.failures.push(`cleanup: ${e}`);
   }
   return result;
 }

@@ -1,5 +1,5 @@
 import test, { ExecutionContext } from 'ava';
-import { promises as fs, readFileSync } from 'node:fs';
+import { promises as fs, readFileSync, readlinkSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import os from 'node:os';
@@ -164,13 +164,19 @@ test('HostIpc sees the host SysV segments; a private IPC namespace does not', as
 test('HostPid and HostNetwork pods see the host', async (t) => {
   const e = await env(t);
   // The test runner's own pid is a host process the container can only see in the host PID namespace.
-  const probe = `cat /proc/${process.pid}/cmdline | tr '\\0' ' '; echo; ls /proc/${process.pid}/ns >/dev/null && echo visible`;
+  const probe = `cat /proc/${process.pid}/cmdline | tr '\\0' ' '; echo; ls /proc/${process.pid}/ns >/dev/null && echo visible; readlink /proc/self/ns/pid`;
   const hostPid = await e.run(probe, { linux: { security_context: { namespace_options: { pid: 'NODE', network: 'POD', ipc: 'POD' } } } }, { linux: { security_context: { namespace_options: { pid: 'NODE', network: 'POD', ipc: 'POD' } } } });
   t.regex(hostPid.out, /node.*\nvisible/s, hostPid.out);
-  const privatePid = await e.run(`test -e /proc/${process.pid}/cmdline && echo visible || echo hidden`);
-  if (process.pid > 10) t.is(privatePid.out.trim(), 'hidden');
-  const hostNet = await e.run('hostname; ls /sys/class/net', { linux: { security_context: { namespace_options: { pid: 'CONTAINER', network: 'NODE', ipc: 'POD' } } } }, { linux: { security_context: { namespace_options: { pid: 'CONTAINER', network: 'NODE', ipc: 'POD' } } } });
+  // Namespace identities hold whatever the host's process count or pid numbers are.
+  const hostPidNs = readlinkSync('/proc/self/ns/pid');
+  t.is(hostPid.out.trim().split('\n').pop(), hostPidNs, hostPid.out);
+  const privatePid = await e.run(`test -e /proc/${process.pid}/cmdline && echo visible || echo hidden; readlink /proc/self/ns/pid`);
+  if (process.pid > 10) t.is(privatePid.out.trim().split('\n')[0], 'hidden');
+  else t.log(`test runner pid ${process.pid} may exist in the pod's own pid namespace too: visibility not compared`);
+  t.not(privatePid.out.trim().split('\n').pop(), hostPidNs, privatePid.out);
+  const hostNet = await e.run('hostname; readlink /proc/self/ns/net; ls /sys/class/net', { linux: { security_context: { namespace_options: { pid: 'CONTAINER', network: 'NODE', ipc: 'POD' } } } }, { linux: { security_context: { namespace_options: { pid: 'CONTAINER', network: 'NODE', ipc: 'POD' } } } });
   t.true(hostNet.out.includes(execFileSync("hostname").toString().trim()), hostNet.out);
+  t.is(hostNet.out.split('\n')[1], readlinkSync('/proc/self/ns/net'), hostNet.out);
 });
 
 test('bad input: RunAsGroup alone, a seccomp path without localhost/, an unknown capability; nothing half-made', async (t) => {

@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
-import type { BerthProcess } from './berth.js';
 
 // Request builders shaped like what kubelet sends, and host-state checks every lifecycle test runs.
 
@@ -27,13 +26,6 @@ export function containerConfig(image: string, overrides: Partial<ContainerConfi
     annotations: {},
     ...overrides,
   };
-}
-
-/** Host objects that mention a berth test dir: mounts, cgroups. */
-export async function leftovers(berth: BerthProcess): Promise<{ mounts: string[]; cgroups: string[] }> {
-  const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8');
-  const mounts = mountinfo.split('\n').filter((l) => l.includes(berth.dir));
-  return { mounts, cgroups: [] };
 }
 
 export async function waitFor<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 10000, what = 'condition'): Promise<T> {
@@ -64,8 +56,9 @@ export async function hostLeftovers(dir: string, cgroupPaths: string[]): Promise
   for (const line of mountinfo.split('\n')) if (line.includes(dir)) problems.push(`mount: ${line}`);
   for (const p of await processesMentioning(dir)) problems.push(`process: ${p}`);
   for (const cg of cgroupPaths) {
-    for (const ctrl of ['memory', 'cpu', 'pids', 'cpuset', 'unified']) {
-      const full = `/sys/fs/cgroup/${ctrl}${cg}`;
+    // '' is the cgroup2 root of a pure v2 host; the others are this kind of host's v1 controllers and hybrid tree.
+    for (const ctrl of ['', '/memory', '/cpu', '/pids', '/cpuset', '/unified']) {
+      const full = `/sys/fs/cgroup${ctrl}${cg}`;
       if (await fs.access(full).then(() => true, () => false)) problems.push(`cgroup: ${full}`);
     }
   }

@@ -136,6 +136,12 @@ test('bench --quick measures everything and cleans up after itself', async (t) =
       t.is(target.value, null);
       continue;
     }
+    if (target.id === 'daemonRss') {
+      // measured with the quick run's 3 pods: shown, but not evaluated against the 30 the target names
+      t.like(target, { met: null, basis: 'measured with 3 pods, not 30' });
+      t.is(typeof target.value, 'number', target.id);
+      continue;
+    }
     if (target.id === 'relist100') {
       t.like(target, { met: null, basis: 'measured with 5 pods, not 100' });
       t.is(target.value, r.calls[RELIST].median);
