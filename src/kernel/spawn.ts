@@ -25,6 +25,8 @@ export interface SpawnOptions {
   graceMs?: number;
   /** Resolve with timedOut: true instead of rejecting. */
   reportTimeout?: boolean;
+  /** Written to the child's stdin (a pipe) instead of giving it /dev/null. */
+  input?: Buffer | string;
 }
 
 function pipe(): [number, number] {
@@ -45,6 +47,14 @@ function collect(fd: number): Promise<Buffer> {
   });
 }
 
+/** Writes `input` to the pipe `fd` without blocking the event loop, then closes it (the child sees EOF). */
+function feed(fd: number, input: Buffer | string): void {
+  const socket = new net.Socket({ fd, readable: false, writable: true });
+  // A child that exits without reading all of it gives EPIPE: not our failure, its exit status tells.
+  socket.on('error', () => undefined);
+  socket.end(input, () => socket.destroy());
+}
+
 /** Waits for the child off the event loop (koffi runs the blocking waitpid on a worker thread). */
 function reap(pid: number): Promise<{ code: number; signal: number }> {
   return new Promise((resolve, reject) => {
@@ -61,10 +71,11 @@ function reap(pid: number): Promise<{ code: number; signal: number }> {
   });
 }
 
-/** Runs `file` with `args`, stdin from /dev/null, and collects stdout and stderr; kills it after `timeoutMs`. */
+/** Runs `file` with `args`, stdin from `opts.input` or /dev/null, and collects stdout and stderr; kills it after `timeoutMs`. */
 export async function spawnCollect(file: string, args: string[], timeoutMs: number, opts: SpawnOptions = {}): Promise<SpawnResult> {
   const [outR, outW] = pipe();
   const [errR, errW] = pipe();
+  const [inR, inW] = opts.input === undefined ? [-1, -1] : pipe();
   const actions = Buffer.alloc(256);
   const attr = Buffer.alloc(512);
   const sigset = Buffer.alloc(128);
@@ -73,7 +84,8 @@ export async function spawnCollect(file: string, args: string[], timeoutMs: numb
   fn('posix_spawnattr_init', 'int posix_spawnattr_init(void *attr)')(attr);
   try {
     const dup2 = fn('posix_spawn_file_actions_adddup2', 'int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)');
-    fn('posix_spawn_file_actions_addopen', 'int posix_spawn_file_actions_addopen(void *fa, int fd, const char *path, int oflag, int mode)')(actions, 0, '/dev/null', 0, 0);
+    if (inR >= 0) dup2(actions, inR, 0);
+    else fn('posix_spawn_file_actions_addopen', 'int posix_spawn_file_actions_addopen(void *fa, int fd, const char *path, int oflag, int mode)')(actions, 0, '/dev/null', 0, 0);
     dup2(actions, outW, 1);
     dup2(actions, errW, 2);
     // Node ignores SIGPIPE and may block signals in this thread: the child starts with every signal at default.
@@ -88,7 +100,7 @@ export async function spawnCollect(file: string, args: string[], timeoutMs: numb
     const rc = spawn(pidOut, file, actions, attr, argv, env) as number;
     if (rc !== 0) throw internal(`posix_spawn ${file}: errno ${rc}`);
   } catch (err) {
-    for (const fd of [outR, outW, errR, errW]) fn('close', 'int close(int fd)')(fd);
+    for (const fd of [outR, outW, errR, errW, inR, inW]) if (fd >= 0) fn('close', 'int close(int fd)')(fd);
     throw err;
   } finally {
     fn('posix_spawn_file_actions_destroy', 'int posix_spawn_file_actions_destroy(void *fa)')(actions);
@@ -97,6 +109,10 @@ export async function spawnCollect(file: string, args: string[], timeoutMs: numb
   const close = fn('close', 'int close(int fd)');
   close(outW);
   close(errW);
+  if (inR >= 0) {
+    close(inR);
+    feed(inW, opts.input!);
+  }
   const pid = pidOut[0];
   let timedOut = false;
   let hardKill: NodeJS.Timeout | undefined;

@@ -2,9 +2,9 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { BerthError, errorMessage, invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
-import { Cidr, formatCidr, formatIp, gatewayOf, parseCidr, parseIp, contains } from './cidr.js';
-import { HostPort, HostPortTable, hostPortsOf } from './hostports.js';
-import { addressOf, adopt, allocate, reconcile, release } from './ipam.js';
+import { Cidr, formatCidr, formatIp, gatewayOf, parseCidr } from './cidr.js';
+import { HostPort, HostPortTable, portRequest } from './hostports.js';
+import { adopt, allocate, reconcile, release, SubnetOrigin } from './ipam.js';
 import { IpamStore } from './ipam-store.js';
 import { iptablesRestore, iptablesSave } from './iptables.js';
 import { attachHostEnd, bridgePorts, defaultMtu, deleteLink, ensureBridge, writeSysctl } from './links.js';
@@ -22,8 +22,6 @@ export interface EmbeddedOptions {
   chainPrefix: string;
   /** <root>/network */
   dataDir: string;
-  /** <state-dir>/network: command input files on the pod-start path. */
-  scratchDir: string;
   log: Logger;
 }
 
@@ -35,9 +33,11 @@ export interface EmbeddedPodState {
   veth: string;
   chainPrefix: string;
   hostPorts: HostPort[];
+  /** "namespace/name", for the message of a hostPort clash; absent in states of older berths. */
+  pod?: string;
 }
 
-export function isEmbeddedState(s: Record<string, unknown>): s is Record<string, unknown> & EmbeddedPodState {
+function isEmbeddedState(s: Record<string, unknown>): s is Record<string, unknown> & EmbeddedPodState {
   return s.backend === 'embedded' && typeof s.ip === 'string';
 }
 
@@ -60,6 +60,7 @@ export class EmbeddedNetwork {
   private readonly chains: Chains;
   private readonly hostPorts = new HostPortTable();
   private subnet: Cidr;
+  private subnetOrigin: SubnetOrigin = 'config';
   /** Subnets live pods use (pods started before a pod CIDR change keep theirs). */
   private readonly liveSubnets = new Set<string>();
   private readonly livePods = new Set<string>();
@@ -70,6 +71,8 @@ export class EmbeddedNetwork {
   private vethsReconciled = false;
   private pending: Promise<void> = Promise.resolve();
   private status: NetworkReadiness = { ready: true, reason: '', message: '' };
+  /** Why the last pod CIDR from kubelet is not followed: NetworkReady stays false until one is. */
+  private podCidrProblem: string | undefined;
 
   constructor(private readonly opts: EmbeddedOptions) {
     this.store = new IpamStore(path.join(opts.dataDir, 'ipam.json'));
@@ -79,21 +82,15 @@ export class EmbeddedNetwork {
     this.subnet = subnet;
   }
 
-  get bridge(): string {
-    return this.opts.bridge;
-  }
-
-  currentSubnet(): string {
-    return formatCidr(this.subnet);
-  }
-
   /** Reads IPAM, frees addresses of pods that are gone, takes back what live pods hold. No kernel work. */
   async load(livePods: { podId: string; state: Record<string, unknown> }[]): Promise<void> {
     const state = await this.store.load();
-    await fs.mkdir(this.opts.scratchDir, { recursive: true, mode: 0o700 });
     if (state.podCidr) {
       const c = parseCidr(state.podCidr);
-      if (c) this.subnet = c;
+      if (c) {
+        this.subnet = c;
+        this.subnetOrigin = 'kubelet';
+      }
     }
     let changed = false;
     const live = new Set(livePods.map((p) => p.podId));
@@ -110,7 +107,7 @@ export class EmbeddedNetwork {
       }
       this.track(podId, s);
       try {
-        this.hostPorts.reserve(podId, s.hostPorts ?? []);
+        this.hostPorts.reserve(podId, s.hostPorts ?? [], { pod: s.pod });
       } catch (err) {
         this.opts.log.warn('live pods share a hostPort', { pod: podId, error: errorMessage(err) });
       }
@@ -169,7 +166,8 @@ export class EmbeddedNetwork {
   }
 
   readiness(): NetworkReadiness {
-    return this.status;
+    if (!this.status.ready || !this.podCidrProblem) return this.status;
+    return { ready: false, reason: 'NetworkPluginNotReady', message: this.podCidrProblem };
   }
 
   setPodCidr(text: string): void {
@@ -181,22 +179,42 @@ export class EmbeddedNetwork {
     }
     const normalized = { base: cidr.base, prefix: cidr.prefix };
     if (formatCidr(normalized) === formatCidr(this.subnet)) return;
-    this.pending = this.pending.then(async () => {
-      if (cidr.prefix > 30) {
-        log.error('pod CIDR is too small for pods', { podCidr: text });
-        this.status = { ready: false, reason: 'NetworkPluginNotReady', message: `pod CIDR ${text} is too small (needs /30 or larger)` };
-        return;
-      }
-      const previous = this.subnet;
-      this.subnet = normalized;
-      this.store.state.podCidr = formatCidr(normalized);
+    // Never rejects: every later prepare() awaits this chain.
+    this.pending = this.pending
+      .then(() => this.followPodCidr(text, normalized))
+      .catch((err) => {
+        log.error('cannot follow the pod CIDR', { podCidr: text, error: errorMessage(err) });
+        this.podCidrProblem = `cannot follow the pod CIDR ${text} from kubelet: ${errorMessage(err)}`;
+      });
+  }
+
+  private async followPodCidr(text: string, cidr: Cidr): Promise<void> {
+    const log = this.opts.log;
+    if (cidr.prefix > 30) {
+      log.error('pod CIDR is too small for pods', { podCidr: text });
+      this.podCidrProblem = `pod CIDR ${text} from kubelet is too small (needs /30 or larger); pods keep getting addresses in ${formatCidr(this.subnet)}`;
+      return;
+    }
+    const previous = { subnet: this.subnet, origin: this.subnetOrigin, podCidr: this.store.state.podCidr };
+    this.subnet = cidr;
+    this.subnetOrigin = 'kubelet';
+    this.store.state.podCidr = formatCidr(cidr);
+    try {
       await this.store.save();
-      log.info('embedded network follows the pod CIDR', { from: formatCidr(previous), to: formatCidr(normalized) });
-      if (this.ensured) {
-        this.ensured = undefined;
-        await this.ensure().catch((err) => log.error('embedded network cannot use the pod CIDR', { error: errorMessage(err) }));
-      }
-    });
+    } catch (err) {
+      // Unrecorded, the subnet would change back at the next restart while pods of the new one live on: keep the old.
+      this.subnet = previous.subnet;
+      this.subnetOrigin = previous.origin;
+      this.store.state.podCidr = previous.podCidr;
+      if (previous.podCidr === undefined) delete this.store.state.podCidr;
+      throw new BerthError('internal', `cannot record it in ${this.store.file}: ${errorMessage(err)}`, { cause: err });
+    }
+    this.podCidrProblem = undefined;
+    log.info('embedded network follows the pod CIDR', { from: formatCidr(previous.subnet), to: formatCidr(cidr) });
+    if (this.ensured) {
+      this.ensured = undefined;
+      await this.ensure().catch((err) => log.error('embedded network cannot use the pod CIDR', { error: errorMessage(err) }));
+    }
   }
 
   /**
@@ -206,20 +224,18 @@ export class EmbeddedNetwork {
   async prepare(req: PodNetworkRequest): Promise<PodNetworkPlan> {
     await this.pending;
     await this.ensure();
-    const ports = hostPortsOf(req.portMappings);
-    this.hostPorts.reserve(req.podId, ports);
+    const { ports, fields } = portRequest(req.portMappings);
+    const pod = `${req.namespace}/${req.name}`;
+    this.hostPorts.reserve(req.podId, ports, { pod, fields });
     const subnet = this.subnet;
     const veth = vethName(req.podId);
     let ip: string;
     try {
-      ip = allocate(this.store.state, subnet, req.podId);
+      ip = allocate(this.store.state, subnet, req.podId, this.subnetOrigin);
     } catch (err) {
       this.hostPorts.release(req.podId);
       throw err;
     }
-    // Counted as live from here on, so that a concurrent re-run of ensure() (a pod CIDR change) keeps its rules.
-    this.livePods.add(req.podId);
-    this.liveVeths.add(veth);
     const state: EmbeddedPodState = {
       backend: 'embedded',
       ip,
@@ -228,15 +244,20 @@ export class EmbeddedNetwork {
       veth,
       chainPrefix: this.opts.chainPrefix,
       hostPorts: ports,
+      pod,
     };
+    // Counted as live from here on, so that a concurrent re-run of ensure() (a pod CIDR change) keeps its subnet
+    // masqueraded, its rules and its veth.
+    this.track(req.podId, state);
     return {
       backend: 'embedded',
+      ip,
       veth: { hostName: veth, address: `${ip}/${subnet.prefix}`, gateway: formatIp(gatewayOf(subnet)), mtu: this.mtu },
       state: { ...state },
     };
   }
 
-  /** The host end joins the bridge and comes up; hostPort rules go in. On failure, teardown(plan.state) undoes it. */
+  /** The host end (created up) joins the bridge; hostPort rules go in. On failure, teardown(plan.state) undoes it. */
   async setup(req: PodNetworkRequest, plan: PodNetworkPlan): Promise<PodNetworkResult> {
     const t0 = process.hrtime.bigint();
     if (!plan.veth || !isEmbeddedState(plan.state)) throw new BerthError('internal', `pod ${req.podId}: embedded network setup without a plan`);
@@ -245,11 +266,10 @@ export class EmbeddedNetwork {
     // When each step finished, in ms since setup() began: logged, so the pod-start path stays measurable.
     const steps: Record<string, number> = {};
     const mark = (name: string) => (steps[name] = Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100);
-    const rules = iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-A'), what, this.opts.scratchDir).then(() => state.hostPorts.length > 0 && mark('hostPorts'));
+    const rules = iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-I'), what).then(() => state.hostPorts.length > 0 && mark('hostPorts'));
     const settled = await Promise.allSettled([attachHostEnd(this.opts.bridge, state.veth, what).then(() => mark('hostEnd')), rules]);
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) throw failed.reason;
-    this.track(req.podId, state);
     // Not awaited: the sandbox record (written next) holds the address too, and start() takes back into IPAM
     // whatever live pods hold, so a crash before this write lands loses nothing. It keeps an fsync off pod start.
     this.persist();
@@ -263,21 +283,27 @@ export class EmbeddedNetwork {
     const what = `pod ${req.podId}: embedded network teardown`;
     const chains = chainsFor(raw.chainPrefix ?? this.opts.chainPrefix);
     const ports = raw.hostPorts ?? [];
-    if (ports.length > 0) {
-      try {
-        await iptablesRestore(podRules(chains, req.podId, raw.ip, ports, '-D'), what, this.opts.scratchDir);
-      } catch {
-        // Some rule was gone already (a second teardown, or a manual flush): delete whatever is left of the pod's.
-        await iptablesRestore(deletePodRules(chains, await iptablesSave(what, 'nat'), req.podId), what);
+    try {
+      if (ports.length > 0) {
+        try {
+          await iptablesRestore(podRules(chains, req.podId, raw.ip, ports, '-D'), what);
+        } catch {
+          // Some rule was gone already (a second teardown, or a manual flush): delete whatever is left of the pod's.
+          await iptablesRestore(deletePodRules(chains, await iptablesSave(what, 'nat'), req.podId), what);
+        }
       }
+    } finally {
+      // Released even when rules are left (the error still goes up): the rules of a pod that is not live are swept
+      // by ensure() at the next start, and until then a later pod's rules for the same hostPort go in ahead of them.
+      // The veth goes with the pod's netns once it is unpinned: deleting it here would cost ~17 ms of RCU wait.
+      const freed = release(this.store.state, req.podId);
+      this.hostPorts.release(req.podId);
+      this.livePods.delete(req.podId);
+      this.liveVeths.delete(raw.veth);
+      // Not awaited (two fsyncs off StopPodSandbox): a lost write frees itself, as start() releases the addresses
+      // of every pod without network state in its sandbox record, which this teardown's caller clears (or removes).
+      if (freed.length > 0) this.persist();
     }
-    // The veth goes with the pod's netns once it is unpinned: deleting it here would cost ~17 ms of RCU wait.
-    const freed = release(this.store.state, req.podId);
-    this.hostPorts.release(req.podId);
-    this.livePods.delete(req.podId);
-    this.liveVeths.delete(raw.veth);
-    if (freed.length > 0) await this.store.save();
-    if (addressOf(this.store.state, req.podId)) throw new BerthError('internal', `${what}: address still allocated`);
   }
 
   private persist(): void {
@@ -287,16 +313,7 @@ export class EmbeddedNetwork {
   /** Waits for pending IPAM writes. */
   async close(): Promise<void> {
     await this.ensured?.catch(() => undefined);
+    await this.pending;
     await this.store.flush();
-  }
-
-  /** True if `ip` is in a subnet this network hands out (for tests and diagnostics). */
-  owns(ip: string): boolean {
-    const n = parseIp(ip);
-    return n !== undefined && contains(this.subnet, n);
-  }
-
-  allocations(): Record<string, string> {
-    return { ...this.store.state.allocations };
   }
 }

@@ -49,7 +49,8 @@ export class NetworkManager implements PodNetwork {
   }
 
   async prepare(req: PodNetworkRequest): Promise<PodNetworkPlan> {
-    // CNI plugins make everything themselves once the netns exists; nothing to undo before that.
+    // CNI plugins make everything themselves once the netns exists: nothing to undo before setup(), and a failed
+    // setup() DELs what it made itself (cniAdd after a failed ADD, setup() when the result cannot be cached).
     return (await this.backendFor()) === 'cni' ? { backend: 'cni', state: {} } : this.embedded.prepare(req);
   }
 
@@ -79,14 +80,13 @@ export class NetworkManager implements PodNetwork {
 }
 
 /** Chooses the pod network backend from `[network] mode`. */
-export async function createPodNetwork(config: BerthConfig, paths: { root: string; stateDir: string }, log: Logger): Promise<PodNetwork> {
+export async function createPodNetwork(config: BerthConfig, paths: { root: string }, log: Logger): Promise<PodNetwork> {
   const dataDir = path.join(paths.root, 'network');
   const embedded = new EmbeddedNetwork({
     bridge: config.network.bridge,
     subnet: config.network.subnet,
     chainPrefix: chainPrefixFor(config.network.bridge),
     dataDir,
-    scratchDir: path.join(paths.stateDir, 'network'),
     log: log.child({ backend: 'embedded' }),
   });
   const cni = new CniNetwork({ confDir: config.cni.confDir, binDirs: config.cni.binDirs, cacheDir: path.join(dataDir, 'cni-cache'), log: log.child({ backend: 'cni' }) });

@@ -55,16 +55,24 @@ export function addressOf(state: IpamState, podId: string): string | undefined {
   return undefined;
 }
 
+/** Where the pod subnet comes from: `[network] subnet`, or the pod CIDR kubelet sent (which takes precedence). */
+export type SubnetOrigin = 'config' | 'kubelet';
+
+const MAKE_ROOM: Record<SubnetOrigin, string> = {
+  config: 'set a larger [network] subnet',
+  kubelet: "give the node a larger pod CIDR (kubelet's, from the Node's spec.podCIDR; it takes precedence over [network] subnet)",
+};
+
 /**
  * Gives `podId` an address in `subnet` (the same one again if it already has one there). Mutates `state`.
- * Throws resource_exhausted when every address of the subnet is taken.
+ * Throws resource_exhausted when every address of the subnet is taken, saying what to change (by `origin`).
  */
-export function allocate(state: IpamState, subnet: Cidr, podId: string): string {
+export function allocate(state: IpamState, subnet: Cidr, podId: string, origin: SubnetOrigin = 'config'): string {
   const existing = addressOf(state, podId);
   if (existing !== undefined && contains(subnet, parseIp(existing)!)) return existing;
   const { first, last } = podRange(subnet);
-  if (last < first) throw new BerthError('resource_exhausted', `subnet ${formatCidr(subnet)} has no room for pods`);
   const key = formatCidr(subnet);
+  if (last < first) throw new BerthError('resource_exhausted', `pod subnet ${key} has no room for pods: ${MAKE_ROOM[origin]}`);
   const previous = parseIp(state.last[key] ?? '');
   let candidate = previous !== undefined && previous >= first && previous < last ? previous + 1 : first;
   const count = last - first + 1;
@@ -77,7 +85,7 @@ export function allocate(state: IpamState, subnet: Cidr, podId: string): string 
     }
     candidate = candidate === last ? first : candidate + 1;
   }
-  throw new BerthError('resource_exhausted', `no free address left in pod subnet ${key} (${count} addresses, all allocated)`);
+  throw new BerthError('resource_exhausted', `no free address left in pod subnet ${key} (${count} addresses, all allocated): ${MAKE_ROOM[origin]}`);
 }
 
 /** Frees every address `podId` holds; returns them. Mutates `state`. */

@@ -1,7 +1,7 @@
 import { promises as fs, writeFileSync } from 'node:fs';
 import { BerthError } from '../errors.js';
 import { run } from './exec.js';
-import { bridgeAddPort, ifindexOf, linkUp } from './netdev.js';
+import { bridgeAddPort, ifindexOf } from './netdev.js';
 
 // Links and sysctls of the embedded network on the host side: the bridge and the host ends of the pods' veth
 // pairs. The pod side (eth0, its address and route) is made by `berth-shim sandbox` inside the new netns.
@@ -46,14 +46,13 @@ export async function defaultMtu(dev: string | undefined): Promise<number> {
 }
 
 /**
- * The host end of a pod's veth pair (made by the namespace helper along with the pod's netns) joins the bridge and
- * comes up, in-process (ioctls), and hairpin mode is set through sysfs: a pod reaches itself through a hostPort.
+ * The host end of a pod's veth pair (made up, by the namespace helper, along with the pod's netns) joins the bridge
+ * in-process (an ioctl), and hairpin mode is set through sysfs: a pod reaches itself through a hostPort.
  */
 export async function attachHostEnd(bridge: string, hostName: string, what: string): Promise<void> {
   try {
     // sysfs reads and writes of a few bytes: synchronous is cheaper than a trip through the thread pool.
     bridgeAddPort(bridge, hostName, ifindexOf(hostName));
-    linkUp(hostName);
     writeFileSync(`/sys/class/net/${hostName}/brport/hairpin_mode`, '1');
   } catch (err) {
     throw err instanceof BerthError ? new BerthError(err.kind, `${what}: ${err.message}`) : new BerthError('internal', `${what}: ${hostName}: ${(err as Error).message}`);
@@ -70,8 +69,4 @@ export async function deleteLink(name: string, what: string): Promise<void> {
 
 export async function bridgePorts(bridge: string): Promise<string[]> {
   return fs.readdir(`/sys/class/net/${bridge}/brif`).catch(() => []);
-}
-
-export async function linkExists(name: string): Promise<boolean> {
-  return exists(`/sys/class/net/${name}`);
 }

@@ -3,17 +3,13 @@ import os from 'node:os';
 import koffi from 'koffi';
 import { BerthError } from '../errors.js';
 
-// Two ioctls on the host's network devices, in-process (no spawn on the pod-start path): attach a port to a bridge
-// (SIOCBRADDIF) and bring a link up (SIOCGIFFLAGS/SIOCSIFFLAGS). Both act in berth's own network namespace (the
-// host's): nothing here enters another namespace.
+// An ioctl on the host's network devices, in-process (no spawn on the pod-start path): attach a port to a bridge
+// (SIOCBRADDIF). It acts in berth's own network namespace (the host's): nothing here enters another namespace.
 
 const AF_INET = 2;
 const SOCK_DGRAM = 2;
 const SOCK_CLOEXEC = 0o2000000;
-const SIOCGIFFLAGS = 0x8913;
-const SIOCSIFFLAGS = 0x8914;
 const SIOCBRADDIF = 0x89a2;
-const IFF_UP = 0x1;
 /** struct ifreq: char ifr_name[16] + a 24-byte union. */
 const IFREQ_SIZE = 40;
 
@@ -75,15 +71,4 @@ export function bridgeAddPort(bridge: string, port: string, portIndex: number): 
   const errno = ioctl(SIOCBRADDIF, req);
   // EBUSY: already a port of a bridge (this one, on a retry).
   if (errno !== 0 && errno !== EBUSY) throw fail(`attach ${port} to bridge ${bridge} (SIOCBRADDIF)`, errno);
-}
-
-export function linkUp(name: string): void {
-  const req = ifreq(name);
-  let errno = ioctl(SIOCGIFFLAGS, req);
-  if (errno !== 0) throw fail(`read flags of ${name} (SIOCGIFFLAGS)`, errno);
-  const flags = req.readUInt16LE(16);
-  if (flags & IFF_UP) return;
-  req.writeUInt16LE(flags | IFF_UP, 16);
-  errno = ioctl(SIOCSIFFLAGS, req);
-  if (errno !== 0) throw fail(`bring ${name} up (SIOCSIFFLAGS)`, errno);
 }

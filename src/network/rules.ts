@@ -24,7 +24,7 @@ export function chainsFor(prefix: string): Chains {
 /** iptables chain names are at most 28 characters; this leaves room for "-POSTROUTING". */
 export const MAX_PREFIX_LENGTH = 28 - '-POSTROUTING'.length;
 
-export const POD_COMMENT = 'berth-pod:';
+const POD_COMMENT = 'berth-pod:';
 
 export function podComment(podId: string): string {
   return `${POD_COMMENT}${podId}`;
@@ -118,8 +118,11 @@ export function baseRules(input: BaseRulesInput): string {
   return [...nat, 'COMMIT', ...filter, 'COMMIT', ''].join('\n');
 }
 
-/** A pod's DNAT rules, to add (`-A`) or delete (`-D`). Empty when the pod has no hostPorts. */
-export function podRules(chains: Chains, podId: string, ip: string, ports: HostPort[], op: '-A' | '-D'): string {
+/**
+ * A pod's DNAT rules, to add (`-A`, or `-I` ahead of older rules for the same port: those of a pod whose teardown
+ * could not delete them, which then outrank nobody) or delete (`-D`). Empty when the pod has no hostPorts.
+ */
+export function podRules(chains: Chains, podId: string, ip: string, ports: HostPort[], op: '-A' | '-I' | '-D'): string {
   if (ports.length === 0) return '';
   const lines = ['*nat'];
   for (const p of ports) {

@@ -424,6 +424,9 @@ rtest('sandbox --veth makes eth0 with its address and default route inside, the 
     t.regex(inside(['-o', 'link', 'show', 'dev', 'eth0']), /<[^>]*\bUP\b[^>]*> mtu 1400 /);
     t.regex(inside(['route', 'show', 'default']), /^default via 10\.250\.7\.1 dev eth0/);
     t.is(readFileSync(`/sys/class/net/${hostEnd}/mtu`, 'utf8').trim(), '1400');
+    // Both ends are up when the helper returns: nothing on the host has to bring the host end up.
+    t.regex(execFileSync('ip', ['-o', 'link', 'show', 'dev', hostEnd]).toString(), /<[^>]*\bUP\b[^>]*> mtu 1400 /);
+    t.regex(inside(['-o', 'link', 'show', 'dev', 'eth0']), /<[^>]*\bLOWER_UP\b[^>]*>/, 'the peer is up, so eth0 has carrier');
   } finally {
     t.is((await shim(['unpin', pod])).code, 0);
   }
@@ -435,7 +438,8 @@ rtest('sandbox --veth makes eth0 with its address and default route inside, the 
   t.is(clash.code, 1);
   t.regex(clash.stderr, new RegExp(`create veth eth0 with peer ${taken}: File exists`));
   t.deepEqual(mountsUnder(pod), []);
-  for (const bad of [['--address', '10.250.7.9/33'], ['--gateway', 'ten'], ['--mtu', '0']]) {
+  // A gateway outside eth0's subnet, or eth0's own address, would leave the pod without a default route.
+  for (const bad of [['--address', '10.250.7.9/33'], ['--gateway', 'ten'], ['--gateway', '10.250.8.1'], ['--gateway', '10.250.7.9'], ['--mtu', '0']]) {
     const args = { '--address': '10.250.7.9/24', '--gateway': '10.250.7.1', '--mtu': '1500', [bad[0]!]: bad[1]! };
     const r = await shim(['sandbox', pod, '--net', '--veth', hostEnd, ...Object.entries(args).flat()]);
     t.is(r.code, 2, bad.join(' '));

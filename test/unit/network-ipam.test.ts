@@ -46,6 +46,12 @@ test('an exhausted subnet is resource_exhausted, naming the subnet', (t) => {
   const err = t.throws(() => allocate(s, subnet, 'b'), { instanceOf: BerthError }) as BerthError;
   t.is(err.kind, 'resource_exhausted');
   t.true(err.message.includes('10.9.9.0/30'));
+  t.true(err.message.includes('[network] subnet'), 'says what to change');
+  const fromKubelet = t.throws(() => allocate(s, subnet, 'b', 'kubelet'), { instanceOf: BerthError }) as BerthError;
+  t.true(fromKubelet.message.includes('pod CIDR'), fromKubelet.message);
+  const tiny = t.throws(() => allocate(emptyIpam(), net('10.9.9.0/31'), 'a'), { instanceOf: BerthError }) as BerthError;
+  t.is(tiny.kind, 'resource_exhausted');
+  t.true(tiny.message.includes('10.9.9.0/31') && tiny.message.includes('[network] subnet'), tiny.message);
   release(s, 'a');
   t.is(allocate(s, subnet, 'b'), '10.9.9.2');
 });

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { BerthError } from '../../src/errors.js';
-import { clash, HostPortTable, hostPortsOf } from '../../src/network/hostports.js';
+import { clash, HostPortTable, hostPortsOf, portRequest } from '../../src/network/hostports.js';
 import { baseRules, chainsFor, deletePodRules, parseSave, podOfRule, podRules, removeAll } from '../../src/network/rules.js';
 import { defaultRouteDevice, parseProcRoutes, routeCollision } from '../../src/network/routes.js';
 import { parseCidr } from '../../src/network/cidr.js';
@@ -77,6 +77,8 @@ test('per-pod DNAT rules: add and delete are the same rules, tagged with the pod
     ].join('\n'),
   );
   t.is(podRules(chains, POD, '10.86.0.2', ports, '-D'), add.replace(/^-A /gm, '-D '));
+  // Inserted ahead of rules a failed teardown left for the same ports; deleted the same way.
+  t.is(podRules(chains, POD, '10.86.0.2', ports, '-I'), add.replace(/^-A /gm, '-I '));
   t.is(podRules(chains, POD, '10.86.0.2', [], '-A'), '');
   const fallback = deletePodRules(chains, parseSave(SAVE), POD);
   t.true(fallback.startsWith('*nat\n-D BERTH-HOSTPORTS -p tcp -m tcp --dport 8080'));
@@ -126,6 +128,27 @@ test('hostPort validation and conflicts', (t) => {
   table.release('p1');
   table.reserve('p3', [bound!]);
   t.deepEqual(table.holders().sort(), ['p2', 'p3']);
+});
+
+test('hostPort messages name the field of the mapping, and the pod holding a port by name when known', (t) => {
+  const invalid = t.throws(() => hostPortsOf([pm({ hostPort: 0 }), pm({ hostPort: 70000 })]), { instanceOf: BerthError }) as BerthError;
+  t.true(invalid.message.startsWith('config.port_mappings[1]'), invalid.message);
+  const dup = t.throws(() => hostPortsOf([pm({}), pm({ hostPort: 9 }), pm({ containerPort: 81 })]), { instanceOf: BerthError }) as BerthError;
+  t.is(dup.kind, 'invalid_argument');
+  t.true(dup.message.startsWith('config.port_mappings[2]') && dup.message.includes('config.port_mappings[0]'), dup.message);
+
+  const table = new HostPortTable();
+  table.reserve('p1', hostPortsOf([pm({})]), { pod: 'default/web' });
+  const request = portRequest([pm({ hostPort: 0 }), pm({ protocol: 'UDP' }), pm({ hostIp: '192.0.2.7' })]);
+  t.deepEqual(request.fields, ['config.port_mappings[1]', 'config.port_mappings[2]']);
+  const err = t.throws(() => table.reserve('p2', request.ports, { pod: 'default/other', fields: request.fields }), { instanceOf: BerthError }) as BerthError;
+  t.is(err.kind, 'already_exists');
+  t.is(err.message, 'config.port_mappings[2]: hostPort 192.0.2.7:8080/TCP is already used by pod default/web (p1), which maps 8080/TCP');
+  // A holder known by id only (a state from an older berth).
+  table.reserve('p3', hostPortsOf([pm({ hostPort: 9090 })]));
+  const byId = t.throws(() => table.reserve('p4', hostPortsOf([pm({ hostPort: 9090 })])), { instanceOf: BerthError }) as BerthError;
+  t.is(byId.message, 'hostPort 9090/TCP is already used by pod p3');
+  t.deepEqual(table.holders().sort(), ['p1', 'p3'], 'a refused pod holds nothing');
 });
 
 const ROUTES = `Iface	Destination	Gateway 	Flags	RefCnt	Use	Metric	Mask		MTU	Window	IRTT
