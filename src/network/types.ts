@@ -1,3 +1,4 @@
+import type { PodVeth } from '../kernel/shim.js';
 import { DnsConfig, PortMapping } from '../sandbox/types.js';
 
 // What the sandbox service asks of pod networking; the embedded bridge and CNI both implement it.
@@ -22,20 +23,11 @@ export interface PodNetworkResult {
   state: Record<string, unknown>;
 }
 
-/** A veth pair the pod's namespace helper makes as it creates the network namespace (no process of its own). */
-export interface InNamespaceVeth {
-  /** The host end, created in berth's network namespace. */
-  hostName: string;
-  /** eth0's address/prefix */
-  address: string;
-  gateway: string;
-  mtu: number;
-}
-
 /** Decided before the pod's namespaces exist: which backend, and what (if anything) is made along with them. */
 export interface PodNetworkPlan {
   backend: 'embedded' | 'cni' | 'none';
-  veth?: InNamespaceVeth;
+  /** Made by the namespace helper along with the netns (no process of its own). */
+  veth?: PodVeth;
   /** The pod's address when it is known before the netns exists (embedded); CNI plugins give it in setup. */
   ip?: string;
   /** What teardown needs to undo the plan when setup never runs or fails (addresses, hostPorts). */
