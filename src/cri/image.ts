@@ -25,13 +25,22 @@ export function toCriImage(record: ImageRecord): Image {
 export function imageHandlers(images: ImageService, log: Logger, observe?: RpcObserver): ImageServiceHandlers {
   const h = <Req, Res>(rpc: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>(rpc, log, (req) => fn(req), observe);
   return {
-    PullImage: h('PullImage', async (req) => {
+    // kubelet gives up on a pull by cancelling the call; without the signal the download would run on unobserved.
+    PullImage: unary('PullImage', log, async (req, call) => {
       const image = req.image?.image ?? '';
       if (image === '') throw invalidArgument('image.image is empty: PullImage needs an image reference');
       const credentials = req.auth ? credentialsFromAuthConfig(req.auth) : undefined;
-      const record = await images.pull(image, credentials);
-      return { image_ref: record.id };
-    }),
+      const cancelled = new AbortController();
+      const onCancel = () => cancelled.abort();
+      call.on('cancelled', onCancel);
+      try {
+        if (call.cancelled) cancelled.abort();
+        const record = await images.pull(image, credentials, cancelled.signal);
+        return { image_ref: record.id };
+      } finally {
+        call.off('cancelled', onCancel);
+      }
+    }, observe),
     ListImages: h('ListImages', async (req) => {
       const filter = req.filter?.image?.image || undefined;
       return { images: images.list(filter).map(toCriImage) };

@@ -40,7 +40,9 @@ async function limit<T>(items: T[], concurrency: number, work: (item: T) => Prom
 
 export class ImageService {
   private readonly store: ImageStore;
-  private readonly inflightLayers = new Map<string, Promise<void>>();
+  // The pull's signal rides along: a download that fails because its own pull was cancelled is not the
+  // verdict for another pull that was sharing it.
+  private readonly inflightLayers = new Map<string, { work: Promise<void>; signal?: AbortSignal }>();
 
   constructor(private readonly opts: ImageServiceOptions) {
     this.store = opts.store;
@@ -130,10 +132,9 @@ export class ImageService {
       throw unavailable(`image "${name}": manifest has ${manifest.layers.length} layers but its config lists ${diffIds.length} diff ids`);
     }
     const layers = manifest.layers.map((descriptor, i) => ({ descriptor, diffId: diffIds[i] }));
-    await limit(layers, this.opts.registry.maxConcurrentDownloads, ({ descriptor, diffId }) =>
-      this.ensureLayer(repo, endpoint, descriptor, diffId, log),
-    );
-
+    // Until the image record names them, these layers are only ours: a RemoveImage or RemoveContainer meanwhile
+    // would otherwise garbage-collect a layer we found present or just unpacked.
+    const release = this.store.pin(diffIds);
     const tag = tagName(ref);
     const record: ImageRecord = {
       id: manifest.config.digest,
@@ -145,7 +146,14 @@ export class ImageService {
       config,
       pulledAt: Date.now(),
     };
-    await this.store.put(record);
+    try {
+      await limit(layers, this.opts.registry.maxConcurrentDownloads, ({ descriptor, diffId }) =>
+        this.ensureLayer(repo, endpoint, descriptor, diffId, log, signal),
+      );
+      await this.store.put(record);
+    } finally {
+      release();
+    }
     log.info('image pulled', { id: record.id, layers: diffIds.length, ms: Date.now() - started });
     return this.store.get(record.id)!;
   }
@@ -167,23 +175,46 @@ export class ImageService {
   }
 
   // Two pulls that need the same layer share one download: the second awaits the first's promise.
-  private ensureLayer(repo: Repository, endpoint: Endpoint, descriptor: Descriptor, diffId: string, log: Logger): Promise<void> {
+  private async ensureLayer(
+    repo: Repository,
+    endpoint: Endpoint,
+    descriptor: Descriptor,
+    diffId: string,
+    log: Logger,
+    signal?: AbortSignal,
+  ): Promise<void> {
     if (!isDigest(descriptor.digest) || !isDigest(diffId)) {
-      return Promise.reject(unavailable(`image "${repo.name}": layer ${descriptor.digest} / diff id ${diffId} is not a sha256 digest`));
+      throw unavailable(`image "${repo.name}": layer ${descriptor.digest} / diff id ${diffId} is not a sha256 digest`);
     }
-    if (this.store.hasLayer(diffId)) return Promise.resolve();
-    const inflight = this.inflightLayers.get(diffId);
-    if (inflight) return inflight;
-    const work = this.downloadLayer(repo, endpoint, descriptor, diffId, log).finally(() => this.inflightLayers.delete(diffId));
-    this.inflightLayers.set(diffId, work);
-    return work;
+    for (;;) {
+      // A GC that started deleting this layer before our pin finishes first; then hasLayer is accurate.
+      await this.store.layerSettled(diffId);
+      if (this.store.hasLayer(diffId)) return;
+      const inflight = this.inflightLayers.get(diffId);
+      if (inflight) {
+        try {
+          return await inflight.work;
+        } catch (err) {
+          if (!inflight.signal?.aborted || signal?.aborted) throw err;
+          continue; // the sharing pull was cancelled, not the download's fault: fetch it ourselves
+        }
+      }
+      const work = this.downloadLayer(repo, endpoint, descriptor, diffId, log).finally(() => this.inflightLayers.delete(diffId));
+      this.inflightLayers.set(diffId, { work, signal });
+      return work;
+    }
   }
 
   private async downloadLayer(repo: Repository, endpoint: Endpoint, descriptor: Descriptor, diffId: string, log: Logger): Promise<void> {
     const layerLog = log.child({ layer: descriptor.digest });
     const started = Date.now();
     layerLog.info('layer download started', { size: descriptor.size });
-    const staging = await this.opts.store.stagingDir();
+    let staging: string;
+    try {
+      staging = await this.opts.store.stagingDir();
+    } catch (err) {
+      throw layerError(err, descriptor.digest, repo.name);
+    }
     let stream: Readable | undefined;
     try {
       ({ stream } = await repo.openBlob(descriptor.digest, endpoint));
@@ -221,11 +252,30 @@ export class ImageService {
       layerLog.info('layer done', { received, ms: Date.now() - started });
     } catch (err) {
       stream?.destroy();
-      await this.opts.store.discardStaging(staging);
-      if (err instanceof BerthError) throw err;
-      throw unavailable(`layer ${descriptor.digest} of ${repo.name}: ${errorMessage(err)}`, err);
+      await this.opts.store
+        .discardStaging(staging)
+        .catch((rmErr) => layerLog.error('removing a failed layer\'s staging directory', { staging, error: errorMessage(rmErr) }));
+      throw layerError(err, descriptor.digest, repo.name);
     }
   }
+}
+
+// Whatever failed in a download (registry, decompressor, tar parser, disk), the message names the layer, so
+// an event on the pod says which blob to look at; the kind is kept, except that a full disk is not the registry's fault.
+function layerError(err: unknown, digest: string, repoName: string): BerthError {
+  const message = errorMessage(err);
+  const named = message.includes(digest) ? message : `layer ${digest} of ${repoName}: ${message}`;
+  if (diskFull(err)) return new BerthError('resource_exhausted', named, { cause: err });
+  if (err instanceof BerthError) return named === message ? err : new BerthError(err.kind, named, { cause: err });
+  return unavailable(named, err);
+}
+
+function diskFull(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') return true;
+  }
+  return false;
 }
 
 function imageSize(manifest: ImageManifest): number {

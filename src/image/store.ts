@@ -1,8 +1,9 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { readJson, writeJsonAtomic } from '../store/atomic.js';
-import { syncfs } from '../kernel/libc.js';
+import { readJson, syncDir, writeJsonAtomic } from '../store/atomic.js';
+import { syncfsAsync } from '../store/sync.js';
+import { errorMessage, internal } from '../errors.js';
 import { Logger } from '../log.js';
 import { ImageRecord, LayerRecord } from './types.js';
 
@@ -13,12 +14,26 @@ const hex = (digest: string) => digest.replace(/^sha256:/, '');
 
 export type LayerHolds = () => Set<string>;
 
+/** A record that is missing or not JSON is debris of a crash; any other read failure (EIO, EACCES) is not a reason to delete. */
+async function readRecord<T>(file: string): Promise<T | undefined> {
+  try {
+    return await readJson<T>(file);
+  } catch (err) {
+    if (err instanceof SyntaxError || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
+    throw internal(`reading ${file}: ${errorMessage(err)}`, err);
+  }
+}
+
 export class ImageStore {
   readonly imagesDir: string;
   readonly layersDir: string;
   private readonly images = new Map<string, ImageRecord>();
   private readonly layers = new Map<string, LayerRecord>();
   private holds: LayerHolds = () => new Set();
+  // Layers a pull has decided to use but no image record lists yet; GC must leave them alone.
+  private readonly pins = new Map<string, number>();
+  // Layers GC is moving out of the way; a pull waits for that to end before it looks for them.
+  private readonly deleting = new Map<string, Promise<void>>();
 
   constructor(
     readonly root: string,
@@ -38,7 +53,7 @@ export class ImageStore {
     await fs.mkdir(this.layersDir, { recursive: true, mode: 0o700 });
     for (const name of await fs.readdir(this.layersDir)) {
       const dir = path.join(this.layersDir, name);
-      const record = name.startsWith('.') ? undefined : await readJson<LayerRecord>(path.join(dir, 'layer.json')).catch(() => undefined);
+      const record = name.startsWith('.') ? undefined : await readRecord<LayerRecord>(path.join(dir, 'layer.json'));
       if (record) {
         this.layers.set(record.diffId, record);
       } else {
@@ -52,7 +67,7 @@ export class ImageStore {
         await fs.rm(path.join(this.imagesDir, name), { force: true });
         continue;
       }
-      const record = await readJson<ImageRecord>(path.join(this.imagesDir, name)).catch(() => undefined);
+      const record = await readRecord<ImageRecord>(path.join(this.imagesDir, name));
       if (!record || record.layers.some((l) => !this.layers.has(l))) {
         this.log.warn('dropping image record with missing layers', { file: name });
         await fs.rm(path.join(this.imagesDir, name), { force: true });
@@ -92,6 +107,30 @@ export class ImageStore {
     return this.layers.has(diffId);
   }
 
+  /**
+   * Keeps GC off these layers until the returned release is called: a pull pins its layers before it looks
+   * them up and releases them once its image record is written (or the pull failed). Pins are counted, so
+   * concurrent pulls sharing a layer each hold it.
+   */
+  pin(diffIds: string[]): () => void {
+    for (const id of diffIds) this.pins.set(id, (this.pins.get(id) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      for (const id of diffIds) {
+        const n = (this.pins.get(id) ?? 1) - 1;
+        if (n > 0) this.pins.set(id, n);
+        else this.pins.delete(id);
+      }
+    };
+  }
+
+  /** Resolves once GC is done with a layer it had started to delete, so `hasLayer` then tells the truth. */
+  async layerSettled(diffId: string): Promise<void> {
+    await this.deleting.get(diffId);
+  }
+
   layerPath(diffId: string): string {
     return path.join(this.layersDir, hex(diffId), 'fs');
   }
@@ -109,10 +148,12 @@ export class ImageStore {
       await fs.rm(staging, { recursive: true, force: true });
       return;
     }
-    // The unpacked files must be on disk before the record that vouches for them.
-    syncfs(staging);
-    await writeJsonAtomic(path.join(staging, 'layer.json'), record);
+    // One syncfs makes the unpacked files and layer.json durable before the rename publishes them, and
+    // syncing layersDir makes the rename itself survive a power cut, as the image record that will name it does.
+    await fs.writeFile(path.join(staging, 'layer.json'), JSON.stringify(record, null, 1) + '\n', { mode: 0o600 });
+    await syncfsAsync(staging);
     await fs.rename(staging, path.join(this.layersDir, hex(record.diffId)));
+    await syncDir(this.layersDir);
     this.layers.set(record.diffId, record);
   }
 
@@ -142,25 +183,53 @@ export class ImageStore {
 
   async remove(id: string): Promise<void> {
     if (!this.images.has(id)) return;
-    await fs.rm(this.imageFile(id), { force: true });
+    try {
+      await fs.rm(this.imageFile(id), { force: true });
+    } catch (err) {
+      throw internal(`removing the record of image ${id}: ${errorMessage(err)}`, err);
+    }
     this.images.delete(id);
     await this.collectGarbage();
   }
 
-  /** Deletes layers no image and no container uses. */
+  /**
+   * Deletes layers no image, no container and no pull uses. Never throws: it runs after RemoveImage and
+   * RemoveContainer have already dropped their records, and a layer it cannot delete now is retried next time.
+   */
   async collectGarbage(): Promise<void> {
     const used = new Set<string>(this.holds());
     for (const image of this.images.values()) for (const layer of image.layers) used.add(layer);
     for (const diffId of [...this.layers.keys()]) {
-      if (used.has(diffId)) continue;
-      this.layers.delete(diffId);
-      const dir = path.join(this.layersDir, hex(diffId));
-      // Rename first so a crash mid-delete leaves a dot-dir that load() discards, not a half layer with a record.
-      const doomed = path.join(this.layersDir, `.deleting-${hex(diffId)}-${randomBytes(4).toString('hex')}`);
-      await fs.rename(dir, doomed);
-      await fs.rm(doomed, { recursive: true, force: true });
-      this.log.info('layer removed', { diffId });
+      // Pins are checked per layer, right before its delete starts: a pull may have pinned it since the loop began.
+      if (used.has(diffId) || this.pins.has(diffId) || this.deleting.has(diffId) || !this.layers.has(diffId)) continue;
+      const done = this.deleteLayer(diffId);
+      this.deleting.set(diffId, done);
+      try {
+        await done;
+      } finally {
+        this.deleting.delete(diffId);
+      }
     }
+  }
+
+  private async deleteLayer(diffId: string): Promise<void> {
+    const dir = path.join(this.layersDir, hex(diffId));
+    // Rename first so a crash mid-delete leaves a dot-dir that load() discards, not a half layer with a record.
+    const doomed = path.join(this.layersDir, `.deleting-${hex(diffId)}-${randomBytes(4).toString('hex')}`);
+    try {
+      await fs.rename(dir, doomed);
+    } catch (err) {
+      this.log.error('removing layer', { diffId, dir, error: errorMessage(err) });
+      return;
+    }
+    this.layers.delete(diffId);
+    try {
+      await fs.rm(doomed, { recursive: true, force: true });
+    } catch (err) {
+      // The layer is gone from the store already; load() finishes the dot-dir on the next start.
+      this.log.error('removing a deleted layer\'s files', { diffId, dir: doomed, error: errorMessage(err) });
+    }
+    this.log.info('layer removed', { diffId });
   }
 
   usage(): { bytes: number; inodes: number } {

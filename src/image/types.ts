@@ -64,14 +64,16 @@ export interface LayerRecord {
   createdAt: number;
 }
 
-const INDEX_TYPES = new Set([
+export const INDEX_MEDIA_TYPES = [
   'application/vnd.oci.image.index.v1+json',
   'application/vnd.docker.distribution.manifest.list.v2+json',
-]);
-const MANIFEST_TYPES = new Set([
+];
+export const IMAGE_MANIFEST_MEDIA_TYPES = [
   'application/vnd.oci.image.manifest.v1+json',
   'application/vnd.docker.distribution.manifest.v2+json',
-]);
+];
+const INDEX_TYPES = new Set(INDEX_MEDIA_TYPES);
+const MANIFEST_TYPES = new Set(IMAGE_MANIFEST_MEDIA_TYPES);
 
 export type ParsedManifest = { kind: 'index'; index: ImageIndex } | { kind: 'manifest'; manifest: ImageManifest };
 

@@ -1,3 +1,5 @@
+import { invalidArgument } from '../errors.js';
+
 // Registry authentication: Basic, and the bearer-token challenge of the distribution token spec.
 
 export interface Credentials {
@@ -28,7 +30,7 @@ export function parseChallenge(header: string | null): Challenge | undefined {
   return { scheme: match[1].toLowerCase(), params };
 }
 
-/** Expands the CRI `auth` field (base64 "user:password") into username/password. */
+/** Expands the CRI `auth` field (base64 "user:password") into username/password; a malformed one is INVALID_ARGUMENT. */
 export function credentialsFromAuthConfig(auth: {
   username?: string;
   password?: string;
@@ -40,12 +42,12 @@ export function credentialsFromAuthConfig(auth: {
   if (auth.username) creds.username = auth.username;
   if (auth.password) creds.password = auth.password;
   if (auth.auth && !creds.username) {
-    const decoded = Buffer.from(auth.auth, 'base64').toString('utf8');
+    // Dropping a malformed value would turn a typo in a pull secret into an anonymous pull and a misleading 401.
+    const decoded = /^[A-Za-z0-9+/_-]+={0,2}$/.test(auth.auth.trim()) ? Buffer.from(auth.auth, 'base64').toString('utf8') : '';
     const colon = decoded.indexOf(':');
-    if (colon > 0) {
-      creds.username = decoded.slice(0, colon);
-      creds.password = decoded.slice(colon + 1);
-    }
+    if (colon <= 0) throw invalidArgument('AuthConfig field auth is not base64 of "user:password"');
+    creds.username = decoded.slice(0, colon);
+    creds.password = decoded.slice(colon + 1);
   }
   if (auth.identity_token) creds.identityToken = auth.identity_token;
   if (auth.registry_token) creds.registryToken = auth.registry_token;

@@ -3,17 +3,13 @@ import { createHash } from 'node:crypto';
 import { BerthError, errorMessage, notFound, unauthenticated, unavailable } from '../errors.js';
 import { Logger } from '../log.js';
 import { RegistryConfig } from '../config/schema.js';
+import { IMAGE_MANIFEST_MEDIA_TYPES, INDEX_MEDIA_TYPES } from '../image/types.js';
 import { basicHeader, Credentials, parseChallenge } from './auth.js';
 
 // A client for the OCI distribution API (docker registry v2): manifests and blobs of one repository,
 // with mirrors, plain-HTTP hosts and Basic/Bearer auth.
 
-export const MANIFEST_MEDIA_TYPES = [
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.docker.distribution.manifest.v2+json',
-];
+export const MANIFEST_MEDIA_TYPES = [...INDEX_MEDIA_TYPES, ...IMAGE_MANIFEST_MEDIA_TYPES];
 
 export interface Endpoint {
   /** `https://host:port` — where /v2/ lives. */
@@ -40,6 +36,7 @@ export function endpointsFor(domain: string, config: RegistryConfig): Endpoint[]
 
 export interface FetchedManifest {
   body: Buffer;
+  /** The Content-Type the registry sent; classifyManifest prefers the body's own mediaType. */
   mediaType: string;
   digest: string;
   endpoint: Endpoint;
@@ -88,8 +85,9 @@ export class Repository {
   async getManifest(reference: string, preferred?: Endpoint): Promise<FetchedManifest> {
     const order = preferred ? [preferred, ...this.endpoints.filter((e) => e !== preferred)] : this.endpoints;
     return this.tryEndpoints(order, async (endpoint) => {
-      const res = await this.request(endpoint, `manifests/${reference}`, { accept: MANIFEST_MEDIA_TYPES.join(', ') });
-      const body = Buffer.from(await res.arrayBuffer());
+      const controller = new AbortController();
+      const res = await this.request(endpoint, `manifests/${reference}`, { accept: MANIFEST_MEDIA_TYPES.join(', '), signal: controller.signal });
+      const body = await this.bodyWithin(res, controller, `manifest ${this.name}:${reference} from ${endpoint.base}`);
       const digest = sha256(body);
       if (reference.startsWith('sha256:') && digest !== reference) {
         throw new BerthError('unavailable', `manifest ${this.name}@${reference} from ${endpoint.base} has digest ${digest}: content does not match`);
@@ -98,13 +96,7 @@ export class Repository {
       if (header && header.startsWith('sha256:') && header !== digest) {
         throw new BerthError('unavailable', `manifest ${this.name}:${reference} from ${endpoint.base}: Docker-Content-Digest ${header} does not match content ${digest}`);
       }
-      let mediaType = res.headers.get('content-type')?.split(';')[0].trim() ?? '';
-      try {
-        const parsed = JSON.parse(body.toString('utf8')) as { mediaType?: string };
-        if (parsed.mediaType) mediaType = parsed.mediaType;
-      } catch {
-        throw new BerthError('unavailable', `manifest ${this.name}:${reference} from ${endpoint.base} is not JSON`);
-      }
+      const mediaType = res.headers.get('content-type')?.split(';')[0].trim() ?? '';
       return { body, mediaType, digest, endpoint };
     });
   }
@@ -188,14 +180,24 @@ export class Repository {
     const cached = this.tokens.get(tokenKey) ?? (creds?.registryToken ? `Bearer ${creds.registryToken}` : undefined);
     if (cached) headers.authorization = cached;
 
-    let res = await this.send(url, headers, opts.signal);
+    // Lets an error body that trickles in be cut off (see bodyWithin).
+    const own = new AbortController();
+    const signal = opts.signal ? AbortSignal.any([own.signal, opts.signal]) : own.signal;
+    let res = await this.send(url, headers, signal);
     if (res.status === 401) {
       await res.body?.cancel();
       const authorization = await this.authorize(endpoint, res.headers.get('www-authenticate'), scope);
       this.tokens.set(tokenKey, authorization);
-      res = await this.send(url, { ...headers, authorization }, opts.signal);
+      res = await this.send(url, { ...headers, authorization }, signal);
       if (res.status === 401) {
         await res.body?.cancel();
+        // Registries such as Docker Hub hand out anonymous tokens, then answer 401 for a repository that is
+        // missing or private: without credentials there are none to blame.
+        if (!creds) {
+          throw unauthenticated(
+            `${this.name}: repository does not exist or requires authorization at ${endpoint.base} (401 Unauthorized; no credentials were given)`,
+          );
+        }
         throw unauthenticated(`${this.name}: ${endpoint.base} rejected the credentials (401 Unauthorized)`);
       }
     }
@@ -208,20 +210,42 @@ export class Repository {
       throw unauthenticated(`${this.name}: access denied by ${endpoint.base} (403 Forbidden)`);
     }
     if (!res.ok) {
-      const text = (await res.text().catch(() => '')).slice(0, 200);
-      throw unavailable(`${this.name}: ${endpoint.base} answered ${res.status} for ${suffix}: ${text}`);
+      const what = `${this.name}: ${endpoint.base} answered ${res.status} for ${suffix}`;
+      const text = (await this.bodyWithin(res, own, what).catch(() => Buffer.alloc(0))).toString('utf8', 0, 200);
+      throw unavailable(`${what}: ${text}`);
     }
     return res;
   }
 
+  // A small body (manifest, error text) must arrive whole within the request timeout, which send() no longer
+  // applies once the headers are in. `controller` must be one whose signal went to fetch.
+  private async bodyWithin(res: Response, controller: AbortController, what: string): Promise<Buffer> {
+    const timer = setTimeout(() => controller.abort(), this.timeoutMs);
+    try {
+      return Buffer.from(await res.arrayBuffer());
+    } catch (err) {
+      if (this.opts.signal?.aborted) throw unavailable(`${what}: request cancelled`, err);
+      if (controller.signal.aborted) throw unavailable(`${what}: body not complete within ${this.timeoutMs / 1000}s`, err);
+      throw unavailable(`${what}: ${networkError(err)}`, err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  // The timeout covers only the wait for the response headers: fetch's signal also aborts the body, and a big
+  // blob may well take longer than that to stream. The body is guarded by watchStall instead.
   private async send(url: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Response> {
-    const timeout = AbortSignal.timeout(this.timeoutMs);
-    const signals = [timeout, signal, this.opts.signal].filter((s): s is AbortSignal => s !== undefined);
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(), this.timeoutMs);
+    const signals = [timeout.signal, signal, this.opts.signal].filter((s): s is AbortSignal => s !== undefined);
     try {
       return await fetch(url, { headers, signal: AbortSignal.any(signals), redirect: 'follow' });
     } catch (err) {
-      if (timeout.aborted) throw unavailable(`${url}: no answer within ${this.timeoutMs / 1000}s`);
+      if (this.opts.signal?.aborted) throw unavailable(`${url}: request cancelled`, err);
+      if (timeout.signal.aborted) throw unavailable(`${url}: no answer within ${this.timeoutMs / 1000}s`);
       throw unavailable(`${url}: ${networkError(err)}`, err);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -246,19 +270,19 @@ export class Repository {
   private async fetchToken(realm: string, service: string | undefined, scope: string, creds?: Credentials): Promise<string> {
     const url = new URL(realm);
     let res: Response;
-    const timeout = AbortSignal.timeout(this.timeoutMs);
+    const signal = AbortSignal.any([AbortSignal.timeout(this.timeoutMs), ...(this.opts.signal ? [this.opts.signal] : [])]);
     try {
       if (creds?.identityToken) {
         const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: creds.identityToken, client_id: 'berth', scope });
         if (service) form.set('service', service);
-        res = await fetch(url, { method: 'POST', body: form, signal: timeout });
+        res = await fetch(url, { method: 'POST', body: form, signal });
       } else {
         if (service) url.searchParams.set('service', service);
         url.searchParams.set('scope', scope);
         const headers: Record<string, string> = {};
         const basic = creds && basicHeader(creds);
         if (basic) headers.authorization = basic;
-        res = await fetch(url, { headers, signal: timeout });
+        res = await fetch(url, { headers, signal });
       }
     } catch (err) {
       throw unavailable(`${this.name}: token service ${url.origin} unreachable: ${networkError(err)}`, err);

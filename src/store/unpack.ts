@@ -161,6 +161,9 @@ function classify(err: unknown, inputError: unknown, root: string): unknown {
   if (code === 'ERR_STREAM_PREMATURE_CLOSE') {
     return new BerthError('unavailable', `layer stream for ${root} closed before its end`, { cause: err });
   }
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new BerthError('resource_exhausted', `unpacking into ${root}: ${errorMessage(err)}`, { cause: err });
+  }
   // Everything else comes from the decompressor or the tar parser: corrupt bytes from a registry are its fault
   // and worth a retry, like a digest mismatch, hence UNAVAILABLE.
   return new BerthError('unavailable', `layer data is corrupt or truncated: ${errorMessage(err)}`, { cause: err });

@@ -8,6 +8,8 @@ import { busyboxLayer, layer, layerFromTar, pushImage, tarBytes } from '../helpe
 import { startCountingProxy } from '../helpers/proxy.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
 import tar from 'tar-stream';
+import { loadCri } from '../../src/cri/grpc.js';
+import type { ImageServiceClient } from '../../src/gen/runtime/v1/ImageService.js';
 
 // Pull behaviour that needs registries of its own: auth, mirrors, shared downloads, bad content, shutdown.
 
@@ -197,4 +199,82 @@ test('SIGTERM during a pull lets the pull finish, then berth exits 0', async (t)
   t.is(result.image_ref, img.imageId);
   t.is(await berth.exited, 0);
   await berth.waitForLog((e) => e.msg === 'berth stopped');
+});
+
+test('anonymous pull of a private repository on a token registry says so; a malformed auth field is INVALID_ARGUMENT', async (t) => {
+  // Like Docker Hub: anyone gets a token, but an anonymous one grants nothing on this repository.
+  const registry = await startRegistry({
+    auth: { token: { users: { carol: 'secret' }, anonymous: true, grant: (user, req) => (user === null ? [] : req.actions) } },
+  });
+  t.teardown(() => registry.stop());
+  const img = await pushImage(registry, 'berth/hidden', 'v1', { layers: [await busyboxLayer()] });
+  const berth = await berthWith(t, `[registry]\ninsecure = ["${registry.host}"]\n`);
+
+  const anonymous = await failure(berth.images.PullImage({ image: { image: img.ref } }));
+  t.is(anonymous.code, grpc.status.UNAUTHENTICATED);
+  t.regex(anonymous.details, /does not exist or requires authorization/);
+  t.regex(anonymous.details, /no credentials were given/);
+  t.notRegex(anonymous.details, /rejected the credentials/);
+
+  const malformed = await failure(berth.images.PullImage({ image: { image: img.ref }, auth: { auth: Buffer.from('carol').toString('base64') } }));
+  t.is(malformed.code, grpc.status.INVALID_ARGUMENT);
+  t.regex(malformed.details, /\bauth\b/);
+  t.false(malformed.details.includes('carol'), 'the secret is not echoed');
+
+  const ok = await berth.images.PullImage({ image: { image: img.ref }, auth: { auth: Buffer.from('carol:secret').toString('base64') } });
+  t.is(ok.image_ref, img.imageId);
+});
+
+test('a blob that streams for longer than request_timeout_seconds still downloads', async (t) => {
+  const registry = await startRegistry();
+  t.teardown(() => registry.stop());
+  const long = await layer([{ type: 'file', path: 'long.bin', content: randomBytes(12 << 20) }]);
+  const img = await pushImage(registry, 'berth/long', 'v1', { layers: [long] });
+  // About 12 s of steady data against a 5 s timeout: only the wait for headers is timed, the stall watchdog guards the body.
+  const slow = await startCountingProxy(registry.url, { bytesPerSecond: 1 << 20 });
+  t.teardown(() => slow.stop());
+  // A first answer from a freshly started registry can be slow on a busy host; that is not what is tested here.
+  await (await fetch(`${registry.url}/v2/${img.name}/manifests/v1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' } })).arrayBuffer();
+  const berth = await berthWith(t, `[registry]\ninsecure = ["${slow.host}"]\nrequest_timeout_seconds = 5\n`);
+  const started = Date.now();
+  const ok = await berth.images.PullImage({ image: { image: `${slow.host}/${img.name}:v1` } });
+  t.is(ok.image_ref, img.imageId);
+  t.true(Date.now() - started > 10000, 'the download did outlast the timeout');
+  t.is(slow.blobGets(img.name, long.digest), 1, 'no retry was needed');
+});
+
+test('a cancelled PullImage stops its download and leaves nothing behind', async (t) => {
+  const registry = await startRegistry();
+  t.teardown(() => registry.stop());
+  const heavy = await layer([{ type: 'file', path: 'heavy.bin', content: randomBytes(32 << 20) }]);
+  const img = await pushImage(registry, 'berth/cancelled', 'v1', { layers: [heavy] });
+  const slow = await startCountingProxy(registry.url, { bytesPerSecond: 1 << 20 });
+  t.teardown(() => slow.stop());
+  const berth = await berthWith(t, `[registry]\ninsecure = ["${slow.host}"]\n`);
+  const ref = `${slow.host}/${img.name}:v1`;
+  const blob = `/v2/${img.name}/blobs/${heavy.digest}`;
+  // A client of our own, to cancel the call once the layer download is under way (as kubelet does on its timeout).
+  const client = new (loadCri().runtime.v1.ImageService)(`unix://${berth.socket}`, grpc.credentials.createInsecure()) as unknown as ImageServiceClient;
+  t.teardown(() => client.close());
+  let call: grpc.ClientUnaryCall | undefined;
+  const pulled = new Promise<grpc.ServiceError | null>((resolve) => {
+    call = client.PullImage({ image: { image: ref } }, (err) => resolve(err));
+  });
+  await berth.waitForLog((e) => e.msg === 'layer progress');
+  call!.cancel();
+  t.is((await pulled)?.code, grpc.status.CANCELLED);
+  // The blob request is dropped by berth long before the 32 s the whole layer would take.
+  const deadline = Date.now() + 10000;
+  while (!slow.requests.some((r) => r.path === blob && r.finishedAt !== undefined) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const rec = slow.requests.find((r) => r.path === blob);
+  t.truthy(rec?.finishedAt, 'the blob download ended');
+  t.true(rec!.aborted, 'berth went away mid-body');
+  t.true(rec!.bytes < heavy.size);
+  await berth.waitForLog((e) => e.msg === 'rpc failed' && e.rpc === 'PullImage');
+  t.deepEqual((await berth.images.ListImages({})).images, []);
+  const layers = await fs.readdir(path.join(berth.root, 'images', 'layers'));
+  t.deepEqual(layers.filter((n) => n.startsWith('.staging')), []);
+  t.false(layers.includes(heavy.diffId.slice(7)));
 });

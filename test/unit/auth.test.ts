@@ -1,5 +1,6 @@
 import test from 'ava';
 import { credentialsFromAuthConfig, parseChallenge } from '../../src/registry/auth.js';
+import { BerthError } from '../../src/errors.js';
 import { endpointsFor } from '../../src/registry/client.js';
 import { defaultConfig } from '../../src/config/schema.js';
 
@@ -32,4 +33,14 @@ test('docker.io is reached at its API host, insecure hosts over http', (t) => {
   config.insecure.push('127.0.0.1:5000');
   t.deepEqual(endpointsFor('docker.io', config).map((e) => e.base), ['https://registry-1.docker.io']);
   t.deepEqual(endpointsFor('127.0.0.1:5000', config).map((e) => e.base), ['http://127.0.0.1:5000']);
+});
+
+test('an auth field that is not base64 "user:password" is INVALID_ARGUMENT naming auth', (t) => {
+  for (const auth of [Buffer.from('no-colon').toString('base64'), Buffer.from(':nouser').toString('base64'), '%%%not base64%%%']) {
+    const err = t.throws(() => credentialsFromAuthConfig({ auth }), { instanceOf: BerthError });
+    t.is(err?.kind, 'invalid_argument');
+    t.regex(err?.message ?? '', /\bauth\b/);
+  }
+  // An explicit username wins; auth is then not looked at.
+  t.deepEqual(credentialsFromAuthConfig({ username: 'u', password: 'p', auth: 'garbage' }), { username: 'u', password: 'p' });
 });

@@ -11,6 +11,8 @@ import { BerthError } from '../../src/errors.js';
 import { lgetxattr, lsetxattr as setxattr, major, minor } from '../../src/kernel/libc.js';
 import type { Logger } from '../../src/log.js';
 import { detectCompression, unpackLayer } from '../../src/store/unpack.js';
+import { writeFileAtomic } from '../../src/store/atomic.js';
+import { ImageStore } from '../../src/image/store.js';
 
 // Unpacking sets owners, device nodes and trusted.* xattrs: only root can do that.
 const rootTest = process.getuid?.() === 0 ? test : test.skip;
@@ -511,4 +513,86 @@ rootTest('a layer made by GNU tar (posix, --xattrs) round-trips, binary security
   const before = await snapshot(src);
   const after = await snapshot(dest);
   t.deepEqual(after, before);
+});
+
+// ---------------------------------------------------------------------------------------------
+// The image store that unpacked layers land in.
+
+async function addLayer(store: ImageStore, content: string): Promise<string> {
+  const diffId = sha256(Buffer.from(content));
+  const staging = await store.stagingDir();
+  await fs.mkdir(path.join(staging, 'fs'));
+  await fs.writeFile(path.join(staging, 'fs', 'file'), content);
+  await store.commitLayer(staging, { diffId, digests: [diffId], unpackedBytes: content.length, inodes: 2, createdAt: Date.now() });
+  return diffId;
+}
+
+async function storeWithLayer(t: ExecutionContext, content: string) {
+  const { dir } = await box(t);
+  const store = new ImageStore(path.join(dir, 'images'), captureLog());
+  await store.load();
+  return { store, diffId: await addLayer(store, content) };
+}
+
+test('a committed layer is in place with its record and no staging dir left', async (t) => {
+  const { store, diffId } = await storeWithLayer(t, 'committed');
+  t.true(store.hasLayer(diffId));
+  t.is(await fs.readFile(path.join(store.layerPath(diffId), 'file'), 'utf8'), 'committed');
+  t.is(JSON.parse(await fs.readFile(path.join(store.layersDir, diffId.slice(7), 'layer.json'), 'utf8')).diffId, diffId);
+  t.deepEqual((await fs.readdir(store.layersDir)).filter((n) => n.startsWith('.')), []);
+});
+
+test('GC leaves a layer a pull has pinned, and deletes it once every pin is released', async (t) => {
+  const { store, diffId } = await storeWithLayer(t, 'pinned');
+  const releaseA = store.pin([diffId]);
+  const releaseB = store.pin([diffId]);
+  await store.collectGarbage();
+  t.true(store.hasLayer(diffId));
+  releaseA();
+  releaseA(); // a second call must not drop the other pull's pin
+  await store.collectGarbage();
+  t.true(store.hasLayer(diffId));
+  t.true(await exists(store.layerPath(diffId)));
+  releaseB();
+  await store.collectGarbage();
+  t.false(store.hasLayer(diffId));
+  t.deepEqual(await fs.readdir(store.layersDir), []);
+});
+
+test('GC that cannot move a layer away keeps it, logs, and goes on with the others', async (t) => {
+  const { store, diffId } = await storeWithLayer(t, 'stuck');
+  const other = await addLayer(store, 'other');
+  // Deleted behind the store's back: the rename fails with ENOENT.
+  await fs.rm(path.join(store.layersDir, diffId.slice(7)), { recursive: true });
+  await t.notThrowsAsync(store.collectGarbage());
+  t.true(store.hasLayer(diffId), 'the map follows the disk: nothing was renamed');
+  t.false(store.hasLayer(other));
+  t.false(await exists(path.join(store.layersDir, other.slice(7))));
+});
+
+test('load drops a layer whose record is not JSON, and keeps a good one', async (t) => {
+  const { store, diffId } = await storeWithLayer(t, 'kept');
+  const broken = path.join(store.layersDir, 'ab'.repeat(32));
+  await fs.mkdir(path.join(broken, 'fs'), { recursive: true });
+  await fs.writeFile(path.join(broken, 'layer.json'), '{"diffId": ');
+  const again = new ImageStore(store.root, captureLog());
+  // An image record keeps the good layer from the GC that load runs.
+  await fs.writeFile(
+    path.join(store.imagesDir, 'cd'.repeat(32) + '.json'),
+    JSON.stringify({ id: 'sha256:' + 'cd'.repeat(32), repoTags: [], repoDigests: [], size: 1, manifestDigest: '', layers: [diffId], config: {}, pulledAt: 0 }),
+  );
+  await again.load();
+  t.true(again.hasLayer(diffId));
+  t.false(await exists(broken));
+});
+
+test('writeFileAtomic leaves no temp file behind when it fails', async (t) => {
+  const { dir } = await box(t);
+  const target = path.join(dir, 'target');
+  // A non-empty directory where the file should go: the final rename fails.
+  await fs.mkdir(path.join(target, 'sub'), { recursive: true });
+  await t.throwsAsync(writeFileAtomic(target, 'x'));
+  // Data that is not a string or bytes: the write itself fails.
+  await t.throwsAsync(writeFileAtomic(path.join(dir, 'other'), 42 as unknown as string));
+  t.deepEqual((await fs.readdir(dir)).filter((n) => n.endsWith('.tmp')), []);
 });
