@@ -14,7 +14,7 @@ import { ContainerService } from './container/service.js';
 import { imageHandlers } from './cri/image.js';
 import { podHandlers } from './cri/pods.js';
 import { containerHandlers } from './cri/containers.js';
-import { runtimeHandlers, RuntimeInfo } from './cri/runtime.js';
+import { runtimeHandlers, RuntimeInfo, RUNTIME_NAME } from './cri/runtime.js';
 import { claimSocket, CriServer, drain, forceClose, serveCri } from './cri/server.js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
@@ -92,7 +92,11 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       network.setPodCidr(cidr);
       log.info('pod CIDR set by kubelet', { podCidr });
     },
-    handlers: () => [{ name: '', recursiveReadOnlyMounts: false, userNamespaces: userNamespacesSupported() }],
+    // The names RunPodSandbox accepts: kubelet looks a RuntimeClass's handler up here (for user namespace support).
+    handlers: () => {
+      const userNamespaces = userNamespacesSupported();
+      return ['', RUNTIME_NAME].map((name) => ({ name, recursiveReadOnlyMounts: false, userNamespaces }));
+    },
   };
 
   const criLog = log.child({ component: 'cri' });

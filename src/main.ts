@@ -22,7 +22,6 @@ async function main(argv: string[]): Promise<number> {
     config = await loadConfig(options.configFile, options.configRequired);
   } catch (err) {
     if (err instanceof ConfigError) {
-      log.error('invalid configuration', { key: err.key, error: err.message });
       process.stderr.write(`berth: ${err.message}\n`);
       return 2;
     }

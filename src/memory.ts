@@ -4,13 +4,14 @@ import { Logger } from './log.js';
 // memory reducer gets to it, which under kubelet's steady polling can take a long time, and glibc keeps the freed
 // buffers' pages in its arenas (the thread pool's grow to tens of MiB during a pull or a burst of pod starts):
 // berth would sit on the burst's high-water mark. One full collection and a malloc_trim once the burst is over
-// give those pages back. Polls (List*,
-// *Status) do not count as work: kubelet sends them every second, so waiting for true idleness would never end.
+// give those pages back. Polls (List*, *Status, and ExecSync, which kubelet's exec probes send every few seconds per
+// container) do not count as work: waiting for true idleness would never end, and a collection after every probe
+// would cost more than it returns.
 
 /** RPCs that allocate enough to be worth a collection once they stop coming. */
 const WORK_RPCS = new Set([
   'RunPodSandbox', 'StopPodSandbox', 'RemovePodSandbox',
-  'CreateContainer', 'StartContainer', 'StopContainer', 'RemoveContainer', 'ExecSync',
+  'CreateContainer', 'StartContainer', 'StopContainer', 'RemoveContainer',
   'PullImage', 'RemoveImage',
 ]);
 

@@ -119,6 +119,22 @@ function endpoint(key: string, value: string): string {
   return value;
 }
 
+const LABEL = '[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?';
+const HOST_PORT = new RegExp(`^(?:${LABEL}(?:\\.${LABEL})*|\\[[0-9A-Fa-f:.]+\\])(?::(\\d{1,5}))?$`);
+
+/**
+ * A registry as image references name it: host or host:port. Registries are matched by that exact string, so an
+ * entry with a scheme or a path would never match and the registry would silently be reached over HTTPS.
+ */
+function hostPort(key: string, value: string): string {
+  const m = HOST_PORT.exec(value);
+  const port = m?.[1] === undefined ? undefined : Number(m[1]);
+  if (!m || (port !== undefined && (port < 1 || port > 65535))) {
+    throw new ConfigError(key, `"${value}" must be a host or host:port without a scheme or path, e.g. "127.0.0.1:5000"`);
+  }
+  return value;
+}
+
 function rejectUnknown(section: string, table: Raw, known: string[]): void {
   for (const key of Object.keys(table)) {
     if (!known.includes(key)) throw new ConfigError(section ? `${section}.${key}` : key, 'unknown key');
@@ -127,7 +143,7 @@ function rejectUnknown(section: string, table: Raw, known: string[]): void {
 
 function parseRegistry(raw: Raw, into: RegistryConfig): void {
   rejectUnknown('registry', raw, ['insecure', 'mirrors', 'max_concurrent_downloads', 'request_timeout_seconds']);
-  if (raw.insecure !== undefined) into.insecure = stringList('registry.insecure', raw.insecure);
+  if (raw.insecure !== undefined) into.insecure = stringList('registry.insecure', raw.insecure).map((h) => hostPort('registry.insecure', h));
   if (raw.mirrors !== undefined) {
     if (!isTable(raw.mirrors)) throw new ConfigError('registry.mirrors', 'must be a table of host = [endpoints]');
     for (const [host, list] of Object.entries(raw.mirrors)) {

@@ -4,10 +4,10 @@ import type { Container } from '../gen/runtime/v1/Container.js';
 import { BerthError, invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
 import { ContainerService } from '../container/service.js';
-import { ContainerRecord, ContainerState } from '../container/types.js';
+import { ContainerRecord, ContainerState, Resources } from '../container/types.js';
 import { ImageService } from '../image/service.js';
-import { RpcObserver, unary } from './grpc.js';
-import { containerConfigFromProto, resourcesFromProto } from './translate.js';
+import { handlerFactory, requireId, RpcObserver } from './grpc.js';
+import { containerConfigFromProto, resourceUpdateFromProto } from './translate.js';
 
 const stateToProto: Record<ContainerState, 'CONTAINER_CREATED' | 'CONTAINER_RUNNING' | 'CONTAINER_EXITED' | 'CONTAINER_UNKNOWN'> = {
   CREATED: 'CONTAINER_CREATED',
@@ -29,11 +29,7 @@ const propagationToProto = {
 } as const;
 
 export function containerHandlers(containers: ContainerService, images: ImageService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
-  const h = <Req, Res>(rpc: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>(rpc, log, (req) => fn(req), observe);
-  const requireId = (id: string, rpc: string) => {
-    if (!id) throw invalidArgument(`container_id is empty: ${rpc} needs a container id`);
-    return id;
-  };
+  const h = handlerFactory(log, observe);
   // kubelet shows image_ref as the digest it can pull again; the id stays in image_id.
   const imageRef = (record: ContainerRecord) => images.resolve(record.imageId)?.repoDigests[0] ?? record.imageId;
 
@@ -95,34 +91,37 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
 
   return {
     CreateContainer: h('CreateContainer', async (req) => {
-      if (!req.pod_sandbox_id) throw invalidArgument('pod_sandbox_id is empty: CreateContainer needs the pod sandbox id');
-      const record = await containers.create(req.pod_sandbox_id, containerConfigFromProto(req.config));
+      const podId = requireId(req.pod_sandbox_id, 'pod_sandbox_id', 'CreateContainer');
+      const record = await containers.create(podId, containerConfigFromProto(req.config));
       return { container_id: record.id };
     }),
     StartContainer: h('StartContainer', async (req) => {
-      await containers.start(requireId(req.container_id, 'StartContainer'));
+      await containers.start(requireId(req.container_id, 'container_id', 'StartContainer'));
       return {};
     }),
     StopContainer: h('StopContainer', async (req) => {
-      await containers.stop(requireId(req.container_id, 'StopContainer'), Number(req.timeout));
+      await containers.stop(requireId(req.container_id, 'container_id', 'StopContainer'), Number(req.timeout));
       return {};
     }),
     RemoveContainer: h('RemoveContainer', async (req) => {
-      await containers.remove(requireId(req.container_id, 'RemoveContainer'));
+      await containers.remove(requireId(req.container_id, 'container_id', 'RemoveContainer'));
       return {};
     }),
     ListContainers: h('ListContainers', async (req) => {
       const f = req.filter;
+      const state = f?.state ? stateFromProto[f.state.state] : undefined;
+      // An unknown state (a newer client's, arriving as a number) is refused rather than guessed at.
+      if (f?.state && !state) throw invalidArgument(`filter.state.state ${f.state.state} is not a container state`);
       const list = containers.list({
         id: f?.id || undefined,
         sandboxId: f?.pod_sandbox_id || undefined,
-        state: f?.state ? stateFromProto[f.state.state] : undefined,
+        state,
         labels: f?.label_selector,
       });
       return { containers: list.map(toContainer) };
     }),
     ContainerStatus: h('ContainerStatus', async (req) => {
-      const record = containers.get(requireId(req.container_id, 'ContainerStatus'));
+      const record = containers.get(requireId(req.container_id, 'container_id', 'ContainerStatus'));
       const info: Record<string, string> = {};
       if (req.verbose) {
         info.info = JSON.stringify({ pid: record.pid, monitorPid: record.monitorPid, bundle: record.bundle, cgroup: record.cgroup, user: record.user, config: record.config });
@@ -130,15 +129,17 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
       return { status: toStatus(record), info };
     }),
     UpdateContainerResources: h('UpdateContainerResources', async (req) => {
-      await containers.updateResources(requireId(req.container_id, 'UpdateContainerResources'), resourcesFromProto(req.linux));
+      const id = requireId(req.container_id, 'container_id', 'UpdateContainerResources');
+      // The service merges only the fields an update defines, so what this request leaves out keeps its stored value.
+      await containers.updateResources(id, resourceUpdateFromProto(req.linux, 'linux') as Resources);
       return {};
     }),
     ReopenContainerLog: h('ReopenContainerLog', async (req) => {
-      await containers.reopenLog(requireId(req.container_id, 'ReopenContainerLog'));
+      await containers.reopenLog(requireId(req.container_id, 'container_id', 'ReopenContainerLog'));
       return {};
     }),
     ExecSync: h('ExecSync', async (req) => {
-      const result = await containers.execSync(requireId(req.container_id, 'ExecSync'), [...req.cmd], Number(req.timeout));
+      const result = await containers.execSync(requireId(req.container_id, 'container_id', 'ExecSync'), [...req.cmd], Number(req.timeout));
       if (result.timedOut) {
         throw new BerthError('deadline_exceeded', `command ${JSON.stringify(req.cmd)} timed out after ${req.timeout}s`);
       }

@@ -2,7 +2,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { BerthError, ErrorKind, errorMessage } from '../errors.js';
+import { BerthError, ErrorKind, errorMessage, invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
 import type { ProtoGrpcType } from '../gen/api.js';
 
@@ -69,6 +69,20 @@ export function unary<Req, Res>(
       },
     );
   };
+}
+
+/** One service's handler wrapper: every RPC of it logs to `log` and reports to `observe`. */
+export function handlerFactory(log: Logger, observe?: RpcObserver) {
+  return <Req, Res>(rpc: string, fn: (req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
+    unary<Req, Res>(rpc, log, (req) => fn(req), observe);
+}
+
+const idNames = { pod_sandbox_id: 'a pod sandbox id', container_id: 'a container id' } as const;
+
+/** An id field proto3 leaves empty when the client omitted it: refused before any lookup, naming the field. */
+export function requireId(id: string, field: keyof typeof idNames, rpc: string): string {
+  if (!id) throw invalidArgument(`${field} is empty: ${rpc} needs ${idNames[field]}`);
+  return id;
 }
 
 /** What an RPC that berth does not implement yet answers: UNIMPLEMENTED naming the RPC. */

@@ -5,7 +5,7 @@ import { invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
 import { SandboxService } from '../sandbox/service.js';
 import { SandboxRecord } from '../sandbox/types.js';
-import { RpcObserver, unary } from './grpc.js';
+import { handlerFactory, requireId, RpcObserver } from './grpc.js';
 import { sandboxConfigFromProto } from './translate.js';
 
 const ns = (ms: number) => String(BigInt(Math.round(ms)) * 1_000_000n);
@@ -17,6 +17,8 @@ function metadata(record: SandboxRecord) {
 function podState(record: SandboxRecord): 'SANDBOX_READY' | 'SANDBOX_NOTREADY' {
   return record.state === 'READY' ? 'SANDBOX_READY' : 'SANDBOX_NOTREADY';
 }
+
+const podStateFilter: Record<string, 'READY' | 'NOTREADY'> = { SANDBOX_READY: 'READY', SANDBOX_NOTREADY: 'NOTREADY' };
 
 export function toPodSandbox(record: SandboxRecord): PodSandbox {
   return {
@@ -46,26 +48,22 @@ export function toPodSandboxStatus(record: SandboxRecord): PodSandboxStatus {
 }
 
 export function podHandlers(sandboxes: SandboxService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
-  const h = <Req, Res>(rpc: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>(rpc, log, (req) => fn(req), observe);
-  const requireId = (id: string, rpc: string) => {
-    if (!id) throw invalidArgument(`pod_sandbox_id is empty: ${rpc} needs a pod sandbox id`);
-    return id;
-  };
+  const h = handlerFactory(log, observe);
   return {
     RunPodSandbox: h('RunPodSandbox', async (req) => {
       const record = await sandboxes.run(sandboxConfigFromProto(req.config, req.runtime_handler));
       return { pod_sandbox_id: record.id };
     }),
     StopPodSandbox: h('StopPodSandbox', async (req) => {
-      await sandboxes.stop(requireId(req.pod_sandbox_id, 'StopPodSandbox'));
+      await sandboxes.stop(requireId(req.pod_sandbox_id, 'pod_sandbox_id', 'StopPodSandbox'));
       return {};
     }),
     RemovePodSandbox: h('RemovePodSandbox', async (req) => {
-      await sandboxes.remove(requireId(req.pod_sandbox_id, 'RemovePodSandbox'));
+      await sandboxes.remove(requireId(req.pod_sandbox_id, 'pod_sandbox_id', 'RemovePodSandbox'));
       return {};
     }),
     PodSandboxStatus: h('PodSandboxStatus', async (req) => {
-      const record = sandboxes.get(requireId(req.pod_sandbox_id, 'PodSandboxStatus'));
+      const record = sandboxes.get(requireId(req.pod_sandbox_id, 'pod_sandbox_id', 'PodSandboxStatus'));
       const info: Record<string, string> = {};
       if (req.verbose) {
         info.info = JSON.stringify({
@@ -81,7 +79,9 @@ export function podHandlers(sandboxes: SandboxService, log: Logger, observe?: Rp
     }),
     ListPodSandbox: h('ListPodSandbox', async (req) => {
       const f = req.filter;
-      const state = f?.state ? (f.state.state === 'SANDBOX_READY' ? 'READY' : 'NOTREADY') : undefined;
+      const state = f?.state ? podStateFilter[f.state.state] : undefined;
+      // An unknown state (a newer client's, arriving as a number) is refused rather than guessed at.
+      if (f?.state && !state) throw invalidArgument(`filter.state.state ${f.state.state} is not a pod sandbox state`);
       const items = sandboxes.list({ id: f?.id || undefined, state, labels: f?.label_selector });
       return { items: items.map(toPodSandbox) };
     }),

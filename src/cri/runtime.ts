@@ -1,11 +1,23 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
+import { invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
-import { RpcObserver, unary, unimplemented } from './grpc.js';
+import { ipv4PodCidr } from '../network/embedded.js';
+import { handlerFactory, RpcObserver, unimplemented } from './grpc.js';
 
 export const RUNTIME_NAME = 'berth';
 export const RUNTIME_API_VERSION = 'v1';
-export const RUNTIME_VERSION = '0.1.0';
+/** VersionResponse.version is the kubelet runtime API's own version, not berth's: every CRI runtime answers 0.1.0. */
+const KUBELET_API_VERSION = '0.1.0';
+
+/** berth's version, from package.json, so a release bumps it in one place. */
+export const RUNTIME_VERSION: string = (() => {
+  const file = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../package.json');
+  return (JSON.parse(readFileSync(file, 'utf8')) as { version: string }).version;
+})();
 
 /** What the daemon tells the handlers about itself; kept narrow so handlers never reach into services' state. */
 export interface RuntimeInfo {
@@ -30,7 +42,7 @@ export function runtimeHandlers(
   lifecycle: Partial<RuntimeServiceHandlers>,
   observe?: RpcObserver,
 ): RuntimeServiceHandlers {
-  const h = <Req, Res>(rpc: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>(rpc, log, (req) => fn(req), observe);
+  const h = handlerFactory(log, observe);
   const handlers: Record<string, unknown> = {};
   for (const rpc of RUNTIME_RPCS) handlers[rpc] = unimplemented('runtime.v1.RuntimeService', rpc);
   handlers.GetContainerEvents = (call: grpc.ServerWritableStream<unknown, unknown>) => {
@@ -39,7 +51,7 @@ export function runtimeHandlers(
 
   const implemented: Partial<RuntimeServiceHandlers> = {
     Version: h('Version', async () => ({
-      version: '0.1.0',
+      version: KUBELET_API_VERSION,
       runtime_name: RUNTIME_NAME,
       runtime_version: RUNTIME_VERSION,
       runtime_api_version: RUNTIME_API_VERSION,
@@ -67,6 +79,10 @@ export function runtimeHandlers(
     RuntimeConfig: h('RuntimeConfig', async () => ({ linux: { cgroup_driver: 'CGROUPFS' } })),
     UpdateRuntimeConfig: h('UpdateRuntimeConfig', async (req) => {
       const cidr = req.runtime_config?.network_config?.pod_cidr ?? '';
+      // Refused here rather than logged by the network, so that kubelet sees the error and retries with a fixed one.
+      if (cidr && !ipv4PodCidr(cidr)) {
+        throw invalidArgument(`runtime_config.network_config.pod_cidr "${cidr}" has no IPv4 CIDR block (e.g. "10.244.1.0/24")`);
+      }
       if (cidr) info.setPodCidr(cidr);
       return {};
     }),

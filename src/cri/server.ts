@@ -29,8 +29,9 @@ export class SocketInUseError extends Error {}
  */
 export async function claimSocket(socket: string): Promise<void> {
   const dir = path.dirname(socket);
-  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-  await fs.chmod(dir, 0o700);
+  // Only a directory berth creates is berth's to restrict (umask may have widened it): --socket /run/x.sock must
+  // not make /run private.
+  if (await fs.mkdir(dir, { recursive: true, mode: 0o700 })) await fs.chmod(dir, 0o700);
   const stale = await fs.lstat(socket).catch(() => undefined);
   if (stale) {
     if (!stale.isSocket()) throw new SocketInUseError(`${socket} exists and is not a socket`);

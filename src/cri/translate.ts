@@ -34,8 +34,10 @@ function namespaces(opts: NamespaceOption__Output | null | undefined, field: str
 }
 
 function userns(opts: NamespaceOption__Output['userns_options'] | undefined, field: string): UserNamespaceOptions | undefined {
-  if (!opts || opts.mode === 'NODE' || (opts.uids.length === 0 && opts.gids.length === 0 && opts.mode !== 'POD')) return undefined;
-  if (opts.mode !== 'POD') throw invalidArgument(`${field}.mode ${opts.mode}: only POD and NODE are supported for user namespaces`);
+  if (!opts || opts.mode === 'NODE') return undefined;
+  // The CRI allows only POD and NODE here; anything else (CONTAINER, TARGET, a number from a newer client) would
+  // otherwise run the pod in the host's user namespace, which is not what was asked for.
+  if (opts.mode !== 'POD') throw invalidArgument(`${field}.mode ${opts.mode}: a user namespace mode is POD or NODE`);
   const mappings = (list: { host_id: number; container_id: number; length: number }[], which: string): IdMapping[] => {
     if (list.length === 0) throw invalidArgument(`${field}.${which}: a user namespace needs at least one mapping`);
     return list.map((m, i) => {
@@ -45,6 +47,8 @@ function userns(opts: NamespaceOption__Output['userns_options'] | undefined, fie
   };
   return { uidMappings: mappings(opts.uids, 'uids'), gidMappings: mappings(opts.gids, 'gids') };
 }
+
+const PROTOCOLS = ['TCP', 'UDP', 'SCTP'];
 
 export function sandboxConfigFromProto(config: PodSandboxConfig__Output | null, runtimeHandler: string): SandboxConfig {
   if (!config) throw invalidArgument('config is missing');
@@ -64,6 +68,7 @@ export function sandboxConfigFromProto(config: PodSandboxConfig__Output | null, 
       : undefined,
     portMappings: config.port_mappings.map((p, i) => {
       if (p.host_port < 0 || p.host_port > 65535) throw invalidArgument(`config.port_mappings[${i}].host_port ${p.host_port} is out of range`);
+      if (!PROTOCOLS.includes(p.protocol as string)) throw invalidArgument(`config.port_mappings[${i}].protocol ${p.protocol} is not TCP, UDP or SCTP`);
       return { protocol: p.protocol as 'TCP' | 'UDP' | 'SCTP', containerPort: p.container_port, hostPort: p.host_port, hostIp: p.host_ip };
     }),
     labels: { ...config.labels },
@@ -76,19 +81,38 @@ export function sandboxConfigFromProto(config: PodSandboxConfig__Output | null, 
   };
 }
 
-export function resourcesFromProto(r: LinuxContainerResources__Output | null | undefined): Resources {
+/** What UpdateContainerResources may leave out: the service keeps the stored value of every undefined field. */
+export type ResourceUpdate = Omit<Resources, 'hugepageLimits' | 'unified'> & Partial<Pick<Resources, 'hugepageLimits' | 'unified'>>;
+
+/**
+ * Resources as an update gives them. proto3 cannot tell unset from zero or empty, so 0 and empty lists and maps are
+ * left undefined: an update that does not mention hugepages keeps the container's hugepage limits.
+ */
+export function resourceUpdateFromProto(r: LinuxContainerResources__Output | null | undefined, field: string): ResourceUpdate {
+  const oomScoreAdj = num(r?.oom_score_adj);
+  if (!Number.isInteger(oomScoreAdj) || oomScoreAdj < -1000 || oomScoreAdj > 1000) {
+    throw invalidArgument(`${field}.oom_score_adj ${r?.oom_score_adj} is outside -1000..1000`);
+  }
+  const hugepages = r?.hugepage_limits ?? [];
+  const unified = r?.unified ?? {};
   return {
     cpuPeriod: optionalPositive(r?.cpu_period),
     cpuQuota: optionalPositive(r?.cpu_quota),
     cpuShares: optionalPositive(r?.cpu_shares),
     memoryLimitBytes: optionalPositive(r?.memory_limit_in_bytes),
-    oomScoreAdj: r?.oom_score_adj !== undefined && r?.oom_score_adj !== null && num(r.oom_score_adj) !== 0 ? num(r.oom_score_adj) : undefined,
+    oomScoreAdj: oomScoreAdj !== 0 ? oomScoreAdj : undefined,
     cpusetCpus: r?.cpuset_cpus || undefined,
     cpusetMems: r?.cpuset_mems || undefined,
-    hugepageLimits: (r?.hugepage_limits ?? []).map((h) => ({ pageSize: h.page_size, limit: num(h.limit) })),
-    unified: { ...(r?.unified ?? {}) },
+    hugepageLimits: hugepages.length > 0 ? hugepages.map((h) => ({ pageSize: h.page_size, limit: num(h.limit) })) : undefined,
+    unified: Object.keys(unified).length > 0 ? { ...unified } : undefined,
     memorySwapLimitBytes: optionalPositive(r?.memory_swap_limit_in_bytes),
   };
+}
+
+/** Resources a container is created with. */
+export function resourcesFromProto(r: LinuxContainerResources__Output | null | undefined, field: string): Resources {
+  const resources = resourceUpdateFromProto(r, field);
+  return { ...resources, hugepageLimits: resources.hugepageLimits ?? [], unified: resources.unified ?? {} };
 }
 
 const propagation = {
@@ -97,12 +121,18 @@ const propagation = {
   PROPAGATION_BIDIRECTIONAL: 'BIDIRECTIONAL',
 } as const;
 
+function mountPropagation(value: string | number, i: number): ContainerMount['propagation'] {
+  // An unknown value (a number, with enums as strings) must not quietly become PRIVATE: the mount would not propagate.
+  if (typeof value !== 'string' || !Object.hasOwn(propagation, value)) {
+    throw invalidArgument(`config.mounts[${i}].propagation ${value} is not a mount propagation`);
+  }
+  return propagation[value as keyof typeof propagation];
+}
+
 export function containerConfigFromProto(config: ContainerConfig__Output | null): ContainerConfig {
   if (!config) throw invalidArgument('config is missing');
   if (!config.metadata) throw invalidArgument('config.metadata is missing');
   const security = config.linux?.security_context;
-  const oomScoreAdj = num(config.linux?.resources?.oom_score_adj);
-  if (oomScoreAdj < -1000 || oomScoreAdj > 1000) throw invalidArgument(`config.linux.resources.oom_score_adj ${oomScoreAdj} is outside -1000..1000`);
   const mounts: ContainerMount[] = config.mounts.map((m, i) => {
     if (!m.container_path) throw invalidArgument(`config.mounts[${i}].container_path is empty`);
     if (!m.container_path.startsWith('/')) throw invalidArgument(`config.mounts[${i}].container_path "${m.container_path}" must be an absolute path`);
@@ -112,7 +142,7 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
       hostPath: m.host_path,
       readonly: m.readonly,
       selinuxRelabel: m.selinux_relabel,
-      propagation: propagation[m.propagation as keyof typeof propagation] ?? 'PRIVATE',
+      propagation: mountPropagation(m.propagation, i),
     };
   });
   const runAsGroup = security?.run_as_group ? num(security.run_as_group.value) : undefined;
@@ -135,7 +165,7 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
     stdin: config.stdin,
     stdinOnce: config.stdin_once,
     tty: config.tty,
-    resources: resourcesFromProto(config.linux?.resources),
+    resources: resourcesFromProto(config.linux?.resources, 'config.linux.resources'),
     security: {
       capabilities: {
         add: [...(security?.capabilities?.add_capabilities ?? [])],

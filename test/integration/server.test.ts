@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { ExecutionContext } from 'ava';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -51,6 +51,75 @@ test('the socket is 0660 and its directory 0700', async (t) => {
   t.teardown(() => berth.cleanup());
   t.is((await fs.stat(berth.socket)).mode & 0o777, 0o660);
   t.is((await fs.stat(path.dirname(berth.socket))).mode & 0o777, 0o700);
+});
+
+test('a socket directory berth did not create keeps its mode', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-test-'));
+  await fs.mkdir(path.join(dir, 'run'), { mode: 0o755 });
+  await fs.chmod(path.join(dir, 'run'), 0o755);
+  const berth = await startBerth({ dir });
+  t.teardown(() => berth.cleanup());
+  t.is((await fs.stat(path.dirname(berth.socket))).mode & 0o777, 0o755);
+});
+
+test('Version reports the package version; Status advertises each runtime handler RunPodSandbox accepts', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const pkg = JSON.parse(await fs.readFile(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const v = await berth.runtime.Version({ version: '' });
+  t.is(v.runtime_version, pkg.version);
+  t.is(v.version, '0.1.0');
+  const s = await berth.runtime.Status({ verbose: false });
+  t.deepEqual(s.runtime_handlers.map((h) => h.name), ['', 'berth']);
+});
+
+async function invalid(t: ExecutionContext, call: Promise<unknown>, field: string): Promise<void> {
+  const err = (await t.throwsAsync(call)) as unknown as grpc.ServiceError;
+  t.is(err.code, grpc.status.INVALID_ARGUMENT, err.details);
+  t.true(err.details.includes(field), `${err.details} should name ${field}`);
+}
+
+test('UpdateRuntimeConfig refuses a pod CIDR without an IPv4 block and ignores an empty one', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const field = 'runtime_config.network_config.pod_cidr';
+  for (const pod_cidr of ['10.244.1.0', '10.244.1.0/33', 'fd00::/64', 'bogus,also-bogus']) {
+    await invalid(t, berth.runtime.UpdateRuntimeConfig({ runtime_config: { network_config: { pod_cidr } } }), field);
+  }
+  await berth.runtime.UpdateRuntimeConfig({ runtime_config: { network_config: { pod_cidr: '' } } });
+  await berth.runtime.UpdateRuntimeConfig({});
+  t.pass();
+});
+
+test('list filters with an unknown state are refused naming the field', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  await invalid(t, berth.runtime.ListContainers({ filter: { state: { state: 42 as unknown as 'CONTAINER_RUNNING' } } }), 'filter.state.state');
+  await invalid(t, berth.runtime.ListPodSandbox({ filter: { state: { state: 42 as unknown as 'SANDBOX_READY' } } }), 'filter.state.state');
+  t.deepEqual((await berth.runtime.ListContainers({ filter: { state: { state: 'CONTAINER_RUNNING' } } })).containers, []);
+  t.deepEqual((await berth.runtime.ListPodSandbox({ filter: { state: { state: 'SANDBOX_NOTREADY' } } })).items, []);
+});
+
+test('requests with values berth cannot honour are refused naming the field, before anything is looked up', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const metadata = { name: 'c', attempt: 0 };
+  const mount = { container_path: '/data', host_path: '/tmp', propagation: 7 as unknown as 'PROPAGATION_PRIVATE' };
+  await invalid(t, berth.runtime.CreateContainer({ pod_sandbox_id: 'x', config: { metadata, image: { image: 'busybox' }, mounts: [{ container_path: '/a', host_path: '/tmp' }, mount] } }), 'config.mounts[1].propagation');
+  await invalid(t, berth.runtime.CreateContainer({ pod_sandbox_id: 'x', config: { metadata, linux: { resources: { oom_score_adj: '1001' } } } }), 'config.linux.resources.oom_score_adj');
+  await invalid(t, berth.runtime.UpdateContainerResources({ container_id: 'x', linux: { oom_score_adj: '-1001' } }), 'linux.oom_score_adj');
+  const pod = (mode: string) => ({
+    config: {
+      metadata: { name: 'p', uid: 'u', namespace: 'n', attempt: 0 },
+      linux: { security_context: { namespace_options: { userns_options: { mode: mode as 'POD', uids: [{ host_id: 100000, container_id: 0, length: 65536 }], gids: [{ host_id: 100000, container_id: 0, length: 65536 }] } } } },
+    },
+  });
+  for (const mode of ['CONTAINER', 'TARGET', 9]) {
+    await invalid(t, berth.runtime.RunPodSandbox(pod(mode as string)), 'config.linux.security_context.namespace_options.userns_options.mode');
+  }
+  const noMappings = { config: { metadata: { name: 'p', uid: 'u', namespace: 'n', attempt: 0 }, linux: { security_context: { namespace_options: { userns_options: { mode: 'CONTAINER' as const } } } } } };
+  await invalid(t, berth.runtime.RunPodSandbox(noMappings), 'userns_options.mode');
+  t.deepEqual((await berth.runtime.ListPodSandbox({})).items, [], 'no pod was started');
 });
 
 test('a second berth on the same socket refuses to start and the first keeps serving', async (t) => {

@@ -22,6 +22,11 @@ max_concurrent_downloads = 5
   t.is(config.registry.maxConcurrentDownloads, 5);
 });
 
+test('registry insecure entries may be a name, an IPv4 or bracketed IPv6 address, each with a port', (t) => {
+  const hosts = ['localhost', 'registry.local:5000', '10.0.0.1', '[::1]:5000', 'my-registry.example.com:443'];
+  t.deepEqual(fromToml(`[registry]\ninsecure = ${JSON.stringify(hosts)}`).registry.insecure, hosts);
+});
+
 const bad: [string, string][] = [
   ['[registry]\ninsecur = ["x"]', 'registry.insecur'],
   ['[regstry]\n', 'regstry'],
@@ -31,6 +36,11 @@ const bad: [string, string][] = [
   ['[registry.mirrors]\n"docker.io" = ["ftp://x"]', 'registry.mirrors."docker.io"'],
   ['[registry.mirrors]\n"docker.io" = "http://x"', 'registry.mirrors."docker.io"'],
   ['registry = 3', 'registry'],
+  ['[registry]\ninsecure = ["http://127.0.0.1:5000"]', 'registry.insecure'],
+  ['[registry]\ninsecure = ["registry.local/v2"]', 'registry.insecure'],
+  ['[registry]\ninsecure = ["registry.local:0"]', 'registry.insecure'],
+  ['[registry]\ninsecure = ["registry.local:99999"]', 'registry.insecure'],
+  ['[registry]\ninsecure = ["user@registry.local"]', 'registry.insecure'],
 ];
 for (const [text, key] of bad) {
   test(`bad config ${JSON.stringify(text)} is refused naming ${key}`, (t) => {

@@ -46,6 +46,17 @@ test('polls alone never trigger a collection, and do not postpone one', async (t
   c.close();
 });
 
+test('exec probes alone never trigger a collection: kubelet sends them periodically', async (t) => {
+  const { c, calls } = compactor(30);
+  for (let i = 0; i < 3; i++) {
+    c.observe('ExecSync');
+    await sleep(50);
+  }
+  await sleep(100);
+  t.deepEqual(calls, []);
+  c.close();
+});
+
 test('without an exposed collector nothing is scheduled; close cancels a pending one', async (t) => {
   const none = compactor(10, false);
   none.c.observe('RunPodSandbox');
