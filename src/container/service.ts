@@ -13,7 +13,7 @@ import { readImageFile } from './image-files.js';
 import { buildSpec } from './spec.js';
 import { loadLocalhostProfile } from './seccomp.js';
 import { ShimDevice } from '../kernel/shim-spec.js';
-import { ContainerConfig, ContainerRecord, ContainerState, ExitStatus, Resources } from './types.js';
+import { ContainerConfig, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate, Resources } from './types.js';
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
 import { findByIdOrPrefix } from '../lookup.js';
 
@@ -52,7 +52,7 @@ function stopSignalOf(image: ImageRecord): NodeJS.Signals {
   return SIGNALS[raw.startsWith('SIG') ? raw : `SIG${raw}`] ?? 'SIGTERM';
 }
 
-function toCgroupResources(r: Resources): CgroupResources {
+function toCgroupResources(r: ResourceUpdate): CgroupResources {
   return {
     cpuShares: r.cpuShares,
     cpuQuota: r.cpuQuota,
@@ -164,6 +164,8 @@ export class ContainerService {
     const existing = this.names.get(key);
     if (existing) throw new BerthError('already_exists', `container ${config.metadata.name} (attempt ${config.metadata.attempt}) already exists in pod ${sandbox.id} as ${existing}`);
     this.names.set(key, id);
+    // Until the container is listed (heldLayers), a concurrent RemoveImage's GC could take its layers.
+    const unpinLayers = this.opts.images.pinLayers(image);
     const log = this.opts.log.child({ pod: sandbox.id, container: id });
     const started = Date.now();
     // Phase timings go into the 'container created' log line: the hot path stays visible in production.
@@ -274,6 +276,8 @@ export class ContainerService {
       }
       await fs.rm(bundle, { recursive: true, force: true }).catch(() => undefined);
       throw err;
+    } finally {
+      unpinLayers();
     }
   }
 
@@ -494,7 +498,7 @@ export class ContainerService {
     await Promise.all(this.inSandbox(sandboxId).map((c) => this.remove(c.id)));
   }
 
-  async updateResources(id: string, resources: Resources): Promise<void> {
+  async updateResources(id: string, resources: ResourceUpdate): Promise<void> {
     const record = this.get(id);
     if (record.state === 'EXITED') throw failedPrecondition(`container ${record.id} has exited: its resources cannot change`);
     await this.opts.cgroups.apply(record.cgroup.path, toCgroupResources(resources));

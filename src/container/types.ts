@@ -27,6 +27,9 @@ export interface Resources {
   memorySwapLimitBytes?: number;
 }
 
+/** What UpdateContainerResources may leave out: the service keeps the stored value of every undefined field. */
+export type ResourceUpdate = Omit<Resources, 'hugepageLimits' | 'unified'> & Partial<Pick<Resources, 'hugepageLimits' | 'unified'>>;
+
 import type { SeccompRequest } from './seccomp.js';
 
 export interface SecurityOptions {

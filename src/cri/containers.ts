@@ -131,7 +131,7 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
     UpdateContainerResources: h('UpdateContainerResources', async (req) => {
       const id = requireId(req.container_id, 'container_id', 'UpdateContainerResources');
       // The service merges only the fields an update defines, so what this request leaves out keeps its stored value.
-      await containers.updateResources(id, resourceUpdateFromProto(req.linux, 'linux') as Resources);
+      await containers.updateResources(id, resourceUpdateFromProto(req.linux, 'linux'));
       return {};
     }),
     ReopenContainerLog: h('ReopenContainerLog', async (req) => {

@@ -4,7 +4,7 @@ import type { LinuxContainerResources__Output } from '../gen/runtime/v1/LinuxCon
 import type { NamespaceOption__Output } from '../gen/runtime/v1/NamespaceOption.js';
 import { invalidArgument } from '../errors.js';
 import { IdMapping, NamespaceMode, SandboxConfig, UserNamespaceOptions } from '../sandbox/types.js';
-import { ContainerConfig, ContainerMount, Resources } from '../container/types.js';
+import { ContainerConfig, ContainerMount, ResourceUpdate, Resources } from '../container/types.js';
 import { seccompRequest } from '../container/seccomp.js';
 
 // Protobuf requests → domain configs. Validation of the shape lives here; meaning is checked by the services.
@@ -80,9 +80,6 @@ export function sandboxConfigFromProto(config: PodSandboxConfig__Output | null, 
     runtimeHandler,
   };
 }
-
-/** What UpdateContainerResources may leave out: the service keeps the stored value of every undefined field. */
-export type ResourceUpdate = Omit<Resources, 'hugepageLimits' | 'unified'> & Partial<Pick<Resources, 'hugepageLimits' | 'unified'>>;
 
 /**
  * Resources as an update gives them. proto3 cannot tell unset from zero or empty, so 0 and empty lists and maps are

@@ -86,6 +86,11 @@ export class ImageService {
     return this.store.collectGarbage();
   }
 
+  /** Keeps GC off an image's layers until the returned release is called (a container being created on them). */
+  pinLayers(image: ImageRecord): () => void {
+    return this.store.pin(image.layers);
+  }
+
   layerPaths(image: ImageRecord): string[] {
     return image.layers.map((l) => this.store.layerPath(l));
   }

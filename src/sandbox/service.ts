@@ -140,7 +140,7 @@ export class SandboxService {
   async run(config: SandboxConfig): Promise<SandboxRecord> {
     if (!config.metadata.name) throw invalidArgument('config.metadata.name is empty');
     if (config.runtimeHandler && config.runtimeHandler !== 'berth') {
-      throw invalidArgument(`runtime_handler "${config.runtimeHandler}" is not known; berth has the default handler only`);
+      throw invalidArgument(`runtime_handler "${config.runtimeHandler}" is not known; berth serves "" (the default) and "berth"`);
     }
     validateSysctls(config.sysctls, { hostNetwork: config.namespaces.network === 'NODE', hostIpc: config.namespaces.ipc === 'NODE' });
     const key = SandboxService.nameKey(config);
