@@ -9,6 +9,24 @@ export interface Credentials {
   identityToken?: string;
   /** A bearer token handed over as is (CRI registry_token). */
   registryToken?: string;
+  /** The registry these credentials belong to (CRI server_address, as kubelet fills it from a pull secret). */
+  serverAddress?: string;
+}
+
+const DOCKER_HUB_HOSTS = new Set(['docker.io', 'index.docker.io', 'registry-1.docker.io', 'registry.hub.docker.com']);
+
+function registryHost(address: string): string {
+  const host = address.trim().replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').split('/')[0]!.toLowerCase();
+  return DOCKER_HUB_HOSTS.has(host) ? 'docker.io' : host;
+}
+
+/**
+ * Whether credentials may be sent to `host` (an endpoint's host[:port]). With a server_address they go only to that
+ * registry; without one only to the image's own registry, never to a mirror: a pull secret is not the mirror's to see.
+ */
+export function credentialsApply(creds: Credentials, host: string, mirror: boolean): boolean {
+  if (creds.serverAddress) return registryHost(creds.serverAddress) === registryHost(host);
+  return !mirror;
 }
 
 export interface Challenge {
@@ -37,6 +55,7 @@ export function credentialsFromAuthConfig(auth: {
   auth?: string;
   identity_token?: string;
   registry_token?: string;
+  server_address?: string;
 }): Credentials | undefined {
   const creds: Credentials = {};
   if (auth.username) creds.username = auth.username;
@@ -51,7 +70,9 @@ export function credentialsFromAuthConfig(auth: {
   }
   if (auth.identity_token) creds.identityToken = auth.identity_token;
   if (auth.registry_token) creds.registryToken = auth.registry_token;
-  return Object.keys(creds).length > 0 ? creds : undefined;
+  if (Object.keys(creds).length === 0) return undefined;
+  if (auth.server_address) creds.serverAddress = auth.server_address;
+  return creds;
 }
 
 export function basicHeader(creds: Credentials): string | undefined {

@@ -4,7 +4,7 @@ import { BerthError, errorMessage, notFound, unauthenticated, unavailable } from
 import { Logger } from '../log.js';
 import { RegistryConfig } from '../config/schema.js';
 import { IMAGE_MANIFEST_MEDIA_TYPES, INDEX_MEDIA_TYPES } from '../image/types.js';
-import { basicHeader, Credentials, parseChallenge } from './auth.js';
+import { basicHeader, credentialsApply, Credentials, parseChallenge } from './auth.js';
 
 // A client for the OCI distribution API (docker registry v2): manifests and blobs of one repository,
 // with mirrors, plain-HTTP hosts and Basic/Bearer auth.
@@ -176,7 +176,7 @@ export class Repository {
     const tokenKey = `${endpoint.base} ${scope}`;
     const headers: Record<string, string> = {};
     if (opts.accept) headers.accept = opts.accept;
-    const creds = this.opts.credentials;
+    const creds = this.credentialsFor(endpoint);
     const cached = this.tokens.get(tokenKey) ?? (creds?.registryToken ? `Bearer ${creds.registryToken}` : undefined);
     if (cached) headers.authorization = cached;
 
@@ -194,9 +194,8 @@ export class Repository {
         // Registries such as Docker Hub hand out anonymous tokens, then answer 401 for a repository that is
         // missing or private: without credentials there are none to blame.
         if (!creds) {
-          throw unauthenticated(
-            `${this.name}: repository does not exist or requires authorization at ${endpoint.base} (401 Unauthorized; no credentials were given)`,
-          );
+          const why = this.opts.credentials ? 'the pull credentials belong to another registry and were not sent' : 'no credentials were given';
+          throw unauthenticated(`${this.name}: repository does not exist or requires authorization at ${endpoint.base} (401 Unauthorized; ${why})`);
         }
         throw unauthenticated(`${this.name}: ${endpoint.base} rejected the credentials (401 Unauthorized)`);
       }
@@ -249,13 +248,21 @@ export class Repository {
     }
   }
 
+  private credentialsFor(endpoint: Endpoint): Credentials | undefined {
+    const creds = this.opts.credentials;
+    return creds && credentialsApply(creds, new URL(endpoint.base).host, endpoint.mirror) ? creds : undefined;
+  }
+
   private async authorize(endpoint: Endpoint, header: string | null, scope: string): Promise<string> {
     const challenge = parseChallenge(header);
-    const creds = this.opts.credentials;
+    const creds = this.credentialsFor(endpoint);
     if (!challenge) throw unauthenticated(`${this.name}: ${endpoint.base} requires authentication but sent no challenge`);
     if (challenge.scheme === 'basic') {
       const basic = creds && basicHeader(creds);
-      if (!basic) throw unauthenticated(`${this.name}: ${endpoint.base} requires credentials (Basic auth) and none were given`);
+      if (!basic) {
+        const why = this.opts.credentials ? 'the pull credentials belong to another registry and were not sent' : 'none were given';
+        throw unauthenticated(`${this.name}: ${endpoint.base} requires credentials (Basic auth); ${why}`);
+      }
       return basic;
     }
     if (challenge.scheme !== 'bearer') {

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { credentialsFromAuthConfig, parseChallenge } from '../../src/registry/auth.js';
+import { credentialsApply, credentialsFromAuthConfig, parseChallenge } from '../../src/registry/auth.js';
 import { BerthError } from '../../src/errors.js';
 import { endpointsFor } from '../../src/registry/client.js';
 import { defaultConfig } from '../../src/config/schema.js';
@@ -43,4 +43,19 @@ test('an auth field that is not base64 "user:password" is INVALID_ARGUMENT namin
   }
   // An explicit username wins; auth is then not looked at.
   t.deepEqual(credentialsFromAuthConfig({ username: 'u', password: 'p', auth: 'garbage' }), { username: 'u', password: 'p' });
+});
+
+test('pull credentials go to the registry they name, never to a mirror of another', (t) => {
+  const hub = credentialsFromAuthConfig({ username: 'u', password: 'p', server_address: 'https://index.docker.io/v1/' })!;
+  t.is(hub.serverAddress, 'https://index.docker.io/v1/');
+  t.true(credentialsApply(hub, 'registry-1.docker.io', false));
+  t.false(credentialsApply(hub, '127.0.0.1:5000', true), 'a mirror of docker.io does not get docker.io credentials');
+  const mirror = credentialsFromAuthConfig({ username: 'u', password: 'p', server_address: '127.0.0.1:5000' })!;
+  t.true(credentialsApply(mirror, '127.0.0.1:5000', true), 'credentials naming the mirror are for the mirror');
+  t.false(credentialsApply(mirror, '127.0.0.1:5001', false));
+  // Without a server_address (crictl --creds) they stay with the image's own registry.
+  const bare = credentialsFromAuthConfig({ username: 'u', password: 'p' })!;
+  t.true(credentialsApply(bare, 'quay.io', false));
+  t.false(credentialsApply(bare, 'mirror.local:5000', true));
+  t.is(credentialsFromAuthConfig({ server_address: 'quay.io' }), undefined, 'an address alone is no credentials');
 });
