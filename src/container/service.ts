@@ -13,7 +13,7 @@ import { readImageFile } from './image-files.js';
 import { buildSpec } from './spec.js';
 import { loadLocalhostProfile } from './seccomp.js';
 import { ShimDevice } from '../kernel/shim-spec.js';
-import { ContainerConfig, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate, Resources } from './types.js';
+import { ContainerConfig, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate } from './types.js';
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
 import { findByIdOrPrefix } from '../lookup.js';
 
@@ -50,6 +50,14 @@ function stopSignalOf(image: ImageRecord): NodeJS.Signals {
     return byNumber[raw] ?? 'SIGTERM';
   }
   return SIGNALS[raw.startsWith('SIG') ? raw : `SIG${raw}`] ?? 'SIGTERM';
+}
+
+/** The cgroup adapter names files and values; a caller's mistake also names the request field it came from. */
+function inField(field: string): (err: unknown) => never {
+  return (err) => {
+    if (err instanceof BerthError && err.kind === 'invalid_argument') throw new BerthError(err.kind, `${field}: ${err.message}`, { cause: err });
+    throw err;
+  };
 }
 
 function toCgroupResources(r: ResourceUpdate): CgroupResources {
@@ -212,7 +220,7 @@ export class ContainerService {
       const handle = await this.opts.cgroups.create(`${sandbox.cgroup.path}/${id}`);
       cgroup = { path: handle.path, created: handle.created };
       // The cgroup was just made and holds no process yet: its limits are written without the thread pool.
-      await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources), { empty: true });
+      await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources), { empty: true }).catch(inField('config.linux.resources'));
       phase('cgroup');
       const spec = buildSpec({
         id,
@@ -501,7 +509,7 @@ export class ContainerService {
   async updateResources(id: string, resources: ResourceUpdate): Promise<void> {
     const record = this.get(id);
     if (record.state === 'EXITED') throw failedPrecondition(`container ${record.id} has exited: its resources cannot change`);
-    await this.opts.cgroups.apply(record.cgroup.path, toCgroupResources(resources));
+    await this.opts.cgroups.apply(record.cgroup.path, toCgroupResources(resources)).catch(inField('linux'));
     record.config.resources = { ...record.config.resources, ...Object.fromEntries(Object.entries(resources).filter(([, v]) => v !== undefined)) };
     await this.records.put(record);
   }

@@ -72,7 +72,7 @@ export function resolveUser(req: UserRequest, passwd: PasswdEntry[], groups: Gro
     entry = passwd.find((p) => p.uid === uid);
   } else if (req.runAsUsername) {
     entry = passwd.find((p) => p.name === req.runAsUsername);
-    if (!entry) throw invalidArgument(`security_context.run_as_username: user "${req.runAsUsername}" not found in the image's /etc/passwd`);
+    if (!entry) throw invalidArgument(`config.linux.security_context.run_as_username: user "${req.runAsUsername}" not found in the image's /etc/passwd`);
     uid = entry.uid;
   } else if (req.imageUser) {
     const [user, group] = req.imageUser.split(':', 2);

@@ -4,7 +4,7 @@ import type { Container } from '../gen/runtime/v1/Container.js';
 import { BerthError, invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
 import { ContainerService } from '../container/service.js';
-import { ContainerRecord, ContainerState, Resources } from '../container/types.js';
+import { ContainerRecord, ContainerState } from '../container/types.js';
 import { ImageService } from '../image/service.js';
 import { handlerFactory, requireId, RpcObserver } from './grpc.js';
 import { containerConfigFromProto, resourceUpdateFromProto } from './translate.js';

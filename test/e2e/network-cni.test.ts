@@ -1,5 +1,5 @@
 import test, { ExecutionContext } from 'ava';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -13,7 +13,7 @@ import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/c
 import { freePort } from '../helpers/util.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { PortMapping } from '../../src/gen/runtime/v1/PortMapping.js';
-import { eventually, freeSubnet, releaseSubnet, httpGet, iptablesSaveText, networkLeftovers, outsideHost, removeTestNet, testNet, TestNet, vethOf, waitGone } from './network-helpers.js';
+import { eventually, freeSubnet, releaseSubnet, httpGet, iptablesRestore, iptablesSaveText, networkLeftovers, outsideHost, removeTestNet, testNet, TestNet, vethOf, waitGone } from './network-helpers.js';
 
 // CNI for real: Debian's containernetworking-plugins (bridge, host-local, portmap, loopback from /usr/lib/cni),
 // configured in a conf dir of the test's own. The tests run one at a time: portmap keeps node-wide chains
@@ -45,15 +45,7 @@ async function removePortmapChains(): Promise<void> {
     if (lines.includes(`:${chain} - [0:0]`)) text.push(`-F ${chain}`, `-X ${chain}`);
   }
   text.push('COMMIT', '');
-  await restore(text.join('\n'));
-}
-
-function restore(text: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('iptables-restore', ['--noflush'], { stdio: ['pipe', 'inherit', 'inherit'] });
-    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`iptables-restore exited ${code}`))));
-    child.stdin.end(text);
-  });
+  await iptablesRestore(text.join('\n'));
 }
 
 interface CniNet {

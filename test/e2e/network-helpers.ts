@@ -76,14 +76,19 @@ export async function iptablesSaveText(): Promise<string> {
 }
 
 /** Removes the test's bridge and chains (berth keeps both across restarts by design: they are node state). */
-export async function removeTestNet(net: TestNet): Promise<void> {
-  const saved = parseSave(await iptablesSaveText());
-  const text = removeAll(chainsFor(net.chainPrefix), saved);
-  await new Promise<void>((resolve, reject) => {
+/** Applies iptables-save text without flushing the rest (the host's own rules stay). */
+export function iptablesRestore(text: string): Promise<void> {
+  return new Promise((resolve, reject) => {
     const child = spawn('iptables-restore', ['--noflush'], { stdio: ['pipe', 'inherit', 'inherit'] });
     child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`iptables-restore exited ${code}`))));
     child.stdin.end(text);
   });
+}
+
+export async function removeTestNet(net: TestNet): Promise<void> {
+  const saved = parseSave(await iptablesSaveText());
+  const text = removeAll(chainsFor(net.chainPrefix), saved);
+  await iptablesRestore(text);
   await run('ip', ['link', 'del', net.bridge]).catch(() => undefined);
   releaseSubnet(net.subnet);
 }
