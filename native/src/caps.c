@@ -31,19 +31,6 @@ int cap_from_name(const char *name)
     return -1;
 }
 
-static int last_cap(void)
-{
-    static int cached = -1;
-    if (cached >= 0)
-        return cached;
-    int c = 63;
-    /* PR_CAPBSET_READ fails with EINVAL past the kernel's last capability. */
-    while (c > 0 && prctl(PR_CAPBSET_READ, (unsigned long)c, 0, 0, 0) < 0)
-        c--;
-    cached = c;
-    return c;
-}
-
 static int capget_all(struct __user_cap_data_struct data[2])
 {
     struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
@@ -54,18 +41,27 @@ int caps_prepare(const struct capsets *caps, char *err, size_t errlen)
 {
     if (!caps->present)
         return 0;
-    int last = last_cap();
-    for (int c = 0; c <= last; c++) {
+    /* One DROP per capability not kept, upwards until EINVAL (past the kernel's last one). Dropping one
+     * that is already gone succeeds; only without CAP_SETPCAP (EPERM) does READ tell whether it matters. */
+    for (int c = 0; c < 64; c++) {
         if (caps->bounding & (1ULL << c))
             continue;
-        if (prctl(PR_CAPBSET_READ, (unsigned long)c, 0, 0, 0) <= 0)
-            continue; /* already gone */
-        if (prctl(PR_CAPBSET_DROP, (unsigned long)c, 0, 0, 0) < 0) {
-            char what[64];
-            snprintf(what, sizeof what, "CAP_%s", c < NCAPS ? cap_names[c] : "?");
-            fmt_err(err, errlen, "capabilities: drop bounding", what, errno);
-            return -1;
+        if (prctl(PR_CAPBSET_DROP, (unsigned long)c, 0, 0, 0) == 0)
+            continue;
+        int e = errno;
+        if (e == EINVAL)
+            break;
+        if (e == EPERM) {
+            int r = prctl(PR_CAPBSET_READ, (unsigned long)c, 0, 0, 0);
+            if (r == 0)
+                continue; /* already gone */
+            if (r < 0 && errno == EINVAL)
+                break;
         }
+        char what[64];
+        snprintf(what, sizeof what, "CAP_%s", c < NCAPS ? cap_names[c] : "?");
+        fmt_err(err, errlen, "capabilities: drop bounding", what, e);
+        return -1;
     }
     if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) {
         fmt_err(err, errlen, "capabilities: PR_SET_KEEPCAPS", NULL, errno);

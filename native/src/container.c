@@ -185,8 +185,8 @@ static int mnt_id_of(const char *path, uint64_t *id)
     return 0;
 }
 
-/* An id-mapped detached clone of a layer directory, named "/proc/self/fd/N[/rest]" (malloc'd). */
-static char *idmapped_layer(const char *dir, const char *rest, int *fd_out)
+/* An id-mapped detached clone of a layer directory, named "/proc/self/fd/N" (malloc'd). */
+static char *idmapped_layer(const char *dir, int *fd_out)
 {
     int mapped;
     int fd = clone_tree(dir, 0, 1, &mapped);
@@ -194,10 +194,10 @@ static char *idmapped_layer(const char *dir, const char *rest, int *fd_out)
         child_fail("overlay: clone layer for id-mapping", dir, errno);
     if (!mapped)
         child_fail("overlay: the filesystem of this layer cannot be id-mapped:", dir, EINVAL);
-    char *p = malloc(strlen(rest) + 32);
+    char *p = malloc(32);
     if (!p)
         child_fail("overlay", NULL, ENOMEM);
-    sprintf(p, "/proc/self/fd/%d%s", fd, rest);
+    fdpath(p, 32, fd);
     *fd_out = fd;
     return p;
 }
@@ -230,14 +230,14 @@ static void idmapped_upper_work(struct spec *s, char **upper, char **work, int *
     }
     if (strncmp(w, u, last) != 0 || (w[last] && w[last] != '/'))
         child_fail("overlay: workdir is not on the mount of upperdir", w, EINVAL);
-    free(idmapped_layer(last ? dir : "/", "", fd_out));
-    int fd = *fd_out;
+    char *base = idmapped_layer(last ? dir : "/", fd_out);
     *upper = malloc(strlen(u) + 32);
     *work = malloc(strlen(w) + 32);
     if (!*upper || !*work)
         child_fail("overlay", NULL, ENOMEM);
-    sprintf(*upper, "/proc/self/fd/%d%s", fd, u + last);
-    sprintf(*work, "/proc/self/fd/%d%s", fd, w + last);
+    sprintf(*upper, "%s%s", base, u + last);
+    sprintf(*work, "%s%s", base, w + last);
+    free(base);
 }
 
 /* "uid=N" / "gid=N" in filesystem data name container ids: the host ids when a user namespace is new
@@ -287,6 +287,8 @@ static void act_as_container_root(struct spec *s)
         setfsuid((uid_t)u);
     if (g >= 0)
         setfsgid((gid_t)g);
+    /* a changed fsuid/fsgid clears the parent-death signal: the init must die with the monitor meanwhile */
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     int r = caps_raise_effective(); /* a non-zero fsuid drops the file capabilities from the effective set */
     if (r < 0)
         child_fail("capabilities: raise effective set", NULL, -r);
@@ -307,7 +309,7 @@ static void mount_overlay(struct spec *s)
         if (!names || !fds)
             child_fail("overlay", NULL, ENOMEM);
         for (size_t i = 0; i < s->nlower; i++)
-            names[i] = idmapped_layer(s->lower[i], "", &fds[i]);
+            names[i] = idmapped_layer(s->lower[i], &fds[i]);
         lower = (const char **)names;
         if (upper) {
             idmapped_upper_work(s, &up, &wk, &upfd);
@@ -736,21 +738,24 @@ static void apply_sysctls(struct spec *s)
 
 static void apply_oom(struct spec *s)
 {
-    char buf[32];
+    char buf[32], cbuf[32];
     if (!s->has_oom)
-        return;
-    ssize_t n = read_file("/proc/self/oom_score_adj", buf, sizeof buf);
-    long cur = 0;
-    if (n > 0) {
-        buf[strcspn(buf, "\n")] = 0;
-        parse_long(buf, &cur);
-    }
-    if (s->oom == cur)
         return;
     snprintf(buf, sizeof buf, "%d", s->oom);
     int r = write_file("/proc/self/oom_score_adj", buf);
-    /* Lowering needs CAP_SYS_RESOURCE: where we lack it, the container keeps the current value. */
-    if (r < 0 && !(s->oom < cur && (r == -EACCES || r == -EPERM)))
+    if (r == 0 || (r != -EACCES && r != -EPERM)) {
+        if (r < 0)
+            child_fail("write /proc/self/oom_score_adj", buf, -r);
+        return;
+    }
+    /* Lowering (below what a privileged writer last set) needs CAP_SYS_RESOURCE: where we lack it, the
+     * container keeps the current value (which is then the requested one or above it). */
+    long cur = 0;
+    if (read_file("/proc/self/oom_score_adj", cbuf, sizeof cbuf) > 0) {
+        cbuf[strcspn(cbuf, "\n")] = 0;
+        parse_long(cbuf, &cur);
+    }
+    if (s->oom > cur)
         child_fail("write /proc/self/oom_score_adj", buf, -r);
 }
 
@@ -834,6 +839,7 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
          * (full capabilities there; the ids are set just below). */
         if (setns(userns_fd, CLONE_NEWUSER) < 0)
             child_fail("enter the new user namespace", NULL, errno);
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* cleared by the change of credentials */
         close(userns_fd);
         userns_fd = -1;
     }
@@ -900,12 +906,18 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
     }
     if (!e)
         e = exec_in_path(s->args, s->env);
-    char emsg[1200];
-    char what[PATH_MAX + 8];
-    snprintf(what, sizeof what, "%s", s->args[0]);
+    /* 'X', the length (2 bytes, little-endian), the text: "<step> <args0>: <errno text>", args0 cut short
+     * so that the errno text always fits. */
+    char emsg[3 + SYNC_TEXT_MAX + 1];
+    char what[1024 + 4];
+    size_t alen = strlen(s->args[0]);
+    snprintf(what, sizeof what, "%.*s%s", alen > 1024 ? 1021 : (int)alen, s->args[0], alen > 1024 ? "..." : "");
+    fmt_err(emsg + 3, sizeof emsg - 3, step, what, e);
+    size_t tlen = strlen(emsg + 3);
     emsg[0] = SYNC_EXECERR;
-    fmt_err(emsg + 1, sizeof emsg - 1, step, what, e);
-    write_all(c->sync_fd, emsg, strlen(emsg));
-    dprintf(2, SHIM_NAME ": %s\n", emsg + 1);
+    emsg[1] = (char)(tlen & 0xff);
+    emsg[2] = (char)(tlen >> 8);
+    write_all(c->sync_fd, emsg, 3 + tlen);
+    dprintf(2, SHIM_NAME ": %s\n", emsg + 3);
     _exit(127);
 }

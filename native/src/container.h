@@ -7,7 +7,8 @@
 #define SYNC_READY 'R'   /* setup done, blocked on start.fifo */
 #define SYNC_ERROR 'E'   /* followed by text, then the init exits */
 #define SYNC_STARTED 'S' /* followed by 8 bytes: int64 unix ns when released */
-#define SYNC_EXECERR 'X' /* followed by text; exit 127 follows */
+#define SYNC_EXECERR 'X' /* followed by a 2-byte little-endian length and that much text; exit 127 follows */
+#define SYNC_TEXT_MAX 1200 /* longest text of an 'X' message */
 
 struct child_ctx {
     struct spec *s;

@@ -23,20 +23,34 @@
 
 /* Monitor -> create: 'O' + JSON line on success, 'E' + message on failure. */
 
-__attribute__((noreturn)) static void mon_fail(int report_fd, const char *step, const char *path, int err)
-{
-    char msg[1200];
-    msg[0] = 'E';
-    fmt_err(msg + 1, sizeof msg - 1, step, path, err);
-    write_all(report_fd, msg, strlen(msg));
-    _exit(1);
-}
-
 static void unlink_in(const char *dir, const char *name)
 {
     char p[PATH_MAX];
     if (path_join(p, sizeof p, dir, name) == 0)
         unlink(p);
+}
+
+/* What the monitor made so far, undone by mon_fail: a failed create leaves no process and no file. */
+static struct {
+    const char *fifo[2]; /* start.fifo, stdin.fifo */
+    const char *bundle;  /* set once shim.json is written */
+    pid_t init;
+} made;
+
+__attribute__((noreturn)) static void mon_fail(int report_fd, const char *step, const char *path, int err)
+{
+    char msg[1200];
+    msg[0] = 'E';
+    fmt_err(msg + 1, sizeof msg - 1, step, path, err);
+    if (made.init > 0)
+        kill_reap(made.init);
+    if (made.bundle)
+        unlink_in(made.bundle, "shim.json");
+    for (int i = 0; i < 2; i++)
+        if (made.fifo[i])
+            unlink(made.fifo[i]);
+    write_all(report_fd, msg, strlen(msg));
+    _exit(1);
 }
 
 static int make_fifo(const char *bundle, const char *name, char *path, size_t len)
@@ -103,9 +117,7 @@ static int make_userns(struct spec *s, int report_fd)
             e = errno;
     }
     free(buf);
-    kill(h, SIGKILL);
-    while (waitpid(h, NULL, 0) < 0 && errno == EINTR)
-        ;
+    kill_reap(h);
     if (e)
         mon_fail(report_fd, step, NULL, e);
     return fd;
@@ -148,14 +160,13 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
 
     if (setsid() < 0)
         mon_fail(report_fd, "monitor: setsid", NULL, errno);
-    int null = open("/dev/null", O_RDWR);
-    if (null < 0)
-        mon_fail(report_fd, "monitor: open /dev/null", NULL, errno);
-    dup2(null, 0);
-    dup2(null, 1);
-    dup2(null, 2);
-    close_fds_except(3, &report_fd, 1);
-    signal(SIGPIPE, SIG_IGN);
+    /* the monitor lives as long as the container: it must not hold the caller's directory (its mount) */
+    if (chdir("/") < 0)
+        mon_fail(report_fd, "monitor: chdir", "/", errno);
+    int r = detach_stdio(&report_fd, 1);
+    if (r < 0)
+        mon_fail(report_fd, "monitor: open /dev/null", NULL, -r);
+    signal(SIGPIPE, SIG_IGN); /* a write to a dead create fails with EPIPE */
 
     sigset_t set;
     sigemptyset(&set);
@@ -171,6 +182,7 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
     unlink_in(s->bundle, "exec-error");
     if (make_fifo(s->bundle, "start.fifo", b->fifo, sizeof b->fifo) < 0)
         mon_fail(report_fd, "mkfifo", b->fifo, errno);
+    made.fifo[0] = b->fifo;
     mp->log_fd = log_open(s->log_path);
     if (mp->log_fd < 0)
         mon_fail(report_fd, "open log", s->log_path, errno);
@@ -191,8 +203,9 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
             mon_fail(report_fd, "open pty slave", NULL, errno);
         struct winsize ws = {24, 80, 0, 0};
         ioctl(slave, TIOCSWINSZ, &ws);
-        mp->out.fd = dup(mp->pty_master);
-        fcntl(mp->out.fd, F_SETFD, FD_CLOEXEC);
+        mp->out.fd = fcntl(mp->pty_master, F_DUPFD_CLOEXEC, 0);
+        if (mp->out.fd < 0)
+            mon_fail(report_fd, "monitor: dup pty master", NULL, errno);
         mp->err.fd = -1;
     } else {
         if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0)
@@ -203,6 +216,7 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
     if (s->stdin_open) {
         if (make_fifo(s->bundle, "stdin.fifo", b->stdin_fifo, sizeof b->stdin_fifo) < 0)
             mon_fail(report_fd, "mkfifo", b->stdin_fifo, errno);
+        made.fifo[1] = b->stdin_fifo;
         /* O_RDWR never blocks and keeps a writer, so the container sees no EOF until SIGUSR2 */
         int hold = open(b->stdin_fifo, O_RDWR | O_CLOEXEC);
         if (hold < 0)
@@ -248,7 +262,7 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
         c.userns_fd = userns;
         container_main(&c);
     }
-    mp->pid = pid;
+    mp->pid = made.init = pid;
     if (userns >= 0)
         close(userns);
     close(syncp[1]);
@@ -261,65 +275,54 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
     if (slave >= 0)
         close(slave);
     mp->sync_fd = syncp[0];
-    mp->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (mp->pidfd < 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+    mp->pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec */
+    if (mp->pidfd < 0)
         mon_fail(report_fd, "pidfd_open", NULL, errno);
-    }
-    fcntl(mp->pidfd, F_SETFD, FD_CLOEXEC);
 
     char *line = b->line;
     int n = snprintf(line, sizeof b->line, "{\"pid\":%d,\"monitorPid\":%d,\"startTime\":%lld,\"monitorStartTime\":%lld}",
                      (int)pid, (int)getpid(), proc_start_time(pid), proc_start_time(getpid()));
     if (n < 0 || (size_t)n >= sizeof b->line)
         n = (int)strlen(line);
-    int r = atomic_write(s->bundle, "shim.json", line, (size_t)n);
-    if (r < 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+    /* For a berth restart, not a host crash (the monitor dies with the host): no fsync. */
+    r = replace_file(s->bundle, "shim.json", line, (size_t)n);
+    if (r < 0)
         mon_fail(report_fd, "write shim.json in", s->bundle, -r);
-    }
+    made.bundle = s->bundle;
 
-    /* Wait for the init: 'R' = blocked on start.fifo; 'E...' + EOF = setup failed. */
+    /* Wait for the init: 'R' = blocked on start.fifo; 'E...' + EOF = setup failed. One byte only: what
+     * follows 'R' ('S', 'X') is the loop's to read. */
     char *msg = b->msg;
-    size_t got = 0;
-    while (got < sizeof b->msg - 1) {
-        ssize_t k = read(mp->sync_fd, msg + got, sizeof b->msg - 1 - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            break;
-        got += (size_t)k;
-        if (msg[0] == SYNC_READY)
-            break;
-    }
-    if (got == 0 || msg[0] != SYNC_READY) {
-        int status = 0;
-        kill(pid, SIGKILL);
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-            ;
-        unlink_in(s->bundle, "shim.json");
-        unlink_in(s->bundle, "start.fifo");
-        if (s->stdin_open)
-            unlink_in(s->bundle, "stdin.fifo");
+    ssize_t k;
+    while ((k = read(mp->sync_fd, msg, 1)) < 0 && errno == EINTR)
+        ;
+    if (k != 1 || msg[0] != SYNC_READY) {
+        size_t got = k == 1 ? 1 : 0;
+        while (k == 1 && got < sizeof b->msg - 1) { /* the message, up to EOF */
+            ssize_t more = read(mp->sync_fd, msg + got, sizeof b->msg - 1 - got);
+            if (more < 0 && errno == EINTR)
+                continue;
+            if (more <= 0)
+                break;
+            got += (size_t)more;
+        }
         msg[got] = 0;
+        int status = kill_reap(pid);
+        made.init = 0;
         if (got > 1 && msg[0] == SYNC_ERROR)
             mon_fail(report_fd, msg + 1, NULL, 0);
         char what[64];
         snprintf(what, sizeof what, "(wait status 0x%x)", status);
         mon_fail(report_fd, "container init exited during setup", what, 0);
     }
-    if (got > 1) { /* already released? keep what followed for the loop */
-        if (msg[1] == SYNC_STARTED && got >= 10)
-            memcpy(&mp->started, msg + 2, 8);
-    }
 
-    /* Report and detach from the create process. */
+    /* Report and detach from the create process. If create is gone (killed at berth's timeout: EPIPE),
+     * nobody knows of this container: take it down. */
     char *ok = b->ok;
     ok[0] = 'O';
     memcpy(ok + 1, line, (size_t)n);
-    write_all(report_fd, ok, (size_t)n + 1);
+    if (write_all(report_fd, ok, (size_t)n + 1) < 0)
+        mon_fail(report_fd, "monitor: report to create", NULL, errno);
     close(report_fd);
 
     /* Give back everything the setup needed: the monitor lives as long as the container. */

@@ -217,6 +217,10 @@ int cmd_exec(int argc, char **argv)
         return EXIT_SETUP;
     }
     if (child == 0) {
+        /* Nothing of the caller's but stdio reaches the command (the fds above are closed or CLOEXEC, but
+         * berth's may not be), and no inherited signal disposition or mask. */
+        reset_signals();
+        close_range(3, ~0U, 0);
         /* seccomp as in the container's init: right before execve, holding CAP_SYS_ADMIN for it when
          * no_new_privs is not set (or before the uid change when capabilities are left alone). */
         int joined_user = nsfd[NS_USER] >= 0;

@@ -177,13 +177,54 @@ HOT static int pump(struct monitor *m, struct log_stream *s, char *buf)
     return 0;
 }
 
-/* Returns 1 after a message, 0 when the pipe closed, -1 on EAGAIN. */
+_Static_assert(MONITOR_SYNC_BUF >= 3 + SYNC_TEXT_MAX + 9, "sync buffer too small for an 'X' message");
+
+/* Take in the complete messages at the start of sync_buf; keep an incomplete one for the next read. */
+HOT static void sync_parse(struct monitor *m)
+{
+    unsigned char *b = m->sync_buf;
+    size_t n = m->sync_len, p = 0;
+    while (p < n) {
+        size_t need;
+        if (b[p] == SYNC_STARTED) {
+            need = 9;
+        } else if (b[p] == SYNC_EXECERR) {
+            if (n - p < 3)
+                break;
+            need = 3 + ((size_t)b[p + 1] | (size_t)b[p + 2] << 8);
+            if (need > sizeof m->sync_buf) { /* cannot be: drop what is here */
+                p = n;
+                break;
+            }
+        } else {
+            p++; /* SYNC_READY (or a stray byte) */
+            continue;
+        }
+        if (n - p < need)
+            break;
+        if (b[p] == SYNC_STARTED) {
+            int64_t v = 0;
+            for (int i = 7; i >= 0; i--) /* native byte order, as the init wrote it */
+                ((unsigned char *)&v)[i] = b[p + 1 + i];
+            m->started = v;
+        } else {
+            /* exit 127 follows: this path may use libc */
+            free(m->exec_error);
+            m->exec_error = strndup((const char *)b + p + 3, need - 3);
+        }
+        p += need;
+    }
+    for (size_t i = p; i < n; i++) /* move the incomplete message to the front */
+        b[i - p] = b[i];
+    m->sync_len = (unsigned)(n - p);
+}
+
+/* Returns 1 after a read, 0 when the pipe closed, -1 on EAGAIN. */
 HOT static int read_sync(struct monitor *m)
 {
-    char buf[1200];
     long r;
     do
-        r = r_read(m->sync_fd, buf, sizeof buf - 1);
+        r = r_read(m->sync_fd, m->sync_buf + m->sync_len, sizeof m->sync_buf - m->sync_len);
     while (r == -EINTR);
     if (r == -EAGAIN)
         return -1;
@@ -192,24 +233,8 @@ HOT static int read_sync(struct monitor *m)
         m->sync_fd = -1;
         return 0;
     }
-    buf[r] = 0;
-    char *p = buf, *end = buf + r;
-    while (p < end) {
-        if (*p == SYNC_STARTED && end - p >= 9) {
-            int64_t v = 0;
-            for (int i = 7; i >= 0; i--) /* native byte order, as the init wrote it */
-                ((unsigned char *)&v)[i] = (unsigned char)p[1 + i];
-            m->started = v;
-            p += 9;
-        } else if (*p == SYNC_EXECERR) {
-            /* exit 127 follows: this path may use libc */
-            free(m->exec_error);
-            m->exec_error = strdup(p + 1);
-            break;
-        } else {
-            p++;
-        }
-    }
+    m->sync_len += (unsigned)r;
+    sync_parse(m);
     return 1;
 }
 

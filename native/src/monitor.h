@@ -5,6 +5,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* room for the longest sync message ('X' + length + SYNC_TEXT_MAX) and a few more */
+#define MONITOR_SYNC_BUF 1280
+
 struct log_stream {
     int fd;               /* read end; -1 when closed */
     char name[8];         /* "stdout" / "stderr" (inline: the loop reads no .rodata) */
@@ -29,6 +32,8 @@ struct monitor {
     int pty_master;       /* terminal: master (also out.fd) */
     int64_t started;
     char *exec_error;
+    unsigned sync_len;    /* bytes of an incomplete message at the start of sync_buf */
+    unsigned char sync_buf[MONITOR_SYNC_BUF];
     char *oom_file;       /* memory.events (v2) or memory.oom_control (v1) of the container's cgroup, or NULL */
     long oom_base;        /* its oom_kill count when the container was created */
 };

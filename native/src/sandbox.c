@@ -79,6 +79,8 @@ static int mount_of(const char *dir, int *is_mountpoint, int *shared)
     return 0;
 }
 
+static int selfbound; /* make_private bound dir onto itself (undone when sandbox fails) */
+
 static int make_private(const char *dir, char *err, size_t errlen)
 {
     int is_mp, shared;
@@ -94,6 +96,7 @@ static int make_private(const char *dir, char *err, size_t errlen)
             fmt_err(err, errlen, "bind onto itself", dir, errno);
             return -1;
         }
+        selfbound = 1;
         if (path_join(mark, sizeof mark, dir, SELFBIND_MARK) == 0) {
             int fd = open(mark, O_CREAT | O_WRONLY | O_CLOEXEC, 0444);
             if (fd >= 0)
@@ -107,8 +110,9 @@ static int make_private(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-/* Unpin the names in mask (bit i = pin_names[i]); drop our self bind when everything goes. */
-static void unpin_dir(const char *dir, unsigned mask)
+/* Unpin the names in mask (bit i = pin_names[i]); drop the self bind (ours, by its marker) when everything
+ * goes, or when own_bind says this process made it. */
+static void unpin_dir(const char *dir, unsigned mask, int own_bind)
 {
     char p[PATH_MAX];
     for (size_t i = 0; i < sizeof pin_names / sizeof pin_names[0]; i++) {
@@ -117,8 +121,14 @@ static void unpin_dir(const char *dir, unsigned mask)
         umount2(p, MNT_DETACH | UMOUNT_NOFOLLOW);
         unlink(p);
     }
-    if (mask == ~0u && path_join(p, sizeof p, dir, SELFBIND_MARK) == 0 && unlink(p) == 0)
+    if (path_join(p, sizeof p, dir, SELFBIND_MARK) < 0)
+        return;
+    if (own_bind) {
+        unlink(p);
         umount2(dir, MNT_DETACH | UMOUNT_NOFOLLOW);
+    } else if (mask == ~0u && unlink(p) == 0) {
+        umount2(dir, MNT_DETACH | UMOUNT_NOFOLLOW);
+    }
 }
 
 static unsigned pinned;
@@ -178,13 +188,9 @@ __attribute__((noreturn)) static void pod_init(void)
     struct sigaction sa;
 
     setsid();
-    int null = open("/dev/null", O_RDWR);
-    if (null >= 0) {
-        dup2(null, 0);
-        dup2(null, 1);
-        dup2(null, 2);
-    }
-    close_range(3, ~0U, 0);
+    if (chdir("/") < 0) /* not the caller's directory (its mount) for the pod's life */
+        _exit(1);
+    detach_stdio(NULL, 0);
     prctl(PR_SET_NAME, "berth-pod-init", 0, 0, 0);
     /* An ns init only receives signals it handles: install handlers, then take them synchronously. */
     memset(&sa, 0, sizeof sa);
@@ -333,11 +339,10 @@ int cmd_sandbox(int argc, char **argv)
 
 fail:
     fprintf(stderr, SHIM_NAME ": sandbox %s: %s\n", argv[1], err);
-    if (init > 0) {
-        kill(init, SIGKILL);
-        waitpid(init, NULL, 0);
-    }
-    unpin_dir(dir, pinned);
+    if (init > 0)
+        kill_reap(init);
+    if (dir[0])
+        unpin_dir(dir, pinned, selfbound);
     return 1;
 }
 
@@ -354,6 +359,6 @@ int cmd_unpin(int argc, char **argv)
         warn_err("unpin:", argv[1], errno);
         return 1;
     }
-    unpin_dir(dir, ~0u);
+    unpin_dir(dir, ~0u, 0);
     return 0;
 }

@@ -1,7 +1,7 @@
 /* seccomp: an OCI `linux.seccomp` object -> a BPF program (built with libseccomp in the create/exec
  * process, where a bad profile can still be reported), installed with one seccomp(2) call right
  * before execve. */
-#include "shim.h"
+#include "spec.h"
 
 #include <errno.h>
 #include <json.h>
@@ -23,29 +23,34 @@
         goto out;                                                                                  \
     } while (0)
 
-static struct json_object *get(struct json_object *o, const char *key)
+/* A string member, or NULL (absent, null, or another type). */
+static const char *str_member(struct json_object *o, const char *key)
 {
-    struct json_object *v = NULL;
-    if (!json_object_object_get_ex(o, key, &v))
-        return NULL;
-    return v; /* may be NULL for a JSON null */
+    int bad = 0;
+    struct json_object *v = json_member(o, key, json_type_string, &bad);
+    return v ? json_object_get_string(v) : NULL;
 }
 
-/* An unsigned 64-bit JSON integer (negative values wrap, as a Go uint64 would not accept them anyway). */
-static int get_u64(struct json_object *v, uint64_t *out)
+/* An unsigned 64-bit integer member (negative values wrap, as a Go uint64 would not accept them anyway).
+ * Returns 1 when present, 0 when absent or null (*out unchanged), -1 for another type. */
+static int u64_member(struct json_object *o, const char *key, uint64_t *out)
 {
-    if (!v || !json_object_is_type(v, json_type_int))
+    int bad = 0;
+    struct json_object *v = json_member(o, key, json_type_int, &bad);
+    if (bad)
         return -1;
+    if (!v)
+        return 0;
     int64_t s = json_object_get_int64(v);
     *out = s == INT64_MAX ? json_object_get_uint64(v) : (uint64_t)s;
-    return 0;
+    return 1;
 }
 
-/* Action name (+ errnoRet) -> libseccomp action. Returns 0, or -1 when unknown. */
-static int parse_action(const char *name, struct json_object *ret, uint32_t *act)
+/* Action name (+ the errno member retkey of o) -> libseccomp action. Returns 0, or -1 when unknown. */
+static int parse_action(const char *name, struct json_object *o, const char *retkey, uint32_t *act)
 {
     uint64_t r = 1; /* EPERM when errnoRet is absent, as in the OCI spec */
-    if (ret && get_u64(ret, &r) < 0)
+    if (!name || u64_member(o, retkey, &r) < 0)
         return -1;
     if (r > 0xffff)
         return -1;
@@ -99,11 +104,6 @@ static uint32_t arch_token(const char *name)
     return seccomp_arch_resolve_name(buf);
 }
 
-static const char *str_of(struct json_object *v)
-{
-    return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
-}
-
 int seccomp_build(struct json_object *o, struct seccomp_prog *prog, char *err, size_t errlen)
 {
     scmp_filter_ctx ctx = NULL;
@@ -111,12 +111,13 @@ int seccomp_build(struct json_object *o, struct seccomp_prog *prog, char *err, s
     int ret = -1, rc, memfd = -1;
     uint32_t def;
     const char *name;
+    int bad = 0;
 
     memset(prog, 0, sizeof *prog);
     if (!json_object_is_type(o, json_type_object))
         FAIL("seccomp: must be an object");
-    name = str_of(get(o, "defaultAction"));
-    if (!name || parse_action(name, get(o, "defaultErrnoRet"), &def) < 0)
+    name = str_member(o, "defaultAction");
+    if (parse_action(name, o, "defaultErrnoRet", &def) < 0)
         FAIL("seccomp: defaultAction (with defaultErrnoRet) is missing or not known: %s", name ? name : "(none)");
     ctx = seccomp_init(def);
     if (!ctx)
@@ -124,11 +125,12 @@ int seccomp_build(struct json_object *o, struct seccomp_prog *prog, char *err, s
     /* no_new_privs is the spec's business, not the filter's; the program is installed by hand anyway */
     seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
 
-    struct json_object *arches = get(o, "architectures");
-    if (arches && !json_object_is_type(arches, json_type_array))
+    struct json_object *arches = json_member(o, "architectures", json_type_array, &bad);
+    if (bad)
         FAIL("seccomp: architectures must be an array");
     for (size_t i = 0; arches && i < json_object_array_length(arches); i++) {
-        const char *a = str_of(json_object_array_get_idx(arches, i));
+        struct json_object *av = json_object_array_get_idx(arches, i);
+        const char *a = json_object_is_type(av, json_type_string) ? json_object_get_string(av) : NULL;
         if (!a)
             FAIL("seccomp: architectures[%zu] must be a string", i);
         uint32_t tok = arch_token(a);
@@ -139,22 +141,22 @@ int seccomp_build(struct json_object *o, struct seccomp_prog *prog, char *err, s
             FAIL("seccomp: add architecture %s: %s", a, strerror(-rc));
     }
 
-    struct json_object *calls = get(o, "syscalls");
-    if (calls && !json_object_is_type(calls, json_type_array))
+    struct json_object *calls = json_member(o, "syscalls", json_type_array, &bad);
+    if (bad)
         FAIL("seccomp: syscalls must be an array");
     for (size_t i = 0; calls && i < json_object_array_length(calls); i++) {
         struct json_object *r = json_object_array_get_idx(calls, i);
         uint32_t act;
         if (!json_object_is_type(r, json_type_object))
             FAIL("seccomp: syscalls[%zu] must be an object", i);
-        const char *an = str_of(get(r, "action"));
-        if (!an || parse_action(an, get(r, "errnoRet"), &act) < 0)
+        const char *an = str_member(r, "action");
+        if (parse_action(an, r, "errnoRet", &act) < 0)
             FAIL("seccomp: syscalls[%zu]: action (with errnoRet) is missing or not known: %s", i, an ? an : "(none)");
-        struct json_object *names = get(r, "names");
-        if (!names || !json_object_is_type(names, json_type_array))
+        struct json_object *names = json_member(r, "names", json_type_array, &bad);
+        if (!names)
             FAIL("seccomp: syscalls[%zu].names must be an array", i);
-        struct json_object *args = get(r, "args");
-        if (args && !json_object_is_type(args, json_type_array))
+        struct json_object *args = json_member(r, "args", json_type_array, &bad);
+        if (bad)
             FAIL("seccomp: syscalls[%zu].args must be an array", i);
         size_t nargs = args ? json_object_array_length(args) : 0;
         free(conds);
@@ -167,10 +169,10 @@ int seccomp_build(struct json_object *o, struct seccomp_prog *prog, char *err, s
             struct json_object *a = json_object_array_get_idx(args, k);
             uint64_t index, value, value2 = 0;
             enum scmp_compare op;
-            const char *opn = a ? str_of(get(a, "op")) : NULL;
-            if (!a || !json_object_is_type(a, json_type_object) || get_u64(get(a, "index"), &index) < 0 || index > 5 ||
-                get_u64(get(a, "value"), &value) < 0 || (get(a, "valueTwo") && get_u64(get(a, "valueTwo"), &value2) < 0) ||
-                !opn || parse_op(opn, &op) < 0)
+            const char *opn = str_member(a, "op");
+            if (!json_object_is_type(a, json_type_object) || u64_member(a, "index", &index) != 1 || index > 5 ||
+                u64_member(a, "value", &value) != 1 || u64_member(a, "valueTwo", &value2) < 0 || !opn ||
+                parse_op(opn, &op) < 0)
                 FAIL("seccomp: syscalls[%zu].args[%zu]: needs index 0-5, integer value (valueTwo), a known op", i, k);
             /* For SCMP_CMP_MASKED_EQ, value is the mask and valueTwo the datum: libseccomp's order too. */
             conds[k] = (struct scmp_arg_cmp){(unsigned)index, op, value, value2};
@@ -180,7 +182,8 @@ int seccomp_build(struct json_object *o, struct seccomp_prog *prog, char *err, s
         if (act == def)
             continue; /* libseccomp refuses a rule that repeats the default; it changes nothing */
         for (size_t k = 0; k < json_object_array_length(names); k++) {
-            const char *sc = str_of(json_object_array_get_idx(names, k));
+            struct json_object *sv = json_object_array_get_idx(names, k);
+            const char *sc = json_object_is_type(sv, json_type_string) ? json_object_get_string(sv) : NULL;
             if (!sc)
                 FAIL("seccomp: syscalls[%zu].names[%zu] must be a string", i, k);
             int nr = seccomp_syscall_resolve_name(sc);

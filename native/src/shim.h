@@ -18,6 +18,8 @@ void warn_err(const char *step, const char *path, int err);
 int write_all(int fd, const void *buf, size_t len);
 /* Write data to dir/name atomically: dir/.name.tmp, fsync, rename, fsync(dir). Returns 0 or -errno. */
 int atomic_write(const char *dir, const char *name, const char *data, size_t len);
+/* The same without the fsyncs: atomic for readers (tmp + rename), not durable across a power cut. */
+int replace_file(const char *dir, const char *name, const char *data, size_t len);
 /* Write a short string to a file (O_WRONLY, no create). Returns 0 or -errno. */
 int write_file(const char *path, const char *data);
 /* Read a small file into buf (NUL-terminated). Returns length or -errno. */
@@ -31,6 +33,11 @@ int parse_long(const char *s, long *out);
 void close_fds_except(int lowfd, const int *keep, int nkeep);
 /* Reset all signal dispositions to default and unblock everything. */
 void reset_signals(void);
+/* SIGKILL pid and reap it. Returns its wait status (0 if waitpid failed). */
+int kill_reap(pid_t pid);
+/* stdio onto /dev/null, every other fd >= 3 closed except those listed. Returns 0, or -errno when
+ * /dev/null could not be opened (stdio left as it was; the other fds are closed all the same). */
+int detach_stdio(const int *keep, int nkeep);
 /* execve(args[0] resolved against PATH found in envp). Returns errno on failure. */
 int exec_in_path(char *const args[], char *const envp[]);
 

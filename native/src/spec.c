@@ -26,8 +26,7 @@ const struct ns_kind ns_kinds[NS_COUNT] = {
         return -1;                                                                                 \
     } while (0)
 
-/* Member of the given type; NULL when absent or null. *bad set when present with another type. */
-static struct json_object *member(struct json_object *o, const char *key, json_type t, int *bad)
+struct json_object *json_member(struct json_object *o, const char *key, json_type t, int *bad)
 {
     struct json_object *v = NULL;
     if (!o || !json_object_object_get_ex(o, key, &v) || !v)
@@ -39,11 +38,11 @@ static struct json_object *member(struct json_object *o, const char *key, json_t
     return v;
 }
 
-static int get_string(struct json_object *o, const char *key, const char **out, int required, const char *ctx,
+int json_get_string(struct json_object *o, const char *key, const char **out, int required, const char *ctx,
                       char *err, size_t errlen)
 {
     int bad = 0;
-    struct json_object *v = member(o, key, json_type_string, &bad);
+    struct json_object *v = json_member(o, key, json_type_string, &bad);
     if (bad)
         FAIL("spec: %s%s must be a string", ctx, key);
     if (!v) {
@@ -56,11 +55,11 @@ static int get_string(struct json_object *o, const char *key, const char **out, 
     return 0;
 }
 
-static int get_int(struct json_object *o, const char *key, long long *out, int *present, const char *ctx, char *err,
+int json_get_int(struct json_object *o, const char *key, long long *out, int *present, const char *ctx, char *err,
                    size_t errlen)
 {
     int bad = 0;
-    struct json_object *v = member(o, key, json_type_int, &bad);
+    struct json_object *v = json_member(o, key, json_type_int, &bad);
     if (bad)
         FAIL("spec: %s%s must be an integer", ctx, key);
     *present = v != NULL;
@@ -72,10 +71,25 @@ static int get_int(struct json_object *o, const char *key, long long *out, int *
 static int get_bool(struct json_object *o, const char *key, int *out, const char *ctx, char *err, size_t errlen)
 {
     int bad = 0;
-    struct json_object *v = member(o, key, json_type_boolean, &bad);
+    struct json_object *v = json_member(o, key, json_type_boolean, &bad);
     if (bad)
         FAIL("spec: %s%s must be a boolean", ctx, key);
     *out = v ? json_object_get_boolean(v) : 0;
+    return 0;
+}
+
+/* A uid/gid: 0..0xfffffffe ((uid_t)-1 means "unchanged" to set*id and chown). */
+#define ID_MAX 0xfffffffeLL
+
+static int get_id(struct json_object *o, const char *key, uint32_t *out, const char *ctx, char *err, size_t errlen)
+{
+    long long v;
+    int present;
+    if (json_get_int(o, key, &v, &present, ctx, err, errlen) < 0)
+        return -1;
+    if (present && (v < 0 || v > ID_MAX))
+        FAIL("spec: %s%s must be in [0, %lld]: %lld", ctx, key, ID_MAX, v);
+    *out = present ? (uint32_t)v : 0;
     return 0;
 }
 
@@ -84,7 +98,7 @@ static int get_strings(struct json_object *o, const char *key, const char ***out
                        char *err, size_t errlen)
 {
     int bad = 0;
-    struct json_object *a = member(o, key, json_type_array, &bad);
+    struct json_object *a = json_member(o, key, json_type_array, &bad);
     if (bad)
         FAIL("spec: %s%s must be an array", ctx, key);
     size_t len = a ? json_object_array_length(a) : 0;
@@ -220,7 +234,7 @@ int parse_mount_options(struct json_object *opts, struct mount_spec *m, char *er
 static int parse_namespaces(struct json_object *root, struct spec *s, char *err, size_t errlen)
 {
     int bad = 0;
-    struct json_object *a = member(root, "namespaces", json_type_array, &bad);
+    struct json_object *a = json_member(root, "namespaces", json_type_array, &bad);
     if (bad)
         FAIL("spec: namespaces must be an array");
     size_t n = a ? json_object_array_length(a) : 0;
@@ -229,8 +243,8 @@ static int parse_namespaces(struct json_object *root, struct spec *s, char *err,
         const char *type, *path;
         if (!json_object_is_type(e, json_type_object))
             FAIL("spec: namespaces[%zu] must be an object", i);
-        if (get_string(e, "type", &type, 1, "namespaces[].", err, errlen) < 0 ||
-            get_string(e, "path", &path, 0, "namespaces[].", err, errlen) < 0)
+        if (json_get_string(e, "type", &type, 1, "namespaces[].", err, errlen) < 0 ||
+            json_get_string(e, "path", &path, 0, "namespaces[].", err, errlen) < 0)
             return -1;
         int k;
         for (k = 0; k < NS_COUNT; k++)
@@ -240,6 +254,8 @@ static int parse_namespaces(struct json_object *root, struct spec *s, char *err,
             FAIL("spec: namespaces[%zu]: unsupported type %s", i, type);
         if (s->ns_new[k] || s->ns_path[k])
             FAIL("spec: namespace %s listed twice", type);
+        if (path && *path && path[0] != '/')
+            FAIL("spec: namespaces[%zu].path must be absolute: %s", i, path);
         if (path && *path)
             s->ns_path[k] = path;
         else
@@ -273,7 +289,7 @@ static int parse_idmaps(struct json_object *root, const char *key, struct idmap 
                         size_t errlen)
 {
     int bad = 0;
-    struct json_object *a = member(root, key, json_type_array, &bad);
+    struct json_object *a = json_member(root, key, json_type_array, &bad);
     if (bad)
         FAIL("spec: %s must be an array", key);
     *n = a ? json_object_array_length(a) : 0;
@@ -290,7 +306,7 @@ static int parse_idmaps(struct json_object *root, const char *key, struct idmap 
         if (!json_object_is_type(e, json_type_object))
             FAIL("spec: %s[%zu] must be an object", key, i);
         for (int f = 0; f < 3; f++) {
-            if (get_int(e, fields[f], &v[f], &present, "", err, errlen) < 0)
+            if (json_get_int(e, fields[f], &v[f], &present, "", err, errlen) < 0)
                 return -1;
             if (!present || v[f] < 0 || v[f] > 0xffffffffLL)
                 FAIL("spec: %s[%zu].%s must be an integer in [0, 2^32)", key, i, fields[f]);
@@ -307,7 +323,7 @@ static int parse_process(struct json_object *p, struct spec *s, char *err, size_
     const char **v;
     size_t n;
     long long num;
-    int present, bad = 0;
+    int bad = 0;
 
     if (!p)
         FAIL("spec: process is required");
@@ -321,17 +337,13 @@ static int parse_process(struct json_object *p, struct spec *s, char *err, size_
     if (get_strings(p, "env", &v, &n, "process.", err, errlen) < 0)
         return -1;
     s->env = (char **)v;
-    if (get_string(p, "cwd", &s->cwd, 0, "process.", err, errlen) < 0)
+    if (json_get_string(p, "cwd", &s->cwd, 0, "process.", err, errlen) < 0)
         return -1;
     if (!s->cwd || !*s->cwd)
         s->cwd = "/";
-    if (get_int(p, "uid", &num, &present, "process.", err, errlen) < 0)
+    if (get_id(p, "uid", &s->uid, "process.", err, errlen) < 0 || get_id(p, "gid", &s->gid, "process.", err, errlen) < 0)
         return -1;
-    s->uid = present ? (uid_t)num : 0;
-    if (get_int(p, "gid", &num, &present, "process.", err, errlen) < 0)
-        return -1;
-    s->gid = present ? (gid_t)num : 0;
-    struct json_object *g = member(p, "additionalGids", json_type_array, &bad);
+    struct json_object *g = json_member(p, "additionalGids", json_type_array, &bad);
     if (bad)
         FAIL("spec: process.additionalGids must be an array");
     s->ngids = g ? json_object_array_length(g) : 0;
@@ -342,20 +354,23 @@ static int parse_process(struct json_object *p, struct spec *s, char *err, size_
         struct json_object *e = json_object_array_get_idx(g, i);
         if (!json_object_is_type(e, json_type_int))
             FAIL("spec: process.additionalGids[%zu] must be an integer", i);
-        s->gids[i] = (gid_t)json_object_get_int64(e);
+        int64_t v = json_object_get_int64(e);
+        if (v < 0 || v > ID_MAX)
+            FAIL("spec: process.additionalGids[%zu] must be in [0, %lld]: %lld", i, ID_MAX, (long long)v);
+        s->gids[i] = (gid_t)v;
     }
     if (get_bool(p, "terminal", &s->terminal, "process.", err, errlen) < 0 ||
         get_bool(p, "stdin", &s->stdin_open, "process.", err, errlen) < 0 ||
         get_bool(p, "noNewPrivileges", &s->nnp, "process.", err, errlen) < 0)
         return -1;
-    if (get_int(p, "oomScoreAdj", &num, &s->has_oom, "process.", err, errlen) < 0)
+    if (json_get_int(p, "oomScoreAdj", &num, &s->has_oom, "process.", err, errlen) < 0)
         return -1;
     if (s->has_oom) {
         if (num < -1000 || num > 1000)
             FAIL("spec: process.oomScoreAdj must be in [-1000, 1000]");
         s->oom = (int)num;
     }
-    struct json_object *rl = member(p, "rlimits", json_type_array, &bad);
+    struct json_object *rl = json_member(p, "rlimits", json_type_array, &bad);
     if (bad)
         FAIL("spec: process.rlimits must be an array");
     s->nrlimits = rl ? json_object_array_length(rl) : 0;
@@ -369,9 +384,9 @@ static int parse_process(struct json_object *p, struct spec *s, char *err, size_
         int ps, ph;
         if (!json_object_is_type(e, json_type_object))
             FAIL("spec: process.rlimits[%zu] must be an object", i);
-        if (get_string(e, "type", &type, 1, "process.rlimits[].", err, errlen) < 0 ||
-            get_int(e, "soft", &soft, &ps, "process.rlimits[].", err, errlen) < 0 ||
-            get_int(e, "hard", &hard, &ph, "process.rlimits[].", err, errlen) < 0)
+        if (json_get_string(e, "type", &type, 1, "process.rlimits[].", err, errlen) < 0 ||
+            json_get_int(e, "soft", &soft, &ps, "process.rlimits[].", err, errlen) < 0 ||
+            json_get_int(e, "hard", &hard, &ph, "process.rlimits[].", err, errlen) < 0)
             return -1;
         if (!ps || !ph)
             FAIL("spec: process.rlimits[%zu]: soft and hard are required", i);
@@ -385,7 +400,7 @@ static int parse_process(struct json_object *p, struct spec *s, char *err, size_
         s->rlimits[i].soft = soft < 0 ? RLIM_INFINITY : (rlim_t)soft;
         s->rlimits[i].hard = hard < 0 ? RLIM_INFINITY : (rlim_t)hard;
     }
-    struct json_object *c = member(p, "capabilities", json_type_object, &bad);
+    struct json_object *c = json_member(p, "capabilities", json_type_object, &bad);
     if (bad)
         FAIL("spec: process.capabilities must be an object");
     return caps_from_json(c, &s->caps, err, errlen);
@@ -394,7 +409,7 @@ static int parse_process(struct json_object *p, struct spec *s, char *err, size_
 static int parse_mounts(struct json_object *root, struct spec *s, char *err, size_t errlen)
 {
     int bad = 0;
-    struct json_object *a = member(root, "mounts", json_type_array, &bad);
+    struct json_object *a = json_member(root, "mounts", json_type_array, &bad);
     if (bad)
         FAIL("spec: mounts must be an array");
     s->nmounts = a ? json_object_array_length(a) : 0;
@@ -406,15 +421,15 @@ static int parse_mounts(struct json_object *root, struct spec *s, char *err, siz
         struct mount_spec *m = &s->mounts[i];
         if (!json_object_is_type(e, json_type_object))
             FAIL("spec: mounts[%zu] must be an object", i);
-        if (get_string(e, "destination", &m->dest, 1, "mounts[].", err, errlen) < 0 ||
-            get_string(e, "type", &m->type, 0, "mounts[].", err, errlen) < 0 ||
-            get_string(e, "source", &m->source, 0, "mounts[].", err, errlen) < 0)
+        if (json_get_string(e, "destination", &m->dest, 1, "mounts[].", err, errlen) < 0 ||
+            json_get_string(e, "type", &m->type, 0, "mounts[].", err, errlen) < 0 ||
+            json_get_string(e, "source", &m->source, 0, "mounts[].", err, errlen) < 0)
             return -1;
         if (m->dest[0] != '/')
             FAIL("spec: mounts[%zu].destination must be absolute: %s", i, m->dest);
         if (m->type && (strcmp(m->type, "bind") == 0 || strcmp(m->type, "rbind") == 0))
             m->bind = m->type[0] == 'r' ? 2 : 1;
-        struct json_object *opts = member(e, "options", json_type_array, &bad);
+        struct json_object *opts = json_member(e, "options", json_type_array, &bad);
         if (bad)
             FAIL("spec: mounts[%zu].options must be an array", i);
         if (parse_mount_options(opts, m, err, errlen) < 0)
@@ -432,7 +447,7 @@ static int parse_mounts(struct json_object *root, struct spec *s, char *err, siz
 static int parse_devices(struct json_object *root, struct spec *s, char *err, size_t errlen)
 {
     int bad = 0;
-    struct json_object *a = member(root, "devices", json_type_array, &bad);
+    struct json_object *a = json_member(root, "devices", json_type_array, &bad);
     if (bad)
         FAIL("spec: devices must be an array");
     s->ndevices = a ? json_object_array_length(a) : 0;
@@ -447,29 +462,26 @@ static int parse_devices(struct json_object *root, struct spec *s, char *err, si
         int present;
         if (!json_object_is_type(e, json_type_object))
             FAIL("spec: devices[%zu] must be an object", i);
-        if (get_string(e, "path", &d->path, 1, "devices[].", err, errlen) < 0 ||
-            get_string(e, "type", &type, 1, "devices[].", err, errlen) < 0)
+        if (json_get_string(e, "path", &d->path, 1, "devices[].", err, errlen) < 0 ||
+            json_get_string(e, "type", &type, 1, "devices[].", err, errlen) < 0)
             return -1;
         if (d->path[0] != '/')
             FAIL("spec: devices[%zu].path must be absolute", i);
         if (strlen(type) != 1 || !strchr("cbup", type[0]))
             FAIL("spec: devices[%zu].type must be one of c, b, u, p", i);
         d->type = type[0];
-        if (get_int(e, "major", &v, &present, "devices[].", err, errlen) < 0)
+        if (json_get_int(e, "major", &v, &present, "devices[].", err, errlen) < 0)
             return -1;
         d->major = present ? (unsigned)v : 0;
-        if (get_int(e, "minor", &v, &present, "devices[].", err, errlen) < 0)
+        if (json_get_int(e, "minor", &v, &present, "devices[].", err, errlen) < 0)
             return -1;
         d->minor = present ? (unsigned)v : 0;
-        if (get_int(e, "mode", &v, &present, "devices[].", err, errlen) < 0)
+        if (json_get_int(e, "mode", &v, &present, "devices[].", err, errlen) < 0)
             return -1;
         d->mode = present ? (unsigned)v & 07777 : 0666;
-        if (get_int(e, "uid", &v, &present, "devices[].", err, errlen) < 0)
+        if (get_id(e, "uid", &d->uid, "devices[].", err, errlen) < 0 ||
+            get_id(e, "gid", &d->gid, "devices[].", err, errlen) < 0)
             return -1;
-        d->uid = present ? (uid_t)v : 0;
-        if (get_int(e, "gid", &v, &present, "devices[].", err, errlen) < 0)
-            return -1;
-        d->gid = present ? (gid_t)v : 0;
     }
     return 0;
 }
@@ -491,36 +503,41 @@ int spec_load(const char *bundle, struct spec *s, char *err, size_t errlen)
     s->json = root;
     if (!json_object_is_type(root, json_type_object))
         FAIL("spec: %s: top level must be an object", path);
-    if (get_string(root, "id", &s->id, 0, "", err, errlen) < 0)
+    if (json_get_string(root, "id", &s->id, 0, "", err, errlen) < 0)
         return -1;
-    if (get_string(root, "bundle", &s->bundle, 0, "", err, errlen) < 0)
+    if (json_get_string(root, "bundle", &s->bundle, 0, "", err, errlen) < 0)
         return -1;
     s->bundle = bundle; /* the directory we were given is authoritative */
-    if (parse_process(member(root, "process", json_type_object, &bad), s, err, errlen) < 0)
+    if (parse_process(json_member(root, "process", json_type_object, &bad), s, err, errlen) < 0)
         return -1;
-    o = member(root, "root", json_type_object, &bad);
+    o = json_member(root, "root", json_type_object, &bad);
     if (bad || !o)
         FAIL("spec: root must be an object with a path");
-    if (get_string(o, "path", &s->root, 1, "root.", err, errlen) < 0 ||
+    if (json_get_string(o, "path", &s->root, 1, "root.", err, errlen) < 0 ||
         get_bool(o, "readonly", &s->root_ro, "root.", err, errlen) < 0)
         return -1;
     if (s->root[0] != '/')
         FAIL("spec: root.path must be absolute");
-    o = member(root, "overlay", json_type_object, &bad);
+    o = json_member(root, "overlay", json_type_object, &bad);
     if (bad)
         FAIL("spec: overlay must be an object");
     if (o) {
         if (get_strings(o, "lower", &s->lower, &s->nlower, "overlay.", err, errlen) < 0 ||
-            get_string(o, "upper", &s->upper, 0, "overlay.", err, errlen) < 0 ||
-            get_string(o, "work", &s->work, 0, "overlay.", err, errlen) < 0 ||
+            json_get_string(o, "upper", &s->upper, 0, "overlay.", err, errlen) < 0 ||
+            json_get_string(o, "work", &s->work, 0, "overlay.", err, errlen) < 0 ||
             get_bool(o, "volatile", &s->overlay_volatile, "overlay.", err, errlen) < 0)
             return -1;
         if (s->nlower == 0)
             FAIL("spec: overlay.lower must not be empty");
         if (!s->upper != !s->work)
             FAIL("spec: overlay.upper and overlay.work go together");
+        for (size_t i = 0; i < s->nlower; i++)
+            if (s->lower[i][0] != '/')
+                FAIL("spec: overlay.lower[%zu] must be absolute: %s", i, s->lower[i]);
+        if (s->upper && (s->upper[0] != '/' || s->work[0] != '/'))
+            FAIL("spec: overlay.upper and overlay.work must be absolute");
     }
-    if (get_string(root, "hostname", &s->hostname, 0, "", err, errlen) < 0)
+    if (json_get_string(root, "hostname", &s->hostname, 0, "", err, errlen) < 0)
         return -1;
     if (parse_namespaces(root, s, err, errlen) < 0)
         return -1;
@@ -531,19 +548,22 @@ int spec_load(const char *bundle, struct spec *s, char *err, size_t errlen)
         FAIL("spec: a new user namespace needs uidMappings and gidMappings");
     if (!s->ns_new[NS_USER] && (s->nuidmap || s->ngidmap))
         FAIL("spec: uidMappings/gidMappings need a new user namespace ({\"type\":\"user\"} without a path)");
-    o = member(root, "seccomp", json_type_object, &bad);
+    o = json_member(root, "seccomp", json_type_object, &bad);
     if (bad)
         FAIL("spec: seccomp must be an object");
     if (o && seccomp_build(o, &s->seccomp, err, errlen) < 0)
         return -1;
     if (get_strings(root, "cgroupProcs", &s->cgroup_procs, &s->ncgroup_procs, "", err, errlen) < 0)
         return -1;
+    for (size_t i = 0; i < s->ncgroup_procs; i++)
+        if (s->cgroup_procs[i][0] != '/')
+            FAIL("spec: cgroupProcs[%zu] must be absolute: %s", i, s->cgroup_procs[i]);
     if (parse_mounts(root, s, err, errlen) < 0 || parse_devices(root, s, err, errlen) < 0)
         return -1;
     if (get_strings(root, "maskedPaths", &s->masked, &s->nmasked, "", err, errlen) < 0 ||
         get_strings(root, "readonlyPaths", &s->readonly, &s->nreadonly, "", err, errlen) < 0)
         return -1;
-    o = member(root, "sysctl", json_type_object, &bad);
+    o = json_member(root, "sysctl", json_type_object, &bad);
     if (bad)
         FAIL("spec: sysctl must be an object");
     s->nsysctl = o ? (size_t)json_object_object_length(o) : 0;
@@ -561,11 +581,11 @@ int spec_load(const char *bundle, struct spec *s, char *err, size_t errlen)
             i++;
         }
     }
-    o = member(root, "log", json_type_object, &bad);
+    o = json_member(root, "log", json_type_object, &bad);
     if (bad || !o)
         FAIL("spec: log must be an object with a path");
-    if (get_string(o, "path", &s->log_path, 1, "log.", err, errlen) < 0 ||
-        get_int(o, "maxLineBytes", &num, &present, "log.", err, errlen) < 0)
+    if (json_get_string(o, "path", &s->log_path, 1, "log.", err, errlen) < 0 ||
+        json_get_int(o, "maxLineBytes", &num, &present, "log.", err, errlen) < 0)
         return -1;
     if (s->log_path[0] != '/')
         FAIL("spec: log.path must be absolute");

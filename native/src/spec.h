@@ -3,6 +3,7 @@
 #define BERTH_SPEC_H
 
 #include "shim.h"
+#include <json_types.h>
 #include <sys/resource.h>
 
 /* Namespace kinds, in the order they are joined. */
@@ -91,6 +92,16 @@ struct spec {
     /* seccomp: prog.filter NULL = unconfined */
     struct seccomp_prog seccomp;
 };
+
+/* json-c helpers shared with seccomp.c. Member of the given type; NULL when absent or null, *bad set when
+ * present with another type. */
+struct json_object *json_member(struct json_object *o, const char *key, json_type t, int *bad);
+/* A string member (ctx prefixes the key in messages). Returns 0, or -1 with "spec: <ctx><key> ..." in err. */
+int json_get_string(struct json_object *o, const char *key, const char **out, int required, const char *ctx,
+                    char *err, size_t errlen);
+/* An integer member; *present tells whether it was there. */
+int json_get_int(struct json_object *o, const char *key, long long *out, int *present, const char *ctx, char *err,
+                 size_t errlen);
 
 /* Returns 0, or -1 with a message in err. */
 int spec_load(const char *bundle, struct spec *s, char *err, size_t errlen);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,7 +49,7 @@ int path_join(char *buf, size_t len, const char *dir, const char *name)
     return 0;
 }
 
-int atomic_write(const char *dir, const char *name, const char *data, size_t len)
+static int write_replace(const char *dir, const char *name, const char *data, size_t len, int durable)
 {
     char tmp[PATH_MAX], dst[PATH_MAX], tname[NAME_MAX + 1];
     int fd, err = 0;
@@ -60,7 +61,7 @@ int atomic_write(const char *dir, const char *name, const char *data, size_t len
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return -errno;
-    if (write_all(fd, data, len) < 0 || fsync(fd) < 0)
+    if (write_all(fd, data, len) < 0 || (durable && fsync(fd) < 0))
         err = -errno;
     if (close(fd) < 0 && !err)
         err = -errno;
@@ -70,12 +71,24 @@ int atomic_write(const char *dir, const char *name, const char *data, size_t len
         unlink(tmp);
         return err;
     }
+    if (!durable)
+        return 0;
     fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
         fsync(fd);
         close(fd);
     }
     return 0;
+}
+
+int atomic_write(const char *dir, const char *name, const char *data, size_t len)
+{
+    return write_replace(dir, name, data, len, 1);
+}
+
+int replace_file(const char *dir, const char *name, const char *data, size_t len)
+{
+    return write_replace(dir, name, data, len, 0);
 }
 
 int write_file(const char *path, const char *data)
@@ -166,12 +179,32 @@ void reset_signals(void)
     sigprocmask(SIG_SETMASK, &all, NULL);
 }
 
+int kill_reap(pid_t pid)
+{
+    int status = 0;
+    kill(pid, SIGKILL);
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return 0;
+    return status;
+}
+
+int detach_stdio(const int *keep, int nkeep)
+{
+    int null = open("/dev/null", O_RDWR), err = null < 0 ? -errno : 0;
+    for (int fd = 0; fd < 3 && null >= 0; fd++)
+        if (null != fd)
+            dup2(null, fd);
+    close_fds_except(3, keep, nkeep); /* null too, when it is >= 3 */
+    return err;
+}
+
 int exec_in_path(char *const args[], char *const envp[])
 {
     const char *file = args[0];
     const char *path = NULL;
     char buf[PATH_MAX];
-    int saw_eacces = 0, last = ENOENT;
+    int saw_eacces = 0;
 
     if (!file || !*file)
         return ENOENT;
@@ -191,16 +224,15 @@ int exec_in_path(char *const args[], char *const envp[])
                      : snprintf(buf, sizeof buf, "%s", file);
         if (n > 0 && (size_t)n < sizeof buf) {
             execve(buf, args, envp);
-            last = errno;
-            if (last == EACCES)
+            int e = errno;
+            if (e == EACCES)
                 saw_eacces = 1;
-            else if (last != ENOENT && last != ENOTDIR && last != ELOOP && last != ENAMETOOLONG)
-                return last; /* e.g. ENOEXEC, E2BIG: found but cannot run */
+            else if (e != ENOENT && e != ENOTDIR && e != ELOOP && e != ENAMETOOLONG)
+                return e; /* e.g. ENOEXEC, E2BIG: found but cannot run */
         }
         if (!colon)
             break;
         p = colon + 1;
     }
-    (void)last;
     return saw_eacces ? EACCES : ENOENT;
 }

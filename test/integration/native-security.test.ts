@@ -2,17 +2,20 @@
 // container and for exec), new user namespaces with id-mapped layers and volumes, mount propagation. Every
 // test removes what it made; the last one checks that nothing is left (mounts, processes).
 import test, { type ExecutionContext } from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chownSync, closeSync, constants as fsc, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync,
+  rmSync, statSync, writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  REPO_ROOT, type Container, DEFAULT_CAPS, type SeccompProfile, type ShimEnv, buildBusyboxRootfs, lines, mountsUnder,
-  shim, until, withContainer as withContainerIn,
+  REPO_ROOT, type Container, DEFAULT_CAPS, SHIM, type SeccompProfile, type ShimEnv, type ShimSpec, buildBusyboxRootfs, lines,
+  mountsUnder, shim, until, withContainer as withContainerIn,
 } from '../helpers/rootfs.js';
-import { pidAlive } from '../helpers/util.js';
+import { pidAlive, procCmdline } from '../helpers/util.js';
 
 const isRoot = process.getuid?.() === 0;
 const rtest = isRoot ? test.serial : test.serial.skip;
@@ -412,6 +415,203 @@ rtest('propagation: rshared goes both ways, rslave host to container only, rpriv
   }
   t.deepEqual(mountsUnder(shared), []);
   rmSync(shared, { recursive: true, force: true });
+});
+
+// ---- hardening of create, exec and sandbox ----
+
+/** Live processes whose command line mentions `needle` (a bundle or pod dir: create, its monitor and init). */
+function procsWith(needle: string): number[] {
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .map(Number)
+    .filter((pid) => pidAlive(pid) && (procCmdline(pid)?.join(' ').includes(needle) ?? false));
+}
+
+/** berth-shim with a cwd and extra fds (stdio[3...]), like shim(). */
+function shimWith(args: string[], opts: { cwd?: string; extraFds?: number }): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const stdio: ('ignore' | 'pipe')[] = ['ignore', 'pipe', 'pipe', ...Array<'pipe'>(opts.extraFds ?? 0).fill('pipe')];
+    const p = spawn(SHIM, args, { stdio, cwd: opts.cwd });
+    let stdout = '';
+    let stderr = '';
+    p.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('error', reject);
+    p.on('close', (code, signal) => resolve({ code: code ?? 128 + (signal ? os.constants.signals[signal] : 0), stdout, stderr }));
+  });
+}
+
+rtest('spec: ids out of [0, 2^32-2] and relative host paths are refused, naming the field', async (t) => {
+  const cases: [string, (s: ShimSpec) => void, RegExp][] = [
+    ['uid -1', (s) => (s.process.uid = -1), /process\.uid must be in \[0, 4294967294\]: -1/],
+    ['gid 2^32-1', (s) => (s.process.gid = 4294967295), /process\.gid must be in \[0, 4294967294\]: 4294967295/],
+    ['additionalGids', (s) => (s.process.additionalGids = [5, -2]), /process\.additionalGids\[1\] must be in \[0, 4294967294\]: -2/],
+    ['device uid', (s) => (s.devices[0]!.uid = -1), /devices\[\]\.uid must be in \[0, 4294967294\]: -1/],
+    ['device gid', (s) => (s.devices[0]!.gid = 2 ** 40), /devices\[\]\.gid must be in/],
+    ['cgroupProcs', (s) => (s.cgroupProcs = ['sys/fs/cgroup/cgroup.procs']), /cgroupProcs\[0\] must be absolute/],
+    ['overlay', (s) => (s.overlay!.lower = ['rootfs']), /overlay\.lower\[0\] must be absolute/],
+    ['namespace path', (s) => (s.namespaces = [{ type: 'mount' }, { type: 'network', path: 'net' }]), /namespaces\[1\]\.path must be absolute/],
+  ];
+  await withContainer('bad-ids', async (c) => {
+    for (const [what, mutate, re] of cases) {
+      c.spec({ args: ['true'] }, mutate);
+      const r = await shim(['create', c.bundle]);
+      t.is(r.code, 1, what);
+      t.is(r.stdout, '', what);
+      t.regex(r.stderr, re, what);
+      t.deepEqual(readdirSync(c.bundle), ['spec.json'], `${what}: nothing made`);
+    }
+    // the largest valid id is fine
+    const { exit, records } = await c.run({ args: ['/bin/sh', '-c', 'id -u; id -g'], uid: 4294967294, gid: 4294967294 }, (s) => {
+      delete (s.process as { capabilities?: unknown }).capabilities;
+    });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    t.deepEqual(lines(records, 'stdout'), ['4294967294', '4294967294']);
+  });
+});
+
+rtest('a create that fails after making its fifos removes them (and shim.json)', async (t) => {
+  await withContainer('fail-fifos', async (c) => {
+    // fails opening the log, right after start.fifo
+    c.spec({ args: ['true'], logPath: path.join(c.dir, 'no-such-dir', 'x.log') });
+    let r = await shim(['create', c.bundle]);
+    t.is(r.code, 1);
+    t.regex(r.stderr, /open log .*no-such-dir/);
+    t.deepEqual(readdirSync(c.bundle), ['spec.json']);
+    // fails writing uid_map (overlapping ranges), after start.fifo and stdin.fifo
+    c.spec({ args: ['true'], namespaces: [{ type: 'user' }, { type: 'mount' }, { type: 'pid' }] }, (s) => {
+      s.process.stdin = true;
+      s.uidMappings = [{ containerID: 0, hostID: 100000, size: 65536 }, { containerID: 0, hostID: 300000, size: 10 }];
+      s.gidMappings = MAP;
+    });
+    r = await shim(['create', c.bundle]);
+    t.is(r.code, 1);
+    t.regex(r.stderr, /write uid_map/);
+    t.deepEqual(readdirSync(c.bundle), ['spec.json']);
+    t.deepEqual(procsWith(c.bundle), []);
+  });
+});
+
+rtest('the monitor and the pod init do not keep the caller\'s working directory', async (t) => {
+  await withContainer('cwd', async (c) => {
+    c.spec({ args: ['sleep', '1000'] });
+    const r = await shimWith(['create', c.bundle], { cwd: c.dir });
+    t.is(r.code, 0, r.stderr);
+    const { pid, monitorPid } = JSON.parse(r.stdout) as { pid: number; monitorPid: number };
+    started.add(pid).add(monitorPid);
+    c.pid = pid;
+    c.monitorPid = monitorPid;
+    t.is(readlinkSync(`/proc/${monitorPid}/cwd`), '/');
+  });
+  const pod = path.join(TMP, `pod-${randomBytes(4).toString('hex')}`);
+  podDirs.push(pod);
+  mkdirSync(pod);
+  const sb = await shimWith(['sandbox', pod, '--pid'], { cwd: pod });
+  t.is(sb.code, 0, sb.stderr);
+  const { initPid } = JSON.parse(sb.stdout) as { initPid: number };
+  started.add(initPid);
+  try {
+    t.is(readlinkSync(`/proc/${initPid}/cwd`), '/');
+  } finally {
+    process.kill(initPid, 'SIGTERM');
+    await until('pod init to exit', () => !pidAlive(initPid));
+    t.is((await shim(['unpin', pod])).code, 0);
+  }
+});
+
+rtest('a create killed before the monitor reports (berth\'s timeout) leaves no container, process or file', async (t) => {
+  await withContainer('create-killed', async (c) => {
+    // the init blocks writing its "cgroup.procs" (a fifo here) until the test reads it
+    const procs = path.join(c.dir, 'procs-fifo');
+    execFileSync('mkfifo', [procs]);
+    c.spec({ args: ['sleep', '1000'], cgroupProcs: [procs] });
+    const create = spawn(SHIM, ['create', c.bundle], { stdio: 'ignore' });
+    const exited = new Promise((resolve) => create.on('exit', resolve));
+    const [monitor, init] = await until('the monitor and the init', () => {
+      const ps = procsWith(c.bundle).filter((p) => p !== create.pid);
+      return ps.length === 2 ? ps : undefined;
+    });
+    for (const p of [monitor!, init!]) started.add(p);
+    create.kill('SIGKILL');
+    await exited;
+    const reader = openSync(procs, fsc.O_RDONLY | fsc.O_NONBLOCK); // releases the init
+    try {
+      await until('monitor and init to go', () => !pidAlive(monitor!) && !pidAlive(init!));
+    } finally {
+      closeSync(reader);
+    }
+    t.deepEqual(procsWith(c.bundle), []);
+    t.deepEqual(readdirSync(c.bundle).sort(), ['spec.json']);
+  });
+});
+
+rtest('exec: the command gets no fd of the caller but stdio, and default signal handling', async (t) => {
+  await withContainer('exec-fds', async (c) => {
+    await c.running({ args: ['sleep', '1000'] });
+    const r = await shimWith(['exec', String(c.pid), '--', 'sh', '-c',
+      'for f in 3 4 5; do test -e /proc/$$/fd/$f && echo "fd $f open" || echo "fd $f closed"; done'], { extraFds: 3 });
+    t.is(r.code, 0, r.stderr);
+    t.deepEqual(r.stdout.trim().split('\n'), ['fd 3 closed', 'fd 4 closed', 'fd 5 closed']);
+    // not through sh, which ignores SIGQUIT itself
+    const sig = await shimWith(['exec', String(c.pid), '--', 'grep', '-E', '^Sig(Blk|Ign):', '/proc/self/status'], { extraFds: 3 });
+    t.is(sig.code, 0, sig.stderr);
+    t.deepEqual(sig.stdout.trim().split('\n'), ['SigBlk:\t0000000000000000', 'SigIgn:\t0000000000000000']);
+  });
+});
+
+rtest('an exec error longer than the sync buffer arrives whole, errno text included; startedAt is set', async (t) => {
+  await withContainer('long-exec-error', async (c) => {
+    const missing = '/' + Array.from({ length: 10 }, () => 'd'.repeat(200)).join('/') + '/prog';
+    const { exit, records } = await c.run({ args: [missing] });
+    t.is(exit.exitCode, 127);
+    t.true(exit.startedAt > 0 && exit.startedAt <= exit.finishedAt);
+    const reason = readFileSync(path.join(c.bundle, 'exec-error'), 'utf8');
+    t.regex(reason, /^exec (\/d+)+\.\.\.: No such file or directory\n$/); // args[0] cut short, not the errno text
+    t.true(reason.length > 1000 && reason.length < 1200, String(reason.length));
+    t.true(lines(records, 'stderr').some((l) => l.endsWith('...: No such file or directory')));
+  });
+});
+
+rtest('bounding set: the highest capabilities can be kept; oom_score_adj below berth\'s own is kept at berth\'s', async (t) => {
+  await withContainer('bounding-high', async (c) => {
+    const own = Number(readFileSync('/proc/self/oom_score_adj', 'utf8'));
+    const { exit, records } = await c.run({ args: ['/bin/sh', '-c', 'grep ^CapBnd: /proc/self/status; cat /proc/self/oom_score_adj'] }, (s) => {
+      s.process.capabilities = { bounding: ['CAP_CHOWN', 'CAP_BPF', 'CAP_CHECKPOINT_RESTORE'], effective: [], permitted: [], inheritable: [], ambient: [] };
+      s.process.oomScoreAdj = -999;
+    });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    const [bnd, oom] = lines(records, 'stdout');
+    t.is(bnd, `CapBnd:\t${((1n << 0n) | (1n << 39n) | (1n << 40n)).toString(16).padStart(16, '0')}`);
+    // lowering needs CAP_SYS_RESOURCE, which this host's root may lack: then the value stays berth's
+    t.true(oom === '-999' || Number(oom) === own, `${oom} (ours ${own})`);
+  });
+});
+
+rtest('a failed sandbox undoes the self-bind it made of a directory on a shared mount', async (t) => {
+  const shared = path.join(TMP, `shared-sb-${randomBytes(4).toString('hex')}`);
+  mkdirSync(shared);
+  execFileSync('mount', ['--bind', shared, shared]);
+  hostMounts.push(shared);
+  execFileSync('mount', ['--make-shared', shared]);
+  try {
+    const pod = path.join(shared, 'pod');
+    podDirs.push(pod);
+    const sb = await shim(['sandbox', pod, '--uts', '--hostname', 'h'.repeat(65)]);
+    t.is(sb.code, 1);
+    t.regex(sb.stderr, /sethostname/);
+    t.deepEqual(mountsUnder(pod), []);
+    t.false(existsSync(path.join(pod, '.berth-selfbind')));
+    t.false(existsSync(path.join(pod, 'uts')));
+    // a good one binds it and unpin undoes it
+    const ok = await shim(['sandbox', pod, '--uts']);
+    t.is(ok.code, 0, ok.stderr);
+    t.true(mountsUnder(pod).some((l) => l.split(' ')[4] === pod));
+    t.is((await shim(['unpin', pod])).code, 0);
+    t.deepEqual(mountsUnder(pod), []);
+  } finally {
+    execFileSync('umount', [shared]);
+  }
+  t.deepEqual(mountsUnder(shared), []);
 });
 
 function checkClean(t: ExecutionContext): void {
