@@ -134,12 +134,28 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
       waiters.push({ predicate, resolve: (e) => (clearTimeout(timer), resolve(e)) });
     });
   };
-  const ready = waitForLog((e) => e.msg === 'berth serving');
+  // Generous: under a heavily loaded CI machine a cold start (node, proto loading) can take tens of seconds.
+  const ready = waitForLog((e) => e.msg === 'berth serving', 60000);
   const early = exited.then((code) => {
     throw new Error(`berth exited with ${code} before serving:\n${logs.join('\n')}`);
   });
-  await Promise.race([ready, early]);
-  early.catch(() => undefined);
+  try {
+    await Promise.race([ready, early]);
+  } catch (err) {
+    // A berth that never said it serves (slow under load, or stuck) must not outlive the test that started it.
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+    // A restart (opts.dir) keeps the test's state for its own cleanup; a fresh berth's is ours to remove.
+    if (!opts.dir) {
+      if (net) await removeTestNet(net).catch(() => undefined);
+      await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    }
+    throw err;
+  } finally {
+    early.catch(() => undefined);
+  }
 
   const cri = loadCri();
   const target = `unix://${socket}`;
