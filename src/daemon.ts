@@ -49,6 +49,9 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }));
   const images = new ImageService({ store, registry: config.registry, log: log.child({ component: 'images' }) });
   const cgroups = new Cgroups(discoverCgroups(), log.child({ component: 'cgroups' }));
+  if (!cgroups.layout.controllers.devices && !cgroups.layout.unified) {
+    log.error('neither a v1 devices controller nor cgroup2 is mounted: containers can open any device node they can make');
+  }
   const network = await createPodNetwork(config, paths, log.child({ component: 'network' }));
   const sandboxes = new SandboxService({
     network,
@@ -67,6 +70,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     rlimits: Object.entries(config.runtime.rlimits).map(([name, [soft, hard]]) => ({ type: `RLIMIT_${name.toUpperCase()}`, soft, hard })),
     maxLogLineBytes: config.runtime.logMaxLineBytes,
     shmSizeBytes: config.runtime.shmSizeBytes,
+    cdiSpecDirs: config.cdi.specDirs,
   });
   sandboxes.setHooks({
     stopContainers: (id) => containers.stopAllInSandbox(id),

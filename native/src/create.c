@@ -390,6 +390,16 @@ int cmd_create(int argc, char **argv)
     }
     if (load(argv[1], &bundle, &s) < 0)
         return 1;
+    /* While the cgroups are still empty: the init joins them first thing, so nothing of the container's
+     * own ever runs without the policy. */
+    if (s.device_rules) {
+        char err[1200];
+        if (devices_apply(s.cgroup_procs, s.ncgroup_procs, s.device_rules, s.ndevice_rules, err, sizeof err) < 0) {
+            fprintf(stderr, SHIM_NAME ": create %s: %s\n", bundle, err);
+            spec_free(&s);
+            return 1;
+        }
+    }
     if (pipe2(rep, O_CLOEXEC) < 0) {
         warn_err("create: pipe", NULL, errno);
         return 1;

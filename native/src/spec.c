@@ -560,6 +560,11 @@ int spec_load(const char *bundle, struct spec *s, char *err, size_t errlen)
             FAIL("spec: cgroupProcs[%zu] must be absolute: %s", i, s->cgroup_procs[i]);
     if (parse_mounts(root, s, err, errlen) < 0 || parse_devices(root, s, err, errlen) < 0)
         return -1;
+    o = json_member(root, "deviceRules", json_type_array, &bad);
+    if (bad)
+        FAIL("spec: deviceRules must be an array");
+    if (o && device_rules_from_json(o, &s->device_rules, &s->ndevice_rules, err, errlen) < 0)
+        return -1;
     if (get_strings(root, "maskedPaths", &s->masked, &s->nmasked, "", err, errlen) < 0 ||
         get_strings(root, "readonlyPaths", &s->readonly, &s->nreadonly, "", err, errlen) < 0)
         return -1;
@@ -607,6 +612,7 @@ void spec_free(struct spec *s)
         free(s->mounts[i].data);
     free(s->mounts);
     free(s->devices);
+    free(s->device_rules);
     free(s->masked);
     free(s->readonly);
     free(s->sysctl);

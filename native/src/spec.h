@@ -2,6 +2,7 @@
 #ifndef BERTH_SPEC_H
 #define BERTH_SPEC_H
 
+#include "devices.h"
 #include "shim.h"
 #include <json_types.h>
 #include <sys/resource.h>
@@ -80,6 +81,9 @@ struct spec {
     size_t nmounts;
     struct device_spec *devices;
     size_t ndevices;
+    /* deviceRules: NULL when absent (the cgroups' device access is left alone) */
+    struct device_rule *device_rules;
+    size_t ndevice_rules;
     const char **masked, **readonly;
     size_t nmasked, nreadonly;
     struct kv *sysctl;

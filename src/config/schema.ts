@@ -41,11 +41,17 @@ export interface CniConfig {
   binDirs: string[];
 }
 
+export interface CdiConfig {
+  /** Where CDI spec files (.json, .yaml) are read from; a device in a later directory wins. */
+  specDirs: string[];
+}
+
 export interface BerthConfig {
   registry: RegistryConfig;
   runtime: RuntimeConfig;
   network: NetworkConfig;
   cni: CniConfig;
+  cdi: CdiConfig;
 }
 
 export const RLIMIT_NAMES = ['as', 'core', 'cpu', 'data', 'fsize', 'locks', 'memlock', 'msgqueue', 'nice', 'nofile', 'nproc', 'rss', 'rtprio', 'rttime', 'sigpending', 'stack'];
@@ -71,6 +77,9 @@ export function defaultConfig(): BerthConfig {
     cni: {
       confDir: '/etc/cni/net.d',
       binDirs: ['/opt/cni/bin', '/usr/lib/cni'],
+    },
+    cdi: {
+      specDirs: ['/etc/cdi', '/var/run/cdi'],
     },
   };
 }
@@ -220,10 +229,15 @@ function parseCni(raw: Raw, into: CniConfig): void {
   }
 }
 
+function parseCdi(raw: Raw, into: CdiConfig): void {
+  rejectUnknown('cdi', raw, ['spec_dirs']);
+  if (raw.spec_dirs !== undefined) into.specDirs = stringList('cdi.spec_dirs', raw.spec_dirs).map((d) => absolutePath('cdi.spec_dirs', d));
+}
+
 /** Turns a parsed TOML document into a config, or throws ConfigError naming the offending key. */
 export function validateConfig(raw: Raw): BerthConfig {
   const config = defaultConfig();
-  rejectUnknown('', raw, ['registry', 'runtime', 'network', 'cni']);
+  rejectUnknown('', raw, ['registry', 'runtime', 'network', 'cni', 'cdi']);
   if (raw.runtime !== undefined) {
     if (!isTable(raw.runtime)) throw new ConfigError('runtime', 'must be a table');
     parseRuntime(raw.runtime, config.runtime);
@@ -239,6 +253,10 @@ export function validateConfig(raw: Raw): BerthConfig {
   if (raw.cni !== undefined) {
     if (!isTable(raw.cni)) throw new ConfigError('cni', 'must be a table');
     parseCni(raw.cni, config.cni);
+  }
+  if (raw.cdi !== undefined) {
+    if (!isTable(raw.cdi)) throw new ConfigError('cdi', 'must be a table');
+    parseCdi(raw.cdi, config.cdi);
   }
   return config;
 }

@@ -13,6 +13,8 @@ import { readImageFile } from './image-files.js';
 import { buildSpec } from './spec.js';
 import { loadLocalhostProfile } from './seccomp.js';
 import { ShimDevice } from '../kernel/shim-spec.js';
+import { CdiInjection, loadCdiRegistry, resolveCdiDevices } from './cdi.js';
+import { deviceNumbers } from './devices.js';
 import { ContainerConfig, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate } from './types.js';
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
 import { findByIdOrPrefix } from '../lookup.js';
@@ -29,6 +31,8 @@ export interface ContainerServiceOptions {
   rlimits: { type: string; soft: number; hard: number }[];
   maxLogLineBytes: number;
   shmSizeBytes: number;
+  /** Where CDI spec files are read from, lowest priority first. */
+  cdiSpecDirs: string[];
 }
 
 export interface ContainerFilter {
@@ -215,6 +219,7 @@ export class ContainerService {
         ? await loadLocalhostProfile(config.security.seccomp.path, 'config.linux.security_context.seccomp')
         : undefined;
       const hostDevices = await Promise.all(config.devices.map((d, i) => this.hostDevice(d.hostPath, d.containerPath, i)));
+      const cdi = config.cdiDevices?.length ? await this.resolveCdi(config.cdiDevices, log) : undefined;
       this.warnAppArmor(config.security.apparmor, log);
       phase('prepare');
       const handle = await this.opts.cgroups.create(`${sandbox.cgroup.path}/${id}`);
@@ -241,6 +246,7 @@ export class ContainerService {
         shmSizeBytes: this.opts.shmSizeBytes,
         localhostSeccomp,
         hostDevices,
+        cdi,
       });
       spec.sysctl = { ...sandbox.config.sysctls };
       // ExecSync'd processes get the container's capability set and seccomp filter, not berth's.
@@ -265,7 +271,7 @@ export class ContainerService {
         logPath,
         cgroup,
         stopSignal: stopSignalOf(image),
-        user: { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids },
+        user: { uid: user.uid, gid: user.gid, additionalGids: spec.process.additionalGids },
         env: spec.process.env,
         cwd: spec.process.cwd,
       };
@@ -293,9 +299,16 @@ export class ContainerService {
     const st = await fs.stat(hostPath).catch(() => undefined);
     if (!st) throw notFound(`config.devices[${index}].host_path ${hostPath} does not exist`);
     if (!st.isCharacterDevice() && !st.isBlockDevice()) throw invalidArgument(`config.devices[${index}].host_path ${hostPath} is not a device node`);
-    const major = Number((BigInt(st.rdev) >> 8n) & 0xfffn);
-    const minor = Number((BigInt(st.rdev) & 0xffn) | ((BigInt(st.rdev) >> 12n) & 0xfff00n));
+    const { major, minor } = deviceNumbers(st.rdev);
     return [{ path: containerPath, type: st.isCharacterDevice() ? 'c' : 'b', major, minor, mode: st.mode & 0o777, uid: 0, gid: 0 }];
+  }
+
+  /** Spec files are read when a container asks for a CDI device (drivers rewrite them as devices come and go). */
+  private async resolveCdi(names: string[], log: Logger): Promise<CdiInjection> {
+    const registry = await loadCdiRegistry(this.opts.cdiSpecDirs);
+    // One bad file must not break pods that do not need it: skipped, and said so.
+    for (const bad of registry.bad) log.warn('CDI spec file skipped', { file: bad.file, reason: bad.reason });
+    return resolveCdiDevices(names, registry);
   }
 
   // kubelet may ask for AppArmor on a node whose kernel has none; that is worth a warning, not a failed pod.

@@ -4,6 +4,8 @@ import { ImageConfig } from '../image/types.js';
 import { NamespaceType, ShimDevice, ShimMount, ShimSpec } from '../kernel/shim-spec.js';
 import { SandboxRecord } from '../sandbox/types.js';
 import { capabilitySet } from './capabilities.js';
+import type { CdiInjection } from './cdi.js';
+import { devicePermissions, deviceRules, type GrantedDevice } from './devices.js';
 import { runtimeDefaultProfile, SeccompProfile } from './seccomp.js';
 import { ContainerConfig } from './types.js';
 import { ResolvedUser } from './user.js';
@@ -77,6 +79,8 @@ export interface SpecInputs {
   localhostSeccomp?: SeccompProfile;
   /** The host device nodes behind config.devices[i], already stat'ed by the service. */
   hostDevices?: ShimDevice[][];
+  /** What the config's CDI devices add, already resolved from the spec files by the service. */
+  cdi?: CdiInjection;
 }
 
 function standardMounts(inputs: SpecInputs, privileged: boolean): ShimMount[] {
@@ -132,11 +136,27 @@ export function buildSpec(inputs: SpecInputs): ShimSpec {
     });
   }
 
-  const devices = privileged ? [] : [...DEFAULT_DEVICES];
+  const granted: GrantedDevice[] = [];
   for (const [i, d] of config.devices.entries()) {
     if (!path.posix.isAbsolute(d.containerPath)) throw invalidArgument(`config.devices[${i}].container_path "${d.containerPath}" must be absolute`);
-    if (!privileged) devices.push(...(inputs.hostDevices?.[i] ?? []));
+    const permissions = devicePermissions(d.permissions, `config.devices[${i}].permissions`);
+    for (const node of inputs.hostDevices?.[i] ?? []) granted.push({ node, permissions });
   }
+  const cdi = inputs.cdi;
+  if (cdi) {
+    granted.push(...cdi.granted);
+    mounts.push(...cdi.mounts);
+  }
+  // A privileged container has the host's /dev bound in: a node made there would be made on the host.
+  const devices = privileged ? [] : [...DEFAULT_DEVICES, ...granted.map((g) => g.node)];
+  const env = mergeEnv(config, inputs.image, sandbox.config.hostname);
+  for (const e of cdi?.env ?? []) {
+    const key = e.slice(0, e.indexOf('=') + 1);
+    const at = env.findIndex((x) => x.startsWith(key));
+    if (at >= 0) env[at] = e;
+    else env.push(e);
+  }
+  const additionalGids = [...new Set([...inputs.user.additionalGids, ...(cdi?.additionalGids ?? [])])];
   let seccomp: SeccompProfile | undefined;
   if (!privileged && security.seccomp.kind === 'runtime-default') seccomp = runtimeDefaultProfile(caps);
   else if (!privileged && security.seccomp.kind === 'localhost') seccomp = inputs.localhostSeccomp;
@@ -173,11 +193,11 @@ export function buildSpec(inputs: SpecInputs): ShimSpec {
     ...(userns ? { uidMappings: userns.uidMappings, gidMappings: userns.gidMappings } : {}),
     process: {
       args: mergeCommand(config, inputs.image),
-      env: mergeEnv(config, inputs.image, sandbox.config.hostname),
+      env,
       cwd: config.workingDir || inputs.image.config?.WorkingDir || '/',
       uid: inputs.user.uid,
       gid: inputs.user.gid,
-      additionalGids: inputs.user.additionalGids,
+      additionalGids,
       terminal: config.tty,
       stdin: config.stdin,
       rlimits: inputs.rlimits,
@@ -191,6 +211,7 @@ export function buildSpec(inputs: SpecInputs): ShimSpec {
     cgroupProcs: inputs.cgroupProcs,
     mounts,
     devices,
+    deviceRules: deviceRules({ privileged, granted }),
     maskedPaths: privileged ? [] : security.maskedPaths.length > 0 ? security.maskedPaths : DEFAULT_MASKED_PATHS,
     readonlyPaths: privileged ? [] : security.readonlyPaths.length > 0 ? security.readonlyPaths : DEFAULT_READONLY_PATHS,
     sysctl: {},

@@ -11,6 +11,7 @@ export interface ContainerMount {
 export interface DeviceMapping {
   containerPath: string;
   hostPath: string;
+  /** Cgroup access to the device: a non-empty subset of "rwm" (checked by the CRI layer). */
   permissions: string;
 }
 
@@ -63,6 +64,8 @@ export interface ContainerConfig {
   envs: { key: string; value: string }[];
   mounts: ContainerMount[];
   devices: DeviceMapping[];
+  /** Fully qualified CDI device names (vendor.com/class=name). Absent in records made before CDI support. */
+  cdiDevices?: string[];
   labels: Record<string, string>;
   annotations: Record<string, string>;
   logPath: string;

@@ -6,6 +6,8 @@ import { invalidArgument } from '../errors.js';
 import { IdMapping, NamespaceMode, SandboxConfig, UserNamespaceOptions } from '../sandbox/types.js';
 import { ContainerConfig, ContainerMount, ResourceUpdate, Resources } from '../container/types.js';
 import { seccompRequest } from '../container/seccomp.js';
+import { devicePermissions } from '../container/devices.js';
+import { parseQualifiedName } from '../container/cdi.js';
 
 // Protobuf requests → domain configs. Validation of the shape lives here; meaning is checked by the services.
 
@@ -155,7 +157,15 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
     workingDir: config.working_dir,
     envs: config.envs.map((e) => ({ key: e.key, value: e.value })),
     mounts,
-    devices: config.devices.map((d) => ({ containerPath: d.container_path, hostPath: d.host_path, permissions: d.permissions })),
+    devices: config.devices.map((d, i) => {
+      if (!d.host_path) throw invalidArgument(`config.devices[${i}].host_path is empty`);
+      if (!d.container_path.startsWith('/')) throw invalidArgument(`config.devices[${i}].container_path "${d.container_path}" must be an absolute path`);
+      return { containerPath: d.container_path, hostPath: d.host_path, permissions: devicePermissions(d.permissions, `config.devices[${i}].permissions`) };
+    }),
+    cdiDevices: config.CDI_devices.map((d, i) => {
+      if (!parseQualifiedName(d.name)) throw invalidArgument(`config.cdi_devices[${i}].name "${d.name}" is not a fully qualified CDI device name (vendor.com/class=name)`);
+      return d.name;
+    }),
     labels: { ...config.labels },
     annotations: { ...config.annotations },
     logPath: config.log_path,

@@ -13,9 +13,13 @@ import {
 import type { Logger } from '../log.js';
 import { parseMountInfo, type MountInfo } from './mountinfo.js';
 
-/** The controllers berth sets limits with or reads statistics from (freezer/devices are not needed). */
-export type Controller = 'cpu' | 'cpuacct' | 'cpuset' | 'memory' | 'pids' | 'hugetlb';
-export const CONTROLLERS: readonly Controller[] = ['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'hugetlb'];
+/**
+ * The controllers berth sets limits with or reads statistics from, and v1's devices, which enforces the
+ * container's device policy (the shim writes its rules; on cgroup2 a device program does that job, attached to
+ * the container's cgroup in the unified tree). freezer is not needed.
+ */
+export type Controller = 'cpu' | 'cpuacct' | 'cpuset' | 'memory' | 'pids' | 'devices' | 'hugetlb';
+export const CONTROLLERS: readonly Controller[] = ['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'devices', 'hugetlb'];
 
 // Mount options of a v1 cgroup mount that name controllers (the rest are rw, name=systemd, xattr, ...).
 const V1_CONTROLLERS = new Set([
@@ -93,8 +97,10 @@ export function layoutFromMounts(mounts: MountInfo[], readControllers: ReadContr
     const h = controllers[c];
     if (h && !hierarchies.some((x) => x.mountPoint === h.mountPoint)) hierarchies.push(h);
   }
-  // A pure v2 host without a usable controller still needs its one tree (process tracking, cgroup.kill).
-  if (unified && hierarchies.length === 0) hierarchies.push(unified);
+  // A pure v2 host without a usable controller still needs its one tree (process tracking, cgroup.kill); and
+  // without a v1 devices controller the container's device program is what enforces its device policy, and that
+  // program is attached to its cgroup2 directory.
+  if (unified && !controllers.devices && !hierarchies.some((h) => h.mountPoint === unified.mountPoint)) hierarchies.push(unified);
   if (hierarchies.length === 0) throw unavailable('no cgroup hierarchy is mounted (see /proc/self/mountinfo)');
   const hasV1 = hierarchies.some((h) => h.version === 1);
   const mode = !hasV1 ? 'v2' : hierarchies.some((h) => h.version === 2) ? 'hybrid' : 'v1';

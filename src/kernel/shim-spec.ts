@@ -11,12 +11,27 @@ export interface ShimMount {
 
 export interface ShimDevice {
   path: string;
-  type: 'c' | 'b';
+  /** c: character, b: block, p: fifo (CDI may ask for one). */
+  type: 'c' | 'b' | 'p';
   major: number;
   minor: number;
   mode: number;
   uid: number;
   gid: number;
+}
+
+/**
+ * One device cgroup rule, in the shape of OCI's linux.resources.devices: major/minor absent = any. The rules apply
+ * over a default of deny and the last matching one decides (an allow rule matches a request whose access is within
+ * its own; a deny rule one that asks for any of its access). A rule of type `a` must be `*:* rwm`.
+ */
+export interface ShimDeviceRule {
+  allow: boolean;
+  type: 'a' | 'c' | 'b';
+  major?: number;
+  minor?: number;
+  /** A non-empty subset of "rwm". */
+  access: string;
 }
 
 export interface ShimCapabilities {
@@ -54,6 +69,8 @@ export interface ShimSpec {
   cgroupProcs: string[];
   mounts: ShimMount[];
   devices: ShimDevice[];
+  /** The device policy, applied by the shim to the container's cgroups before its init joins them; absent = none. */
+  deviceRules?: ShimDeviceRule[];
   maskedPaths: string[];
   readonlyPaths: string[];
   sysctl: Record<string, string>;

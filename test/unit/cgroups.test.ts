@@ -70,8 +70,10 @@ test('layout: this host (hybrid, hugetlb alone on cgroup2)', (t) => {
   t.is(layout.mode, 'hybrid');
   t.deepEqual(
     layout.hierarchies.map((h) => h.mountPoint),
-    ['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'unified'].map((n) => `/sys/fs/cgroup/${n}`),
+    ['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'devices', 'unified'].map((n) => `/sys/fs/cgroup/${n}`),
   );
+  // The devices controller holds the container's device rules (and cgroup2 its device program).
+  t.like(layout.controllers.devices, { version: 1, mountPoint: '/sys/fs/cgroup/devices' });
   t.like(layout.controllers.cpu, { version: 1, mountPoint: '/sys/fs/cgroup/cpu' });
   t.like(layout.controllers.cpuacct, { version: 1, mountPoint: '/sys/fs/cgroup/cpuacct' });
   t.like(layout.controllers.hugetlb, { version: 2, mountPoint: '/sys/fs/cgroup/unified' });
@@ -99,9 +101,18 @@ test('layout: v1 with cpu,cpuacct co-mounted and an empty unified tree', (t) => 
   t.is(layout.controllers.memory?.mountPoint, '/sys/fs/cgroup/memory');
   t.deepEqual(
     layout.hierarchies.map((h) => h.mountPoint),
-    ['cpu,cpuacct', 'cpuset', 'memory', 'pids', 'hugetlb'].map((n) => `/sys/fs/cgroup/${n}`),
+    ['cpu,cpuacct', 'cpuset', 'memory', 'pids', 'devices', 'hugetlb'].map((n) => `/sys/fs/cgroup/${n}`),
   );
   t.is(layout.unified?.mountPoint, '/sys/fs/cgroup/unified');
+});
+
+test('layout: without a v1 devices controller the cgroup2 tree is joined, even when it holds no controller berth uses', (t) => {
+  // A device program attached there is then all that enforces the device policy.
+  const noDevices = v1Comounted.split('\n').filter((l) => !l.includes('/sys/fs/cgroup/devices')).join('\n');
+  const layout = discoverCgroups(noDevices, controllersOf({}));
+  t.is(layout.controllers.devices, undefined);
+  t.deepEqual(layout.hierarchies.map((h) => h.mountPoint).at(-1), '/sys/fs/cgroup/unified');
+  t.is(layout.mode, 'hybrid');
 });
 
 test('layout: no cgroup mount at all is unavailable', (t) => {
@@ -118,6 +129,7 @@ test('procsFiles: one per hierarchy, from a layout that went through JSON', (t) 
     '/sys/fs/cgroup/cpuset/kubepods/pod1/c/cgroup.procs',
     '/sys/fs/cgroup/memory/kubepods/pod1/c/cgroup.procs',
     '/sys/fs/cgroup/pids/kubepods/pod1/c/cgroup.procs',
+    '/sys/fs/cgroup/devices/kubepods/pod1/c/cgroup.procs',
     '/sys/fs/cgroup/unified/kubepods/pod1/c/cgroup.procs',
   ]);
 });
