@@ -141,7 +141,8 @@ int devices_bpf_build(const struct device_rule *rules, size_t n, struct bpf_insn
         if (len + (size_t)k + 2 > cap)
             return -1;
         for (int j = 0; j < k; j++) {
-            checks[j].off = (int16_t)(k - j - 1 + 2); /* past the remaining checks and the verdict */
+            if (BPF_CLASS(checks[j].code) == BPF_JMP) /* on no match: past the rest and the verdict */
+                checks[j].off = (int16_t)(k - j - 1 + 2);
             out[len++] = checks[j];
         }
         out[len++] = ALU32_K(BPF_MOV, R0, rules[i].allow ? 1 : 0);
@@ -161,7 +162,17 @@ static int bpf(int cmd, union bpf_attr *attr)
     return (int)syscall(SYS_bpf, cmd, attr, sizeof *attr);
 }
 
-/* Loads the program; a refusal by the verifier comes back with the first line of its log. */
+/* The verifier's reason: the last line of its log that is not the "processed N insns" summary. */
+static const char *verifier_reason(char *log)
+{
+    char *reason = NULL;
+    for (char *line = strtok(log, "\n"); line; line = strtok(NULL, "\n"))
+        if (strncmp(line, "processed ", 10) != 0)
+            reason = line;
+    return reason ? reason : "";
+}
+
+/* Loads the program; a refusal by the verifier comes back with its reason. */
 static int load_program(const struct bpf_insn *insns, int len, char *err, size_t errlen)
 {
     union bpf_attr attr;
@@ -175,7 +186,8 @@ static int load_program(const struct bpf_insn *insns, int len, char *err, size_t
     if (fd >= 0)
         return fd;
     int e = errno;
-    char log[512] = "";
+    char log[4096] = "";
+    const char *reason = "";
     if (e == EINVAL || e == EACCES) {
         attr.log_buf = (uint64_t)(uintptr_t)log;
         attr.log_size = sizeof log;
@@ -183,11 +195,9 @@ static int load_program(const struct bpf_insn *insns, int len, char *err, size_t
         int again = bpf(BPF_PROG_LOAD, &attr);
         if (again >= 0)
             close(again);
-        char *nl = strchr(log, '\n');
-        if (nl)
-            *nl = 0;
+        reason = verifier_reason(log);
     }
-    snprintf(err, errlen, "devices: load the cgroup device program: %s%s%s", strerror(e), log[0] ? ": " : "", log);
+    snprintf(err, errlen, "devices: load the cgroup device program: %s%s%s", strerror(e), *reason ? ": " : "", reason);
     return -1;
 }
 

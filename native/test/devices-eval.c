@@ -29,6 +29,12 @@ static long long run(const struct bpf_insn *p, int len, const struct ctx *c)
         if (d > 10 || s > 10)
             return -1;
         uint8_t cls = BPF_CLASS(i->code);
+        /* reserved fields must be zero, as the kernel's verifier insists */
+        if ((cls == BPF_LDX && i->imm != 0) || (cls == BPF_ALU && i->off != 0) ||
+            ((cls == BPF_ALU || cls == BPF_JMP) && BPF_SRC(i->code) == BPF_K && s != 0) ||
+            (cls == BPF_ALU && BPF_SRC(i->code) == BPF_X && i->imm != 0) ||
+            (i->code == (BPF_JMP | BPF_EXIT) && (d || s || i->off || i->imm)))
+            return -1;
         if (i->code == (BPF_LDX | BPF_MEM | BPF_W)) {
             if (s != 1 || !r1_ctx || (i->off != 0 && i->off != 4 && i->off != 8))
                 return -1;
