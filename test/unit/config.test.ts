@@ -27,6 +27,11 @@ test('registry insecure entries may be a name, an IPv4 or bracketed IPv6 address
   t.deepEqual(fromToml(`[registry]\ninsecure = ${JSON.stringify(hosts)}`).registry.insecure, hosts);
 });
 
+test('CDI spec directories: /etc/cdi then /var/run/cdi by default, or as configured', (t) => {
+  t.deepEqual(defaultConfig().cdi.specDirs, ['/etc/cdi', '/var/run/cdi']);
+  t.deepEqual(fromToml('[cdi]\nspec_dirs = ["/opt/cdi", "/run/cdi"]').cdi.specDirs, ['/opt/cdi', '/run/cdi']);
+});
+
 const bad: [string, string][] = [
   ['[registry]\ninsecur = ["x"]', 'registry.insecur'],
   ['[regstry]\n', 'regstry'],
@@ -41,6 +46,9 @@ const bad: [string, string][] = [
   ['[registry]\ninsecure = ["registry.local:0"]', 'registry.insecure'],
   ['[registry]\ninsecure = ["registry.local:99999"]', 'registry.insecure'],
   ['[registry]\ninsecure = ["user@registry.local"]', 'registry.insecure'],
+  ['[cdi]\nspec_dirs = ["relative/dir"]', 'cdi.spec_dirs'],
+  ['[cdi]\nspec_dirs = "/etc/cdi"', 'cdi.spec_dirs'],
+  ['[cdi]\nspec_dir = ["/etc/cdi"]', 'cdi.spec_dir'],
 ];
 for (const [text, key] of bad) {
   test(`bad config ${JSON.stringify(text)} is refused naming ${key}`, (t) => {
