@@ -163,7 +163,9 @@ export function parseCdiSpec(text: string, file: string, priority = 0): CdiSpec 
   try {
     raw = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
   } catch (err) {
-    throw badSpec(file, `not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${errorMessage(err)}`);
+    // Enough to tell which devices the file cannot be hiding: the kind, when it is legible.
+    const legible = /(?:^|[{,\s])"?kind"?\s*:\s*"?([A-Za-z0-9._-]+\/[A-Za-z0-9._-]+)/m.exec(text)?.[1];
+    throw badSpec(file, `not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${errorMessage(err)}`, legible);
   }
   const kind = isObject(raw) && typeof raw.kind === 'string' ? raw.kind : undefined;
   try {

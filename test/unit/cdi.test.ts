@@ -136,9 +136,15 @@ test('hooks are refused naming the field, the device and the file', async (t) =>
 });
 
 test('an unknown device is NOT_FOUND naming the field; a bad file does not hide good ones', async (t) => {
-  const dirs = specDirs([{ 'gpu.yaml': GPU_YAML, 'broken.yaml': 'kind: [', 'other.yaml': 'cdiVersion: "0.6.0"\nkind: other.com/x\ndevices: []\n' }]);
+  const dirs = specDirs([{
+    'gpu.yaml': GPU_YAML,
+    'broken.yaml': 'kind: [',
+    'other.yaml': 'cdiVersion: "0.6.0"\nkind: other.com/x\ndevices: []\n',
+    'cut.json': '{"cdiVersion": "0.6.0", "kind": "third.org/y", "devices": [',
+  }]);
   const registry = await loadCdiRegistry(dirs);
-  t.deepEqual(registry.bad.map((b) => path.basename(b.file)).sort(), ['broken.yaml', 'other.yaml']);
+  t.deepEqual(registry.bad.map((b) => path.basename(b.file)).sort(), ['broken.yaml', 'cut.json', 'other.yaml']);
+  t.is(registry.bad.find((b) => b.file.endsWith('cut.json'))?.kind, 'third.org/y', 'the kind of a cut-off file is still read');
   // the good file still works
   t.is((await resolveCdiDevices(['vendor.com/gpu=0'], registry, hostNodes)).granted.length, 1);
   const clean = await loadCdiRegistry(specDirs([{ 'gpu.yaml': GPU_YAML }]));
@@ -150,6 +156,7 @@ test('an unknown device is NOT_FOUND naming the field; a bad file does not hide 
   t.is(hidden?.kind, 'failed_precondition');
   t.true(hidden?.message.includes(path.join(dirs[0], 'broken.yaml')), hidden?.message);
   t.false(hidden?.message.includes('other.yaml'), hidden?.message);
+  t.false(hidden?.message.includes('cut.json'), hidden?.message);
 });
 
 test('a later spec directory wins; two files in one directory defining a device conflict', async (t) => {
