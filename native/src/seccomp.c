@@ -5,9 +5,11 @@
 
 #include <errno.h>
 #include <json.h>
+#include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <seccomp.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,6 +106,40 @@ static uint32_t arch_token(const char *name)
     return seccomp_arch_resolve_name(buf);
 }
 
+/* Calls newer than the profile answer ENOSYS, not the default errno, so that a new libc falls back to the
+ * older call (as runc does): a deny-by-default profile cannot have allowed a call it did not know of.
+ * "Newer" = a number above the highest the profile names (any rule, any action) that libseccomp resolves
+ * for the native architecture. The stub goes in front of libseccomp's program, whose jumps are relative and
+ * which loads what it needs itself. Only x86_64 here; x32 calls (bit 30 set; also nr -1, which a tracer uses
+ * to skip a call) and other architectures fall through to libseccomp's program unchanged. */
+#define ENOSYS_STUB_LEN 6
+
+static int default_is_permissive(const char *name, uint32_t def)
+{
+    /* a tracer handles calls it does not know itself (runc treats TRACE as permissive too) */
+    return strcmp(name, "SCMP_ACT_ALLOW") == 0 || strcmp(name, "SCMP_ACT_LOG") == 0 ||
+           strcmp(name, "SCMP_ACT_TRACE") == 0 || def == SCMP_ACT_ERRNO(ENOSYS);
+}
+
+/* Fills stub[ENOSYS_STUB_LEN]; returns its length, 0 when there is none for this machine. */
+static unsigned enosys_stub(struct sock_filter *stub, uint32_t highest_nr)
+{
+#if defined(__x86_64__)
+    /* index:                                                                    jt jf: relative, from the next one */
+    stub[0] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    stub[1] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 4); /* else -> [6] */
+    stub[2] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    stub[3] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x40000000, 2, 0); /* x32 -> [6] */
+    stub[4] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, highest_nr, 0, 1);  /* not newer -> [6] */
+    stub[5] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA));
+    return ENOSYS_STUB_LEN;
+#else
+    (void)stub;
+    (void)highest_nr;
+    return 0;
+#endif
+}
+
 int seccomp_build(struct json_object *o, struct seccomp_prog *prog, char *err, size_t errlen)
 {
     scmp_filter_ctx ctx = NULL;
@@ -112,6 +148,7 @@ int seccomp_build(struct json_object *o, struct seccomp_prog *prog, char *err, s
     uint32_t def;
     const char *name;
     int bad = 0;
+    int highest_nr = -1;
 
     memset(prog, 0, sizeof *prog);
     if (!json_object_is_type(o, json_type_object))
@@ -179,8 +216,6 @@ int seccomp_build(struct json_object *o, struct seccomp_prog *prog, char *err, s
             if (used[index]++)
                 repeated = 1;
         }
-        if (act == def)
-            continue; /* libseccomp refuses a rule that repeats the default; it changes nothing */
         for (size_t k = 0; k < json_object_array_length(names); k++) {
             struct json_object *sv = json_object_array_get_idx(names, k);
             const char *sc = json_object_is_type(sv, json_type_string) ? json_object_get_string(sv) : NULL;
@@ -189,6 +224,10 @@ int seccomp_build(struct json_object *o, struct seccomp_prog *prog, char *err, s
             int nr = seccomp_syscall_resolve_name(sc);
             if (nr == __NR_SCMP_ERROR)
                 continue; /* unknown to libseccomp (newer or another architecture's): skipped, as runc does */
+            if (nr > highest_nr)
+                highest_nr = nr; /* negative: a pseudo-number for a call this architecture lacks */
+            if (act == def)
+                continue; /* libseccomp refuses a rule that repeats the default; it changes nothing */
             if (repeated) {
                 /* several conditions on one argument cannot be AND-ed by libseccomp: one rule each (runc) */
                 for (size_t c = 0; c < nargs; c++)
@@ -206,15 +245,21 @@ int seccomp_build(struct json_object *o, struct seccomp_prog *prog, char *err, s
         FAIL("seccomp: memfd_create: %s", strerror(errno));
     if ((rc = seccomp_export_bpf(ctx, memfd)) < 0)
         FAIL("seccomp: export BPF: %s", strerror(-rc));
+    struct sock_filter stub[ENOSYS_STUB_LEN];
+    unsigned stub_len = 0;
+    if (!default_is_permissive(name, def) && highest_nr > 0)
+        stub_len = enosys_stub(stub, (uint32_t)highest_nr);
     off_t size = lseek(memfd, 0, SEEK_END);
-    if (size <= 0 || size % (off_t)sizeof(struct sock_filter) || size / (off_t)sizeof(struct sock_filter) > BPF_MAXINSNS)
+    if (size <= 0 || size % (off_t)sizeof(struct sock_filter) ||
+        size / (off_t)sizeof(struct sock_filter) + stub_len > BPF_MAXINSNS)
         FAIL("seccomp: the filter is empty or too large (%lld bytes)", (long long)size);
-    prog->filter = malloc((size_t)size);
+    prog->filter = malloc((size_t)size + sizeof stub);
     if (!prog->filter)
         FAIL("seccomp: out of memory");
-    if (pread(memfd, prog->filter, (size_t)size, 0) != size)
+    memcpy(prog->filter, stub, stub_len * sizeof *stub);
+    if (pread(memfd, prog->filter + stub_len, (size_t)size, 0) != size)
         FAIL("seccomp: read back the BPF program: %s", strerror(errno));
-    prog->len = (unsigned short)(size / (off_t)sizeof(struct sock_filter));
+    prog->len = (unsigned short)(size / (off_t)sizeof(struct sock_filter) + stub_len);
     ret = 0;
 out:
     if (ret < 0) {

@@ -1,5 +1,6 @@
 import { promises as fs } from 'node:fs';
 import { invalidArgument } from '../errors.js';
+import { DEFAULT_PROFILE, type DefaultProfileRule } from './seccomp-default.js';
 
 // Seccomp profiles in the form the shim loads with libseccomp (the OCI runtime-spec `linux.seccomp` shape).
 
@@ -26,49 +27,30 @@ export interface SeccompProfile {
 
 export type SeccompRequest = { kind: 'unconfined' } | { kind: 'runtime-default' } | { kind: 'localhost'; path: string };
 
-const EPERM = 1;
-const ENOSYS = 38;
-// CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET.
-const CLONE_NEW_FLAGS = [0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000];
-
-// Blocked for everyone, as in Docker's default profile.
-const ALWAYS_BLOCKED = [
-  'add_key', 'request_key', 'keyctl', 'userfaultfd', 'uselib', 'ustat', 'sysfs', '_sysctl', 'vm86', 'vm86old',
-  'nfsservctl', 'create_module', 'get_kernel_syms', 'query_module', 'stime', 'lookup_dcookie', 'kexec_load',
-  'kexec_file_load', 'open_tree', 'move_mount', 'fsopen', 'fsconfig', 'fsmount', 'fspick',
-];
-
-// Blocked unless the container holds the capability that makes them legitimate.
-const BY_CAPABILITY: Record<string, string[]> = {
-  CAP_SYS_ADMIN: ['mount', 'umount', 'umount2', 'unshare', 'setns', 'pivot_root', 'swapon', 'swapoff', 'quotactl', 'fanotify_init', 'bpf', 'perf_event_open', 'mbind', 'set_mempolicy', 'get_mempolicy', 'syslog', 'setdomainname', 'sethostname'],
-  CAP_SYS_BOOT: ['reboot'],
-  CAP_SYS_MODULE: ['init_module', 'finit_module', 'delete_module'],
-  CAP_SYS_RAWIO: ['iopl', 'ioperm'],
-  CAP_SYS_PACCT: ['acct'],
-  CAP_SYS_TIME: ['settimeofday', 'clock_settime', 'clock_adjtime'],
-  CAP_SYS_NICE: ['move_pages'],
-  CAP_DAC_READ_SEARCH: ['open_by_handle_at', 'name_to_handle_at'],
-  CAP_SYS_TTY_CONFIG: ['vhangup'],
-  CAP_SYS_PTRACE: ['kcmp'],
-};
-
 /**
- * The RuntimeDefault profile: the effect of Docker's default — kernel-keyring, module, clock, reboot, mount and
- * namespace syscalls refused with EPERM unless the capability that governs them was granted; clone3 answers ENOSYS
- * so libc falls back to clone, whose namespace flags are filtered.
+ * The RuntimeDefault profile for a container with this capability (bounding) set: Docker's and containerd's
+ * default allowlist (DEFAULT_PROFILE, see seccomp-default.ts), everything else refused with EPERM. The rules
+ * that depend on a capability or on the machine are resolved here, as moby's setupSeccomp does.
  */
-export function runtimeDefaultProfile(capabilities: string[]): SeccompProfile {
-  const blocked = [...ALWAYS_BLOCKED];
-  for (const [cap, calls] of Object.entries(BY_CAPABILITY)) if (!capabilities.includes(cap)) blocked.push(...calls);
-  const syscalls: SeccompRule[] = [{ names: blocked, action: 'SCMP_ACT_ERRNO', errnoRet: EPERM }];
-  if (!capabilities.includes('CAP_SYS_ADMIN')) {
-    syscalls.push({ names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: ENOSYS });
-    // Rules for one syscall are OR'ed: one per namespace flag refuses a clone that sets any of them.
-    for (const flag of CLONE_NEW_FLAGS) {
-      syscalls.push({ names: ['clone'], action: 'SCMP_ACT_ERRNO', errnoRet: EPERM, args: [{ index: 0, value: flag, valueTwo: flag, op: 'SCMP_CMP_MASKED_EQ' }] });
-    }
-  }
-  return { defaultAction: 'SCMP_ACT_ALLOW', syscalls };
+export function runtimeDefaultProfile(capabilities: readonly string[], arch: string = process.arch): SeccompProfile {
+  const held = new Set(capabilities);
+  const applies = (r: DefaultProfileRule): boolean =>
+    (r.whenCaps ?? []).every((c) => held.has(c)) &&
+    !(r.unlessCaps ?? []).some((c) => held.has(c)) &&
+    (!r.arches || r.arches.includes(arch));
+  const syscalls: SeccompRule[] = DEFAULT_PROFILE.rules.filter(applies).map((r) => ({
+    names: [...r.names],
+    action: r.action,
+    ...(r.errnoRet !== undefined ? { errnoRet: r.errnoRet } : {}),
+    ...(r.args ? { args: r.args.map((a) => ({ ...a })) } : {}),
+  }));
+  const architectures = DEFAULT_PROFILE.architectures[arch];
+  return {
+    defaultAction: DEFAULT_PROFILE.defaultAction,
+    defaultErrnoRet: DEFAULT_PROFILE.defaultErrnoRet,
+    ...(architectures ? { architectures: [...architectures] } : {}),
+    syscalls,
+  };
 }
 
 /** CRI's two ways of asking: the `seccomp` message, or the deprecated `seccomp_profile_path` string. */

@@ -16,6 +16,7 @@ import {
   mountsUnder, shim, until, withContainer as withContainerIn,
 } from '../helpers/rootfs.js';
 import { pidAlive, procCmdline } from '../helpers/util.js';
+import { runtimeDefaultProfile } from '../../src/container/seccomp.js';
 
 const isRoot = process.getuid?.() === 0;
 const rtest = isRoot ? test.serial : test.serial.skip;
@@ -226,6 +227,77 @@ rtest('exec --seccomp-json filters the exec\'d process the same way', async (t) 
     const bad = await shim(['exec', pid, '--seccomp-json', profile, '--', 'true']);
     t.is(bad.code, 125);
     t.regex(bad.stderr, /defaultAction/);
+  });
+});
+
+// open_tree_attr (kernel 6.15): newer than this libseccomp and than any call the RuntimeDefault profile names,
+// so the ENOSYS stub answers it; unfiltered the kernel answers EFAULT (all arguments 0) and does nothing.
+const NEWER_THAN_PROFILE = 467;
+const ENOSYS = 38;
+
+rtest('seccomp: RuntimeDefault is Docker\'s allowlist: io_uring and keyctl EPERM, clone3 and newer calls ENOSYS, a shell works', async (t) => {
+  const probe = `syscalls io_uring_setup keyctl add_key mount_setattr clone-newuser clone3 nr:${NEWER_THAN_PROFILE} ` +
+    'socket-vsock socket-inet personality-query getppid';
+  const shellWork = 'echo hello | cat | tr a-z A-Z; (cd /tmp && echo x > f && cat f | wc -c); ls / | grep -c bin; ' +
+    'v=$(cat /proc/self/status | grep Seccomp:); echo "$v"; sleep 0.01 & wait $!; echo waited=$?';
+  await withContainer('seccomp-runtime-default', async (c) => {
+    const { exit, records } = await c.run({ args: ['/bin/sh', '-c', `${probe}; ${shellWork}`] }, (s) => {
+      s.seccomp = runtimeDefaultProfile(DEFAULT_CAPS);
+    });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    t.deepEqual(lines(records, 'stdout'), [
+      `io_uring_setup=${EPERM} keyctl=${EPERM} add_key=${EPERM} mount_setattr=${EPERM} clone-newuser=${EPERM} ` +
+      `clone3=${ENOSYS} nr:${NEWER_THAN_PROFILE}=${ENOSYS} socket-vsock=${EPERM} socket-inet=0 personality-query=0 getppid=0`,
+      'HELLO', '2', '1', 'Seccomp:\t2', 'waited=0',
+    ]);
+  });
+  // The same calls unfiltered: the kernel has them all (else the answers above would prove nothing).
+  await withContainer('seccomp-none', async (c) => {
+    const { exit, records } = await c.run({ args: ['/bin/sh', '-c', probe] });
+    t.is(exit.exitCode, 0, JSON.stringify(records));
+    const answers = Object.fromEntries(lines(records, 'stdout')[0]!.split(' ').map((kv) => kv.split('=') as [string, string]));
+    for (const call of ['io_uring_setup', 'clone3', `nr:${NEWER_THAN_PROFILE}`, 'mount_setattr']) {
+      t.false([String(EPERM), String(ENOSYS)].includes(answers[call]!), `${call} unfiltered: ${answers[call]}`);
+    }
+    t.is(answers['keyctl'], '0');
+  });
+});
+
+rtest('seccomp: the ENOSYS stub starts above the highest call a deny-by-default profile names (any rule), not with ALLOW', async (t) => {
+  const shellCalls = ['read', 'write', 'openat', 'close', 'fstat', 'newfstatat', 'execve', 'brk', 'arch_prctl', 'set_tid_address',
+    'set_robust_list', 'rseq', 'prlimit64', 'mmap', 'munmap', 'mprotect', 'getuid', 'exit_group', 'ioctl', 'getrandom'];
+  // rseq (334) is the highest allowed; pidfd_send_signal (424) and io_uring_setup (425) exist but are not named
+  const probe = ['/bin/syscalls', 'getppid', 'nr:424', 'io_uring_setup', `nr:${NEWER_THAN_PROFILE}`];
+  const deny = (extra: { names: string[]; action: string }[]) => ({
+    defaultAction: 'SCMP_ACT_ERRNO', syscalls: [{ names: shellCalls, action: 'SCMP_ACT_ALLOW' }, ...extra],
+  });
+  const cases: [string, SeccompProfile, string][] = [
+    ['stub-low', deny([]), `getppid=${EPERM} nr:424=${ENOSYS} io_uring_setup=${ENOSYS} nr:${NEWER_THAN_PROFILE}=${ENOSYS}`],
+    // a rule repeating the default adds nothing to the filter but still counts as named
+    ['stub-named', deny([{ names: ['io_uring_setup'], action: 'SCMP_ACT_ERRNO' }]),
+      `getppid=${EPERM} nr:424=${EPERM} io_uring_setup=${EPERM} nr:${NEWER_THAN_PROFILE}=${ENOSYS}`],
+    // allow by default: no stub, the kernel answers (EFAULT for all-zero arguments)
+    ['stub-none', { defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['getppid'], action: 'SCMP_ACT_ERRNO' }] },
+      `getppid=${EPERM} nr:424=9 io_uring_setup=14 nr:${NEWER_THAN_PROFILE}=14`],
+  ];
+  for (const [name, profile, want] of cases) {
+    await withContainer(name, async (c) => {
+      const { exit, records } = await c.run({ args: probe }, (s) => {
+        s.process.noNewPrivileges = true;
+        s.seccomp = profile;
+      });
+      t.is(exit.exitCode, 0, JSON.stringify(records));
+      t.deepEqual(lines(records, 'stdout'), [want], name);
+    });
+  }
+  // exec'd processes get the stub too
+  await withContainer('stub-exec', async (c) => {
+    await c.running({ args: ['sleep', '1000'] });
+    const file = path.join(c.dir, 'rd.json');
+    writeFileSync(file, JSON.stringify(runtimeDefaultProfile(DEFAULT_CAPS)));
+    const r = await shim(['exec', String(c.pid), '--seccomp-json', file, '--', 'syscalls', 'io_uring_setup', `nr:${NEWER_THAN_PROFILE}`]);
+    t.is(r.code, 0, r.stderr);
+    t.is(r.stdout.trim(), `io_uring_setup=${EPERM} nr:${NEWER_THAN_PROFILE}=${ENOSYS}`);
   });
 });
 
