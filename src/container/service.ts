@@ -165,6 +165,12 @@ export class ContainerService {
     if (sandbox.state !== 'READY') throw failedPrecondition(`pod sandbox ${sandbox.id} is not ready`);
     if (!config.metadata.name) throw invalidArgument('config.metadata.name is empty');
     if (!config.image) throw invalidArgument('config.image.image is empty');
+    // containerd's rule: a pod that did not ask to be privileged cannot gain the host through one of its containers.
+    if (config.security.privileged && !sandbox.config.privileged) {
+      throw invalidArgument(
+        `config.linux.security_context.privileged is true but pod sandbox ${sandbox.id} is not privileged (its linux.security_context.privileged is false): no privileged container allowed in a non-privileged sandbox`,
+      );
+    }
     const image = this.opts.images.resolve(config.image);
     if (!image) throw notFound(`image "${config.image}" not found: pull it first`);
     const id = randomBytes(32).toString('hex');
