@@ -216,8 +216,9 @@ export class ContainerService {
         fs.mkdir(path.join(bundle, 'rootfs')),
         fs.mkdir(path.join(bundle, 'upper')),
         fs.mkdir(path.join(bundle, 'work')),
-        // The shim makes missing directories of the log path itself, beneath the log directory's descriptor.
-        logAt ? checkNoSymlinks(logAt) : undefined,
+        // The log directory is kubelet's (trusted), made if missing as containerd does; directories of log_path
+        // beneath it are made by the shim from the directory's descriptor, following no link.
+        logAt ? fs.mkdir(logAt.directory, { recursive: true }).then(() => checkNoSymlinks(logAt)) : undefined,
         ...config.mounts.map((m, i) => this.ensureHostPath(m.hostPath, i)),
       ]);
       const localhostSeccomp = config.security.seccomp.kind === 'localhost'
