@@ -183,9 +183,8 @@ __attribute__((noreturn)) static void monitor_main(struct spec *s, int report_fd
     if (make_fifo(s->bundle, "start.fifo", b->fifo, sizeof b->fifo) < 0)
         mon_fail(report_fd, "mkfifo", b->fifo, errno);
     made.fifo[0] = b->fifo;
-    mp->log_fd = log_open(s->log_path);
-    if (mp->log_fd < 0)
-        mon_fail(report_fd, "open log", s->log_path, errno);
+    if (monitor_open_log(mp, s->log_dir) < 0)
+        mon_fail(report_fd, s->log_dir ? "open log beneath the log directory (no symlinks)" : "open log", s->log_path, errno);
 
     if (s->terminal) {
         int unlock = 0;

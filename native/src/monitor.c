@@ -6,6 +6,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/openat2.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -33,9 +35,77 @@ static inline void r_memcpy(char *d, const char *s, size_t n)
 
 #define LOG_FLAGS (O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY)
 
-int log_open(const char *path)
+/* Opens (creating) the log; the fd or -errno. With a log directory: beneath the descriptor the monitor holds of it,
+ * the file itself no symlink and no component climbing out (`..`, an absolute link), so a link swapped in at any
+ * time cannot send the container's output elsewhere. The same code serves the first open and every reopen. */
+HOT static long log_openat(const struct monitor *m)
 {
-    return open(path, LOG_FLAGS, 0640);
+    if (m->log_dir_fd < 0)
+        return r_openat(AT_FDCWD, m->log_path, LOG_FLAGS, 0640);
+    struct open_how how;
+    how.flags = LOG_FLAGS | O_NOFOLLOW;
+    how.mode = 0640;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    return rsys(SYS_openat2, m->log_dir_fd, (long)m->log_path, (long)&how, (long)sizeof how, 0);
+}
+
+/* Makes the missing directories of the log path beneath dirfd. Each is entered with openat2(RESOLVE_NO_SYMLINKS)
+ * from the one before, so a symlink in the path, planted or swapped in meanwhile, fails (ELOOP) instead of a
+ * directory being made wherever it points. */
+static int make_log_parents(int dirfd, const char *rel)
+{
+    char name[NAME_MAX + 1];
+    int cur = dirfd, e;
+    for (const char *p = rel;;) {
+        while (*p == '/')
+            p++;
+        size_t n = strcspn(p, "/");
+        if (!p[n])
+            break; /* the last component is the file */
+        if (n > NAME_MAX) {
+            errno = ENAMETOOLONG;
+            goto fail;
+        }
+        memcpy(name, p, n);
+        name[n] = '\0';
+        p += n;
+        if (mkdirat(cur, name, 0755) < 0 && errno != EEXIST)
+            goto fail;
+        struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+                               .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS};
+        int next = (int)syscall(SYS_openat2, cur, name, &how, sizeof how);
+        if (next < 0)
+            goto fail;
+        if (cur != dirfd)
+            close(cur);
+        cur = next;
+    }
+    if (cur != dirfd)
+        close(cur);
+    return 0;
+fail:
+    e = errno;
+    if (cur != dirfd)
+        close(cur);
+    errno = e;
+    return -1;
+}
+
+int monitor_open_log(struct monitor *m, const char *dir)
+{
+    m->log_dir_fd = -1;
+    if (dir) {
+        m->log_dir_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (m->log_dir_fd < 0 || make_log_parents(m->log_dir_fd, m->log_path) < 0)
+            return -1;
+    }
+    long fd = log_openat(m);
+    if (fd < 0) {
+        errno = (int)-fd;
+        return -1;
+    }
+    m->log_fd = (int)fd;
+    return 0;
 }
 
 static inline char *put_digits(char *p, unsigned long v, int width)
@@ -244,7 +314,8 @@ HOT static void handle_signals(struct monitor *m)
     while (r_read(m->sig_fd, &si, sizeof si) == (long)sizeof si) {
         if (si.ssi_signo == SIGUSR1) {
             /* berth renamed the file (kubelet-style rotation): continue in a fresh one */
-            long fd = r_openat(AT_FDCWD, m->log_path, LOG_FLAGS, 0640);
+            /* a refused open (a symlink put in the file's place) keeps the file we have */
+            long fd = log_openat(m);
             if (fd >= 0) {
                 if (m->log_fd >= 0)
                     r_close(m->log_fd);

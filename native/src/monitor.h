@@ -19,7 +19,8 @@ struct log_stream {
  * used during setup can be given back whole. */
 struct monitor {
     char *bundle;
-    char *log_path;
+    char *log_path;       /* relative to log_dir_fd when that is open, else absolute */
+    int log_dir_fd;       /* the log directory (O_PATH), or -1 */
     int log_fd;
     size_t max_line;
     struct log_stream out, err;
@@ -38,7 +39,9 @@ struct monitor {
     long oom_base;        /* its oom_kill count when the container was created */
 };
 
-int log_open(const char *path);
+/* Opens m->log_path (creating it, and with a directory its missing parents) beneath `dir` when not NULL: no
+ * symlink followed out of it or as the file. 0, or -1 with errno. */
+int monitor_open_log(struct monitor *m, const char *dir);
 /* Drop resident pages that setup touched (read-only pages of this binary, unused stack depth).
  * Call last before a long-lived loop that uses only raw syscalls and .text.hot code. */
 void shrink_resident(void);

@@ -26,6 +26,20 @@ const struct ns_kind ns_kinds[NS_COUNT] = {
         return -1;                                                                                 \
     } while (0)
 
+/* Whether a relative path has a ".." component. */
+static int path_has_dotdot(const char *p)
+{
+    for (const char *c = p; *c;) {
+        size_t n = strcspn(c, "/");
+        if (n == 2 && c[0] == '.' && c[1] == '.')
+            return 1;
+        c += n;
+        while (*c == '/')
+            c++;
+    }
+    return 0;
+}
+
 struct json_object *json_member(struct json_object *o, const char *key, json_type t, int *bad)
 {
     struct json_object *v = NULL;
@@ -590,10 +604,18 @@ int spec_load(const char *bundle, struct spec *s, char *err, size_t errlen)
     if (bad || !o)
         FAIL("spec: log must be an object with a path");
     if (json_get_string(o, "path", &s->log_path, 1, "log.", err, errlen) < 0 ||
+        json_get_string(o, "directory", &s->log_dir, 0, "log.", err, errlen) < 0 ||
         json_get_int(o, "maxLineBytes", &num, &present, "log.", err, errlen) < 0)
         return -1;
-    if (s->log_path[0] != '/')
-        FAIL("spec: log.path must be absolute");
+    if (s->log_dir) {
+        /* the monitor enforces it with RESOLVE_BENEATH; refusing here gives the clearer message */
+        if (s->log_dir[0] != '/')
+            FAIL("spec: log.directory must be absolute");
+        if (!s->log_path[0] || s->log_path[0] == '/' || path_has_dotdot(s->log_path))
+            FAIL("spec: log.path must be relative to log.directory, without \"..\"");
+    } else if (s->log_path[0] != '/') {
+        FAIL("spec: log.path must be absolute (or relative with log.directory)");
+    }
     s->max_line = present && num > 0 ? (size_t)num : DEFAULT_MAX_LINE;
     if (s->max_line > (64u << 20))
         FAIL("spec: log.maxLineBytes too large");

@@ -88,6 +88,7 @@ struct spec {
     size_t nmasked, nreadonly;
     struct kv *sysctl;
     size_t nsysctl;
+    const char *log_dir;  /* NULL: log_path is absolute; else log_path is relative, opened beneath it */
     const char *log_path;
     size_t max_line;
     /* a new user namespace: its mappings (OCI uidMappings/gidMappings) */

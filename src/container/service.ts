@@ -3,6 +3,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { BerthError, errorMessage, failedPrecondition, invalidArgument, notFound } from '../errors.js';
 import { Logger } from '../log.js';
+import { checkNoSymlinks, logLocation } from './log-path.js';
 import { Cgroups, CgroupResources } from '../kernel/cgroups.js';
 import { createContainer, execInContainer, ExecResult, isShim, readExecError, readExit, startContainer } from '../kernel/shim.js';
 import { ImageService } from '../image/service.js';
@@ -169,6 +170,13 @@ export class ContainerService {
     if (sandbox.state !== 'READY') throw failedPrecondition(`pod sandbox ${sandbox.id} is not ready`);
     if (!config.metadata.name) throw invalidArgument('config.metadata.name is empty');
     if (!config.image) throw invalidArgument('config.image.image is empty');
+    const logAt = logLocation(sandbox.config.logDirectory, config.logPath);
+    // containerd's rule: a pod that did not ask to be privileged cannot gain the host through one of its containers.
+    if (config.security.privileged && !sandbox.config.privileged) {
+      throw invalidArgument(
+        `config.linux.security_context.privileged is true but pod sandbox ${sandbox.id} is not privileged (its linux.security_context.privileged is false): no privileged container allowed in a non-privileged sandbox`,
+      );
+    }
     const image = this.opts.images.resolve(config.image);
     if (!image) throw notFound(`image "${config.image}" not found: pull it first`);
     const id = randomBytes(32).toString('hex');
@@ -206,13 +214,15 @@ export class ContainerService {
         parsePasswd(passwd ?? ''),
         parseGroup(group ?? ''),
       );
-      const logPath = sandbox.config.logDirectory && config.logPath ? path.join(sandbox.config.logDirectory, config.logPath) : '';
+      const logPath = logAt?.full ?? '';
       const targetPidNamespace = config.security.namespaces.pid === 'TARGET' ? this.targetPidNamespace(sandbox.id, config.security.namespaces.targetId) : undefined;
       await Promise.all([
         fs.mkdir(path.join(bundle, 'rootfs')),
         fs.mkdir(path.join(bundle, 'upper')),
         fs.mkdir(path.join(bundle, 'work')),
-        logPath ? fs.mkdir(path.dirname(logPath), { recursive: true }) : undefined,
+        // The log directory is kubelet's (trusted), made if missing as containerd does; directories of log_path
+        // beneath it are made by the shim from the directory's descriptor, following no link.
+        logAt ? fs.mkdir(logAt.directory, { recursive: true }).then(() => checkNoSymlinks(logAt)) : undefined,
         ...config.mounts.map((m, i) => this.ensureHostPath(m.hostPath, i)),
       ]);
       const localhostSeccomp = config.security.seccomp.kind === 'localhost'
@@ -238,7 +248,8 @@ export class ContainerService {
         lowerDirs,
         upperDir: path.join(bundle, 'upper'),
         workDir: path.join(bundle, 'work'),
-        logPath: logPath || '/dev/null',
+        logPath: logAt?.relative ?? '/dev/null',
+        logDirectory: logAt?.directory,
         cgroupProcs: this.opts.cgroups.procsFiles(handle.path),
         targetPidNamespace,
         rlimits: this.opts.rlimits,
@@ -554,9 +565,22 @@ export class ContainerService {
     const record = this.get(id);
     if (record.state !== 'RUNNING' || !record.monitorPid) throw failedPrecondition(`container ${record.id} is not running`);
     if (!record.logPath) return;
+    // The monitor opens the log beneath the log directory without following links: a symlink put in the file's
+    // place is refused there (it keeps writing the file it has). Said here too, so the caller learns of it.
+    const kind = async () => {
+      const st = await fs.lstat(record.logPath).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return undefined;
+        throw err;
+      });
+      if (st && !st.isFile()) {
+        throw failedPrecondition(`container ${record.id}: log ${record.logPath} is ${st.isSymbolicLink() ? 'a symlink' : 'not a regular file'}; the log is not reopened through it`);
+      }
+      return st;
+    };
+    await kind();
     this.kill(record.monitorPid, 'SIGUSR1');
     const deadline = Date.now() + 5000;
-    while (!(await fs.access(record.logPath).then(() => true, () => false))) {
+    while (!(await kind())) {
       if (Date.now() > deadline) throw new BerthError('deadline_exceeded', `container ${record.id}: log ${record.logPath} was not reopened within 5s`);
       await new Promise((r) => setTimeout(r, 5));
     }

@@ -68,7 +68,9 @@ export interface SpecInputs {
   lowerDirs: string[];
   upperDir: string;
   workDir: string;
+  /** Relative to logDirectory when that is set (the monitor opens it beneath the directory), else absolute. */
   logPath: string;
+  logDirectory?: string;
   cgroupProcs: string[];
   /** pid namespace of the TARGET container, when pid mode is TARGET. */
   targetPidNamespace?: string;
@@ -215,7 +217,7 @@ export function buildSpec(inputs: SpecInputs): ShimSpec {
     maskedPaths: privileged ? [] : security.maskedPaths.length > 0 ? security.maskedPaths : DEFAULT_MASKED_PATHS,
     readonlyPaths: privileged ? [] : security.readonlyPaths.length > 0 ? security.readonlyPaths : DEFAULT_READONLY_PATHS,
     sysctl: {},
-    log: { path: inputs.logPath, maxLineBytes: inputs.maxLogLineBytes },
+    log: { ...(inputs.logDirectory ? { directory: inputs.logDirectory } : {}), path: inputs.logPath, maxLineBytes: inputs.maxLogLineBytes },
     ...(seccomp ? { seccomp } : {}),
   };
 }

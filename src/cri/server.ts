@@ -9,6 +9,8 @@ import { fixAuthority } from './authority.js';
 
 // kubelet sends up to 16 MiB (e.g. ListContainers on a busy node); match it both ways.
 const MAX_MESSAGE = 16 * 1024 * 1024;
+/** Leaves the socket 0660: read/write for root and its group, nothing for others. */
+const SOCKET_UMASK = 0o117;
 
 function socketAnswers(socket: string): Promise<boolean> {
   return new Promise((resolve) => {
@@ -58,9 +60,17 @@ export async function serveCri(
   const listener = net.createServer((conn) => injector.injectConnection(fixAuthority(conn)));
   await new Promise<void>((resolve, reject) => {
     listener.once('error', reject);
-    listener.listen(socket, () => resolve());
+    // The socket is born 0660 (0777 & ~0117): a chmod after listen would leave a moment in which anyone may
+    // connect. Node binds a unix socket synchronously inside listen(), so the umask is changed for no other of
+    // berth's JS; only a thread-pool file operation in flight at this instant could get it, and the mask clears
+    // nothing but group-execute and other bits (the owner's, root's, stay).
+    const previous = process.umask(SOCKET_UMASK);
+    try {
+      listener.listen(socket, () => resolve());
+    } finally {
+      process.umask(previous);
+    }
   });
-  await fs.chmod(socket, 0o660);
   return { server, listener, injector };
 }
 

@@ -6,6 +6,7 @@ import { Logger } from '../log.js';
 import { RegistryConfig } from '../config/schema.js';
 import { Credentials } from '../registry/auth.js';
 import { Endpoint, Repository } from '../registry/client.js';
+import { REGISTRY_LIMITS, tooLarge } from '../registry/bounded.js';
 import { unpackLayer } from '../store/unpack.js';
 import { digestName, formatReference, isDigest, parseReference, tagName } from './reference.js';
 import { hostPlatform, selectPlatform } from './platform.js';
@@ -130,7 +131,11 @@ export class ImageService {
       if (parsed.kind !== 'manifest') throw unavailable(`image "${name}": nested index ${chosen.digest} is not supported`);
     }
     const manifest = parsed.manifest;
-    const configBytes = await repo.getBlob(manifest.config.digest, endpoint);
+    // A config the manifest itself declares too large is refused before a byte of it is fetched.
+    if (manifest.config.size > REGISTRY_LIMITS.config.bytes) {
+      throw tooLarge(`image "${name}": config ${manifest.config.digest}`, REGISTRY_LIMITS.config, `the manifest declares ${manifest.config.size} bytes`);
+    }
+    const configBytes = await repo.getBlob(manifest.config.digest, endpoint, REGISTRY_LIMITS.config);
     const config = this.parseConfig(configBytes, name);
     const diffIds = config.rootfs?.diff_ids ?? [];
     if (diffIds.length !== manifest.layers.length) {

@@ -74,7 +74,8 @@ export interface ShimSpec {
   maskedPaths: string[];
   readonlyPaths: string[];
   sysctl: Record<string, string>;
-  log: { path: string; maxLineBytes: number };
+  /** With `directory`: `path` is relative and opened beneath it (openat2 RESOLVE_BENEATH, O_NOFOLLOW); else absolute. */
+  log: { directory?: string; path: string; maxLineBytes: number };
   /** Loaded with libseccomp right before exec; absent = unconfined. */
   seccomp?: {
     defaultAction: string;

@@ -5,6 +5,7 @@ import { Logger } from '../log.js';
 import { RegistryConfig } from '../config/schema.js';
 import { IMAGE_MANIFEST_MEDIA_TYPES, INDEX_MEDIA_TYPES } from '../image/types.js';
 import { basicHeader, credentialsApply, Credentials, parseChallenge } from './auth.js';
+import { readBounded, RegistryLimit, REGISTRY_LIMITS } from './bounded.js';
 
 // A client for the OCI distribution API (docker registry v2): manifests and blobs of one repository,
 // with mirrors, plain-HTTP hosts and Basic/Bearer auth.
@@ -87,7 +88,7 @@ export class Repository {
     return this.tryEndpoints(order, async (endpoint) => {
       const controller = new AbortController();
       const res = await this.request(endpoint, `manifests/${reference}`, { accept: MANIFEST_MEDIA_TYPES.join(', '), signal: controller.signal });
-      const body = await this.bodyWithin(res, controller, `manifest ${this.name}:${reference} from ${endpoint.base}`);
+      const body = await this.bodyWithin(res, controller, `manifest ${this.name}:${reference} from ${endpoint.base}`, REGISTRY_LIMITS.manifest);
       const digest = sha256(body);
       if (reference.startsWith('sha256:') && digest !== reference) {
         throw new BerthError('unavailable', `manifest ${this.name}@${reference} from ${endpoint.base} has digest ${digest}: content does not match`);
@@ -115,22 +116,17 @@ export class Repository {
     });
   }
 
-  async getBlob(digest: string, preferred?: Endpoint, maxBytes = 16 << 20): Promise<Buffer> {
-    const { stream } = await this.openBlob(digest, preferred);
-    const chunks: Buffer[] = [];
-    let total = 0;
-    for await (const chunk of stream) {
-      total += (chunk as Buffer).length;
-      if (total > maxBytes) {
-        stream.destroy();
-        throw unavailable(`blob ${this.name}@${digest} is larger than ${maxBytes} bytes`);
-      }
-      chunks.push(chunk as Buffer);
-    }
-    const body = Buffer.concat(chunks);
-    const actual = sha256(body);
-    if (actual !== digest) throw unavailable(`blob ${this.name}@${digest} has digest ${actual}: content does not match`);
-    return body;
+  /** GET a small blob (an image config) into memory, at most `limit` bytes of it, checked against its digest. */
+  async getBlob(digest: string, preferred: Endpoint | undefined, limit: RegistryLimit): Promise<Buffer> {
+    const order = preferred ? [preferred, ...this.endpoints.filter((e) => e !== preferred)] : this.endpoints;
+    return this.tryEndpoints(order, async (endpoint) => {
+      const controller = new AbortController();
+      const res = await this.request(endpoint, `blobs/${digest}`, { signal: controller.signal });
+      const body = await this.bodyWithin(res, controller, `blob ${this.name}@${digest} from ${endpoint.base}`, limit);
+      const actual = sha256(body);
+      if (actual !== digest) throw unavailable(`blob ${this.name}@${digest} has digest ${actual}: content does not match`);
+      return body;
+    });
   }
 
   // A download that stops making progress is abandoned rather than hanging a pull forever.
@@ -159,8 +155,9 @@ export class Repository {
         this.opts.log.warn('registry endpoint failed', { endpoint: endpoint.base, repository: this.name, error: e.message });
       }
     }
-    // The most telling failure wins: a credential problem or a missing tag says more than a dead mirror.
-    const rank = (e: BerthError) => (e.kind === 'unauthenticated' ? 3 : e.kind === 'not_found' ? 2 : 1);
+    // The most telling failure wins: a credential problem, a missing tag or an oversized body says more than a
+    // dead mirror.
+    const rank = (e: BerthError) => (e.kind === 'unauthenticated' ? 4 : e.kind === 'not_found' ? 3 : e.kind === 'resource_exhausted' ? 2 : 1);
     const worst = errors.sort((a, b) => rank(b) - rank(a))[0];
     if (errors.length === 1) throw worst;
     throw new BerthError(worst.kind, `${worst.message} (tried ${order.map((e) => e.base).join(', ')})`);
@@ -210,19 +207,27 @@ export class Repository {
     }
     if (!res.ok) {
       const what = `${this.name}: ${endpoint.base} answered ${res.status} for ${suffix}`;
-      const text = (await this.bodyWithin(res, own, what).catch(() => Buffer.alloc(0))).toString('utf8', 0, 200);
+      let text: string;
+      try {
+        text = (await this.bodyWithin(res, own, what, REGISTRY_LIMITS.errorBody)).toString('utf8', 0, 200);
+      } catch (err) {
+        // The status already fails the request; an oversized or broken error body only changes what it says.
+        text = err instanceof BerthError && err.kind === 'resource_exhausted' ? err.message.slice(what.length + 2) : '';
+      }
       throw unavailable(`${what}: ${text}`);
     }
     return res;
   }
 
-  // A small body (manifest, error text) must arrive whole within the request timeout, which send() no longer
-  // applies once the headers are in. `controller` must be one whose signal went to fetch.
-  private async bodyWithin(res: Response, controller: AbortController, what: string): Promise<Buffer> {
+  // A small body (manifest, config, error text) must arrive whole within the request timeout, which send() no
+  // longer applies once the headers are in, and within its size limit. `controller` must be one whose signal went
+  // to fetch: aborting it drops the connection.
+  private async bodyWithin(res: Response, controller: AbortController, what: string, limit: RegistryLimit): Promise<Buffer> {
     const timer = setTimeout(() => controller.abort(), this.timeoutMs);
     try {
-      return Buffer.from(await res.arrayBuffer());
+      return await readBounded(res, limit, what, () => controller.abort());
     } catch (err) {
+      if (err instanceof BerthError) throw err;
       if (this.opts.signal?.aborted) throw unavailable(`${what}: request cancelled`, err);
       if (controller.signal.aborted) throw unavailable(`${what}: body not complete within ${this.timeoutMs / 1000}s`, err);
       throw unavailable(`${what}: ${networkError(err)}`, err);
@@ -277,7 +282,8 @@ export class Repository {
   private async fetchToken(realm: string, service: string | undefined, scope: string, creds?: Credentials): Promise<string> {
     const url = new URL(realm);
     let res: Response;
-    const signal = AbortSignal.any([AbortSignal.timeout(this.timeoutMs), ...(this.opts.signal ? [this.opts.signal] : [])]);
+    const own = new AbortController();
+    const signal = AbortSignal.any([AbortSignal.timeout(this.timeoutMs), own.signal, ...(this.opts.signal ? [this.opts.signal] : [])]);
     try {
       if (creds?.identityToken) {
         const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: creds.identityToken, client_id: 'berth', scope });
@@ -302,8 +308,16 @@ export class Repository {
       await res.body?.cancel();
       throw unavailable(`${this.name}: token service ${url.origin} answered ${res.status}`);
     }
-    const body = (await res.json().catch(() => ({}))) as { token?: string; access_token?: string };
-    const token = body.token ?? body.access_token;
+    let body: { token?: unknown; access_token?: unknown } = {};
+    try {
+      const bytes = await readBounded(res, REGISTRY_LIMITS.token, `${this.name}: token service ${url.origin}`, () => own.abort());
+      body = JSON.parse(bytes.toString('utf8')) ?? {};
+    } catch (err) {
+      if (err instanceof BerthError) throw err;
+      if (signal.aborted) throw unavailable(`${this.name}: token service ${url.origin}: no complete answer within ${this.timeoutMs / 1000}s`, err);
+      // not JSON: reported below as no token
+    }
+    const token = typeof body.token === 'string' && body.token ? body.token : typeof body.access_token === 'string' ? body.access_token : undefined;
     if (!token) throw unauthenticated(`${this.name}: token service ${url.origin} returned no token`);
     return token;
   }
