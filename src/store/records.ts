@@ -1,22 +1,70 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { BerthError, failedPrecondition, internal, notFound } from '../errors.js';
+import { KeyedMutex } from './locks.js';
 import { readJson, writeJsonAtomic } from './atomic.js';
 
-/** JSON records in `<dir>/<id>/<file>`, each written atomically, read back on start. */
-export class RecordStore<T extends { id: string }> {
+// The one path by which a pod's or container's record changes: compute the new record from a snapshot, write it
+// (temp + fsync + rename), then swap it into memory. Readers only ever get frozen snapshots, so no caller can
+// change a live record behind the store's back, and a failed write leaves memory as it was on disk.
+//
+// Durability classes:
+// - 'durable' (the default): the write is on disk before the new record is visible or the caller goes on.
+// - 'recoverable': for a change that berth can rebuild on start from another durable file (a container's exit,
+//   rebuilt from the monitor's exit.json). The new record is swapped in at once and written behind the answer;
+//   `flush()` waits for such writes (shutdown, tests). A failed write is reported through `onWriteError`.
+
+/** The record format this code writes; a record without a version is version 1. */
+export const RECORD_VERSION = 1;
+
+export interface StoredRecord {
+  id: string;
+  version?: number;
+}
+
+export type Durability = 'durable' | 'recoverable';
+
+export interface RecordStoreOptions<T> {
+  /** The state field, checked against `transitions` on every update that changes it. */
+  stateOf?: (record: T) => string;
+  /** state -> states it may move to (a missing entry: none). */
+  transitions?: Readonly<Record<string, readonly string[]>>;
+  onWriteError?: (id: string, err: unknown) => void;
+}
+
+export class RecordStore<T extends StoredRecord> {
+  private readonly live = new Map<string, Readonly<T>>();
+  private readonly locks = new KeyedMutex();
+  private readonly behind = new Set<Promise<void>>();
+
   constructor(
     readonly dir: string,
     private readonly file: string,
+    private readonly opts: RecordStoreOptions<T> = {},
   ) {}
 
+  /**
+   * Reads every record into memory. A directory without a readable record is an orphan (the caller removes it);
+   * a record written by a newer berth fails the load, naming its file, so that nothing it holds is lost.
+   */
   async loadAll(): Promise<{ records: T[]; orphans: string[] }> {
     await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
     const records: T[] = [];
     const orphans: string[] = [];
     for (const id of await fs.readdir(this.dir)) {
-      const record = await readJson<T>(path.join(this.dir, id, this.file)).catch(() => undefined);
-      if (record && record.id === id) records.push(record);
-      else orphans.push(path.join(this.dir, id));
+      const file = path.join(this.dir, id, this.file);
+      const record = await readJson<T>(file).catch(() => undefined);
+      if (!record || record.id !== id) {
+        orphans.push(path.join(this.dir, id));
+        continue;
+      }
+      const version = record.version ?? 1;
+      if (!Number.isInteger(version) || version < 1 || version > RECORD_VERSION) {
+        throw failedPrecondition(`${file}: record version ${JSON.stringify(record.version)} is newer than this berth knows (${RECORD_VERSION}); upgrade berth or restore the file`);
+      }
+      const loaded = { ...record, version };
+      this.live.set(id, loaded);
+      records.push(loaded);
     }
     return { records, orphans };
   }
@@ -25,14 +73,107 @@ export class RecordStore<T extends { id: string }> {
     return path.join(this.dir, id);
   }
 
+  get(id: string): Readonly<T> | undefined {
+    return this.live.get(id);
+  }
+
+  has(id: string): boolean {
+    return this.live.has(id);
+  }
+
+  values(): Readonly<T>[] {
+    return [...this.live.values()];
+  }
+
+  get size(): number {
+    return this.live.size;
+  }
+
+  /** Writes a new record, then makes it visible. */
+  async create(record: T): Promise<Readonly<T>> {
+    return this.locks.run(record.id, async () => {
+      if (this.live.has(record.id)) throw internal(`record ${record.id} already exists`);
+      const next = deepFreeze({ ...record, version: RECORD_VERSION });
+      await this.write(next);
+      this.live.set(next.id, next);
+      return next;
+    });
+  }
+
+  /**
+   * Changes a record: `change` gets the current snapshot and returns the next record (or the same snapshot for
+   * no change). Updates of one id run one at a time, each seeing the result of the one before.
+   */
+  async update(id: string, change: (current: Readonly<T>) => T | Readonly<T>, durability: Durability = 'durable'): Promise<Readonly<T>> {
+    return this.locks.run(id, async () => {
+      const current = this.live.get(id);
+      if (!current) throw notFound(`record ${id} not found`);
+      const proposed = change(current);
+      if (proposed === current) return current;
+      this.checkTransition(current, proposed as T);
+      const next = deepFreeze({ ...proposed, id, version: RECORD_VERSION } as T);
+      if (durability === 'durable') {
+        await this.write(next);
+        this.live.set(id, next);
+        return next;
+      }
+      this.live.set(id, next);
+      this.writeBehind(next);
+      return next;
+    });
+  }
+
+  /** Legacy path while services move to create()/update(): writes the record and makes it the live one. */
   async put(record: T): Promise<void> {
+    await this.locks.run(record.id, async () => {
+      await this.write(record);
+      this.live.set(record.id, record);
+    });
+  }
+
+  /** Removes the record file first, then its directory: a crash in between leaves an orphan dir, not a ghost. */
+  async delete(id: string): Promise<void> {
+    await this.locks.run(id, async () => {
+      await fs.rm(path.join(this.pathOf(id), this.file), { force: true });
+      this.live.delete(id);
+      await fs.rm(this.pathOf(id), { recursive: true, force: true });
+    });
+  }
+
+  /** Waits for every write-behind ('recoverable') change started so far. */
+  async flush(): Promise<void> {
+    await Promise.all([...this.behind]);
+  }
+
+  private checkTransition(current: Readonly<T>, next: T): void {
+    const { stateOf, transitions } = this.opts;
+    if (!stateOf || !transitions) return;
+    const from = stateOf(current);
+    const to = stateOf(next);
+    if (from === to) return;
+    if (!(transitions[from] ?? []).includes(to)) {
+      throw new BerthError('failed_precondition', `record ${current.id}: state ${from} cannot become ${to}`);
+    }
+  }
+
+  private async write(record: Readonly<T>): Promise<void> {
     await fs.mkdir(this.pathOf(record.id), { recursive: true, mode: 0o700 });
     await writeJsonAtomic(path.join(this.pathOf(record.id), this.file), record);
   }
 
-  /** Removes the record first, then its directory, so a crash in between leaves an orphan dir, not a ghost record. */
-  async delete(id: string): Promise<void> {
-    await fs.rm(path.join(this.pathOf(id), this.file), { force: true });
-    await fs.rm(this.pathOf(id), { recursive: true, force: true });
+  private writeBehind(record: Readonly<T>): void {
+    const done: Promise<void> = this.write(record)
+      .catch((err) => this.opts.onWriteError?.(record.id, err))
+      .finally(() => this.behind.delete(done));
+    this.behind.add(done);
   }
+}
+
+/** Freezes an object and everything reachable from it (records are plain JSON data). */
+export function deepFreeze<T>(value: T): Readonly<T> {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value as Record<string, unknown>)) deepFreeze(v);
+  }
+  return value;
 }

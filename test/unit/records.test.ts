@@ -1,0 +1,105 @@
+import test from 'ava';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { RecordStore, RECORD_VERSION } from '../../src/store/records.js';
+
+interface Rec {
+  id: string;
+  version?: number;
+  state: 'CREATED' | 'RUNNING' | 'EXITED';
+  tags: string[];
+}
+
+const transitions = { CREATED: ['RUNNING', 'EXITED'], RUNNING: ['EXITED'] };
+
+async function tempStore(t: import('ava').ExecutionContext, onWriteError?: (id: string, err: unknown) => void) {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-records-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  return { dir, store: new RecordStore<Rec>(dir, 'rec.json', { stateOf: (r) => r.state, transitions, onWriteError }) };
+}
+
+const onDisk = async (dir: string, id: string) => JSON.parse(await fs.readFile(path.join(dir, id, 'rec.json'), 'utf8')) as Rec;
+
+test('update writes the new record before swapping it in, and readers get frozen snapshots', async (t) => {
+  const { dir, store } = await tempStore(t);
+  const created = await store.create({ id: 'a', state: 'CREATED', tags: [] });
+  t.is(created.version, RECORD_VERSION);
+  t.throws(() => (created as Rec).tags.push('x'), { instanceOf: TypeError }, 'a snapshot cannot be changed in place');
+  const running = await store.update('a', (r) => ({ ...r, state: 'RUNNING', tags: [...r.tags, 'started'] }));
+  t.is(store.get('a'), running);
+  t.deepEqual((await onDisk(dir, 'a')).tags, ['started']);
+  t.is(created.state, 'CREATED', 'an old snapshot stays as it was');
+});
+
+test('a failed write leaves memory as it was on disk', async (t) => {
+  const { dir, store } = await tempStore(t);
+  await store.create({ id: 'a', state: 'CREATED', tags: [] });
+  // A directory where the record file should go makes the rename fail.
+  await fs.rm(path.join(dir, 'a', 'rec.json'));
+  await fs.mkdir(path.join(dir, 'a', 'rec.json', 'x'), { recursive: true });
+  await t.throwsAsync(store.update('a', (r) => ({ ...r, state: 'RUNNING' })));
+  t.is(store.get('a')?.state, 'CREATED');
+});
+
+test('the transition table is the only way state changes: illegal moves are refused and nothing is written', async (t) => {
+  const { dir, store } = await tempStore(t);
+  await store.create({ id: 'a', state: 'CREATED', tags: [] });
+  await store.update('a', (r) => ({ ...r, state: 'EXITED' }));
+  const err = await t.throwsAsync(store.update('a', (r) => ({ ...r, state: 'RUNNING' })));
+  t.regex(err?.message ?? '', /state EXITED cannot become RUNNING/);
+  t.is(store.get('a')?.state, 'EXITED');
+  t.is((await onDisk(dir, 'a')).state, 'EXITED');
+});
+
+test('updates of one record run one at a time, each seeing the one before', async (t) => {
+  const { store } = await tempStore(t);
+  await store.create({ id: 'a', state: 'CREATED', tags: [] });
+  await Promise.all(['1', '2', '3'].map((tag) => store.update('a', (r) => ({ ...r, tags: [...r.tags, tag] }))));
+  t.deepEqual(store.get('a')?.tags, ['1', '2', '3']);
+});
+
+test('a recoverable change is visible at once and written behind the answer; flush waits for it', async (t) => {
+  const { dir, store } = await tempStore(t);
+  await store.create({ id: 'a', state: 'CREATED', tags: [] });
+  const next = await store.update('a', (r) => ({ ...r, state: 'EXITED' }), 'recoverable');
+  t.is(store.get('a'), next);
+  await store.flush();
+  t.is((await onDisk(dir, 'a')).state, 'EXITED');
+});
+
+test('a failed write-behind is reported, not thrown at a later caller', async (t) => {
+  const failures: string[] = [];
+  const { dir, store } = await tempStore(t, (id) => failures.push(id));
+  await store.create({ id: 'a', state: 'CREATED', tags: [] });
+  await fs.rm(path.join(dir, 'a', 'rec.json'));
+  await fs.mkdir(path.join(dir, 'a', 'rec.json', 'x'), { recursive: true });
+  await store.update('a', (r) => ({ ...r, state: 'EXITED' }), 'recoverable');
+  await store.flush();
+  t.deepEqual(failures, ['a']);
+});
+
+test('records without a version load as version 1; a newer version fails the load naming its file', async (t) => {
+  const { dir, store } = await tempStore(t);
+  await fs.mkdir(path.join(dir, 'old'));
+  await fs.writeFile(path.join(dir, 'old', 'rec.json'), JSON.stringify({ id: 'old', state: 'RUNNING', tags: [] }));
+  await fs.mkdir(path.join(dir, 'junk'));
+  const { records, orphans } = await store.loadAll();
+  t.deepEqual(records.map((r) => [r.id, r.version]), [['old', 1]]);
+  t.deepEqual(orphans, [path.join(dir, 'junk')]);
+
+  await fs.mkdir(path.join(dir, 'new'));
+  await fs.writeFile(path.join(dir, 'new', 'rec.json'), JSON.stringify({ id: 'new', version: RECORD_VERSION + 1, state: 'RUNNING', tags: [] }));
+  const fresh = new RecordStore<Rec>(dir, 'rec.json');
+  const err = await t.throwsAsync(fresh.loadAll());
+  t.true(err?.message.includes(path.join(dir, 'new', 'rec.json')));
+  t.regex(err?.message ?? '', /newer than this berth knows/);
+});
+
+test('delete removes the record from disk and memory', async (t) => {
+  const { dir, store } = await tempStore(t);
+  await store.create({ id: 'a', state: 'CREATED', tags: [] });
+  await store.delete('a');
+  t.false(store.has('a'));
+  await t.throwsAsync(fs.access(path.join(dir, 'a')));
+});
