@@ -8,6 +8,7 @@ import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth, BerthProcess, StartOptions } from '../helpers/berth.js';
 import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/cri.js';
+import { SHIM } from '../helpers/rootfs.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
 
@@ -122,6 +123,24 @@ test('an exec child held right before execve cannot be ptraced or opened from it
   t.is(released.out.trim(), 'released', 'the held exec went on to its command once continued');
 });
 
+test('in a user namespace, CAP_SYS_PTRACE there does not reach an exec child held before execve either', async (t) => {
+  const e = await env(t, { env: { BERTH_SHIM_TEST_PAUSE: 'exec-before-execve' } });
+  const userns = { mode: 'POD' as const, uids: [{ container_id: 0, host_id: 300000, length: 65536 }], gids: [{ container_id: 0, host_id: 300000, length: 65536 }] };
+  const nsopts = { network: 'POD' as const, pid: 'CONTAINER' as const, ipc: 'POD' as const, userns_options: userns };
+  const pod = await e.pod({ linux: { security_context: { namespace_options: nsopts } } });
+  const id = await e.container(pod, {
+    linux: { security_context: { namespace_options: nsopts, seccomp: { profile_type: 'Unconfined', localhost_ref: '' }, capabilities: { add_capabilities: ['SYS_PTRACE'] } } },
+  });
+  const held = e.exec(id, ['hardening', 'hold', 'berth-test-hold']);
+  const attack = await e.exec(id, ['hardening', 'attack', 'exec']);
+  t.is(field(attack.out, 'target'), 'found', attack.out);
+  t.is(field(attack.out, 'control_seize'), 'ok', attack.out);
+  t.is(field(attack.out, 'seize'), 'EPERM', attack.out);
+  t.regex(field(attack.out, 'exe_link') ?? '', /^(EACCES|EPERM)$/, attack.out);
+  t.regex(field(attack.out, 'fd_open') ?? '', /^(EACCES|EPERM)$/, attack.out);
+  t.is((await held).out.trim(), 'released');
+});
+
 test('a created-not-started init is out of reach of another container of a shared-pid pod; it runs the sealed copy', async (t) => {
   const e = await env(t);
   const pod = await e.pod({ linux: { security_context: { namespace_options: { network: 'POD', pid: 'POD', ipc: 'POD' } } } });
@@ -192,4 +211,27 @@ test('ExecSync runs with the container\'s nofile limit and oom_score_adj, not be
   t.is(r.code, 0, r.out);
   t.regex(r.out, /Max open files\s+1024\s+1024/);
   t.regex(r.out, /\n1000\n?$/);
+});
+
+test('berth-shim exec enters the container by pidfd and refuses a pid whose start time is not the one recorded', async (t) => {
+  const e = await env(t);
+  const pod = await e.pod();
+  const id = await e.container(pod);
+  const pid = JSON.parse((await e.berth.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info).pid as number;
+  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+  const startTime = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+  const run = (start: number) => {
+    try {
+      return { code: 0, out: execFileSync(SHIM, ['exec', String(pid), '--start-time', String(start), '--', 'hostname'], { encoding: 'utf8', stdio: 'pipe' }) };
+    } catch (err) {
+      const e = err as { status: number; stderr: string };
+      return { code: e.status, out: e.stderr };
+    }
+  };
+  const ok = run(startTime);
+  t.is(ok.code, 0, ok.out);
+  t.is(ok.out.trim(), pod.config.hostname ?? '', 'it ran in the container\'s uts namespace');
+  const recycled = run(startTime + 1);
+  t.is(recycled.code, 125);
+  t.regex(recycled.out, new RegExp(`process ${pid} is not the container's \\(start time ${startTime}, expected ${startTime + 1}\\)`));
 });
