@@ -46,10 +46,10 @@ function userNamespacesSupported(): boolean {
 }
 
 export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: Logger): Promise<Daemon> {
-  await claimSocket(paths.socket);
-  // Once per berth process, before any container: every shim runs from this sealed copy (no fallback).
+  // Once per berth process, before anything else: every shim runs from this sealed copy (no fallback).
   const shim = await sealedShim();
   log.debug('berth-shim sealed copy ready', { path: shim });
+  await claimSocket(paths.socket);
   const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }));
   const images = new ImageService({ store, registry: config.registry, log: log.child({ component: 'images' }) });
   const cgroups = new Cgroups(discoverCgroups(), log.child({ component: 'cgroups' }));
