@@ -8,6 +8,7 @@ import { ImageStore } from './image/store.js';
 import { ImageService } from './image/service.js';
 import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
 import { mallocTrim } from './kernel/libc.js';
+import { sealedShim } from './kernel/shim.js';
 import { SandboxService } from './sandbox/service.js';
 import { createPodNetwork } from './network/index.js';
 import { ContainerService } from './container/service.js';
@@ -45,6 +46,9 @@ function userNamespacesSupported(): boolean {
 }
 
 export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: Logger): Promise<Daemon> {
+  // Once per berth process, before anything else: every shim runs from this sealed copy (no fallback).
+  const shim = await sealedShim();
+  log.debug('berth-shim sealed copy ready', { path: shim });
   await claimSocket(paths.socket);
   const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }));
   const images = new ImageService({ store, registry: config.registry, log: log.child({ component: 'images' }) });
