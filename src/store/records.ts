@@ -35,7 +35,8 @@ export interface RecordStoreOptions<T> {
 export class RecordStore<T extends StoredRecord> {
   private readonly live = new Map<string, Readonly<T>>();
   private readonly locks = new KeyedMutex();
-  private readonly behind = new Set<Promise<void>>();
+  /** The newest write-behind of each id; later writes and the delete of that id wait for it. */
+  private readonly behind = new Map<string, Promise<void>>();
 
   constructor(
     readonly dir: string,
@@ -113,6 +114,8 @@ export class RecordStore<T extends StoredRecord> {
       this.checkTransition(current, proposed as T);
       const next = deepFreeze({ ...proposed, id, version: RECORD_VERSION } as T);
       if (durability === 'durable') {
+        // An older record still being written behind must not land after this one.
+        await this.behind.get(id);
         await this.write(next);
         this.live.set(id, next);
         return next;
@@ -134,6 +137,8 @@ export class RecordStore<T extends StoredRecord> {
   /** Removes the record file first, then its directory: a crash in between leaves an orphan dir, not a ghost. */
   async delete(id: string): Promise<void> {
     await this.locks.run(id, async () => {
+      // A write-behind landing after the delete would bring the record back on the next start.
+      await this.behind.get(id);
       await fs.rm(path.join(this.pathOf(id), this.file), { force: true });
       this.live.delete(id);
       await fs.rm(this.pathOf(id), { recursive: true, force: true });
@@ -142,7 +147,7 @@ export class RecordStore<T extends StoredRecord> {
 
   /** Waits for every write-behind ('recoverable') change started so far. */
   async flush(): Promise<void> {
-    await Promise.all([...this.behind]);
+    await Promise.all([...this.behind.values()]);
   }
 
   private checkTransition(current: Readonly<T>, next: T): void {
@@ -161,11 +166,16 @@ export class RecordStore<T extends StoredRecord> {
     await writeJsonAtomic(path.join(this.pathOf(record.id), this.file), record);
   }
 
+  /** Writes of one id land in the order they were made; a behind write never rejects (onWriteError hears it). */
   private writeBehind(record: Readonly<T>): void {
-    const done: Promise<void> = this.write(record)
-      .catch((err) => this.opts.onWriteError?.(record.id, err))
-      .finally(() => this.behind.delete(done));
-    this.behind.add(done);
+    const id = record.id;
+    const done: Promise<void> = (this.behind.get(id) ?? Promise.resolve())
+      .then(() => this.write(record))
+      .catch((err) => this.opts.onWriteError?.(id, err))
+      .finally(() => {
+        if (this.behind.get(id) === done) this.behind.delete(id);
+      });
+    this.behind.set(id, done);
   }
 }
 

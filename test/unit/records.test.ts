@@ -103,3 +103,14 @@ test('delete removes the record from disk and memory', async (t) => {
   t.false(store.has('a'));
   await t.throwsAsync(fs.access(path.join(dir, 'a')));
 });
+
+test('a delete right after a recoverable change waits for its write: the record does not come back', async (t) => {
+  const { dir, store } = await tempStore(t);
+  await store.create({ id: 'a', state: 'CREATED', tags: [] });
+  await store.update('a', (r) => ({ ...r, state: 'EXITED' }), 'recoverable');
+  await store.delete('a');
+  await store.flush();
+  await t.throwsAsync(fs.access(path.join(dir, 'a')));
+  const again = new RecordStore<Rec>(dir, 'rec.json');
+  t.deepEqual((await again.loadAll()).records, []);
+});
