@@ -12,6 +12,7 @@ import { sealedShim } from './kernel/shim.js';
 import { SandboxService } from './sandbox/service.js';
 import { createPodNetwork } from './network/index.js';
 import { ContainerService } from './container/service.js';
+import { shimContainerRuntime } from './container/runtime.js';
 import { imageHandlers } from './cri/image.js';
 import { podHandlers } from './cri/pods.js';
 import { containerHandlers } from './cri/containers.js';
@@ -50,7 +51,9 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   const shim = await sealedShim();
   log.debug('berth-shim sealed copy ready', { path: shim });
   await claimSocket(paths.socket);
-  const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }));
+  // Images and containers need each other: the store asks the container service (made below) which layers live
+  // containers hold, through a closure that nothing calls before startDaemon returns.
+  const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }), (): Set<string> => containers.heldLayers());
   const images = new ImageService({ store, registry: config.registry, log: log.child({ component: 'images' }) });
   const cgroups = new Cgroups(discoverCgroups(), log.child({ component: 'cgroups' }));
   if (!cgroups.layout.controllers.devices && !cgroups.layout.unified) {
@@ -67,6 +70,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   });
   const containers = new ContainerService({
     root: paths.root,
+    runtime: shimContainerRuntime,
     cgroups,
     images,
     sandboxes,
@@ -81,7 +85,6 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     removeContainers: (id) => containers.removeAllInSandbox(id),
   });
   // Containers are loaded before images collect garbage, so layers under a live rootfs are never deleted.
-  store.setLayerHolds(() => containers.heldLayers());
   await sandboxes.load();
   await containers.load();
   await network.start(sandboxes.networkedPods());
@@ -122,7 +125,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     stop: async () => {
       await drain(cri);
       compactor.close();
-      containers.close();
+      await containers.close();
       await network.close();
     },
     kill: () => forceClose(cri),

@@ -1,40 +1,63 @@
-import { FSWatcher, promises as fs, readFileSync, watch } from 'node:fs';
+import { promises as fs, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { BerthError, errorMessage, failedPrecondition, invalidArgument, notFound } from '../errors.js';
 import { Logger } from '../log.js';
 import { checkNoSymlinks, logLocation } from './log-path.js';
-import { Cgroups, CgroupResources } from '../kernel/cgroups.js';
-import { createContainer, execInContainer, ExecResult, isShim, readExecError, readExit, startContainer } from '../kernel/shim.js';
+import { CgroupHandle, CgroupResources } from '../kernel/cgroups.js';
+import type { CgroupPort } from '../kernel/cgroup-port.js';
+import { ExecResult } from '../kernel/shim.js';
 import { ImageService } from '../image/service.js';
 import { ImageRecord } from '../image/types.js';
-import { RecordStore } from '../store/records.js';
+import { Durability, RecordStore } from '../store/records.js';
+import { withUndo } from '../store/undo.js';
 import { SandboxService } from '../sandbox/service.js';
+import { PhaseTimer } from '../phases.js';
+import { ContainerRuntime, ExitWatch } from './runtime.js';
 import { readImageFile } from './image-files.js';
 import { buildSpec } from './spec.js';
 import { loadLocalhostProfile } from './seccomp.js';
 import { ShimDevice } from '../kernel/shim-spec.js';
 import { CdiInjection, loadCdiRegistry, resolveCdiDevices } from './cdi.js';
 import { deviceNumbers } from './devices.js';
-import { ContainerConfig, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate } from './types.js';
+import { CONTAINER_TRANSITIONS, ContainerConfig, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate } from './types.js';
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
 import { findByIdOrPrefix } from '../lookup.js';
 
 // Container lifecycle: create (process made, blocked), start (released), stop (signal, then SIGKILL), remove.
-// The per-container shim monitor owns the process; berth learns of exits from the exit.json it writes (inotify).
+// The per-container shim monitor owns the process; berth learns of exits from the exit record it writes (watched).
+//
+// Records change only through the record store's update(), checked against CONTAINER_TRANSITIONS. Durability:
+// - 'durable' (written before the new record is visible): create, CREATED -> RUNNING, resource updates, and an exit
+//   berth had to make up because the monitor died without writing one (nothing else on disk would tell it again).
+// - 'recoverable' (visible at once, written behind): an exit read from the monitor's exit record. That file is
+//   already durable, and reconciliation on start records the same exit from it again, so StopContainer answers
+//   as soon as the exit is known, without waiting for a write.
+
+export type ContainerCgroups = Pick<CgroupPort, 'create' | 'remove' | 'apply' | 'procsFiles' | 'oomKills' | 'killAll'>;
+export type ContainerImages = Pick<ImageService, 'resolve' | 'pinLayers' | 'layerPaths' | 'collectGarbage'>;
+export type ContainerPods = Pick<SandboxService, 'get' | 'podLock'>;
+/** Resolves after `ms`, or rejects once `signal` aborts. */
+export type Delay = (ms: number, signal: AbortSignal) => Promise<void>;
 
 export interface ContainerServiceOptions {
   root: string;
-  cgroups: Cgroups;
-  images: ImageService;
-  sandboxes: SandboxService;
+  runtime: ContainerRuntime;
+  cgroups: ContainerCgroups;
+  images: ContainerImages;
+  sandboxes: ContainerPods;
   log: Logger;
   rlimits: { type: string; soft: number; hard: number }[];
   maxLogLineBytes: number;
   shmSizeBytes: number;
   /** Where CDI spec files are read from, lowest priority first. */
   cdiSpecDirs: string[];
+  /** The stop timeout's clock; unit tests pass a fake one. */
+  delay?: Delay;
 }
+
+const realDelay: Delay = (ms, signal) => sleep(ms, undefined, { signal });
 
 export interface ContainerFilter {
   id?: string;
@@ -81,21 +104,27 @@ function toCgroupResources(r: ResourceUpdate): CgroupResources {
 
 export class ContainerService {
   private readonly records: RecordStore<ContainerRecord>;
-  private readonly containers = new Map<string, ContainerRecord>();
+  /** name/attempt in its pod -> container id: CreateContainer refuses a second container of the same name. */
   private readonly names = new Map<string, string>();
-  private readonly watchers = new Map<string, FSWatcher>();
+  private readonly watchers = new Map<string, ExitWatch>();
   private readonly exitWaiters = new Map<string, (() => void)[]>();
-  /** Exit records being written, by container id (see markExited). */
-  private readonly exitWrites = new Map<string, Promise<void>>();
+  private readonly runtime: ContainerRuntime;
+  private readonly delay: Delay;
 
   constructor(private readonly opts: ContainerServiceOptions) {
-    this.records = new RecordStore(path.join(opts.root, 'containers'), 'container.json');
+    this.runtime = opts.runtime;
+    this.delay = opts.delay ?? realDelay;
+    this.records = new RecordStore(path.join(opts.root, 'containers'), 'container.json', {
+      stateOf: (record) => record.state,
+      transitions: CONTAINER_TRANSITIONS,
+      onWriteError: (id, err) => opts.log.error('cannot write a container record', { container: id, error: errorMessage(err) }),
+    });
   }
 
   /** Layers under some container's rootfs: images may not delete them. */
   heldLayers(): Set<string> {
     const held = new Set<string>();
-    for (const c of this.containers.values()) for (const l of c.imageLayers) held.add(l);
+    for (const c of this.records.values()) for (const l of c.imageLayers) held.add(l);
     return held;
   }
 
@@ -107,24 +136,25 @@ export class ContainerService {
     const { records, orphans } = await this.records.loadAll();
     for (const dir of orphans) await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
     for (const record of records) {
-      this.containers.set(record.id, record);
       this.names.set(this.nameKey(record), record.id);
       if (record.state === 'CREATED' || record.state === 'RUNNING') {
         this.watchExit(record);
-        await this.reconcile(record);
+        await this.reconcile(record.id);
       }
     }
   }
 
   /** After a restart, or when a monitor may have died: exit.json wins; a monitor gone without one is an unknown exit. */
-  private async reconcile(record: ContainerRecord): Promise<void> {
-    const exit = await readExit(record.bundle);
+  private async reconcile(id: string): Promise<void> {
+    const record = this.records.get(id);
+    if (!record) return;
+    const exit = await this.runtime.readExit(record.bundle);
     if (exit) {
-      await this.recordExit(record);
+      await this.recordExit(id);
       return;
     }
-    if (record.monitorPid && !(await isShim(record.monitorPid))) {
-      await this.markExited(record, {
+    if (record.monitorPid && !(await this.runtime.isMonitorAlive(record.monitorPid))) {
+      await this.markExited(id, 'durable', {
         exitCode: 255,
         signal: 0,
         startedAt: record.startedAt ?? 0,
@@ -136,18 +166,18 @@ export class ContainerService {
     }
   }
 
-  get(id: string): ContainerRecord {
+  get(id: string): Readonly<ContainerRecord> {
     const found = this.find(id);
     if (!found) throw notFound(`container "${id}" not found`);
     return found;
   }
 
-  find(id: string): ContainerRecord | undefined {
-    return findByIdOrPrefix(this.containers, id, 'container');
+  find(id: string): Readonly<ContainerRecord> | undefined {
+    return findByIdOrPrefix(this.records, id, 'container');
   }
 
-  list(filter: ContainerFilter = {}): ContainerRecord[] {
-    let out = [...this.containers.values()];
+  list(filter: ContainerFilter = {}): Readonly<ContainerRecord>[] {
+    let out = this.records.values();
     if (filter.id) out = out.filter((c) => c.id.startsWith(filter.id!));
     if (filter.sandboxId) out = out.filter((c) => c.sandboxId.startsWith(filter.sandboxId!));
     if (filter.state) out = out.filter((c) => c.state === filter.state);
@@ -158,14 +188,14 @@ export class ContainerService {
     return out;
   }
 
-  async create(sandboxId: string, config: ContainerConfig): Promise<ContainerRecord> {
+  async create(sandboxId: string, config: ContainerConfig): Promise<Readonly<ContainerRecord>> {
     if (!sandboxId) throw invalidArgument('pod_sandbox_id is empty');
     const pod = this.opts.sandboxes.get(sandboxId);
     // Serialised with StopPodSandbox/RemovePodSandbox of the same pod: no container is born into a dying pod.
     return this.opts.sandboxes.podLock.run(pod.id, () => this.createLocked(pod.id, config));
   }
 
-  private async createLocked(sandboxId: string, config: ContainerConfig): Promise<ContainerRecord> {
+  private async createLocked(sandboxId: string, config: ContainerConfig): Promise<Readonly<ContainerRecord>> {
     const sandbox = this.opts.sandboxes.get(sandboxId);
     if (sandbox.state !== 'READY') throw failedPrecondition(`pod sandbox ${sandbox.id} is not ready`);
     if (!config.metadata.name) throw invalidArgument('config.metadata.name is empty');
@@ -183,24 +213,18 @@ export class ContainerService {
     const key = this.nameKey({ sandboxId: sandbox.id, config });
     const existing = this.names.get(key);
     if (existing) throw new BerthError('already_exists', `container ${config.metadata.name} (attempt ${config.metadata.attempt}) already exists in pod ${sandbox.id} as ${existing}`);
-    this.names.set(key, id);
-    // Until the container is listed (heldLayers), a concurrent RemoveImage's GC could take its layers.
-    const unpinLayers = this.opts.images.pinLayers(image);
     const log = this.opts.log.child({ pod: sandbox.id, container: id });
-    const started = Date.now();
-    // Phase timings go into the 'container created' log line: the hot path stays visible in production.
-    const phases: Record<string, number> = {};
-    let mark = process.hrtime.bigint();
-    const phase = (name: string) => {
-      const now = process.hrtime.bigint();
-      phases[name] = Number(now - mark) / 1e6;
-      mark = now;
-    };
+    const timer = new PhaseTimer();
     const bundle = this.records.pathOf(id);
-    let cgroup: { path: string; created: string[] } | undefined;
-    let pid: number | undefined;
-    try {
+    // Each acquisition pushes its undo at once; a failure anywhere undoes them all, newest first.
+    return withUndo(log, async (undo) => {
+      this.names.set(key, id);
+      undo.push('release name', () => this.names.delete(key));
+      // Until the container is listed (heldLayers), a concurrent RemoveImage's GC could take its layers.
+      const unpinLayers = this.opts.images.pinLayers(image);
+      undo.push('unpin image layers', unpinLayers);
       await fs.mkdir(bundle, { recursive: true, mode: 0o700 });
+      undo.push('remove bundle', () => fs.rm(bundle, { recursive: true, force: true }));
       const lowerDirs = this.opts.images.layerPaths(image).reverse();
       const [passwd, group] = await Promise.all([readImageFile(lowerDirs, '/etc/passwd'), readImageFile(lowerDirs, '/etc/group')]);
       const user = resolveUser(
@@ -231,12 +255,17 @@ export class ContainerService {
       const hostDevices = await Promise.all(config.devices.map((d, i) => this.hostDevice(d.hostPath, d.containerPath, i)));
       const cdi = config.cdiDevices?.length ? await this.resolveCdi(config.cdiDevices, log) : undefined;
       this.warnAppArmor(config.security.apparmor, log);
-      phase('prepare');
+      timer.lap('prepare');
       const handle = await this.opts.cgroups.create(`${sandbox.cgroup.path}/${id}`);
-      cgroup = { path: handle.path, created: handle.created };
+      const cgroup = { path: handle.path, created: handle.created };
+      undo.push('remove cgroup', async () => {
+        // A kill that fails leaves processes behind: the removal below says so.
+        await this.opts.cgroups.killAll(cgroup.path).catch(() => undefined);
+        await this.removeCgroupWhenEmpty(cgroup);
+      });
       // The cgroup was just made and holds no process yet: its limits are written without the thread pool.
       await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources), { empty: true }).catch(inField('config.linux.resources'));
-      phase('cgroup');
+      timer.lap('cgroup');
       const spec = buildSpec({
         id,
         config,
@@ -263,17 +292,17 @@ export class ContainerService {
       // ExecSync'd processes get the container's capability set and seccomp filter, not berth's.
       await fs.writeFile(path.join(bundle, 'exec-caps.json'), JSON.stringify(spec.process.capabilities));
       if (spec.seccomp) await fs.writeFile(path.join(bundle, 'exec-seccomp.json'), JSON.stringify(spec.seccomp));
-      phase('spec');
-      const created = await createContainer(spec);
-      phase('shim');
-      pid = created.pid;
-      const record: ContainerRecord = {
+      timer.lap('spec');
+      const created = await this.runtime.create(spec);
+      undo.push('kill container process', () => this.runtime.signal(created.pid, 'SIGKILL'));
+      timer.lap('shim');
+      const record = await this.records.create({
         id,
         sandboxId: sandbox.id,
         config,
         imageId: image.id,
         imageName: config.image,
-        imageLayers: image.layers,
+        imageLayers: [...image.layers],
         createdAt: Date.now() * 1e6,
         state: 'CREATED',
         pid: created.pid,
@@ -288,25 +317,14 @@ export class ContainerService {
         cwd: spec.process.cwd,
         rlimits: spec.process.rlimits,
         oomScoreAdj: spec.process.oomScoreAdj ?? undefined,
-      };
-      await this.records.put(record);
-      this.containers.set(id, record);
+      });
       this.watchExit(record);
-      phase('record');
-      log.info('container created', { name: config.metadata.name, image: image.id, ms: Date.now() - started, phases });
-      return record;
-    } catch (err) {
-      this.names.delete(key);
-      if (pid) this.kill(pid, 'SIGKILL');
-      if (cgroup) {
-        await this.opts.cgroups.killAll(cgroup.path).catch(() => undefined);
-        await this.removeCgroupWhenEmpty(cgroup).catch((e) => log.warn('cgroup cleanup failed', { error: errorMessage(e) }));
-      }
-      await fs.rm(bundle, { recursive: true, force: true }).catch(() => undefined);
-      throw err;
-    } finally {
+      // Listed now: heldLayers() keeps its layers from here on.
       unpinLayers();
-    }
+      timer.lap('record');
+      log.info('container created', { name: config.metadata.name, image: image.id, ms: timer.ms, phases: timer.phases });
+      return record;
+    });
   }
 
   private async hostDevice(hostPath: string, containerPath: string, index: number): Promise<ShimDevice[]> {
@@ -364,54 +382,49 @@ export class ContainerService {
     const record = this.get(id);
     if (record.state !== 'CREATED') throw failedPrecondition(`container ${record.id} is ${record.state}, not CREATED`);
     try {
-      await startContainer(record.bundle);
+      await this.runtime.start(record.bundle);
     } catch (err) {
-      await this.recordExit(record);
-      const why = (await readExecError(record.bundle)) ?? errorMessage(err);
+      await this.recordExit(record.id);
+      const why = (await this.runtime.readExecError(record.bundle)) ?? errorMessage(err);
       throw failedPrecondition(`container ${record.id} failed to start: ${why}`);
     }
-    record.state = 'RUNNING';
-    record.startedAt = Date.now() * 1e6;
-    await this.records.put(record);
+    const startedAt = Date.now() * 1e6;
+    // A process that exits at once may already be recorded EXITED (with its own start time): it did start.
+    await this.records.update(record.id, (current) => (current.state === 'CREATED' ? { ...current, state: 'RUNNING', startedAt } : current));
     this.opts.log.info('container started', { pod: record.sandboxId, container: record.id });
   }
 
-  // A method, not an inline comparison, because state changes behind TypeScript's narrowing (awaits in between).
-  private exited(record: ContainerRecord): boolean {
-    return record.state === 'EXITED';
+  /** True once the container has exited, or is gone altogether (removed meanwhile): there is nothing to stop. */
+  private exited(id: string): boolean {
+    const record = this.records.get(id);
+    return !record || record.state === 'EXITED';
   }
 
-  private kill(pid: number, signal: NodeJS.Signals): void {
-    try {
-      process.kill(pid, signal);
-    } catch {
-      /* already gone */
-    }
-  }
-
-  private watchExit(record: ContainerRecord): void {
+  private watchExit(record: Readonly<ContainerRecord>): void {
     if (this.watchers.has(record.id)) return;
     try {
-      const watcher = watch(record.bundle, (_event, file) => {
-        if (file === 'exit.json') this.recordExitInBackground(record);
-      });
-      watcher.on('error', () => watcher.close());
-      this.watchers.set(record.id, watcher);
+      this.watchers.set(record.id, this.runtime.watchExit(record.bundle, () => this.recordExitInBackground(record.id)));
     } catch (err) {
       this.opts.log.warn('cannot watch container bundle', { container: record.id, error: errorMessage(err) });
     }
   }
 
+  private unwatchExit(id: string): void {
+    this.watchers.get(id)?.close();
+    this.watchers.delete(id);
+  }
+
   /** From a watcher or timer: nobody awaits it, so a failure (a full disk, say) is logged here, not thrown. */
-  private recordExitInBackground(record: ContainerRecord): void {
-    this.recordExit(record).catch((err) =>
-      this.opts.log.error('cannot record a container exit', { pod: record.sandboxId, container: record.id, error: errorMessage(err) }),
+  private recordExitInBackground(id: string): void {
+    this.recordExit(id).catch((err) =>
+      this.opts.log.error('cannot record a container exit', { pod: this.records.get(id)?.sandboxId, container: id, error: errorMessage(err) }),
     );
   }
 
-  private async recordExit(record: ContainerRecord): Promise<void> {
-    if (record.state === 'EXITED') return;
-    const exit = await readExit(record.bundle);
+  private async recordExit(id: string): Promise<void> {
+    const record = this.records.get(id);
+    if (!record || record.state === 'EXITED') return;
+    const exit = await this.runtime.readExit(record.bundle);
     if (!exit) return;
     let oomKilled = false;
     try {
@@ -419,8 +432,8 @@ export class ContainerService {
     } catch {
       /* cgroup gone: no OOM information */
     }
-    const execError = exit.exitCode === 127 ? await readExecError(record.bundle) : undefined;
-    await this.markExited(record, {
+    const execError = exit.exitCode === 127 ? await this.runtime.readExecError(record.bundle) : undefined;
+    await this.markExited(id, 'recoverable', {
       exitCode: exit.exitCode,
       signal: exit.signal,
       startedAt: exit.startedAt,
@@ -431,62 +444,69 @@ export class ContainerService {
     });
   }
 
-  private async markExited(record: ContainerRecord, exit: ExitStatus): Promise<void> {
-    if (record.state === 'EXITED') return;
-    record.state = 'EXITED';
-    record.exit = exit;
-    if (!record.startedAt && exit.startedAt) record.startedAt = exit.startedAt;
-    this.watchers.get(record.id)?.close();
-    this.watchers.delete(record.id);
-    // StopContainer returns before the record is on disk: the monitor's exit.json is already durable, and a berth
-    // that crashes before this write lands finds it on start (reconcile) and records the same exit again.
-    for (const wake of this.exitWaiters.get(record.id) ?? []) wake();
-    this.exitWaiters.delete(record.id);
-    const write = this.records.put(record).finally(() => {
-      if (this.exitWrites.get(record.id) === write) this.exitWrites.delete(record.id);
-    });
-    this.exitWrites.set(record.id, write);
-    await write;
-    this.opts.log.info('container exited', { pod: record.sandboxId, container: record.id, exitCode: exit.exitCode, reason: exit.reason });
+  private async markExited(id: string, durability: Durability, exit: ExitStatus): Promise<void> {
+    if (!this.records.has(id)) return;
+    let changed = false;
+    const record = await this.records.update(
+      id,
+      (current) => {
+        if (current.state === 'EXITED') return current;
+        changed = true;
+        const next: ContainerRecord = { ...current, state: 'EXITED', exit };
+        if (!current.startedAt && exit.startedAt) next.startedAt = exit.startedAt;
+        return next;
+      },
+      durability,
+    );
+    if (!changed) return;
+    this.unwatchExit(id);
+    for (const wake of this.exitWaiters.get(id) ?? []) wake();
+    this.exitWaiters.delete(id);
+    this.opts.log.info('container exited', { pod: record.sandboxId, container: id, exitCode: exit.exitCode, reason: exit.reason });
   }
 
-  private waitExit(record: ContainerRecord, timeoutMs: number): Promise<boolean> {
-    if (record.state === 'EXITED') return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        const list = this.exitWaiters.get(record.id) ?? [];
-        this.exitWaiters.set(record.id, list.filter((w) => w !== wake));
-        resolve(false);
-      }, timeoutMs);
-      const wake = () => {
-        clearTimeout(timer);
-        resolve(true);
-      };
-      const list = this.exitWaiters.get(record.id) ?? [];
-      list.push(wake);
-      this.exitWaiters.set(record.id, list);
-      // The exit may have landed between our state check and the watcher: look once.
-      this.recordExitInBackground(record);
-    });
+  private async waitExit(id: string, timeoutMs: number): Promise<boolean> {
+    if (this.exited(id)) return true;
+    const timeout = new AbortController();
+    let wake!: () => void;
+    const exited = new Promise<boolean>((resolve) => (wake = () => resolve(true)));
+    const list = this.exitWaiters.get(id) ?? [];
+    list.push(wake);
+    this.exitWaiters.set(id, list);
+    // The exit may have landed between our state check and the watcher: look once.
+    this.recordExitInBackground(id);
+    const timedOut = this.delay(timeoutMs, timeout.signal).then(
+      () => false,
+      () => false,
+    );
+    try {
+      return await Promise.race([exited, timedOut]);
+    } finally {
+      timeout.abort();
+      const rest = (this.exitWaiters.get(id) ?? []).filter((w) => w !== wake);
+      if (rest.length > 0) this.exitWaiters.set(id, rest);
+      else this.exitWaiters.delete(id);
+    }
   }
 
   /** Stop signal, then SIGKILL to the whole cgroup after the timeout. Stopping a stopped container is a no-op. */
   async stop(id: string, timeoutSeconds: number): Promise<void> {
-    const record = this.get(id);
-    if (record.state === 'EXITED') return;
-    await this.reconcile(record);
-    if (this.exited(record) || !record.pid) return;
+    const found = this.get(id);
+    if (found.state === 'EXITED') return;
+    await this.reconcile(found.id);
+    const record = this.records.get(found.id);
+    if (!record || record.state === 'EXITED' || !record.pid) return;
     const log = this.opts.log.child({ pod: record.sandboxId, container: record.id });
     if (timeoutSeconds > 0 && record.state === 'RUNNING') {
-      this.kill(record.pid, record.stopSignal as NodeJS.Signals);
-      if (await this.waitExit(record, timeoutSeconds * 1000)) return;
+      this.runtime.signal(record.pid, record.stopSignal as NodeJS.Signals);
+      if (await this.waitExit(record.id, timeoutSeconds * 1000)) return;
       log.info('stop timeout passed: killing', { timeoutSeconds });
     }
-    this.kill(record.pid, 'SIGKILL');
+    this.runtime.signal(record.pid, 'SIGKILL');
     await this.opts.cgroups.killAll(record.cgroup.path).catch(() => undefined);
-    if (!(await this.waitExit(record, 10_000))) {
-      await this.reconcile(record);
-      if (!this.exited(record)) throw new BerthError('deadline_exceeded', `container ${record.id} did not exit after SIGKILL`);
+    if (!(await this.waitExit(record.id, 10_000))) {
+      await this.reconcile(record.id);
+      if (!this.exited(record.id)) throw new BerthError('deadline_exceeded', `container ${record.id} did not exit after SIGKILL`);
     }
   }
 
@@ -495,19 +515,16 @@ export class ContainerService {
     const record = this.find(id);
     if (!record) return;
     if (record.state !== 'EXITED') await this.stop(record.id, 0);
-    // An exit record still being written must land before the record is deleted, or it could outlive it.
-    await this.exitWrites.get(record.id)?.catch(() => undefined);
     await this.removeCgroupWhenEmpty(record.cgroup);
-    this.watchers.get(record.id)?.close();
-    this.watchers.delete(record.id);
+    this.unwatchExit(record.id);
+    // The store lets an exit record still being written land first, so that it cannot outlive the delete.
     await this.records.delete(record.id);
-    this.containers.delete(record.id);
     this.names.delete(this.nameKey(record));
     await this.opts.images.collectGarbage();
     this.opts.log.info('container removed', { pod: record.sandboxId, container: record.id });
   }
 
-  private async removeCgroupWhenEmpty(cgroup: { path: string; created: string[] }): Promise<void> {
+  private async removeCgroupWhenEmpty(cgroup: CgroupHandle): Promise<void> {
     // A killed process leaves the cgroup a moment after its monitor saw it die.
     for (let attempt = 0; ; attempt++) {
       try {
@@ -521,8 +538,8 @@ export class ContainerService {
     }
   }
 
-  private inSandbox(sandboxId: string): ContainerRecord[] {
-    return [...this.containers.values()].filter((c) => c.sandboxId === sandboxId);
+  private inSandbox(sandboxId: string): Readonly<ContainerRecord>[] {
+    return this.records.values().filter((c) => c.sandboxId === sandboxId);
   }
 
   async stopAllInSandbox(sandboxId: string): Promise<void> {
@@ -537,8 +554,8 @@ export class ContainerService {
     const record = this.get(id);
     if (record.state === 'EXITED') throw failedPrecondition(`container ${record.id} has exited: its resources cannot change`);
     await this.opts.cgroups.apply(record.cgroup.path, toCgroupResources(resources)).catch(inField('linux'));
-    record.config.resources = { ...record.config.resources, ...Object.fromEntries(Object.entries(resources).filter(([, v]) => v !== undefined)) };
-    await this.records.put(record);
+    const given = Object.fromEntries(Object.entries(resources).filter(([, v]) => v !== undefined));
+    await this.records.update(record.id, (current) => ({ ...current, config: { ...current.config, resources: { ...current.config.resources, ...given } } }));
   }
 
   async execSync(id: string, command: string[], timeoutSeconds: number): Promise<ExecResult> {
@@ -546,7 +563,7 @@ export class ContainerService {
     if (command.length === 0) throw invalidArgument('cmd is empty');
     if (record.state !== 'RUNNING' || !record.pid) throw failedPrecondition(`container ${record.id} is not running`);
     const security = record.config.security;
-    return execInContainer({
+    return this.runtime.exec({
       pid: record.pid,
       startTime: record.pidStartTime,
       // A keyring of its own (not berth's, not another container's), named like the init's.
@@ -587,7 +604,7 @@ export class ContainerService {
       return st;
     };
     await kind();
-    this.kill(record.monitorPid, 'SIGUSR1');
+    this.runtime.signal(record.monitorPid, 'SIGUSR1');
     const deadline = Date.now() + 5000;
     while (!(await kind())) {
       if (Date.now() > deadline) throw new BerthError('deadline_exceeded', `container ${record.id}: log ${record.logPath} was not reopened within 5s`);
@@ -595,8 +612,10 @@ export class ContainerService {
     }
   }
 
-  close(): void {
+  /** Stops watching for exits and waits for exit records still being written. */
+  async close(): Promise<void> {
     for (const w of this.watchers.values()) w.close();
     this.watchers.clear();
+    await this.records.flush();
   }
 }

@@ -78,6 +78,18 @@ export interface ContainerConfig {
 
 export type ContainerState = 'CREATED' | 'RUNNING' | 'EXITED' | 'UNKNOWN';
 
+/**
+ * The only state changes a container has (the record store refuses any other): a start that fails, or a pod stopped
+ * before its container started, goes from CREATED to EXITED. No record is ever UNKNOWN: it is a CRI state that
+ * ListContainers' filter can name, so it has no way in or out.
+ */
+export const CONTAINER_TRANSITIONS: Readonly<Record<ContainerState, readonly ContainerState[]>> = {
+  CREATED: ['RUNNING', 'EXITED'],
+  RUNNING: ['EXITED'],
+  EXITED: [],
+  UNKNOWN: [],
+};
+
 export interface ExitStatus {
   exitCode: number;
   signal: number;
@@ -90,6 +102,8 @@ export interface ExitStatus {
 
 export interface ContainerRecord {
   id: string;
+  /** Record format, set by the record store. */
+  version?: number;
   sandboxId: string;
   config: ContainerConfig;
   imageId: string;
