@@ -1,0 +1,231 @@
+import test, { ExecutionContext } from 'ava';
+import { existsSync, promises as fs, readdirSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { BerthError } from '../../src/errors.js';
+import { ContainerService } from '../../src/container/service.js';
+import { ContainerConfig, ContainerRecord } from '../../src/container/types.js';
+import type { RecordStore } from '../../src/store/records.js';
+import { FakeCgroups, FakeClock, FakeRuntime, fakeImages, fakePods, Journal, MONITOR_PID, PID, POD, recordingLog } from './fakes/container.js';
+
+function containerConfig(name = 'app'): ContainerConfig {
+  return {
+    metadata: { name, attempt: 0 }, image: 'img:1', command: [], args: [], workingDir: '', envs: [], mounts: [], devices: [],
+    labels: {}, annotations: {}, logPath: '', stdin: false, stdinOnce: false, tty: false, resources: { hugepageLimits: [], unified: {} },
+    security: {
+      capabilities: { add: [], drop: [] }, privileged: false, readonlyRootfs: false, supplementalGroups: [], noNewPrivs: false,
+      maskedPaths: [], readonlyPaths: [], namespaces: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' },
+      seccomp: { kind: 'unconfined' }, apparmor: '',
+    },
+  };
+}
+
+async function tempRoot(t: ExecutionContext): Promise<string> {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-containers-'));
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
+  return root;
+}
+
+function setup(root: string, clock = new FakeClock(-1)) {
+  const j = new Journal();
+  const runtime = new FakeRuntime(j);
+  const log = recordingLog();
+  const service = new ContainerService({
+    root, runtime, cgroups: new FakeCgroups(j), images: fakeImages(j), sandboxes: fakePods(), log,
+    rlimits: [], maxLogLineBytes: 16384, shmSizeBytes: 1 << 26, cdiSpecDirs: [], delay: clock.delay,
+  });
+  return { j, runtime, log, service, clock, containersDir: path.join(root, 'containers') };
+}
+
+/** The service's record store: the state machine is the store's to enforce. */
+const storeOf = (service: ContainerService) => (service as unknown as { records: RecordStore<ContainerRecord> }).records;
+
+const until = async (ok: () => boolean) => {
+  for (let i = 0; i < 1000 && !ok(); i++) await new Promise((r) => setImmediate(r));
+};
+
+test('CreateContainer acquires in order: layer pin, bundle, cgroup, limits, shim process, record', async (t) => {
+  const { j, service, containersDir } = setup(await tempRoot(t));
+  const record = await service.create(POD.id, containerConfig());
+  t.deepEqual(j.calls, ['images.pinLayers', 'cgroup.create', 'cgroup.apply', 'runtime.create', 'runtime.watchExit', 'images.unpinLayers']);
+  t.is(record.state, 'CREATED');
+  t.is(record.version, 1);
+  t.deepEqual([record.pid, record.monitorPid], [PID, MONITOR_PID]);
+  t.deepEqual(await fs.readdir(containersDir), [record.id]);
+  t.deepEqual([...service.heldLayers()], ['sha256:l1']);
+});
+
+const rollbacks: { failAt: string; expected: string[] }[] = [
+  { failAt: 'images.pinLayers', expected: ['images.pinLayers'] },
+  { failAt: 'cgroup.create', expected: ['images.pinLayers', 'cgroup.create', 'images.unpinLayers'] },
+  { failAt: 'cgroup.apply', expected: ['images.pinLayers', 'cgroup.create', 'cgroup.apply', 'cgroup.killAll', 'cgroup.remove', 'images.unpinLayers'] },
+  {
+    failAt: 'runtime.create',
+    expected: ['images.pinLayers', 'cgroup.create', 'cgroup.apply', 'runtime.create', 'cgroup.killAll', 'cgroup.remove', 'images.unpinLayers'],
+  },
+  {
+    failAt: 'record write',
+    expected: ['images.pinLayers', 'cgroup.create', 'cgroup.apply', 'runtime.create', `signal ${PID} SIGKILL`, 'cgroup.killAll', 'cgroup.remove', 'images.unpinLayers'],
+  },
+];
+
+for (const { failAt, expected } of rollbacks) {
+  test(`CreateContainer failing at ${failAt} undoes every earlier step, newest first`, async (t) => {
+    const { j, runtime, log, service, containersDir } = setup(await tempRoot(t));
+    if (failAt === 'record write') runtime.spoilRecordWrite = true;
+    else j.failing.add(failAt);
+    // The bundle goes after the cgroup and before the layer pin: look at it as those undos run.
+    const bundlePresent: Record<string, boolean> = {};
+    // Synchronous: the hook runs inside an undo and must see the directory at that instant.
+    const bundles = () => (existsSync(containersDir) ? readdirSync(containersDir) : []);
+    j.onCall = (name) => {
+      if (name === 'cgroup.remove' || name === 'images.unpinLayers') bundlePresent[name] = bundles().length > 0;
+    };
+    await t.throwsAsync(service.create(POD.id, containerConfig()));
+    t.deepEqual(j.calls, expected);
+    if (expected.includes('cgroup.remove')) t.true(bundlePresent['cgroup.remove'], 'the cgroup is removed before the bundle');
+    if (expected.includes('images.unpinLayers')) t.false(bundlePresent['images.unpinLayers'], 'the layers are unpinned after the bundle is gone');
+    t.deepEqual(bundles(), [], 'no bundle left');
+    t.deepEqual(service.list(), []);
+    t.deepEqual(log.lines.filter((l) => l.msg === 'undo step failed'), []);
+    // The name was released: the same container can be created once the fault is gone.
+    j.failing.clear();
+    runtime.spoilRecordWrite = false;
+    t.is((await service.create(POD.id, containerConfig())).state, 'CREATED');
+  });
+}
+
+test('a failing undo is logged with its name and the rest still run; the caller gets the original error', async (t) => {
+  const { j, log, service, containersDir } = setup(await tempRoot(t));
+  j.failing.add('runtime.create');
+  j.failing.add('cgroup.remove');
+  const err = await t.throwsAsync(service.create(POD.id, containerConfig()));
+  t.regex(err?.message ?? '', /injected failure: runtime.create/);
+  t.deepEqual(j.calls.slice(-3), ['cgroup.killAll', 'cgroup.remove', 'images.unpinLayers']);
+  t.deepEqual(readdirSync(containersDir), []);
+  const failed = log.lines.filter((l) => l.msg === 'undo step failed');
+  t.deepEqual(failed.map((l) => [l.level, l.fields?.step]), [['warn', 'remove cgroup']]);
+});
+
+test('StopContainer escalates to SIGKILL and kills the cgroup when the stop timeout passes', async (t) => {
+  const { j, runtime, log, service, clock } = setup(await tempRoot(t), new FakeClock(30_000));
+  runtime.fatal = new Set(['SIGKILL']);
+  const { id } = await service.create(POD.id, containerConfig());
+  await service.start(id);
+  j.clear();
+  await service.stop(id, 30);
+  t.deepEqual(j.calls, [`signal ${PID} SIGTERM`, `signal ${PID} SIGKILL`, 'cgroup.killAll']);
+  t.deepEqual(clock.waits, [30_000, 10_000]);
+  t.true(log.lines.some((l) => l.msg === 'stop timeout passed: killing'));
+  const stopped = service.get(id);
+  t.is(stopped.state, 'EXITED');
+  t.is(stopped.exit?.exitCode, 137);
+  // Written behind the answer; on disk once flushed.
+  await service.close();
+  const onDisk = JSON.parse(await fs.readFile(path.join(stopped.bundle, 'container.json'), 'utf8')) as ContainerRecord;
+  t.is(onDisk.state, 'EXITED');
+});
+
+test('StopContainer sends only the stop signal to a container that honours it', async (t) => {
+  const { j, service, clock } = setup(await tempRoot(t));
+  const { id } = await service.create(POD.id, containerConfig());
+  await service.start(id);
+  j.clear();
+  await service.stop(id, 30);
+  t.deepEqual(j.calls, [`signal ${PID} SIGTERM`]);
+  t.deepEqual(clock.waits, [30_000]);
+  t.is(service.get(id).exit?.exitCode, 143);
+  t.is(service.get(id).exit?.reason, 'Error');
+  // Stopping a stopped container does nothing.
+  await service.stop(id, 30);
+  t.deepEqual(j.calls, [`signal ${PID} SIGTERM`]);
+});
+
+test('StopContainer of a created (never started) container kills it at once: CREATED -> EXITED', async (t) => {
+  const { j, service, clock } = setup(await tempRoot(t));
+  const { id } = await service.create(POD.id, containerConfig());
+  j.clear();
+  await service.stop(id, 30);
+  t.deepEqual(j.calls, [`signal ${PID} SIGKILL`, 'cgroup.killAll']);
+  t.deepEqual(clock.waits, [10_000]);
+  t.is(service.get(id).state, 'EXITED');
+});
+
+async function runningContainerOnDisk(t: ExecutionContext): Promise<{ root: string; id: string; bundle: string }> {
+  const root = await tempRoot(t);
+  const { service } = setup(root);
+  const { id, bundle } = await service.create(POD.id, containerConfig());
+  await service.start(id);
+  await service.close();
+  return { root, id, bundle };
+}
+
+test('after a restart a container whose monitor wrote an exit record is EXITED with that status', async (t) => {
+  const { root, id, bundle } = await runningContainerOnDisk(t);
+  const { runtime, service } = setup(root);
+  runtime.exits.set(bundle, { exitCode: 3, signal: 0, startedAt: 5, finishedAt: 6 });
+  await service.load();
+  const record = service.get(id);
+  t.is(record.state, 'EXITED');
+  t.like(record.exit, { exitCode: 3, finishedAt: 6, reason: 'Error', oomKilled: false });
+  await service.close();
+  t.is((JSON.parse(await fs.readFile(path.join(bundle, 'container.json'), 'utf8')) as ContainerRecord).state, 'EXITED');
+});
+
+test('after a restart a container whose monitor is gone without an exit record is EXITED as unknown (255)', async (t) => {
+  const { root, id } = await runningContainerOnDisk(t);
+  const { runtime, service } = setup(root);
+  runtime.monitorAlive = false;
+  await service.load();
+  t.like(service.get(id), { state: 'EXITED', exit: { exitCode: 255, signal: 0, oomKilled: false, reason: 'Unknown', message: 'the container monitor exited without recording an exit status' } });
+});
+
+test('after a restart a container whose monitor lives stays RUNNING and its exit is watched again', async (t) => {
+  const { root, id, bundle } = await runningContainerOnDisk(t);
+  const { j, runtime, service } = setup(root);
+  await service.load();
+  t.is(service.get(id).state, 'RUNNING');
+  t.deepEqual(j.calls, ['runtime.watchExit']);
+  runtime.exit(bundle, 0);
+  await until(() => service.get(id).state === 'EXITED');
+  t.like(service.get(id).exit, { exitCode: 0, reason: 'Completed' });
+  await service.close();
+});
+
+test('the state machine: StartContainer of an exited container is refused as before, and the store refuses EXITED -> RUNNING', async (t) => {
+  const { service } = setup(await tempRoot(t));
+  const { id } = await service.create(POD.id, containerConfig());
+  await service.stop(id, 0);
+  const err = await t.throwsAsync(service.start(id), { instanceOf: BerthError });
+  t.is((err as BerthError).kind, 'failed_precondition');
+  t.is(err?.message, `container ${id} is EXITED, not CREATED`);
+  const refused = await t.throwsAsync(storeOf(service).update(id, (r) => ({ ...r, state: 'RUNNING' })), { instanceOf: BerthError });
+  t.is((refused as BerthError).kind, 'failed_precondition');
+  t.regex(refused?.message ?? '', /state EXITED cannot become RUNNING/);
+  t.is(service.get(id).state, 'EXITED');
+});
+
+test('readers get frozen snapshots: changing one throws and the stored record is untouched', async (t) => {
+  const { service } = setup(await tempRoot(t));
+  const { id } = await service.create(POD.id, containerConfig());
+  const snapshot = service.get(id) as ContainerRecord;
+  t.throws(() => {
+    snapshot.state = 'RUNNING';
+  }, { instanceOf: TypeError });
+  t.throws(() => {
+    snapshot.config.labels.x = 'y';
+  }, { instanceOf: TypeError });
+  t.is(service.get(id).state, 'CREATED');
+});
+
+test('RemoveContainer kills a running container, removes its cgroup and record, and collects image garbage', async (t) => {
+  const { j, service, containersDir } = setup(await tempRoot(t));
+  const { id } = await service.create(POD.id, containerConfig());
+  await service.start(id);
+  j.clear();
+  await service.remove(id);
+  t.deepEqual(j.calls, [`signal ${PID} SIGKILL`, 'cgroup.killAll', 'cgroup.remove', 'images.collectGarbage']);
+  t.is(service.find(id), undefined);
+  t.deepEqual(readdirSync(containersDir), []);
+  t.deepEqual([...service.heldLayers()], []);
+});
