@@ -8,7 +8,8 @@ import { ImageStore } from './image/store.js';
 import { ImageService } from './image/service.js';
 import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
 import { mallocTrim } from './kernel/libc.js';
-import { SandboxService } from './sandbox/service.js';
+import { SandboxHooks, SandboxService } from './sandbox/service.js';
+import { kernelSandboxRuntime } from './sandbox/runtime.js';
 import { createPodNetwork } from './network/index.js';
 import { ContainerService } from './container/service.js';
 import { imageHandlers } from './cri/image.js';
@@ -53,8 +54,16 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     log.error('neither a v1 devices controller nor cgroup2 is mounted: containers can open any device node they can make');
   }
   const network = await createPodNetwork(config, paths, log.child({ component: 'network' }));
+  // The two services need each other: the pod's containers are reached through a closure over the container
+  // service, which is made next (nothing calls these before startDaemon returns).
+  const podContainers: SandboxHooks = {
+    stopContainers: (id) => containers.stopAllInSandbox(id),
+    removeContainers: (id) => containers.removeAllInSandbox(id),
+  };
   const sandboxes = new SandboxService({
     network,
+    runtime: kernelSandboxRuntime,
+    containers: podContainers,
     root: paths.root,
     stateDir: paths.stateDir,
     cgroups,
@@ -71,10 +80,6 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     maxLogLineBytes: config.runtime.logMaxLineBytes,
     shmSizeBytes: config.runtime.shmSizeBytes,
     cdiSpecDirs: config.cdi.specDirs,
-  });
-  sandboxes.setHooks({
-    stopContainers: (id) => containers.stopAllInSandbox(id),
-    removeContainers: (id) => containers.removeAllInSandbox(id),
   });
   // Containers are loaded before images collect garbage, so layers under a live rootfs are never deleted.
   store.setLayerHolds(() => containers.heldLayers());
