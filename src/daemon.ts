@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { BerthConfig } from './config/schema.js';
 import { IdleCompactor, exposedGc } from './memory.js';
 import { Logger } from './log.js';
-import { ImageStore } from './image/store.js';
+import { ImageStore, LayerHolds } from './image/store.js';
 import { ImageService } from './image/service.js';
 import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
 import { mallocTrim } from './kernel/libc.js';
@@ -47,7 +47,10 @@ function userNamespacesSupported(): boolean {
 
 export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: Logger): Promise<Daemon> {
   await claimSocket(paths.socket);
-  const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }));
+  // Containers hold the layers under their rootfs (the container service is made below; the store asks only
+  // once containers are loaded, so layers under a live rootfs are never deleted).
+  const layerHolds: LayerHolds = () => containers.heldLayers();
+  const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }), layerHolds);
   const images = new ImageService({ store, registry: config.registry, log: log.child({ component: 'images' }) });
   const cgroups = new Cgroups(discoverCgroups(), log.child({ component: 'cgroups' }));
   if (!cgroups.layout.controllers.devices && !cgroups.layout.unified) {
@@ -81,8 +84,6 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     shmSizeBytes: config.runtime.shmSizeBytes,
     cdiSpecDirs: config.cdi.specDirs,
   });
-  // Containers are loaded before images collect garbage, so layers under a live rootfs are never deleted.
-  store.setLayerHolds(() => containers.heldLayers());
   await sandboxes.load();
   await containers.load();
   await network.start(sandboxes.networkedPods());

@@ -29,7 +29,6 @@ export class ImageStore {
   readonly layersDir: string;
   private readonly images = new Map<string, ImageRecord>();
   private readonly layers = new Map<string, LayerRecord>();
-  private holds: LayerHolds = () => new Set();
   // Layers a pull has decided to use but no image record lists yet; GC must leave them alone.
   private readonly pins = new Map<string, number>();
   // Layers GC is moving out of the way; a pull waits for that to end before it looks for them.
@@ -38,14 +37,11 @@ export class ImageStore {
   constructor(
     readonly root: string,
     private readonly log: Logger,
+    /** Containers report the layers under their rootfs so removing an image does not pull them away. */
+    private readonly holds: LayerHolds,
   ) {
     this.imagesDir = path.join(root, 'images');
     this.layersDir = path.join(root, 'layers');
-  }
-
-  /** Containers report the layers under their rootfs so removing an image does not pull them away. */
-  setLayerHolds(holds: LayerHolds): void {
-    this.holds = holds;
   }
 
   async load(): Promise<void> {

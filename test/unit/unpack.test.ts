@@ -529,7 +529,7 @@ async function addLayer(store: ImageStore, content: string): Promise<string> {
 
 async function storeWithLayer(t: ExecutionContext, content: string) {
   const { dir } = await box(t);
-  const store = new ImageStore(path.join(dir, 'images'), captureLog());
+  const store = new ImageStore(path.join(dir, 'images'), captureLog(), () => new Set());
   await store.load();
   return { store, diffId: await addLayer(store, content) };
 }
@@ -575,7 +575,7 @@ test('load drops a layer whose record is not JSON, and keeps a good one', async 
   const broken = path.join(store.layersDir, 'ab'.repeat(32));
   await fs.mkdir(path.join(broken, 'fs'), { recursive: true });
   await fs.writeFile(path.join(broken, 'layer.json'), '{"diffId": ');
-  const again = new ImageStore(store.root, captureLog());
+  const again = new ImageStore(store.root, captureLog(), () => new Set());
   // An image record keeps the good layer from the GC that load runs.
   await fs.writeFile(
     path.join(store.imagesDir, 'cd'.repeat(32) + '.json'),
