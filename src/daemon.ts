@@ -8,6 +8,7 @@ import { ImageStore, LayerHolds } from './image/store.js';
 import { ImageService } from './image/service.js';
 import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
 import { mallocTrim } from './kernel/libc.js';
+import { sealedShim } from './kernel/shim.js';
 import { SandboxHooks, SandboxService } from './sandbox/service.js';
 import { kernelSandboxRuntime } from './sandbox/runtime.js';
 import { createPodNetwork } from './network/index.js';
@@ -46,6 +47,9 @@ function userNamespacesSupported(): boolean {
 }
 
 export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: Logger): Promise<Daemon> {
+  // Once per berth process, before anything else: every shim runs from this sealed copy (no fallback).
+  const shim = await sealedShim();
+  log.debug('berth-shim sealed copy ready', { path: shim });
   await claimSocket(paths.socket);
   // Containers hold the layers under their rootfs (the container service is made below; the store asks only
   // once containers are loaded, so layers under a live rootfs are never deleted).

@@ -738,25 +738,26 @@ static void apply_sysctls(struct spec *s)
 
 static void apply_oom(struct spec *s)
 {
-    char buf[32], cbuf[32];
+    char buf[32];
     if (!s->has_oom)
         return;
-    snprintf(buf, sizeof buf, "%d", s->oom);
-    int r = write_file("/proc/self/oom_score_adj", buf);
-    if (r == 0 || (r != -EACCES && r != -EPERM)) {
-        if (r < 0)
-            child_fail("write /proc/self/oom_score_adj", buf, -r);
-        return;
-    }
-    /* Lowering (below what a privileged writer last set) needs CAP_SYS_RESOURCE: where we lack it, the
-     * container keeps the current value (which is then the requested one or above it). */
-    long cur = 0;
-    if (read_file("/proc/self/oom_score_adj", cbuf, sizeof cbuf) > 0) {
-        cbuf[strcspn(cbuf, "\n")] = 0;
-        parse_long(cbuf, &cur);
-    }
-    if (s->oom > cur)
+    int r = set_oom_score_adj(s->oom);
+    if (r < 0) {
+        snprintf(buf, sizeof buf, "%d", s->oom);
         child_fail("write /proc/self/oom_score_adj", buf, -r);
+    }
+}
+
+/* A session keyring of the container's own instead of berth's (which every process would share):
+ * with the host's privileges still, so that it can be made possessor-only (see join_session_keyring). */
+static void join_keyring(struct spec *s)
+{
+    char name[300];
+    const char *id = s->id && *s->id ? s->id : strrchr(s->bundle, '/') ? strrchr(s->bundle, '/') + 1 : s->bundle;
+    snprintf(name, sizeof name, "_ses.%s", id);
+    int r = join_session_keyring(name);
+    if (r < 0)
+        child_fail("join a new session keyring", name, -r);
 }
 
 /* ---------- main ---------- */
@@ -826,6 +827,7 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
         finish_rootfs(s);
     }
 
+    join_keyring(s);
     for (size_t i = 0; i < s->nrlimits; i++) {
         struct rlimit rl = {s->rlimits[i].soft, s->rlimits[i].hard};
         if (setrlimit(s->rlimits[i].resource, &rl) < 0) {
@@ -840,6 +842,9 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
         if (setns(userns_fd, CLONE_NEWUSER) < 0)
             child_fail("enter the new user namespace", NULL, errno);
         prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* cleared by the change of credentials */
+        int r = set_undumpable();                  /* so may be this: see set_undumpable */
+        if (r < 0)
+            child_fail("prctl(PR_SET_DUMPABLE, 0)", NULL, -r);
         close(userns_fd);
         userns_fd = -1;
     }
@@ -870,8 +875,13 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
         child_fail("PR_SET_NO_NEW_PRIVS", NULL, errno);
     if (chdir(s->cwd) < 0)
         child_fail("chdir", s->cwd, errno);
-    /* The uid change cleared the parent-death signal: set it again and check the monitor still lives. */
+    /* The uid change cleared the parent-death signal: set it again and check the monitor still lives.
+     * It also set dumpable to fs.suid_dumpable: until execve (which sets it for the container's program)
+     * this process waits with the container's credentials, in its pid namespace, still running the shim. */
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    int r = set_undumpable();
+    if (r < 0)
+        child_fail("prctl(PR_SET_DUMPABLE, 0)", NULL, -r);
     /* getppid() is 0 across a pid namespace: the sync pipe tells instead (POLLERR: no reader left). */
     struct pollfd pfd = {c->sync_fd, POLLOUT, 0};
     if (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR))

@@ -1,4 +1,5 @@
 /* berth-shim exec <pid> [options] -- cmd args...: run a process inside a running container. */
+#include "monitor.h"
 #include "spec.h"
 
 #include <errno.h>
@@ -11,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,13 +35,52 @@ static void usage(void)
 {
     fprintf(stderr, "usage: " SHIM_NAME " exec <container-pid> [--uid N] [--gid N] [--groups a,b] [--cwd DIR]\n"
                     "         [--env K=V]... [--cgroup-procs FILE]... [--caps-json FILE] [--seccomp-json FILE]\n"
-                    "         [--no-new-privs]\n"
+                    "         [--no-new-privs] [--start-time T] [--session-keyring NAME]\n"
+                    "         [--rlimit RLIMIT_X=SOFT:HARD]... [--oom-score-adj N]\n"
                     "         -- cmd [args...]\n");
 }
 
 static int parse_id(const char *s, long max, long *out)
 {
     return parse_long(s, out) == 0 && *out >= 0 && *out <= max ? 0 : -1;
+}
+
+/* "RLIMIT_NOFILE=1024:1024" (a negative number: unlimited) */
+static int parse_rlimit(const char *arg, int *resource, struct rlimit *rl)
+{
+    char name[32], soft[24], hard[24];
+    const char *eq = strchr(arg, '='), *colon = eq ? strchr(eq, ':') : NULL;
+    long s, h;
+    if (!eq || !colon || (size_t)(eq - arg) >= sizeof name || (size_t)(colon - eq - 1) >= sizeof soft ||
+        strlen(colon + 1) >= sizeof hard)
+        return -1;
+    memcpy(name, arg, (size_t)(eq - arg));
+    name[eq - arg] = 0;
+    memcpy(soft, eq + 1, (size_t)(colon - eq - 1));
+    soft[colon - eq - 1] = 0;
+    strcpy(hard, colon + 1);
+    if ((*resource = rlimit_resource(name)) < 0 || parse_long(soft, &s) < 0 || parse_long(hard, &h) < 0)
+        return -1;
+    rl->rlim_cur = s < 0 ? RLIM_INFINITY : (rlim_t)s;
+    rl->rlim_max = h < 0 ? RLIM_INFINITY : (rlim_t)h;
+    return 0;
+}
+
+/* Test-only: BERTH_SHIM_TEST_PAUSE=exec-before-execve stops the exec child of a command that has the
+ * argument "berth-test-hold" right before its execve, where it is most exposed (in the container's pid
+ * namespace, with the container's credentials, still this program), until it gets SIGCONT. The variable is
+ * read from this program's own environment, which is berth's: a pod cannot set it (the command's
+ * environment is a separate list). */
+static void test_pause(char **cmd)
+{
+    const char *want = getenv("BERTH_SHIM_TEST_PAUSE");
+    if (!want || strcmp(want, "exec-before-execve") != 0)
+        return;
+    for (char **a = cmd; *a; a++)
+        if (strcmp(*a, "berth-test-hold") == 0) {
+            raise(SIGSTOP);
+            return;
+        }
 }
 
 int cmd_exec(int argc, char **argv)
@@ -49,7 +91,12 @@ int cmd_exec(int argc, char **argv)
     gid_t groups[256];
     size_t ngroups = 0;
     int set_groups = 0, nnp = 0;
-    const char *cwd = NULL, *caps_file = NULL, *seccomp_file = NULL;
+    const char *cwd = NULL, *caps_file = NULL, *seccomp_file = NULL, *keyring = NULL;
+    long long start_time = -1;
+    int has_oom = 0, oom = 0;
+    struct rlimit rlims[RLIM_NLIMITS];
+    int rlim_res[RLIM_NLIMITS];
+    size_t nrlim = 0;
     struct seccomp_prog filter = {NULL, 0};
     char **env = calloc((size_t)argc + 2, sizeof *env);
     const char **cgprocs = calloc((size_t)argc + 1, sizeof *cgprocs);
@@ -101,6 +148,19 @@ int cmd_exec(int argc, char **argv)
             caps_file = val;
         } else if (strcmp(a, "--seccomp-json") == 0) {
             seccomp_file = val;
+        } else if (strcmp(a, "--start-time") == 0 && parse_long(val, &v) == 0 && v >= 0) {
+            start_time = v;
+        } else if (strcmp(a, "--session-keyring") == 0) {
+            keyring = val;
+        } else if (strcmp(a, "--oom-score-adj") == 0 && parse_long(val, &v) == 0 && v >= -1000 && v <= 1000) {
+            has_oom = 1;
+            oom = (int)v;
+        } else if (strcmp(a, "--rlimit") == 0) {
+            if (nrlim >= RLIM_NLIMITS || parse_rlimit(val, &rlim_res[nrlim], &rlims[nrlim]) < 0) {
+                fprintf(stderr, SHIM_NAME ": exec: bad --rlimit %s (RLIMIT_NAME=SOFT:HARD)\n", val);
+                return 2;
+            }
+            nrlim++;
         } else if (strcmp(a, "--no-new-privs") == 0) {
             nnp = 1;
             i--; /* takes no value */
@@ -143,18 +203,55 @@ int cmd_exec(int argc, char **argv)
         json_object_put(o);
     }
 
-    /* Open everything we need from the host's view before joining anything. */
     char path[64];
-    snprintf(path, sizeof path, "/proc/%ld", target);
-    if (access(path, F_OK) < 0) {
-        warn_err("exec: container process", path, errno);
+    /* The container's limits, not the caller's (berth's); /proc/self is still the host's. */
+    for (size_t k = 0; k < nrlim; k++) {
+        if (setrlimit(rlim_res[k], &rlims[k]) < 0) {
+            char what[32];
+            snprintf(what, sizeof what, "resource %d", rlim_res[k]);
+            warn_err("exec: setrlimit", what, errno);
+            return EXIT_SETUP;
+        }
+    }
+    if (has_oom) {
+        int r = set_oom_score_adj(oom);
+        if (r < 0) {
+            snprintf(path, sizeof path, "%d", oom);
+            warn_err("exec: write /proc/self/oom_score_adj", path, -r);
+            return EXIT_SETUP;
+        }
+    }
+    if (keyring) {
+        /* with the host's privileges still (see join_session_keyring); the child inherits it */
+        int r = join_session_keyring(keyring);
+        if (r < 0) {
+            warn_err("exec: join a new session keyring", keyring, -r);
+            return EXIT_SETUP;
+        }
+    }
+
+    /* The container by pidfd: a bare pid may be recycled between berth's look and our setns. The pidfd is
+     * opened first, then the start time berth recorded is checked (so the pidfd is the container's
+     * process), the /proc entries we need are opened, and the process is checked to be alive still (so
+     * they were its). setns(pidfd) of a process that died meanwhile fails (ESRCH). */
+    int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)target, 0);
+    if (pidfd < 0) {
+        snprintf(path, sizeof path, "%ld", target);
+        warn_err("exec: pidfd_open of container process", path, errno);
         return EXIT_SETUP;
     }
-    int nsfd[NS_COUNT];
+    if (start_time >= 0) {
+        long long now = proc_start_time((pid_t)target);
+        if (now != start_time) {
+            fprintf(stderr, SHIM_NAME ": exec: process %ld is not the container's (start time %lld, expected %lld)\n",
+                    target, now, start_time);
+            return EXIT_SETUP;
+        }
+    }
+    int ns_flags = 0, user_differs = 0;
     for (int k = 0; k < NS_COUNT; k++) {
         struct stat theirs, ours;
         char self[64];
-        nsfd[k] = -1;
         snprintf(path, sizeof path, "/proc/%ld/ns/%s", target, ns_kinds[k].procname);
         snprintf(self, sizeof self, "/proc/self/ns/%s", ns_kinds[k].procname);
         if (stat(path, &theirs) < 0) {
@@ -167,16 +264,20 @@ int cmd_exec(int argc, char **argv)
         }
         if (stat(self, &ours) == 0 && ours.st_ino == theirs.st_ino && ours.st_dev == theirs.st_dev)
             continue;
-        nsfd[k] = open(path, O_RDONLY | O_CLOEXEC);
-        if (nsfd[k] < 0) {
-            warn_err("exec: open", path, errno);
-            return EXIT_SETUP;
-        }
+        if (k == NS_USER)
+            user_differs = 1;
+        else
+            ns_flags |= ns_kinds[k].flag;
     }
     snprintf(path, sizeof path, "/proc/%ld/root", target);
     int rootfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0) {
         warn_err("exec: open", path, errno);
+        return EXIT_SETUP;
+    }
+    if (syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) < 0) {
+        snprintf(path, sizeof path, "%ld", target);
+        warn_err("exec: container process", path, errno);
         return EXIT_SETUP;
     }
     for (size_t k = 0; k < ncg; k++) {
@@ -187,28 +288,30 @@ int cmd_exec(int argc, char **argv)
         }
     }
     /* The user namespace last: as host root we may enter every other namespace whatever its owner, and a
-     * user namespace made for the container owns none of the pod's. */
-    for (int i = 0; i < NS_COUNT; i++) {
-        int k = i == NS_COUNT - 1 ? NS_USER : i + 1;
-        if (nsfd[k] < 0)
-            continue;
-        if (k == NS_USER && (fchdir(rootfd) < 0 || chroot(".") < 0)) {
-            warn_err("exec: enter container root", NULL, errno);
-            return EXIT_SETUP;
-        }
-        if (setns(nsfd[k], ns_kinds[k].flag) < 0) {
-            snprintf(path, sizeof path, "/proc/%ld/ns/%s", target, ns_kinds[k].procname);
-            warn_err("exec: setns", path, errno);
-            return EXIT_SETUP;
-        }
-        close(nsfd[k]);
+     * user namespace made for the container owns none of the pod's (one setns with both flags would check
+     * the others against the new one). */
+    if (ns_flags && setns(pidfd, ns_flags) < 0) {
+        snprintf(path, sizeof path, "%ld", target);
+        warn_err("exec: setns to the namespaces of container process", path, errno);
+        return EXIT_SETUP;
     }
     /* The container may have pivoted or chrooted: take its root as ours. */
-    if (nsfd[NS_USER] < 0 && (fchdir(rootfd) < 0 || chroot(".") < 0)) {
+    if (fchdir(rootfd) < 0 || chroot(".") < 0) {
         warn_err("exec: enter container root", NULL, errno);
         return EXIT_SETUP;
     }
     close(rootfd);
+    if (user_differs && setns(pidfd, CLONE_NEWUSER) < 0) {
+        snprintf(path, sizeof path, "%ld", target);
+        warn_err("exec: setns to the user namespace of container process", path, errno);
+        return EXIT_SETUP;
+    }
+    close(pidfd);
+    int r0 = set_undumpable(); /* entering a user namespace is a change of credentials */
+    if (r0 < 0) {
+        warn_err("exec: prctl(PR_SET_DUMPABLE, 0)", NULL, -r0);
+        return EXIT_SETUP;
+    }
 
     pid_t parent = getpid();
     pid_t child = fork();
@@ -223,7 +326,7 @@ int cmd_exec(int argc, char **argv)
         close_range(3, ~0U, 0);
         /* seccomp as in the container's init: right before execve, holding CAP_SYS_ADMIN for it when
          * no_new_privs is not set (or before the uid change when capabilities are left alone). */
-        int joined_user = nsfd[NS_USER] >= 0;
+        int joined_user = user_differs;
         int early = 0;
         uint64_t extra = 0;
         if (filter.filter && !nnp) {
@@ -257,6 +360,12 @@ int cmd_exec(int argc, char **argv)
         prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
         if (getppid() != parent && getppid() != 0)
             _exit(EXIT_CANNOT);
+        /* The credential change also set dumpable to fs.suid_dumpable; until execve this process is in the
+         * container's pid namespace with its credentials, still running this program. */
+        if ((r = set_undumpable()) < 0) {
+            warn_err("exec: prctl(PR_SET_DUMPABLE, 0)", NULL, -r);
+            _exit(EXIT_CANNOT);
+        }
         if (filter.filter && !early) {
             if ((r = seccomp_install(&filter)) < 0) {
                 warn_err("exec: seccomp: install the filter", NULL, -r);
@@ -267,6 +376,7 @@ int cmd_exec(int argc, char **argv)
                 _exit(EXIT_CANNOT);
             }
         }
+        test_pause(cmd);
         int e = exec_in_path(cmd, env);
         warn_err("exec", cmd[0], e);
         _exit(e == ENOENT ? EXIT_NOTFOUND : EXIT_CANNOT);

@@ -1,11 +1,22 @@
 /* berth-shim: the only code between fork and exec for berth containers. See ../README.md. */
 #include "shim.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 int main(int argc, char **argv)
 {
+    /* Before anything: the init and the exec child run inside containers with the container's credentials,
+     * still as this program, until their execve. Nothing there may ptrace them or open their /proc fds. */
+    int r = set_undumpable();
+    if (r < 0) {
+        warn_err("prctl(PR_SET_DUMPABLE, 0)", NULL, -r);
+        return 1;
+    }
+    /* berth runs this binary from a sealed memfd (/proc/<pid>/fd/N): comm would be "N" */
+    prctl(PR_SET_NAME, SHIM_NAME, 0, 0, 0);
     if (argc >= 2) {
         const char *cmd = argv[1];
         if (strcmp(cmd, "create") == 0)

@@ -40,6 +40,16 @@ int kill_reap(pid_t pid);
 int detach_stdio(const int *keep, int nkeep);
 /* execve(args[0] resolved against PATH found in envp). Returns errno on failure. */
 int exec_in_path(char *const args[], char *const envp[]);
+/* PR_SET_DUMPABLE 0: no ptrace and no /proc/<pid>/{fd,exe,mem,environ} for anyone without CAP_SYS_PTRACE in
+ * the host's user namespace. Every shim process is so from main() until its execve; a change of
+ * credentials resets it to fs.suid_dumpable, so call it again after one. Returns 0 or -errno. */
+int set_undumpable(void);
+/* Join a new session keyring `name` (KEYCTL_JOIN_SESSION_KEYRING), rights for its possessor only.
+ * Returns 0 (also on a kernel without keys: ENOSYS), or -errno. */
+int join_session_keyring(const char *name);
+/* Write /proc/self/oom_score_adj; a lowering the host refuses (no CAP_SYS_RESOURCE) keeps the current
+ * value. Returns 0 or -errno. */
+int set_oom_score_adj(int value);
 
 /* ---- caps.c ---- */
 struct capsets {

@@ -169,6 +169,14 @@ static const struct {
     {"RLIMIT_RTPRIO", RLIMIT_RTPRIO},   {"RLIMIT_RTTIME", RLIMIT_RTTIME},
 };
 
+int rlimit_resource(const char *name)
+{
+    for (size_t k = 0; k < sizeof rlimit_names / sizeof rlimit_names[0]; k++)
+        if (strcmp(name, rlimit_names[k].name) == 0)
+            return rlimit_names[k].res;
+    return -1;
+}
+
 static const struct {
     const char *name;
     int clear;

@@ -113,6 +113,8 @@ int spec_load(const char *bundle, struct spec *s, char *err, size_t errlen);
 void spec_free(struct spec *s);
 /* Parse mount options into flags/prop/bind/data. */
 int parse_mount_options(struct json_object *opts, struct mount_spec *m, char *err, size_t errlen);
+/* RLIMIT_* number of an OCI rlimit type ("RLIMIT_NOFILE"), or -1. */
+int rlimit_resource(const char *name);
 /* Host id of a container id through the mappings; -1 when unmapped. */
 long long map_id(const struct idmap *m, size_t n, uint32_t id);
 /* "0 100000 65536\n..." for /proc/<pid>/{uid,gid}_map. Returns the length, or -1 when it does not fit. */

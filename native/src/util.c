@@ -7,7 +7,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <linux/keyctl.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -235,4 +238,39 @@ int exec_in_path(char *const args[], char *const envp[])
         p = colon + 1;
     }
     return saw_eacces ? EACCES : ENOENT;
+}
+
+int set_undumpable(void)
+{
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 ? -errno : 0;
+}
+
+int join_session_keyring(const char *name)
+{
+    long serial = syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name, 0, 0, 0);
+    if (serial < 0)
+        return errno == ENOSYS ? 0 : -errno; /* a kernel without keys: nothing is shared either */
+    /* The default grants the owner's uid (host root, for every root container without a user namespace)
+     * view, read and link: enough for another container to find the keyring in /proc/keys and link it
+     * into its own, possessing it. Only the possessor (this process and its children) keeps any right. */
+    if (syscall(SYS_keyctl, KEYCTL_SETPERM, serial, 0x3f000000 /* KEY_POS_ALL */, 0, 0) < 0)
+        return -errno;
+    return 0;
+}
+
+int set_oom_score_adj(int value)
+{
+    char buf[32], cur_buf[32];
+    snprintf(buf, sizeof buf, "%d", value);
+    int r = write_file("/proc/self/oom_score_adj", buf);
+    if (r == 0 || (r != -EACCES && r != -EPERM))
+        return r;
+    /* Lowering (below what a privileged writer last set) needs CAP_SYS_RESOURCE: where we lack it, the
+     * process keeps its current value (which is then the requested one or above it). */
+    long cur = 0;
+    if (read_file("/proc/self/oom_score_adj", cur_buf, sizeof cur_buf) > 0) {
+        cur_buf[strcspn(cur_buf, "\n")] = 0;
+        parse_long(cur_buf, &cur);
+    }
+    return value > cur ? r : 0;
 }

@@ -277,6 +277,7 @@ export class ContainerService {
         createdAt: Date.now() * 1e6,
         state: 'CREATED',
         pid: created.pid,
+        pidStartTime: created.startTime,
         monitorPid: created.monitorPid,
         bundle,
         logPath,
@@ -285,6 +286,8 @@ export class ContainerService {
         user: { uid: user.uid, gid: user.gid, additionalGids: spec.process.additionalGids },
         env: spec.process.env,
         cwd: spec.process.cwd,
+        rlimits: spec.process.rlimits,
+        oomScoreAdj: spec.process.oomScoreAdj ?? undefined,
       };
       await this.records.put(record);
       this.containers.set(id, record);
@@ -545,6 +548,12 @@ export class ContainerService {
     const security = record.config.security;
     return execInContainer({
       pid: record.pid,
+      startTime: record.pidStartTime,
+      // A keyring of its own (not berth's, not another container's), named like the init's.
+      sessionKeyring: `_ses.${record.id}`,
+      // The container's limits, not berth's.
+      rlimits: record.rlimits ?? this.opts.rlimits,
+      oomScoreAdj: record.oomScoreAdj ?? record.config.resources.oomScoreAdj,
       uid: record.user.uid,
       gid: record.user.gid,
       groups: record.user.additionalGids,

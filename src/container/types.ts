@@ -100,6 +100,8 @@ export interface ContainerRecord {
   startedAt?: number;
   state: ContainerState;
   pid?: number;
+  /** Field 22 of /proc/<pid>/stat of the init: exec refuses a recycled pid. Absent in older records. */
+  pidStartTime?: number;
   monitorPid?: number;
   exit?: ExitStatus;
   bundle: string;
@@ -110,4 +112,7 @@ export interface ContainerRecord {
   user: { uid: number; gid: number; additionalGids: number[] };
   env: string[];
   cwd: string;
+  /** The init's rlimits and oom_score_adj as created, for exec'd processes. Absent in older records. */
+  rlimits?: { type: string; soft: number; hard: number }[];
+  oomScoreAdj?: number;
 }

@@ -7,7 +7,7 @@ import { RegistryConfig } from '../config/schema.js';
 import { Credentials } from '../registry/auth.js';
 import { Endpoint, Repository } from '../registry/client.js';
 import { REGISTRY_LIMITS, tooLarge } from '../registry/bounded.js';
-import { unpackLayer } from '../store/unpack.js';
+import { unpackLayer } from './layer/unpack.js';
 import { withUndo } from '../store/undo.js';
 import { digestName, formatReference, isDigest, parseReference, tagName } from './reference.js';
 import { hostPlatform, selectPlatform } from './platform.js';

@@ -156,3 +156,35 @@ export function syncfs(path: string): void {
 export function mallocTrim(): void {
   fn('malloc_trim', 'int malloc_trim(size_t pad)')(0);
 }
+
+export const MFD_CLOEXEC = 0x1;
+export const MFD_ALLOW_SEALING = 0x2;
+/** Linux ≥ 6.3: the memfd may be executed even where vm.memfd_noexec would make it non-executable. */
+export const MFD_EXEC = 0x10;
+export const F_ADD_SEALS = 1033;
+export const F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 0x1;
+export const F_SEAL_SHRINK = 0x2;
+export const F_SEAL_GROW = 0x4;
+export const F_SEAL_WRITE = 0x8;
+
+/** memfd_create(2); returns the fd. */
+export function memfdCreate(name: string, flags: number): number {
+  const fd = fn('memfd_create', 'int memfd_create(const char *name, unsigned int flags)')(name, flags >>> 0) as number;
+  if (fd < 0) throw errnoError(koffi.errno(), 'memfd_create', name);
+  return fd;
+}
+
+const fcntlInt = (): Fn => fn('fcntl', 'int fcntl(int fd, int cmd, ...)');
+
+/** fcntl(fd, F_ADD_SEALS, seals). */
+export function addSeals(fd: number, seals: number): void {
+  check(fcntlInt()(fd, F_ADD_SEALS, 'int', seals), 'fcntl(F_ADD_SEALS)', `fd ${fd}`);
+}
+
+/** fcntl(fd, F_GET_SEALS). */
+export function getSeals(fd: number): number {
+  const seals = fcntlInt()(fd, F_GET_SEALS, 'int', 0) as number;
+  if (seals < 0) throw errnoError(koffi.errno(), 'fcntl(F_GET_SEALS)', `fd ${fd}`);
+  return seals;
+}

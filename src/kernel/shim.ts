@@ -1,10 +1,24 @@
 import { spawnCollect } from './spawn.js';
-import { constants, promises as fs } from 'node:fs';
+import { closeSync, constants, promises as fs, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BerthError, errorMessage, internal } from '../errors.js';
 import { ShimSpec } from './shim-spec.js';
-import { MNT_DETACH, UMOUNT_NOFOLLOW, umount2 } from './libc.js';
+import {
+  addSeals,
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
+  F_SEAL_WRITE,
+  getSeals,
+  MFD_ALLOW_SEALING,
+  MFD_CLOEXEC,
+  MFD_EXEC,
+  memfdCreate,
+  MNT_DETACH,
+  UMOUNT_NOFOLLOW,
+  umount2,
+} from './libc.js';
 
 // Driving native/berth-shim: creating containers and pod namespaces, starting, exec. Nothing above this file
 // knows the shim's command line or its files.
@@ -14,6 +28,57 @@ export const SHIM_PATH = process.env.BERTH_SHIM ?? path.resolve(here, '../../../
 
 const SHIM_TIMEOUT_MS = 15_000;
 
+const SEALS = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL;
+let sealing: Promise<string> | undefined;
+
+/**
+ * The shim as berth runs it: a copy of SHIM_PATH in a memfd sealed against any write, made once per berth
+ * process and executed as /proc/self/fd/N. The init and exec children run inside containers until their
+ * execve, so /proc/<pid>/exe of them names this copy, which nobody (host root included) can write: a
+ * container cannot replace the binary that runs in the next container's setup (runc's CVE-2019-5736
+ * defence). There is no fallback to the writable file: a failure here fails berth's start.
+ */
+export function sealedShim(): Promise<string> {
+  sealing ??= makeSealedCopy().catch((err) => {
+    sealing = undefined;
+    throw err;
+  });
+  return sealing;
+}
+
+async function makeSealedCopy(): Promise<string> {
+  const fail = (why: string, err?: unknown) =>
+    internal(`cannot make the sealed copy of berth-shim ${SHIM_PATH} (memfd_create + F_SEAL_*): ${why}${err ? `: ${errorMessage(err)}` : ''}; berth does not run container-facing helpers from a writable file`, err);
+  const binary = await fs.readFile(SHIM_PATH).catch((err) => {
+    throw fail('reading it', err);
+  });
+  let fd: number;
+  try {
+    fd = memfdCreate('berth-shim', MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+  } catch (err) {
+    // MFD_EXEC is Linux >= 6.3; before it every memfd is executable.
+    if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw fail('memfd_create', err);
+    try {
+      fd = memfdCreate('berth-shim', MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    } catch (err2) {
+      throw fail('memfd_create', err2);
+    }
+  }
+  try {
+    for (let off = 0; off < binary.length; ) off += writeSync(fd, binary, off, binary.length - off, off);
+    addSeals(fd, SEALS);
+    if ((getSeals(fd) & SEALS) !== SEALS) throw new Error(`seals are 0x${getSeals(fd).toString(16)}`);
+  } catch (err) {
+    closeSync(fd);
+    throw fail('copying and sealing', err);
+  }
+  return `/proc/self/fd/${fd}`;
+}
+
+async function spawnShim(args: string[], timeoutMs: number, opts: Parameters<typeof spawnCollect>[3] = {}) {
+  return spawnCollect(await sealedShim(), args, timeoutMs, { ...opts, argv0: SHIM_PATH });
+}
+
 export interface ShimExit {
   exitCode: number;
   signal: number;
@@ -22,7 +87,7 @@ export interface ShimExit {
 }
 
 async function run(args: string[], timeoutMs = SHIM_TIMEOUT_MS): Promise<string> {
-  const result = await spawnCollect(SHIM_PATH, args, timeoutMs).catch((err) => {
+  const result = await spawnShim(args, timeoutMs).catch((err) => {
     throw internal(`berth-shim ${args[0]}: ${errorMessage(err)}`, err);
   });
   if (result.code !== 0) {
@@ -33,13 +98,13 @@ async function run(args: string[], timeoutMs = SHIM_TIMEOUT_MS): Promise<string>
 }
 
 /** Writes the spec and creates the container process, blocked until `startContainer`. */
-export async function createContainer(spec: ShimSpec): Promise<{ pid: number; monitorPid: number }> {
+export async function createContainer(spec: ShimSpec): Promise<{ pid: number; monitorPid: number; startTime: number }> {
   // Read once by the shim right now and never again: no need for the fsyncs of an atomic write.
   await fs.writeFile(path.join(spec.bundle, 'spec.json'), JSON.stringify(spec));
   const out = await run(['create', spec.bundle]);
   try {
-    const parsed = JSON.parse(out.trim().split('\n').pop() ?? '') as { pid: number; monitorPid: number };
-    if (!parsed.pid || !parsed.monitorPid) throw new Error('missing pids');
+    const parsed = JSON.parse(out.trim().split('\n').pop() ?? '') as { pid: number; monitorPid: number; startTime: number };
+    if (!parsed.pid || !parsed.monitorPid || !(parsed.startTime > 0)) throw new Error('missing pids or start time');
     return parsed;
   } catch (err) {
     throw internal(`berth-shim create ${spec.id}: unexpected output ${JSON.stringify(out)}: ${errorMessage(err)}`);
@@ -165,6 +230,12 @@ export async function unpinNamespaces(dir: string): Promise<void> {
 
 export interface ExecOptions {
   pid: number;
+  /** Field 22 of /proc/<pid>/stat when created: the shim refuses a pid that is no longer the container's. */
+  startTime?: number;
+  /** Named `_ses.<container id>`, as runc does. */
+  sessionKeyring: string;
+  rlimits: { type: string; soft: number; hard: number }[];
+  oomScoreAdj?: number;
   uid: number;
   gid: number;
   groups: number[];
@@ -194,10 +265,14 @@ export function execInContainer(opts: ExecOptions): Promise<ExecResult> {
   if (opts.capsFile) args.push('--caps-json', opts.capsFile);
   if (opts.seccompFile) args.push('--seccomp-json', opts.seccompFile);
   if (opts.noNewPrivs) args.push('--no-new-privs');
+  if (opts.startTime !== undefined) args.push('--start-time', String(opts.startTime));
+  args.push('--session-keyring', opts.sessionKeyring);
+  for (const r of opts.rlimits) args.push('--rlimit', `${r.type}=${r.soft}:${r.hard}`);
+  if (opts.oomScoreAdj !== undefined) args.push('--oom-score-adj', String(opts.oomScoreAdj));
   args.push('--', ...opts.command);
   // SIGTERM at the timeout makes the shim kill and reap the command before it exits (no zombie outlives the
   // call); SIGKILL follows if the shim itself does not go.
-  return spawnCollect(SHIM_PATH, args, opts.timeoutMs, { timeoutSignal: 'SIGTERM', graceMs: 2000, reportTimeout: true }).then(
+  return spawnShim(args, opts.timeoutMs, { timeoutSignal: 'SIGTERM', graceMs: 2000, reportTimeout: true }).then(
     (r) => ({ stdout: r.stdout, stderr: r.stderr, exitCode: r.code, timedOut: r.timedOut }),
     (err) => {
       throw internal(`berth-shim exec: ${errorMessage(err)}`, err);

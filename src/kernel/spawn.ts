@@ -27,6 +27,8 @@ export interface SpawnOptions {
   reportTimeout?: boolean;
   /** Written to the child's stdin (a pipe) instead of giving it /dev/null. */
   input?: Buffer | string;
+  /** argv[0] and the name in errors, when `file` is not it (a sealed copy run through /proc/self/fd/N). */
+  argv0?: string;
 }
 
 function pipe(): [number, number] {
@@ -94,11 +96,11 @@ export async function spawnCollect(file: string, args: string[], timeoutMs: numb
     fn('sigemptyset', 'int sigemptyset(void *set)')(sigset);
     fn('posix_spawnattr_setsigmask', 'int posix_spawnattr_setsigmask(void *attr, void *set)')(attr, sigset);
     fn('posix_spawnattr_setflags', 'int posix_spawnattr_setflags(void *attr, short flags)')(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-    const argv = [file, ...args, null];
+    const argv = [opts.argv0 ?? file, ...args, null];
     const env = [...Object.entries(process.env).map(([k, v]) => `${k}=${v}`), null];
     const spawn = fn('posix_spawn', 'int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)');
     const rc = spawn(pidOut, file, actions, attr, argv, env) as number;
-    if (rc !== 0) throw internal(`posix_spawn ${file}: errno ${rc}`);
+    if (rc !== 0) throw internal(`posix_spawn ${opts.argv0 ?? file}: errno ${rc}`);
   } catch (err) {
     for (const fd of [outR, outW, errR, errW, inR, inW]) if (fd >= 0) fn('close', 'int close(int fd)')(fd);
     throw err;
@@ -131,7 +133,7 @@ export async function spawnCollect(file: string, args: string[], timeoutMs: numb
   try {
     const [stdout, stderr] = await Promise.all([collect(outR), collect(errR)]);
     const status = await reap(pid);
-    if (timedOut && !opts.reportTimeout) throw internal(`${file} ${args[0] ?? ''} timed out after ${timeoutMs}ms`);
+    if (timedOut && !opts.reportTimeout) throw internal(`${opts.argv0 ?? file} ${args[0] ?? ''} timed out after ${timeoutMs}ms`);
     return { ...status, stdout, stderr, timedOut };
   } finally {
     clearTimeout(timer);

@@ -62,6 +62,8 @@ export interface StartOptions {
   config?: string;
   dir?: string;
   extraArgs?: string[];
+  /** Added to berth's environment (e.g. a test-only switch of berth-shim). */
+  env?: Record<string, string>;
 }
 
 /**
@@ -89,7 +91,7 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
   const args = ['--socket', socket, '--root', root, '--state-dir', stateDir, '--log-level', 'debug'];
   if (config !== undefined) args.push('--config', configFile);
   args.push(...(opts.extraArgs ?? []));
-  const child = spawn(LAUNCHER, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(LAUNCHER, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   const logs: string[] = [];
   const waiters: { predicate: (e: Record<string, unknown>) => boolean; resolve: (e: Record<string, unknown>) => void }[] = [];
   const onLine = (line: string) => {

@@ -10,7 +10,8 @@ import tar from 'tar-stream';
 import { BerthError } from '../../src/errors.js';
 import { lgetxattr, lsetxattr as setxattr, major, minor } from '../../src/kernel/libc.js';
 import type { Logger } from '../../src/log.js';
-import { detectCompression, unpackLayer } from '../../src/store/unpack.js';
+import { detectCompression } from '../../src/image/layer/compression.js';
+import { unpackLayer } from '../../src/image/layer/unpack.js';
 import { writeFileAtomic } from '../../src/store/atomic.js';
 import { ImageStore } from '../../src/image/store.js';
 
