@@ -4,12 +4,13 @@ import { readFileSync } from 'node:fs';
 import { BerthConfig } from './config/schema.js';
 import { IdleCompactor, exposedGc } from './memory.js';
 import { Logger } from './log.js';
-import { ImageStore } from './image/store.js';
+import { ImageStore, LayerHolds } from './image/store.js';
 import { ImageService } from './image/service.js';
 import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
 import { mallocTrim } from './kernel/libc.js';
 import { sealedShim } from './kernel/shim.js';
-import { SandboxService } from './sandbox/service.js';
+import { SandboxHooks, SandboxService } from './sandbox/service.js';
+import { kernelSandboxRuntime } from './sandbox/runtime.js';
 import { createPodNetwork } from './network/index.js';
 import { ContainerService } from './container/service.js';
 import { shimContainerRuntime } from './container/runtime.js';
@@ -51,17 +52,26 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   const shim = await sealedShim();
   log.debug('berth-shim sealed copy ready', { path: shim });
   await claimSocket(paths.socket);
-  // Images and containers need each other: the store asks the container service (made below) which layers live
-  // containers hold, through a closure that nothing calls before startDaemon returns.
-  const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }), (): Set<string> => containers.heldLayers());
+  // Containers hold the layers under their rootfs (the container service is made below; the store asks only
+  // once containers are loaded, so layers under a live rootfs are never deleted).
+  const layerHolds: LayerHolds = () => containers.heldLayers();
+  const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }), layerHolds);
   const images = new ImageService({ store, registry: config.registry, log: log.child({ component: 'images' }) });
   const cgroups = new Cgroups(discoverCgroups(), log.child({ component: 'cgroups' }));
   if (!cgroups.layout.controllers.devices && !cgroups.layout.unified) {
     log.error('neither a v1 devices controller nor cgroup2 is mounted: containers can open any device node they can make');
   }
   const network = await createPodNetwork(config, paths, log.child({ component: 'network' }));
+  // The two services need each other: the pod's containers are reached through a closure over the container
+  // service, which is made next (nothing calls these before startDaemon returns).
+  const podContainers: SandboxHooks = {
+    stopContainers: (id) => containers.stopAllInSandbox(id),
+    removeContainers: (id) => containers.removeAllInSandbox(id),
+  };
   const sandboxes = new SandboxService({
     network,
+    runtime: kernelSandboxRuntime,
+    containers: podContainers,
     root: paths.root,
     stateDir: paths.stateDir,
     cgroups,
@@ -79,10 +89,6 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     maxLogLineBytes: config.runtime.logMaxLineBytes,
     shmSizeBytes: config.runtime.shmSizeBytes,
     cdiSpecDirs: config.cdi.specDirs,
-  });
-  sandboxes.setHooks({
-    stopContainers: (id) => containers.stopAllInSandbox(id),
-    removeContainers: (id) => containers.removeAllInSandbox(id),
   });
   // Containers are loaded before images collect garbage, so layers under a live rootfs are never deleted.
   await sandboxes.load();

@@ -8,6 +8,7 @@ import { Credentials } from '../registry/auth.js';
 import { Endpoint, Repository } from '../registry/client.js';
 import { REGISTRY_LIMITS, tooLarge } from '../registry/bounded.js';
 import { unpackLayer } from './layer/unpack.js';
+import { withUndo } from '../store/undo.js';
 import { digestName, formatReference, isDigest, parseReference, tagName } from './reference.js';
 import { hostPlatform, selectPlatform } from './platform.js';
 import { ImageStore } from './store.js';
@@ -219,52 +220,46 @@ export class ImageService {
     const layerLog = log.child({ layer: descriptor.digest });
     const started = Date.now();
     layerLog.info('layer download started', { size: descriptor.size });
-    let staging: string;
     try {
-      staging = await this.opts.store.stagingDir();
-    } catch (err) {
-      throw layerError(err, descriptor.digest, repo.name);
-    }
-    let stream: Readable | undefined;
-    try {
-      ({ stream } = await repo.openBlob(descriptor.digest, endpoint));
-      const hash = createHash('sha256');
-      let received = 0;
-      let lastReport = Date.now();
-      const counted = new PassThrough();
-      counted.on('data', (chunk: Buffer) => {
-        hash.update(chunk);
-        received += chunk.length;
-        if (Date.now() - lastReport >= 1000) {
-          lastReport = Date.now();
-          layerLog.info('layer progress', { received, size: descriptor.size });
+      await withUndo(layerLog, async (undo) => {
+        const staging = await this.opts.store.stagingDir();
+        undo.push('remove layer staging directory', () => this.opts.store.discardStaging(staging));
+        const { stream } = await repo.openBlob(descriptor.digest, endpoint);
+        undo.push('close layer stream', () => stream.destroy());
+        const hash = createHash('sha256');
+        let received = 0;
+        let lastReport = Date.now();
+        const counted = new PassThrough();
+        counted.on('data', (chunk: Buffer) => {
+          hash.update(chunk);
+          received += chunk.length;
+          if (Date.now() - lastReport >= 1000) {
+            lastReport = Date.now();
+            layerLog.info('layer progress', { received, size: descriptor.size });
+          }
+        });
+        stream.on('error', (err) => counted.destroy(err));
+        const result = await unpackLayer(stream.pipe(counted) as Readable, path.join(staging, 'fs'), { log: layerLog });
+        const actual = 'sha256:' + hash.digest('hex');
+        if (actual !== descriptor.digest) {
+          throw unavailable(`layer ${descriptor.digest} of ${repo.name}: downloaded content has digest ${actual}`);
         }
+        if (received !== descriptor.size) {
+          throw unavailable(`layer ${descriptor.digest} of ${repo.name}: expected ${descriptor.size} bytes, got ${received}`);
+        }
+        if (result.diffId !== diffId) {
+          throw unavailable(`layer ${descriptor.digest} of ${repo.name}: uncompressed digest ${result.diffId} does not match diff id ${diffId}`);
+        }
+        await this.opts.store.commitLayer(staging, {
+          diffId,
+          digests: [descriptor.digest],
+          unpackedBytes: result.unpackedBytes,
+          inodes: result.inodes,
+          createdAt: Date.now(),
+        });
+        layerLog.info('layer done', { received, ms: Date.now() - started });
       });
-      stream.on('error', (err) => counted.destroy(err));
-      const result = await unpackLayer(stream.pipe(counted) as Readable, path.join(staging, 'fs'), { log: layerLog });
-      const actual = 'sha256:' + hash.digest('hex');
-      if (actual !== descriptor.digest) {
-        throw unavailable(`layer ${descriptor.digest} of ${repo.name}: downloaded content has digest ${actual}`);
-      }
-      if (received !== descriptor.size) {
-        throw unavailable(`layer ${descriptor.digest} of ${repo.name}: expected ${descriptor.size} bytes, got ${received}`);
-      }
-      if (result.diffId !== diffId) {
-        throw unavailable(`layer ${descriptor.digest} of ${repo.name}: uncompressed digest ${result.diffId} does not match diff id ${diffId}`);
-      }
-      await this.opts.store.commitLayer(staging, {
-        diffId,
-        digests: [descriptor.digest],
-        unpackedBytes: result.unpackedBytes,
-        inodes: result.inodes,
-        createdAt: Date.now(),
-      });
-      layerLog.info('layer done', { received, ms: Date.now() - started });
     } catch (err) {
-      stream?.destroy();
-      await this.opts.store
-        .discardStaging(staging)
-        .catch((rmErr) => layerLog.error('removing a failed layer\'s staging directory', { staging, error: errorMessage(rmErr) }));
       throw layerError(err, descriptor.digest, repo.name);
     }
   }

@@ -16,4 +16,6 @@ export interface CgroupPort {
   oomKills(cgPath: string): Promise<number>;
   /** SIGKILLs every process in the cgroup and below it. */
   killAll(cgPath: string): Promise<void>;
+  /** Removes those of `dirs` that hold no cgroups or processes any more; returns the ones still in use. */
+  removeIfUnused(dirs: string[]): Promise<string[]>;
 }

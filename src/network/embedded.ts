@@ -1,4 +1,3 @@
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { BerthError, errorMessage, invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
@@ -6,8 +5,8 @@ import { Cidr, formatCidr, formatIp, gatewayOf, parseCidr } from './cidr.js';
 import { HostPort, HostPortTable, portRequest } from './hostports.js';
 import { adopt, allocate, reconcile, release, SubnetOrigin } from './ipam.js';
 import { IpamStore } from './ipam-store.js';
-import { iptablesRestore, iptablesSave } from './iptables.js';
-import { attachHostEnd, bridgePorts, defaultMtu, deleteLink, ensureBridge, writeSysctl } from './links.js';
+import { EmbeddedHost } from './embedded-host.js';
+import { withUndo } from '../store/undo.js';
 import { defaultRouteDevice, parseProcRoutes, routeCollision } from './routes.js';
 import { baseRules, Chains, chainsFor, deletePodRules, podRules } from './rules.js';
 import { NetworkReadiness, PodNetworkPlan, PodNetworkRequest, PodNetworkResult } from './types.js';
@@ -23,6 +22,8 @@ export interface EmbeddedOptions {
   /** <root>/network */
   dataDir: string;
   log: Logger;
+  /** Links, sysctls, routes and iptables: linuxEmbeddedHost, or a test's fake. */
+  host: EmbeddedHost;
 }
 
 export interface EmbeddedPodState {
@@ -73,8 +74,10 @@ export class EmbeddedNetwork {
   private status: NetworkReadiness = { ready: true, reason: '', message: '' };
   /** Why the last pod CIDR from kubelet is not followed: NetworkReady stays false until one is. */
   private podCidrProblem: string | undefined;
+  private readonly host: EmbeddedHost;
 
   constructor(private readonly opts: EmbeddedOptions) {
+    this.host = opts.host;
     this.store = new IpamStore(path.join(opts.dataDir, 'ipam.json'));
     this.chains = chainsFor(opts.chainPrefix);
     const subnet = parseCidr(opts.subnet);
@@ -142,24 +145,24 @@ export class EmbeddedNetwork {
   private async doEnsure(): Promise<void> {
     const t0 = Date.now();
     const what = `embedded network (bridge ${this.opts.bridge})`;
-    const routes = parseProcRoutes(await fs.readFile('/proc/net/route', 'utf8'));
+    const routes = parseProcRoutes(await this.host.readRoutes());
     const collision = routeCollision(this.subnet, routes, this.opts.bridge);
     if (collision) {
       throw new BerthError('failed_precondition', `${what}: ${collision}; set another [network] subnet (or pod CIDR)`);
     }
-    this.mtu = await defaultMtu(defaultRouteDevice(routes));
-    await ensureBridge(this.opts.bridge, `${formatIp(gatewayOf(this.subnet))}/${this.subnet.prefix}`);
-    await writeSysctl('net.ipv4.ip_forward', '1');
-    const saved = await iptablesSave(what);
+    this.mtu = await this.host.defaultMtu(defaultRouteDevice(routes));
+    await this.host.ensureBridge(this.opts.bridge, `${formatIp(gatewayOf(this.subnet))}/${this.subnet.prefix}`);
+    await this.host.writeSysctl('net.ipv4.ip_forward', '1');
+    const saved = await this.host.iptablesSave(what);
     const subnets = [formatCidr(this.subnet), ...[...this.liveSubnets].filter((s) => s !== formatCidr(this.subnet))];
-    await iptablesRestore(baseRules({ chains: this.chains, bridge: this.opts.bridge, subnets, saved, livePods: this.livePods }), what);
+    await this.host.iptablesRestore(baseRules({ chains: this.chains, bridge: this.opts.bridge, subnets, saved, livePods: this.livePods }), what);
     // A veth on our bridge that no live pod owns outlived its pod (its netns is still referenced somewhere).
-    const orphans = this.vethsReconciled ? [] : await bridgePorts(this.opts.bridge);
+    const orphans = this.vethsReconciled ? [] : await this.host.bridgePorts(this.opts.bridge);
     this.vethsReconciled = true;
     for (const port of orphans) {
       if (port.startsWith('berth') && !this.liveVeths.has(port)) {
         this.opts.log.info('removing a veth no pod owns', { veth: port });
-        await deleteLink(port, what).catch((err) => this.opts.log.warn('cannot remove orphan veth', { veth: port, error: errorMessage(err) }));
+        await this.host.deleteLink(port, what).catch((err) => this.opts.log.warn('cannot remove orphan veth', { veth: port, error: errorMessage(err) }));
       }
     }
     this.opts.log.info('embedded network ready', { bridge: this.opts.bridge, subnet: formatCidr(this.subnet), mtu: this.mtu, ms: Date.now() - t0 });
@@ -226,16 +229,19 @@ export class EmbeddedNetwork {
     await this.ensure();
     const { ports, fields } = portRequest(req.portMappings);
     const pod = `${req.namespace}/${req.name}`;
-    this.hostPorts.reserve(req.podId, ports, { pod, fields });
-    const subnet = this.subnet;
+    return withUndo(this.opts.log.child({ pod: req.podId }), async (undo) => {
+      this.hostPorts.reserve(req.podId, ports, { pod, fields });
+      undo.push('release hostPorts', () => this.hostPorts.release(req.podId));
+      const subnet = this.subnet;
+      const ip = allocate(this.store.state, subnet, req.podId, this.subnetOrigin);
+      undo.push('release address', () => release(this.store.state, req.podId));
+      return this.planFor(req, { subnet, ip, ports, pod });
+    });
+  }
+
+  private planFor(req: PodNetworkRequest, a: { subnet: Cidr; ip: string; ports: HostPort[]; pod: string }): PodNetworkPlan {
+    const { subnet, ip, ports, pod } = a;
     const veth = vethName(req.podId);
-    let ip: string;
-    try {
-      ip = allocate(this.store.state, subnet, req.podId, this.subnetOrigin);
-    } catch (err) {
-      this.hostPorts.release(req.podId);
-      throw err;
-    }
     const state: EmbeddedPodState = {
       backend: 'embedded',
       ip,
@@ -257,7 +263,10 @@ export class EmbeddedNetwork {
     };
   }
 
-  /** The host end (created up) joins the bridge; hostPort rules go in. On failure, teardown(plan.state) undoes it. */
+  /**
+   * The host end (created up) joins the bridge; hostPort rules go in. A failure takes out the rules this call put
+   * in; the plan itself (address, hostPorts) is the caller's to undo, with teardown(plan.state).
+   */
   async setup(req: PodNetworkRequest, plan: PodNetworkPlan): Promise<PodNetworkResult> {
     const t0 = process.hrtime.bigint();
     if (!plan.veth || !isEmbeddedState(plan.state)) throw new BerthError('internal', `pod ${req.podId}: embedded network setup without a plan`);
@@ -266,10 +275,17 @@ export class EmbeddedNetwork {
     // When each step finished, in ms since setup() began: logged, so the pod-start path stays measurable.
     const steps: Record<string, number> = {};
     const mark = (name: string) => (steps[name] = Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100);
-    const rules = iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-I'), what).then(() => state.hostPorts.length > 0 && mark('hostPorts'));
-    const settled = await Promise.allSettled([attachHostEnd(this.opts.bridge, state.veth, what).then(() => mark('hostEnd')), rules]);
-    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-    if (failed) throw failed.reason;
+    await withUndo(this.opts.log.child({ pod: req.podId }), async (undo) => {
+      // The host end needs no undo of its own: it goes with the pod's netns.
+      const rules = this.host.iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-I'), what).then(() => {
+        if (state.hostPorts.length === 0) return;
+        mark('hostPorts');
+        undo.push('delete hostPort rules', () => this.host.iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-D'), what));
+      });
+      const settled = await Promise.allSettled([this.host.attachHostEnd(this.opts.bridge, state.veth, what).then(() => mark('hostEnd')), rules]);
+      const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+      if (failed) throw failed.reason;
+    });
     // Not awaited: the sandbox record (written next) holds the address too, and start() takes back into IPAM
     // whatever live pods hold, so a crash before this write lands loses nothing. It keeps an fsync off pod start.
     this.persist();
@@ -286,10 +302,10 @@ export class EmbeddedNetwork {
     try {
       if (ports.length > 0) {
         try {
-          await iptablesRestore(podRules(chains, req.podId, raw.ip, ports, '-D'), what);
+          await this.host.iptablesRestore(podRules(chains, req.podId, raw.ip, ports, '-D'), what);
         } catch {
           // Some rule was gone already (a second teardown, or a manual flush): delete whatever is left of the pod's.
-          await iptablesRestore(deletePodRules(chains, await iptablesSave(what, 'nat'), req.podId), what);
+          await this.host.iptablesRestore(deletePodRules(chains, await this.host.iptablesSave(what, 'nat'), req.podId), what);
         }
       }
     } finally {

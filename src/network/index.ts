@@ -5,6 +5,7 @@ import { errorMessage } from '../errors.js';
 import { Logger } from '../log.js';
 import { CniNetwork } from './cni/network.js';
 import { EmbeddedNetwork } from './embedded.js';
+import { linuxEmbeddedHost } from './embedded-host.js';
 import { MAX_PREFIX_LENGTH } from './rules.js';
 import { NetworkReadiness, PodNetwork, PodNetworkPlan, PodNetworkRequest, PodNetworkResult } from './types.js';
 
@@ -50,7 +51,7 @@ export class NetworkManager implements PodNetwork {
 
   async prepare(req: PodNetworkRequest): Promise<PodNetworkPlan> {
     // CNI plugins make everything themselves once the netns exists: nothing to undo before setup(), and a failed
-    // setup() DELs what it made itself (cniAdd after a failed ADD, setup() when the result cannot be cached).
+    // setup() DELs what it made itself (after a failed ADD, or a result that cannot be cached).
     return (await this.backendFor()) === 'cni' ? { backend: 'cni', state: {} } : this.embedded.prepare(req);
   }
 
@@ -88,6 +89,7 @@ export async function createPodNetwork(config: BerthConfig, paths: { root: strin
     chainPrefix: chainPrefixFor(config.network.bridge),
     dataDir,
     log: log.child({ backend: 'embedded' }),
+    host: linuxEmbeddedHost,
   });
   const cni = new CniNetwork({ confDir: config.cni.confDir, binDirs: config.cni.binDirs, cacheDir: path.join(dataDir, 'cni-cache'), log: log.child({ backend: 'cni' }) });
   log.info('pod network', { mode: config.network.mode, bridge: config.network.bridge, subnet: config.network.subnet, cniConfDir: config.cni.confDir });

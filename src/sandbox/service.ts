@@ -2,28 +2,45 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { BerthError, errorMessage, failedPrecondition, invalidArgument, notFound } from '../errors.js';
+import { BerthError, failedPrecondition, invalidArgument, notFound } from '../errors.js';
 import { Logger } from '../log.js';
-import { Cgroups } from '../kernel/cgroups.js';
-import { MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, mount, umount2 } from '../kernel/libc.js';
-import { createPodNamespaces, isShim, unpinNamespaces } from '../kernel/shim.js';
-import { RecordStore } from '../store/records.js';
+import type { CgroupHandle } from '../kernel/cgroups.js';
+import type { CgroupPort } from '../kernel/cgroup-port.js';
+import type { PodNamespaces } from '../kernel/shim.js';
+import { deepFreeze, RecordStore } from '../store/records.js';
+import { withUndo } from '../store/undo.js';
 import { findByIdOrPrefix } from '../lookup.js';
 import { KeyedMutex } from '../store/locks.js';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
-import { writeHostsFile, writePodFiles } from './files.js';
 import { validateSysctls } from './sysctls.js';
-import { SandboxConfig, SandboxRecord } from './types.js';
+import { SandboxRuntime } from './runtime.js';
+import { SANDBOX_TRANSITIONS, SandboxConfig, SandboxRecord } from './types.js';
 import { LoopbackOnly, PodNetwork, PodNetworkRequest } from '../network/types.js';
+/** The cgroup operations a pod needs: its own cgroup, and its parents once unused. */
+export type SandboxCgroups = Pick<CgroupPort, 'create' | 'remove' | 'removeIfUnused'>;
 
 // Pod sandboxes without a pause process: the pod's namespaces are pinned by bind mounts under the run directory.
 // Only a pod that shares one PID namespace gets a process of its own, the shim's tiny init.
 
+/** What the sandbox service asks of the container service. */
 export interface SandboxHooks {
   /** Stops (kills) every container of the pod: StopPodSandbox's contract. */
   stopContainers(sandboxId: string): Promise<void>;
   /** Removes every container of the pod. */
   removeContainers(sandboxId: string): Promise<void>;
+}
+
+export interface SandboxServiceOptions {
+  root: string;
+  stateDir: string;
+  log: Logger;
+  shmSizeBytes: number;
+  /** Namespaces, the pod init, /dev/shm and pod files (kernelSandboxRuntime outside tests). */
+  runtime: SandboxRuntime;
+  cgroups: SandboxCgroups;
+  /** The pods' containers, stopped and removed with their pod. */
+  containers: SandboxHooks;
+  network?: PodNetwork;
 }
 
 const loopbackOnly = new LoopbackOnly();
@@ -34,27 +51,33 @@ export interface SandboxFilter {
   labels?: Record<string, string>;
 }
 
+/** The pod records under <root>/sandboxes, with the pod state machine. */
+export function sandboxRecordStore(root: string): RecordStore<SandboxRecord> {
+  return new RecordStore<SandboxRecord>(path.join(root, 'sandboxes'), 'sandbox.json', { stateOf: (r) => r.state, transitions: SANDBOX_TRANSITIONS });
+}
+
 export class SandboxService {
   private readonly records: RecordStore<SandboxRecord>;
-  private readonly sandboxes = new Map<string, SandboxRecord>();
+  /** name key -> pod id: a name is taken from the moment a RunPodSandbox for it begins. */
   private readonly names = new Map<string, string>();
   /** Ancestor cgroups berth created for some pod (e.g. /kubepods/burstable) and removes once unused. */
   private ownedParents = new Set<string>();
   /** Pod-level operations (stop, remove, and container creation in the pod) never interleave. */
   readonly podLock = new KeyedMutex();
-  private hooks: SandboxHooks = { stopContainers: async () => undefined, removeContainers: async () => undefined };
 
-  constructor(
-    private readonly opts: { root: string; stateDir: string; cgroups: Cgroups; log: Logger; shmSizeBytes: number; network?: PodNetwork },
-  ) {
-    this.records = new RecordStore(path.join(opts.root, 'sandboxes'), 'sandbox.json');
+  constructor(private readonly opts: SandboxServiceOptions) {
+    this.records = sandboxRecordStore(opts.root);
   }
 
   private get network(): PodNetwork {
     return this.opts.network ?? loopbackOnly;
   }
 
-  private networkRequest(record: SandboxRecord, netnsPath = record.namespacePaths.network ?? ''): PodNetworkRequest {
+  private get runtime(): SandboxRuntime {
+    return this.opts.runtime;
+  }
+
+  private networkRequest(record: Readonly<SandboxRecord>, netnsPath = record.namespacePaths.network ?? ''): PodNetworkRequest {
     const m = record.config.metadata;
     return {
       podId: record.id,
@@ -70,11 +93,7 @@ export class SandboxService {
 
   /** Live pods and their network state, for the network backend to reconcile its allocations on start. */
   networkedPods(): { podId: string; state: Record<string, unknown> }[] {
-    return [...this.sandboxes.values()].filter((s) => s.networkState).map((s) => ({ podId: s.id, state: s.networkState! }));
-  }
-
-  setHooks(hooks: SandboxHooks): void {
-    this.hooks = hooks;
+    return this.records.values().filter((s) => s.networkState).map((s) => ({ podId: s.id, state: s.networkState! }));
   }
 
   private runDir(id: string): string {
@@ -99,35 +118,34 @@ export class SandboxService {
     this.ownedParents = new Set((await readJson<string[]>(this.parentsFile)) ?? []);
     const { records, orphans } = await this.records.loadAll();
     for (const dir of orphans) await fs.rm(dir, { recursive: true, force: true });
-    for (const record of records) {
+    for (const loaded of records) {
+      // The store hands loaded records out unfrozen (services move to snapshots one at a time): this one has.
+      let record = deepFreeze(loaded);
       if (record.state === 'READY') {
-        const pins = Object.values(record.namespacePaths);
-        const alive = (await Promise.all(pins.map((p) => fs.access(p).then(() => true, () => false)))).every(Boolean);
-        const initAlive = record.initPid === undefined || (await isShim(record.initPid));
-        if (!alive || !initAlive) {
+        const pinned = await this.runtime.pinsPresent(Object.values(record.namespacePaths));
+        const initAlive = record.initPid === undefined || (await this.runtime.isInitAlive(record.initPid));
+        if (!pinned || !initAlive) {
           this.opts.log.warn('sandbox lost its namespaces while berth was down: marking NOTREADY', { pod: record.id });
-          record.state = 'NOTREADY';
-          await this.records.put(record);
+          record = await this.records.update(record.id, (r) => ({ ...r, state: 'NOTREADY' }));
         }
       }
-      this.sandboxes.set(record.id, record);
       this.names.set(SandboxService.nameKey(record.config), record.id);
     }
   }
 
-  get(id: string): SandboxRecord {
+  get(id: string): Readonly<SandboxRecord> {
     const found = this.find(id);
     if (!found) throw notFound(`pod sandbox "${id}" not found`);
     return found;
   }
 
   /** By full id or a unique prefix, as crictl accepts. */
-  find(id: string): SandboxRecord | undefined {
-    return findByIdOrPrefix(this.sandboxes, id, 'pod sandbox');
+  find(id: string): Readonly<SandboxRecord> | undefined {
+    return findByIdOrPrefix(this.records, id, 'pod sandbox');
   }
 
-  list(filter: SandboxFilter = {}): SandboxRecord[] {
-    let out = [...this.sandboxes.values()];
+  list(filter: SandboxFilter = {}): Readonly<SandboxRecord>[] {
+    let out = this.records.values();
     if (filter.id) out = out.filter((s) => s.id.startsWith(filter.id!));
     if (filter.state) out = out.filter((s) => s.state === filter.state);
     if (filter.labels) {
@@ -137,7 +155,7 @@ export class SandboxService {
     return out;
   }
 
-  async run(config: SandboxConfig): Promise<SandboxRecord> {
+  async run(config: SandboxConfig): Promise<Readonly<SandboxRecord>> {
     if (!config.metadata.name) throw invalidArgument('config.metadata.name is empty');
     if (config.runtimeHandler && config.runtimeHandler !== 'berth') {
       throw invalidArgument(`runtime_handler "${config.runtimeHandler}" is not known; berth serves "" (the default) and "berth"`);
@@ -155,8 +173,11 @@ export class SandboxService {
     if (Buffer.byteLength(hostname) > 64) throw invalidArgument(`config.hostname "${hostname}" is longer than 64 bytes`);
     const started = Date.now();
     const phases: Record<string, number> = {};
-    this.names.set(key, id);
+    const timed = <T>(name: string, p: Promise<T>) => p.then((v) => ((phases[name] = Date.now() - started), v));
+    const runtime = this.runtime;
     const runDir = this.runDir(id);
+    const nsDir = path.join(runDir, 'ns');
+    // A draft until records.create makes it the pod's record (frozen from then on).
     const record: SandboxRecord = {
       id,
       config,
@@ -168,49 +189,59 @@ export class SandboxService {
       filesDir: path.join(this.records.pathOf(id), 'files'),
       additionalIps: [],
     };
-    const undo: (() => Promise<void>)[] = [];
-    try {
-      await fs.mkdir(runDir, { recursive: true, mode: 0o711 });
-      undo.push(() => fs.rm(runDir, { recursive: true, force: true }));
+    const netRequest = this.networkRequest(record, path.join(nsDir, 'net'));
+    const created = await withUndo(log, async (undo) => {
+      this.names.set(key, id);
+      undo.push('release pod name', () => this.names.delete(key));
+      // Registered before anything is written there: the pod files and the record itself live in this directory.
+      undo.push('remove pod state directory', () => this.records.delete(id));
+      await runtime.makeRunDir(runDir);
+      undo.push('remove pod run directory', () => runtime.removeRunDir(runDir));
+      // Registered before the attempt: unpinning nothing is a no-op, and a shim killed at its timeout may have pinned.
+      undo.push('unpin pod namespaces', () => runtime.unpinNamespaces(nsDir));
       const shmPath = hostIpc ? '/dev/shm' : path.join(runDir, 'shm');
-      // Independent steps run at once: namespaces, cgroup, pod files and shm are unrelated.
-      // Every step is awaited (allSettled) before any undo, so nothing still running escapes the cleanup.
-      const timed = <T>(name: string, p: Promise<T>) => p.then((v) => ((phases[name] = Date.now() - started), v));
       // The network is planned first (the embedded bridge takes the address) so that the namespace helper can make
-      // the pod's veth along with its netns; the cgroup and /dev/shm do not wait for it.
-      const nsDir = path.join(runDir, 'ns');
-      const netRequest = this.networkRequest(record, path.join(nsDir, 'net'));
-      const planned = hostNetwork ? Promise.resolve(undefined) : timed('networkPlan', this.network.prepare(netRequest));
+      // the pod's veth along with its netns; the cgroup and /dev/shm do not wait for it. The plan's undo is
+      // registered after the unpin, so that it runs while the netns still exists; it tears down whatever the
+      // network holds by then (the plan's allocations, or what setup made).
       let netState: Record<string, unknown> | undefined;
-      // Both registered up front: unpinning nothing is a no-op, and a shim killed at its timeout may have pinned.
-      // The teardown comes second so that the undo (last in, first out) runs it while the netns still exists.
-      undo.push(() => unpinNamespaces(nsDir));
-      undo.push(async () => {
-        if (netState) await this.network.teardown(netRequest, netState);
-      });
+      const planned = hostNetwork
+        ? Promise.resolve(undefined)
+        : timed('networkPlan', this.network.prepare(netRequest)).then((plan) => {
+            netState = plan.state;
+            undo.push('tear down pod network', () => this.network.teardown(netRequest, netState!));
+            return plan;
+          });
+      // Independent steps run at once: namespaces, cgroup, pod files and shm are unrelated. Each registers its undo
+      // as it completes, and every step is awaited (allSettled) before any undo runs, so nothing escapes the cleanup.
       const settled = await Promise.allSettled([
-        planned.then((plan) => {
-          netState = plan?.state;
-          return timed('namespaces', createPodNamespaces(nsDir, {
-            network: !hostNetwork,
-            ipc: !hostIpc,
-            uts: !hostNetwork,
-            pid: config.namespaces.pid === 'POD',
-            hostname,
-            veth: plan?.veth,
-          }));
-        }),
-        timed('cgroup', this.opts.cgroups.create(record.cgroup.path).then((handle) => {
-          undo.push(() => this.opts.cgroups.remove(handle));
+        planned
+          .then((plan) =>
+            timed('namespaces', runtime.createNamespaces(nsDir, {
+              network: !hostNetwork,
+              ipc: !hostIpc,
+              uts: !hostNetwork,
+              pid: config.namespaces.pid === 'POD',
+              hostname,
+              veth: plan?.veth,
+            })),
+          )
+          .then((namespaces) => {
+            const initPid = namespaces.initPid;
+            if (initPid !== undefined) undo.push('kill pod init', () => runtime.killInit(initPid));
+            return namespaces;
+          }),
+        timed('cgroup', this.opts.cgroups.create(record.cgroup.path)).then((handle) => {
+          undo.push('remove pod cgroup', () => this.opts.cgroups.remove(handle));
           return handle;
-        })),
-        planned.then((plan) => writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork, ip: plan?.ip })),
-        hostIpc ? Promise.resolve() : this.mountShm(shmPath).then(() => undo.push(() => this.unmountShm(shmPath))),
+        }),
+        planned.then((plan) => runtime.writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork, ip: plan?.ip })),
+        hostIpc ? Promise.resolve() : runtime.mountShm(shmPath, this.opts.shmSizeBytes).then(() => undo.push('unmount pod /dev/shm', () => runtime.unmountShm(shmPath))),
       ] as const);
       for (const r of settled) if (r.status === 'rejected') throw r.reason;
       const netPlan = await planned;
-      const namespaces = (settled[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof createPodNamespaces>>>).value;
-      const cgroup = (settled[1] as PromiseFulfilledResult<Awaited<ReturnType<Cgroups['create']>>>).value;
+      const namespaces = (settled[0] as PromiseFulfilledResult<PodNamespaces>).value;
+      const cgroup = (settled[1] as PromiseFulfilledResult<CgroupHandle>).value;
       // The pod owns only its own directories; ancestors it happened to create are shared with later pods.
       const own = cgroup.created.filter((d) => d.endsWith(cgroup.path));
       const parents = cgroup.created.filter((d) => !own.includes(d));
@@ -230,38 +261,18 @@ export class SandboxService {
         // controllers down to its containers' cgroups (the no-internal-process rule).
       }
       if (netPlan && record.namespacePaths.network) {
+        // A failed setup undoes itself only in part: the teardown registered with the plan removes the rest.
         const net = await timed('network', this.network.setup(netRequest, netPlan));
         record.ip = net.ip || undefined;
         record.additionalIps = net.additionalIps;
         record.networkState = netState = net.state;
         // The embedded network's address was known before the files were written; a CNI plugin's comes only now.
-        if (record.ip && record.ip !== netPlan.ip) await writeHostsFile(record.filesDir, hostname, record.ip);
+        if (record.ip && record.ip !== netPlan.ip) await runtime.writeHostsFile(record.filesDir, hostname, record.ip);
       }
-      await this.records.put(record);
-    } catch (err) {
-      this.names.delete(key);
-      if (record.initPid) process.kill(record.initPid, 'SIGKILL');
-      for (const step of undo.reverse()) await step().catch((e) => log.warn('undo failed', { error: errorMessage(e) }));
-      await fs.rm(this.records.pathOf(id), { recursive: true, force: true });
-      throw err;
-    }
-    this.sandboxes.set(id, record);
+      return this.records.create(record);
+    });
     log.info('pod sandbox running', { name: config.metadata.name, namespace: config.metadata.namespace, ms: Date.now() - started, phases });
-    return record;
-  }
-
-  private async mountShm(target: string): Promise<void> {
-    await fs.mkdir(target, { recursive: true, mode: 0o1777 });
-    mount('shm', target, 'tmpfs', MS_NOSUID | MS_NODEV | MS_NOEXEC, `mode=1777,size=${this.opts.shmSizeBytes}`);
-  }
-
-  private async unmountShm(target: string): Promise<void> {
-    try {
-      umount2(target, MNT_DETACH);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== 'EINVAL' && code !== 'ENOENT') throw err;
-    }
+    return created;
   }
 
   /** Kills the pod's containers and releases its namespaces. Idempotent. */
@@ -269,43 +280,26 @@ export class SandboxService {
     const found = this.get(id);
     return this.podLock.run(found.id, async () => {
       // A remove may have finished while this stop waited: writing the record now would bring the pod back.
-      const record = this.sandboxes.get(found.id);
-      if (record) await this.stopLocked(record);
+      const record = this.records.get(found.id);
+      if (!record) return;
+      await this.opts.containers.stopContainers(record.id);
+      await this.releaseLocked(record);
     });
   }
 
-  private async stopLocked(record: SandboxRecord): Promise<void> {
-    await this.hooks.stopContainers(record.id);
-    const tornDown = await this.release(record);
-    if (record.state !== 'NOTREADY' || tornDown) {
-      const stopping = record.state !== 'NOTREADY';
-      record.state = 'NOTREADY';
-      await this.records.put(record);
-      if (stopping) this.opts.log.info('pod sandbox stopped', { pod: record.id });
-    }
-  }
-
   /**
-   * Kills the pod init, tears the network down, unpins the namespaces. Returns whether the network was torn down:
-   * the caller writes the record once (a crash before that write only repeats an idempotent teardown).
+   * Kills the pod init, tears the network down, unpins the namespaces, then records the pod NOTREADY without
+   * network state: once, as a second release finds nothing to change (a crash before that write only repeats
+   * an idempotent teardown).
    */
-  private async release(record: SandboxRecord): Promise<boolean> {
-    if (record.initPid && (await isShim(record.initPid))) {
-      try {
-        process.kill(record.initPid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-    const tornDown = record.networkState !== undefined;
-    if (record.networkState) {
-      await this.network.teardown(this.networkRequest(record), record.networkState);
-      record.networkState = undefined;
-    }
-    const runDir = this.runDir(record.id);
-    await unpinNamespaces(path.join(runDir, 'ns'));
-    if (record.shmPath && record.shmPath !== '/dev/shm') await this.unmountShm(record.shmPath);
-    return tornDown;
+  private async releaseLocked(record: Readonly<SandboxRecord>): Promise<void> {
+    if (record.initPid && (await this.runtime.isInitAlive(record.initPid))) this.runtime.killInit(record.initPid);
+    if (record.networkState) await this.network.teardown(this.networkRequest(record), record.networkState);
+    await this.runtime.unpinNamespaces(path.join(this.runDir(record.id), 'ns'));
+    if (record.shmPath && record.shmPath !== '/dev/shm') await this.runtime.unmountShm(record.shmPath);
+    if (record.state === 'NOTREADY' && record.networkState === undefined) return;
+    await this.records.update(record.id, ({ networkState: _released, ...rest }) => ({ ...rest, state: 'NOTREADY' }));
+    if (record.state !== 'NOTREADY') this.opts.log.info('pod sandbox stopped', { pod: record.id });
   }
 
   /** Removes the pod and everything it holds. Removing an unknown pod is not an error. */
@@ -314,15 +308,15 @@ export class SandboxService {
     if (!found) return;
     return this.podLock.run(found.id, async () => {
       // Another remove may have finished while this one waited.
-      const record = this.sandboxes.get(found.id);
+      const record = this.records.get(found.id);
       if (record) await this.removeLocked(record);
     });
   }
 
-  private async removeLocked(record: SandboxRecord): Promise<void> {
+  private async removeLocked(record: Readonly<SandboxRecord>): Promise<void> {
     // Removing a container stops it first if it still runs.
-    await this.hooks.removeContainers(record.id);
-    await this.release(record);
+    await this.opts.containers.removeContainers(record.id);
+    await this.releaseLocked(record);
     try {
       await this.opts.cgroups.remove({ path: record.cgroup.path, created: record.cgroup.created });
     } catch (err) {
@@ -335,9 +329,8 @@ export class SandboxService {
       this.ownedParents = new Set(await this.opts.cgroups.removeIfUnused([...this.ownedParents]));
       await this.saveParents();
     }
-    await fs.rm(this.runDir(record.id), { recursive: true, force: true });
+    await this.runtime.removeRunDir(this.runDir(record.id));
     await this.records.delete(record.id);
-    this.sandboxes.delete(record.id);
     this.names.delete(SandboxService.nameKey(record.config));
     this.opts.log.info('pod sandbox removed', { pod: record.id });
   }

@@ -59,8 +59,16 @@ export interface SandboxConfig {
 
 export type SandboxState = 'READY' | 'NOTREADY';
 
+/** The only state changes a pod has: a stopped pod (or one that lost its namespaces) never becomes ready again. */
+export const SANDBOX_TRANSITIONS: Readonly<Record<SandboxState, readonly SandboxState[]>> = {
+  READY: ['NOTREADY'],
+  NOTREADY: [],
+};
+
 export interface SandboxRecord {
   id: string;
+  /** Record format, set by the record store. */
+  version?: number;
   config: SandboxConfig;
   state: SandboxState;
   createdAt: number;

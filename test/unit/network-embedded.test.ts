@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Logger } from '../../src/log.js';
 import { EmbeddedNetwork } from '../../src/network/embedded.js';
+import { linuxEmbeddedHost } from '../../src/network/embedded-host.js';
 import { HostPortTable } from '../../src/network/hostports.js';
 
 // EmbeddedNetwork's bookkeeping, without a bridge: iptables is a stand-in that fails (first in PATH).
@@ -29,7 +30,7 @@ test.after.always(async () => {
   await fs.rm(tmp, { recursive: true, force: true });
 });
 
-const network = (dataDir: string) => new EmbeddedNetwork({ bridge: 'berthtest0', subnet: '10.251.0.0/16', chainPrefix: 'BERTH-UNIT', dataDir, log: quiet });
+const network = (dataDir: string) => new EmbeddedNetwork({ bridge: 'berthtest0', subnet: '10.251.0.0/16', chainPrefix: 'BERTH-UNIT', dataDir, log: quiet, host: linuxEmbeddedHost });
 
 test('a pod CIDR that cannot be recorded leaves NetworkReady false with the reason, and rejects nothing', async (t) => {
   const net = network(path.join(tmp, 'missing', 'network'));

@@ -78,17 +78,10 @@ async function exec(inv: Invocation, command: Command, index: number, prevResult
   }
 }
 
-/** ADD through the chain; on a failure the whole list is deleted again (best effort) and the error thrown. */
+/** ADD through the chain. A failure leaves what earlier plugins made: the caller DELs the whole list. */
 export async function cniAdd(inv: Invocation): Promise<unknown> {
   let prev: unknown;
-  for (let i = 0; i < inv.list.plugins.length; i++) {
-    try {
-      prev = await exec(inv, 'ADD', i, prev);
-    } catch (err) {
-      await cniDel(inv, undefined).catch(() => undefined);
-      throw err;
-    }
-  }
+  for (let i = 0; i < inv.list.plugins.length; i++) prev = await exec(inv, 'ADD', i, prev);
   return prev;
 }
 

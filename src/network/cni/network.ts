@@ -3,6 +3,7 @@ import path from 'node:path';
 import { BerthError, errorMessage } from '../../errors.js';
 import { Logger } from '../../log.js';
 import { readJson, writeJsonAtomic } from '../../store/atomic.js';
+import { withUndo } from '../../store/undo.js';
 import { NetworkReadiness, PodNetworkRequest, PodNetworkResult } from '../types.js';
 import { chooseConfigFile, CniConfigError, NetworkList, parseNetworkConfig, resultIps, RuntimeInputs } from './config.js';
 import { cniAdd, cniCheck, cniDel, Invocation, missingPlugin } from './invoke.js';
@@ -191,14 +192,20 @@ export class CniNetwork {
       inputs: { portMappings: req.portMappings, dns: req.dns, annotations: req.annotations },
     };
     const inv = this.invocation(entry, req.netnsPath);
-    const result = await cniAdd(inv);
-    try {
-      await fs.mkdir(this.opts.cacheDir, { recursive: true, mode: 0o700 });
-      await writeJsonAtomic(this.cacheFile(req.podId), { version: 1, ...entry, result } satisfies CacheEntry);
-    } catch (err) {
-      await cniDel(inv, result).catch(() => undefined);
-      throw new BerthError('internal', `pod ${req.podId}: cannot cache the CNI result: ${errorMessage(err)}`, { cause: err });
-    }
+    const result = await withUndo(this.opts.log.child({ pod: req.podId }), async (undo) => {
+      // Registered before the ADD: a plugin that fails leaves what the ones before it made, and plugins accept a
+      // DEL of what they never made. Without a cache to DEL from later, a result that cannot be cached is undone.
+      let added: unknown;
+      undo.push('CNI DEL', () => cniDel(inv, added));
+      added = await cniAdd(inv);
+      try {
+        await fs.mkdir(this.opts.cacheDir, { recursive: true, mode: 0o700 });
+        await writeJsonAtomic(this.cacheFile(req.podId), { version: 1, ...entry, result: added } satisfies CacheEntry);
+      } catch (err) {
+        throw new BerthError('internal', `pod ${req.podId}: cannot cache the CNI result: ${errorMessage(err)}`, { cause: err });
+      }
+      return added;
+    });
     const ips = resultIps(result);
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
     this.opts.log.debug('pod network set up (CNI)', { pod: req.podId, network: l.list!.name, ips, ms: Math.round(ms * 100) / 100 });
