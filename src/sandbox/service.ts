@@ -16,6 +16,7 @@ import { validateSysctls } from './sysctls.js';
 import { SandboxRuntime } from './runtime.js';
 import { SANDBOX_TRANSITIONS, SandboxConfig, SandboxRecord } from './types.js';
 import { LoopbackOnly, PodNetwork, PodNetworkRequest } from '../network/types.js';
+
 /** The cgroup operations a pod needs: its own cgroup, and its parents once unused. */
 export type SandboxCgroups = Pick<CgroupPort, 'create' | 'remove' | 'removeIfUnused'>;
 
