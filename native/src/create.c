@@ -1,5 +1,5 @@
 /* berth-shim create <bundle>: fork the monitor, which forks the container init. */
-#include "container.h"
+#include "init.h"
 #include "monitor.h"
 #include "spec.h"
 

@@ -1,6 +1,6 @@
 /* The per-container monitor's event loop: CRI log writer, reaper, exit status. */
 #include "monitor.h"
-#include "container.h"
+#include "init.h"
 #include "rawsys.h"
 #include "shim.h"
 

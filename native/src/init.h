@@ -1,5 +1,5 @@
-#ifndef BERTH_CONTAINER_H
-#define BERTH_CONTAINER_H
+#ifndef BERTH_INIT_H
+#define BERTH_INIT_H
 
 #include "spec.h"
 

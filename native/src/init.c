@@ -1,5 +1,5 @@
-/* The container's init between fork and exec: namespaces, cgroups, rootfs, credentials. */
-#include "container.h"
+/* The container init between fork and exec: namespaces, cgroups, rootfs, credentials. */
+#include "init.h"
 
 #include <errno.h>
 #include <fcntl.h>
