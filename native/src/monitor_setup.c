@@ -356,7 +356,7 @@ static void fork_init(struct monitor_setup *ms)
         };
         close(ms->report_fd);
         close(syncp[0]);
-        container_main(&c);
+        init_main(&c);
     }
     ms->m->pid = ms->init = pid;
     cleanup_push(&ms->undo, "kill and reap the container init", NULL, kill_init);
