@@ -328,24 +328,25 @@ static void enter_pid_namespace(struct monitor_setup *ms)
     }
 }
 
-static void close_if_open(int fd)
-{
-    if (fd >= 0)
-        close(fd);
-}
-
-static void fork_init(struct monitor_setup *ms)
+/* The init's reports (init.h: ready, setup error, started, exec error) come on this pipe. */
+static void open_sync_pipe(struct monitor_setup *ms)
 {
     int syncp[2];
     if (pipe2(syncp, O_CLOEXEC) < 0)
         setup_fail(ms, "monitor: pipe", NULL, errno);
+    ms->m->sync_fd = syncp[0];
+    ms->sync_w = syncp[1];
+}
+
+static void fork_init(struct monitor_setup *ms)
+{
     pid_t pid = fork();
     if (pid < 0)
         setup_fail(ms, "fork container", NULL, errno);
     if (pid == 0) {
         struct child_ctx c = {
             .s = ms->s,
-            .sync_fd = syncp[1],
+            .sync_fd = ms->sync_w,
             .stdin_fd = ms->init_stdin,
             .stdout_fd = ms->out_w,
             .stderr_fd = ms->err_w,
@@ -355,19 +356,16 @@ static void fork_init(struct monitor_setup *ms)
             .userns_fd = ms->userns,
         };
         close(ms->report_fd);
-        close(syncp[0]);
+        close(ms->m->sync_fd);
         init_main(&c);
     }
     ms->m->pid = ms->init = pid;
     cleanup_push(&ms->undo, "kill and reap the container init", NULL, kill_init);
-    close(syncp[1]);
     /* the init's ends: the loop must see EOF when the container's processes are gone */
-    close_if_open(ms->userns);
-    close_if_open(ms->out_w);
-    close_if_open(ms->err_w);
-    close_if_open(ms->init_stdin);
-    close_if_open(ms->pty_slave);
-    ms->m->sync_fd = syncp[0];
+    const int init_ends[] = {ms->sync_w, ms->userns, ms->out_w, ms->err_w, ms->init_stdin, ms->pty_slave};
+    for (size_t i = 0; i < sizeof init_ends / sizeof init_ends[0]; i++)
+        if (init_ends[i] >= 0)
+            close(init_ends[i]);
     ms->m->pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec */
     if (ms->m->pidfd < 0)
         setup_fail(ms, "pidfd_open", NULL, errno);
@@ -439,6 +437,7 @@ void monitor_main(struct spec *s, int report_fd)
     open_log(ms);
     open_output(ms);
     open_stdin(ms);
+    open_sync_pipe(ms);
     make_userns(ms);
     enter_pid_namespace(ms);
     fork_init(ms);
