@@ -138,6 +138,30 @@ rtest('bad rules are refused by create before anything runs', async (t) => {
   });
 });
 
+rtest('restricting rules with no cgroup able to enforce them fail create (fail closed); allow-all needs none', async (t) => {
+  // No cgroup2 directory and no v1 devices directory among cgroupProcs: the rules would be silently dropped.
+  await withContainerIn(env, 'unenforced', async (c) => {
+    c.spec({ args: ['true'], cgroupProcs: [] }, (s) => {
+      s.deviceRules = [...DEFAULT_DEVICE_RULES];
+    });
+    const r = await shim(['create', c.bundle]);
+    if (r.code === 0) {
+      const made = JSON.parse(r.stdout) as { pid: number; monitorPid: number };
+      [c.pid, c.monitorPid] = [made.pid, made.monitorPid];
+      started.add(made.pid).add(made.monitorPid);
+    }
+    t.is(r.code, 1, r.stdout);
+    t.regex(r.stderr, /devices: .*no cgroup .*can enforce/);
+  });
+  // A privileged container's a *:* rwm restricts nothing: no controller is needed for it.
+  await withContainerIn(env, 'allow-all', async (c) => {
+    const { exit } = await c.run({ args: ['true'], cgroupProcs: [] }, (s) => {
+      s.deviceRules = [{ allow: true, type: 'a', access: 'rwm' }];
+    });
+    t.is(exit.exitCode, 0);
+  });
+});
+
 rtest('nothing is left behind: mounts, processes, cgroups', (t) => {
   t.deepEqual(mountsUnder(TMP), []);
   for (const pid of started) t.false(pidAlive(pid), `pid ${pid} still alive`);
