@@ -5,6 +5,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { BerthProcess } from '../helpers/berth.js';
+import { failure } from '../helpers/cri.js';
 import { startCheckedBerth } from '../helpers/pod-env.js';
 import { sleep } from '../helpers/util.js';
 
@@ -101,15 +102,6 @@ async function startHostile(): Promise<Hostile> {
 
 function rssKiB(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
-}
-
-async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as grpc.ServiceError;
-  }
-  throw new Error('expected the call to fail');
 }
 
 async function setup(t: ExecutionContext): Promise<{ berth: BerthProcess; hostile: Hostile }> {

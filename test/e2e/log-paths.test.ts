@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
 import type { BerthProcess } from '../helpers/berth.js';
-import { waitFor } from '../helpers/cri.js';
+import { failure, waitFor } from '../helpers/cri.js';
 import { podEnv } from '../helpers/pod-env.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 
@@ -48,15 +48,6 @@ async function env(t: ExecutionContext): Promise<Env> {
     pod: pod.config,
     create: (logPath, script = 'echo escaped; echo escaped >&2') => p.container(pod, { command: ['/bin/sh', '-c', script], log_path: logPath }, false),
   };
-}
-
-async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as grpc.ServiceError;
-  }
-  throw new Error('expected the call to fail');
 }
 
 /** Every file under dir, relative. */
