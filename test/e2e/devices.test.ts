@@ -131,7 +131,7 @@ test('bad device permissions are INVALID_ARGUMENT naming the field; nothing is m
   const { pod_sandbox_id } = await e.berth.runtime.RunPodSandbox({ config: pc });
   const st = await e.berth.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true });
   t.truthy(JSON.parse(st.info.info).cgroup.path);
-  for (const [permissions, index] of [['rwx', 0], ['', 0]] as const) {
+  for (const [permissions, index] of [['rwx', 0], ['rw-', 0]] as const) {
     const err = (await t.throwsAsync(e.berth.runtime.CreateContainer({
       pod_sandbox_id,
       config: containerConfig(image.ref, { command: ['true'], devices: [{ host_path: '/dev/fuse', container_path: '/dev/fuse', permissions }] }),
