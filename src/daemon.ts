@@ -59,7 +59,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   const images = new ImageService({ store, registry: config.registry, log: log.child({ component: 'images' }) });
   const cgroups = new Cgroups(discoverCgroups(), log.child({ component: 'cgroups' }));
   if (!cgroups.layout.controllers.devices && !cgroups.layout.unified) {
-    log.error('neither a v1 devices controller nor cgroup2 is mounted: containers can open any device node they can make');
+    log.error('neither a v1 devices controller nor cgroup2 is mounted: no device policy can be enforced, so only privileged containers can be created');
   }
   const network = await createPodNetwork(config, paths, log.child({ component: 'network' }));
   // The two services need each other: the pod's containers are reached through a closure over the container

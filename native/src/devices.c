@@ -278,9 +278,16 @@ static int apply_v1(const char *dir, const struct device_rule *rules, size_t n, 
     return 0;
 }
 
+/* Rules that end with an allow of every device restrict nothing (a privileged container's). */
+static int rules_restrict(const struct device_rule *rules, size_t n)
+{
+    return !(n > 0 && rules[n - 1].type == 'a' && rules[n - 1].allow);
+}
+
 int devices_apply(const char *const *cgroup_procs, size_t nprocs, const struct device_rule *rules, size_t n,
                   char *err, size_t errlen)
 {
+    size_t enforced = 0;
     for (size_t i = 0; i < nprocs; i++) {
         char dir[PATH_MAX], probe[PATH_MAX];
         const char *slash = strrchr(cgroup_procs[i], '/');
@@ -295,6 +302,7 @@ int devices_apply(const char *const *cgroup_procs, size_t nprocs, const struct d
         if (fs.f_type == CGROUP2_SUPER_MAGIC) {
             if (attach_program(dir, rules, n, err, errlen) < 0)
                 return -1;
+            enforced++;
             continue;
         }
         /* a v1 hierarchy: only the one with the devices controller has these files */
@@ -302,6 +310,11 @@ int devices_apply(const char *const *cgroup_procs, size_t nprocs, const struct d
             continue;
         if (apply_v1(dir, rules, n, err, errlen) < 0)
             return -1;
+        enforced++;
     }
+    /* Fail closed: a policy nothing enforces would leave every device node the container can make open to it. */
+    if (!enforced && rules_restrict(rules, n))
+        FAIL("devices: no cgroup among the container's cgroupProcs can enforce the device rules (neither a cgroup2 "
+             "directory nor one of the v1 devices controller)");
     return 0;
 }

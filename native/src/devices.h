@@ -38,7 +38,8 @@ int devices_bpf_build(const struct device_rule *rules, size_t n, struct bpf_insn
 /* Apply the rules to the cgroup directories of the given cgroup.procs files, before any process is in
  * them: cgroup2 directories get the program (BPF_F_ALLOW_MULTI, so an ancestor's program still runs too), v1
  * directories of the devices controller get devices.deny / devices.allow. Other v1 hierarchies are left
- * alone. Returns 0, or -1 with a message in err. */
+ * alone. Rules that restrict anything but reach no such directory are an error (fail closed). Returns 0, or
+ * -1 with a message in err. */
 int devices_apply(const char *const *cgroup_procs, size_t nprocs, const struct device_rule *rules, size_t n,
                   char *err, size_t errlen);
 

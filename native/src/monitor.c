@@ -1,6 +1,6 @@
 /* The per-container monitor's event loop: CRI log writer, reaper, exit status. */
 #include "monitor.h"
-#include "container.h"
+#include "init.h"
 #include "rawsys.h"
 #include "shim.h"
 
@@ -468,27 +468,6 @@ HOT __attribute__((noinline)) static void monitor_loop(struct monitor *m, char *
         if (p[ipid].revents)
             return;
     }
-}
-
-struct monitor *monitor_alloc(const char *bundle, const char *log_path, const char *oom_file)
-{
-    size_t bl = strlen(bundle) + 1, ll = strlen(log_path) + 1, ol = oom_file ? strlen(oom_file) + 1 : 0;
-    char *p = mmap(NULL, sizeof(struct monitor) + bl + ll + ol, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-    if (p == MAP_FAILED)
-        return NULL;
-    struct monitor *m = (struct monitor *)p;
-    memset(m, 0, sizeof *m);
-    m->bundle = p + sizeof *m;
-    memcpy(m->bundle, bundle, bl);
-    m->log_path = m->bundle + bl;
-    memcpy(m->log_path, log_path, ll);
-    if (oom_file) {
-        m->oom_file = m->log_path + ll;
-        memcpy(m->oom_file, oom_file, ol);
-        m->oom_base = read_oom_kills(oom_file);
-    }
-    return m;
 }
 
 long read_oom_kills(const char *file)

@@ -15,7 +15,7 @@ struct log_stream {
     size_t len;
 };
 
-/* Lives in its own mmap'd block (monitor_alloc) together with the two paths, so that the heap
+/* Lives in its own mmap'd block (monitor_alloc in monitor_setup.c) together with the two paths, so that the heap
  * used during setup can be given back whole. */
 struct monitor {
     char *bundle;
@@ -45,12 +45,15 @@ int monitor_open_log(struct monitor *m, const char *dir);
 /* Drop resident pages that setup touched (read-only pages of this binary, unused stack depth).
  * Call last before a long-lived loop that uses only raw syscalls and .text.hot code. */
 void shrink_resident(void);
-/* One anonymous mapping holding the struct and copies of both paths; NULL on failure. */
-struct monitor *monitor_alloc(const char *bundle, const char *log_path, const char *oom_file);
 /* The oom_kill counter in a memory.events / memory.oom_control file; -1 if unreadable. */
 long read_oom_kills(const char *file);
 /* Field 22 of /proc/<pid>/stat (start time in clock ticks since boot), or -1. */
 long long proc_start_time(pid_t pid);
+struct spec;
+/* The monitor, forked by create (monitor_setup.c): sets up the container's stdio and log, forks the container
+ * init, writes shim.json, reports 'O' + that JSON line (or 'E' + the failing step, after undoing what it made)
+ * on report_fd, then runs its loop. Never returns. */
+__attribute__((noreturn)) void monitor_main(struct spec *s, int report_fd);
 /* Runs until the container is reaped and its output drained; writes exit.json. Never returns. */
 __attribute__((noreturn)) void monitor_run(struct monitor *m);
 

@@ -79,9 +79,24 @@ static int mount_of(const char *dir, int *is_mountpoint, int *shared)
     return 0;
 }
 
-static int selfbound; /* make_private bound dir onto itself (undone when sandbox fails) */
+/* Undoes make_private's self-bind of dir (ctx): the marker, then the bind. */
+/* What a sandbox call holds: the context of its cleanup list. */
+struct pod_dir {
+    char dir[PATH_MAX]; /* realpath of <dir> */
+    pid_t init;         /* the pod init, or 0 */
+};
 
-static int make_private(const char *dir, char *err, size_t errlen)
+static int drop_selfbind(void *ctx, const char *what)
+{
+    char mark[PATH_MAX];
+    const char *dir = ((struct pod_dir *)ctx)->dir;
+    (void)what;
+    if (path_join(mark, sizeof mark, dir, SELFBIND_MARK) == 0)
+        unlink(mark);
+    return umount2(dir, MNT_DETACH | UMOUNT_NOFOLLOW) < 0 ? -errno : 0;
+}
+
+static int make_private(const char *dir, struct cleanup_list *undo, char *err, size_t errlen)
 {
     int is_mp, shared;
     if (mount_of(dir, &is_mp, &shared) < 0) {
@@ -96,7 +111,7 @@ static int make_private(const char *dir, char *err, size_t errlen)
             fmt_err(err, errlen, "bind onto itself", dir, errno);
             return -1;
         }
-        selfbound = 1;
+        cleanup_push(undo, "drop the self-bind of the pin directory", NULL, drop_selfbind);
         if (path_join(mark, sizeof mark, dir, SELFBIND_MARK) == 0) {
             int fd = open(mark, O_CREAT | O_WRONLY | O_CLOEXEC, 0444);
             if (fd >= 0)
@@ -110,30 +125,24 @@ static int make_private(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-/* Unpin the names in mask (bit i = pin_names[i]); drop the self bind (ours, by its marker) when everything
- * goes, or when own_bind says this process made it. */
-static void unpin_dir(const char *dir, unsigned mask, int own_bind)
+/* Detaches and removes the pin dir/name: with unpin (idempotent) as the sandbox's undo of pin(). A pin that is
+ * not there (not mounted: EINVAL; no file: ENOENT) is no failure. */
+static int unpin_one(void *ctx, const char *name)
 {
     char p[PATH_MAX];
-    for (size_t i = 0; i < sizeof pin_names / sizeof pin_names[0]; i++) {
-        if (!(mask & (1u << i)) || path_join(p, sizeof p, dir, pin_names[i]) < 0)
-            continue;
-        umount2(p, MNT_DETACH | UMOUNT_NOFOLLOW);
-        unlink(p);
-    }
-    if (path_join(p, sizeof p, dir, SELFBIND_MARK) < 0)
-        return;
-    if (own_bind) {
-        unlink(p);
-        umount2(dir, MNT_DETACH | UMOUNT_NOFOLLOW);
-    } else if (mask == ~0u && unlink(p) == 0) {
-        umount2(dir, MNT_DETACH | UMOUNT_NOFOLLOW);
-    }
+    const char *dir = ((struct pod_dir *)ctx)->dir;
+    int r = path_join(p, sizeof p, dir, name);
+    if (r < 0)
+        return r;
+    if (umount2(p, MNT_DETACH | UMOUNT_NOFOLLOW) < 0 && errno != EINVAL && errno != ENOENT)
+        r = -errno;
+    if (unlink(p) < 0 && errno != ENOENT && !r)
+        r = -errno;
+    return r;
 }
 
-static unsigned pinned;
-
-static int pin(const char *dir, const char *name, const char *nspath, char *err, size_t errlen)
+static int pin(const char *dir, const char *name, const char *nspath, struct cleanup_list *undo, char *err,
+               size_t errlen)
 {
     char p[PATH_MAX];
     struct stat sd, sf;
@@ -149,16 +158,13 @@ static int pin(const char *dir, const char *name, const char *nspath, char *err,
     close(fd);
     if (stat(dir, &sd) == 0 && stat(p, &sf) == 0 && sd.st_dev != sf.st_dev) {
         fmt_err(err, errlen, "pin: already a mount point:", p, EEXIST);
-        return -1;
+        return -1; /* not ours: left alone */
     }
+    cleanup_push(undo, "unpin", name, unpin_one);
     if (mount(nspath, p, NULL, MS_BIND, NULL) < 0) {
         fmt_err(err, errlen, "pin: bind", nspath, errno);
-        unlink(p);
         return -1;
     }
-    for (unsigned i = 0; i < sizeof pin_names / sizeof pin_names[0]; i++)
-        if (strcmp(pin_names[i], name) == 0)
-            pinned |= 1u << i;
     return 0;
 }
 
@@ -207,13 +213,50 @@ __attribute__((noreturn)) static void pod_init(void)
     pod_init_loop(&set);
 }
 
+static int kill_pod_init(void *ctx, const char *what)
+{
+    (void)what;
+    kill_reap(((struct pod_dir *)ctx)->init);
+    return 0;
+}
+
+/* The message (err) names the failing step; what was made is undone, newest first. */
+static int sandbox_fail(const char *arg, struct cleanup_list *undo, char *err, size_t errlen)
+{
+    cleanup_run(undo, err, errlen);
+    fprintf(stderr, SHIM_NAME ": sandbox %s: %s\n", arg, err);
+    return 1;
+}
+
+static int bring_up_lo(char *err, size_t errlen)
+{
+    struct ifreq ifr;
+    int sk = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), r = 0;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (sk < 0 || ioctl(sk, SIOCGIFFLAGS, &ifr) < 0) {
+        fmt_err(err, errlen, "get flags of", "lo", errno);
+        r = -1;
+    } else {
+        ifr.ifr_flags |= IFF_UP;
+        if (ioctl(sk, SIOCSIFFLAGS, &ifr) < 0) {
+            fmt_err(err, errlen, "bring up", "lo", errno);
+            r = -1;
+        }
+    }
+    if (sk >= 0)
+        close(sk);
+    return r;
+}
+
 int cmd_sandbox(int argc, char **argv)
 {
     int want_net = 0, want_ipc = 0, want_uts = 0, want_pid = 0;
     const char *hostname = NULL;
     struct veth_plan veth = {0};
-    char dir[PATH_MAX], err[1200];
-    pid_t init = 0;
+    char err[1200];
+    struct pod_dir pd = {.init = 0};
+    struct cleanup_list undo;
     int host_netns = -1;
 
     if (argc < 2) {
@@ -272,93 +315,78 @@ int cmd_sandbox(int argc, char **argv)
             return 1;
         }
     }
-    dir[0] = 0;
     if (mkdir(argv[1], 0711) < 0 && errno != EEXIST) {
         warn_err("sandbox: mkdir", argv[1], errno);
         return 1;
     }
-    if (!realpath(argv[1], dir)) {
+    if (!realpath(argv[1], pd.dir)) {
         warn_err("sandbox:", argv[1], errno);
         return 1;
     }
-    if (make_private(dir, err, sizeof err) < 0)
-        goto fail;
+    cleanup_init(&undo, &pd);
+    if (make_private(pd.dir, &undo, err, sizeof err) < 0)
+        return sandbox_fail(argv[1], &undo, err, sizeof err);
 
     int flags = (want_net ? CLONE_NEWNET : 0) | (want_ipc ? CLONE_NEWIPC : 0) | (want_uts ? CLONE_NEWUTS : 0) |
                 (want_pid ? CLONE_NEWPID : 0);
     if (flags && unshare(flags) < 0) {
         fmt_err(err, sizeof err, "unshare", NULL, errno);
-        goto fail;
+        return sandbox_fail(argv[1], &undo, err, sizeof err);
     }
     if (hostname && sethostname(hostname, strlen(hostname)) < 0) {
         fmt_err(err, sizeof err, "sethostname", hostname, errno);
-        goto fail;
+        return sandbox_fail(argv[1], &undo, err, sizeof err);
     }
-    if (want_net) {
-        struct ifreq ifr;
-        int sk = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        memset(&ifr, 0, sizeof ifr);
-        strcpy(ifr.ifr_name, "lo");
-        if (sk < 0 || ioctl(sk, SIOCGIFFLAGS, &ifr) < 0) {
-            fmt_err(err, sizeof err, "get flags of", "lo", errno);
-            goto fail;
-        }
-        ifr.ifr_flags |= IFF_UP;
-        if (ioctl(sk, SIOCSIFFLAGS, &ifr) < 0) {
-            fmt_err(err, sizeof err, "bring up", "lo", errno);
-            goto fail;
-        }
-        close(sk);
-        if (host_netns >= 0 && veth_setup(&veth, host_netns, err, sizeof err) < 0)
-            goto fail;
-    }
+    if (want_net && (bring_up_lo(err, sizeof err) < 0 ||
+                     (host_netns >= 0 && veth_setup(&veth, host_netns, err, sizeof err) < 0)))
+        return sandbox_fail(argv[1], &undo, err, sizeof err);
     if (want_pid) {
         fflush(NULL);
-        init = fork();
-        if (init < 0) {
+        pd.init = fork();
+        if (pd.init < 0) {
             fmt_err(err, sizeof err, "fork pod init", NULL, errno);
-            goto fail;
+            return sandbox_fail(argv[1], &undo, err, sizeof err);
         }
-        if (init == 0)
+        if (pd.init == 0)
             pod_init();
+        cleanup_push(&undo, "kill the pod init", NULL, kill_pod_init);
     }
-    if ((want_net && pin(dir, "net", "/proc/self/ns/net", err, sizeof err) < 0) ||
-        (want_ipc && pin(dir, "ipc", "/proc/self/ns/ipc", err, sizeof err) < 0) ||
-        (want_uts && pin(dir, "uts", "/proc/self/ns/uts", err, sizeof err) < 0))
-        goto fail;
+    if ((want_net && pin(pd.dir, "net", "/proc/self/ns/net", &undo, err, sizeof err) < 0) ||
+        (want_ipc && pin(pd.dir, "ipc", "/proc/self/ns/ipc", &undo, err, sizeof err) < 0) ||
+        (want_uts && pin(pd.dir, "uts", "/proc/self/ns/uts", &undo, err, sizeof err) < 0))
+        return sandbox_fail(argv[1], &undo, err, sizeof err);
     if (want_pid) {
         char p[64];
-        snprintf(p, sizeof p, "/proc/%d/ns/pid", (int)init);
-        if (pin(dir, "pid", p, err, sizeof err) < 0)
-            goto fail;
-        printf("{\"initPid\":%d}\n", (int)init);
+        snprintf(p, sizeof p, "/proc/%d/ns/pid", (int)pd.init);
+        if (pin(pd.dir, "pid", p, &undo, err, sizeof err) < 0)
+            return sandbox_fail(argv[1], &undo, err, sizeof err);
+        printf("{\"initPid\":%d}\n", (int)pd.init);
     } else {
         printf("{}\n");
     }
     return fflush(stdout) == 0 ? 0 : 1;
-
-fail:
-    fprintf(stderr, SHIM_NAME ": sandbox %s: %s\n", argv[1], err);
-    if (init > 0)
-        kill_reap(init);
-    if (dir[0])
-        unpin_dir(dir, pinned, selfbound);
-    return 1;
 }
 
 int cmd_unpin(int argc, char **argv)
 {
-    char dir[PATH_MAX];
+    struct pod_dir pd = {.init = 0};
+    char mark[PATH_MAX];
     if (argc != 2) {
         fprintf(stderr, "usage: " SHIM_NAME " unpin <dir>\n");
         return 2;
     }
-    if (!realpath(argv[1], dir)) {
+    if (!realpath(argv[1], pd.dir)) {
         if (errno == ENOENT)
             return 0;
         warn_err("unpin:", argv[1], errno);
         return 1;
     }
-    unpin_dir(dir, ~0u, 0);
+    /* Idempotent and best effort, as a pod's teardown must be: whatever is left is reported by berth's own
+     * checks (the pin files stay). */
+    for (size_t i = 0; i < sizeof pin_names / sizeof pin_names[0]; i++)
+        unpin_one(&pd, pin_names[i]);
+    /* the self-bind only when sandbox made it (its marker) */
+    if (path_join(mark, sizeof mark, pd.dir, SELFBIND_MARK) == 0 && unlink(mark) == 0)
+        umount2(pd.dir, MNT_DETACH | UMOUNT_NOFOLLOW);
     return 0;
 }

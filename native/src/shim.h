@@ -51,6 +51,26 @@ int join_session_keyring(const char *name);
  * value. Returns 0 or -errno. */
 int set_oom_score_adj(int value);
 
+/* One cleanup list per command: push a named undo right after each acquisition; on failure run them
+ * last-in-first-out. An undo returns 0 or -errno; each one that fails is appended to the command's error
+ * message ("; undo <name> <what>: <errno text>"), so none is lost silently. The list lives in the command's
+ * own frame or heap: nothing here allocates. */
+#define CLEANUP_MAX 12
+typedef int (*undo_fn)(void *ctx, const char *what);
+struct cleanup_list {
+    void *ctx; /* passed to every undo (the command's state) */
+    int n;
+    struct {
+        const char *name, *what; /* what: a path or name the undo acts on, or NULL */
+        undo_fn undo;
+    } step[CLEANUP_MAX];
+};
+void cleanup_init(struct cleanup_list *l, void *ctx);
+/* Aborts when the list is full: its size is fixed by the code, not by input. */
+void cleanup_push(struct cleanup_list *l, const char *name, const char *what, undo_fn undo);
+/* Run every undo, newest first, and empty the list; failures are appended to msg (len bytes). */
+void cleanup_run(struct cleanup_list *l, char *msg, size_t len);
+
 /* ---- caps.c ---- */
 struct capsets {
     int present;            /* 0: leave capabilities alone */

@@ -274,3 +274,33 @@ int set_oom_score_adj(int value)
     }
     return value > cur ? r : 0;
 }
+
+void cleanup_init(struct cleanup_list *l, void *ctx)
+{
+    l->ctx = ctx;
+    l->n = 0;
+}
+
+void cleanup_push(struct cleanup_list *l, const char *name, const char *what, undo_fn undo)
+{
+    if (l->n == CLEANUP_MAX)
+        abort(); /* a command pushes a fixed number of steps: this is a bug, not bad input */
+    l->step[l->n].name = name;
+    l->step[l->n].what = what;
+    l->step[l->n].undo = undo;
+    l->n++;
+}
+
+void cleanup_run(struct cleanup_list *l, char *msg, size_t len)
+{
+    while (l->n > 0) {
+        l->n--;
+        int r = l->step[l->n].undo(l->ctx, l->step[l->n].what);
+        size_t used = strlen(msg);
+        if (r < 0 && used + 8 < len) {
+            memcpy(msg + used, "; undo ", 8);
+            used += 7;
+            fmt_err(msg + used, len - used, l->step[l->n].name, l->step[l->n].what, -r);
+        }
+    }
+}

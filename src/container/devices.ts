@@ -30,12 +30,14 @@ export const DEFAULT_DEVICE_RULES: readonly ShimDeviceRule[] = Object.freeze([
 export const PRIVILEGED_DEVICE_RULES: readonly ShimDeviceRule[] = Object.freeze([{ allow: true, type: 'a', access: 'rwm' }]);
 
 /**
- * Checks cgroup device permissions (a non-empty subset of "rwm") and returns them in canonical order.
+ * Checks cgroup device permissions (a subset of "rwm") and returns them in canonical order. An empty value means
+ * "rwm": device plugins often leave the field empty, and Docker's --device and CDI read an absent value so.
  * `field` names the request field in the error.
  */
 export function devicePermissions(value: string, field: string): string {
-  if (value === '' || /[^rwm]/.test(value)) {
-    throw invalidArgument(`${field} ${JSON.stringify(value)} must be a non-empty combination of r, w and m`);
+  if (value === '') return 'rwm';
+  if (/[^rwm]/.test(value)) {
+    throw invalidArgument(`${field} ${JSON.stringify(value)} must be a combination of r, w and m`);
   }
   return ['r', 'w', 'm'].filter((c) => value.includes(c)).join('');
 }

@@ -11,7 +11,7 @@ export interface ContainerMount {
 export interface DeviceMapping {
   containerPath: string;
   hostPath: string;
-  /** Cgroup access to the device: a non-empty subset of "rwm" (checked by the CRI layer). */
+  /** Cgroup access to the device: a subset of "rwm", empty meaning "rwm" (checked by the CRI layer). */
   permissions: string;
 }
 

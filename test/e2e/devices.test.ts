@@ -5,8 +5,9 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.js';
-import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/cri.js';
+import type { BerthProcess } from '../helpers/berth.js';
+import { containerConfig, podConfig } from '../helpers/cri.js';
+import { podEnv } from '../helpers/pod-env.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
 
@@ -41,50 +42,14 @@ interface Env {
 }
 
 async function env(t: ExecutionContext, extraConfig = '', dir?: string): Promise<Env> {
-  const berth = await startBerth({ config: `[registry]\ninsecure = ["${registry.host}"]\n${extraConfig}`, dir });
-  const cgroups: string[] = [];
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, cgroups);
-    if (left.length > 0) throw new Error(`left behind:\n${left.join('\n')}`);
-  });
-  await berth.images.PullImage({ image: { image: image.ref } });
-  const logDir = path.join(berth.dir, 'logs');
-  const pod = async (p: Partial<PodSandboxConfig>) => {
-    const pc = podConfig({ log_directory: logDir, ...p });
-    const { pod_sandbox_id } = await berth.runtime.RunPodSandbox({ config: pc });
-    const st = await berth.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true });
-    cgroups.push(JSON.parse(st.info.info).cgroup.path);
-    return { pc, pod_sandbox_id };
-  };
+  const p = await podEnv(t, { registryHost: registry.host, extraConfig, dir, image: image.ref });
   return {
-    berth,
-    dir: berth.dir,
+    berth: p.berth,
+    dir: p.berth.dir,
     /** Runs `script` to completion in a fresh pod; its stdout+stderr from the CRI log. */
-    async run(script, c = {}, p = {}) {
-      const { pc, pod_sandbox_id } = await pod(p);
-      const logPath = `${Math.random().toString(36).slice(2)}.log`;
-      const { container_id } = await berth.runtime.CreateContainer({
-        pod_sandbox_id,
-        config: containerConfig(image.ref, { command: ['/bin/sh', '-c', script], log_path: logPath, ...c }),
-        sandbox_config: pc,
-      });
-      await berth.runtime.StartContainer({ container_id });
-      await waitFor(async () => (await berth.runtime.ContainerStatus({ container_id })).status?.state === 'CONTAINER_EXITED', 20000, 'exit');
-      const log = await fs.readFile(path.join(logDir, logPath), 'utf8');
-      return log.split('\n').filter(Boolean).map((l) => l.replace(/^\S+ \S+ [PF] /, '')).join('\n');
-    },
+    run: async (script, c = {}, pod = {}) => (await p.run(script, c, pod)).out,
     /** A running `sleep 1000` container; its id. */
-    async running(c = {}) {
-      const { pc, pod_sandbox_id } = await pod({});
-      const { container_id } = await berth.runtime.CreateContainer({
-        pod_sandbox_id,
-        config: containerConfig(image.ref, { command: ['sleep', '1000'], ...c }),
-        sandbox_config: pc,
-      });
-      await berth.runtime.StartContainer({ container_id });
-      return container_id;
-    },
+    running: async (c = {}) => p.container(await p.loggedPod(), { command: ['sleep', '1000'], ...c }),
   };
 }
 
@@ -166,7 +131,7 @@ test('bad device permissions are INVALID_ARGUMENT naming the field; nothing is m
   const { pod_sandbox_id } = await e.berth.runtime.RunPodSandbox({ config: pc });
   const st = await e.berth.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true });
   t.truthy(JSON.parse(st.info.info).cgroup.path);
-  for (const [permissions, index] of [['rwx', 0], ['', 0]] as const) {
+  for (const [permissions, index] of [['rwx', 0], ['rw-', 0]] as const) {
     const err = (await t.throwsAsync(e.berth.runtime.CreateContainer({
       pod_sandbox_id,
       config: containerConfig(image.ref, { command: ['true'], devices: [{ host_path: '/dev/fuse', container_path: '/dev/fuse', permissions }] }),

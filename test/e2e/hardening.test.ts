@@ -6,8 +6,9 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.js';
-import { startBerth, BerthProcess, StartOptions } from '../helpers/berth.js';
-import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/cri.js';
+import type { BerthProcess, StartOptions } from '../helpers/berth.js';
+import { waitFor } from '../helpers/cri.js';
+import { podEnv, type Pod } from '../helpers/pod-env.js';
 import { SHIM } from '../helpers/rootfs.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
@@ -42,40 +43,19 @@ const unconfined = (extra: Partial<NonNullable<ContainerConfig['linux']>> = {}):
 
 interface Env {
   berth: BerthProcess;
-  pod(pod?: Partial<PodSandboxConfig>): Promise<{ id: string; config: PodSandboxConfig }>;
-  container(pod: { id: string; config: PodSandboxConfig }, c?: Partial<ContainerConfig>, start?: boolean): Promise<string>;
+  pod(pod?: Partial<PodSandboxConfig>): Promise<Pod>;
+  container(pod: Pod, c?: Partial<ContainerConfig>, start?: boolean): Promise<string>;
   exec(id: string, cmd: string[], timeout?: number): Promise<{ out: string; code: number }>;
 }
 
 async function env(t: ExecutionContext, opts: StartOptions = {}): Promise<Env> {
-  const berth = await startBerth({ config: `[registry]\ninsecure = ["${registry.host}"]\n`, ...opts });
-  const cgroups: string[] = [];
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, cgroups);
-    if (left.length > 0) throw new Error(`left behind:\n${left.join('\n')}`);
-  });
-  await berth.images.PullImage({ image: { image: image.ref } });
+  const p = await podEnv(t, { ...opts, registryHost: registry.host, image: image.ref });
   return {
-    berth,
-    async pod(overrides = {}) {
-      const config = podConfig(overrides);
-      const { pod_sandbox_id } = await berth.runtime.RunPodSandbox({ config });
-      const st = await berth.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true });
-      cgroups.push(JSON.parse(st.info.info).cgroup.path);
-      return { id: pod_sandbox_id, config };
-    },
-    async container(pod, c = {}, start = true) {
-      const { container_id } = await berth.runtime.CreateContainer({
-        pod_sandbox_id: pod.id,
-        config: containerConfig(image.ref, { command: ['sleep', '1000'], ...c }),
-        sandbox_config: pod.config,
-      });
-      if (start) await berth.runtime.StartContainer({ container_id });
-      return container_id;
-    },
+    berth: p.berth,
+    pod: p.pod,
+    container: (pod, c = {}, start = true) => p.container(pod, { command: ['sleep', '1000'], ...c }, start),
     async exec(id, cmd, timeout = 30) {
-      const r = await berth.runtime.ExecSync({ container_id: id, cmd, timeout });
+      const r = await p.berth.runtime.ExecSync({ container_id: id, cmd, timeout });
       return { out: r.stdout.toString() + r.stderr.toString(), code: r.exit_code };
     },
   };

@@ -4,8 +4,9 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
-import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { hostLeftovers } from '../helpers/cri.js';
+import type { BerthProcess } from '../helpers/berth.js';
+import { failure } from '../helpers/cri.js';
+import { startCheckedBerth } from '../helpers/pod-env.js';
 import { sleep } from '../helpers/util.js';
 
 // A registry that attacks the puller with oversized bodies. This is a deliberate exception to the rule that e2e
@@ -103,24 +104,10 @@ function rssKiB(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 }
 
-async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as grpc.ServiceError;
-  }
-  throw new Error('expected the call to fail');
-}
-
 async function setup(t: ExecutionContext): Promise<{ berth: BerthProcess; hostile: Hostile }> {
   const hostile = await startHostile();
   t.teardown(() => hostile.stop());
-  const berth = await startBerth({ config: `[registry]\ninsecure = ["${hostile.host}"]\n` });
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, []);
-    if (left.length > 0) throw new Error(`left behind:\n${left.join('\n')}`);
-  });
+  const { berth } = await startCheckedBerth(t, { registryHost: hostile.host });
   return { berth, hostile };
 }
 

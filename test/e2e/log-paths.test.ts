@@ -4,8 +4,9 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
-import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/cri.js';
+import type { BerthProcess } from '../helpers/berth.js';
+import { failure, waitFor } from '../helpers/cri.js';
+import { podEnv } from '../helpers/pod-env.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 
 // A container's log stays beneath its pod's log_directory: log_path is hostile input (the pod spec shapes it),
@@ -33,46 +34,20 @@ interface Env {
 }
 
 async function env(t: ExecutionContext): Promise<Env> {
-  const berth = await startBerth({ config: `[registry]\ninsecure = ["${registry.host}"]\n` });
-  const cgroups: string[] = [];
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, cgroups);
-    if (left.length > 0) throw new Error(`left behind:\n${left.join('\n')}`);
-  });
-  await berth.images.PullImage({ image: { image: image.ref } });
-  const logDir = path.join(berth.dir, 'logs', 'pod');
-  const outside = path.join(berth.dir, 'outside');
+  const p = await podEnv(t, { registryHost: registry.host, image: image.ref });
+  const logDir = path.join(p.berth.dir, 'logs', 'pod');
+  const outside = path.join(p.berth.dir, 'outside');
   await fs.mkdir(logDir, { recursive: true });
   await fs.mkdir(outside);
-  const pod = podConfig({ log_directory: logDir });
-  const { pod_sandbox_id: podId } = await berth.runtime.RunPodSandbox({ config: pod });
-  const st = await berth.runtime.PodSandboxStatus({ pod_sandbox_id: podId, verbose: true });
-  cgroups.push(JSON.parse(st.info.info).cgroup.path);
+  const pod = await p.pod({ log_directory: logDir });
   return {
-    berth,
+    berth: p.berth,
     logDir,
     outside,
-    podId,
-    pod,
-    async create(logPath, script = 'echo escaped; echo escaped >&2') {
-      const { container_id } = await berth.runtime.CreateContainer({
-        pod_sandbox_id: podId,
-        config: containerConfig(image.ref, { command: ['/bin/sh', '-c', script], log_path: logPath }),
-        sandbox_config: pod,
-      });
-      return container_id;
-    },
+    podId: pod.id,
+    pod: pod.config,
+    create: (logPath, script = 'echo escaped; echo escaped >&2') => p.container(pod, { command: ['/bin/sh', '-c', script], log_path: logPath }, false),
   };
-}
-
-async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as grpc.ServiceError;
-  }
-  throw new Error('expected the call to fail');
 }
 
 /** Every file under dir, relative. */

@@ -6,8 +6,8 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.js';
-import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/cri.js';
+import type { BerthProcess } from '../helpers/berth.js';
+import { podEnv } from '../helpers/pod-env.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
 
 // RuntimeDefault through CRI is Docker's default allowlist: a static fixture in the image makes system calls and
@@ -46,38 +46,11 @@ interface Env {
 }
 
 async function env(t: ExecutionContext): Promise<Env> {
-  const berth = await startBerth({ config: `[registry]\ninsecure = ["${registry.host}"]\n` });
-  const cgroups: string[] = [];
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, cgroups);
-    if (left.length > 0) throw new Error(`left behind:\n${left.join('\n')}`);
-  });
-  await berth.images.PullImage({ image: { image: image.ref } });
-  const logDir = path.join(berth.dir, 'logs');
-  const start = async (command: string[], c: Partial<ContainerConfig> = {}, logPath?: string): Promise<string> => {
-    const pc = podConfig({ log_directory: logDir });
-    const { pod_sandbox_id } = await berth.runtime.RunPodSandbox({ config: pc });
-    const st = await berth.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true });
-    cgroups.push(JSON.parse(st.info.info).cgroup.path);
-    const { container_id } = await berth.runtime.CreateContainer({
-      pod_sandbox_id,
-      config: containerConfig(image.ref, { command, ...(logPath ? { log_path: logPath } : {}), ...c }),
-      sandbox_config: pc,
-    });
-    await berth.runtime.StartContainer({ container_id });
-    return container_id;
-  };
+  const p = await podEnv(t, { registryHost: registry.host, image: image.ref });
   return {
-    berth,
-    start,
-    async run(script, c = {}) {
-      const logPath = `${Math.random().toString(36).slice(2)}.log`;
-      const container_id = await start(['/bin/sh', '-c', script], c, logPath);
-      await waitFor(async () => (await berth.runtime.ContainerStatus({ container_id })).status?.state === 'CONTAINER_EXITED', 20000, 'exit');
-      const log = await fs.readFile(path.join(logDir, logPath), 'utf8');
-      return log.split('\n').filter(Boolean).map((l) => l.replace(/^\S+ \S+ [PF] /, '')).join('\n');
-    },
+    berth: p.berth,
+    start: async (command, c = {}, logPath) => p.container(await p.loggedPod(), { command, ...(logPath ? { log_path: logPath } : {}), ...c }),
+    run: async (script, c = {}) => (await p.run(script, c)).out,
   };
 }
 

@@ -7,9 +7,8 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.js';
-import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/cri.js';
-import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
+import { containerConfig, podConfig } from '../helpers/cri.js';
+import { podEnv, PodEnv } from '../helpers/pod-env.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
 
 // The security context takes effect: each test asks for something and looks at it from inside the container.
@@ -30,43 +29,7 @@ test.after.always(async () => {
   await registry?.stop();
 });
 
-interface Env {
-  berth: BerthProcess;
-  run(script: string, c?: Partial<ContainerConfig>, pod?: Partial<PodSandboxConfig>): Promise<{ id: string; out: string }>;
-}
-
-async function env(t: ExecutionContext): Promise<Env> {
-  const berth = await startBerth({ config: `[registry]\ninsecure = ["${registry.host}"]\n` });
-  const cgroups: string[] = [];
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, cgroups);
-    if (left.length > 0) throw new Error(`left behind:\n${left.join('\n')}`);
-  });
-  await berth.images.PullImage({ image: { image: image.ref } });
-  const logDir = path.join(berth.dir, 'logs');
-  return {
-    berth,
-    /** Runs `script` to completion in a fresh pod and returns its stdout+stderr from the CRI log. */
-    async run(script, c = {}, pod = {}) {
-      const pc = podConfig({ log_directory: logDir, ...pod });
-      const { pod_sandbox_id } = await berth.runtime.RunPodSandbox({ config: pc });
-      const st = await berth.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true });
-      cgroups.push(JSON.parse(st.info.info).cgroup.path);
-      const logPath = `${Math.random().toString(36).slice(2)}.log`;
-      const { container_id } = await berth.runtime.CreateContainer({
-        pod_sandbox_id,
-        config: containerConfig(image.ref, { command: ['/bin/sh', '-c', script], log_path: logPath, ...c }),
-        sandbox_config: pc,
-      });
-      await berth.runtime.StartContainer({ container_id });
-      await waitFor(async () => (await berth.runtime.ContainerStatus({ container_id })).status?.state === 'CONTAINER_EXITED', 20000, 'exit');
-      const log = await fs.readFile(path.join(logDir, logPath), 'utf8');
-      const out = log.split('\n').filter(Boolean).map((l) => l.replace(/^\S+ \S+ [PF] /, '')).join('\n');
-      return { id: container_id, out };
-    },
-  };
-}
+const env = (t: ExecutionContext): Promise<PodEnv> => podEnv(t, { registryHost: registry.host, image: image.ref });
 
 const sc = (s: NonNullable<NonNullable<ContainerConfig['linux']>['security_context']>): Partial<ContainerConfig> => ({ linux: { security_context: s } });
 

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import type * as grpc from '@grpc/grpc-js';
 import { promises as fs } from 'node:fs';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
@@ -63,4 +64,14 @@ export async function hostLeftovers(dir: string, cgroupPaths: string[]): Promise
     }
   }
   return problems;
+}
+
+/** The error a CRI call fails with; throws when it succeeds. */
+export async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
+  try {
+    await p;
+  } catch (err) {
+    return err as grpc.ServiceError;
+  }
+  throw new Error('expected the call to fail');
 }

@@ -2,28 +2,19 @@
 // container sits in the root cgroup of the v1 devices hierarchy, which allows everything) and the v1 devices
 // controller on its own, each checked with opens it must refuse and opens it must let through. Every cgroup and
 // process made here is removed, and the last test checks that.
-import test, { type ExecutionContext } from 'ava';
-import { execFileSync } from 'node:child_process';
+import type { ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, rmdirSync } from 'node:fs';
-import os from 'node:os';
+import { existsSync, mkdirSync, readFileSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { DEFAULT_DEVICE_RULES } from '../../src/container/devices.js';
 import { discoverCgroups } from '../../src/kernel/cgroups.js';
 import {
-  REPO_ROOT, type Container, type ShimDevice, type ShimEnv, buildBusyboxRootfs, lines, mountsUnder, shim, until,
-  withContainer as withContainerIn,
+  type Container, type ShimDevice, lines, mountsUnder, shim, until, withContainer as withContainerIn,
 } from '../helpers/rootfs.js';
+import { shimBed } from '../helpers/shim-bed.js';
 import { pidAlive } from '../helpers/util.js';
 
-const isRoot = process.getuid?.() === 0;
-const rtest = isRoot ? test.serial : test.serial.skip;
-
-const TMP = mkdtempSync(path.join(os.tmpdir(), 'berth-devices-'));
-const LOWER = path.join(TMP, 'rootfs');
-const started = new Set<number>();
-const cgroupsMade: string[] = [];
-const env: ShimEnv = { tmp: TMP, lower: LOWER, started };
+const { rtest, tmp: TMP, started, cgroupsMade, env } = shimBed('berth-devices-');
 const layout = discoverCgroups();
 
 const node = (p: string, major: number, minor: number): ShimDevice => ({ path: p, type: 'c', major, minor, mode: 0o666, uid: 0, gid: 0 });
@@ -35,31 +26,6 @@ const PROBE = [
   '  if (eval ": $spec") 2>/tmp/err; then echo "$spec ok"; else echo "$spec $(cat /tmp/err)"; fi',
   'done',
 ].join('\n');
-
-test.before(async () => {
-  if (!isRoot) return;
-  execFileSync('make', ['-s', '-C', path.join(REPO_ROOT, 'native')], { stdio: 'inherit' });
-  await buildBusyboxRootfs(LOWER);
-});
-
-test.after.always(() => {
-  for (const pid of started) {
-    if (!pidAlive(pid)) continue;
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone meanwhile
-    }
-  }
-  for (const cg of cgroupsMade.reverse()) {
-    try {
-      rmdirSync(cg);
-    } catch {
-      // removed by its test
-    }
-  }
-  rmSync(TMP, { recursive: true, force: true });
-});
 
 /** A fresh cgroup under a hierarchy's mount point; not named berth-test-* (cgroups.test.ts checks those). */
 function makeCgroup(mountPoint: string): string {
@@ -169,6 +135,30 @@ rtest('bad rules are refused by create before anything runs', async (t) => {
     }
     t.is(r.code, 1);
     t.regex(r.stderr, /deviceRules\[0\]\.access/);
+  });
+});
+
+rtest('restricting rules with no cgroup able to enforce them fail create (fail closed); allow-all needs none', async (t) => {
+  // No cgroup2 directory and no v1 devices directory among cgroupProcs: the rules would be silently dropped.
+  await withContainerIn(env, 'unenforced', async (c) => {
+    c.spec({ args: ['true'], cgroupProcs: [] }, (s) => {
+      s.deviceRules = [...DEFAULT_DEVICE_RULES];
+    });
+    const r = await shim(['create', c.bundle]);
+    if (r.code === 0) {
+      const made = JSON.parse(r.stdout) as { pid: number; monitorPid: number };
+      [c.pid, c.monitorPid] = [made.pid, made.monitorPid];
+      started.add(made.pid).add(made.monitorPid);
+    }
+    t.is(r.code, 1, r.stdout);
+    t.regex(r.stderr, /devices: .*no cgroup .*can enforce/);
+  });
+  // A privileged container's a *:* rwm restricts nothing: no controller is needed for it.
+  await withContainerIn(env, 'allow-all', async (c) => {
+    const { exit } = await c.run({ args: ['true'], cgroupProcs: [] }, (s) => {
+      s.deviceRules = [{ allow: true, type: 'a', access: 'rwm' }];
+    });
+    t.is(exit.exitCode, 0);
   });
 });
 

@@ -1,36 +1,39 @@
 // native/build/berth-shim's isolation features against the real kernel (needs root): seccomp filters (in the
 // container and for exec), new user namespaces with id-mapped layers and volumes, mount propagation. Every
 // test removes what it made; the last one checks that nothing is left (mounts, processes).
-import test, { type ExecutionContext } from 'ava';
+import type { ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
-  chownSync, closeSync, constants as fsc, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync,
+  chownSync, closeSync, constants as fsc, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync,
   rmSync, statSync, writeFileSync,
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  REPO_ROOT, type Container, DEFAULT_CAPS, SHIM, type SeccompProfile, type ShimEnv, type ShimSpec, buildBusyboxRootfs, lines,
-  mountsUnder, shim, until, withContainer as withContainerIn,
+  DEFAULT_CAPS, SHIM, type SeccompProfile, type ShimSpec, lines, mountsUnder, shim, until,
 } from '../helpers/rootfs.js';
+import { shimBed } from '../helpers/shim-bed.js';
 import { pidAlive, procCmdline } from '../helpers/util.js';
 import { runtimeDefaultProfile } from '../../src/container/seccomp.js';
 
-const isRoot = process.getuid?.() === 0;
-const rtest = isRoot ? test.serial : test.serial.skip;
-
-const TMP = mkdtempSync(path.join(os.tmpdir(), 'berth-native-sec-'));
-const LOWER = path.join(TMP, 'rootfs');
-const started = new Set<number>();
-const podDirs: string[] = [];
 const hostMounts: string[] = []; // made by the propagation test on the host; unmounted by it (or in after)
-const env: ShimEnv = { tmp: TMP, lower: LOWER, started };
-
-function withContainer(name: string, fn: (c: Container) => Promise<void>): Promise<void> {
-  return withContainerIn(env, name, fn);
-}
+const { rtest, tmp: TMP, lower: LOWER, started, podDirs, withContainer } = shimBed('berth-native-sec-', {
+  prepare(lower) {
+    const src = fileURLToPath(new URL('../../../test/fixtures/syscalls.c', import.meta.url));
+    execFileSync('gcc', ['-static', '-O2', '-o', path.join(lower, 'bin/syscalls'), src]);
+  },
+  release() {
+    for (const m of hostMounts.reverse()) {
+      try {
+        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+      } catch {
+        // unmounted by its test
+      }
+    }
+  },
+});
 
 const EPERM = 1;
 const ALL_CAPS = [
@@ -71,35 +74,6 @@ function capMask(names: string[]): string {
 function statusField(status: string, field: string): string {
   return new RegExp(`^${field}:\\s*(.*)$`, 'm').exec(status)?.[1]?.trim() ?? '';
 }
-
-test.before(async () => {
-  if (!isRoot) return;
-  execFileSync('make', ['-s', '-C', path.join(REPO_ROOT, 'native')], { stdio: 'inherit' });
-  await buildBusyboxRootfs(LOWER);
-  const src = fileURLToPath(new URL('../../../test/fixtures/syscalls.c', import.meta.url));
-  execFileSync('gcc', ['-static', '-O2', '-o', path.join(LOWER, 'bin/syscalls'), src]);
-});
-
-test.after.always(async () => {
-  for (const pid of started) {
-    if (pidAlive(pid)) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // gone meanwhile
-      }
-    }
-  }
-  for (const m of hostMounts.reverse()) {
-    try {
-      execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-    } catch {
-      // unmounted by its test
-    }
-  }
-  for (const d of podDirs) await shim(['unpin', d]).catch(() => undefined);
-  rmSync(TMP, { recursive: true, force: true });
-});
 
 // ---- seccomp ----
 

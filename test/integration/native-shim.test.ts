@@ -1,61 +1,19 @@
 // native/build/berth-shim against the real kernel (needs root): containers over an overlay of a busybox
 // rootfs, the CRI log, exit status, exec, pod sandboxes and cgroups. Every test removes what it made
 // (processes it started, mounts, cgroups, pinned namespaces) and the last test checks that it did.
-import test, { type ExecutionContext } from 'ava';
+import type { ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
   closeSync, constants as fsc, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync,
-  rmSync, rmdirSync, symlinkSync, writeFileSync, writeSync,
+  rmdirSync, symlinkSync, writeFileSync, writeSync,
 } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import {
-  REPO_ROOT, type Container, type ShimEnv, buildBusyboxRootfs, lines, mountsUnder, parseLog, shim, until,
-  withContainer as withContainerIn,
-} from '../helpers/rootfs.js';
+import { lines, mountsUnder, parseLog, shim, until } from '../helpers/rootfs.js';
+import { shimBed } from '../helpers/shim-bed.js';
 import { pidAlive } from '../helpers/util.js';
 
-const isRoot = process.getuid?.() === 0;
-const rtest = isRoot ? test.serial : test.serial.skip;
-
-const TMP = mkdtempSync(path.join(os.tmpdir(), 'berth-native-'));
-const LOWER = path.join(TMP, 'rootfs');
-const started = new Set<number>(); // pids this file started (containers, monitors, pod inits)
-const cgroupsMade: string[] = [];
-const podDirs: string[] = [];
-const env: ShimEnv = { tmp: TMP, lower: LOWER, started };
-
-function withContainer(name: string, fn: (c: Container) => Promise<void>): Promise<void> {
-  return withContainerIn(env, name, fn);
-}
-
-test.before(async () => {
-  if (!isRoot) return;
-  execFileSync('make', ['-s', '-C', path.join(REPO_ROOT, 'native')], { stdio: 'inherit' });
-  await buildBusyboxRootfs(LOWER);
-});
-
-test.after.always(async () => {
-  for (const pid of started) {
-    if (pidAlive(pid)) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // gone meanwhile
-      }
-    }
-  }
-  for (const d of podDirs) await shim(['unpin', d]).catch(() => undefined);
-  for (const cg of cgroupsMade.reverse()) {
-    try {
-      rmdirSync(cg);
-    } catch {
-      // removed by its test
-    }
-  }
-  rmSync(TMP, { recursive: true, force: true });
-});
+const { rtest, tmp: TMP, started, cgroupsMade, podDirs, withContainer } = shimBed('berth-native-');
 
 rtest('a container in new namespaces logs stdout and stderr apart in the CRI format and reports exit code 3', async (t) => {
   await withContainer('basic', async (c) => {

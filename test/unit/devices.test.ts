@@ -51,11 +51,12 @@ test('rules: each granted device is one allow rule with exactly its permissions;
   t.deepEqual(PRIVILEGED_DEVICE_RULES, [{ allow: true, type: 'a', access: 'rwm' }]);
 });
 
-test('permissions: a non-empty subset of rwm, put in canonical order; anything else names the field', (t) => {
+test('permissions: a subset of rwm, put in canonical order, empty meaning rwm; anything else names the field', (t) => {
   t.is(devicePermissions('mwr', 'f'), 'rwm');
+  t.is(devicePermissions('', 'f'), 'rwm');
   t.is(devicePermissions('r', 'f'), 'r');
   t.is(devicePermissions('wm', 'f'), 'wm');
-  for (const bad of ['', 'rwx', 'a', 'R', ' r', 'rw m']) {
+  for (const bad of ['rwx', 'a', 'R', ' r', 'rw m']) {
     const err = t.throws(() => devicePermissions(bad, 'config.devices[2].permissions'), { instanceOf: BerthError });
     t.is(err?.kind, 'invalid_argument', bad);
     t.regex(err?.message ?? '', /^config\.devices\[2\]\.permissions /);
@@ -85,9 +86,11 @@ function protoConfig(over: Partial<ContainerConfig__Output>): ContainerConfig__O
 test('CRI devices: permissions are checked and normalised, bad ones name config.devices[i].permissions', (t) => {
   const ok = containerConfigFromProto(protoConfig({ devices: [{ container_path: '/dev/f', host_path: '/dev/fuse', permissions: 'wr' }] }));
   t.deepEqual(ok.devices, [{ containerPath: '/dev/f', hostPath: '/dev/fuse', permissions: 'rw' }]);
+  const unset = containerConfigFromProto(protoConfig({ devices: [{ container_path: '/dev/f', host_path: '/dev/fuse', permissions: '' }] }));
+  t.is(unset.devices[0].permissions, 'rwm', 'an empty value means rwm, as Docker and CDI read it');
   const cases: [ContainerConfig__Output['devices'], RegExp][] = [
     [[{ container_path: '/dev/f', host_path: '/dev/fuse', permissions: 'rwx' }], /config\.devices\[0\]\.permissions "rwx"/],
-    [[{ container_path: '/dev/a', host_path: '/dev/null', permissions: 'r' }, { container_path: '/dev/f', host_path: '/dev/fuse', permissions: '' }], /config\.devices\[1\]\.permissions ""/],
+    [[{ container_path: '/dev/a', host_path: '/dev/null', permissions: 'r' }, { container_path: '/dev/f', host_path: '/dev/fuse', permissions: 'rwmr ' }], /config\.devices\[1\]\.permissions "rwmr "/],
     [[{ container_path: 'dev/f', host_path: '/dev/fuse', permissions: 'r' }], /config\.devices\[0\]\.container_path/],
     [[{ container_path: '/dev/f', host_path: '', permissions: 'r' }], /config\.devices\[0\]\.host_path/],
   ];

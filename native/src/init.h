@@ -1,5 +1,5 @@
-#ifndef BERTH_CONTAINER_H
-#define BERTH_CONTAINER_H
+#ifndef BERTH_INIT_H
+#define BERTH_INIT_H
 
 #include "spec.h"
 
@@ -21,7 +21,7 @@ struct child_ctx {
     int userns_fd;          /* the new user namespace (mapped by the monitor), or -1 */
 };
 
-__attribute__((noreturn)) void container_main(struct child_ctx *c);
+__attribute__((noreturn)) void init_main(struct child_ctx *c);
 
 /* rootfs helpers shared with nothing else, exported for clarity. */
 int lock_flags(const char *path, unsigned long *flags);

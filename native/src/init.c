@@ -1,5 +1,11 @@
-/* The container's init between fork and exec: namespaces, cgroups, rootfs, credentials. */
-#include "container.h"
+/* The container init between fork and exec: namespaces, cgroups, rootfs, credentials.
+ *
+ * init_main runs native/README.md's steps 1-7 ("Container init: order of operations") as one function each:
+ * init_stdio, join_and_configure, build_rootfs, drop_privileges, wait_and_exec. One error convention: a
+ * failure before the start is child_fail(step, path, errno), sent to the monitor as 'E' + that text, which
+ * create prints; nothing is undone here, as everything the init made dies with it (its mount namespace, its
+ * fds) and the monitor kills and reaps it. After the start, a failure is an exec-error (report_exec_failure). */
+#include "init.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -760,20 +766,17 @@ static void join_keyring(struct spec *s)
         child_fail("join a new session keyring", name, -r);
 }
 
-/* ---------- main ---------- */
+/* ---------- the phases of init_main, in the README's order ---------- */
 
-__attribute__((noreturn)) void container_main(struct child_ctx *c)
+/* 1. Signals, parent-death signal, session; stdio on fds 0-2, the sync pipe at 3, the user namespace at 4 when
+ * new, nothing else; start.fifo opened. Returns its fd. */
+static int init_stdio(struct child_ctx *c)
 {
-    struct spec *s = c->s;
-    char err[1100];
-    ctx = c;
-
     reset_signals();
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     if (setsid() < 0)
         child_fail("setsid", NULL, errno);
 
-    /* stdio: fds 0-2, sync pipe at 3, the user namespace at 4 when new, nothing else. */
     int ufd = c->userns_fd >= 0 ? fcntl(c->userns_fd, F_DUPFD_CLOEXEC, 10) : -1;
     if (c->userns_fd >= 0 && ufd < 0)
         child_fail("dup user namespace fd", NULL, errno);
@@ -811,23 +814,56 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
     int start_fd = open(c->start_fifo, O_RDWR | O_CLOEXEC);
     if (start_fd < 0)
         child_fail("open", c->start_fifo, errno);
+    return start_fd;
+}
 
+/* 2-4. Into the cgroups first, then the namespaces (the cgroup namespace last, rooted at the cgroup just
+ * joined); what is configured inside them: hostname, sysctls, oom_score_adj. */
+static void join_and_configure(struct spec *s)
+{
     join_cgroups(s);
     join_namespaces(s);
     if (s->ns_new[NS_CGROUP] && unshare(CLONE_NEWCGROUP) < 0)
         child_fail("unshare cgroup namespace", NULL, errno);
-    if (s->hostname && *s->hostname && s->ns_new[NS_UTS] &&
-        sethostname(s->hostname, strlen(s->hostname)) < 0)
+    if (s->hostname && *s->hostname && s->ns_new[NS_UTS] && sethostname(s->hostname, strlen(s->hostname)) < 0)
         child_fail("sethostname", s->hostname, errno);
     apply_sysctls(s);
     apply_oom(s);
+}
 
-    if (s->ns_new[NS_MNT]) {
-        setup_rootfs(s);
-        finish_rootfs(s);
+/* 5. Only with a new mount namespace: without one no rootfs work is done. */
+static void build_rootfs(struct spec *s)
+{
+    if (!s->ns_new[NS_MNT])
+        return;
+    setup_rootfs(s);
+    finish_rootfs(s);
+}
+
+/* Where the seccomp filter goes. It is installed right before execve. Without no_new_privs that takes
+ * CAP_SYS_ADMIN: it is kept until then when the requested sets lack it (and dropped by one capset after the
+ * install); when capabilities are left alone and the uid changes, every capability goes with the uid change,
+ * so the filter is installed before it (runc's order). */
+struct seccomp_plan {
+    int filter;     /* there is one */
+    int early;      /* installed before the credential change */
+    uint64_t extra; /* capabilities held on top of the requested ones until it is installed */
+};
+
+static struct seccomp_plan plan_seccomp(const struct spec *s)
+{
+    struct seccomp_plan p = {s->seccomp.filter != NULL, 0, 0};
+    if (p.filter && !s->nnp) {
+        if (s->caps.present && !(s->caps.effective & (1ULL << CAP_SYS_ADMIN)))
+            p.extra = 1ULL << CAP_SYS_ADMIN;
+        else if (!s->caps.present && s->uid != 0)
+            p.early = 1;
     }
+    return p;
+}
 
-    join_keyring(s);
+static void set_rlimits(struct spec *s)
+{
     for (size_t i = 0; i < s->nrlimits; i++) {
         struct rlimit rl = {s->rlimits[i].soft, s->rlimits[i].hard};
         if (setrlimit(s->rlimits[i].resource, &rl) < 0) {
@@ -836,31 +872,33 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
             child_fail("setrlimit", what, errno);
         }
     }
-    if (userns_fd >= 0) {
-        /* Everything that needed the host's privileges is done: enter the container's user namespace
-         * (full capabilities there; the ids are set just below). */
-        if (setns(userns_fd, CLONE_NEWUSER) < 0)
-            child_fail("enter the new user namespace", NULL, errno);
-        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* cleared by the change of credentials */
-        int r = set_undumpable();                  /* so may be this: see set_undumpable */
-        if (r < 0)
-            child_fail("prctl(PR_SET_DUMPABLE, 0)", NULL, -r);
-        close(userns_fd);
-        userns_fd = -1;
-    }
-    /* seccomp is installed right before execve. Without no_new_privs that takes CAP_SYS_ADMIN: it is kept
-     * until then when the requested sets lack it (and dropped by one capset after the install); when
-     * capabilities are left alone and the uid changes, every capability goes with the uid change, so the
-     * filter is installed before it (runc's order). */
-    int filter = s->seccomp.filter != NULL, filter_early = 0;
-    uint64_t extra = 0;
-    if (filter && !s->nnp) {
-        if (s->caps.present && !(s->caps.effective & (1ULL << CAP_SYS_ADMIN)))
-            extra = 1ULL << CAP_SYS_ADMIN;
-        else if (!s->caps.present && s->uid != 0)
-            filter_early = 1;
-    }
-    if (filter_early) {
+}
+
+/* Everything that needed the host's privileges is done: enter the container's user namespace (full
+ * capabilities there; the ids are set next). */
+static void enter_userns(void)
+{
+    if (userns_fd < 0)
+        return;
+    if (setns(userns_fd, CLONE_NEWUSER) < 0)
+        child_fail("enter the new user namespace", NULL, errno);
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* cleared by the change of credentials */
+    int r = set_undumpable();                  /* so may be this: see set_undumpable */
+    if (r < 0)
+        child_fail("prctl(PR_SET_DUMPABLE, 0)", NULL, -r);
+    close(userns_fd);
+    userns_fd = -1;
+}
+
+/* 6. Keyring and rlimits with the host's privileges still; then the user namespace, capabilities, ids,
+ * no_new_privs, cwd. */
+static void drop_privileges(struct spec *s, const struct seccomp_plan *sp)
+{
+    char err[1100];
+    join_keyring(s);
+    set_rlimits(s);
+    enter_userns();
+    if (sp->early) {
         int r = seccomp_install(&s->seccomp);
         if (r < 0)
             child_fail("seccomp: install the filter", NULL, -r);
@@ -869,19 +907,46 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
         child_fail_msg(err);
     if (set_ids(s->uid, s->gid, s->gids, s->ngids, 1, err, sizeof err) < 0)
         child_fail_msg(err);
-    if (caps_finish(&s->caps, extra, err, sizeof err) < 0)
+    if (caps_finish(&s->caps, sp->extra, err, sizeof err) < 0)
         child_fail_msg(err);
     if (s->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         child_fail("PR_SET_NO_NEW_PRIVS", NULL, errno);
     if (chdir(s->cwd) < 0)
         child_fail("chdir", s->cwd, errno);
-    /* The uid change cleared the parent-death signal: set it again and check the monitor still lives.
-     * It also set dumpable to fs.suid_dumpable: until execve (which sets it for the container's program)
-     * this process waits with the container's credentials, in its pid namespace, still running the shim. */
+    /* The uid change cleared the parent-death signal: set it again (the monitor is checked to live in
+     * wait_and_exec). It also set dumpable to fs.suid_dumpable: until execve (which sets it for the
+     * container's program) this process waits with the container's credentials, in its pid namespace,
+     * still running the shim. */
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     int r = set_undumpable();
     if (r < 0)
         child_fail("prctl(PR_SET_DUMPABLE, 0)", NULL, -r);
+}
+
+/* 'X', the length (2 bytes, little-endian), the text: "<step> <args0>: <errno text>", args0 cut short so that
+ * the errno text always fits; the same line on the container's stderr. */
+__attribute__((noreturn)) static void report_exec_failure(struct child_ctx *c, const char *step, int e)
+{
+    char emsg[3 + SYNC_TEXT_MAX + 1];
+    char what[1024 + 4];
+    const char *arg0 = c->s->args[0];
+    size_t alen = strlen(arg0);
+    snprintf(what, sizeof what, "%.*s%s", alen > 1024 ? 1021 : (int)alen, arg0, alen > 1024 ? "..." : "");
+    fmt_err(emsg + 3, sizeof emsg - 3, step, what, e);
+    size_t tlen = strlen(emsg + 3);
+    emsg[0] = SYNC_EXECERR;
+    emsg[1] = (char)(tlen & 0xff);
+    emsg[2] = (char)(tlen >> 8);
+    write_all(c->sync_fd, emsg, 3 + tlen);
+    dprintf(2, SHIM_NAME ": %s\n", emsg + 3);
+    _exit(127);
+}
+
+/* 7. Tell the monitor it is ready, block on start.fifo, record startedAt, install seccomp, execve. Before the
+ * start nobody is left to report to when the monitor is gone: the init just exits. */
+__attribute__((noreturn)) static void wait_and_exec(struct child_ctx *c, int start_fd, const struct seccomp_plan *sp)
+{
+    struct spec *s = c->s;
     /* getppid() is 0 across a pid namespace: the sync pipe tells instead (POLLERR: no reader left). */
     struct pollfd pfd = {c->sync_fd, POLLOUT, 0};
     if (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR))
@@ -905,29 +970,24 @@ __attribute__((noreturn)) void container_main(struct child_ctx *c)
     memcpy(msg + 1, &started, 8);
     write_all(c->sync_fd, msg, 9);
 
-    const char *step = "exec";
-    int e = 0;
-    if (filter && !filter_early) {
-        e = -seccomp_install(&s->seccomp);
+    if (sp->filter && !sp->early) {
+        int e = -seccomp_install(&s->seccomp);
         if (e)
-            step = "seccomp: install the filter for";
-        else if (extra && (e = -caps_drop_extra(&s->caps)) != 0)
-            step = "capabilities: drop CAP_SYS_ADMIN before";
+            report_exec_failure(c, "seccomp: install the filter for", e);
+        if (sp->extra && (e = -caps_drop_extra(&s->caps)) != 0)
+            report_exec_failure(c, "capabilities: drop CAP_SYS_ADMIN before", e);
     }
-    if (!e)
-        e = exec_in_path(s->args, s->env);
-    /* 'X', the length (2 bytes, little-endian), the text: "<step> <args0>: <errno text>", args0 cut short
-     * so that the errno text always fits. */
-    char emsg[3 + SYNC_TEXT_MAX + 1];
-    char what[1024 + 4];
-    size_t alen = strlen(s->args[0]);
-    snprintf(what, sizeof what, "%.*s%s", alen > 1024 ? 1021 : (int)alen, s->args[0], alen > 1024 ? "..." : "");
-    fmt_err(emsg + 3, sizeof emsg - 3, step, what, e);
-    size_t tlen = strlen(emsg + 3);
-    emsg[0] = SYNC_EXECERR;
-    emsg[1] = (char)(tlen & 0xff);
-    emsg[2] = (char)(tlen >> 8);
-    write_all(c->sync_fd, emsg, 3 + tlen);
-    dprintf(2, SHIM_NAME ": %s\n", emsg + 3);
-    _exit(127);
+    report_exec_failure(c, "exec", exec_in_path(s->args, s->env));
+}
+
+__attribute__((noreturn)) void init_main(struct child_ctx *c)
+{
+    struct spec *s = c->s;
+    ctx = c;
+    int start_fd = init_stdio(c);
+    join_and_configure(s);
+    build_rootfs(s);
+    struct seccomp_plan sp = plan_seccomp(s);
+    drop_privileges(s, &sp);
+    wait_and_exec(c, start_fd, &sp);
 }
