@@ -7,7 +7,7 @@ import { Logger } from '../log.js';
 import type { CgroupHandle } from '../kernel/cgroups.js';
 import type { CgroupPort } from '../kernel/cgroup-port.js';
 import type { PodNamespaces } from '../kernel/shim.js';
-import { deepFreeze, RecordStore } from '../store/records.js';
+import { RecordStore } from '../store/records.js';
 import { withUndo } from '../store/undo.js';
 import { findByIdOrPrefix } from '../lookup.js';
 import { KeyedMutex } from '../store/locks.js';
@@ -119,9 +119,7 @@ export class SandboxService {
     this.ownedParents = new Set((await readJson<string[]>(this.parentsFile)) ?? []);
     const { records, orphans } = await this.records.loadAll();
     for (const dir of orphans) await fs.rm(dir, { recursive: true, force: true });
-    for (const loaded of records) {
-      // The store hands loaded records out unfrozen (services move to snapshots one at a time): this one has.
-      let record = deepFreeze(loaded);
+    for (let record of records) {
       if (record.state === 'READY') {
         const pinned = await this.runtime.pinsPresent(Object.values(record.namespacePaths));
         const initAlive = record.initPid === undefined || (await this.runtime.isInitAlive(record.initPid));

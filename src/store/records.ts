@@ -48,9 +48,9 @@ export class RecordStore<T extends StoredRecord> {
    * Reads every record into memory. A directory without a readable record is an orphan (the caller removes it);
    * a record written by a newer berth fails the load, naming its file, so that nothing it holds is lost.
    */
-  async loadAll(): Promise<{ records: T[]; orphans: string[] }> {
+  async loadAll(): Promise<{ records: Readonly<T>[]; orphans: string[] }> {
     await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const records: T[] = [];
+    const records: Readonly<T>[] = [];
     const orphans: string[] = [];
     for (const id of await fs.readdir(this.dir)) {
       const file = path.join(this.dir, id, this.file);
@@ -63,7 +63,7 @@ export class RecordStore<T extends StoredRecord> {
       if (!Number.isInteger(version) || version < 1 || version > RECORD_VERSION) {
         throw failedPrecondition(`${file}: record version ${JSON.stringify(record.version)} is newer than this berth knows (${RECORD_VERSION}); upgrade berth or restore the file`);
       }
-      const loaded = { ...record, version };
+      const loaded = deepFreeze({ ...record, version });
       this.live.set(id, loaded);
       records.push(loaded);
     }
@@ -123,14 +123,6 @@ export class RecordStore<T extends StoredRecord> {
       this.live.set(id, next);
       this.writeBehind(next);
       return next;
-    });
-  }
-
-  /** Legacy path while services move to create()/update(): writes the record and makes it the live one. */
-  async put(record: T): Promise<void> {
-    await this.locks.run(record.id, async () => {
-      await this.write(record);
-      this.live.set(record.id, record);
     });
   }
 
