@@ -16,11 +16,14 @@ export class PhaseTimer {
     this.last = now;
   }
 
+  /** Steps that overlap: `name` gets the time from the start until now. */
+  mark(name: string): void {
+    this.phases[name] = this.ms;
+  }
+
   /** Steps that overlap: `name` gets the time from the start until `work` settles. */
   timed<T>(name: string, work: Promise<T>): Promise<T> {
-    return work.finally(() => {
-      this.phases[name] = this.ms;
-    });
+    return work.finally(() => this.mark(name));
   }
 
   /** Milliseconds since the timer was made. */

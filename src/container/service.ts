@@ -23,7 +23,7 @@ import { CdiInjection, loadCdiRegistry, resolveCdiDevices } from './cdi.js';
 import { deviceNumbers } from './devices.js';
 import { CONTAINER_TRANSITIONS, ContainerConfig, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate } from './types.js';
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
-import { findByIdOrPrefix } from '../lookup.js';
+import { filterRecords, findByIdOrPrefix, NameIndex, RecordFilter } from '../lookup.js';
 
 // Container lifecycle: create (process made, blocked), start (released), stop (signal, then SIGKILL), remove.
 // The per-container shim monitor owns the process; berth learns of exits from the exit record it writes (watched).
@@ -59,11 +59,8 @@ export interface ContainerServiceOptions {
 
 const realDelay: Delay = (ms, signal) => sleep(ms, undefined, { signal });
 
-export interface ContainerFilter {
-  id?: string;
-  state?: ContainerState;
+export interface ContainerFilter extends RecordFilter<ContainerState> {
   sandboxId?: string;
-  labels?: Record<string, string>;
 }
 
 const SIGNALS: Record<string, NodeJS.Signals> = Object.fromEntries(
@@ -105,7 +102,7 @@ function toCgroupResources(r: ResourceUpdate): CgroupResources {
 export class ContainerService {
   private readonly records: RecordStore<ContainerRecord>;
   /** name/attempt in its pod -> container id: CreateContainer refuses a second container of the same name. */
-  private readonly names = new Map<string, string>();
+  private readonly names = new NameIndex();
   private readonly watchers = new Map<string, ExitWatch>();
   private readonly exitWaiters = new Map<string, (() => void)[]>();
   private readonly runtime: ContainerRuntime;
@@ -136,7 +133,7 @@ export class ContainerService {
     const { records, orphans } = await this.records.loadAll();
     for (const dir of orphans) await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
     for (const record of records) {
-      this.names.set(this.nameKey(record), record.id);
+      this.names.reserve(this.nameKey(record), record.id);
       if (record.state === 'CREATED' || record.state === 'RUNNING') {
         this.watchExit(record);
         await this.reconcile(record.id);
@@ -177,19 +174,11 @@ export class ContainerService {
   }
 
   list(filter: ContainerFilter = {}): Readonly<ContainerRecord>[] {
-    let out = this.records.values();
-    if (filter.id) out = out.filter((c) => c.id.startsWith(filter.id!));
-    if (filter.sandboxId) out = out.filter((c) => c.sandboxId.startsWith(filter.sandboxId!));
-    if (filter.state) out = out.filter((c) => c.state === filter.state);
-    if (filter.labels) {
-      const wanted = Object.entries(filter.labels);
-      out = out.filter((c) => wanted.every(([k, v]) => c.config.labels[k] === v));
-    }
-    return out;
+    const inPod = filter.sandboxId ? this.records.values().filter((c) => c.sandboxId.startsWith(filter.sandboxId!)) : this.records.values();
+    return filterRecords(inPod, filter);
   }
 
   async create(sandboxId: string, config: ContainerConfig): Promise<Readonly<ContainerRecord>> {
-    if (!sandboxId) throw invalidArgument('pod_sandbox_id is empty');
     const pod = this.opts.sandboxes.get(sandboxId);
     // Serialised with StopPodSandbox/RemovePodSandbox of the same pod: no container is born into a dying pod.
     return this.opts.sandboxes.podLock.run(pod.id, () => this.createLocked(pod.id, config));
@@ -211,15 +200,15 @@ export class ContainerService {
     if (!image) throw notFound(`image "${config.image}" not found: pull it first`);
     const id = randomBytes(32).toString('hex');
     const key = this.nameKey({ sandboxId: sandbox.id, config });
-    const existing = this.names.get(key);
+    const existing = this.names.holder(key);
     if (existing) throw new BerthError('already_exists', `container ${config.metadata.name} (attempt ${config.metadata.attempt}) already exists in pod ${sandbox.id} as ${existing}`);
     const log = this.opts.log.child({ pod: sandbox.id, container: id });
     const timer = new PhaseTimer();
     const bundle = this.records.pathOf(id);
     // Each acquisition pushes its undo at once; a failure anywhere undoes them all, newest first.
     return withUndo(log, async (undo) => {
-      this.names.set(key, id);
-      undo.push('release name', () => this.names.delete(key));
+      this.names.reserve(key, id);
+      undo.push('release name', () => this.names.release(key));
       // Until the container is listed (heldLayers), a concurrent RemoveImage's GC could take its layers.
       const unpinLayers = this.opts.images.pinLayers(image);
       undo.push('unpin image layers', unpinLayers);
@@ -519,7 +508,7 @@ export class ContainerService {
     this.unwatchExit(record.id);
     // The store lets an exit record still being written land first, so that it cannot outlive the delete.
     await this.records.delete(record.id);
-    this.names.delete(this.nameKey(record));
+    this.names.release(this.nameKey(record));
     await this.opts.images.collectGarbage();
     this.opts.log.info('container removed', { pod: record.sandboxId, container: record.id });
   }

@@ -10,6 +10,7 @@ import { withUndo } from '../store/undo.js';
 import { defaultRouteDevice, parseProcRoutes, routeCollision } from './routes.js';
 import { baseRules, Chains, chainsFor, deletePodRules, podRules } from './rules.js';
 import { NetworkReadiness, PodNetworkPlan, PodNetworkRequest, PodNetworkResult } from './types.js';
+import { PhaseTimer } from '../phases.js';
 
 // The embedded network: one bridge, a veth pair per pod, IPAM in <root>/network/ipam.json, and berth's own
 // iptables chains for masquerade and hostPorts. Made for a node without a CNI plugin.
@@ -268,29 +269,26 @@ export class EmbeddedNetwork {
    * in; the plan itself (address, hostPorts) is the caller's to undo, with teardown(plan.state).
    */
   async setup(req: PodNetworkRequest, plan: PodNetworkPlan): Promise<PodNetworkResult> {
-    const t0 = process.hrtime.bigint();
+    const timer = new PhaseTimer();
     if (!plan.veth || !isEmbeddedState(plan.state)) throw new BerthError('internal', `pod ${req.podId}: embedded network setup without a plan`);
     const state = plan.state;
     const what = `pod ${req.podId}: embedded network`;
     // When each step finished, in ms since setup() began: logged, so the pod-start path stays measurable.
-    const steps: Record<string, number> = {};
-    const mark = (name: string) => (steps[name] = Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100);
     await withUndo(this.opts.log.child({ pod: req.podId }), async (undo) => {
       // The host end needs no undo of its own: it goes with the pod's netns.
       const rules = this.host.iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-I'), what).then(() => {
         if (state.hostPorts.length === 0) return;
-        mark('hostPorts');
+        timer.mark('hostPorts');
         undo.push('delete hostPort rules', () => this.host.iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-D'), what));
       });
-      const settled = await Promise.allSettled([this.host.attachHostEnd(this.opts.bridge, state.veth, what).then(() => mark('hostEnd')), rules]);
+      const settled = await Promise.allSettled([timer.timed('hostEnd', this.host.attachHostEnd(this.opts.bridge, state.veth, what)), rules]);
       const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
       if (failed) throw failed.reason;
     });
     // Not awaited: the sandbox record (written next) holds the address too, and start() takes back into IPAM
     // whatever live pods hold, so a crash before this write lands loses nothing. It keeps an fsync off pod start.
     this.persist();
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    this.opts.log.debug('pod network set up', { pod: req.podId, ip: state.ip, veth: state.veth, hostPorts: state.hostPorts.length, ms: Math.round(ms * 100) / 100, steps });
+    this.opts.log.debug('pod network set up', { pod: req.podId, ip: state.ip, veth: state.veth, hostPorts: state.hostPorts.length, ms: timer.ms, steps: timer.phases });
     return { ip: state.ip, additionalIps: [], state: { ...state } };
   }
 

@@ -9,7 +9,8 @@ import type { CgroupPort } from '../kernel/cgroup-port.js';
 import type { PodNamespaces } from '../kernel/shim.js';
 import { RecordStore } from '../store/records.js';
 import { withUndo } from '../store/undo.js';
-import { findByIdOrPrefix } from '../lookup.js';
+import { PhaseTimer } from '../phases.js';
+import { filterRecords, findByIdOrPrefix, NameIndex, RecordFilter } from '../lookup.js';
 import { KeyedMutex } from '../store/locks.js';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
 import { validateSysctls } from './sysctls.js';
@@ -46,11 +47,7 @@ export interface SandboxServiceOptions {
 
 const loopbackOnly = new LoopbackOnly();
 
-export interface SandboxFilter {
-  id?: string;
-  state?: 'READY' | 'NOTREADY';
-  labels?: Record<string, string>;
-}
+export type SandboxFilter = RecordFilter<SandboxRecord['state']>;
 
 /** The pod records under <root>/sandboxes, with the pod state machine. */
 export function sandboxRecordStore(root: string): RecordStore<SandboxRecord> {
@@ -60,7 +57,7 @@ export function sandboxRecordStore(root: string): RecordStore<SandboxRecord> {
 export class SandboxService {
   private readonly records: RecordStore<SandboxRecord>;
   /** name key -> pod id: a name is taken from the moment a RunPodSandbox for it begins. */
-  private readonly names = new Map<string, string>();
+  private readonly names = new NameIndex();
   /** Ancestor cgroups berth created for some pod (e.g. /kubepods/burstable) and removes once unused. */
   private ownedParents = new Set<string>();
   /** Pod-level operations (stop, remove, and container creation in the pod) never interleave. */
@@ -128,7 +125,7 @@ export class SandboxService {
           record = await this.records.update(record.id, (r) => ({ ...r, state: 'NOTREADY' }));
         }
       }
-      this.names.set(SandboxService.nameKey(record.config), record.id);
+      this.names.reserve(SandboxService.nameKey(record.config), record.id);
     }
   }
 
@@ -144,14 +141,7 @@ export class SandboxService {
   }
 
   list(filter: SandboxFilter = {}): Readonly<SandboxRecord>[] {
-    let out = this.records.values();
-    if (filter.id) out = out.filter((s) => s.id.startsWith(filter.id!));
-    if (filter.state) out = out.filter((s) => s.state === filter.state);
-    if (filter.labels) {
-      const wanted = Object.entries(filter.labels);
-      out = out.filter((s) => wanted.every(([k, v]) => s.config.labels[k] === v));
-    }
-    return out;
+    return filterRecords(this.records.values(), filter);
   }
 
   async run(config: SandboxConfig): Promise<Readonly<SandboxRecord>> {
@@ -161,7 +151,7 @@ export class SandboxService {
     }
     validateSysctls(config.sysctls, { hostNetwork: config.namespaces.network === 'NODE', hostIpc: config.namespaces.ipc === 'NODE' });
     const key = SandboxService.nameKey(config);
-    const existing = this.names.get(key);
+    const existing = this.names.holder(key);
     if (existing) throw new BerthError('already_exists', `a pod sandbox named ${key} already exists (id ${existing})`);
     const id = randomBytes(32).toString('hex');
     const log = this.opts.log.child({ pod: id });
@@ -170,9 +160,8 @@ export class SandboxService {
     // Like containerd: no hostname from the client means the node's (pod names are often longer than 64 bytes).
     const hostname = config.hostname || os.hostname();
     if (Buffer.byteLength(hostname) > 64) throw invalidArgument(`config.hostname "${hostname}" is longer than 64 bytes`);
-    const started = Date.now();
-    const phases: Record<string, number> = {};
-    const timed = <T>(name: string, p: Promise<T>) => p.then((v) => ((phases[name] = Date.now() - started), v));
+    const timer = new PhaseTimer();
+    const timed = <T>(name: string, work: Promise<T>) => timer.timed(name, work);
     const runtime = this.runtime;
     const runDir = this.runDir(id);
     const nsDir = path.join(runDir, 'ns');
@@ -190,8 +179,8 @@ export class SandboxService {
     };
     const netRequest = this.networkRequest(record, path.join(nsDir, 'net'));
     const created = await withUndo(log, async (undo) => {
-      this.names.set(key, id);
-      undo.push('release pod name', () => this.names.delete(key));
+      this.names.reserve(key, id);
+      undo.push('release pod name', () => this.names.release(key));
       // Registered before anything is written there: the pod files and the record itself live in this directory.
       undo.push('remove pod state directory', () => this.records.delete(id));
       await runtime.makeRunDir(runDir);
@@ -270,7 +259,7 @@ export class SandboxService {
       }
       return this.records.create(record);
     });
-    log.info('pod sandbox running', { name: config.metadata.name, namespace: config.metadata.namespace, ms: Date.now() - started, phases });
+    log.info('pod sandbox running', { name: config.metadata.name, namespace: config.metadata.namespace, ms: timer.ms, phases: timer.phases });
     return created;
   }
 
@@ -330,7 +319,7 @@ export class SandboxService {
     }
     await this.runtime.removeRunDir(this.runDir(record.id));
     await this.records.delete(record.id);
-    this.names.delete(SandboxService.nameKey(record.config));
+    this.names.release(SandboxService.nameKey(record.config));
     this.opts.log.info('pod sandbox removed', { pod: record.id });
   }
 }
