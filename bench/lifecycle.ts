@@ -1,6 +1,7 @@
 // One pod+container lifecycle over CRI, each RPC timed with process.hrtime.bigint.
 
 import { containerConfig, podConfig } from '../test/helpers/cri.js';
+import { waitFor } from '../test/helpers/util.js';
 import type { CriClient } from './cri-client.js';
 import { nsToMs } from './stats.js';
 
@@ -68,19 +69,18 @@ export async function runCycle(cri: CriClient, image: string, samples: Samples, 
   );
   left.containers.add(id);
   await timed('StartContainer', () => runtime.StartContainer({ container_id: id }));
-  const deadline = Date.now() + RUNNING_TIMEOUT_MS;
-  for (;;) {
+  const running = async () => {
     const { status } = await timed('ContainerStatus', () => runtime.ContainerStatus({ container_id: id }));
     const state = status?.state;
-    if (state === 'CONTAINER_RUNNING') break;
+    if (state === 'CONTAINER_RUNNING') return true;
     if (state === 'CONTAINER_EXITED' || state === 'CONTAINER_UNKNOWN') {
       throw new Error(
         `container ${id} is ${state} instead of RUNNING: exit_code ${status?.exit_code}, reason ${JSON.stringify(status?.reason)}, message ${JSON.stringify(status?.message)}`,
       );
     }
-    if (Date.now() > deadline) throw new Error(`container ${id} not RUNNING ${RUNNING_TIMEOUT_MS} ms after StartContainer (state ${state})`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
+    return false;
+  };
+  await waitFor(`container ${id} to be RUNNING after StartContainer`, running, { timeoutMs: RUNNING_TIMEOUT_MS, intervalMs: 5 });
   samples['from scratch → RUNNING'].push(nsToMs(process.hrtime.bigint() - cycleStart));
 
   const exec = await timed('ExecSync', () => runtime.ExecSync({ container_id: id, cmd: ['true'], timeout: EXEC_TIMEOUT_S }));

@@ -4,6 +4,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { containerConfig, podConfig } from '../test/helpers/cri.js';
+import { waitFor } from '../test/helpers/util.js';
 import type { CriClient } from './cri-client.js';
 import { CONTAINER_COMMAND, Interrupted, STOP_TIMEOUT_S } from './lifecycle.js';
 import {
@@ -162,17 +163,16 @@ export async function startPod(cri: CriClient, image: string, pods: PodSet, sign
   check(signal);
   await cri.runtime.StartContainer({ container_id: containerId });
   stage('StartContainer');
-  const deadline = Date.now() + RUNNING_TIMEOUT_MS;
-  for (;;) {
+  const running = async () => {
     const { status } = await cri.runtime.ContainerStatus({ container_id: containerId });
-    if (status?.state === 'CONTAINER_RUNNING') break;
+    if (status?.state === 'CONTAINER_RUNNING') return true;
     if (status?.state === 'CONTAINER_EXITED' || status?.state === 'CONTAINER_UNKNOWN') {
       throw new Error(`container ${containerId} is ${status.state}: exit ${status.exit_code}, ${status.reason} ${status.message}`);
     }
-    if (Date.now() > deadline) throw new Error(`container ${containerId} not RUNNING after ${RUNNING_TIMEOUT_MS} ms`);
     check(signal);
-    await sleep(POLL_MS);
-  }
+    return false;
+  };
+  await waitFor(`container ${containerId} to be RUNNING`, running, { timeoutMs: RUNNING_TIMEOUT_MS, intervalMs: POLL_MS });
   stage('until RUNNING');
   return { podId, uid, containerId, ms: since(t0), stages };
 }

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.js';
 import type { BerthProcess, StartOptions } from '../helpers/berth.js';
-import { waitFor } from '../helpers/cri.js';
+import { waitFor } from '../helpers/util.js';
 import { podEnv, type Pod } from '../helpers/pod-env.js';
 import { SHIM } from '../helpers/rootfs.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
@@ -151,7 +151,7 @@ test('a created-not-started init is out of reach of another container of a share
   t.regex(openForWrite(`/proc/${berthPid}/fd/${sealed[0]}`), /^(ETXTBSY|EPERM)$/);
 
   await e.berth.runtime.StartContainer({ container_id: waiting });
-  await waitFor(async () => (await e.berth.runtime.ContainerStatus({ container_id: waiting })).status?.state === 'CONTAINER_RUNNING', 10000, 'running');
+  await waitFor('running', async () => (await e.berth.runtime.ContainerStatus({ container_id: waiting })).status?.state === 'CONTAINER_RUNNING');
 });
 
 test('each container and each exec has a session keyring of its own, named _ses.<id>, not the host\'s', async (t) => {
@@ -173,7 +173,7 @@ test('each container and each exec has a session keyring of its own, named _ses.
   const logDir = path.join(e.berth.dir, 'logs');
   const logPod = await e.pod({ log_directory: logDir });
   const c = await e.container(logPod, { ...unconfined(), command: ['hardening', 'keyring'], log_path: 'k.log' });
-  await waitFor(async () => (await e.berth.runtime.ContainerStatus({ container_id: c })).status?.state === 'CONTAINER_EXITED', 20000, 'exit');
+  await waitFor('exit', async () => (await e.berth.runtime.ContainerStatus({ container_id: c })).status?.state === 'CONTAINER_EXITED', { timeoutMs: 20000 });
   const log = (await fs.readFile(path.join(logDir, 'k.log'), 'utf8')).split('\n').map((l) => l.replace(/^\S+ \S+ [PF] /, '')).join('\n');
   t.is(field(log, 'name'), `_ses.${c}`, log);
   t.not(field(log, 'serial'), host);

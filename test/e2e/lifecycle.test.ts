@@ -5,7 +5,8 @@ import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/cri.js';
+import { containerConfig, hostLeftovers, podConfig } from '../helpers/cri.js';
+import { waitFor } from '../helpers/util.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
 
@@ -76,10 +77,10 @@ async function status(e: Env, id: string) {
 }
 
 async function exited(e: Env, id: string, timeoutMs = 15000) {
-  return waitFor(async () => {
+  return waitFor(`container ${id} to exit`, async () => {
     const s = await status(e, id);
     return s.state === 'CONTAINER_EXITED' ? s : undefined;
-  }, timeoutMs, `container ${id} to exit`);
+  }, { timeoutMs });
 }
 
 test('a pod with two containers runs, reports, stops and is removed, labels and annotations handed back exactly', async (t) => {
@@ -147,10 +148,10 @@ test('logs are in CRI format: stdout and stderr apart, long lines split into Pâ€
   const id = await e.container(podId, {}, sh(script));
   const logPath = (await status(e, id)).log_path;
   t.true(logPath.startsWith(e.logDir));
-  const lines = await waitFor(async () => {
+  const lines = await waitFor('log lines', async () => {
     const l = await logLines(logPath);
     return l.some((x) => x.text === 'tick') ? l : undefined;
-  }, 10000, 'log lines');
+  });
   t.true(lines.every((l) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$/.test(l.time)));
   t.deepEqual(lines.find((l) => l.text === 'out'), { ...lines.find((l) => l.text === 'out')!, stream: 'stdout', tag: 'F' });
   t.is(lines.find((l) => l.text === 'err')?.stream, 'stderr');
@@ -162,10 +163,10 @@ test('logs are in CRI format: stdout and stderr apart, long lines split into Pâ€
 
   await fs.rename(logPath, `${logPath}.1`);
   await e.berth.runtime.ReopenContainerLog({ container_id: id });
-  const fresh = await waitFor(async () => {
+  const fresh = await waitFor('ticks in the reopened log', async () => {
     const l = await logLines(logPath);
     return l.some((x) => x.text === 'tick') ? l : undefined;
-  }, 10000, 'ticks in the reopened log');
+  });
   t.true(fresh.every((l) => l.text === 'tick'));
 });
 
@@ -229,10 +230,10 @@ test('cpu quota is in place and throttling is counted; a hugepage limit lands in
   const cg = await e.cgroupOf(id);
   t.is((await fs.readFile(`/sys/fs/cgroup/cpu${cg}/cpu.cfs_quota_us`, 'utf8')).trim(), '10000');
   t.is((await fs.readFile(`/sys/fs/cgroup/cpu${cg}/cpu.shares`, 'utf8')).trim(), '256');
-  await waitFor(async () => {
+  await waitFor('throttling', async () => {
     const stat = await fs.readFile(`/sys/fs/cgroup/cpu${cg}/cpu.stat`, 'utf8');
     return Number(/nr_throttled (\d+)/.exec(stat)?.[1]) > 0;
-  }, 10000, 'throttling');
+  });
   const hugetlb = (await fs.readFile(`/sys/fs/cgroup/unified${cg}/hugetlb.2MB.max`, 'utf8')).trim();
   t.is(hugetlb, String(4 << 20));
   await e.berth.runtime.StopContainer({ container_id: id, timeout: 0 });
@@ -294,7 +295,7 @@ test('restarting berth keeps a running container running, and an exit that happe
   await e.berth.stop();
   t.true(await fs.access(`/proc/${pid}`).then(() => true, () => false), 'container process survived berth stopping');
   await fs.writeFile(`/proc/${pid}/root/tmp/go`, '');
-  await waitFor(async () => !(await fs.access(`/proc/${pid}`).then(() => true, () => false)), 10000, 'container exit');
+  await waitFor('container exit', async () => !(await fs.access(`/proc/${pid}`).then(() => true, () => false)));
   e.berth = await startBerth({ dir: e.berth.dir, config: `[registry]\ninsecure = ["${registry.host}"]\n` });
   const s = await status(e, id);
   t.is(s.state, 'CONTAINER_EXITED');
@@ -342,10 +343,10 @@ test('bind mounts: a directory read-write, a single file read-only, a missing ho
       { container_path: '/made', host_path: missing },
     ],
   });
-  await waitFor(() => fs.readFile(path.join(dir, 'out'), 'utf8').catch(() => undefined), 10000, 'file written through the mount');
+  await waitFor('file written through the mount', () => fs.readFile(path.join(dir, 'out'), 'utf8').catch(() => undefined));
   t.is(await fs.readFile(path.join(dir, 'out'), 'utf8'), 'written\n');
   const logPath = (await status(e, id)).log_path;
-  const text = await waitFor(async () => {
+  const text = await waitFor('ro-ok in the log', async () => {
     const s = await fs.readFile(logPath, 'utf8').catch(() => '');
     return s.includes('ro-ok') ? s : undefined;
   });

@@ -9,8 +9,8 @@ import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/cri.js';
-import { freePort } from '../helpers/util.js';
+import { containerConfig, hostLeftovers, podConfig } from '../helpers/cri.js';
+import { freePort, waitFor } from '../helpers/util.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { PortMapping } from '../../src/gen/runtime/v1/PortMapping.js';
 import { eventually, freeSubnet, releaseSubnet, httpGet, iptablesRestore, iptablesSaveText, networkLeftovers, outsideHost, removeTestNet, testNet, TestNet, vethOf, waitGone } from './network-helpers.js';
@@ -224,7 +224,7 @@ test.serial('CNI: pods on the bridge plugin talk; hostPorts via portmap; CHECK p
 
   // DEL after the restart, from the cache, even with the conf dir emptied.
   await fs.rm(path.join(n.confDir, '10-berthtest.conflist'));
-  await waitFor(async () => !(await e.ready()).status, 10000, 'NetworkReady to go false once the config is gone');
+  await waitFor('NetworkReady to go false once the config is gone', async () => !(await e.ready()).status);
   for (const p of [a, b]) await e.berth.runtime.RemovePodSandbox({ pod_sandbox_id: p.id });
   await t.throwsAsync(httpGet(`http://127.0.0.1:${hostPort}/`, 1000));
   t.deepEqual(await cniLeftovers(n, root), []);
@@ -271,17 +271,17 @@ test.serial('auto mode: the embedded bridge until a CNI config appears in the wa
   );
   t.teardown(() => removeTestNet(embedded));
   root = e.berth.root;
-  await waitFor(async () => (await e.ready()).status, 10000, 'the embedded bridge to be ready');
+  await waitFor('the embedded bridge to be ready', async () => (await e.ready()).status);
   const first = await e.pod();
   t.true(inSubnet(first.ip, embedded.subnet), `without a CNI config, ${first.ip} comes from the embedded ${embedded.subnet}`);
 
   await fs.mkdir(n.confDir, { recursive: true });
   const bad = path.join(n.confDir, '05-broken.conflist');
   await fs.writeFile(bad, '{"cniVersion": "1.0.0", "name": "x", "plugins": [{"nope": 1}]}');
-  const notReady = await waitFor(async () => {
+  const notReady = await waitFor('NetworkReady false for the broken config', async () => {
     const r = await e.ready();
     return r.status ? undefined : r;
-  }, 10000, 'NetworkReady false for the broken config');
+  });
   t.true(notReady.message.includes(bad), notReady.message);
   const err = (await t.throwsAsync(e.pod())) as unknown as grpc.ServiceError;
   t.is(err.code, grpc.status.FAILED_PRECONDITION);
@@ -290,7 +290,7 @@ test.serial('auto mode: the embedded bridge until a CNI config appears in the wa
 
   await fs.rm(bad);
   await fs.writeFile(path.join(n.confDir, '10-berthtest.conflist'), n.conflist());
-  await waitFor(async () => (await e.ready()).status, 10000, 'NetworkReady with the valid config');
+  await waitFor('NetworkReady with the valid config', async () => (await e.ready()).status);
   const second = await e.pod();
   t.true(inSubnet(second.ip, n.subnet), `after the config appears, ${second.ip} comes from CNI ${n.subnet}`);
   // Each pod is torn down by the backend that set it up.

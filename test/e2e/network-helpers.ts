@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { layer, Layer } from '../helpers/images.js';
+import { onTimeout, waitFor } from '../helpers/util.js';
 import { chainsFor, parseSave, removeAll } from '../../src/network/rules.js';
 import { chainPrefixFor } from '../../src/network/index.js';
 import { parseCidr, overlaps } from '../../src/network/cidr.js';
@@ -116,13 +117,8 @@ export async function networkLeftovers(net: TestNet, podIds: string[], opts: { b
 }
 
 /** The kernel removes a pod's veth once its netns is gone, asynchronously: wait a little for it. */
-export async function waitGone(name: string, timeoutMs = 5000): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (!(await linkExists(name))) return true;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return !(await linkExists(name));
+export function waitGone(name: string, timeoutMs = 5000): Promise<boolean> {
+  return waitFor(`link ${name} to go`, async () => !(await linkExists(name)), { timeoutMs, intervalMs: 20 }).catch(onTimeout(false));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -164,17 +160,18 @@ export function udpAsk(host: string, port: number, message: string, timeoutMs = 
 
 /** Retries `fn` until it succeeds (servers in pods take a moment to listen). */
 export async function eventually<T>(fn: () => Promise<T>, timeoutMs = 10000, what = 'request'): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
   let last: unknown;
-  for (;;) {
+  const succeeded = async () => {
     try {
-      return await fn();
+      return { value: await fn() };
     } catch (err) {
       last = err;
+      return undefined;
     }
-    if (Date.now() > deadline) throw new Error(`${what} kept failing: ${(last as Error)?.message ?? last}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  };
+  const success = await waitFor(what, succeeded, { timeoutMs, intervalMs: 100 }).catch(onTimeout(undefined));
+  if (!success) throw new Error(`${what} kept failing: ${(last as Error)?.message ?? last}`);
+  return success.value;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -202,7 +199,7 @@ export async function outsideHost(): Promise<OutsideHost> {
   const pid = holder.pid!;
   // unshare execs sleep in the new netns: wait until the pid's netns differs from ours.
   const ours = await fs.readlink('/proc/self/ns/net');
-  for (let i = 0; i < 100 && (await fs.readlink(`/proc/${pid}/ns/net`).catch(() => ours)) === ours; i++) await new Promise((r) => setTimeout(r, 10));
+  await waitFor(`unshare ${pid} to enter its netns`, async () => (await fs.readlink(`/proc/${pid}/ns/net`).catch(() => ours)) !== ours, { timeoutMs: 1000, intervalMs: 10 });
   const subnet = freeSubnet(10, 215);
   const nodeIp = subnet.replace(/\.0\/24$/, '.1');
   const ip = subnet.replace(/\.0\/24$/, '.2');

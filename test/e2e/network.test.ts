@@ -5,8 +5,8 @@ import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, hostLeftovers, podConfig, waitFor } from '../helpers/cri.js';
-import { freePort } from '../helpers/util.js';
+import { containerConfig, hostLeftovers, podConfig } from '../helpers/cri.js';
+import { freePort, waitFor } from '../helpers/util.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { PortMapping } from '../../src/gen/runtime/v1/PortMapping.js';
 import {
@@ -298,11 +298,11 @@ test('a subnet that collides with a host route is refused with a clear reason; n
   });
   t.teardown(() => berth.cleanup());
   // The bridge is set up in the background after start: wait for its verdict.
-  const ready = await waitFor(async () => {
+  const ready = await waitFor('NetworkReady to report the collision', async () => {
     const s = await berth.runtime.Status({ verbose: false });
     const c = s.status!.conditions.find((x) => x.type === 'NetworkReady')!;
     return c.message.includes('collides') ? c : undefined;
-  }, 10000, 'NetworkReady to report the collision');
+  });
   t.false(ready.status);
   t.regex(ready.message, new RegExp(`${linkSubnet.replace(/\./g, '\\.')}/25 collides with the host route ${linkSubnet.replace(/\./g, '\\.')}/24 dev ${outside.nodeLink}`));
   const err = (await t.throwsAsync(berth.runtime.RunPodSandbox({ config: podConfig({ log_directory: path.join(berth.dir, 'logs') }) }))) as unknown as grpc.ServiceError;

@@ -7,6 +7,7 @@ import { startRegistry } from '../helpers/registry.js';
 import { busyboxLayer, layer, layerFromTar, pushImage, tarBytes } from '../helpers/images.js';
 import { startCountingProxy } from '../helpers/proxy.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
+import { waitFor } from '../helpers/util.js';
 import tar from 'tar-stream';
 import { loadCri } from '../../src/cri/grpc.js';
 import type { ImageServiceClient } from '../../src/gen/runtime/v1/ImageService.js';
@@ -264,10 +265,7 @@ test('a cancelled PullImage stops its download and leaves nothing behind', async
   call!.cancel();
   t.is((await pulled)?.code, grpc.status.CANCELLED);
   // The blob request is dropped by berth long before the 32 s the whole layer would take.
-  const deadline = Date.now() + 10000;
-  while (!slow.requests.some((r) => r.path === blob && r.finishedAt !== undefined) && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await waitFor('the blob download to end', () => slow.requests.some((r) => r.path === blob && r.finishedAt !== undefined), { intervalMs: 100 });
   const rec = slow.requests.find((r) => r.path === blob);
   t.truthy(rec?.finishedAt, 'the blob download ended');
   t.true(rec!.aborted, 'berth went away mid-body');

@@ -29,16 +29,6 @@ export function containerConfig(image: string, overrides: Partial<ContainerConfi
   };
 }
 
-export async function waitFor<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 10000, what = 'condition'): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 /** Processes whose command line mentions `dir` (our shims and containers' monitors). */
 export async function processesMentioning(dir: string): Promise<string[]> {
   const found: string[] = [];

@@ -2,7 +2,8 @@ import type { ExecutionContext } from 'ava';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { startBerth, BerthProcess, StartOptions } from './berth.js';
-import { containerConfig, hostLeftovers, podConfig, waitFor } from './cri.js';
+import { containerConfig, hostLeftovers, podConfig } from './cri.js';
+import { waitFor } from './util.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
 
@@ -81,7 +82,7 @@ export async function podEnv(t: ExecutionContext, opts: PodEnvOptions): Promise<
     return container_id;
   };
   const output = async (containerId: string, logPath: string): Promise<string> => {
-    await waitFor(async () => (await berth.runtime.ContainerStatus({ container_id: containerId })).status?.state === 'CONTAINER_EXITED', 20000, 'exit');
+    await waitFor('exit', async () => (await berth.runtime.ContainerStatus({ container_id: containerId })).status?.state === 'CONTAINER_EXITED', { timeoutMs: 20000 });
     const log = await fs.readFile(path.join(logDir, logPath), 'utf8');
     return log.split('\n').filter(Boolean).map((l) => l.replace(/^\S+ \S+ [PF] /, '')).join('\n');
   };

@@ -6,7 +6,7 @@ import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { freePort, pidAlive, pidListensOn, procCmdline, sleep } from './util.js';
+import { freePort, onTimeout, pidAlive, pidListensOn, procCmdline, waitFor } from './util.js';
 import { startTokenServer, type TokenAuthOptions, type TokenServer } from './token-server.js';
 
 import type { Credentials } from './registry-client.js';
@@ -282,12 +282,11 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
 }
 
 async function waitReady(child: ChildProcess, pid: number, port: number, url: string, timeoutMs: number): Promise<'ready' | 'exited' | 'timeout'> {
-  const deadline = Date.now() + timeoutMs;
   let exited = child.exitCode !== null || child.signalCode !== null;
   child.once('exit', () => {
     exited = true;
   });
-  while (Date.now() < deadline) {
+  const answered = async (): Promise<'ready' | 'exited' | undefined> => {
     if (exited) return 'exited';
     try {
       const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) });
@@ -300,7 +299,7 @@ async function waitReady(child: ChildProcess, pid: number, port: number, url: st
     } catch {
       /* not listening yet */
     }
-    await sleep(50);
-  }
-  return 'timeout';
+    return undefined;
+  };
+  return waitFor(`the registry on ${url}`, answered, { timeoutMs }).catch(onTimeout('timeout' as const));
 }

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { pidAlive, sleep } from './util.js';
+import { pidAlive, waitFor, type WaitOptions } from './util.js';
 
 /** Repository root (this file is compiled to dist/test/helpers/rootfs.js). */
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -179,13 +179,8 @@ export function buildSpec(i: SpecInput): ShimSpec {
 
 // ---- running containers with berth-shim ----
 
-export async function until<T>(what: string, check: () => T | undefined | null | false, ms = 10000): Promise<T> {
-  for (const end = Date.now() + ms; ; await sleep(10)) {
-    const v = check();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-  }
-}
+/** The shim tests watch processes and files that change within milliseconds of a signal: poll tightly. */
+export const SHIM_POLL: WaitOptions = { intervalMs: 10 };
 
 /** Lines of /proc/self/mountinfo whose mount point is under dir. */
 export function mountsUnder(dir: string): string[] {
@@ -311,8 +306,8 @@ export class Container {
 
   async exit(ms = 15000): Promise<Exit> {
     const file = path.join(this.bundle, 'exit.json');
-    await until(`exit.json of ${this.name}`, () => existsSync(file), ms);
-    await until(`monitor ${this.monitorPid} to exit`, () => !pidAlive(this.monitorPid), ms);
+    await waitFor(`exit.json of ${this.name}`, () => existsSync(file), { ...SHIM_POLL, timeoutMs: ms });
+    await waitFor(`monitor ${this.monitorPid} to exit`, () => !pidAlive(this.monitorPid), { ...SHIM_POLL, timeoutMs: ms });
     return JSON.parse(readFileSync(file, 'utf8')) as Exit;
   }
 
@@ -333,12 +328,12 @@ export class Container {
     await this.create();
     this.start();
     const want = over.args[0]!;
-    await until(`${want} to run`, () => readFileSync(`/proc/${this.pid}/cmdline`, 'utf8').startsWith(want));
+    await waitFor(`${want} to run`, () => readFileSync(`/proc/${this.pid}/cmdline`, 'utf8').startsWith(want), SHIM_POLL);
   }
 
   async destroy(): Promise<void> {
     if (this.pid && pidAlive(this.pid)) process.kill(this.pid, 'SIGKILL');
-    if (this.monitorPid) await until(`monitor ${this.monitorPid} to exit`, () => !pidAlive(this.monitorPid));
+    if (this.monitorPid) await waitFor(`monitor ${this.monitorPid} to exit`, () => !pidAlive(this.monitorPid), SHIM_POLL);
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

@@ -1,4 +1,4 @@
-// Small shared utilities for the e2e fixtures (free ports, hashing, waiting).
+// Small shared utilities for the tests (free ports, hashing, waiting).
 import net from 'node:net';
 import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
@@ -28,6 +28,45 @@ export function sha256(data: Uint8Array | string): string {
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** What waitFor throws when its check never held: callers that expect a timeout catch exactly this. */
+export class WaitTimeout extends Error {
+  override name = 'WaitTimeout';
+}
+
+export interface WaitOptions {
+  /** How long to keep checking (default 10 s). */
+  timeoutMs?: number;
+  /** The pause between checks (default 50 ms). */
+  intervalMs?: number;
+}
+
+type Falsy = undefined | null | false | 0 | '';
+
+/**
+ * Every test's polling: call `check` (sync or async) until it returns something truthy, and return that. The
+ * wait gives up only after a check that finished past the deadline, so a sleep that overran on a loaded machine
+ * still gets its last look. An error the check throws ends the wait: a check that expects failures while things
+ * settle catches them itself.
+ */
+export async function waitFor<T>(what: string, check: () => T | Falsy | Promise<T | Falsy>, opts: WaitOptions = {}): Promise<T> {
+  const { timeoutMs = 10000, intervalMs = 50 } = opts;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new WaitTimeout(`timed out waiting for ${what} (${timeoutMs} ms)`);
+    await sleep(intervalMs);
+  }
+}
+
+/** For a wait whose timeout is an answer, not a failure: the value to use instead of WaitTimeout. */
+export function onTimeout<T>(fallback: T): (err: unknown) => T {
+  return (err) => {
+    if (err instanceof WaitTimeout) return fallback;
+    throw err;
+  };
 }
 
 /** True if a process with this pid exists and is not a zombie. */

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { BerthError } from '../../src/errors.js';
 import { logger } from '../../src/log.js';
 import { Cgroups, discoverCgroups, sharesToWeight, type CgroupHandle, type Controller } from '../../src/kernel/cgroups.js';
+import { waitFor } from '../helpers/util.js';
 
 const root = process.getuid?.() === 0;
 const layout = discoverCgroups();
@@ -17,13 +18,9 @@ const MiB = 1024 * 1024;
 const read = (file: string) => readFileSync(file, 'utf8').trim();
 const dirOf = (c: Controller, p: string) => path.join(layout.controllers[c]!.mountPoint, p);
 const v2 = (c: Controller) => layout.controllers[c]!.version === 2;
-const sleepMs = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until(what: string, check: () => boolean, ms = 3000): Promise<void> {
-  for (const end = Date.now() + ms; !check(); await sleepMs(20)) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-  }
-}
+/** Cgroup files catch up with a process within a few ms: poll tightly, give up after 3 s. */
+const CGROUP_POLL = { timeoutMs: 3000, intervalMs: 20 };
 
 // Made in teardown-safe lists so a failing assertion still cleans up.
 const handles: CgroupHandle[] = [];
@@ -49,7 +46,7 @@ async function sleeperIn(files: string[]): Promise<{ pid: number; exited: Promis
   const pid = child.pid!;
   for (const f of files) writeFileSync(f, String(pid));
   child.stdin!.end('\n');
-  await until('sleep to exec', () => read(`/proc/${pid}/comm`) === 'sleep');
+  await waitFor('sleep to exec', () => read(`/proc/${pid}/comm`) === 'sleep', CGROUP_POLL);
   return { pid, exited };
 }
 
@@ -171,10 +168,10 @@ t2('create, apply, join, read and remove a cgroup on this host', async (t) => {
     const line = membership.find((l) => (h.version === 2 ? l.startsWith('0::') : l.split(':')[1] === h.controllers.join(',')));
     t.is(line?.split(':')[2], p, `${h.mountPoint}: ${line}`);
   }
-  let stats = await cg.read(p);
-  for (const end = Date.now() + 3000; stats.memoryUsageBytes === 0 && Date.now() < end; stats = await cg.read(p)) {
-    await sleepMs(20);
-  }
+  const stats = await waitFor('memory usage to be charged', async () => {
+    const s = await cg.read(p);
+    return s.memoryUsageBytes > 0 ? s : undefined;
+  }, CGROUP_POLL);
   t.true(stats.memoryUsageBytes > 0);
   t.is(stats.pidsCurrent, 1);
   t.is(stats.memoryLimitBytes, 256 * MiB);

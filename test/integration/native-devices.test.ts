@@ -9,10 +9,10 @@ import path from 'node:path';
 import { DEFAULT_DEVICE_RULES } from '../../src/container/devices.js';
 import { discoverCgroups } from '../../src/kernel/cgroups.js';
 import {
-  type Container, type ShimDevice, lines, mountsUnder, shim, until, withContainer as withContainerIn,
+  SHIM_POLL, type Container, type ShimDevice, lines, mountsUnder, shim, withContainer as withContainerIn,
 } from '../helpers/rootfs.js';
 import { shimBed } from '../helpers/shim-bed.js';
-import { pidAlive } from '../helpers/util.js';
+import { pidAlive, waitFor } from '../helpers/util.js';
 
 const { rtest, tmp: TMP, started, cgroupsMade, env } = shimBed('berth-devices-');
 const layout = discoverCgroups();
@@ -36,7 +36,7 @@ function makeCgroup(mountPoint: string): string {
 }
 
 async function removeWhenEmpty(dir: string): Promise<void> {
-  await until(`${dir} to empty`, () => readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').trim() === '');
+  await waitFor(`${dir} to empty`, () => readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').trim() === '', SHIM_POLL);
   rmdirSync(dir);
 }
 

@@ -12,10 +12,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  DEFAULT_CAPS, SHIM, type SeccompProfile, type ShimSpec, lines, mountsUnder, shim, until,
+  DEFAULT_CAPS, SHIM, SHIM_POLL, type SeccompProfile, type ShimSpec, lines, mountsUnder, shim,
 } from '../helpers/rootfs.js';
 import { shimBed } from '../helpers/shim-bed.js';
-import { pidAlive, procCmdline } from '../helpers/util.js';
+import { pidAlive, procCmdline, waitFor } from '../helpers/util.js';
 import { runtimeDefaultProfile } from '../../src/container/seccomp.js';
 
 const hostMounts: string[] = []; // made by the propagation test on the host; unmounted by it (or in after)
@@ -389,7 +389,7 @@ rtest('a user-namespaced container in a pod: joins the pod namespaces, mounts sy
     });
   } finally {
     process.kill(initPid, 'SIGTERM');
-    await until('pod init to exit', () => !pidAlive(initPid));
+    await waitFor('pod init to exit', () => !pidAlive(initPid), SHIM_POLL);
     t.is((await shim(['unpin', pod])).code, 0);
   }
 });
@@ -560,7 +560,7 @@ rtest('the monitor and the pod init do not keep the caller\'s working directory'
     t.is(readlinkSync(`/proc/${initPid}/cwd`), '/');
   } finally {
     process.kill(initPid, 'SIGTERM');
-    await until('pod init to exit', () => !pidAlive(initPid));
+    await waitFor('pod init to exit', () => !pidAlive(initPid), SHIM_POLL);
     t.is((await shim(['unpin', pod])).code, 0);
   }
 });
@@ -573,16 +573,16 @@ rtest('a create killed before the monitor reports (berth\'s timeout) leaves no c
     c.spec({ args: ['sleep', '1000'], cgroupProcs: [procs] });
     const create = spawn(SHIM, ['create', c.bundle], { stdio: 'ignore' });
     const exited = new Promise((resolve) => create.on('exit', resolve));
-    const [monitor, init] = await until('the monitor and the init', () => {
+    const [monitor, init] = await waitFor('the monitor and the init', () => {
       const ps = procsWith(c.bundle).filter((p) => p !== create.pid);
       return ps.length === 2 ? ps : undefined;
-    });
+    }, SHIM_POLL);
     for (const p of [monitor!, init!]) started.add(p);
     create.kill('SIGKILL');
     await exited;
     const reader = openSync(procs, fsc.O_RDONLY | fsc.O_NONBLOCK); // releases the init
     try {
-      await until('monitor and init to go', () => !pidAlive(monitor!) && !pidAlive(init!));
+      await waitFor('monitor and init to go', () => !pidAlive(monitor!) && !pidAlive(init!), SHIM_POLL);
     } finally {
       closeSync(reader);
     }

@@ -9,9 +9,9 @@ import {
   rmdirSync, symlinkSync, writeFileSync, writeSync,
 } from 'node:fs';
 import path from 'node:path';
-import { lines, mountsUnder, parseLog, shim, until } from '../helpers/rootfs.js';
+import { SHIM_POLL, lines, mountsUnder, parseLog, shim } from '../helpers/rootfs.js';
 import { shimBed } from '../helpers/shim-bed.js';
-import { pidAlive } from '../helpers/util.js';
+import { pidAlive, waitFor } from '../helpers/util.js';
 
 const { rtest, tmp: TMP, started, cgroupsMade, podDirs, withContainer } = shimBed('berth-native-');
 
@@ -82,10 +82,10 @@ rtest('SIGUSR1 reopens the log after berth renamed it', async (t) => {
     });
     await c.create();
     c.start();
-    await until('the first line', () => existsSync(c.log) && readFileSync(c.log, 'utf8').includes('before'));
+    await waitFor('the first line', () => existsSync(c.log) && readFileSync(c.log, 'utf8').includes('before'), SHIM_POLL);
     renameSync(c.log, `${c.log}.1`);
     process.kill(c.monitorPid, 'SIGUSR1');
-    await until('the reopened log', () => existsSync(c.log));
+    await waitFor('the reopened log', () => existsSync(c.log), SHIM_POLL);
     writeFileSync(path.join(sync, 'go'), '');
     const exit = await c.exit();
     t.is(exit.exitCode, 0);
@@ -150,7 +150,7 @@ rtest('SIGUSR1 does not follow a symlink put in the log file\'s place: the monit
     );
     await c.create();
     c.start();
-    await until('the first line', () => existsSync(log) && readFileSync(log, 'utf8').includes('before'));
+    await waitFor('the first line', () => existsSync(log) && readFileSync(log, 'utf8').includes('before'), SHIM_POLL);
     renameSync(log, `${log}.1`);
     symlinkSync(target, log);
     process.kill(c.monitorPid, 'SIGUSR1');
@@ -169,7 +169,7 @@ rtest('a sleep 1000 container killed with SIGKILL reports signal 9', async (t) =
     c.spec({ args: ['sleep', '1000'] });
     await c.create();
     c.start();
-    await until('sleep to run', () => readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').startsWith('sleep'));
+    await waitFor('sleep to run', () => readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').startsWith('sleep'), SHIM_POLL);
     process.kill(c.pid, 'SIGKILL');
     const exit = await c.exit();
     t.is(exit.signal, 9);
@@ -328,7 +328,7 @@ rtest('stdin without a terminal: the container reads stdin.fifo until SIGUSR2 cl
     } finally {
       closeSync(fd);
     }
-    await until('the echoed input', () => existsSync(c.log) && readFileSync(c.log, 'utf8').includes('line two'));
+    await waitFor('the echoed input', () => existsSync(c.log) && readFileSync(c.log, 'utf8').includes('line two'), SHIM_POLL);
     t.true(pidAlive(c.pid)); // the monitor's own writer keeps cat from seeing EOF
     process.kill(c.monitorPid, 'SIGUSR2');
     const exit = await c.exit();
@@ -342,7 +342,7 @@ rtest('exec runs in the container namespaces with its exit code passed through',
     c.spec({ hostname: 'ctr-exec', args: ['sleep', '1000'] });
     await c.create();
     c.start();
-    await until('sleep to run', () => readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').startsWith('sleep'));
+    await waitFor('sleep to run', () => readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').startsWith('sleep'), SHIM_POLL);
     const pid = String(c.pid);
 
     const host = await shim(['exec', pid, '--', 'hostname']);
@@ -409,7 +409,7 @@ rtest('sandbox pins pod namespaces; a container joining them shares the pod pid 
     });
   } finally {
     process.kill(initPid, 'SIGTERM');
-    await until('pod init to exit on SIGTERM', () => !pidAlive(initPid));
+    await waitFor('pod init to exit on SIGTERM', () => !pidAlive(initPid), SHIM_POLL);
     const un = await shim(['unpin', pod]);
     t.is(un.code, 0, un.stderr);
   }
@@ -458,7 +458,7 @@ rtest('sandbox --veth makes eth0 with its address and default route inside, the 
   } finally {
     t.is((await shim(['unpin', pod])).code, 0);
   }
-  await until('the host end to go with the netns', () => !existsSync(`/sys/class/net/${hostEnd}`));
+  await waitFor('the host end to go with the netns', () => !existsSync(`/sys/class/net/${hostEnd}`), SHIM_POLL);
 
   // A plan the kernel refuses (the host already has a link by that name) fails before anything is pinned.
   const taken = execFileSync('ip', ['-o', 'link', 'show', 'up']).toString().split('\n')[0]!.split(': ')[1]!.split('@')[0]!;
@@ -515,7 +515,7 @@ rtest('the container joins the cgroups listed in cgroupProcs before anything els
       t.true(r.stdout.split('\n').some((l) => /:(memory)?:\/$/.test(l)), r.stdout);
       process.kill(c.pid, 'SIGKILL');
       await c.exit();
-      await until('the cgroup to empty', () => readFileSync(path.join(cg, 'cgroup.procs'), 'utf8').trim() === '');
+      await waitFor('the cgroup to empty', () => readFileSync(path.join(cg, 'cgroup.procs'), 'utf8').trim() === '', SHIM_POLL);
     });
   } finally {
     rmdirSync(cg);
@@ -552,7 +552,7 @@ rtest('an idle monitor stays small', async (t) => {
     c.spec({ args: ['sleep', '1000'] });
     await c.create();
     c.start();
-    await until('sleep to run', () => readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').startsWith('sleep'));
+    await waitFor('sleep to run', () => readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').startsWith('sleep'), SHIM_POLL);
     const status = readFileSync(`/proc/${c.monitorPid}/status`, 'utf8');
     const rss = Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]);
     t.log(`monitor VmRSS ${rss} kB`);

@@ -6,6 +6,7 @@ import { BerthError } from '../../src/errors.js';
 import { ContainerService } from '../../src/container/service.js';
 import { ContainerConfig, ContainerRecord } from '../../src/container/types.js';
 import type { RecordStore } from '../../src/store/records.js';
+import { waitFor } from '../helpers/util.js';
 import { FakeCgroups, FakeClock, FakeRuntime, fakeImages, fakePods, Journal, MONITOR_PID, PID, POD, recordingLog } from './fakes/container.js';
 
 function containerConfig(name = 'app'): ContainerConfig {
@@ -39,10 +40,6 @@ function setup(root: string, clock = new FakeClock(-1)) {
 
 /** The service's record store: the state machine is the store's to enforce. */
 const storeOf = (service: ContainerService) => (service as unknown as { records: RecordStore<ContainerRecord> }).records;
-
-const until = async (ok: () => boolean) => {
-  for (let i = 0; i < 1000 && !ok(); i++) await new Promise((r) => setImmediate(r));
-};
 
 test('CreateContainer acquires in order: layer pin, bundle, cgroup, limits, shim process, record', async (t) => {
   const { j, service, containersDir } = setup(await tempRoot(t));
@@ -187,7 +184,7 @@ test('after a restart a container whose monitor lives stays RUNNING and its exit
   t.is(service.get(id).state, 'RUNNING');
   t.deepEqual(j.calls, ['runtime.watchExit']);
   runtime.exit(bundle, 0);
-  await until(() => service.get(id).state === 'EXITED');
+  await waitFor('the watched exit to be recorded', () => service.get(id).state === 'EXITED', { timeoutMs: 1000, intervalMs: 0 });
   t.like(service.get(id).exit, { exitCode: 0, reason: 'Completed' });
   await service.close();
 });
