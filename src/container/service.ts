@@ -478,10 +478,13 @@ export class ContainerService {
     }
   }
 
-  /** Stop signal, then SIGKILL to the whole cgroup after the timeout. Stopping a stopped container is a no-op. */
+  /**
+   * Stop signal, then SIGKILL to the whole cgroup after the timeout. Stopping a stopped or unknown container is a
+   * no-op: CRI's StopContainer is idempotent, and kubelet repeats it after restarts for containers already gone.
+   */
   async stop(id: string, timeoutSeconds: number): Promise<void> {
-    const found = this.get(id);
-    if (found.state === 'EXITED') return;
+    const found = this.find(id);
+    if (!found || found.state === 'EXITED') return;
     await this.reconcile(found.id);
     const record = this.records.get(found.id);
     if (!record || record.state === 'EXITED' || !record.pid) return;

@@ -263,9 +263,13 @@ export class SandboxService {
     return created;
   }
 
-  /** Kills the pod's containers and releases its namespaces. Idempotent. */
+  /**
+   * Kills the pod's containers and releases its namespaces. Idempotent, and stopping an unknown pod is not an error:
+   * CRI's StopPodSandbox must succeed once everything is reclaimed, and kubelet repeats it after restarts.
+   */
   async stop(id: string): Promise<void> {
-    const found = this.get(id);
+    const found = this.find(id);
+    if (!found) return;
     return this.podLock.run(found.id, async () => {
       // A remove may have finished while this stop waited: writing the record now would bring the pod back.
       const record = this.records.get(found.id);

@@ -238,3 +238,33 @@ test('the pod state machine: READY may become NOTREADY, never the reverse', asyn
   t.is(store.get('p1')?.state, 'NOTREADY');
   t.is(JSON.parse(await fs.readFile(path.join(root, 'sandboxes', 'p1', 'sandbox.json'), 'utf8')).state, 'NOTREADY');
 });
+
+// CRI (cri-api's api.proto, on StopPodSandbox and RemovePodSandbox): "This call is idempotent, and must not return
+// an error if all relevant resources have already been reclaimed" / "... if the sandbox has already been removed".
+// kubelet repeats both after restarts, and the Kubernetes 1.32 suite sends UUIDs that are no pod's id.
+test('StopPodSandbox and RemovePodSandbox of ids that match nothing (a UUID, an unknown hex id) succeed and touch nothing', async (t) => {
+  const { journal, service } = await setup(t);
+  const { id } = await service.run(podConfig());
+  journal.clear();
+  for (const unknown of ['6f1c2b9e-3a4d-4e5f-8a7b-9c0d1e2f3a4b', '0'.repeat(64), `${id}0`]) {
+    await service.stop(unknown);
+    await service.remove(unknown);
+  }
+  t.deepEqual(journal.ops, []);
+  t.is(service.get(id).state, 'READY');
+});
+
+test('StopPodSandbox and RemovePodSandbox of an ambiguous id prefix are refused as invalid_argument and change nothing', async (t) => {
+  const { journal, service } = await setup(t);
+  // 17 random hex ids: two share a first digit.
+  const ids: string[] = [];
+  for (let i = 0; i <= 16; i++) ids.push((await service.run(podConfig(`p${i}`))).id);
+  const prefix = ids.map((id) => id[0]).find((c, i, all) => all.indexOf(c) !== i)!;
+  journal.clear();
+  for (const call of [() => service.stop(prefix), () => service.remove(prefix)]) {
+    const err = await t.throwsAsync(call(), { message: /ambiguous/ });
+    t.is((err as unknown as { kind: string }).kind, 'invalid_argument');
+  }
+  t.deepEqual(journal.ops, []);
+  t.true(service.list().every((p) => p.state === 'READY'));
+});
