@@ -222,6 +222,8 @@ export class ContainerService {
           runAsUsername: config.security.runAsUsername,
           runAsGroup: config.security.runAsGroup,
           supplementalGroups: config.security.supplementalGroups,
+          // kubelet copies the pod's policy into each container's; a client that sets only the pod's still gets Strict.
+          groupsPolicy: sandbox.config.supplementalGroupsPolicy === 'Strict' ? 'Strict' : config.security.supplementalGroupsPolicy,
           imageUser: image.config.config?.User,
         },
         parsePasswd(passwd ?? ''),

@@ -41,6 +41,8 @@ export interface SecurityOptions {
   runAsGroup?: number;
   readonlyRootfs: boolean;
   supplementalGroups: number[];
+  /** Merge (also when absent): the user's memberships in the image's /etc/group join supplementalGroups; Strict: only these. */
+  supplementalGroupsPolicy?: import('./user.js').SupplementalGroupsPolicy;
   noNewPrivs: boolean;
   maskedPaths: string[];
   readonlyPaths: string[];

@@ -41,17 +41,26 @@ export function parseGroup(text: string): GroupEntry[] {
   return out;
 }
 
+/** Where supplementary groups come from: Merge adds the user's memberships in the image's /etc/group, Strict does not. */
+export type SupplementalGroupsPolicy = 'Merge' | 'Strict';
+
 export interface UserRequest {
   runAsUser?: number;
   runAsUsername?: string;
   runAsGroup?: number;
   supplementalGroups: number[];
+  /** Absent = Merge. */
+  groupsPolicy?: SupplementalGroupsPolicy;
   imageUser?: string;
 }
 
 export interface ResolvedUser {
   uid: number;
   gid: number;
+  /**
+   * Every group the process holds: the primary gid first (as `id -G` and kubelet's ContainerUser show it), then
+   * the rest in ascending order.
+   */
   additionalGids: number[];
   home: string;
 }
@@ -92,9 +101,11 @@ export function resolveUser(req: UserRequest, passwd: PasswdEntry[], groups: Gro
   if (req.runAsGroup !== undefined) gid = req.runAsGroup;
   gid ??= entry?.gid ?? 0;
   const extra = new Set<number>();
-  if (entry) {
-    for (const g of groups) if (g.members.includes(entry.name) && g.gid !== gid) extra.add(g.gid);
+  // Strict ignores the image's group file for memberships: what groups the process holds is then the pod's to say.
+  if (entry && req.groupsPolicy !== 'Strict') {
+    for (const g of groups) if (g.members.includes(entry.name)) extra.add(g.gid);
   }
   for (const g of req.supplementalGroups) extra.add(g);
-  return { uid, gid, additionalGids: [...extra].sort((a, b) => a - b), home: entry?.home ?? '/' };
+  extra.delete(gid);
+  return { uid, gid, additionalGids: [gid, ...[...extra].sort((a, b) => a - b)], home: entry?.home ?? '/' };
 }

@@ -73,7 +73,8 @@ export function runtimeHandlers(
           name: handler.name,
           features: { recursive_read_only_mounts: handler.recursiveReadOnlyMounts, user_namespaces: handler.userNamespaces },
         })),
-        features: { supplemental_groups_policy: false },
+        // Merge and Strict are both honoured at CreateContainer (src/container/user.ts).
+        features: { supplemental_groups_policy: true },
       };
     }),
     RuntimeConfig: h('RuntimeConfig', async () => ({ linux: { cgroup_driver: 'CGROUPFS' } })),

@@ -4,6 +4,7 @@ import type { LinuxContainerResources__Output } from '../gen/runtime/v1/LinuxCon
 import type { NamespaceOption__Output } from '../gen/runtime/v1/NamespaceOption.js';
 import { invalidArgument } from '../errors.js';
 import { IdMapping, NamespaceMode, SandboxConfig, UserNamespaceOptions } from '../sandbox/types.js';
+import type { SupplementalGroupsPolicy } from '../container/user.js';
 import { ContainerConfig, ContainerMount, ResourceUpdate, Resources } from '../container/types.js';
 import { seccompRequest } from '../container/seccomp.js';
 import { devicePermissions } from '../container/devices.js';
@@ -35,19 +36,67 @@ function namespaces(opts: NamespaceOption__Output | null | undefined, field: str
   return result;
 }
 
+const rangesOverlap = (a: number, aSize: number, b: number, bSize: number) => a < b + bSize && b < a + aSize;
+
+/** Ids are 32-bit: a range must end at or below 2^32, and (uint32 on the wire) cannot start above it. */
+const ID_SPACE = 2 ** 32;
+
+interface ProtoIdMapping {
+  host_id: number;
+  container_id: number;
+  length: number;
+}
+
+/**
+ * One list of user-namespace mappings, checked the way kubelet and the CRI suite expect: every range non-empty and
+ * inside the 32-bit id space, no two ranges overlapping on either side (the kernel would refuse the map, or two
+ * container ids would share a host id), exactly one mapping (kubelet gives each pod one host range), and container
+ * id 0 mapped (the image's root must exist in the namespace).
+ */
+export function idMappingsFromProto(list: ProtoIdMapping[], field: string): IdMapping[] {
+  const mappings = list.map((m, i) => {
+    const at = `${field}[${i}]`;
+    if (m.length <= 0) throw invalidArgument(`${at}.length is ${m.length}: a mapping covers at least one id`);
+    if (m.container_id + m.length > ID_SPACE) {
+      throw invalidArgument(`${at}.length ${m.length} from container_id ${m.container_id} overflows the 32-bit id space`);
+    }
+    if (m.host_id + m.length > ID_SPACE) throw invalidArgument(`${at}.length ${m.length} from host_id ${m.host_id} overflows the 32-bit id space`);
+    return { containerID: m.container_id, hostID: m.host_id, size: m.length };
+  });
+  const span = (from: number, size: number) => `${from}..${from + size - 1}`;
+  for (let i = 0; i < mappings.length; i++) {
+    for (let j = 0; j < i; j++) {
+      const [a, b] = [mappings[j], mappings[i]];
+      if (rangesOverlap(a.hostID, a.size, b.hostID, b.size)) {
+        throw invalidArgument(`${field}[${i}].host_id: host ids ${span(b.hostID, b.size)} overlap those of ${field}[${j}] (${span(a.hostID, a.size)})`);
+      }
+      if (rangesOverlap(a.containerID, a.size, b.containerID, b.size)) {
+        throw invalidArgument(
+          `${field}[${i}].container_id: container ids ${span(b.containerID, b.size)} overlap those of ${field}[${j}] (${span(a.containerID, a.size)})`,
+        );
+      }
+    }
+  }
+  if (mappings.length !== 1) throw invalidArgument(`${field} has ${mappings.length} mappings: a pod's user namespace takes exactly one`);
+  if (mappings[0].containerID !== 0) {
+    throw invalidArgument(`${field}[0].container_id is ${mappings[0].containerID}: container id 0 (root) must be mapped`);
+  }
+  return mappings;
+}
+
 function userns(opts: NamespaceOption__Output['userns_options'] | undefined, field: string): UserNamespaceOptions | undefined {
   if (!opts || opts.mode === 'NODE') return undefined;
   // The CRI allows only POD and NODE here; anything else (CONTAINER, TARGET, a number from a newer client) would
   // otherwise run the pod in the host's user namespace, which is not what was asked for.
   if (opts.mode !== 'POD') throw invalidArgument(`${field}.mode ${opts.mode}: a user namespace mode is POD or NODE`);
-  const mappings = (list: { host_id: number; container_id: number; length: number }[], which: string): IdMapping[] => {
-    if (list.length === 0) throw invalidArgument(`${field}.${which}: a user namespace needs at least one mapping`);
-    return list.map((m, i) => {
-      if (m.length <= 0) throw invalidArgument(`${field}.${which}[${i}].length must be positive`);
-      return { containerID: m.container_id, hostID: m.host_id, size: m.length };
-    });
-  };
-  return { uidMappings: mappings(opts.uids, 'uids'), gidMappings: mappings(opts.gids, 'gids') };
+  return { uidMappings: idMappingsFromProto(opts.uids, `${field}.uids`), gidMappings: idMappingsFromProto(opts.gids, `${field}.gids`) };
+}
+
+/** Absent (proto3's zero) is Merge; a number (a newer client's policy) is refused rather than read as Merge. */
+function supplementalGroupsPolicy(value: string | number | undefined, field: string): SupplementalGroupsPolicy {
+  if (value === undefined || value === 'Merge') return 'Merge';
+  if (value === 'Strict') return 'Strict';
+  throw invalidArgument(`${field} ${value} is not a supplemental groups policy (Merge or Strict)`);
 }
 
 const PROTOCOLS = ['TCP', 'UDP', 'SCTP'];
@@ -78,6 +127,7 @@ export function sandboxConfigFromProto(config: PodSandboxConfig__Output | null, 
     cgroupParent: config.linux?.cgroup_parent ?? '',
     namespaces: namespaces(security?.namespace_options, 'config.linux.security_context.namespace_options'),
     privileged: security?.privileged ?? false,
+    supplementalGroupsPolicy: supplementalGroupsPolicy(security?.supplemental_groups_policy, 'config.linux.security_context.supplemental_groups_policy'),
     sysctls: { ...(config.linux?.sysctls ?? {}) },
     runtimeHandler,
   };
@@ -184,6 +234,7 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
       runAsGroup,
       readonlyRootfs: security?.readonly_rootfs ?? false,
       supplementalGroups: (security?.supplemental_groups ?? []).map(num),
+      supplementalGroupsPolicy: supplementalGroupsPolicy(security?.supplemental_groups_policy, 'config.linux.security_context.supplemental_groups_policy'),
       noNewPrivs: security?.no_new_privs ?? false,
       maskedPaths: [...(security?.masked_paths ?? [])],
       readonlyPaths: [...(security?.readonly_paths ?? [])],

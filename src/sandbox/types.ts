@@ -53,6 +53,11 @@ export interface SandboxConfig {
   cgroupParent: string;
   namespaces: NamespaceOptions;
   privileged: boolean;
+  /**
+   * Strict: no container of the pod takes groups from its image's /etc/group. Absent in records written before the
+   * field existed, which reads as Merge.
+   */
+  supplementalGroupsPolicy?: 'Merge' | 'Strict';
   sysctls: Record<string, string>;
   runtimeHandler: string;
 }

@@ -226,3 +226,59 @@ test('RemoveContainer kills a running container, removes its cgroup and record, 
   t.deepEqual(readdirSync(containersDir), []);
   t.deepEqual([...service.heldLayers()], []);
 });
+
+// CRI (cri-api's api.proto, on StopContainer and RemoveContainer): "This call is idempotent, and must not return an
+// error if the container has already been stopped" / "... has already been removed". kubelet repeats both after
+// restarts, and the Kubernetes 1.32 suite sends UUIDs that are no container's id.
+test('StopContainer and RemoveContainer of ids that match nothing (a UUID, an unknown hex id) succeed and touch nothing', async (t) => {
+  const { j, service } = setup(await tempRoot(t));
+  const { id } = await service.create(POD.id, containerConfig());
+  j.calls.length = 0;
+  for (const unknown of ['0b5a3c55-2f9b-4a57-9a57-3d1f3f1e8a11', 'f'.repeat(64), `${id}0`]) {
+    await service.stop(unknown, 0);
+    await service.remove(unknown);
+  }
+  t.deepEqual(j.calls, []);
+  t.is(service.get(id).state, 'CREATED');
+});
+
+test('StopContainer and RemoveContainer of an ambiguous id prefix are refused as invalid_argument and change nothing', async (t) => {
+  const { service } = setup(await tempRoot(t));
+  // 17 random hex ids: two share a first digit.
+  const ids: string[] = [];
+  for (let i = 0; i <= 16; i++) ids.push((await service.create(POD.id, containerConfig(`c${i}`))).id);
+  const prefix = ids.map((id) => id[0]).find((c, i, all) => all.indexOf(c) !== i)!;
+  for (const call of [() => service.stop(prefix, 0), () => service.remove(prefix)]) {
+    const err = await t.throwsAsync(call(), { instanceOf: BerthError });
+    t.is((err as BerthError).kind, 'invalid_argument');
+    t.regex(err?.message ?? '', /ambiguous/);
+  }
+  t.is(service.list().length, 17);
+  t.true(service.list().every((c) => c.state === 'CREATED'));
+});
+
+test('CreateContainer records the effective identity: Merge adds the image /etc/group memberships, Strict (container or pod) does not', async (t) => {
+  const root = await tempRoot(t);
+  const layer = path.join(root, 'layer');
+  await fs.mkdir(path.join(layer, 'etc'), { recursive: true });
+  await fs.writeFile(path.join(layer, 'etc/passwd'), 'root:x:0:0::/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n');
+  await fs.writeFile(path.join(layer, 'etc/group'), 'root:x:0:\nuser:x:1000:\nimage-group:x:50000:user\n');
+  const identity = async (podPolicy: 'Merge' | 'Strict' | undefined, containerPolicy: 'Merge' | 'Strict' | undefined) => {
+    const j = new Journal();
+    const runtime = new FakeRuntime(j);
+    const pod = { ...POD, config: { ...POD.config, supplementalGroupsPolicy: podPolicy } };
+    const service = new ContainerService({
+      root: await fs.mkdtemp(path.join(root, 'state-')), runtime, cgroups: new FakeCgroups(j), images: fakeImages(j, [layer]),
+      sandboxes: fakePods(pod), log: recordingLog(), rlimits: [], maxLogLineBytes: 16384, shmSizeBytes: 1 << 26, cdiSpecDirs: [], delay: new FakeClock(-1).delay,
+    });
+    const config = containerConfig();
+    config.security = { ...config.security, runAsUser: 1000, supplementalGroups: [1234], supplementalGroupsPolicy: containerPolicy };
+    const record = await service.create(POD.id, config);
+    t.deepEqual(runtime.specs[0].process.additionalGids, record.user.additionalGids, 'the process gets what the record says');
+    return record.user;
+  };
+  t.deepEqual(await identity(undefined, 'Merge'), { uid: 1000, gid: 1000, additionalGids: [1000, 1234, 50000] });
+  t.deepEqual(await identity(undefined, undefined), { uid: 1000, gid: 1000, additionalGids: [1000, 1234, 50000] }, 'a record without a policy merges');
+  t.deepEqual(await identity('Merge', 'Strict'), { uid: 1000, gid: 1000, additionalGids: [1000, 1234] });
+  t.deepEqual(await identity('Strict', 'Merge'), { uid: 1000, gid: 1000, additionalGids: [1000, 1234] }, "the pod's Strict holds for a container that sent the default");
+});

@@ -30,16 +30,35 @@ test('config envs override image envs by key; PATH and HOSTNAME default', (t) =>
 const passwd = parsePasswd('root:x:0:0:root:/root:/bin/sh\nberthuser:x:1000:1000::/home/berthuser:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n');
 const groups = parseGroup('root:x:0:\nberthgroup:x:1000:\nberthextra:x:2000:berthuser\nother:x:3000:root,berthuser\n');
 
+// The groups list is every group the process holds, primary gid first, as kubelet's ContainerUser and `id -G` show it.
 test('image user by name gets its primary group and the groups it is a member of', (t) => {
-  t.deepEqual(resolveUser({ supplementalGroups: [], imageUser: 'berthuser' }, passwd, groups), { uid: 1000, gid: 1000, additionalGids: [2000, 3000], home: '/home/berthuser' });
+  t.deepEqual(resolveUser({ supplementalGroups: [], imageUser: 'berthuser' }, passwd, groups), { uid: 1000, gid: 1000, additionalGids: [1000, 2000, 3000], home: '/home/berthuser' });
 });
 test('RunAsUser wins over the image user; RunAsGroup over the passwd group; supplemental groups added', (t) => {
   const u = resolveUser({ runAsUser: 1000, runAsGroup: 50, supplementalGroups: [7], imageUser: 'nobody' }, passwd, groups);
-  t.deepEqual([u.uid, u.gid, u.additionalGids], [1000, 50, [7, 2000, 3000]]);
+  t.deepEqual([u.uid, u.gid, u.additionalGids], [1000, 50, [50, 7, 2000, 3000]]);
 });
 test('a numeric uid absent from passwd runs with gid 0', (t) => {
   const u = resolveUser({ runAsUser: 4242, supplementalGroups: [] }, passwd, groups);
-  t.deepEqual([u.uid, u.gid, u.additionalGids], [4242, 0, []]);
+  t.deepEqual([u.uid, u.gid, u.additionalGids], [4242, 0, [0]]);
+});
+test('SupplementalGroupsPolicy Merge (also when absent): the image /etc/group memberships join the pod groups', (t) => {
+  const asked = { runAsUser: 1000, supplementalGroups: [1234] };
+  for (const groupsPolicy of ['Merge', undefined] as const) {
+    t.deepEqual(resolveUser({ ...asked, groupsPolicy }, passwd, groups).additionalGids, [1000, 1234, 2000, 3000]);
+  }
+});
+test('SupplementalGroupsPolicy Strict: only the primary group and the pod groups, the image /etc/group memberships ignored', (t) => {
+  const u = resolveUser({ runAsUser: 1000, supplementalGroups: [1234, 2000], groupsPolicy: 'Strict' }, passwd, groups);
+  t.deepEqual([u.uid, u.gid, u.additionalGids], [1000, 1000, [1000, 1234, 2000]], 'a pod group the image also lists is still held');
+  const byName = resolveUser({ supplementalGroups: [], imageUser: 'berthuser', groupsPolicy: 'Strict' }, passwd, groups);
+  t.deepEqual([byName.uid, byName.gid, byName.additionalGids], [1000, 1000, [1000]]);
+  const groupByName = resolveUser({ supplementalGroups: [], imageUser: '1000:berthextra', groupsPolicy: 'Strict' }, passwd, groups);
+  t.deepEqual([groupByName.gid, groupByName.additionalGids], [2000, [2000]], 'the image still names the primary group');
+});
+test('a supplemental group equal to the primary group is listed once', (t) => {
+  const u = resolveUser({ runAsUser: 1000, runAsGroup: 2000, supplementalGroups: [2000, 5], groupsPolicy: 'Strict' }, passwd, groups);
+  t.deepEqual(u.additionalGids, [2000, 5]);
 });
 test('uid:group image user resolves the group by name', (t) => {
   const u = resolveUser({ supplementalGroups: [], imageUser: '1000:berthextra' }, passwd, groups);

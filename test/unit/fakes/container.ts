@@ -42,11 +42,14 @@ export class FakeRuntime implements ContainerRuntime {
   monitorAlive = true;
   /** Bundles whose create() made container.json a directory: the record write that follows fails. */
   spoilRecordWrite = false;
+  /** Every spec create() was given, in order. */
+  readonly specs: ShimSpec[] = [];
 
   constructor(private readonly j: Journal) {}
 
   async create(spec: ShimSpec): Promise<CreatedProcess> {
     this.j.call('runtime.create');
+    this.specs.push(spec);
     if (this.spoilRecordWrite) {
       const { mkdir } = await import('node:fs/promises');
       await mkdir(`${spec.bundle}/container.json/x`, { recursive: true });
@@ -125,14 +128,15 @@ export const IMAGE: ImageRecord = {
   config: { config: { Cmd: ['/bin/app'] } }, pulledAt: 0,
 } as ImageRecord;
 
-export function fakeImages(j: Journal): ContainerImages {
+/** The image's layers are `layerDirs` (top first), empty by default. */
+export function fakeImages(j: Journal, layerDirs: string[] = []): ContainerImages {
   return {
     resolve: (name) => (name === 'img:1' ? IMAGE : undefined),
     pinLayers: () => {
       j.call('images.pinLayers');
       return () => j.call('images.unpinLayers');
     },
-    layerPaths: () => [],
+    layerPaths: () => [...layerDirs].reverse(),
     collectGarbage: async () => j.call('images.collectGarbage'),
   };
 }
@@ -147,11 +151,11 @@ export const POD: SandboxRecord = {
   },
 } as SandboxRecord;
 
-export function fakePods(): ContainerPods {
+export function fakePods(pod: SandboxRecord = POD): ContainerPods {
   return {
     get: (id: string) => {
-      if (id !== POD.id) throw new Error(`no pod ${id}`);
-      return POD;
+      if (id !== pod.id) throw new Error(`no pod ${id}`);
+      return pod;
     },
     podLock: new KeyedMutex(),
   } as ContainerPods;
