@@ -1,5 +1,6 @@
 import test, { ExecutionContext } from 'ava';
 import { promises as fs } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
@@ -130,6 +131,16 @@ test('a pod with two containers runs, reports, stops and is removed, labels and 
   await e.berth.runtime.RemovePodSandbox({ pod_sandbox_id: podId });
   t.deepEqual((await e.berth.runtime.ListPodSandbox({})).items, []);
   t.deepEqual((await e.berth.runtime.ListContainers({})).containers, []);
+  // CRI (cri-api's api.proto): Stop and Remove are idempotent and "must not return an error" once the object is
+  // gone; kubelet repeats them after restarts. So ids that are gone, or never were (a UUID, as critest sends), succeed.
+  for (const gone of [a, b, randomUUID()]) {
+    await e.berth.runtime.StopContainer({ container_id: gone, timeout: 0 });
+    await e.berth.runtime.RemoveContainer({ container_id: gone });
+  }
+  for (const gone of [podId, randomUUID()]) {
+    await e.berth.runtime.StopPodSandbox({ pod_sandbox_id: gone });
+    await e.berth.runtime.RemovePodSandbox({ pod_sandbox_id: gone });
+  }
 });
 
 async function logLines(file: string): Promise<{ time: string; stream: string; tag: string; text: string }[]> {

@@ -37,12 +37,37 @@ test('uid, gid and groups for each way of asking', async (t) => {
   const e = await env(t);
   t.regex((await e.run('id')).out, /uid=0\(root\) gid=0\(root\)/);
   const byUid = await e.run('id', sc({ run_as_user: { value: '1000' } }));
-  t.regex(byUid.out, /uid=1000\(berthuser\) gid=1000\(berthgroup\) groups=2000\(berthextra\)/);
+  // The primary group is held as a supplementary group too, as containerd and Docker do and kubelet's ContainerUser shows.
+  t.regex(byUid.out, /uid=1000\(berthuser\) gid=1000\(berthgroup\) groups=1000\(berthgroup\),2000\(berthextra\)/);
   const byName = await e.run('id -u; id -G', sc({ run_as_username: 'berthuser' }));
   t.is(byName.out, '1000\n1000 2000', 'id -G lists the primary group, then the groups the user is a member of');
   const withGroup = await e.run('id -g; id -G', sc({ run_as_user: { value: '1000' }, run_as_group: { value: '3000' }, supplemental_groups: ['4000'] }));
   t.is(withGroup.out.split('\n')[0], '3000');
   t.true(withGroup.out.split('\n')[1].split(' ').includes('4000'));
+});
+
+test('SupplementalGroupsPolicy: Merge adds the image /etc/group memberships, Strict holds only the pod groups; ContainerStatus and exec agree', async (t) => {
+  // The image's berthuser (1000) is a member of berthextra (2000) in its /etc/group.
+  const groupsOf = async (policy: 'Merge' | 'Strict' | undefined, podPolicy?: 'Strict') => {
+    const asked = { run_as_user: { value: '1000' }, supplemental_groups: ['1234'], ...(policy ? { supplemental_groups_policy: policy } : {}) };
+    const pod = podPolicy ? { linux: { security_context: { namespace_options: { network: 'POD' as const, pid: 'CONTAINER' as const, ipc: 'POD' as const }, supplemental_groups_policy: podPolicy } } } : {};
+    const { id, out } = await e.run('id -G', sc(asked), pod);
+    const user = (await e.berth.runtime.ContainerStatus({ container_id: id })).status?.user?.linux;
+    return { out, user: user && { uid: user.uid, gid: user.gid, groups: [...user.supplemental_groups].sort() } };
+  };
+  const e = await env(t);
+  const merged = { out: '1000 1234 2000', user: { uid: '1000', gid: '1000', groups: ['1000', '1234', '2000'] } };
+  const strict = { out: '1000 1234', user: { uid: '1000', gid: '1000', groups: ['1000', '1234'] } };
+  t.deepEqual(await groupsOf(undefined), merged, 'Merge is the default');
+  t.deepEqual(await groupsOf('Merge'), merged);
+  t.deepEqual(await groupsOf('Strict'), strict);
+  t.deepEqual(await groupsOf(undefined, 'Strict'), strict, "the pod's Strict holds for its containers");
+  // A process exec'd into the container holds the same groups as its first one.
+  const pod = await e.pod();
+  const running = await e.container(pod, { command: ['sleep', '60'], ...sc({ run_as_user: { value: '1000' }, supplemental_groups: ['1234'], supplemental_groups_policy: 'Strict' }) });
+  const exec = await e.berth.runtime.ExecSync({ container_id: running, cmd: ['id', '-G'], timeout: 10 });
+  t.is(exec.stdout.toString().trim(), '1000 1234');
+  await e.berth.runtime.StopContainer({ container_id: running, timeout: 0 });
 });
 
 const capEff = (out: string) => BigInt('0x' + /CapEff:\s+([0-9a-f]+)/.exec(out)![1]);

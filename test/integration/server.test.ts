@@ -3,6 +3,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { MAIN, startBerth } from '../helpers/berth.js';
 
@@ -120,6 +121,58 @@ test('requests with values berth cannot honour are refused naming the field, bef
   const noMappings = { config: { metadata: { name: 'p', uid: 'u', namespace: 'n', attempt: 0 }, linux: { security_context: { namespace_options: { userns_options: { mode: 'CONTAINER' as const } } } } } };
   await invalid(t, berth.runtime.RunPodSandbox(noMappings), 'userns_options.mode');
   t.deepEqual((await berth.runtime.ListPodSandbox({})).items, [], 'no pod was started');
+});
+
+// CRI (cri-api's api.proto): StopPodSandbox, RemovePodSandbox, StopContainer and RemoveContainer are idempotent and
+// "must not return an error" for what is already stopped or removed; kubelet repeats them after restarts, and the
+// Kubernetes 1.32 suite sends UUIDs. Only an empty id is the caller's mistake.
+test('Stop and Remove of pods and containers that match nothing succeed; an empty id is INVALID_ARGUMENT naming the field', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  for (const id of [randomUUID(), 'f'.repeat(64), 'not-an-id']) {
+    await berth.runtime.StopPodSandbox({ pod_sandbox_id: id });
+    await berth.runtime.RemovePodSandbox({ pod_sandbox_id: id });
+    await berth.runtime.StopContainer({ container_id: id, timeout: 0 });
+    await berth.runtime.RemoveContainer({ container_id: id });
+  }
+  await invalid(t, berth.runtime.StopPodSandbox({ pod_sandbox_id: '' }), 'pod_sandbox_id');
+  await invalid(t, berth.runtime.RemovePodSandbox({ pod_sandbox_id: '' }), 'pod_sandbox_id');
+  await invalid(t, berth.runtime.StopContainer({ container_id: '', timeout: 0 }), 'container_id');
+  await invalid(t, berth.runtime.RemoveContainer({ container_id: '' }), 'container_id');
+  // Status of what does not exist is still NOT_FOUND: only Stop and Remove are idempotent.
+  const missing = (await t.throwsAsync(berth.runtime.ContainerStatus({ container_id: randomUUID() }))) as unknown as grpc.ServiceError;
+  t.is(missing.code, grpc.status.NOT_FOUND);
+});
+
+test('user-namespace mappings the suite and kubelet refuse are INVALID_ARGUMENT naming the field; nothing is started', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const field = 'config.linux.security_context.namespace_options.userns_options';
+  type Mapping = { host_id: number; container_id: number; length: number };
+  const pod = (uids: Mapping[], gids: Mapping[] = uids) => ({
+    config: {
+      metadata: { name: 'p', uid: 'u', namespace: 'n', attempt: 0 },
+      linux: { security_context: { namespace_options: { userns_options: { mode: 'POD' as const, uids, gids } } } },
+    },
+  });
+  const range = { container_id: 0, host_id: 1000, length: 100000 };
+  await invalid(t, berth.runtime.RunPodSandbox(pod([range, { container_id: 100000, host_id: 200000, length: 10 }])), `${field}.uids has 2 mappings`);
+  await invalid(t, berth.runtime.RunPodSandbox(pod([{ ...range, container_id: 1 }])), `${field}.uids[0].container_id`);
+  await invalid(t, berth.runtime.RunPodSandbox(pod([range], [{ ...range, length: 0 }])), `${field}.gids[0].length`);
+  await invalid(t, berth.runtime.RunPodSandbox(pod([{ ...range, host_id: 2 ** 32 - 5 }])), `${field}.uids[0].length`);
+  await invalid(t, berth.runtime.RunPodSandbox(pod([range, { container_id: 100000, host_id: 50000, length: 10 }])), `${field}.uids[1].host_id`);
+  t.deepEqual((await berth.runtime.ListPodSandbox({})).items, [], 'no pod was started');
+});
+
+test('Status declares SupplementalGroupsPolicy; an unknown policy value is refused naming the field', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  t.true((await berth.runtime.Status({ verbose: false })).features?.supplemental_groups_policy);
+  const field = 'config.linux.security_context.supplemental_groups_policy';
+  const policy = 5 as unknown as 'Strict';
+  await invalid(t, berth.runtime.RunPodSandbox({ config: { metadata: { name: 'p', uid: 'u', namespace: 'n', attempt: 0 }, linux: { security_context: { supplemental_groups_policy: policy } } } }), field);
+  await invalid(t, berth.runtime.CreateContainer({ pod_sandbox_id: 'x', config: { metadata: { name: 'c', attempt: 0 }, linux: { security_context: { supplemental_groups_policy: policy } } } }), field);
+  t.deepEqual((await berth.runtime.ListPodSandbox({})).items, []);
 });
 
 test('a second berth on the same socket refuses to start and the first keeps serving', async (t) => {
