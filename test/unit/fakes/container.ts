@@ -42,11 +42,14 @@ export class FakeRuntime implements ContainerRuntime {
   monitorAlive = true;
   /** Bundles whose create() made container.json a directory: the record write that follows fails. */
   spoilRecordWrite = false;
+  /** Every spec create() was given, oldest first. */
+  readonly specs: ShimSpec[] = [];
 
   constructor(private readonly j: Journal) {}
 
   async create(spec: ShimSpec): Promise<CreatedProcess> {
     this.j.call('runtime.create');
+    this.specs.push(spec);
     if (this.spoilRecordWrite) {
       const { mkdir } = await import('node:fs/promises');
       await mkdir(`${spec.bundle}/container.json/x`, { recursive: true });
