@@ -7,7 +7,7 @@ import { Logger } from './log.js';
 import { ImageStore, LayerHolds } from './image/store.js';
 import { ImageService } from './image/service.js';
 import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
-import { mallocTrim } from './kernel/libc.js';
+import { mallocTrim, mountSetattrSupported } from './kernel/libc.js';
 import { sealedShim } from './kernel/shim.js';
 import { SandboxHooks, SandboxService } from './sandbox/service.js';
 import { kernelSandboxRuntime } from './sandbox/runtime.js';
@@ -96,6 +96,10 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   await network.start(sandboxes.networkedPods());
   await store.load();
 
+  // Once: the kernel does not change under a running berth, and Status is polled every few seconds.
+  const recursiveReadOnlyMounts = mountSetattrSupported();
+  if (!recursiveReadOnlyMounts) log.warn('this kernel has no mount_setattr (Linux 5.12+): recursive read-only mounts are not offered');
+
   let podCidr = '';
   const info: RuntimeInfo = {
     runtimeReady: () => ({ ready: true, reason: '', message: '' }),
@@ -112,7 +116,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     // The names RunPodSandbox accepts: kubelet looks a RuntimeClass's handler up here (for user namespace support).
     handlers: () => {
       const userNamespaces = userNamespacesSupported();
-      return ['', RUNTIME_NAME].map((name) => ({ name, recursiveReadOnlyMounts: false, userNamespaces }));
+      return ['', RUNTIME_NAME].map((name) => ({ name, recursiveReadOnlyMounts, userNamespaces }));
     },
   };
 

@@ -436,7 +436,7 @@ static void do_mount(struct spec *s, int rootfd, const struct mount_spec *m, int
         free(data);
     }
     close(fd);
-    if ((m->bind && (m->flags & ~MS_REMOUNT)) || m->prop) {
+    if ((m->bind && (m->flags & ~MS_REMOUNT)) || m->prop || m->rro) {
         /* The fd above names the directory under the new mount: reopen to reach the mount itself. */
         fd = open_in_root(rootfd, m->dest, 0);
         if (fd < 0)
@@ -450,6 +450,16 @@ static void do_mount(struct spec *s, int rootfd, const struct mount_spec *m, int
         }
         if (m->prop && mount(NULL, target, NULL, m->prop, NULL) < 0)
             child_fail("mount: set propagation", m->dest, errno);
+        /* MS_RDONLY on a remount reaches the top mount only: a submount of the source (a tmpfs under a
+         * volume) would stay writable. mount_setattr applies it to the whole tree, last, so that no step
+         * above turns a submount writable again. */
+        if (m->rro) {
+            struct mount_attr a;
+            memset(&a, 0, sizeof a);
+            a.attr_set = MOUNT_ATTR_RDONLY;
+            if (mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &a, sizeof a) < 0)
+                child_fail("mount: recursive read-only (mount_setattr)", m->dest, errno);
+        }
         close(fd);
     }
 }

@@ -208,6 +208,7 @@ int parse_mount_options(struct json_object *opts, struct mount_spec *m, char *er
     size_t datalen = 0;
     m->flags = 0;
     m->prop = 0;
+    m->rro = 0;
     m->data = NULL;
     for (size_t i = 0; i < n; i++) {
         struct json_object *e = json_object_array_get_idx(opts, i);
@@ -222,6 +223,10 @@ int parse_mount_options(struct json_object *opts, struct mount_spec *m, char *er
         }
         if (strcmp(o, "rbind") == 0) {
             m->bind = 2;
+            continue;
+        }
+        if (strcmp(o, "rro") == 0) {
+            m->rro = 1;
             continue;
         }
         for (size_t k = 0; k < sizeof mount_flags / sizeof mount_flags[0] && !done; k++)

@@ -23,6 +23,7 @@ struct mount_spec {
     unsigned long flags;   /* MS_* for the mount / remount */
     unsigned long prop;    /* MS_PRIVATE/MS_SLAVE/MS_SHARED/MS_UNBINDABLE (| MS_REC) or 0 */
     int bind;              /* 0, 1 = bind, 2 = rbind */
+    int rro;               /* option "rro": the mount and every submount read-only (mount_setattr, AT_RECURSIVE) */
     char *data;            /* filesystem options, comma-joined (malloc'd, may be NULL) */
 };
 

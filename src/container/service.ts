@@ -21,7 +21,7 @@ import { loadLocalhostProfile } from './seccomp.js';
 import { ShimDevice } from '../kernel/shim-spec.js';
 import { CdiInjection, loadCdiRegistry, resolveCdiDevices } from './cdi.js';
 import { deviceNumbers } from './devices.js';
-import { CONTAINER_TRANSITIONS, ContainerConfig, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate } from './types.js';
+import { CONTAINER_TRANSITIONS, ContainerConfig, ContainerMount, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate } from './types.js';
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
 import { filterRecords, findByIdOrPrefix, NameIndex, RecordFilter } from '../lookup.js';
 
@@ -238,7 +238,7 @@ export class ContainerService {
         // The log directory is kubelet's (trusted), made if missing as containerd does; directories of log_path
         // beneath it are made by the shim from the directory's descriptor, following no link.
         logAt ? fs.mkdir(logAt.directory, { recursive: true }).then(() => checkNoSymlinks(logAt)) : undefined,
-        ...config.mounts.map((m, i) => this.ensureHostPath(m.hostPath, i)),
+        ...config.mounts.map((m, i) => this.ensureHostPath(m, i)),
       ]);
       const localhostSeccomp = config.security.seccomp.kind === 'localhost'
         ? await loadLocalhostProfile(config.security.seccomp.path, 'config.linux.security_context.seccomp')
@@ -363,10 +363,14 @@ export class ContainerService {
   }
 
   // kubelet expects a missing host path of a bind mount to be created as a directory, as Docker did.
-  private async ensureHostPath(hostPath: string, index: number): Promise<void> {
+  private async ensureHostPath({ hostPath, recursiveReadOnly }: ContainerMount, index: number): Promise<void> {
     if (!path.isAbsolute(hostPath)) throw invalidArgument(`config.mounts[${index}].host_path "${hostPath}" must be an absolute path`);
     const st = await fs.stat(hostPath).catch(() => undefined);
     if (!st) await fs.mkdir(hostPath, { recursive: true });
+    // A file has no submounts: asking for a recursive read-only file is a mistake the pod spec should hear of.
+    else if (recursiveReadOnly && !st.isDirectory()) {
+      throw invalidArgument(`config.mounts[${index}].recursive_read_only: host_path "${hostPath}" is not a directory`);
+    }
   }
 
   async start(id: string): Promise<void> {

@@ -6,6 +6,8 @@ export interface ContainerMount {
   readonly: boolean;
   selinuxRelabel: boolean;
   propagation: 'PRIVATE' | 'HOST_TO_CONTAINER' | 'BIDIRECTIONAL';
+  /** The bind and every submount read-only (needs readonly and PRIVATE); absent in records of older berths. */
+  recursiveReadOnly?: boolean;
 }
 
 export interface DeviceMapping {

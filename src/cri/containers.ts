@@ -69,6 +69,7 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
         readonly: m.readonly,
         selinux_relabel: m.selinuxRelabel,
         propagation: propagationToProto[m.propagation],
+        recursive_read_only: m.recursiveReadOnly ?? false,
       })),
       log_path: record.logPath,
       resources: {

@@ -178,6 +178,17 @@ function mountPropagation(value: string | number, i: number): ContainerMount['pr
   return propagation[value as keyof typeof propagation];
 }
 
+// As the CRI defines it (and kubelet sends it): a read-only bind whose submounts would otherwise stay writable. A
+// submount the host adds later must not appear writable in the container, so it must not propagate in.
+function checkRecursiveReadOnly(m: ContainerMount, i: number): void {
+  if (!m.recursiveReadOnly) return;
+  const field = `config.mounts[${i}].recursive_read_only`;
+  if (!m.readonly) throw invalidArgument(`${field} needs readonly: true`);
+  if (m.propagation !== 'PRIVATE') {
+    throw invalidArgument(`${field} needs propagation PROPAGATION_PRIVATE, not PROPAGATION_${m.propagation}`);
+  }
+}
+
 export function containerConfigFromProto(config: ContainerConfig__Output | null): ContainerConfig {
   if (!config) throw invalidArgument('config is missing');
   if (!config.metadata) throw invalidArgument('config.metadata is missing');
@@ -186,13 +197,16 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
     if (!m.container_path) throw invalidArgument(`config.mounts[${i}].container_path is empty`);
     if (!m.container_path.startsWith('/')) throw invalidArgument(`config.mounts[${i}].container_path "${m.container_path}" must be an absolute path`);
     if (!m.host_path) throw invalidArgument(`config.mounts[${i}].host_path is empty`);
-    return {
+    const mount: ContainerMount = {
       containerPath: m.container_path,
       hostPath: m.host_path,
       readonly: m.readonly,
       selinuxRelabel: m.selinux_relabel,
       propagation: mountPropagation(m.propagation, i),
+      recursiveReadOnly: m.recursive_read_only,
     };
+    checkRecursiveReadOnly(mount, i);
+    return mount;
   });
   const runAsGroup = security?.run_as_group ? num(security.run_as_group.value) : undefined;
   const runAsUser = security?.run_as_user ? num(security.run_as_user.value) : undefined;

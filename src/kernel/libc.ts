@@ -188,3 +188,23 @@ export function getSeals(fd: number): number {
   if (seals < 0) throw errnoError(koffi.errno(), 'fcntl(F_GET_SEALS)', `fd ${fd}`);
   return seals;
 }
+
+/** The syscall number is the same on every architecture (numbers from 424 on are shared). */
+const SYS_MOUNT_SETATTR = 442;
+const AT_EMPTY_PATH = 0x1000;
+const MOUNT_ATTR_RDONLY = 0x1;
+/** struct mount_attr, version 0: attr_set, attr_clr, propagation, userns_fd (four u64). */
+const MOUNT_ATTR_SIZE_VER0 = 32;
+
+/**
+ * Whether the kernel has mount_setattr(2) (Linux ≥ 5.12), which recursive read-only mounts need. Asked of an
+ * invalid fd, so nothing is mounted: EBADF means the call exists; ENOSYS (an old kernel) or EPERM (a seccomp
+ * filter around berth) that the shim could not make it either.
+ */
+export function mountSetattrSupported(): boolean {
+  const syscall = fn('syscall', 'long syscall(long number, ...)');
+  const attr = Buffer.alloc(MOUNT_ATTR_SIZE_VER0);
+  attr.writeBigUInt64LE(BigInt(MOUNT_ATTR_RDONLY), 0);
+  const ret = Number(syscall(SYS_MOUNT_SETATTR, 'int', -1, 'const char *', '', 'unsigned int', AT_EMPTY_PATH, 'void *', attr, 'size_t', attr.byteLength));
+  return ret < 0 && koffi.errno() === os.constants.errno.EBADF;
+}

@@ -1,5 +1,5 @@
 import test, { ExecutionContext } from 'ava';
-import { promises as fs, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, promises as fs, readFileSync, readlinkSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import os from 'node:os';
@@ -118,6 +118,51 @@ test('a read-only rootfs refuses writes with EROFS; masked paths read empty', as
   const masked = await e.run('cat /etc/group | wc -c', sc({ masked_paths: ['/etc/group'], readonly_paths: ['/proc/sys'] }));
   t.is(masked.out.trim(), '0');
   t.regex((await e.run('echo 1 > /proc/sys/kernel/shm_rmid_forced 2>&1; echo done')).out, /Read-only file system/);
+});
+
+const mountedUnder = (dir: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4]?.startsWith(dir));
+
+test('recursive_read_only: writes fail with EROFS in a volume and in its submount; readonly alone leaves the submount writable', async (t) => {
+  const e = await env(t);
+  const status = await e.berth.runtime.Status({ verbose: true });
+  t.deepEqual(status.runtime_handlers.map((h) => [h.name, h.features?.recursive_read_only_mounts]), [['', true], ['berth', true]], 'this kernel has mount_setattr');
+  // A host directory with a tmpfs mounted under it, as kubelet volumes with submounts look.
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-rro-'));
+  const sub = path.join(dir, 'sub');
+  await fs.mkdir(sub);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'mode=0777', 'berth-rro', sub]);
+  t.teardown(async () => {
+    if (mountedUnder(dir).length) execFileSync('umount', [sub]);
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+  const volume = (over: Record<string, unknown> = {}) => ({ mounts: [{ container_path: '/v', host_path: dir, readonly: true, propagation: 'PROPAGATION_PRIVATE' as const, ...over }] });
+  const script = 'for d in /v /v/sub; do touch $d/f 2>&1 && echo "$d wrote"; done; true';
+  const rro = await e.run(script, volume({ recursive_read_only: true }));
+  t.is(rro.out, 'touch: /v/f: Read-only file system\ntouch: /v/sub/f: Read-only file system');
+  const mounts = (await e.berth.runtime.ContainerStatus({ container_id: rro.id })).status!.mounts;
+  t.deepEqual(mounts.map((m) => [m.container_path, m.readonly, m.recursive_read_only]), [['/v', true, true]]);
+  const ro = await e.run(script, volume());
+  t.is(ro.out, 'touch: /v/f: Read-only file system\n/v/sub wrote');
+  t.true(existsSync(path.join(sub, 'f')));
+
+  // Refusals: INVALID_ARGUMENT naming the field, and no container made.
+  const file = path.join(dir, 'a-file');
+  await fs.writeFile(file, 'x');
+  const pod = await e.pod();
+  const refused: [Record<string, unknown>, RegExp][] = [
+    [{ recursive_read_only: true, readonly: false }, /config\.mounts\[0\]\.recursive_read_only needs readonly: true/],
+    [{ recursive_read_only: true, propagation: 'PROPAGATION_HOST_TO_CONTAINER' }, /config\.mounts\[0\]\.recursive_read_only needs propagation PROPAGATION_PRIVATE/],
+    [{ recursive_read_only: true, propagation: 'PROPAGATION_BIDIRECTIONAL' }, /config\.mounts\[0\]\.recursive_read_only needs propagation PROPAGATION_PRIVATE/],
+    [{ recursive_read_only: true, host_path: file }, /config\.mounts\[0\]\.recursive_read_only: host_path ".*a-file" is not a directory/],
+  ];
+  for (const [over, why] of refused) {
+    const err = (await t.throwsAsync(e.container(pod, volume(over), false))) as unknown as grpc.ServiceError;
+    t.is(err.code, grpc.status.INVALID_ARGUMENT, err.details);
+    t.regex(err.details, why);
+  }
+  t.deepEqual((await e.berth.runtime.ListContainers({ filter: { pod_sandbox_id: pod.id } })).containers, []);
+  await e.berth.runtime.StopPodSandbox({ pod_sandbox_id: pod.id });
+  await e.berth.runtime.RemovePodSandbox({ pod_sandbox_id: pod.id });
 });
 
 test('namespaced sysctls from the pod config are applied; others are refused naming the sysctl', async (t) => {

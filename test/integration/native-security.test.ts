@@ -463,6 +463,65 @@ rtest('propagation: rshared goes both ways, rslave host to container only, rpriv
   rmSync(shared, { recursive: true, force: true });
 });
 
+// ---- recursive read-only mounts ----
+
+/** Options field of each mount of `pid` below `under`, keyed by its mount point. */
+function mountOptions(pid: number, under: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const l of readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n')) {
+    const f = l.split(' ');
+    if (f[4]?.startsWith(under)) out[f[4]] = f[5]!;
+  }
+  return out;
+}
+
+const USERNS = [{ type: 'user' as const }, { type: 'mount' as const }, { type: 'pid' as const }, { type: 'ipc' as const }, { type: 'uts' as const }, { type: 'network' as const }, { type: 'cgroup' as const }];
+
+for (const userns of [false, true]) {
+  rtest(`rro: a recursive read-only bind makes its submount read-only too; a plain ro bind leaves it writable${userns ? ' (new user namespace)' : ''}`, async (t) => {
+    const vol = path.join(TMP, `rro-${randomBytes(4).toString('hex')}`);
+    const sub = path.join(vol, 'sub');
+    mkdirSync(sub, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'mode=0777', 'berth-rro-sub', sub]);
+    hostMounts.push(sub);
+    try {
+      await withContainer(userns ? 'rro-userns' : 'rro', async (c) => {
+        await c.running({
+          args: ['sleep', '1000'],
+          ...(userns ? { namespaces: USERNS } : {}),
+          extraMounts: [
+            { destination: '/rro', type: 'bind', source: vol, options: ['rbind', 'rprivate', 'ro', 'rro'] },
+            { destination: '/ro', type: 'bind', source: vol, options: ['rbind', 'rprivate', 'ro'] },
+          ],
+        }, (s) => {
+          if (userns) s.uidMappings = s.gidMappings = MAP;
+        });
+        const r = await shim(['exec', String(c.pid), '--', 'sh', '-c',
+          'for d in /rro /rro/sub /ro /ro/sub; do touch $d/f 2>&1 && echo "$d wrote"; done; true']);
+        t.is(r.code, 0, r.stderr);
+        t.deepEqual(r.stdout.trim().split('\n'), [
+          "touch: /rro/f: Read-only file system",
+          "touch: /rro/sub/f: Read-only file system",
+          "touch: /ro/f: Read-only file system",
+          '/ro/sub wrote',
+        ]);
+        const opts = mountOptions(c.pid, '/');
+        t.regex(opts['/rro/sub'] ?? '', /^ro,/, 'the submount is read-only in the container');
+        t.regex(opts['/ro/sub'] ?? '', /^rw,/);
+        // Only the container's copies changed: the host's tmpfs stays writable.
+        writeFileSync(path.join(sub, 'from-host'), 'x');
+        t.true(existsSync(path.join(sub, 'f')), 'the write through /ro/sub reached the host tmpfs');
+        process.kill(c.pid, 'SIGKILL');
+        await c.exit();
+      });
+    } finally {
+      execFileSync('umount', [sub]);
+    }
+    t.deepEqual(mountsUnder(vol), []);
+    rmSync(vol, { recursive: true, force: true });
+  });
+}
+
 // ---- hardening of create, exec and sandbox ----
 
 /** Live processes whose command line mentions `needle` (a bundle or pod dir: create, its monitor and init). */

@@ -72,6 +72,10 @@ test('Version reports the package version; Status advertises each runtime handle
   t.is(v.version, '0.1.0');
   const s = await berth.runtime.Status({ verbose: false });
   t.deepEqual(s.runtime_handlers.map((h) => h.name), ['', 'berth']);
+  // Recursive read-only mounts need mount_setattr (Linux 5.12+); declared for every handler alike.
+  const [major, minor] = os.release().split('.').map(Number);
+  const rro = major > 5 || (major === 5 && minor >= 12);
+  t.deepEqual(s.runtime_handlers.map((h) => h.features?.recursive_read_only_mounts), [rro, rro]);
 });
 
 async function invalid(t: ExecutionContext, call: Promise<unknown>, field: string): Promise<void> {

@@ -92,6 +92,24 @@ for (const { failAt, expected } of rollbacks) {
   });
 }
 
+test('a recursive read-only mount of a file is INVALID_ARGUMENT naming the field; nothing is left; of a directory it is created', async (t) => {
+  const root = await tempRoot(t);
+  const { j, runtime, service, containersDir } = setup(root);
+  const file = path.join(root, 'a-file');
+  await fs.writeFile(file, 'x');
+  const mount = { containerPath: '/data', readonly: true, selinuxRelabel: false, propagation: 'PRIVATE' as const, recursiveReadOnly: true };
+  const refused = { ...containerConfig(), mounts: [{ ...mount, containerPath: '/ok', hostPath: root }, { ...mount, hostPath: file }] };
+  const err = await t.throwsAsync(service.create(POD.id, refused), { instanceOf: BerthError });
+  t.is(err?.kind, 'invalid_argument');
+  t.regex(err?.message ?? '', /^config\.mounts\[1\]\.recursive_read_only: host_path ".*a-file" is not a directory/);
+  t.false(j.calls.includes('runtime.create'));
+  t.deepEqual(readdirSync(containersDir), []);
+  t.deepEqual(service.list(), []);
+  const created = await service.create(POD.id, { ...containerConfig(), mounts: [{ ...mount, hostPath: root }] });
+  t.is(created.state, 'CREATED');
+  t.true(runtime.specs.at(-1)?.mounts.some((m) => m.destination === '/data' && m.options.includes('rro')));
+});
+
 test('a failing undo is logged with its name and the rest still run; the caller gets the original error', async (t) => {
   const { j, log, service, containersDir } = setup(await tempRoot(t));
   j.failing.add('runtime.create');

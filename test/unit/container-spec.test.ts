@@ -136,6 +136,21 @@ test('mount propagation and read-only bind mounts become shim options; a user /e
   t.deepEqual(spec.mounts.filter((m) => m.destination === '/etc/hosts').map((m) => m.source), ['/k/hosts']);
 });
 
+test('a recursive read-only bind carries option "rro" after rprivate and ro; other binds, and records without the field, none', (t) => {
+  const spec = buildSpec(inputs({
+    mounts: [
+      { containerPath: '/data', hostPath: '/srv', readonly: true, selinuxRelabel: false, propagation: 'PRIVATE', recursiveReadOnly: true },
+      { containerPath: '/plain', hostPath: '/srv', readonly: true, selinuxRelabel: false, propagation: 'PRIVATE', recursiveReadOnly: false },
+      { containerPath: '/old', hostPath: '/srv', readonly: true, selinuxRelabel: false, propagation: 'PRIVATE' },
+    ],
+  }));
+  const options = (dest: string) => spec.mounts.find((m) => m.destination === dest)?.options;
+  t.deepEqual(options('/data'), ['rbind', 'rprivate', 'ro', 'rro']);
+  t.deepEqual(options('/plain'), ['rbind', 'rprivate', 'ro']);
+  t.deepEqual(options('/old'), ['rbind', 'rprivate', 'ro']);
+  t.deepEqual(spec.mounts.filter((m) => m.options.includes('rro')).map((m) => m.destination), ['/data']);
+});
+
 test('host namespaces are not joined or created; privileged drops masks and gets all capabilities', (t) => {
   const base = inputs();
   const spec = buildSpec(inputs({
