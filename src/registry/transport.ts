@@ -87,15 +87,16 @@ const UNKNOWN_AUTHORITY = new Set([
   'SELF_SIGNED_CERT_IN_CHAIN',
   'DEPTH_ZERO_SELF_SIGNED_CERT',
 ]);
-// OpenSSL's words for a TLS record that is no TLS, e.g. "HTTP/1.1 400" sent back to a ClientHello.
-const NOT_TLS = new Set(['ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_PACKET_LENGTH_TOO_LONG', 'ERR_SSL_HTTP_REQUEST', 'ERR_SSL_RECORD_LAYER_FAILURE']);
+// OpenSSL's words for a TLS record that is no TLS, e.g. "HTTP/1.1 400" sent back to a ClientHello. Node reports
+// them as EPROTO with OpenSSL's reason in the message (or, from some paths, as ERR_SSL_<REASON>).
+const NOT_TLS = /wrong[ _]version[ _]number|packet[ _]length[ _]too[ _]long|http[ _]request|record[ _]layer[ _]failure/i;
 
 function explain(err: unknown, url: URL): TransportError {
   const e = err as NodeJS.ErrnoException & { reason?: string };
   const code = e.code;
   const host = url.host;
   const trustFix = `trust its CA with registry.ca_files or registry.hosts."${host}".ca_file`;
-  if (code && NOT_TLS.has(code)) {
+  if ((code === 'EPROTO' || code?.startsWith('ERR_SSL_')) && NOT_TLS.test(`${code} ${e.message}`)) {
     const loopbackHint = isLoopback(host) ? ' (or set registry.loopback_plain_http = true)' : '';
     return new TransportError(
       `${host} answered plain HTTP to an HTTPS request: if it is a plain-HTTP registry, add "${host}" to registry.insecure${loopbackHint}`,
