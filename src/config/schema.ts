@@ -207,168 +207,111 @@ export interface SectionSchema {
   keys: KeySchema[];
 }
 
-function key<T>(spec: { key: string; meaning: string; default: () => T; parse: (value: unknown, name: string) => T; toToml?: (value: T) => unknown }): KeySchema {
-  return spec as KeySchema;
+function key<T>(
+  name: string,
+  meaning: string,
+  defaultValue: () => T,
+  parse: (name: string, value: unknown) => T,
+  toToml?: (value: T) => unknown,
+): KeySchema {
+  return { key: name, meaning, default: defaultValue, parse: (value, full) => parse(full, value), toToml } as KeySchema;
 }
 
+function logLevel(key: string, value: unknown): Level {
+  if (typeof value !== 'string' || !isLevel(value)) throw new ConfigError(key, 'must be one of debug, info, warn, error');
+  return value;
+}
+
+function networkMode(key: string, value: unknown): NetworkMode {
+  if (typeof value !== 'string' || !NETWORK_MODES.includes(value as NetworkMode)) throw new ConfigError(key, `must be one of ${NETWORK_MODES.join(', ')}`);
+  return value as NetworkMode;
+}
+
+function deviceName(key: string, value: unknown): string {
+  if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(value)) {
+    throw new ConfigError(key, 'must be a network device name: 1–15 letters, digits, "_", "-" or "."');
+  }
+  return value;
+}
+
+function someAbsolutePaths(key: string, value: unknown): string[] {
+  const dirs = absolutePaths(key, value);
+  if (dirs.length === 0) throw new ConfigError(key, 'must name at least one directory');
+  return dirs;
+}
+
+function mirrors(key: string, value: unknown): Record<string, string[]> {
+  return table(key, value, 'host = [endpoints]', (host, list) => stringList(`${key}."${host}"`, list).map((e) => endpoint(`${key}."${host}"`, e)));
+}
+
+function registryHosts(key: string, value: unknown): Record<string, RegistryHostConfig> {
+  return table(key, value, '"host:port" = { ca_file = "/path" }', (host, entry) => registryHost(`${key}."${hostPort(key, host)}"`, entry));
+}
+
+function rlimits(key: string, value: unknown): Record<string, [number, number]> {
+  return table(key, value, 'name = [soft, hard]', (limit, pair) => {
+    if (!RLIMIT_NAMES.includes(limit)) throw new ConfigError(`${key}.${limit}`, `unknown resource limit (one of ${RLIMIT_NAMES.join(', ')})`);
+    return rlimit(`${key}.${limit}`, pair);
+  });
+}
+
+const hostsToToml = (hosts: Record<string, RegistryHostConfig>) =>
+  Object.fromEntries(Object.entries(hosts).map(([host, h]) => [host, h.caFile === undefined ? {} : { ca_file: h.caFile }]));
+
+// key(name, one-line meaning, default, parser[, TOML form])
 export const CONFIG_SCHEMA: SectionSchema[] = [
   {
     name: 'log',
     meaning: 'JSON-lines logs on stderr',
-    keys: [
-      key({
-        key: 'level',
-        meaning: 'debug, info, warn or error; --log-level takes precedence; reloaded on SIGHUP',
-        default: (): Level => 'info',
-        parse: (v, name) => {
-          if (typeof v !== 'string' || !isLevel(v)) throw new ConfigError(name, 'must be one of debug, info, warn, error');
-          return v;
-        },
-      }),
-    ],
+    keys: [key('level', 'debug, info, warn or error; --log-level takes precedence; reloaded on SIGHUP', (): Level => 'info', logLevel)],
   },
   {
     name: 'registry',
     meaning: 'image registries; the whole section is reloaded on SIGHUP',
     keys: [
-      key({
-        key: 'insecure',
-        meaning: 'registry hosts ("host" or "host:port") reached over plain HTTP instead of HTTPS',
-        default: (): string[] => [],
-        parse: (v, name) => stringList(name, v).map((h) => hostPort(name, h)),
-      }),
-      key({
-        key: 'loopback_plain_http',
-        meaning: 'registries on localhost, 127.0.0.0/8 and [::1] are reached over plain HTTP unless registry.hosts gives them a ca_file',
-        default: () => true,
-        parse: (v, name) => boolean(name, v),
-      }),
-      key({
-        key: 'mirrors',
-        meaning: 'registry host = [endpoints tried in order]; a host with mirrors is never contacted itself; "http://" endpoints are plain HTTP',
-        default: (): Record<string, string[]> => ({}),
-        parse: (v, name) => table(name, v, 'host = [endpoints]', (host, list) => stringList(`${name}."${host}"`, list).map((e) => endpoint(`${name}."${host}"`, e))),
-      }),
-      key({
-        key: 'ca_files',
-        meaning: 'PEM files of CAs trusted for every registry, on top of the system CAs',
-        default: (): string[] => [],
-        parse: (v, name) => absolutePaths(name, v),
-      }),
-      key({
-        key: 'hosts',
-        meaning: '"host:port" = { ca_file = "/path/ca.pem" }: a CA trusted for that registry alone (also makes a loopback host use HTTPS)',
-        default: (): Record<string, RegistryHostConfig> => ({}),
-        parse: (v, name) => table(name, v, '"host:port" = { ca_file = "/path" }', (host, entry) => registryHost(`${name}."${hostPort(name, host)}"`, entry)),
-        toToml: (hosts) => Object.fromEntries(Object.entries(hosts).map(([host, h]) => [host, h.caFile === undefined ? {} : { ca_file: h.caFile }])),
-      }),
-      key({
-        key: 'max_concurrent_downloads',
-        meaning: 'layers of one pull downloaded at once (1-64)',
-        default: () => 3,
-        parse: (v, name) => positiveInt(name, v, 64),
-      }),
-      key({
-        key: 'request_timeout_seconds',
-        meaning: 'a registry request that gets no answer, or a download that gets no data, for this long fails (1-3600)',
-        default: () => 60,
-        parse: (v, name) => positiveInt(name, v, 3600),
-      }),
+      key('insecure', 'registry hosts ("host" or "host:port") reached over plain HTTP instead of HTTPS', (): string[] => [], (name, v) =>
+        stringList(name, v).map((h) => hostPort(name, h)),
+      ),
+      key('loopback_plain_http', 'registries on localhost, 127.0.0.0/8 and [::1] are reached over plain HTTP unless registry.hosts gives them a ca_file', () => true, boolean),
+      key('mirrors', 'registry host = [endpoints tried in order]; a host with mirrors is never contacted itself; "http://" endpoints are plain HTTP', () => ({}), mirrors),
+      key('ca_files', 'PEM files of CAs trusted for every registry, on top of the system CAs', (): string[] => [], absolutePaths),
+      key('hosts', '"host:port" = { ca_file = "/path/ca.pem" }: a CA trusted for that registry alone (also makes a loopback host use HTTPS)', () => ({}), registryHosts, hostsToToml),
+      key('max_concurrent_downloads', 'layers of one pull downloaded at once (1-64)', () => 3, (name, v) => positiveInt(name, v, 64)),
+      key('request_timeout_seconds', 'a registry request that gets no answer, or a download that gets no data, for this long fails (1-3600)', () => 60, (name, v) =>
+        positiveInt(name, v, 3600),
+      ),
     ],
   },
   {
     name: 'runtime',
     meaning: 'containers',
     keys: [
-      key({
-        key: 'rlimits',
-        meaning: 'resource limits every container starts with: name (nofile, nproc, core, memlock, ...) = [soft, hard]; replaces the default table',
-        default: (): Record<string, [number, number]> => ({ nofile: [1024, 1024] }),
-        parse: (v, name) =>
-          table(name, v, 'name = [soft, hard]', (limit, value) => {
-            if (!RLIMIT_NAMES.includes(limit)) throw new ConfigError(`${name}.${limit}`, `unknown resource limit (one of ${RLIMIT_NAMES.join(', ')})`);
-            return rlimit(`${name}.${limit}`, value);
-          }),
-      }),
-      key({
-        key: 'shm_size_bytes',
-        meaning: "size of each pod's /dev/shm",
-        default: () => 64 * 1024 * 1024,
-        parse: (v, name) => positiveInt(name, v, 2 ** 40),
-      }),
-      key({
-        key: 'log_max_line_bytes',
-        meaning: 'longer container log lines are split into partial (P) records',
-        default: () => 16 * 1024,
-        parse: (v, name) => positiveInt(name, v, 1 << 24),
-      }),
+      key('rlimits', 'resource limits every container starts with: name (nofile, nproc, core, memlock, ...) = [soft, hard]; replaces the default table', () => ({ nofile: [1024, 1024] as [number, number] }), rlimits),
+      key('shm_size_bytes', "size of each pod's /dev/shm", () => 64 * 1024 * 1024, (name, v) => positiveInt(name, v, 2 ** 40)),
+      key('log_max_line_bytes', 'longer container log lines are split into partial (P) records', () => 16 * 1024, (name, v) => positiveInt(name, v, 1 << 24)),
     ],
   },
   {
     name: 'network',
     meaning: 'pod networking',
     keys: [
-      key({
-        key: 'mode',
-        meaning: 'auto: a CNI config in cni.conf_dir wins, else the embedded bridge; embedded: the bridge only; cni: CNI only',
-        default: (): NetworkMode => 'auto',
-        parse: (v, name) => {
-          if (typeof v !== 'string' || !NETWORK_MODES.includes(v as NetworkMode)) throw new ConfigError(name, `must be one of ${NETWORK_MODES.join(', ')}`);
-          return v as NetworkMode;
-        },
-      }),
-      key({
-        key: 'subnet',
-        meaning: "IPv4 subnet of the embedded bridge, /8 to /30 (a pod CIDR from kubelet takes precedence)",
-        default: () => '10.86.0.0/16',
-        parse: (v, name) => subnet(name, v),
-      }),
-      key({
-        key: 'bridge',
-        meaning: "name of the embedded bridge (1-15 characters); another name also prefixes berth's iptables chains",
-        default: () => 'berth0',
-        parse: (v, name) => {
-          if (typeof v !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(v)) {
-            throw new ConfigError(name, 'must be a network device name: 1–15 letters, digits, "_", "-" or "."');
-          }
-          return v;
-        },
-      }),
+      key('mode', 'auto: a CNI config in cni.conf_dir wins, else the embedded bridge; embedded: the bridge only; cni: CNI only', (): NetworkMode => 'auto', networkMode),
+      key('subnet', 'IPv4 subnet of the embedded bridge, /8 to /30 (a pod CIDR from kubelet takes precedence)', () => '10.86.0.0/16', subnet),
+      key('bridge', "name of the embedded bridge (1-15 characters); another name also prefixes berth's iptables chains", () => 'berth0', deviceName),
     ],
   },
   {
     name: 'cni',
     meaning: 'CNI plugins',
     keys: [
-      key({
-        key: 'conf_dir',
-        meaning: 'where CNI network configs are read: the lexically first .conflist, .conf or .json',
-        default: () => '/etc/cni/net.d',
-        parse: (v, name) => absolutePath(name, v),
-      }),
-      key({
-        key: 'bin_dirs',
-        meaning: 'where CNI plugin binaries are looked for, in order (also passed as CNI_PATH)',
-        default: () => ['/opt/cni/bin', '/usr/lib/cni'],
-        parse: (v, name) => {
-          const dirs = absolutePaths(name, v);
-          if (dirs.length === 0) throw new ConfigError(name, 'must name at least one directory');
-          return dirs;
-        },
-      }),
+      key('conf_dir', 'where CNI network configs are read: the lexically first .conflist, .conf or .json', () => '/etc/cni/net.d', absolutePath),
+      key('bin_dirs', 'where CNI plugin binaries are looked for, in order (also passed as CNI_PATH)', () => ['/opt/cni/bin', '/usr/lib/cni'], someAbsolutePaths),
     ],
   },
   {
     name: 'cdi',
     meaning: 'Container Device Interface',
-    keys: [
-      key({
-        key: 'spec_dirs',
-        meaning: 'where CDI spec files (.json, .yaml) are read; a device defined in a later directory wins',
-        default: () => ['/etc/cdi', '/var/run/cdi'],
-        parse: (v, name) => absolutePaths(name, v),
-      }),
-    ],
+    keys: [key('spec_dirs', 'where CDI spec files (.json, .yaml) are read; a device defined in a later directory wins', () => ['/etc/cdi', '/var/run/cdi'], absolutePaths)],
   },
 ];
 

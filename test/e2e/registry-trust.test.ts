@@ -124,7 +124,7 @@ test.after.always('no docker-registry this file started is left running', (t) =>
   t.deepEqual(leakedRegistryPids(), []);
 });
 
-test('a TLS registry with a private CA: unknown authority until its CA is configured, then it pulls; a wrong name is said', async (t) => {
+test('a TLS registry with a private CA: unknown authority until its CA is configured, then it pulls; a wrong name and an expired certificate are said', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-tls-'));
   t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
   const f = (name: string) => path.join(dir, name);
@@ -133,6 +133,8 @@ test('a TLS registry with a private CA: unknown authority until its CA is config
   await openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('server.key'), '-out', f('server.csr'), '-subj', '/CN=127.0.0.1');
   await fs.writeFile(f('ext.cnf'), 'subjectAltName = IP:127.0.0.1\n');
   await openssl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f('server.pem'), '-days', '2', '-extfile', f('ext.cnf'));
+  // Valid until the day before it was issued: expired from the start.
+  await openssl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f('expired.pem'), '-days', '-1', '-extfile', f('ext.cnf'));
 
   const registry = await startRegistry();
   t.teardown(() => registry.stop());
@@ -157,4 +159,11 @@ test('a TLS registry with a private CA: unknown authority until its CA is config
   await reconfigure(berth, `[registry]\nloopback_plain_http = false\nca_files = ["${f('ca.pem')}"]\n`);
   const wrongName = await failure(berth.images.PullImage({ image: { image: `localhost:${front.port}/berth/secure:v1` } }));
   t.regex(wrongName.details, new RegExp(`TLS verification of localhost:${front.port} failed: certificate is for another name`));
+
+  const stale = tls.createServer({ key: await fs.readFile(f('server.key')), cert: await fs.readFile(f('expired.pem')) });
+  const staleFront = await relay({ host: '127.0.0.1', port: 0 }, { host: '127.0.0.1', port: Number(registry.host.split(':')[1]) }, stale);
+  t.teardown(() => staleFront.close());
+  const expired = await failure(berth.images.PullImage({ image: { image: `127.0.0.1:${staleFront.port}/berth/secure:v1` } }));
+  t.regex(expired.details, new RegExp(`TLS verification of 127.0.0.1:${staleFront.port} failed: certificate expired`));
+  t.deepEqual((await berth.images.ListImages({})).images.map((i) => i.repo_tags).flat(), [ref], 'nothing recorded by the failed pulls');
 });
