@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { loadConfig } from './config/load.js';
 import { BerthConfig, ConfigError, defaultConfig } from './config/schema.js';
 import { renderConfig } from './config/render.js';
@@ -32,7 +33,9 @@ async function main(argv: string[]): Promise<number> {
     case 'config-check':
       try {
         const config = await loadConfig(command.configFile, command.configRequired);
-        process.stdout.write(renderConfig(config, [`${command.configFile} is valid; the effective configuration:`]));
+        const present = command.configRequired || existsSync(command.configFile);
+        const verdict = present ? `${command.configFile} is valid; the effective configuration:` : `${command.configFile} does not exist: berth runs with the embedded defaults:`;
+        process.stdout.write(renderConfig(config, [verdict]));
         return 0;
       } catch (err) {
         if (!(err instanceof ConfigError)) throw err;
