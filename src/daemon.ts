@@ -1,7 +1,7 @@
 import path from 'node:path';
 import os from 'node:os';
 import { readFileSync } from 'node:fs';
-import { BerthConfig } from './config/schema.js';
+import { BerthConfig, RegistryConfig } from './config/schema.js';
 import { IdleCompactor, exposedGc } from './memory.js';
 import { Logger } from './log.js';
 import { ImageStore, LayerHolds } from './image/store.js';
@@ -34,6 +34,8 @@ export interface Daemon {
   stop(): Promise<void>;
   /** Drops every connection at once (a second signal). */
   kill(): void;
+  /** Takes the registry section of a reloaded config (SIGHUP): pulls that start from now on use it. */
+  reloadRegistry(registry: RegistryConfig): void;
 }
 
 /** User namespaces with id-mapped layers need Linux 5.19+ and user namespaces enabled. */
@@ -42,6 +44,15 @@ function userNamespacesSupported(): boolean {
   if (major < 5 || (major === 5 && minor < 19)) return false;
   try {
     return Number(readFileSync('/proc/sys/user/max_user_namespaces', 'utf8')) > 0;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether the kernel can filter system calls (berth-shim loads the containers' filters with libseccomp). */
+function seccompSupported(): boolean {
+  try {
+    return readFileSync('/proc/sys/kernel/seccomp/actions_avail', 'utf8').split(/\s+/).includes('errno');
   } catch {
     return false;
   }
@@ -101,7 +112,26 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   if (!recursiveReadOnlyMounts) log.warn('this kernel has no mount_setattr (Linux 5.12+): recursive read-only mounts are not offered');
 
   let podCidr = '';
+  // What berth found on this host, said once at start and again in verbose Status.
+  const summary = () => {
+    const { mode, bridge, subnet } = config.network;
+    const readiness = network.readiness();
+    return {
+      cgroups: cgroups.layout.mode,
+      userNamespaces: userNamespacesSupported(),
+      seccomp: seccompSupported(),
+      network: {
+        mode,
+        ...(mode !== 'cni' ? { bridge, subnet: podCidr || subnet } : {}),
+        ...(mode !== 'embedded' ? { cniConfDir: config.cni.confDir, cniBinDirs: config.cni.binDirs } : {}),
+        ready: readiness.ready,
+        ...(readiness.ready ? {} : { notReady: readiness.message }),
+      },
+      socket: paths.socket,
+    };
+  };
   const info: RuntimeInfo = {
+    summary,
     runtimeReady: () => ({ ready: true, reason: '', message: '' }),
     networkReady: () => {
       const r = network.readiness();
@@ -128,7 +158,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     runtimeHandlers(info, criLog, { ...podHandlers(sandboxes, criLog, observe), ...containerHandlers(containers, images, criLog, observe) }, observe),
     imageHandlers(images, criLog, observe),
   );
-  log.info('berth serving', { socket: paths.socket, root: paths.root, stateDir: paths.stateDir });
+  log.info('berth serving', { ...summary(), root: paths.root, stateDir: paths.stateDir });
 
   return {
     images,
@@ -139,5 +169,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       await network.close();
     },
     kill: () => forceClose(cri),
+    // The image service reads this object at every pull, so replacing its fields is the whole reload.
+    reloadRegistry: (registry) => Object.assign(config.registry, registry),
   };
 }

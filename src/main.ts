@@ -1,14 +1,18 @@
+import { existsSync } from 'node:fs';
 import { loadConfig } from './config/load.js';
-import { ConfigError } from './config/schema.js';
-import { parseArgs, UsageError } from './cli/args.js';
+import { BerthConfig, ConfigError, defaultConfig } from './config/schema.js';
+import { renderConfig } from './config/render.js';
+import { afterReload, changedKeys, reloadable } from './config/reload.js';
+import { Command, DaemonOptions, helpText, parseCommand, UsageError } from './cli/args.js';
+import { versionText } from './cli/version.js';
 import { log, setLogLevel } from './log.js';
-import { startDaemon } from './daemon.js';
+import { Daemon, startDaemon } from './daemon.js';
 import { SocketInUseError } from './cri/server.js';
 
 async function main(argv: string[]): Promise<number> {
-  let options;
+  let command: Command;
   try {
-    options = parseArgs(argv);
+    command = parseCommand(argv);
   } catch (err) {
     if (err instanceof UsageError) {
       process.stderr.write(`berth: ${err.message}\n`);
@@ -16,7 +20,35 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  setLogLevel(options.logLevel);
+  switch (command.kind) {
+    case 'help':
+      process.stdout.write(helpText(command.topic) ?? '');
+      return 0;
+    case 'version':
+      process.stdout.write(versionText());
+      return 0;
+    case 'config-default':
+      process.stdout.write(renderConfig(defaultConfig(), ['berth configuration: every key with its default value.', 'Reloaded on SIGHUP: the [registry] section and log.level; other keys need a restart.']));
+      return 0;
+    case 'config-check':
+      try {
+        const config = await loadConfig(command.configFile, command.configRequired);
+        const present = command.configRequired || existsSync(command.configFile);
+        const verdict = present ? `${command.configFile} is valid; the effective configuration:` : `${command.configFile} does not exist: berth runs with the embedded defaults:`;
+        process.stdout.write(renderConfig(config, [verdict]));
+        return 0;
+      } catch (err) {
+        if (!(err instanceof ConfigError)) throw err;
+        process.stderr.write(`berth: ${err.message}\n`);
+        return 1;
+      }
+    case 'serve':
+      return serve(command.options);
+  }
+}
+
+async function serve(options: DaemonOptions): Promise<number> {
+  if (options.logLevel) setLogLevel(options.logLevel);
   let config;
   try {
     config = await loadConfig(options.configFile, options.configRequired);
@@ -27,7 +59,22 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  let daemon;
+  setLogLevel(options.logLevel ?? config.log.level);
+  let running = config;
+  let daemon: Daemon | undefined;
+  let reloading = Promise.resolve();
+  const queueReload = () => {
+    // One reload at a time, in signal order, so the last SIGHUP's file is the one in effect.
+    reloading = reloading
+      .then(async () => {
+        running = await reload(running, options, daemon!);
+      })
+      .catch((err) => log.error('SIGHUP: reload failed', { error: err }));
+  };
+  // Installed before the daemon starts, since SIGHUP's default action would end berth; one that arrives while
+  // starting is applied once serving.
+  let hupWhileStarting = false;
+  process.on('SIGHUP', () => (daemon ? queueReload() : (hupWhileStarting = true)));
   try {
     daemon = await startDaemon(config, { socket: options.socket, root: options.root, stateDir: options.stateDir }, log);
   } catch (err) {
@@ -37,18 +84,20 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
+  if (hupWhileStarting) queueReload();
+  const serving = daemon;
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) {
         log.warn('second signal: forcing shutdown', { signal });
-        daemon.kill();
+        serving.kill();
         resolve(1);
         return;
       }
       stopping = true;
       log.info('shutting down: draining in-flight RPCs', { signal });
-      daemon.stop().then(
+      serving.stop().then(
         () => {
           log.info('berth stopped');
           resolve(0);
@@ -62,6 +111,31 @@ async function main(argv: string[]): Promise<number> {
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
+}
+
+/** SIGHUP: re-reads the config file and applies what can change while running; returns the config now in effect. */
+async function reload(running: BerthConfig, options: DaemonOptions, daemon: Daemon): Promise<BerthConfig> {
+  let next: BerthConfig;
+  try {
+    next = await loadConfig(options.configFile, options.configRequired);
+  } catch (err) {
+    log.error('SIGHUP: configuration not reloaded, berth keeps running with the previous one', { file: options.configFile, error: err });
+    return running;
+  }
+  const changes = changedKeys(running, next);
+  const applied = changes.filter((c) => reloadable(c.key) && !(c.key === 'log.level' && options.logLevel));
+  const restartNeeded = changes.filter((c) => !reloadable(c.key)).map((c) => c.key);
+  daemon.reloadRegistry(next.registry);
+  if (!options.logLevel) setLogLevel(next.log.level);
+  log.info('SIGHUP: configuration reloaded', {
+    file: options.configFile,
+    changed: Object.fromEntries(applied.map((c) => [c.key, { from: c.from, to: c.to }])),
+  });
+  if (options.logLevel && changes.some((c) => c.key === 'log.level')) {
+    log.warn('SIGHUP: log.level not applied: --log-level on the command line takes precedence', { logLevel: options.logLevel });
+  }
+  if (restartNeeded.length > 0) log.warn('SIGHUP: changed keys take effect only after a restart', { keys: restartNeeded });
+  return afterReload(running, next);
 }
 
 main(process.argv.slice(2)).then(

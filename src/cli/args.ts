@@ -1,4 +1,8 @@
+import { parseArgs as parseFlags } from 'node:util';
 import { isLevel, Level } from '../log.js';
+
+// The command line: the daemon's flags and the subcommands of the same binary. Parsing is util.parseArgs'; the
+// tables below also write the help, so help lists exactly the flags that are accepted.
 
 export interface DaemonOptions {
   configFile: string;
@@ -6,7 +10,8 @@ export interface DaemonOptions {
   socket: string;
   root: string;
   stateDir: string;
-  logLevel: Level;
+  /** Only when given on the command line: it then wins over the file's log.level, also on SIGHUP. */
+  logLevel?: Level;
 }
 
 export const defaults = {
@@ -18,39 +23,167 @@ export const defaults = {
 
 export class UsageError extends Error {}
 
-export const usage = `usage: berth [--config FILE] [--socket PATH] [--root DIR] [--state-dir DIR] [--log-level debug|info|warn|error]`;
+export type Command =
+  | { kind: 'serve'; options: DaemonOptions }
+  | { kind: 'help'; topic?: string }
+  | { kind: 'version' }
+  | { kind: 'config-default' }
+  | { kind: 'config-check'; configFile: string; configRequired: boolean };
 
-/** Each flag is independent of the others: --state-dir does not move the socket, so scripts can rely on each default. */
-export function parseArgs(argv: string[]): DaemonOptions {
-  const values: Record<string, string> = {};
-  const known = ['--config', '--socket', '--root', '--state-dir', '--log-level'];
-  for (let i = 0; i < argv.length; i++) {
-    let arg = argv[i];
-    let value: string | undefined;
-    const eq = arg.indexOf('=');
-    if (eq > 0) {
-      value = arg.slice(eq + 1);
-      arg = arg.slice(0, eq);
-    }
-    if (!known.includes(arg)) throw new UsageError(`unknown argument ${arg}\n${usage}`);
-    if (value === undefined) {
-      value = argv[++i];
-      if (value === undefined) throw new UsageError(`${arg} needs a value\n${usage}`);
-    }
-    if (value === '') throw new UsageError(`${arg} needs a non-empty value`);
-    values[arg] = value;
+interface Flag {
+  name: string;
+  value?: string;
+  meaning: string;
+  short?: string;
+}
+
+const CONFIG_FLAG: Flag = {
+  name: 'config',
+  value: 'FILE',
+  meaning: `TOML configuration (default ${defaults.configFile}; that file may be absent, a file named here must exist)`,
+};
+const HELP_FLAG: Flag = { name: 'help', short: 'h', meaning: 'print this help and exit' };
+
+const SERVE_FLAGS: Flag[] = [
+  CONFIG_FLAG,
+  { name: 'socket', value: 'PATH', meaning: `the CRI socket, "unix://" prefix accepted (default ${defaults.socket})` },
+  { name: 'root', value: 'DIR', meaning: `persistent state: images, layers, container metadata (default ${defaults.root})` },
+  { name: 'state-dir', value: 'DIR', meaning: `volatile state: pinned namespaces, pid files (default ${defaults.stateDir})` },
+  { name: 'log-level', value: 'LEVEL', meaning: 'debug, info, warn or error; wins over the file\'s log.level (default: the file\'s, else info)' },
+  HELP_FLAG,
+  { name: 'version', short: 'v', meaning: 'print version, git commit, CRI API and node versions, and exit' },
+];
+
+interface Subcommand {
+  name: string;
+  args: string;
+  meaning: string;
+  flags: Flag[];
+}
+
+const SUBCOMMANDS: Subcommand[] = [
+  { name: 'config default', args: '', meaning: 'print the complete default configuration as commented TOML', flags: [HELP_FLAG] },
+  {
+    name: 'config check',
+    args: ' [--config FILE]',
+    meaning: 'validate a configuration file and print the effective configuration; exits 1 naming the bad key',
+    flags: [CONFIG_FLAG, HELP_FLAG],
+  },
+  { name: 'version', args: '', meaning: 'the same as --version', flags: [HELP_FLAG] },
+  { name: 'help', args: ' [COMMAND]', meaning: 'this help, or a command\'s', flags: [] },
+];
+
+function flagLines(flags: Flag[]): string[] {
+  const left = flags.map((f) => `${f.short ? `-${f.short}, ` : '    '}--${f.name}${f.value ? ` ${f.value}` : ''}`);
+  const width = Math.max(...left.map((l) => l.length));
+  return flags.map((f, i) => `  ${left[i].padEnd(width)}  ${f.meaning}`);
+}
+
+/** The help for the daemon (no topic) or for a subcommand; undefined for a topic that is no command. */
+export function helpText(topic?: string): string | undefined {
+  if (topic === undefined) {
+    const width = Math.max(...SUBCOMMANDS.map((s) => (s.name + s.args).length));
+    return [
+      'usage: berth [OPTIONS]            serve the CRI (runtime.v1) on a unix socket',
+      '       berth COMMAND [OPTIONS]',
+      '',
+      'options:',
+      ...flagLines(SERVE_FLAGS),
+      '',
+      'commands:',
+      ...SUBCOMMANDS.map((s) => `  ${(s.name + s.args).padEnd(width)}  ${s.meaning}`),
+      '',
+      'SIGHUP reloads the [registry] section and log.level; SIGTERM or SIGINT drains in-flight RPCs and exits.',
+      '',
+    ].join('\n');
   }
-  const logLevel = values['--log-level'] ?? 'info';
-  if (!isLevel(logLevel)) throw new UsageError(`--log-level must be debug, info, warn or error, not ${logLevel}`);
-  const stateDir = values['--state-dir'] ?? defaults.stateDir;
-  let socket = values['--socket'] ?? defaults.socket;
+  const matching = SUBCOMMANDS.filter((s) => s.name === topic || s.name.startsWith(`${topic} `));
+  if (matching.length === 0) return undefined;
+  const lines: string[] = [];
+  for (const s of matching) {
+    lines.push(`usage: berth ${s.name}${s.args}`, `  ${s.meaning}`);
+    if (s.flags.length > 0) lines.push('options:', ...flagLines(s.flags));
+    lines.push('');
+  }
+  return lines.join('\n');
+}
+
+const HINT = "see 'berth --help'";
+
+function flagsFor(flags: Flag[], argv: string[], what: string): Record<string, string | boolean | undefined> {
+  const options = Object.fromEntries(
+    flags.map((f) => [f.name, { type: f.value ? ('string' as const) : ('boolean' as const), ...(f.short ? { short: f.short } : {}) }]),
+  );
+  try {
+    const { values, positionals } = parseFlags({ args: argv, options, strict: true, allowPositionals: true });
+    if (positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} for ${what} (${HINT})`);
+    for (const f of flags) {
+      if (f.value && values[f.name] === '') throw new UsageError(`--${f.name} needs a non-empty value (${HINT})`);
+    }
+    return values;
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    const named = /'(-[^' ]+)/.exec((err as Error).message)?.[1] ?? '';
+    if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') throw new UsageError(`unknown option ${named} for ${what} (${HINT})`);
+    if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') throw new UsageError(`${named} needs a value (${HINT})`);
+    throw new UsageError(`${(err as Error).message} (${HINT})`);
+  }
+}
+
+/** The daemon's flags. Each is independent of the others: --state-dir does not move the socket. */
+export function parseArgs(argv: string[]): DaemonOptions {
+  const values = flagsFor(SERVE_FLAGS, argv, 'berth');
+  const logLevel = values['log-level'] as string | undefined;
+  if (logLevel !== undefined && !isLevel(logLevel)) throw new UsageError(`--log-level must be debug, info, warn or error, not ${logLevel}`);
+  let socket = (values.socket as string | undefined) ?? defaults.socket;
   if (socket.startsWith('unix://')) socket = socket.slice('unix://'.length);
+  const config = values.config as string | undefined;
   return {
-    configFile: values['--config'] ?? defaults.configFile,
-    configRequired: values['--config'] !== undefined,
+    configFile: config ?? defaults.configFile,
+    configRequired: config !== undefined,
     socket,
-    root: values['--root'] ?? defaults.root,
-    stateDir,
+    root: (values.root as string | undefined) ?? defaults.root,
+    stateDir: (values['state-dir'] as string | undefined) ?? defaults.stateDir,
     logLevel,
   };
+}
+
+export function parseCommand(argv: string[]): Command {
+  const [first, second, ...rest] = argv;
+  if (first === undefined || first.startsWith('-')) {
+    // --help and --version answer before anything else is checked, as other daemons' do.
+    if (argv.some((a) => a === '--help' || a === '-h')) return { kind: 'help' };
+    if (argv.some((a) => a === '--version' || a === '-v')) return { kind: 'version' };
+    return { kind: 'serve', options: parseArgs(argv) };
+  }
+  const wantsHelp = (args: string[]) => args.includes('--help') || args.includes('-h');
+  switch (first) {
+    case 'help':
+      if (argv.length > 3) throw new UsageError(`help takes at most one command (${HINT})`);
+      if (second !== undefined && helpText([second, ...rest].join(' ')) === undefined) throw new UsageError(`no such command ${second} (${HINT})`);
+      return { kind: 'help', topic: second === undefined ? undefined : [second, ...rest].join(' ') };
+    case 'version':
+      if (wantsHelp(argv.slice(1))) return { kind: 'help', topic: 'version' };
+      flagsFor([], argv.slice(1), 'berth version');
+      return { kind: 'version' };
+    case 'config': {
+      if (second === undefined || second.startsWith('-')) {
+        if (wantsHelp(argv.slice(1))) return { kind: 'help', topic: 'config' };
+        throw new UsageError(`config needs a command: default or check (see 'berth help config')`);
+      }
+      if (wantsHelp(rest)) return { kind: 'help', topic: `config ${second}` };
+      if (second === 'default') {
+        flagsFor([], rest, 'berth config default');
+        return { kind: 'config-default' };
+      }
+      if (second === 'check') {
+        const config = flagsFor([CONFIG_FLAG], rest, 'berth config check').config as string | undefined;
+        return { kind: 'config-check', configFile: config ?? defaults.configFile, configRequired: config !== undefined };
+      }
+      throw new UsageError(`unknown command config ${second} (see 'berth help config')`);
+    }
+    default:
+      throw new UsageError(`unknown command ${first} (${HINT})`);
+  }
 }

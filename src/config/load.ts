@@ -17,5 +17,25 @@ export async function loadConfig(file: string, required: boolean): Promise<Berth
   } catch (err) {
     throw new ConfigError(file, `invalid TOML: ${(err as Error).message}`);
   }
-  return validateConfig(doc);
+  const config = validateConfig(doc);
+  await checkCaFiles(config);
+  return config;
+}
+
+// A CA file that is missing or holds no certificate would only show at the first pull from that registry, as a
+// TLS failure far from its cause: it is refused with the config instead (also by `berth config check`).
+async function checkCaFiles(config: BerthConfig): Promise<void> {
+  const files: [string, string][] = config.registry.caFiles.map((f) => ['registry.ca_files', f]);
+  for (const [host, h] of Object.entries(config.registry.hosts)) {
+    if (h.caFile) files.push([`registry.hosts."${host}".ca_file`, h.caFile]);
+  }
+  for (const [key, file] of files) {
+    let pem: string;
+    try {
+      pem = await fs.readFile(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(key, `cannot read ${file}: ${(err as Error).message}`);
+    }
+    if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(key, `${file} holds no PEM certificate`);
+  }
 }

@@ -1,3 +1,4 @@
+import { isLevel, Level } from '../log.js';
 import { parseCidr } from '../network/cidr.js';
 
 // The configuration berth runs with: one TOML section per subsystem. Validation is strict because a typo in a
@@ -12,6 +13,17 @@ export interface RegistryConfig {
   maxConcurrentDownloads: number;
   /** Seconds before a registry request with no progress is abandoned. */
   requestTimeoutSeconds: number;
+  /** Whether registries on localhost, 127.0.0.0/8 and ::1 are reached over plain HTTP unless TLS is configured for them. */
+  loopbackPlainHttp: boolean;
+  /** PEM files of CAs trusted for every registry, on top of the system's. */
+  caFiles: string[];
+  /** Per registry host (host or host:port): settings for that host alone. */
+  hosts: Record<string, RegistryHostConfig>;
+}
+
+export interface RegistryHostConfig {
+  /** A PEM file of CAs trusted for this host, on top of the system's and registry.ca_files. */
+  caFile?: string;
 }
 
 export interface RuntimeConfig {
@@ -46,7 +58,13 @@ export interface CdiConfig {
   specDirs: string[];
 }
 
+export interface LogConfig {
+  /** The log threshold; --log-level on the command line takes precedence. */
+  level: Level;
+}
+
 export interface BerthConfig {
+  log: LogConfig;
   registry: RegistryConfig;
   runtime: RuntimeConfig;
   network: NetworkConfig;
@@ -55,34 +73,6 @@ export interface BerthConfig {
 }
 
 export const RLIMIT_NAMES = ['as', 'core', 'cpu', 'data', 'fsize', 'locks', 'memlock', 'msgqueue', 'nice', 'nofile', 'nproc', 'rss', 'rtprio', 'rttime', 'sigpending', 'stack'];
-
-export function defaultConfig(): BerthConfig {
-  return {
-    registry: {
-      insecure: [],
-      mirrors: {},
-      maxConcurrentDownloads: 3,
-      requestTimeoutSeconds: 60,
-    },
-    runtime: {
-      rlimits: { nofile: [1024, 1024] },
-      shmSizeBytes: 64 * 1024 * 1024,
-      logMaxLineBytes: 16 * 1024,
-    },
-    network: {
-      mode: 'auto',
-      subnet: '10.86.0.0/16',
-      bridge: 'berth0',
-    },
-    cni: {
-      confDir: '/etc/cni/net.d',
-      binDirs: ['/opt/cni/bin', '/usr/lib/cni'],
-    },
-    cdi: {
-      specDirs: ['/etc/cdi', '/var/run/cdi'],
-    },
-  };
-}
 
 export class ConfigError extends Error {
   constructor(
@@ -150,113 +140,208 @@ function rejectUnknown(section: string, table: Raw, known: string[]): void {
   }
 }
 
-function parseRegistry(raw: Raw, into: RegistryConfig): void {
-  rejectUnknown('registry', raw, ['insecure', 'mirrors', 'max_concurrent_downloads', 'request_timeout_seconds']);
-  if (raw.insecure !== undefined) into.insecure = stringList('registry.insecure', raw.insecure).map((h) => hostPort('registry.insecure', h));
-  if (raw.mirrors !== undefined) {
-    if (!isTable(raw.mirrors)) throw new ConfigError('registry.mirrors', 'must be a table of host = [endpoints]');
-    for (const [host, list] of Object.entries(raw.mirrors)) {
-      const key = `registry.mirrors."${host}"`;
-      into.mirrors[host] = stringList(key, list).map((e) => endpoint(key, e));
-    }
-  }
-  if (raw.max_concurrent_downloads !== undefined) {
-    into.maxConcurrentDownloads = positiveInt('registry.max_concurrent_downloads', raw.max_concurrent_downloads, 64);
-  }
-  if (raw.request_timeout_seconds !== undefined) {
-    into.requestTimeoutSeconds = positiveInt('registry.request_timeout_seconds', raw.request_timeout_seconds, 3600);
-  }
-}
-
-function parseRuntime(raw: Raw, into: RuntimeConfig): void {
-  rejectUnknown('runtime', raw, ['rlimits', 'shm_size_bytes', 'log_max_line_bytes']);
-  if (raw.rlimits !== undefined) {
-    if (!isTable(raw.rlimits)) throw new ConfigError('runtime.rlimits', 'must be a table of name = [soft, hard]');
-    into.rlimits = {};
-    for (const [name, value] of Object.entries(raw.rlimits)) {
-      const key = `runtime.rlimits.${name}`;
-      if (!RLIMIT_NAMES.includes(name)) throw new ConfigError(key, `unknown resource limit (one of ${RLIMIT_NAMES.join(', ')})`);
-      if (!Array.isArray(value) || value.length !== 2) throw new ConfigError(key, 'must be [soft, hard]');
-      const [soft, hard] = value.map((v) => (typeof v === 'bigint' ? Number(v) : v));
-      if (!Number.isInteger(soft) || !Number.isInteger(hard) || soft < 0 || hard < soft) {
-        throw new ConfigError(key, 'must be two integers with 0 <= soft <= hard');
-      }
-      into.rlimits[name] = [soft, hard];
-    }
-  }
-  if (raw.shm_size_bytes !== undefined) into.shmSizeBytes = positiveInt('runtime.shm_size_bytes', raw.shm_size_bytes, 2 ** 40);
-  if (raw.log_max_line_bytes !== undefined) {
-    into.logMaxLineBytes = positiveInt('runtime.log_max_line_bytes', raw.log_max_line_bytes, 1 << 24);
-  }
-}
-
-const NETWORK_MODES: NetworkMode[] = ['auto', 'embedded', 'cni'];
-
 function absolutePath(key: string, value: unknown): string {
   if (typeof value !== 'string' || !value.startsWith('/')) throw new ConfigError(key, 'must be an absolute path');
   return value;
 }
 
-function parseNetwork(raw: Raw, into: NetworkConfig): void {
-  rejectUnknown('network', raw, ['mode', 'subnet', 'bridge']);
-  if (raw.mode !== undefined) {
-    if (typeof raw.mode !== 'string' || !NETWORK_MODES.includes(raw.mode as NetworkMode)) {
-      throw new ConfigError('network.mode', `must be one of ${NETWORK_MODES.join(', ')}`);
-    }
-    into.mode = raw.mode as NetworkMode;
-  }
-  if (raw.subnet !== undefined) {
-    const cidr = typeof raw.subnet === 'string' ? parseCidr(raw.subnet) : undefined;
-    if (!cidr) throw new ConfigError('network.subnet', 'must be an IPv4 subnet in CIDR notation with the host bits zero, e.g. "10.86.0.0/16"');
-    if (cidr.prefix < 8 || cidr.prefix > 30) throw new ConfigError('network.subnet', 'prefix length must be from /8 to /30');
-    into.subnet = raw.subnet as string;
-  }
-  if (raw.bridge !== undefined) {
-    if (typeof raw.bridge !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(raw.bridge)) {
-      throw new ConfigError('network.bridge', 'must be a network device name: 1–15 letters, digits, "_", "-" or "."');
-    }
-    into.bridge = raw.bridge;
-  }
+function absolutePaths(key: string, value: unknown): string[] {
+  return stringList(key, value).map((p) => absolutePath(key, p));
 }
 
-function parseCni(raw: Raw, into: CniConfig): void {
-  rejectUnknown('cni', raw, ['conf_dir', 'bin_dirs']);
-  if (raw.conf_dir !== undefined) into.confDir = absolutePath('cni.conf_dir', raw.conf_dir);
-  if (raw.bin_dirs !== undefined) {
-    const dirs = stringList('cni.bin_dirs', raw.bin_dirs);
-    if (dirs.length === 0) throw new ConfigError('cni.bin_dirs', 'must name at least one directory');
-    into.binDirs = dirs.map((d) => absolutePath('cni.bin_dirs', d));
-  }
+function boolean(key: string, value: unknown): boolean {
+  if (typeof value !== 'boolean') throw new ConfigError(key, 'must be true or false');
+  return value;
 }
 
-function parseCdi(raw: Raw, into: CdiConfig): void {
-  rejectUnknown('cdi', raw, ['spec_dirs']);
-  if (raw.spec_dirs !== undefined) into.specDirs = stringList('cdi.spec_dirs', raw.spec_dirs).map((d) => absolutePath('cdi.spec_dirs', d));
+function table<T>(key: string, value: unknown, what: string, entry: (name: string, value: unknown) => T): Record<string, T> {
+  if (!isTable(value)) throw new ConfigError(key, `must be a table of ${what}`);
+  const out: Record<string, T> = {};
+  for (const [name, v] of Object.entries(value)) out[name] = entry(name, v);
+  return out;
+}
+
+function rlimit(key: string, value: unknown): [number, number] {
+  if (!Array.isArray(value) || value.length !== 2) throw new ConfigError(key, 'must be [soft, hard]');
+  const [soft, hard] = value.map((v) => (typeof v === 'bigint' ? Number(v) : v));
+  if (!Number.isInteger(soft) || !Number.isInteger(hard) || soft < 0 || hard < soft) {
+    throw new ConfigError(key, 'must be two integers with 0 <= soft <= hard');
+  }
+  return [soft, hard];
+}
+
+function registryHost(key: string, value: unknown): RegistryHostConfig {
+  if (!isTable(value)) throw new ConfigError(key, 'must be a table such as { ca_file = "/etc/berth/certs/ca.pem" }');
+  rejectUnknown(key, value, ['ca_file']);
+  return value.ca_file === undefined ? {} : { caFile: absolutePath(`${key}.ca_file`, value.ca_file) };
+}
+
+const NETWORK_MODES: NetworkMode[] = ['auto', 'embedded', 'cni'];
+
+function subnet(key: string, value: unknown): string {
+  const cidr = typeof value === 'string' ? parseCidr(value) : undefined;
+  if (!cidr) throw new ConfigError(key, 'must be an IPv4 subnet in CIDR notation with the host bits zero, e.g. "10.86.0.0/16"');
+  if (cidr.prefix < 8 || cidr.prefix > 30) throw new ConfigError(key, 'prefix length must be from /8 to /30');
+  return value as string;
+}
+
+/**
+ * One key of the configuration file. The loader validates with these, `berth config default` prints them, and
+ * the defaults come from them: one table, so the documentation printed for a key cannot drift from what is read.
+ */
+export interface KeySchema {
+  /** The TOML key within its section, snake_case; the config field is its camelCase form. */
+  key: string;
+  /** One line, printed above the key by `berth config default`. */
+  meaning: string;
+  default(): unknown;
+  /** Checks a TOML value and returns the config's form of it; `name` is the full key errors must name. */
+  parse(value: unknown, name: string): unknown;
+  /** The TOML form of a config value, where it differs (camelCase fields inside a table). */
+  toToml?(value: unknown): unknown;
+}
+
+export interface SectionSchema {
+  name: keyof BerthConfig;
+  meaning: string;
+  keys: KeySchema[];
+}
+
+function key<T>(
+  name: string,
+  meaning: string,
+  defaultValue: () => T,
+  parse: (name: string, value: unknown) => T,
+  toToml?: (value: T) => unknown,
+): KeySchema {
+  return { key: name, meaning, default: defaultValue, parse: (value, full) => parse(full, value), toToml } as KeySchema;
+}
+
+function logLevel(key: string, value: unknown): Level {
+  if (typeof value !== 'string' || !isLevel(value)) throw new ConfigError(key, 'must be one of debug, info, warn, error');
+  return value;
+}
+
+function networkMode(key: string, value: unknown): NetworkMode {
+  if (typeof value !== 'string' || !NETWORK_MODES.includes(value as NetworkMode)) throw new ConfigError(key, `must be one of ${NETWORK_MODES.join(', ')}`);
+  return value as NetworkMode;
+}
+
+function deviceName(key: string, value: unknown): string {
+  if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(value)) {
+    throw new ConfigError(key, 'must be a network device name: 1–15 letters, digits, "_", "-" or "."');
+  }
+  return value;
+}
+
+function someAbsolutePaths(key: string, value: unknown): string[] {
+  const dirs = absolutePaths(key, value);
+  if (dirs.length === 0) throw new ConfigError(key, 'must name at least one directory');
+  return dirs;
+}
+
+function mirrors(key: string, value: unknown): Record<string, string[]> {
+  return table(key, value, 'host = [endpoints]', (host, list) => stringList(`${key}."${host}"`, list).map((e) => endpoint(`${key}."${host}"`, e)));
+}
+
+function registryHosts(key: string, value: unknown): Record<string, RegistryHostConfig> {
+  return table(key, value, '"host:port" = { ca_file = "/path" }', (host, entry) => registryHost(`${key}."${hostPort(key, host)}"`, entry));
+}
+
+function rlimits(key: string, value: unknown): Record<string, [number, number]> {
+  return table(key, value, 'name = [soft, hard]', (limit, pair) => {
+    if (!RLIMIT_NAMES.includes(limit)) throw new ConfigError(`${key}.${limit}`, `unknown resource limit (one of ${RLIMIT_NAMES.join(', ')})`);
+    return rlimit(`${key}.${limit}`, pair);
+  });
+}
+
+const hostsToToml = (hosts: Record<string, RegistryHostConfig>) =>
+  Object.fromEntries(Object.entries(hosts).map(([host, h]) => [host, h.caFile === undefined ? {} : { ca_file: h.caFile }]));
+
+// key(name, one-line meaning, default, parser[, TOML form])
+export const CONFIG_SCHEMA: SectionSchema[] = [
+  {
+    name: 'log',
+    meaning: 'JSON-lines logs on stderr',
+    keys: [key('level', 'debug, info, warn or error; --log-level takes precedence; reloaded on SIGHUP', (): Level => 'info', logLevel)],
+  },
+  {
+    name: 'registry',
+    meaning: 'image registries; the whole section is reloaded on SIGHUP',
+    keys: [
+      key('insecure', 'registry hosts ("host" or "host:port") reached over plain HTTP instead of HTTPS', (): string[] => [], (name, v) =>
+        stringList(name, v).map((h) => hostPort(name, h)),
+      ),
+      key('loopback_plain_http', 'registries on localhost, 127.0.0.0/8 and [::1] are reached over plain HTTP unless registry.hosts gives them a ca_file', () => true, boolean),
+      key('mirrors', 'registry host = [endpoints tried in order]; a host with mirrors is never contacted itself; "http://" endpoints are plain HTTP', () => ({}), mirrors),
+      key('ca_files', 'PEM files of CAs trusted for every registry, on top of the system CAs', (): string[] => [], absolutePaths),
+      key('hosts', '"host:port" = { ca_file = "/path/ca.pem" }: a CA trusted for that registry alone (also makes a loopback host use HTTPS)', () => ({}), registryHosts, hostsToToml),
+      key('max_concurrent_downloads', 'layers of one pull downloaded at once (1-64)', () => 3, (name, v) => positiveInt(name, v, 64)),
+      key('request_timeout_seconds', 'a registry request that gets no answer, or a download that gets no data, for this long fails (1-3600)', () => 60, (name, v) =>
+        positiveInt(name, v, 3600),
+      ),
+    ],
+  },
+  {
+    name: 'runtime',
+    meaning: 'containers',
+    keys: [
+      key('rlimits', 'resource limits every container starts with: name (nofile, nproc, core, memlock, ...) = [soft, hard]; replaces the default table', () => ({ nofile: [1024, 1024] as [number, number] }), rlimits),
+      key('shm_size_bytes', "size of each pod's /dev/shm", () => 64 * 1024 * 1024, (name, v) => positiveInt(name, v, 2 ** 40)),
+      key('log_max_line_bytes', 'longer container log lines are split into partial (P) records', () => 16 * 1024, (name, v) => positiveInt(name, v, 1 << 24)),
+    ],
+  },
+  {
+    name: 'network',
+    meaning: 'pod networking',
+    keys: [
+      key('mode', 'auto: a CNI config in cni.conf_dir wins, else the embedded bridge; embedded: the bridge only; cni: CNI only', (): NetworkMode => 'auto', networkMode),
+      key('subnet', 'IPv4 subnet of the embedded bridge, /8 to /30 (a pod CIDR from kubelet takes precedence)', () => '10.86.0.0/16', subnet),
+      key('bridge', "name of the embedded bridge (1-15 characters); another name also prefixes berth's iptables chains", () => 'berth0', deviceName),
+    ],
+  },
+  {
+    name: 'cni',
+    meaning: 'CNI plugins',
+    keys: [
+      key('conf_dir', 'where CNI network configs are read: the lexically first .conflist, .conf or .json', () => '/etc/cni/net.d', absolutePath),
+      key('bin_dirs', 'where CNI plugin binaries are looked for, in order (also passed as CNI_PATH)', () => ['/opt/cni/bin', '/usr/lib/cni'], someAbsolutePaths),
+    ],
+  },
+  {
+    name: 'cdi',
+    meaning: 'Container Device Interface',
+    keys: [key('spec_dirs', 'where CDI spec files (.json, .yaml) are read; a device defined in a later directory wins', () => ['/etc/cdi', '/var/run/cdi'], absolutePaths)],
+  },
+];
+
+/** The config field a TOML key sets: `max_concurrent_downloads` → `maxConcurrentDownloads`. */
+export function fieldOf(tomlKey: string): string {
+  return tomlKey.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+}
+
+type Sections = Record<string, Record<string, unknown>>;
+
+export function defaultConfig(): BerthConfig {
+  const config: Sections = {};
+  for (const section of CONFIG_SCHEMA) {
+    config[section.name] = Object.fromEntries(section.keys.map((k) => [fieldOf(k.key), k.default()]));
+  }
+  return config as unknown as BerthConfig;
 }
 
 /** Turns a parsed TOML document into a config, or throws ConfigError naming the offending key. */
 export function validateConfig(raw: Raw): BerthConfig {
-  const config = defaultConfig();
-  rejectUnknown('', raw, ['registry', 'runtime', 'network', 'cni', 'cdi']);
-  if (raw.runtime !== undefined) {
-    if (!isTable(raw.runtime)) throw new ConfigError('runtime', 'must be a table');
-    parseRuntime(raw.runtime, config.runtime);
+  const config = defaultConfig() as unknown as Sections;
+  rejectUnknown('', raw, CONFIG_SCHEMA.map((s) => s.name));
+  for (const section of CONFIG_SCHEMA) {
+    const values = raw[section.name];
+    if (values === undefined) continue;
+    if (!isTable(values)) throw new ConfigError(section.name, 'must be a table');
+    rejectUnknown(section.name, values, section.keys.map((k) => k.key));
+    for (const k of section.keys) {
+      if (values[k.key] !== undefined) config[section.name][fieldOf(k.key)] = k.parse(values[k.key], `${section.name}.${k.key}`);
+    }
   }
-  if (raw.registry !== undefined) {
-    if (!isTable(raw.registry)) throw new ConfigError('registry', 'must be a table');
-    parseRegistry(raw.registry, config.registry);
-  }
-  if (raw.network !== undefined) {
-    if (!isTable(raw.network)) throw new ConfigError('network', 'must be a table');
-    parseNetwork(raw.network, config.network);
-  }
-  if (raw.cni !== undefined) {
-    if (!isTable(raw.cni)) throw new ConfigError('cni', 'must be a table');
-    parseCni(raw.cni, config.cni);
-  }
-  if (raw.cdi !== undefined) {
-    if (!isTable(raw.cdi)) throw new ConfigError('cdi', 'must be a table');
-    parseCdi(raw.cdi, config.cdi);
-  }
-  return config;
+  return config as unknown as BerthConfig;
 }

@@ -24,6 +24,8 @@ export interface RuntimeInfo {
   runtimeReady(): { ready: boolean; reason: string; message: string };
   networkReady(): { ready: boolean; reason: string; message: string };
   effectiveConfig(): unknown;
+  /** What berth found on the host at start: cgroup layout, user namespaces, seccomp, network, socket. */
+  summary(): Record<string, unknown>;
   setPodCidr(cidr: string): void;
   handlers(): { name: string; recursiveReadOnlyMounts: boolean; userNamespaces: boolean }[];
 }
@@ -60,7 +62,10 @@ export function runtimeHandlers(
       const runtime = info.runtimeReady();
       const network = info.networkReady();
       const verboseInfo: Record<string, string> = {};
-      if (req.verbose) verboseInfo.config = JSON.stringify(info.effectiveConfig());
+      if (req.verbose) {
+        verboseInfo.config = JSON.stringify(info.effectiveConfig());
+        verboseInfo.summary = JSON.stringify(info.summary());
+      }
       return {
         status: {
           conditions: [

@@ -6,6 +6,7 @@ import { RegistryConfig } from '../config/schema.js';
 import { IMAGE_MANIFEST_MEDIA_TYPES, INDEX_MEDIA_TYPES } from '../image/types.js';
 import { basicHeader, credentialsApply, Credentials, parseChallenge } from './auth.js';
 import { readBounded, RegistryLimit, REGISTRY_LIMITS } from './bounded.js';
+import { hostEntry, isLoopback, RegistryTrust, request, TransportError } from './transport.js';
 
 // A client for the OCI distribution API (docker registry v2): manifests and blobs of one repository,
 // with mirrors, plain-HTTP hosts and Basic/Bearer auth.
@@ -21,17 +22,27 @@ export interface Endpoint {
 
 const DOCKER_HUB_API = 'registry-1.docker.io';
 
+/**
+ * Plain HTTP for a host listed in registry.insecure, and for a loopback one (as containerd and Docker do) unless
+ * registry.loopback_plain_http is off or registry.hosts gives it a CA, which says it speaks TLS.
+ */
+function plainHttp(hostPort: string, config: RegistryConfig): boolean {
+  if (config.insecure.includes(hostPort)) return true;
+  if (!config.loopbackPlainHttp || !isLoopback(hostPort)) return false;
+  return hostEntry(config, new URL(`https://${hostPort}`))?.caFile === undefined;
+}
+
 /** Endpoints for a registry host: its mirrors in order (no fallback), else the host itself. */
 export function endpointsFor(domain: string, config: RegistryConfig): Endpoint[] {
   const mirrors = config.mirrors[domain];
   if (mirrors && mirrors.length > 0) {
     return mirrors.map((m) => {
-      const withScheme = m.includes('://') ? m : `${config.insecure.includes(m) ? 'http' : 'https'}://${m}`;
+      const withScheme = m.includes('://') ? m : `${plainHttp(m.replace(/\/.*$/, ''), config) || config.insecure.includes(m) ? 'http' : 'https'}://${m}`;
       return { base: withScheme.replace(/\/+$/, ''), mirror: true };
     });
   }
   const host = domain === 'docker.io' ? DOCKER_HUB_API : domain;
-  const scheme = config.insecure.includes(domain) || config.insecure.includes(host) ? 'http' : 'https';
+  const scheme = plainHttp(domain, config) || plainHttp(host, config) ? 'http' : 'https';
   return [{ base: `${scheme}://${host}`, mirror: false }];
 }
 
@@ -63,6 +74,7 @@ function sha256(data: Buffer): string {
 }
 
 function networkError(err: unknown): string {
+  if (err instanceof TransportError) return err.message;
   const cause = (err as { cause?: { code?: string; message?: string } }).cause;
   return cause?.code ?? cause?.message ?? errorMessage(err);
 }
@@ -72,9 +84,11 @@ export class Repository {
   private readonly endpoints: Endpoint[];
   private readonly tokens = new Map<string, string>();
   private readonly timeoutMs: number;
+  private readonly trust: RegistryTrust;
 
   constructor(private readonly opts: RepositoryOptions) {
     this.endpoints = endpointsFor(opts.domain, opts.config);
+    this.trust = new RegistryTrust(opts.config);
     this.timeoutMs = opts.config.requestTimeoutSeconds * 1000;
   }
 
@@ -243,7 +257,7 @@ export class Repository {
     const timer = setTimeout(() => timeout.abort(), this.timeoutMs);
     const signals = [timeout.signal, signal, this.opts.signal].filter((s): s is AbortSignal => s !== undefined);
     try {
-      return await fetch(url, { headers, signal: AbortSignal.any(signals), redirect: 'follow' });
+      return await request(url, { headers, signal: AbortSignal.any(signals) }, this.trust);
     } catch (err) {
       if (this.opts.signal?.aborted) throw unavailable(`${url}: request cancelled`, err);
       if (timeout.signal.aborted) throw unavailable(`${url}: no answer within ${this.timeoutMs / 1000}s`);
@@ -288,14 +302,14 @@ export class Repository {
       if (creds?.identityToken) {
         const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: creds.identityToken, client_id: 'berth', scope });
         if (service) form.set('service', service);
-        res = await fetch(url, { method: 'POST', body: form, signal });
+        res = await request(url.href, { method: 'POST', form, signal }, this.trust);
       } else {
         if (service) url.searchParams.set('service', service);
         url.searchParams.set('scope', scope);
         const headers: Record<string, string> = {};
         const basic = creds && basicHeader(creds);
         if (basic) headers.authorization = basic;
-        res = await fetch(url, { headers, signal });
+        res = await request(url.href, { headers, signal }, this.trust);
       }
     } catch (err) {
       throw unavailable(`${this.name}: token service ${url.origin} unreachable: ${networkError(err)}`, err);

@@ -64,6 +64,8 @@ export interface StartOptions {
   extraArgs?: string[];
   /** Added to berth's environment (e.g. a test-only switch of berth-shim). */
   env?: Record<string, string>;
+  /** --log-level given to berth; null gives none, so that the config file's log.level applies. */
+  logLevel?: string | null;
 }
 
 /**
@@ -88,7 +90,8 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
   const configFile = path.join(dir, 'config.toml');
   const config = net ? `${opts.config ?? ''}\n${net.toml('embedded')}` : opts.config;
   if (config !== undefined) await fs.writeFile(configFile, config);
-  const args = ['--socket', socket, '--root', root, '--state-dir', stateDir, '--log-level', 'debug'];
+  const args = ['--socket', socket, '--root', root, '--state-dir', stateDir];
+  if (opts.logLevel !== null) args.push('--log-level', opts.logLevel ?? 'debug');
   if (config !== undefined) args.push('--config', configFile);
   args.push(...(opts.extraArgs ?? []));
   const child = spawn(LAUNCHER, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });

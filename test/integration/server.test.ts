@@ -32,6 +32,29 @@ test('Status reports runtime and network conditions with reasons, handlers, and 
   t.deepEqual(quiet.info, {});
 });
 
+test('berth says at start what it found on the host, in one info line, and verbose Status says the same', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const serving = await berth.waitForLog((e) => e.msg === 'berth serving');
+  t.is(serving.level, 'info');
+  const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8');
+  const v1 = / - cgroup /.test(mountinfo);
+  const v2 = / - cgroup2 /.test(mountinfo);
+  t.is(serving.cgroups, v1 && v2 ? 'hybrid' : v1 ? 'v1' : 'v2');
+  t.is(typeof serving.userNamespaces, 'boolean');
+  t.is(serving.seccomp, (await fs.readFile('/proc/sys/kernel/seccomp/actions_avail', 'utf8')).includes('errno'));
+  const network = serving.network as Record<string, unknown>;
+  t.is(network.mode, 'embedded');
+  t.regex(String(network.bridge), /\S/);
+  t.regex(String(network.subnet), /^\d+\.\d+\.\d+\.\d+\/\d+$/);
+  t.is(serving.socket, berth.socket);
+  const s = await berth.runtime.Status({ verbose: true });
+  const summary = JSON.parse(s.info.summary);
+  for (const key of ['cgroups', 'userNamespaces', 'seccomp', 'socket']) t.deepEqual(summary[key], serving[key], key);
+  t.is(summary.network.mode, network.mode);
+  t.is(summary.network.bridge, network.bridge);
+});
+
 test('RuntimeConfig reports the cgroupfs driver', async (t) => {
   const berth = await startBerth();
   t.teardown(() => berth.cleanup());
@@ -220,7 +243,7 @@ test('a bad config stops berth at start with a message naming the key', async (t
   t.regex(missing.stderr, /absent\.toml/);
   const usage = await runBerth(['--bogus']);
   t.is(usage.code, 2);
-  t.regex(usage.stderr, /usage: berth/);
+  t.regex(usage.stderr, /^berth: unknown option --bogus .*'berth --help'\)\n$/);
 });
 
 test('SIGTERM with nothing in flight exits 0', async (t) => {

@@ -59,3 +59,20 @@ test('pull credentials go to the registry they name, never to a mirror of anothe
   t.false(credentialsApply(bare, 'mirror.local:5000', true));
   t.is(credentialsFromAuthConfig({ server_address: 'quay.io' }), undefined, 'an address alone is no credentials');
 });
+
+test('loopback registries are plain HTTP by default, unless switched off or given a CA', (t) => {
+  const config = defaultConfig().registry;
+  const base = (domain: string) => endpointsFor(domain, config).map((e) => e.base)[0];
+  for (const host of ['127.0.0.1:5000', '127.8.9.10', 'localhost:5000', 'LOCALHOST', '[::1]:5000']) t.is(base(host), `http://${host}`, host);
+  for (const host of ['10.0.0.1:5000', '128.0.0.1:5000', 'localhost.example.com:5000', '[::2]:5000', 'registry.k8s.io']) {
+    t.is(base(host), `https://${host}`, host);
+  }
+  config.hosts['127.0.0.1:5443'] = { caFile: '/etc/berth/ca.pem' };
+  t.is(base('127.0.0.1:5443'), 'https://127.0.0.1:5443', 'a CA for a loopback host says it speaks TLS');
+  config.mirrors['docker.io'] = ['127.0.0.1:5000', '127.0.0.1:5443', 'mirror.example'];
+  t.deepEqual(endpointsFor('docker.io', config).map((e) => e.base), ['http://127.0.0.1:5000', 'https://127.0.0.1:5443', 'https://mirror.example']);
+  config.loopbackPlainHttp = false;
+  t.is(base('127.0.0.1:5000'), 'https://127.0.0.1:5000');
+  config.insecure.push('127.0.0.1:5000');
+  t.is(base('127.0.0.1:5000'), 'http://127.0.0.1:5000', 'registry.insecure still applies');
+});

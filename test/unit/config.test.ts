@@ -58,7 +58,7 @@ for (const [text, key] of bad) {
   });
 }
 
-test('command line defaults', (t) => {
+test('command line defaults (the log level only when given)', (t) => {
   const o = parseArgs([]);
   t.is(o.socket, '/run/berth/berth.sock');
   t.is(o.root, '/var/lib/berth');
