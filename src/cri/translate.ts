@@ -189,6 +189,24 @@ function checkRecursiveReadOnly(m: ContainerMount, i: number): void {
   }
 }
 
+/**
+ * The AppArmor profile asked for, in the deprecated string form: the `apparmor` message wins whenever its type is
+ * set (Unconfined included); a Localhost ref may carry a "localhost/" prefix already (kubelet and the 1.32 suite send
+ * it so), which is not doubled.
+ */
+export function apparmorRequest(profile: { profile_type?: string; localhost_ref?: string } | null | undefined, legacy: string | undefined): string {
+  switch (profile?.profile_type) {
+    case 'Localhost':
+      return `localhost/${(profile.localhost_ref ?? '').replace(/^localhost\//, '')}`;
+    case 'RuntimeDefault':
+      return 'runtime/default';
+    case 'Unconfined':
+      return 'unconfined';
+    default:
+      return legacy ?? '';
+  }
+}
+
 export function containerConfigFromProto(config: ContainerConfig__Output | null): ContainerConfig {
   if (!config) throw invalidArgument('config is missing');
   if (!config.metadata) throw invalidArgument('config.metadata is missing');
@@ -196,6 +214,11 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
   const mounts: ContainerMount[] = config.mounts.map((m, i) => {
     if (!m.container_path) throw invalidArgument(`config.mounts[${i}].container_path is empty`);
     if (!m.container_path.startsWith('/')) throw invalidArgument(`config.mounts[${i}].container_path "${m.container_path}" must be an absolute path`);
+    // Fields berth would otherwise drop silently: refused by name, so a pod never runs without what it asked for.
+    if (m.image?.image) throw invalidArgument(`config.mounts[${i}].image: image volumes are not supported by berth`);
+    if ((m.uidMappings ?? []).length > 0 || (m.gidMappings ?? []).length > 0) {
+      throw invalidArgument(`config.mounts[${i}].uidMappings/gidMappings: per-mount id mappings are not supported (berth id-maps volumes to the pod's user namespace itself)`);
+    }
     if (!m.host_path) throw invalidArgument(`config.mounts[${i}].host_path is empty`);
     const mount: ContainerMount = {
       containerPath: m.container_path,
@@ -208,6 +231,9 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
     checkRecursiveReadOnly(mount, i);
     return mount;
   });
+  if ((security?.capabilities?.add_ambient_capabilities ?? []).length > 0) {
+    throw invalidArgument('config.linux.security_context.capabilities.add_ambient_capabilities: ambient capabilities are not supported by berth yet');
+  }
   const runAsGroup = security?.run_as_group ? num(security.run_as_group.value) : undefined;
   const runAsUser = security?.run_as_user ? num(security.run_as_user.value) : undefined;
   if (runAsGroup !== undefined && runAsUser === undefined && !security?.run_as_username) {
@@ -254,7 +280,7 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
       readonlyPaths: [...(security?.readonly_paths ?? [])],
       namespaces: namespaces(security?.namespace_options, 'config.linux.security_context.namespace_options'),
       seccomp: seccompRequest(security?.seccomp, security?.seccomp_profile_path, 'config.linux.security_context'),
-      apparmor: security?.apparmor?.profile_type === 'Localhost' ? `localhost/${security.apparmor.localhost_ref}` : security?.apparmor?.profile_type === 'RuntimeDefault' ? 'runtime/default' : security?.apparmor_profile ?? '',
+      apparmor: apparmorRequest(security?.apparmor, security?.apparmor_profile),
     },
   };
 }
