@@ -65,11 +65,13 @@ export function seccompRequest(
         return { kind: 'runtime-default' };
       case 'Unconfined':
         return { kind: 'unconfined' };
-      case 'Localhost':
-        if (!profile.localhost_ref?.startsWith('/')) {
-          throw invalidArgument(`${field}.seccomp.localhost_ref "${profile.localhost_ref ?? ''}" must be an absolute path`);
-        }
-        return { kind: 'localhost', path: profile.localhost_ref };
+      case 'Localhost': {
+        // kubelet may pass the legacy form "localhost//abs/path"; containerd strips the prefix, so berth does too.
+        const ref = profile.localhost_ref ?? '';
+        const path = ref.startsWith('localhost/') ? ref.slice('localhost/'.length) : ref;
+        if (!path.startsWith('/')) throw invalidArgument(`${field}.seccomp.localhost_ref "${ref}" must be an absolute path`);
+        return { kind: 'localhost', path };
+      }
       default:
         throw invalidArgument(`${field}.seccomp.profile_type "${profile.profile_type}" is not known`);
     }

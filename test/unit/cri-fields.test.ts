@@ -1,6 +1,7 @@
 import test from 'ava';
 import { BerthError } from '../../src/errors.js';
 import { apparmorRequest, containerConfigFromProto } from '../../src/cri/translate.js';
+import { seccompRequest } from '../../src/container/seccomp.js';
 import type { ContainerConfig__Output } from '../../src/gen/runtime/v1/ContainerConfig.js';
 
 // CRI fields berth does not implement are refused by name rather than dropped: a pod never runs without what it
@@ -41,4 +42,11 @@ test('AppArmor: the apparmor message wins over the deprecated string, Unconfined
   t.is(apparmorRequest({ profile_type: 'RuntimeDefault' }, 'unconfined'), 'runtime/default');
   t.is(apparmorRequest(null, 'localhost/legacy'), 'localhost/legacy');
   t.is(apparmorRequest({ profile_type: '' }, undefined), '');
+});
+
+test('seccomp: a Localhost ref in the legacy "localhost//abs/path" form is read as the absolute path; a relative one is refused', (t) => {
+  t.deepEqual(seccompRequest({ profile_type: 'Localhost', localhost_ref: 'localhost//etc/berth/p.json' }, undefined, 'f'), { kind: 'localhost', path: '/etc/berth/p.json' });
+  t.deepEqual(seccompRequest({ profile_type: 'Localhost', localhost_ref: '/etc/berth/p.json' }, undefined, 'f'), { kind: 'localhost', path: '/etc/berth/p.json' });
+  const err = t.throws(() => seccompRequest({ profile_type: 'Localhost', localhost_ref: 'localhost/p.json' }, undefined, 'f'), { instanceOf: BerthError });
+  t.regex(err?.message ?? '', /^f\.seccomp\.localhost_ref "localhost\/p\.json" must be an absolute path/);
 });
