@@ -1,0 +1,153 @@
+import type { Duplex, Readable, Writable } from 'node:stream';
+import { failedPrecondition } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { AttachTarget, ExecOutcome, ExecTarget, SessionIO, StreamingBackend, StreamingTargets, TerminalSize } from './types.js';
+
+// The streaming backend: glue between a protocol's SessionIO and the processes the container and sandbox services
+// start. It owns no state: every session's process, attachment or connection lives exactly as long as the session.
+
+/** A command started in a container for an interactive session. */
+export interface InteractiveProcess {
+  stdin: Writable | null;
+  stdout: Readable;
+  stderr: Readable | null;
+  resize(size: TerminalSize): void;
+  /** The exit code (128+N for signal N), once the process is gone and its output drained. */
+  wait(): Promise<number>;
+  kill(): void;
+}
+
+/** A connection to a container's monitor: its live output, and its terminal. */
+export interface Attachment {
+  onOutput(listener: (stream: 'stdout' | 'stderr', data: Buffer) => void): void;
+  /** Stop reading the monitor while the client catches up (the monitor drops a client that falls too far behind). */
+  pause(): void;
+  resume(): void;
+  resize(size: TerminalSize): void;
+  close(): void;
+  /** Settles when the container's output ends (it exited) or the monitor dropped the connection. */
+  ended: Promise<void>;
+}
+
+export interface AttachPoint {
+  tty: boolean;
+  /** Whether the container was created with stdin, and whether the first attach ends it. */
+  stdin: boolean;
+  stdinOnce: boolean;
+  attach(): Promise<Attachment>;
+  openStdin(): Promise<Writable>;
+  /** Closes the container's stdin (its monitor's writer): the container reads EOF. */
+  closeStdin(): void;
+}
+
+/** What the backend asks of the container service. */
+export interface ContainerStreamsPort {
+  runningContainer(id: string): Promise<string>;
+  execInteractive(id: string, cmd: string[], opts: { tty: boolean; stdin: boolean }): Promise<InteractiveProcess>;
+  attachPoint(id: string): Promise<AttachPoint>;
+}
+
+/** What the backend asks of the sandbox service. */
+export interface PodStreamsPort {
+  readyPod(id: string): Promise<string>;
+  dial(podSandboxId: string, port: number, signal: AbortSignal): Promise<Duplex>;
+}
+
+export class ServiceStreamingBackend implements StreamingBackend, StreamingTargets {
+  constructor(
+    private readonly containers: ContainerStreamsPort,
+    private readonly pods: PodStreamsPort,
+    private readonly log: Logger,
+  ) {}
+
+  runningContainer(containerId: string): Promise<string> {
+    return this.containers.runningContainer(containerId);
+  }
+
+  readyPod(podSandboxId: string): Promise<string> {
+    return this.pods.readyPod(podSandboxId);
+  }
+
+  async exec(target: ExecTarget, io: SessionIO): Promise<ExecOutcome> {
+    if (io.signal.aborted) throw failedPrecondition(`exec in container ${target.containerId}: the client went away`);
+    const proc = await this.containers.execInteractive(target.containerId, target.cmd, { tty: io.tty, stdin: io.stdin !== null });
+    const kill = () => proc.kill();
+    io.signal.addEventListener('abort', kill, { once: true });
+    try {
+      io.onResize((size) => proc.resize(size));
+      if (io.stdin && proc.stdin) forwardInput(io.stdin, proc.stdin);
+      const drained = Promise.all([copyOutput(proc.stdout, io.stdout), proc.stderr ? copyOutput(proc.stderr, io.stderr ?? io.stdout) : undefined]);
+      const exitCode = await proc.wait();
+      await drained;
+      return { exitCode };
+    } finally {
+      io.signal.removeEventListener('abort', kill);
+      if (io.stdin && proc.stdin) io.stdin.unpipe(proc.stdin);
+    }
+  }
+
+  async attach(target: AttachTarget, io: SessionIO): Promise<void> {
+    const point = await this.containers.attachPoint(target.containerId);
+    const attachment = await point.attach();
+    const detach = () => attachment.close();
+    io.signal.addEventListener('abort', detach, { once: true });
+    let stdin: Writable | undefined;
+    try {
+      attachment.onOutput((stream, data) => {
+        // A terminal has one output; without one, stderr goes where the client asked for it (nowhere if it did not).
+        const sink = point.tty || stream === 'stdout' ? io.stdout : io.stderr;
+        if (sink && !sink.write(data)) {
+          attachment.pause();
+          sink.once('drain', () => attachment.resume());
+        }
+      });
+      io.onResize((size) => attachment.resize(size));
+      if (io.stdin && point.stdin) {
+        stdin = await point.openStdin();
+        const input = io.stdin;
+        const writer = stdin;
+        input.pipe(writer, { end: false });
+        input.once('end', () => {
+          input.unpipe(writer);
+          // stdin_once: the container's stdin ends with the first attach's.
+          if (point.stdinOnce) point.closeStdin();
+        });
+      }
+      await Promise.race([attachment.ended, aborted(io.signal)]);
+    } finally {
+      io.signal.removeEventListener('abort', detach);
+      attachment.close();
+      if (stdin) {
+        io.stdin?.unpipe(stdin);
+        stdin.destroy();
+      }
+      this.log.debug('attach ended', { containerId: target.containerId });
+    }
+  }
+
+  async portForward(podSandboxId: string, port: number, signal: AbortSignal) {
+    return this.pods.dial(podSandboxId, port, signal);
+  }
+}
+
+/** Client input into the process; the client's EOF is the process's. */
+function forwardInput(from: Readable, to: Writable): void {
+  from.pipe(to);
+  to.on('error', () => from.unpipe(to)); // the command exited without reading everything: not the session's error
+}
+
+/** The process's output to the client, resolving once it ended; the sink stays open for the protocol's status. */
+function copyOutput(from: Readable, to: Writable | null): Promise<void> {
+  return new Promise((resolve) => {
+    if (to) from.pipe(to, { end: false });
+    else from.resume();
+    from.once('end', resolve);
+    from.once('close', resolve);
+    from.once('error', resolve);
+  });
+}
+
+function aborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+}
