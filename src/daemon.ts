@@ -19,6 +19,13 @@ import { podHandlers } from './cri/pods.js';
 import { containerHandlers } from './cri/containers.js';
 import { runtimeHandlers, RuntimeInfo, RUNTIME_NAME } from './cri/runtime.js';
 import { claimSocket, CriServer, drain, forceClose, serveCri } from './cri/server.js';
+import { streamingHandlers } from './cri/streaming.js';
+import { failedPrecondition, unimplementedError } from './errors.js';
+import { StreamingServer } from './streaming/server.js';
+import { StreamingService } from './streaming/service.js';
+import { TokenCache } from './streaming/tokens.js';
+import type { StreamingBackend, StreamingTargets } from './streaming/types.js';
+import { websocketUpgradeHandler } from './streaming/websocket.js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
 
@@ -58,11 +65,56 @@ function seccompSupported(): boolean {
   }
 }
 
+/**
+ * THE STREAMING MERGE POINT: what runs exec, attach and port-forward sessions, and what the RPCs check first.
+ * The targets are plain lookups in the services. The backend is temporary wiring until the native exec/attach/
+ * port-forward primitives and their domain backend are merged: every session it gets ends with an UNIMPLEMENTED
+ * error on the session's error stream (or the port's). Replace it there, not elsewhere.
+ */
+function streamingDomain(containers: ContainerService, sandboxes: SandboxService): { backend: StreamingBackend; targets: StreamingTargets } {
+  const pending = (what: string) => Promise.reject(unimplementedError(`${what} sessions are not implemented by berth yet`));
+  const backend: StreamingBackend = {
+    exec: () => pending('exec'),
+    attach: () => pending('attach'),
+    portForward: () => pending('port-forward'),
+  };
+  const targets: StreamingTargets = {
+    runningContainer: async (id) => {
+      const record = containers.get(id);
+      if (record.state !== 'RUNNING') throw failedPrecondition(`container "${record.id}" is not running (${record.state})`);
+      return record.id;
+    },
+    readyPod: async (id) => {
+      const record = sandboxes.get(id);
+      if (record.state !== 'READY') throw failedPrecondition(`pod sandbox "${record.id}" is not ready`);
+      return record.id;
+    },
+  };
+  return { backend, targets };
+}
+
 export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: Logger): Promise<Daemon> {
   // Once per berth process, before anything else: every shim runs from this sealed copy (no fallback).
   const shim = await sealedShim();
   log.debug('berth-shim sealed copy ready', { path: shim });
   await claimSocket(paths.socket);
+  // Bound before berth touches the node, so a taken address or a bad certificate changes nothing. The backend
+  // is read per session, and exists once the services do (below).
+  const tokens = new TokenCache();
+  let streamingBackend: StreamingBackend | undefined;
+  const lateBackend: StreamingBackend = {
+    exec: (target, io) => streamingBackend!.exec(target, io),
+    attach: (target, io) => streamingBackend!.attach(target, io),
+    portForward: (pod, port, signal) => streamingBackend!.portForward(pod, port, signal),
+  };
+  const streamingServer = await StreamingServer.start({
+    config: config.streaming,
+    tokens,
+    backend: lateBackend,
+    // SPDY/3.1 is wired at the merge (spdyUpgradeHandler); until then a SPDY request gets 400 naming it.
+    protocols: { websocket: websocketUpgradeHandler },
+    log: log.child({ component: 'streaming' }),
+  });
   // Containers hold the layers under their rootfs (the container service is made below; the store asks only
   // once containers are loaded, so layers under a live rootfs are never deleted).
   const layerHolds: LayerHolds = () => containers.heldLayers();
@@ -128,6 +180,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
         ...(readiness.ready ? {} : { notReady: readiness.message }),
       },
       socket: paths.socket,
+      streaming: streamingServer.baseUrl,
     };
   };
   const info: RuntimeInfo = {
@@ -150,12 +203,21 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     },
   };
 
+  const streamingWiring = streamingDomain(containers, sandboxes);
+  streamingBackend = streamingWiring.backend;
+  const streaming = new StreamingService(tokens, streamingWiring.targets, streamingServer.baseUrl);
+
   const criLog = log.child({ component: 'cri' });
   const compactor = new IdleCompactor({ quietMs: 1000, gc: exposedGc(), trim: mallocTrim, log: log.child({ component: 'memory' }) });
   const observe = compactor.observe;
   const cri: CriServer = await serveCri(
     paths.socket,
-    runtimeHandlers(info, criLog, { ...podHandlers(sandboxes, criLog, observe), ...containerHandlers(containers, images, criLog, observe) }, observe),
+    runtimeHandlers(
+      info,
+      criLog,
+      { ...podHandlers(sandboxes, criLog, observe), ...containerHandlers(containers, images, criLog, observe), ...streamingHandlers(streaming, criLog, observe) },
+      observe,
+    ),
     imageHandlers(images, criLog, observe),
   );
   log.info('berth serving', { ...summary(), root: paths.root, stateDir: paths.stateDir });
@@ -163,12 +225,16 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   return {
     images,
     stop: async () => {
-      await drain(cri);
+      // Sessions can last hours: they are ended (not waited for) beside the RPC drain.
+      await Promise.all([drain(cri), streamingServer.close()]);
       compactor.close();
       await containers.close();
       await network.close();
     },
-    kill: () => forceClose(cri),
+    kill: () => {
+      forceClose(cri);
+      void streamingServer.close();
+    },
     // The image service reads this object at every pull, so replacing its fields is the whole reload.
     reloadRegistry: (registry) => Object.assign(config.registry, registry),
   };

@@ -78,7 +78,8 @@ async function serve(options: DaemonOptions): Promise<number> {
   try {
     daemon = await startDaemon(config, { socket: options.socket, root: options.root, stateDir: options.stateDir }, log);
   } catch (err) {
-    if (err instanceof SocketInUseError) {
+    // A setting that only fails when used (a taken streaming address, a certificate that does not load).
+    if (err instanceof SocketInUseError || err instanceof ConfigError) {
       process.stderr.write(`berth: ${err.message}\n`);
       return 1;
     }

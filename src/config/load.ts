@@ -19,6 +19,7 @@ export async function loadConfig(file: string, required: boolean): Promise<Berth
   }
   const config = validateConfig(doc);
   await checkCaFiles(config);
+  await checkStreamingTls(config);
   return config;
 }
 
@@ -37,5 +38,25 @@ async function checkCaFiles(config: BerthConfig): Promise<void> {
       throw new ConfigError(key, `cannot read ${file}: ${(err as Error).message}`);
     }
     if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(key, `${file} holds no PEM certificate`);
+  }
+}
+
+// The streaming server's certificate and key are read at start; a missing or wrong file is named here, by key, so
+// that `berth config check` catches it too.
+async function checkStreamingTls(config: BerthConfig): Promise<void> {
+  const { tlsCertFile, tlsKeyFile } = config.streaming;
+  const files: [string, string, RegExp, string][] = [
+    ['streaming.tls_cert_file', tlsCertFile, /-----BEGIN CERTIFICATE-----/, 'PEM certificate'],
+    ['streaming.tls_key_file', tlsKeyFile, /-----BEGIN [A-Z ]*PRIVATE KEY-----/, 'PEM private key'],
+  ];
+  for (const [key, file, marker, what] of files) {
+    if (!file) continue;
+    let pem: string;
+    try {
+      pem = await fs.readFile(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(key, `cannot read ${file}: ${(err as Error).message}`);
+    }
+    if (!marker.test(pem)) throw new ConfigError(key, `${file} holds no ${what}`);
   }
 }

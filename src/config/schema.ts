@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { isLevel, Level } from '../log.js';
 import { parseCidr } from '../network/cidr.js';
 
@@ -58,6 +59,18 @@ export interface CdiConfig {
   specDirs: string[];
 }
 
+export interface StreamingConfig {
+  /** ip:port the streaming server (exec, attach, port-forward URLs) listens on; port 0 picks a free one. */
+  address: string;
+  /** PEM certificate and key for HTTPS; both empty: plain HTTP. */
+  tlsCertFile: string;
+  tlsKeyFile: string;
+  /** A session with no traffic either way for this long is closed. */
+  streamIdleTimeoutSeconds: number;
+  /** How long a client has, once upgraded, to open the streams its request implies (SPDY). */
+  streamCreationTimeoutSeconds: number;
+}
+
 export interface LogConfig {
   /** The log threshold; --log-level on the command line takes precedence. */
   level: Level;
@@ -70,6 +83,7 @@ export interface BerthConfig {
   network: NetworkConfig;
   cni: CniConfig;
   cdi: CdiConfig;
+  streaming: StreamingConfig;
 }
 
 export const RLIMIT_NAMES = ['as', 'core', 'cpu', 'data', 'fsize', 'locks', 'memlock', 'msgqueue', 'nice', 'nofile', 'nproc', 'rss', 'rtprio', 'rttime', 'sigpending', 'stack'];
@@ -183,6 +197,28 @@ function subnet(key: string, value: unknown): string {
   if (!cidr) throw new ConfigError(key, 'must be an IPv4 subnet in CIDR notation with the host bits zero, e.g. "10.86.0.0/16"');
   if (cidr.prefix < 8 || cidr.prefix > 30) throw new ConfigError(key, 'prefix length must be from /8 to /30');
   return value as string;
+}
+
+/** ip:port or [ipv6]:port, port 0-65535; an IP literal, so what is bound never depends on name resolution. */
+export function parseListenAddress(value: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|(\d{1,3}(?:\.\d{1,3}){3})):(\d{1,5})$/.exec(value);
+  if (!m) return undefined;
+  const host = m[1] ?? m[2];
+  const port = Number(m[3]);
+  if (port > 65535 || isIP(host) !== (m[1] ? 6 : 4)) return undefined;
+  return { host, port };
+}
+
+function listenAddress(key: string, value: unknown): string {
+  if (typeof value !== 'string' || !parseListenAddress(value)) {
+    throw new ConfigError(key, 'must be ip:port or [ipv6]:port, e.g. "127.0.0.1:0" (port 0: any free port) or "[::1]:10010"');
+  }
+  return value;
+}
+
+/** An absolute path, or "" for none. */
+function optionalPath(key: string, value: unknown): string {
+  return value === '' ? '' : absolutePath(key, value);
 }
 
 /**
@@ -313,6 +349,17 @@ export const CONFIG_SCHEMA: SectionSchema[] = [
     meaning: 'Container Device Interface',
     keys: [key('spec_dirs', 'where CDI spec files (.json, .yaml) are read; a device defined in a later directory wins', () => ['/etc/cdi', '/var/run/cdi'], absolutePaths)],
   },
+  {
+    name: 'streaming',
+    meaning: 'the streaming server behind Exec, Attach and PortForward (kubectl exec/attach/port-forward/cp)',
+    keys: [
+      key('address', 'ip:port it listens on; port 0 picks a free port; a wildcard address (0.0.0.0, [::]) puts the default-route address in the URLs', () => '127.0.0.1:0', listenAddress),
+      key('tls_cert_file', 'PEM certificate for HTTPS; set with tls_key_file, or leave both empty for plain HTTP', () => '', optionalPath),
+      key('tls_key_file', 'PEM private key of tls_cert_file', () => '', optionalPath),
+      key('stream_idle_timeout_seconds', 'a session with no traffic either way for this long is closed (1-86400; kubelet: 4 h)', () => 4 * 3600, (name, v) => positiveInt(name, v, 86400)),
+      key('stream_creation_timeout_seconds', 'how long a client has, once connected, to open its streams (1-600; kubelet: 30 s)', () => 30, (name, v) => positiveInt(name, v, 600)),
+    ],
+  },
 ];
 
 /** The config field a TOML key sets: `max_concurrent_downloads` → `maxConcurrentDownloads`. */
@@ -342,6 +389,11 @@ export function validateConfig(raw: Raw): BerthConfig {
     for (const k of section.keys) {
       if (values[k.key] !== undefined) config[section.name][fieldOf(k.key)] = k.parse(values[k.key], `${section.name}.${k.key}`);
     }
+  }
+  const streaming = config.streaming as unknown as StreamingConfig;
+  // One without the other would serve plain HTTP while the operator believes it is TLS (or fail at the first exec).
+  if ((streaming.tlsCertFile === '') !== (streaming.tlsKeyFile === '')) {
+    throw new ConfigError(streaming.tlsCertFile ? 'streaming.tls_key_file' : 'streaming.tls_cert_file', 'streaming.tls_cert_file and streaming.tls_key_file are set together or not at all');
   }
   return config as unknown as BerthConfig;
 }

@@ -33,7 +33,7 @@ export interface RuntimeInfo {
 const RUNTIME_RPCS = [
   'Version', 'RunPodSandbox', 'StopPodSandbox', 'RemovePodSandbox', 'PodSandboxStatus', 'ListPodSandbox',
   'CreateContainer', 'StartContainer', 'StopContainer', 'RemoveContainer', 'ListContainers', 'ContainerStatus',
-  'UpdateContainerResources', 'ReopenContainerLog', 'ExecSync', 'Exec', 'Attach', 'PortForward', 'ContainerStats',
+  'UpdateContainerResources', 'ReopenContainerLog', 'ExecSync', 'ContainerStats',
   'ListContainerStats', 'PodSandboxStats', 'ListPodSandboxStats', 'UpdateRuntimeConfig', 'Status',
   'CheckpointContainer', 'ListMetricDescriptors', 'ListPodSandboxMetrics', 'RuntimeConfig',
 ] as const;

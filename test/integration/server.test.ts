@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { MAIN, startBerth } from '../helpers/berth.js';
 
@@ -244,6 +245,37 @@ test('a bad config stops berth at start with a message naming the key', async (t
   const usage = await runBerth(['--bogus']);
   t.is(usage.code, 2);
   t.regex(usage.stderr, /^berth: unknown option --bogus .*'berth --help'\)\n$/);
+});
+
+test('a streaming address another process holds stops berth at start, naming streaming.address', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-config-'));
+  const holder = net.createServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  t.teardown(async () => {
+    await new Promise<void>((resolve) => holder.close(() => resolve()));
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+  const file = path.join(dir, 'config.toml');
+  await fs.writeFile(file, `[streaming]\naddress = "127.0.0.1:${(holder.address() as net.AddressInfo).port}"\n`);
+  const { code, stderr } = await runBerth(['--config', file, '--socket', path.join(dir, 's.sock'), '--root', path.join(dir, 'root'), '--state-dir', dir]);
+  t.is(code, 1);
+  t.regex(stderr, /streaming\.address: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/);
+});
+
+test('the streaming server starts with berth: its URL in the start line; Exec/Attach/PortForward check their target and request', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const serving = await berth.waitForLog((e) => e.msg === 'berth serving');
+  t.regex(String(serving.streaming), /^http:\/\/127\.0\.0\.1:\d+$/);
+  const code = (p: Promise<unknown>) => p.then(() => grpc.status.OK, (e: grpc.ServiceError) => e.code);
+  t.is(await code(berth.runtime.Exec({ container_id: 'feedbeef', cmd: ['sh'], stdout: true })), grpc.status.NOT_FOUND);
+  t.is(await code(berth.runtime.Exec({ container_id: 'feedbeef', cmd: [], stdout: true })), grpc.status.INVALID_ARGUMENT);
+  t.is(await code(berth.runtime.Attach({ container_id: 'feedbeef', stdout: true })), grpc.status.NOT_FOUND);
+  t.is(await code(berth.runtime.PortForward({ pod_sandbox_id: 'feedbeef', port: [80] })), grpc.status.NOT_FOUND);
+  t.is(await code(berth.runtime.PortForward({ pod_sandbox_id: 'feedbeef', port: [70000] })), grpc.status.INVALID_ARGUMENT);
+  const res = await fetch(`${serving.streaming}/exec/AAAAAAAAAAAAAAAAAAAAAA`);
+  t.is(res.status, 404);
+  await res.body?.cancel();
 });
 
 test('SIGTERM with nothing in flight exits 0', async (t) => {

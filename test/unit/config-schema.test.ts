@@ -74,3 +74,29 @@ test('a reload applies the registry section and log.level and names every other 
   t.is(after.network.subnet, '10.86.0.0/16', 'kept until a restart');
   t.deepEqual(changedKeys(after, next).map((c) => c.key), ['network.subnet'], 'still reported at the next SIGHUP');
 });
+
+test('the streaming section: an ip:port address, TLS files both or neither, bounded timeouts, each refusal naming its key', (t) => {
+  t.deepEqual(defaultConfig().streaming, { address: '127.0.0.1:0', tlsCertFile: '', tlsKeyFile: '', streamIdleTimeoutSeconds: 14400, streamCreationTimeoutSeconds: 30 });
+  const ok = fromToml('[streaming]\naddress = "[::1]:10010"\ntls_cert_file = "/etc/berth/s.crt"\ntls_key_file = "/etc/berth/s.key"\nstream_idle_timeout_seconds = 60');
+  t.is(ok.streaming.address, '[::1]:10010');
+  t.deepEqual(fromToml(renderConfig(ok)), ok);
+  t.is(fromToml('[streaming]\naddress = "0.0.0.0:10010"').streaming.address, '0.0.0.0:10010');
+  const bad: [string, string][] = [
+    ['[streaming]\naddress = "localhost:0"', 'streaming.address'],
+    ['[streaming]\naddress = "127.0.0.1"', 'streaming.address'],
+    ['[streaming]\naddress = "127.0.0.1:65536"', 'streaming.address'],
+    ['[streaming]\naddress = "::1:80"', 'streaming.address'],
+    ['[streaming]\naddress = "999.0.0.1:80"', 'streaming.address'],
+    ['[streaming]\ntls_cert_file = "/etc/berth/s.crt"', 'streaming.tls_key_file'],
+    ['[streaming]\ntls_key_file = "/etc/berth/s.key"', 'streaming.tls_cert_file'],
+    ['[streaming]\ntls_cert_file = "s.crt"\ntls_key_file = "/s.key"', 'streaming.tls_cert_file'],
+    ['[streaming]\nstream_idle_timeout_seconds = 0', 'streaming.stream_idle_timeout_seconds'],
+    ['[streaming]\nstream_creation_timeout_seconds = 601', 'streaming.stream_creation_timeout_seconds'],
+    ['[streaming]\nport = 10010', 'streaming.port'],
+  ];
+  for (const [text, key] of bad) {
+    const err = t.throws(() => fromToml(text), { instanceOf: ConfigError }, text) as ConfigError;
+    t.is(err.key, key, text);
+  }
+  t.false(reloadable('streaming.address'), 'the server is bound once: a change needs a restart');
+});
