@@ -246,6 +246,10 @@ HOT static void accept_clients(struct monitor *m)
             r_close(fd); /* full: refused */
             continue;
         }
+        /* room for bursts (a client reading over kubelet's proxy lags behind a busy container); memory is
+         * only used while the client lags. Refused (no CAP_NET_ADMIN): the default buffer. */
+        int sndbuf = ATTACH_SNDBUF;
+        rsys(SYS_setsockopt, fd, SOL_SOCKET, SO_SNDBUFFORCE, (long)&sndbuf, sizeof sndbuf);
         m->clients[slot] = (int)fd;
         m->client_len[slot] = 0;
     }
@@ -567,6 +571,9 @@ HOT __attribute__((noinline)) static void monitor_loop(struct monitor *m, char *
             return;
         if (p[isig].revents)
             handle_signals(m);
+        /* before any output is read: a client whose connect completed before it gets it */
+        if (ilisten >= 0 && p[ilisten].revents)
+            accept_clients(m);
         if (isync >= 0 && p[isync].revents)
             read_sync(m);
         if (iout >= 0 && p[iout].revents)
@@ -580,8 +587,6 @@ HOT __attribute__((noinline)) static void monitor_loop(struct monitor *m, char *
             if (p[k].revents && m->clients[slot] == p[k].fd) /* not dropped meanwhile */
                 read_client(m, slot);
         }
-        if (ilisten >= 0 && p[ilisten].revents)
-            accept_clients(m);
         if (p[ipid].revents)
             return;
     }

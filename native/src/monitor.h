@@ -7,6 +7,8 @@
 
 /* attach.sock: at most this many clients at once (more are refused by closing them) */
 #define ATTACH_MAX 32
+/* each client's socket send buffer: a client this far behind is dropped */
+#define ATTACH_SNDBUF (1 << 20)
 /* Frames on attach.sock: 1 byte type, 4 bytes big-endian length, payload. Monitor -> client: output of stdout (1)
  * or stderr (2, never with a terminal). Client -> monitor: resize (4) with cols, rows as 2 bytes big-endian each. */
 #define ATTACH_STDOUT 1
