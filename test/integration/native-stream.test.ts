@@ -87,13 +87,17 @@ rtest('exec --tty: the command has a /dev/pts/N of the container, the initial si
     t.is(ex.stderr, null);
     const out = gather(ex.stdout);
     ex.stdin!.write('tty; stty size\n');
-    await waitFor('tty and size', () => /\/dev\/pts\/\d+\r?\n30 100\r?\n/.test(out.text()), SHIM_POLL);
-    // the slave is in the container's own devpts: the host's /dev/pts has no such terminal held by this shell
+    // the container's own devpts (newinstance) had no terminal yet: the exec's is its first, /dev/pts/0
+    await waitFor('tty and size', () => /\r?\n\/dev\/pts\/0\r?\n30 100\r?\n/.test(out.text()), SHIM_POLL);
     ex.resize({ width: 120, height: 50 });
-    ex.stdin!.write('stty size; ls -l /proc/self/fd/0\n');
+    ex.stdin!.write('stty size\n');
     await waitFor('the new size', () => /50 120\r?\n/.test(out.text()), SHIM_POLL);
     ex.stdin!.write('exit 7\n');
     t.is(await ex.wait(), 7);
+    const pid = String(c.pid);
+    for (const bad of [['--tty-size', '80x24'], ['--tty', '--tty-size', '0x5'], ['--tty', '--resize-fd', '99']]) {
+      t.is((await shim(['exec', pid, ...bad, '--', 'true'])).code, 2, bad.join(' '));
+    }
     t.deepEqual(shimProcesses('exec', String(c.pid)), []);
   });
   await noFdLeft(t, fds);
