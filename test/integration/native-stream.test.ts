@@ -16,7 +16,7 @@ import {
 } from '../../src/kernel/shim-stream.js';
 import { type Container, DEFAULT_ENV, SHIM, SHIM_POLL, lines, mountsUnder, parseLog, shim } from '../helpers/rootfs.js';
 import { shimBed } from '../helpers/shim-bed.js';
-import { pidAlive, waitFor } from '../helpers/util.js';
+import { freePort, pidAlive, waitFor } from '../helpers/util.js';
 
 const { rtest, isRoot, tmp: TMP, started, podDirs, withContainer } = shimBed('berth-stream-', {
   prepare: async (lower) => {
@@ -283,18 +283,20 @@ rtest('portforward into a pod netns: MiBs round-trip intact, refused is reported
   const sb = await shim(['sandbox', pod, '--net']);
   t.is(sb.code, 0, sb.stderr);
   const netns = path.join(pod, 'net');
-  const server = await echoServer(netns, 7007);
+  const port = await freePort(); // free on the host: the pod's server must not be reachable there
+  const server = await echoServer(netns, port);
   try {
     // two connections at once through two relay processes
-    const [c1, c2] = await Promise.all([dialInNetns(netns, 7007, 5000), dialInNetns(netns, 7007, 5000)]);
+    const [c1, c2] = await Promise.all([dialInNetns(netns, port, 5000), dialInNetns(netns, port, 5000)]);
     const [r1, r2] = await Promise.all([roundTrip(c1, 6 * 1024 * 1024), roundTrip(c2, 3 * 1024 * 1024)]);
     t.is(r1[1], r1[0]);
     t.is(r2[1], r2[0]);
     // the port is not open on the host, only in the pod
-    await t.throwsAsync(dialInNetns(null, 7007, 2000), { instanceOf: BerthError, message: /localhost:7007: .*(refused|ECONNREFUSED)/i });
-    const refused = await t.throwsAsync(dialInNetns(netns, 7008, 2000), { instanceOf: BerthError });
+    await t.throwsAsync(dialInNetns(null, port, 2000), { instanceOf: BerthError, message: new RegExp(`localhost:${port}: .*(refused|ECONNREFUSED)`, 'i') });
+    const closed = port === 65535 ? port - 1 : port + 1; // nothing listens there in the new netns
+    const refused = await t.throwsAsync(dialInNetns(netns, closed, 2000), { instanceOf: BerthError });
     t.is((refused as BerthError).kind, 'unavailable');
-    t.is(refused!.message, 'connect to localhost:7008: Connection refused');
+    t.is(refused!.message, `connect to localhost:${closed}: Connection refused`);
     await t.throwsAsync(dialInNetns(netns, 0, 2000), { instanceOf: BerthError, message: /port 0 is not in 1-65535/ });
     for (const bad of ['0', '65536', 'x']) t.is((await shim(['portforward', netns, bad])).code, 2, bad);
     const noNs = await shim(['portforward', path.join(pod, 'nonexistent'), '80']);
@@ -311,12 +313,13 @@ rtest('portforward into a pod netns: MiBs round-trip intact, refused is reported
 
 rtest('portforward in the host network: by the shim with "-" and by berth itself (no process)', async (t) => {
   const fds = fdCount();
-  const server = await echoServer(null, 7017);
+  const port = await freePort();
+  const server = await echoServer(null, port);
   try {
-    const direct = await dialInNetns(null, 7017, 5000);
+    const direct = await dialInNetns(null, port, 5000);
     const [want, got] = await roundTrip(direct, 2 * 1024 * 1024);
     t.is(got, want);
-    const p = spawn(SHIM, ['portforward', '-', '7017'], { stdio: ['pipe', 'pipe', 'pipe', 'pipe'] });
+    const p = spawn(SHIM, ['portforward', '-', String(port)], { stdio: ['pipe', 'pipe', 'pipe', 'pipe'] });
     const status = await new Promise<string>((r) => (p.stdio[3] as Readable).once('data', (d: Buffer) => r(d.toString())));
     t.is(status, 'ok\n');
     let echoed = '';
