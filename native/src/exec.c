@@ -1,4 +1,5 @@
 /* berth-shim exec <pid> [options] -- cmd args...: run a process inside a running container. */
+#include "exec_tty.h"
 #include "monitor.h"
 #include "spec.h"
 
@@ -37,6 +38,7 @@ static void usage(void)
                     "         [--env K=V]... [--cgroup-procs FILE]... [--caps-json FILE] [--seccomp-json FILE]\n"
                     "         [--no-new-privs] [--start-time T] [--session-keyring NAME]\n"
                     "         [--rlimit RLIMIT_X=SOFT:HARD]... [--oom-score-adj N]\n"
+                    "         [--tty [--tty-size COLSxROWS] [--resize-fd N] [--no-stdin]]\n"
                     "         -- cmd [args...]\n");
 }
 
@@ -102,6 +104,9 @@ int cmd_exec(int argc, char **argv)
     const char **cgprocs = calloc((size_t)argc + 1, sizeof *cgprocs);
     size_t nenv = 0, ncg = 0;
     struct capsets caps;
+    struct exec_tty tty = {-1, -1, 0, 0, 0};
+    int want_tty = 0;
+    long resize_fd = -1;
     char err[1200];
     int i;
 
@@ -117,6 +122,14 @@ int cmd_exec(int argc, char **argv)
         if (strcmp(a, "--") == 0) {
             i++;
             break;
+        }
+        if (strcmp(a, "--tty") == 0) { /* flags without a value */
+            want_tty = 1;
+            continue;
+        }
+        if (strcmp(a, "--no-stdin") == 0) {
+            tty.no_stdin = 1;
+            continue;
         }
         if (i + 1 >= argc) {
             usage();
@@ -161,6 +174,14 @@ int cmd_exec(int argc, char **argv)
                 return 2;
             }
             nrlim++;
+        } else if (strcmp(a, "--tty-size") == 0) {
+            if (tty_parse_size(val, &tty.cols, &tty.rows) < 0) {
+                fprintf(stderr, SHIM_NAME ": exec: bad --tty-size %s (COLSxROWS)\n", val);
+                return 2;
+            }
+        } else if (strcmp(a, "--resize-fd") == 0 && parse_long(val, &v) == 0 && v >= 3 && v < 65536 &&
+                   fcntl((int)v, F_GETFD) >= 0) {
+            resize_fd = v;
         } else if (strcmp(a, "--no-new-privs") == 0) {
             nnp = 1;
             i--; /* takes no value */
@@ -170,10 +191,12 @@ int cmd_exec(int argc, char **argv)
             return 2;
         }
     }
-    if (i >= argc) {
+    if (i >= argc || (!want_tty && (tty.cols || resize_fd >= 0 || tty.no_stdin))) {
         usage();
         return 2;
     }
+    if (resize_fd >= 0)
+        fcntl((int)resize_fd, F_SETFD, FD_CLOEXEC); /* the command must not inherit it */
     char **cmd = argv + i;
     if (nenv == 0)
         env[nenv++] = "PATH=" DEFAULT_PATH;
@@ -301,6 +324,11 @@ int cmd_exec(int argc, char **argv)
         return EXIT_SETUP;
     }
     close(rootfd);
+    /* With the host's privileges still, in the container's mount namespace and root. */
+    if (want_tty && tty_open(&tty, err, sizeof err) < 0) {
+        fprintf(stderr, SHIM_NAME ": %s\n", err);
+        return EXIT_SETUP;
+    }
     if (user_differs && setns(pidfd, CLONE_NEWUSER) < 0) {
         snprintf(path, sizeof path, "%ld", target);
         warn_err("exec: setns to the user namespace of container process", path, errno);
@@ -323,6 +351,10 @@ int cmd_exec(int argc, char **argv)
         /* Nothing of the caller's but stdio reaches the command (the fds above are closed or CLOEXEC, but
          * berth's may not be), and no inherited signal disposition or mask. */
         reset_signals();
+        if (want_tty && (r0 = tty_become_child(&tty)) < 0) {
+            warn_err("exec: make the pty the controlling terminal", NULL, -r0);
+            _exit(EXIT_CANNOT);
+        }
         close_range(3, ~0U, 0);
         /* seccomp as in the container's init: right before execve, holding CAP_SYS_ADMIN for it when
          * no_new_privs is not set (or before the uid change when capabilities are left alone). */
@@ -392,10 +424,19 @@ int cmd_exec(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGINT, SIG_IGN);
     signal(SIGQUIT, SIG_IGN);
-    while (waitpid(child, &status, 0) < 0) {
-        if (errno != EINTR) {
+    if (want_tty) {
+        signal(SIGPIPE, SIG_IGN); /* berth closing our stdout must not end the relay before the command */
+        status = tty_relay(&tty, child, (int)resize_fd);
+        if (status == -1) {
             warn_err("exec: wait", NULL, errno);
             return EXIT_SETUP;
+        }
+    } else {
+        while (waitpid(child, &status, 0) < 0) {
+            if (errno != EINTR) {
+                warn_err("exec: wait", NULL, errno);
+                return EXIT_SETUP;
+            }
         }
     }
     if (WIFEXITED(status))

@@ -27,8 +27,11 @@ int main(int argc, char **argv)
             return cmd_sandbox(argc - 1, argv + 1);
         if (strcmp(cmd, "unpin") == 0)
             return cmd_unpin(argc - 1, argv + 1);
+        if (strcmp(cmd, "portforward") == 0)
+            return cmd_portforward(argc - 1, argv + 1);
     }
     fprintf(stderr, "usage: " SHIM_NAME " create <bundle> | exec <pid> [opts] -- cmd... |\n"
-                    "       sandbox <dir> [--net] [--ipc] [--uts] [--pid] [--hostname NAME] | unpin <dir>\n");
+                    "       sandbox <dir> [--net] [--ipc] [--uts] [--pid] [--hostname NAME] | unpin <dir> |\n"
+                    "       portforward <netns-path|-> <port>\n");
     return 2;
 }

@@ -16,7 +16,9 @@
 #include <malloc.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
@@ -186,6 +188,108 @@ HOT static void emit(struct monitor *m, struct log_stream *s, char tag, const ch
     }
 }
 
+HOT static void drop_client(struct monitor *m, int slot)
+{
+    r_close(m->clients[slot]);
+    m->clients[slot] = -1;
+    m->client_len[slot] = 0;
+}
+
+/* Every attached client gets the chunk as one frame. Sockets are nonblocking: a client that cannot take the
+ * whole frame now (its buffer is full) is dropped, so no client ever holds up the container or its log. */
+HOT static void broadcast(struct monitor *m, unsigned char id, const char *data, size_t n)
+{
+    unsigned char hdr[ATTACH_HDR];
+    hdr[0] = id;
+    hdr[1] = (unsigned char)(n >> 24);
+    hdr[2] = (unsigned char)(n >> 16);
+    hdr[3] = (unsigned char)(n >> 8);
+    hdr[4] = (unsigned char)n;
+    struct iovec iov[2];
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = ATTACH_HDR;
+    iov[1].iov_base = (void *)data;
+    iov[1].iov_len = n;
+    struct msghdr msg;
+    msg.msg_name = NULL;
+    msg.msg_namelen = 0;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
+    msg.msg_control = NULL;
+    msg.msg_controllen = 0;
+    msg.msg_flags = 0;
+    for (int i = 0; i < ATTACH_MAX; i++) {
+        if (m->clients[i] < 0)
+            continue;
+        long w;
+        do
+            w = rsys(SYS_sendmsg, m->clients[i], (long)&msg, MSG_DONTWAIT | MSG_NOSIGNAL, 0, 0);
+        while (w == -EINTR);
+        if (w != (long)(ATTACH_HDR + n))
+            drop_client(m, i);
+    }
+}
+
+HOT static void accept_clients(struct monitor *m)
+{
+    for (;;) {
+        long fd = rsys(SYS_accept4, m->attach_fd, 0, 0, SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd == -EINTR || fd == -ECONNABORTED)
+            continue;
+        if (fd < 0)
+            return;
+        int slot = -1;
+        for (int i = 0; i < ATTACH_MAX && slot < 0; i++)
+            if (m->clients[i] < 0)
+                slot = i;
+        if (slot < 0) {
+            r_close(fd); /* full: refused */
+            continue;
+        }
+        /* room for bursts (a client reading over kubelet's proxy lags behind a busy container); memory is
+         * only used while the client lags. Refused (no CAP_NET_ADMIN): the default buffer. */
+        int sndbuf = ATTACH_SNDBUF;
+        rsys(SYS_setsockopt, fd, SOL_SOCKET, SO_SNDBUFFORCE, (long)&sndbuf, sizeof sndbuf);
+        m->clients[slot] = (int)fd;
+        m->client_len[slot] = 0;
+    }
+}
+
+/* A client sends only resize frames; anything else, EOF or an error ends it. */
+HOT static void read_client(struct monitor *m, int slot)
+{
+    unsigned char in[64];
+    long r;
+    do
+        r = r_read(m->clients[slot], in, sizeof in);
+    while (r == -EINTR);
+    if (r == -EAGAIN)
+        return;
+    if (r <= 0) {
+        drop_client(m, slot);
+        return;
+    }
+    unsigned char *f = m->client_buf[slot];
+    for (long i = 0; i < r; i++) {
+        f[m->client_len[slot]++] = in[i];
+        unsigned len = m->client_len[slot];
+        if (len == ATTACH_HDR && (f[0] != ATTACH_RESIZE || f[1] || f[2] || f[3] || f[4] != 4)) {
+            drop_client(m, slot);
+            return;
+        }
+        if (len < ATTACH_RESIZE_LEN)
+            continue;
+        m->client_len[slot] = 0;
+        struct winsize ws;
+        ws.ws_col = (unsigned short)(f[5] << 8 | f[6]);
+        ws.ws_row = (unsigned short)(f[7] << 8 | f[8]);
+        ws.ws_xpixel = 0;
+        ws.ws_ypixel = 0;
+        if (m->pty_master >= 0 && ws.ws_col && ws.ws_row)
+            rsys(SYS_ioctl, m->pty_master, TIOCSWINSZ, (long)&ws, 0, 0); /* the container gets SIGWINCH */
+    }
+}
+
 /* Feed bytes read from a stream: emit F records per newline, P records when a line exceeds max_line. */
 HOT static void feed(struct monitor *m, struct log_stream *s, const char *data, size_t n)
 {
@@ -235,6 +339,7 @@ HOT static int pump(struct monitor *m, struct log_stream *s, char *buf)
 {
     long r = r_read(s->fd, buf, READ_CHUNK);
     if (r > 0) {
+        broadcast(m, s->attach_id, buf, (size_t)r);
         feed(m, s, buf, (size_t)r);
         return 1;
     }
@@ -438,8 +543,9 @@ void shrink_resident(void)
 HOT __attribute__((noinline)) static void monitor_loop(struct monitor *m, char *buf)
 {
     for (;;) {
-        struct pollfd p[6];
-        int n = 0, ipid, isig, isync = -1, iout = -1, ierr = -1, iin = -1;
+        struct pollfd p[7 + ATTACH_MAX];
+        unsigned char slot_at[ATTACH_MAX];
+        int n = 0, ipid, isig, isync = -1, iout = -1, ierr = -1, iin = -1, ilisten = -1, iclient;
         p[ipid = n++] = (struct pollfd){m->pidfd, POLLIN, 0};
         p[isig = n++] = (struct pollfd){m->sig_fd, POLLIN, 0};
         if (m->sync_fd >= 0)
@@ -450,6 +556,14 @@ HOT __attribute__((noinline)) static void monitor_loop(struct monitor *m, char *
             p[ierr = n++] = (struct pollfd){m->err.fd, POLLIN, 0};
         if (m->stdin_src >= 0)
             p[iin = n++] = (struct pollfd){m->stdin_src, POLLIN, 0};
+        if (m->attach_fd >= 0)
+            p[ilisten = n++] = (struct pollfd){m->attach_fd, POLLIN, 0};
+        iclient = n;
+        for (int i = 0; i < ATTACH_MAX; i++)
+            if (m->clients[i] >= 0) {
+                slot_at[n - iclient] = (unsigned char)i;
+                p[n++] = (struct pollfd){m->clients[i], POLLIN, 0};
+            }
         long r = r_ppoll(p, n);
         if (r == -EINTR)
             continue;
@@ -457,6 +571,9 @@ HOT __attribute__((noinline)) static void monitor_loop(struct monitor *m, char *
             return;
         if (p[isig].revents)
             handle_signals(m);
+        /* before any output is read: a client whose connect completed before it gets it */
+        if (ilisten >= 0 && p[ilisten].revents)
+            accept_clients(m);
         if (isync >= 0 && p[isync].revents)
             read_sync(m);
         if (iout >= 0 && p[iout].revents)
@@ -465,6 +582,11 @@ HOT __attribute__((noinline)) static void monitor_loop(struct monitor *m, char *
             pump(m, &m->err, buf);
         if (iin >= 0 && p[iin].revents)
             copy_stdin(m, buf);
+        for (int k = iclient; k < n; k++) {
+            int slot = slot_at[k - iclient];
+            if (p[k].revents && m->clients[slot] == p[k].fd) /* not dropped meanwhile */
+                read_client(m, slot);
+        }
         if (p[ipid].revents)
             return;
     }
@@ -547,6 +669,16 @@ void monitor_run(struct monitor *m)
         while (s->fd >= 0 && pump(m, s, buf) > 0)
             ;
         flush_partial(m, s);
+    }
+    /* clients get EOF after the last output; the socket goes before exit.json says the container is gone */
+    for (int i = 0; i < ATTACH_MAX; i++)
+        if (m->clients[i] >= 0)
+            close(m->clients[i]);
+    if (m->attach_fd >= 0) {
+        char sock[PATH_MAX];
+        close(m->attach_fd);
+        if (path_join(sock, sizeof sock, m->bundle, "attach.sock") == 0)
+            unlink(sock);
     }
     write_exit(m, status, finished);
     _exit(0);

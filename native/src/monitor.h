@@ -5,12 +5,25 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* attach.sock: at most this many clients at once (more are refused by closing them) */
+#define ATTACH_MAX 32
+/* each client's socket send buffer: a client this far behind is dropped */
+#define ATTACH_SNDBUF (1 << 20)
+/* Frames on attach.sock: 1 byte type, 4 bytes big-endian length, payload. Monitor -> client: output of stdout (1)
+ * or stderr (2, never with a terminal). Client -> monitor: resize (4) with cols, rows as 2 bytes big-endian each. */
+#define ATTACH_STDOUT 1
+#define ATTACH_STDERR 2
+#define ATTACH_RESIZE 4
+#define ATTACH_HDR 5
+#define ATTACH_RESIZE_LEN (ATTACH_HDR + 4)
+
 /* room for the longest sync message ('X' + length + SYNC_TEXT_MAX) and a few more */
 #define MONITOR_SYNC_BUF 1280
 
 struct log_stream {
     int fd;               /* read end; -1 when closed */
     char name[8];         /* "stdout" / "stderr" (inline: the loop reads no .rodata) */
+    unsigned char attach_id; /* ATTACH_STDOUT / ATTACH_STDERR */
     char *buf;            /* pending partial line (malloc'd on demand, max_line bytes) */
     size_t len;
 };
@@ -35,6 +48,10 @@ struct monitor {
     char *exec_error;
     unsigned sync_len;    /* bytes of an incomplete message at the start of sync_buf */
     unsigned char sync_buf[MONITOR_SYNC_BUF];
+    int attach_fd;        /* listening socket <bundle>/attach.sock, or -1 */
+    int clients[ATTACH_MAX]; /* attached clients (nonblocking), -1 = free slot */
+    unsigned char client_len[ATTACH_MAX];                 /* bytes of a partial resize frame */
+    unsigned char client_buf[ATTACH_MAX][ATTACH_RESIZE_LEN];
     char *oom_file;       /* memory.events (v2) or memory.oom_control (v1) of the container's cgroup, or NULL */
     long oom_base;        /* its oom_kill count when the container was created */
 };

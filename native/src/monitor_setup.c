@@ -17,7 +17,9 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -33,7 +35,7 @@ struct monitor_setup {
     pid_t init;
     int out_w, err_w;        /* the init's ends of the output pipes, or -1 */
     int init_stdin, pty_slave, sync_w, userns;
-    char start_fifo[PATH_MAX], stdin_fifo[PATH_MAX], msg[1400], line[200], ok[210], pty_path[32];
+    char start_fifo[PATH_MAX], stdin_fifo[PATH_MAX], attach_path[PATH_MAX], msg[1400], line[200], ok[210], pty_path[32];
 };
 
 __attribute__((noreturn)) static void report_failure(int report_fd, struct cleanup_list *undo, const char *step,
@@ -114,9 +116,13 @@ static struct monitor *monitor_alloc(const char *bundle, const char *log_path, c
         memcpy(m->oom_file, oom_file, ol);
         m->oom_base = read_oom_kills(oom_file);
     }
-    m->stdin_hold = m->stdin_src = m->pty_master = -1;
+    m->stdin_hold = m->stdin_src = m->pty_master = m->attach_fd = -1;
+    for (int i = 0; i < ATTACH_MAX; i++)
+        m->clients[i] = -1;
     memcpy(m->out.name, "stdout", 7);
     memcpy(m->err.name, "stderr", 7);
+    m->out.attach_id = ATTACH_STDOUT;
+    m->err.attach_id = ATTACH_STDERR;
     return m;
 }
 
@@ -256,6 +262,43 @@ static void open_stdin(struct monitor_setup *ms)
     ms->init_stdin = open(ms->stdin_fifo, O_RDONLY | O_CLOEXEC);
     if (ms->init_stdin < 0)
         setup_fail(ms, "open", ms->stdin_fifo, errno);
+}
+
+/* attach.sock (0600): clients receive the container's output live, framed (monitor.h), and may resize its
+ * terminal. Made before the init exists, so no output can pass before a client could connect. A bundle path too
+ * long for sun_path is bound through /proc/self/fd/<dir>. */
+static void open_attach_socket(struct monitor_setup *ms)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    const char *bundle = ms->s->bundle;
+    char *path = ms->attach_path;
+    int dirfd = -1;
+    if (path_join(path, sizeof ms->attach_path, bundle, "attach.sock") < 0)
+        setup_fail(ms, "attach socket", bundle, ENAMETOOLONG);
+    unlink(path);
+    if (strlen(path) < sizeof sa.sun_path) {
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+    } else {
+        dirfd = open(bundle, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (dirfd < 0)
+            setup_fail(ms, "open", bundle, errno);
+        snprintf(sa.sun_path, sizeof sa.sun_path, "/proc/self/fd/%d/attach.sock", dirfd);
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        setup_fail(ms, "attach socket", NULL, errno);
+    mode_t old = umask(0177);
+    int r = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    int e = errno;
+    umask(old);
+    if (dirfd >= 0)
+        close(dirfd);
+    if (r < 0)
+        setup_fail(ms, "bind", path, e);
+    cleanup_push(&ms->undo, "remove", path, unlink_path);
+    if (listen(fd, ATTACH_MAX) < 0)
+        setup_fail(ms, "listen", path, errno);
+    ms->m->attach_fd = fd;
 }
 
 /* The container's new user namespace: a helper child unshares it and waits while the monitor (host root)
@@ -437,6 +480,7 @@ void monitor_main(struct spec *s, int report_fd)
     open_log(ms);
     open_output(ms);
     open_stdin(ms);
+    open_attach_socket(ms);
     open_sync_pipe(ms);
     make_userns(ms);
     enter_pid_namespace(ms);

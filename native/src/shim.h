@@ -124,5 +124,6 @@ int cmd_create(int argc, char **argv);
 int cmd_exec(int argc, char **argv);
 int cmd_sandbox(int argc, char **argv);
 int cmd_unpin(int argc, char **argv);
+int cmd_portforward(int argc, char **argv);
 
 #endif

@@ -258,6 +258,19 @@ export interface ExecResult {
 
 /** Runs a command inside a running container and collects its output. */
 export function execInContainer(opts: ExecOptions): Promise<ExecResult> {
+  const args = execArgs(opts);
+  // SIGTERM at the timeout makes the shim kill and reap the command before it exits (no zombie outlives the
+  // call); SIGKILL follows if the shim itself does not go.
+  return spawnShim(args, opts.timeoutMs, { timeoutSignal: 'SIGTERM', graceMs: 2000, reportTimeout: true }).then(
+    (r) => ({ stdout: r.stdout, stderr: r.stderr, exitCode: r.code, timedOut: r.timedOut }),
+    (err) => {
+      throw internal(`berth-shim exec: ${errorMessage(err)}`, err);
+    },
+  );
+}
+
+/** The `berth-shim exec` command line for opts; `extra` options (e.g. --tty) go before the command. */
+export function execArgs(opts: Omit<ExecOptions, 'timeoutMs'>, extra: string[] = []): string[] {
   const args = ['exec', String(opts.pid), '--uid', String(opts.uid), '--gid', String(opts.gid), '--cwd', opts.cwd];
   if (opts.groups.length > 0) args.push('--groups', opts.groups.join(','));
   for (const e of opts.env) args.push('--env', e);
@@ -269,13 +282,6 @@ export function execInContainer(opts: ExecOptions): Promise<ExecResult> {
   args.push('--session-keyring', opts.sessionKeyring);
   for (const r of opts.rlimits) args.push('--rlimit', `${r.type}=${r.soft}:${r.hard}`);
   if (opts.oomScoreAdj !== undefined) args.push('--oom-score-adj', String(opts.oomScoreAdj));
-  args.push('--', ...opts.command);
-  // SIGTERM at the timeout makes the shim kill and reap the command before it exits (no zombie outlives the
-  // call); SIGKILL follows if the shim itself does not go.
-  return spawnShim(args, opts.timeoutMs, { timeoutSignal: 'SIGTERM', graceMs: 2000, reportTimeout: true }).then(
-    (r) => ({ stdout: r.stdout, stderr: r.stderr, exitCode: r.code, timedOut: r.timedOut }),
-    (err) => {
-      throw internal(`berth-shim exec: ${errorMessage(err)}`, err);
-    },
-  );
+  args.push(...extra, '--', ...opts.command);
+  return args;
 }

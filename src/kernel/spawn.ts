@@ -141,3 +141,100 @@ export async function spawnCollect(file: string, args: string[], timeoutMs: numb
   }
 }
 
+
+/** What the child gets at one fd: a pipe it reads ('in') or writes ('out'), the same pipe as fd 1, or /dev/null. */
+export type ChildFd = 'in' | 'out' | 'stdout' | 'null';
+
+export interface PipedChild {
+  pid: number;
+  /** Berth's end of each pipe, by the child's fd number (-1 where the child got /dev/null or fd 1's pipe). */
+  fds: number[];
+  /**
+   * Resolves with the exit code (128+signal when killed) once the child has exited. The exit is seen on an extra
+   * pipe the child holds (at fd `fds.length`, close-on-exec nowhere, closed by nothing but its exit) and only then
+   * is it reaped, so no libuv worker thread sits in waitpid for a session's whole life.
+   */
+  exited: Promise<{ code: number; signal: number }>;
+  /** Signals the child unless it has been reaped (a reaped pid may belong to someone else by now). */
+  kill(sig: NodeJS.Signals): void;
+}
+
+/** posix_spawn with the given fds (0, 1, 2, 3, ...) and an exit-watch pipe after them; see PipedChild. */
+export function spawnPiped(file: string, args: string[], childFds: ChildFd[], opts: { argv0?: string } = {}): PipedChild {
+  const close = fn('close', 'int close(int fd)');
+  const ours: number[] = [];
+  const theirs: number[] = [];
+  const opened: number[] = [];
+  const actions = Buffer.alloc(256);
+  const attr = Buffer.alloc(512);
+  const sigset = Buffer.alloc(128);
+  const pidOut = new Int32Array(1);
+  let exitR = -1;
+  fn('posix_spawn_file_actions_init', 'int posix_spawn_file_actions_init(void *fa)')(actions);
+  fn('posix_spawnattr_init', 'int posix_spawnattr_init(void *attr)')(attr);
+  try {
+    const dup2 = fn('posix_spawn_file_actions_adddup2', 'int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)');
+    const addopen = fn('posix_spawn_file_actions_addopen', 'int posix_spawn_file_actions_addopen(void *fa, int fd, const char *path, int oflag, int mode)');
+    const kinds: ChildFd[] = [...childFds, 'out'];
+    kinds.forEach((kind, target) => {
+      if (kind === 'null') {
+        addopen(actions, target, '/dev/null', 2 /* O_RDWR */, 0);
+        ours.push(-1);
+        return;
+      }
+      if (kind === 'stdout') {
+        dup2(actions, theirs[1] ?? -1, target);
+        ours.push(-1);
+        theirs.push(-1);
+        return;
+      }
+      const [r, w] = pipe();
+      opened.push(r, w);
+      const [mine, child] = kind === 'in' ? [w, r] : [r, w];
+      ours.push(mine);
+      theirs.push(child);
+      dup2(actions, child, target);
+    });
+    fn('sigfillset', 'int sigfillset(void *set)')(sigset);
+    fn('posix_spawnattr_setsigdefault', 'int posix_spawnattr_setsigdefault(void *attr, void *set)')(attr, sigset);
+    fn('sigemptyset', 'int sigemptyset(void *set)')(sigset);
+    fn('posix_spawnattr_setsigmask', 'int posix_spawnattr_setsigmask(void *attr, void *set)')(attr, sigset);
+    fn('posix_spawnattr_setflags', 'int posix_spawnattr_setflags(void *attr, short flags)')(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    const argv = [opts.argv0 ?? file, ...args, null];
+    const env = [...Object.entries(process.env).map(([k, v]) => `${k}=${v}`), null];
+    const spawn = fn('posix_spawn', 'int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)');
+    const rc = spawn(pidOut, file, actions, attr, argv, env) as number;
+    if (rc !== 0) throw internal(`posix_spawn ${opts.argv0 ?? file}: errno ${rc}`);
+  } catch (err) {
+    for (const fd of opened) close(fd);
+    throw err;
+  } finally {
+    fn('posix_spawn_file_actions_destroy', 'int posix_spawn_file_actions_destroy(void *fa)')(actions);
+    fn('posix_spawnattr_destroy', 'int posix_spawnattr_destroy(void *attr)')(attr);
+  }
+  for (const fd of theirs) if (fd >= 0) close(fd);
+  exitR = ours.pop()!;
+  const pid = pidOut[0];
+  let reaped = false;
+  const exited = new Promise<void>((resolve) => {
+    const watch = new net.Socket({ fd: exitR, readable: true, writable: false });
+    watch.on('data', () => undefined);
+    watch.on('error', () => resolve());
+    watch.on('close', () => resolve());
+  }).then(() => reap(pid)).finally(() => {
+    reaped = true;
+  });
+  return {
+    pid,
+    fds: ours,
+    exited,
+    kill(sig) {
+      if (reaped) return;
+      try {
+        process.kill(pid, sig);
+      } catch {
+        /* exited, not reaped yet */
+      }
+    },
+  };
+}
