@@ -20,12 +20,13 @@ import { containerHandlers } from './cri/containers.js';
 import { runtimeHandlers, RuntimeInfo, RUNTIME_NAME } from './cri/runtime.js';
 import { claimSocket, CriServer, drain, forceClose, serveCri } from './cri/server.js';
 import { streamingHandlers } from './cri/streaming.js';
-import { failedPrecondition, unimplementedError } from './errors.js';
+import { failedPrecondition } from './errors.js';
 import { StreamingServer } from './streaming/server.js';
 import { StreamingService } from './streaming/service.js';
 import { TokenCache } from './streaming/tokens.js';
 import type { StreamingBackend, StreamingTargets } from './streaming/types.js';
 import { websocketUpgradeHandler } from './streaming/websocket.js';
+import { ServiceStreamingBackend } from './streaming/backend.js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
 
@@ -65,32 +66,29 @@ function seccompSupported(): boolean {
   }
 }
 
-/**
- * THE STREAMING MERGE POINT: what runs exec, attach and port-forward sessions, and what the RPCs check first.
- * The targets are plain lookups in the services. The backend is temporary wiring until the native exec/attach/
- * port-forward primitives and their domain backend are merged: every session it gets ends with an UNIMPLEMENTED
- * error on the session's error stream (or the port's). Replace it there, not elsewhere.
- */
-function streamingDomain(containers: ContainerService, sandboxes: SandboxService): { backend: StreamingBackend; targets: StreamingTargets } {
-  const pending = (what: string) => Promise.reject(unimplementedError(`${what} sessions are not implemented by berth yet`));
-  const backend: StreamingBackend = {
-    exec: () => pending('exec'),
-    attach: () => pending('attach'),
-    portForward: () => pending('port-forward'),
-  };
-  const targets: StreamingTargets = {
-    runningContainer: async (id) => {
-      const record = containers.get(id);
-      if (record.state !== 'RUNNING') throw failedPrecondition(`container "${record.id}" is not running (${record.state})`);
-      return record.id;
+/** What runs exec, attach and port-forward sessions, and what the RPCs check before handing out a URL. */
+function streamingDomain(containers: ContainerService, sandboxes: SandboxService, log: Logger): { backend: StreamingBackend; targets: StreamingTargets } {
+  const backend = new ServiceStreamingBackend(
+    {
+      runningContainer: async (id) => {
+        const record = containers.get(id);
+        if (record.state !== 'RUNNING') throw failedPrecondition(`container "${record.id}" is not running (${record.state})`);
+        return record.id;
+      },
+      execInteractive: (id, cmd, opts) => containers.execInteractive(id, cmd, opts),
+      attach: (id) => containers.attach(id),
     },
-    readyPod: async (id) => {
-      const record = sandboxes.get(id);
-      if (record.state !== 'READY') throw failedPrecondition(`pod sandbox "${record.id}" is not ready`);
-      return record.id;
+    {
+      readyPod: async (id) => {
+        const record = sandboxes.get(id);
+        if (record.state !== 'READY') throw failedPrecondition(`pod sandbox "${record.id}" is not ready`);
+        return record.id;
+      },
+      dial: (id, port, signal) => sandboxes.dial(id, port, signal),
     },
-  };
-  return { backend, targets };
+    log.child({ component: 'streaming' }),
+  );
+  return { backend, targets: backend };
 }
 
 export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: Logger): Promise<Daemon> {
@@ -203,7 +201,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     },
   };
 
-  const streamingWiring = streamingDomain(containers, sandboxes);
+  const streamingWiring = streamingDomain(containers, sandboxes, log);
   streamingBackend = streamingWiring.backend;
   const streaming = new StreamingService(tokens, streamingWiring.targets, streamingServer.baseUrl);
 

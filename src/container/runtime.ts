@@ -1,11 +1,12 @@
 import { watch } from 'node:fs';
 import { createContainer, execInContainer, ExecOptions, ExecResult, isShim, readExecError, readExit, ShimExit, startContainer } from '../kernel/shim.js';
 import { ShimSpec } from '../kernel/shim-spec.js';
+import { attachToMonitor, closeContainerStdin, InteractiveExec, InteractiveExecOptions, MonitorAttach, openContainerStdin, spawnInteractiveExec } from '../kernel/shim-stream.js';
+import type { Writable } from 'node:stream';
 
 // What the container service asks of the process level: the shim makes, starts and execs into containers, its
 // monitor records their exits, and signals reach them. The service gets it through its options, so that unit tests
 // pass a recording fake and exercise rollback, stop escalation and restart reconciliation without root.
-// Streaming's interactive exec and attach belong here too, as methods of their own, when they are added.
 
 export interface CreatedProcess {
   pid: number;
@@ -35,6 +36,24 @@ export interface ContainerRuntime {
   isMonitorAlive(monitorPid: number): Promise<boolean>;
   /** Runs a command in a running container and collects its output (ExecSync). */
   exec(opts: ExecOptions): Promise<ExecResult>;
+  /** Runs a command in a running container with live stdio (kubectl exec), on a pty with `tty`. */
+  execInteractive(opts: InteractiveExecOptions): Promise<InteractiveExec>;
+  /** Joins the live output (and terminal) of the container whose monitor serves `bundle` (kubectl attach). */
+  attach(bundle: string): Promise<MonitorAttach>;
+  /** A writer on the container's stdin; throws when it has none or nothing reads it. */
+  openStdin(bundle: string): Writable;
+  /** Makes the monitor drop its own writer of the container's stdin, so the container reads EOF (stdin_once). */
+  closeStdin(monitorPid: number): void;
+}
+
+/** A running container's stdio as kubectl attach joins it: the monitor's live output, its terminal, its stdin. */
+export interface ContainerAttachment extends MonitorAttach {
+  tty: boolean;
+  /** Whether the container was created with stdin, and whether the first attach to end closes it. */
+  stdin: boolean;
+  stdinOnce: boolean;
+  openStdin(): Writable;
+  closeStdin(): Promise<void>;
 }
 
 /** The real thing: berth-shim, its monitor's files in the bundle (watched with inotify), and kill(2). */
@@ -59,4 +78,8 @@ export const shimContainerRuntime: ContainerRuntime = {
   },
   isMonitorAlive: isShim,
   exec: execInContainer,
+  execInteractive: spawnInteractiveExec,
+  attach: attachToMonitor,
+  openStdin: openContainerStdin,
+  closeStdin: (monitorPid) => closeContainerStdin(monitorPid),
 };

@@ -7,14 +7,15 @@ import { Logger } from '../log.js';
 import { checkNoSymlinks, logLocation } from './log-path.js';
 import { CgroupHandle, CgroupResources } from '../kernel/cgroups.js';
 import type { CgroupPort } from '../kernel/cgroup-port.js';
-import { ExecResult } from '../kernel/shim.js';
+import { ExecOptions, ExecResult } from '../kernel/shim.js';
+import type { InteractiveExec } from '../kernel/shim-stream.js';
 import { ImageService } from '../image/service.js';
 import { ImageRecord } from '../image/types.js';
 import { Durability, RecordStore } from '../store/records.js';
 import { withUndo } from '../store/undo.js';
 import { SandboxService } from '../sandbox/service.js';
 import { PhaseTimer } from '../phases.js';
-import { ContainerRuntime, ExitWatch } from './runtime.js';
+import { ContainerAttachment, ContainerRuntime, ExitWatch } from './runtime.js';
 import { readImageFile } from './image-files.js';
 import { buildSpec } from './spec.js';
 import { loadLocalhostProfile } from './seccomp.js';
@@ -557,12 +558,45 @@ export class ContainerService {
   }
 
   async execSync(id: string, command: string[], timeoutSeconds: number): Promise<ExecResult> {
-    const record = this.get(id);
     if (command.length === 0) throw invalidArgument('cmd is empty');
+    return this.runtime.exec(this.execOptions(this.running(id), command, timeoutSeconds * 1000));
+  }
+
+  /** kubectl exec: the command with the container's identity and isolation, its stdio live (on a pty with tty). */
+  async execInteractive(id: string, command: string[], opts: { tty: boolean; stdin: boolean }): Promise<InteractiveExec> {
+    if (command.length === 0) throw invalidArgument('cmd is empty');
+    // No deadline: the session ends the command when its client goes.
+    return this.runtime.execInteractive({ ...this.execOptions(this.running(id), command, 0), tty: opts.tty, stdin: opts.stdin });
+  }
+
+  /** kubectl attach: the running container's live output, its terminal, and its stdin when it was created with one. */
+  async attach(id: string): Promise<ContainerAttachment> {
+    const record = this.running(id);
+    const monitorPid = record.monitorPid;
+    if (!monitorPid) throw failedPrecondition(`container ${record.id} has no monitor to attach to`);
+    const output = await this.runtime.attach(record.bundle);
+    return {
+      ...output,
+      tty: record.config.tty,
+      stdin: record.config.stdin,
+      stdinOnce: record.config.stdinOnce,
+      openStdin: () => this.runtime.openStdin(record.bundle),
+      closeStdin: async () => {
+        if (await this.runtime.isMonitorAlive(monitorPid)) this.runtime.closeStdin(monitorPid);
+      },
+    };
+  }
+
+  private running(id: string): Readonly<ContainerRecord> {
+    const record = this.get(id);
     if (record.state !== 'RUNNING' || !record.pid) throw failedPrecondition(`container ${record.id} is not running`);
+    return record;
+  }
+
+  private execOptions(record: Readonly<ContainerRecord>, command: string[], timeoutMs: number): ExecOptions {
     const security = record.config.security;
-    return this.runtime.exec({
-      pid: record.pid,
+    return {
+      pid: record.pid!,
       startTime: record.pidStartTime,
       // A keyring of its own (not berth's, not another container's), named like the init's.
       sessionKeyring: `_ses.${record.id}`,
@@ -580,8 +614,8 @@ export class ContainerService {
       // Written at create exactly when the container got a filter: known from the config, no file probe per exec.
       seccompFile: security.seccomp.kind !== 'unconfined' && !security.privileged ? path.join(record.bundle, 'exec-seccomp.json') : undefined,
       command,
-      timeoutMs: timeoutSeconds * 1000,
-    });
+      timeoutMs,
+    };
   }
 
   /** Asks the monitor to reopen the log file (after kubelet renamed it) and waits until it has. */

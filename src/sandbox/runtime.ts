@@ -2,7 +2,9 @@ import { promises as fs } from 'node:fs';
 import { internal, errorMessage } from '../errors.js';
 import { MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, mount, umount2 } from '../kernel/libc.js';
 import { createPodNamespaces, isShim, PodNamespaces, PodVeth, unpinNamespaces } from '../kernel/shim.js';
+import { dialInNetns } from '../kernel/shim-stream.js';
 import { writeHostsFile, writePodFiles } from './files.js';
+import type { Duplex } from 'node:stream';
 import { DnsConfig } from './types.js';
 
 // What the sandbox service asks of the kernel: pinned namespaces (via berth-shim), the pod init, /dev/shm, and the
@@ -47,6 +49,8 @@ export interface SandboxRuntime {
   writePodFiles(dir: string, files: PodFiles): Promise<void>;
   /** Rewrites only /etc/hosts, once the network has given the pod its address. */
   writeHostsFile(dir: string, hostname: string, ip: string): Promise<void>;
+  /** A TCP connection to localhost:<port> inside the pinned network namespace (null: the host's). */
+  dial(netnsPath: string | null, port: number, timeoutMs: number): Promise<Duplex>;
 }
 
 /** The real thing: berth-shim for namespaces, mount(2) for /dev/shm, plain files for the rest. */
@@ -84,4 +88,5 @@ export const kernelSandboxRuntime: SandboxRuntime = {
   },
   writePodFiles,
   writeHostsFile,
+  dial: dialInNetns,
 };

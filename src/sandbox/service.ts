@@ -17,6 +17,7 @@ import { validateSysctls } from './sysctls.js';
 import { SandboxRuntime } from './runtime.js';
 import { SANDBOX_TRANSITIONS, SandboxConfig, SandboxRecord } from './types.js';
 import { LoopbackOnly, PodNetwork, PodNetworkRequest } from '../network/types.js';
+import type { Duplex } from 'node:stream';
 
 /** The cgroup operations a pod needs: its own cgroup, and its parents once unused. */
 export type SandboxCgroups = Pick<CgroupPort, 'create' | 'remove' | 'removeIfUnused'>;
@@ -46,6 +47,8 @@ export interface SandboxServiceOptions {
 }
 
 const loopbackOnly = new LoopbackOnly();
+/** A port-forward connection that is not made within this long fails on its error stream. */
+const DIAL_TIMEOUT_MS = 10_000;
 
 export type SandboxFilter = RecordFilter<SandboxRecord['state']>;
 
@@ -138,6 +141,24 @@ export class SandboxService {
   /** By full id or a unique prefix, as crictl accepts. */
   find(id: string): Readonly<SandboxRecord> | undefined {
     return findByIdOrPrefix(this.records, id, 'pod sandbox');
+  }
+
+  /**
+   * kubectl port-forward: a connection to localhost:<port> in the pod's network namespace (the host's for a
+   * host-network pod), made by a process of its own: berth's threads never enter a pod's namespace.
+   */
+  async dial(id: string, port: number, signal: AbortSignal): Promise<Duplex> {
+    const record = this.get(id);
+    if (record.state !== 'READY') throw failedPrecondition(`pod sandbox ${record.id} is not ready`);
+    const netns = record.config.namespaces.network === 'NODE' ? null : record.namespacePaths.network;
+    if (netns === undefined) throw failedPrecondition(`pod sandbox ${record.id} has no network namespace`);
+    const connection = await this.runtime.dial(netns, port, DIAL_TIMEOUT_MS);
+    // The client left while the connection was being made: it has no one to serve.
+    if (signal.aborted) {
+      connection.destroy();
+      throw failedPrecondition(`port-forward to ${record.id}:${port}: the client went away`);
+    }
+    return connection;
   }
 
   list(filter: SandboxFilter = {}): Readonly<SandboxRecord>[] {

@@ -17,34 +17,29 @@ export interface InteractiveProcess {
   kill(): void;
 }
 
-/** A connection to a container's monitor: its live output, and its terminal. */
+/** A running container's stdio as attach joins it. */
 export interface Attachment {
-  onOutput(listener: (stream: 'stdout' | 'stderr', data: Buffer) => void): void;
-  /** Stop reading the monitor while the client catches up (the monitor drops a client that falls too far behind). */
-  pause(): void;
-  resume(): void;
+  tty: boolean;
+  /** Whether the container was created with stdin, and whether the first attach to end closes it. */
+  stdin: boolean;
+  stdinOnce: boolean;
+  /** Object mode: `{ stream: 'stdout' | 'stderr', data: Buffer }` as the container writes; paused, the monitor waits
+   * (and drops a client that falls too far behind). Ends when the container exits. */
+  output: Readable;
   resize(size: TerminalSize): void;
   close(): void;
   /** Settles when the container's output ends (it exited) or the monitor dropped the connection. */
   ended: Promise<void>;
-}
-
-export interface AttachPoint {
-  tty: boolean;
-  /** Whether the container was created with stdin, and whether the first attach ends it. */
-  stdin: boolean;
-  stdinOnce: boolean;
-  attach(): Promise<Attachment>;
-  openStdin(): Promise<Writable>;
+  openStdin(): Writable;
   /** Closes the container's stdin (its monitor's writer): the container reads EOF. */
-  closeStdin(): void;
+  closeStdin(): void | Promise<void>;
 }
 
 /** What the backend asks of the container service. */
 export interface ContainerStreamsPort {
   runningContainer(id: string): Promise<string>;
   execInteractive(id: string, cmd: string[], opts: { tty: boolean; stdin: boolean }): Promise<InteractiveProcess>;
-  attachPoint(id: string): Promise<AttachPoint>;
+  attach(id: string): Promise<Attachment>;
 }
 
 /** What the backend asks of the sandbox service. */
@@ -87,30 +82,30 @@ export class ServiceStreamingBackend implements StreamingBackend, StreamingTarge
   }
 
   async attach(target: AttachTarget, io: SessionIO): Promise<void> {
-    const point = await this.containers.attachPoint(target.containerId);
-    const attachment = await point.attach();
+    const attachment = await this.containers.attach(target.containerId);
     const detach = () => attachment.close();
     io.signal.addEventListener('abort', detach, { once: true });
     let stdin: Writable | undefined;
     try {
-      attachment.onOutput((stream, data) => {
+      attachment.output.on('data', ({ stream, data }: { stream: 'stdout' | 'stderr'; data: Buffer }) => {
         // A terminal has one output; without one, stderr goes where the client asked for it (nowhere if it did not).
-        const sink = point.tty || stream === 'stdout' ? io.stdout : io.stderr;
+        const sink = attachment.tty || stream === 'stdout' ? io.stdout : io.stderr;
         if (sink && !sink.write(data)) {
-          attachment.pause();
-          sink.once('drain', () => attachment.resume());
+          attachment.output.pause();
+          sink.once('drain', () => attachment.output.resume());
         }
       });
       io.onResize((size) => attachment.resize(size));
-      if (io.stdin && point.stdin) {
-        stdin = await point.openStdin();
+      if (io.stdin && attachment.stdin) {
+        stdin = attachment.openStdin();
         const input = io.stdin;
         const writer = stdin;
+        writer.on('error', () => input.unpipe(writer)); // the container stopped reading: its exit ends the session
         input.pipe(writer, { end: false });
         input.once('end', () => {
           input.unpipe(writer);
           // stdin_once: the container's stdin ends with the first attach's.
-          if (point.stdinOnce) point.closeStdin();
+          if (attachment.stdinOnce) void Promise.resolve(attachment.closeStdin()).catch((err) => this.log.warn('closing the container stdin failed', { containerId: target.containerId, error: String(err) }));
         });
       }
       await Promise.race([attachment.ended, aborted(io.signal)]);
@@ -121,7 +116,6 @@ export class ServiceStreamingBackend implements StreamingBackend, StreamingTarge
         io.stdin?.unpipe(stdin);
         stdin.destroy();
       }
-      this.log.debug('attach ended', { containerId: target.containerId });
     }
   }
 

@@ -214,7 +214,7 @@ export const BUSYBOX_APPLETS = [
   'uname', 'whoami', 'sort', 'tr', 'cut', 'xargs', 'seq', 'find', 'tee', 'sha256sum', 'md5sum', 'basename',
   'dirname', 'pwd', 'date', 'umount', 'df', 'du', 'nc', 'wget', 'ip', 'ifconfig', 'nslookup', 'timeout',
   'awk', 'mknod', 'mkfifo', 'rmdir', 'usleep', 'uptime', 'free', 'pidof', 'nproc', 'sync', 'truncate',
-  'base64', 'od', 'expr', 'groups', 'mktemp', 'yes', 'unshare', 'nsenter', 'setsid', 'stty', 'tty', 'which',
+  'base64', 'od', 'expr', 'groups', 'mktemp', 'yes', 'unshare', 'nsenter', 'setsid', 'stty', 'tty', 'which', 'tar',
 ] as const;
 
 export const BUSYBOX_PASSWD =

@@ -2,7 +2,7 @@ import test from 'ava';
 import { PassThrough, Writable } from 'node:stream';
 import { failedPrecondition, notFound } from '../../src/errors.js';
 import { logger } from '../../src/log.js';
-import { Attachment, AttachPoint, ContainerStreamsPort, InteractiveProcess, PodStreamsPort, ServiceStreamingBackend } from '../../src/streaming/backend.js';
+import { Attachment, ContainerStreamsPort, InteractiveProcess, PodStreamsPort, ServiceStreamingBackend } from '../../src/streaming/backend.js';
 import { SessionIO, TerminalSize } from '../../src/streaming/types.js';
 
 // The glue between a protocol's session and the processes behind it, against fakes: what reaches the command,
@@ -76,7 +76,7 @@ function backendWith(containers: Partial<ContainerStreamsPort>, pods: Partial<Po
     execInteractive: async () => {
       throw new Error('unexpected exec');
     },
-    attachPoint: async () => {
+    attach: async () => {
       throw new Error('unexpected attach');
     },
     ...containers,
@@ -159,22 +159,22 @@ test('exec refusals from the container service reach the protocol unchanged', as
 });
 
 class FakeAttachment implements Attachment {
-  listeners: ((stream: 'stdout' | 'stderr', data: Buffer) => void)[] = [];
+  tty = false;
+  stdin = true;
+  stdinOnce = false;
+  output = new PassThrough({ objectMode: true });
   sizes: TerminalSize[] = [];
   closed = false;
-  paused = 0;
+  written: Buffer[] = [];
+  stdinClosed = 0;
   private finish!: () => void;
   ended = new Promise<void>((r) => (this.finish = r));
-  onOutput(l: (stream: 'stdout' | 'stderr', data: Buffer) => void) {
-    this.listeners.push(l);
+  constructor(opts: Partial<Pick<Attachment, 'tty' | 'stdin' | 'stdinOnce'>> = {}) {
+    Object.assign(this, opts);
   }
   emit(stream: 'stdout' | 'stderr', text: string) {
-    this.listeners.forEach((l) => l(stream, Buffer.from(text)));
+    this.output.write({ stream, data: Buffer.from(text) });
   }
-  pause() {
-    this.paused++;
-  }
-  resume() {}
   resize(size: TerminalSize) {
     this.sizes.push(size);
   }
@@ -182,40 +182,32 @@ class FakeAttachment implements Attachment {
     this.closed = true;
   }
   end() {
+    this.output.end();
     this.finish();
+  }
+  openStdin() {
+    const w = new PassThrough();
+    w.on('data', (d: Buffer) => this.written.push(d));
+    return w;
+  }
+  closeStdin() {
+    this.stdinClosed++;
   }
 }
 
-function attachPoint(attachment: FakeAttachment, opts: Partial<AttachPoint> = {}) {
-  const written: Buffer[] = [];
-  let stdinClosed = 0;
-  const point: AttachPoint = {
-    tty: false,
-    stdin: true,
-    stdinOnce: false,
-    attach: async () => attachment,
-    openStdin: async () => {
-      const w = new PassThrough();
-      w.on('data', (d: Buffer) => written.push(d));
-      return w;
-    },
-    closeStdin: () => stdinClosed++,
-    ...opts,
-  };
-  return { point, written, stdinClosed: () => stdinClosed };
-}
+const tick = () => new Promise((r) => setImmediate(r));
 
 const attachTarget = { kind: 'attach' as const, containerId: 'c1', stdin: true, stdout: true, stderr: true, tty: false };
 
 test('attach streams the container output live to the client and ends when the container exits', async (t) => {
   const attachment = new FakeAttachment();
-  const { point } = attachPoint(attachment);
-  const backend = backendWith({ attachPoint: async () => point });
+  const backend = backendWith({ attach: async () => attachment });
   const s = session({ stdin: true });
   const done = backend.attach(attachTarget, s.io);
-  await new Promise((r) => setImmediate(r));
+  await tick();
   attachment.emit('stdout', 'hello ');
   attachment.emit('stderr', 'oops');
+  await tick();
   attachment.end();
   await done;
   t.is(s.out.text(), 'hello ');
@@ -224,60 +216,75 @@ test('attach streams the container output live to the client and ends when the c
 });
 
 test('attach writes client input to the container stdin and, with stdin_once, closes it when the client ends', async (t) => {
-  const attachment = new FakeAttachment();
-  const { point, written, stdinClosed } = attachPoint(attachment, { stdinOnce: true });
-  const backend = backendWith({ attachPoint: async () => point });
+  const attachment = new FakeAttachment({ stdinOnce: true });
+  const backend = backendWith({ attach: async () => attachment });
   const s = session({ stdin: true });
   const done = backend.attach(attachTarget, s.io);
-  await new Promise((r) => setImmediate(r));
+  await tick();
   s.stdin!.end('input');
-  await new Promise((r) => setImmediate(r));
-  t.is(Buffer.concat(written).toString(), 'input');
-  t.is(stdinClosed(), 1);
+  await tick();
+  t.is(Buffer.concat(attachment.written).toString(), 'input');
+  t.is(attachment.stdinClosed, 1);
   attachment.end();
   await done;
 });
 
 test('attach without stdin_once leaves the container stdin open for the next attach', async (t) => {
   const attachment = new FakeAttachment();
-  const { point, stdinClosed } = attachPoint(attachment);
-  const backend = backendWith({ attachPoint: async () => point });
+  const backend = backendWith({ attach: async () => attachment });
   const s = session({ stdin: true });
   const done = backend.attach(attachTarget, s.io);
-  await new Promise((r) => setImmediate(r));
+  await tick();
   s.stdin!.end('x');
-  await new Promise((r) => setImmediate(r));
+  await tick();
   attachment.end();
   await done;
-  t.is(stdinClosed(), 0);
+  t.is(attachment.stdinClosed, 0);
+});
+
+test('attach ignores client input for a container created without stdin', async (t) => {
+  const attachment = new FakeAttachment({ stdin: false });
+  const backend = backendWith({ attach: async () => attachment });
+  const s = session({ stdin: true });
+  const done = backend.attach(attachTarget, s.io);
+  await tick();
+  s.stdin!.end('x');
+  await tick();
+  attachment.end();
+  await done;
+  t.deepEqual(attachment.written, []);
 });
 
 test('attach to a tty container sends everything to stdout and passes resizes', async (t) => {
-  const attachment = new FakeAttachment();
-  const { point } = attachPoint(attachment, { tty: true });
-  const backend = backendWith({ attachPoint: async () => point });
+  const attachment = new FakeAttachment({ tty: true });
+  const backend = backendWith({ attach: async () => attachment });
   const s = session({ tty: true });
   const done = backend.attach({ ...attachTarget, tty: true, stderr: false }, s.io);
-  await new Promise((r) => setImmediate(r));
+  await tick();
   attachment.emit('stdout', '$ ');
+  attachment.emit('stderr', 'err ');
+  await tick();
   s.resize({ width: 80, height: 24 });
   s.abort.abort();
   await done;
-  t.is(s.out.text(), '$ ');
+  t.is(s.out.text(), '$ err ');
   t.deepEqual(attachment.sizes, [{ width: 80, height: 24 }]);
   t.true(attachment.closed, 'a client going away detaches from the monitor');
 });
 
 test('attach pauses the monitor connection while the client is slow', async (t) => {
   const attachment = new FakeAttachment();
-  const { point } = attachPoint(attachment);
-  const backend = backendWith({ attachPoint: async () => point });
+  const backend = backendWith({ attach: async () => attachment });
   const s = session();
   const slow = new Writable({ highWaterMark: 4, write: (_c, _e, cb) => setTimeout(cb, 5) });
   const done = backend.attach(attachTarget, { ...s.io, stdout: slow });
-  await new Promise((r) => setImmediate(r));
+  await tick();
   attachment.emit('stdout', 'more than four bytes');
-  t.is(attachment.paused, 1);
+  await tick();
+  t.true(attachment.output.isPaused());
+  await new Promise((r) => slow.once('drain', r));
+  await tick();
+  t.false(attachment.output.isPaused());
   attachment.end();
   await done;
 });

@@ -1,3 +1,5 @@
+import { PassThrough, type Writable } from 'node:stream';
+import type { InteractiveExec, InteractiveExecOptions, MonitorAttach } from '../../../src/kernel/shim-stream.js';
 import type { Logger } from '../../../src/log.js';
 import type { CgroupHandle, CgroupResources } from '../../../src/kernel/cgroups.js';
 import type { ExecOptions, ExecResult, ShimExit } from '../../../src/kernel/shim.js';
@@ -96,6 +98,34 @@ export class FakeRuntime implements ContainerRuntime {
   async exec(opts: ExecOptions): Promise<ExecResult> {
     this.j.call('runtime.exec');
     return { stdout: Buffer.from(opts.command.join(' ')), stderr: Buffer.alloc(0), exitCode: 0, timedOut: false };
+  }
+
+  /** The options of every interactive exec, in order. */
+  readonly interactiveExecs: InteractiveExecOptions[] = [];
+  readonly stdinClosed: number[] = [];
+
+  async execInteractive(opts: InteractiveExecOptions): Promise<InteractiveExec> {
+    this.j.call('runtime.execInteractive');
+    this.interactiveExecs.push(opts);
+    const stdout = new PassThrough();
+    stdout.end(opts.command.join(' '));
+    return { stdin: opts.stdin ? new PassThrough() : null, stdout, stderr: null, resize: () => undefined, wait: async () => 0, kill: () => undefined };
+  }
+
+  async attach(bundle: string): Promise<MonitorAttach> {
+    this.j.call(`runtime.attach ${bundle}`);
+    const output = new PassThrough({ objectMode: true });
+    return { output, resize: () => undefined, close: () => output.end(), ended: new Promise((r) => output.on('end', r)) };
+  }
+
+  openStdin(bundle: string): Writable {
+    this.j.call(`runtime.openStdin ${bundle}`);
+    return new PassThrough();
+  }
+
+  closeStdin(monitorPid: number): void {
+    this.j.call(`runtime.closeStdin ${monitorPid}`);
+    this.stdinClosed.push(monitorPid);
   }
 }
 

@@ -1,3 +1,4 @@
+import { PassThrough, type Duplex } from 'node:stream';
 import type { Logger } from '../../../src/log.js';
 import type { CgroupHandle } from '../../../src/kernel/cgroups.js';
 import type { SandboxCgroups } from '../../../src/sandbox/service.js';
@@ -47,6 +48,15 @@ export class FakeSandboxRuntime implements SandboxRuntime {
   initAlive = true;
 
   constructor(private readonly j: Journal) {}
+
+  /** The (netns, port) of every dial, in order. */
+  readonly dials: [string | null, number][] = [];
+
+  async dial(netnsPath: string | null, port: number): Promise<Duplex> {
+    this.j.call(`runtime.dial ${netnsPath ?? 'host'} ${port}`);
+    this.dials.push([netnsPath, port]);
+    return new PassThrough();
+  }
 
   makeRunDir(): Promise<void> {
     return this.j.acquire('makeRunDir', undefined);
