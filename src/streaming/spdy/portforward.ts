@@ -1,0 +1,142 @@
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../../log.js';
+import { errorMessage } from '../../errors.js';
+import type { PortForwardTarget, ProtocolContext } from '../types.js';
+import { RstStatus } from './errors.js';
+import type { SpdySession, SpdyStream } from './session.js';
+
+// k8s portforward.k8s.io over one SPDY session, as kubelet's streaming server serves it
+// (k8s.io/kubelet/pkg/cri/streaming/portforward): each forwarded connection is a pair of streams, `error` and
+// `data`, sharing `port` and `requestID` headers. Anything wrong with one pair (bad port, failed dial, a stream
+// missing) goes as text on that pair's error stream and closes that pair only; the session serves the others.
+
+export const portForwardProtocols = ['portforward.k8s.io'] as const;
+
+interface Pair {
+  requestId: string;
+  data?: SpdyStream;
+  error?: SpdyStream;
+  timer: NodeJS.Timeout | null;
+}
+
+/** A `port` header as kubelet parses it (decimal, 1-65535); the error names the value. */
+export function parsePortHeader(raw: string | undefined): number | string {
+  if (raw === undefined || raw === '') return 'the "port" header is required';
+  if (!/^[0-9]{1,5}$/.test(raw)) return `port ${JSON.stringify(raw)} is not a number in 1-65535`;
+  const port = Number(raw);
+  if (port < 1 || port > 65535) return `port ${raw} is outside 1-65535`;
+  return port;
+}
+
+export function servePortForward(session: SpdySession, target: PortForwardTarget, ctx: ProtocolContext, log: Logger): void {
+  const pending = new Map<string, Pair>();
+  const sessionAbort = new AbortController();
+  const onShutdown = () => session.close();
+  ctx.shutdown.addEventListener('abort', onShutdown, { once: true });
+  session.once('close', () => {
+    ctx.shutdown.removeEventListener('abort', onShutdown);
+    for (const p of pending.values()) if (p.timer) clearTimeout(p.timer);
+    pending.clear();
+    sessionAbort.abort(new Error('the port-forward session ended'));
+  });
+  if (ctx.shutdown.aborted) onShutdown();
+
+  session.on('stream', (stream) => {
+    const type = stream.header('streamtype');
+    if (type !== 'data' && type !== 'error') {
+      log.debug('refusing a port-forward stream of unknown type', { streamtype: type ?? null, stream: stream.id });
+      stream.reset(RstStatus.refusedStream);
+      return;
+    }
+    stream.accept();
+    const requestId = stream.header('requestid') ?? legacyRequestId(type, stream.id);
+    let pair = pending.get(requestId);
+    if (!pair) {
+      const created: Pair = { requestId, timer: null };
+      created.timer = setTimeout(() => {
+        pending.delete(requestId);
+        failPair(created, `timed out waiting for the streams of request ${requestId}`);
+      }, ctx.streamCreationTimeoutMs);
+      pending.set(requestId, created);
+      pair = created;
+    }
+    if (pair[type]) {
+      stream.reset(RstStatus.protocolError);
+      pair.error?.write(`error processing stream for request ${requestId}: ${type} stream already assigned`);
+      return;
+    }
+    pair[type] = stream;
+    if (type === 'error') stream.resume(); // the client writes nothing on it; a stray byte must not hold the socket
+    if (pair.data && pair.error) {
+      pending.delete(requestId);
+      if (pair.timer) clearTimeout(pair.timer);
+      void forward(pair.data, pair.error, requestId);
+    }
+  });
+
+  function failPair(pair: Pair, message: string): void {
+    log.info('port-forward request failed', { request: pair.requestId, error: message });
+    if (pair.error && !pair.error.writableEnded) pair.error.end(message);
+    if (pair.data && !pair.data.writableEnded) pair.data.end();
+  }
+
+  async function forward(data: SpdyStream, error: SpdyStream, requestId: string): Promise<void> {
+    const port = parsePortHeader(data.header('port'));
+    if (typeof port === 'string') return failPair({ requestId, data, error, timer: null }, port);
+    const abort = new AbortController();
+    const onSessionEnd = () => abort.abort(sessionAbort.signal.reason);
+    sessionAbort.signal.addEventListener('abort', onSessionEnd, { once: true });
+    const release = () => {
+      sessionAbort.signal.removeEventListener('abort', onSessionEnd);
+      if (!abort.signal.aborted) abort.abort(new Error('the port-forward connection ended'));
+    };
+    let conn: Duplex;
+    try {
+      conn = await ctx.backend.portForward(target.podSandboxId, port, abort.signal);
+    } catch (err) {
+      release();
+      return failPair({ requestId, data, error, timer: null }, `error forwarding port ${port} to pod ${target.podSandboxId}: ${errorMessage(err)}`);
+    }
+    if (data.destroyed || session.closed) {
+      conn.destroy();
+      return release();
+    }
+    const plog = log.child({ request: requestId, port });
+    let connClosed = false;
+    let dataClosed = false;
+    const finish = () => {
+      if (connClosed && dataClosed) release();
+    };
+    conn.on('error', (err) => plog.debug('pod side of a port-forward connection failed', { error: err.message }));
+    // Pod -> client. When the pod side is done, so is the pair for the client (kubelet closes both streams).
+    conn.pipe(data);
+    conn.on('end', () => {
+      if (!error.writableEnded) error.end();
+    });
+    conn.on('close', () => {
+      connClosed = true;
+      // Whatever the client still sends has nowhere to go; dropping it keeps the session's socket flowing.
+      data.unpipe(conn);
+      data.resume();
+      if (!data.writableEnded) data.end();
+      if (!error.writableEnded) error.end();
+      finish();
+    });
+    // Client -> pod; the client's FIN half-closes the pod connection.
+    data.pipe(conn);
+    data.on('close', () => {
+      dataClosed = true;
+      if (!conn.destroyed) conn.destroy();
+      if (!error.destroyed && !error.writableEnded) error.end();
+      finish();
+    });
+  }
+}
+
+/**
+ * Clients older than the requestID header open error then data back to back: kubelet pairs them by stream id
+ * (error n, data n+2), which holds as long as connections do not start concurrently.
+ */
+function legacyRequestId(type: 'data' | 'error', streamId: number): string {
+  return String(type === 'error' ? streamId : streamId - 2);
+}
