@@ -27,6 +27,7 @@ import { TokenCache } from './streaming/tokens.js';
 import type { StreamingBackend, StreamingTargets } from './streaming/types.js';
 import { websocketUpgradeHandler } from './streaming/websocket.js';
 import { ServiceStreamingBackend } from './streaming/backend.js';
+import { spdyUpgradeHandler } from './streaming/spdy/index.js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
 
@@ -109,8 +110,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     config: config.streaming,
     tokens,
     backend: lateBackend,
-    // SPDY/3.1 is wired at the merge (spdyUpgradeHandler); until then a SPDY request gets 400 naming it.
-    protocols: { websocket: websocketUpgradeHandler },
+    protocols: { websocket: websocketUpgradeHandler, spdy: spdyUpgradeHandler },
     log: log.child({ component: 'streaming' }),
   });
   // Containers hold the layers under their rootfs (the container service is made below; the store asks only

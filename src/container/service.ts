@@ -8,7 +8,7 @@ import { checkNoSymlinks, logLocation } from './log-path.js';
 import { CgroupHandle, CgroupResources } from '../kernel/cgroups.js';
 import type { CgroupPort } from '../kernel/cgroup-port.js';
 import { ExecOptions, ExecResult } from '../kernel/shim.js';
-import type { InteractiveExec } from '../kernel/shim-stream.js';
+import type { InteractiveExec, TerminalSize } from '../kernel/shim-stream.js';
 import { ImageService } from '../image/service.js';
 import { ImageRecord } from '../image/types.js';
 import { Durability, RecordStore } from '../store/records.js';
@@ -563,10 +563,10 @@ export class ContainerService {
   }
 
   /** kubectl exec: the command with the container's identity and isolation, its stdio live (on a pty with tty). */
-  async execInteractive(id: string, command: string[], opts: { tty: boolean; stdin: boolean }): Promise<InteractiveExec> {
+  async execInteractive(id: string, command: string[], opts: { tty: boolean; stdin: boolean; ttySize?: TerminalSize }): Promise<InteractiveExec> {
     if (command.length === 0) throw invalidArgument('cmd is empty');
     // No deadline: the session ends the command when its client goes.
-    return this.runtime.execInteractive({ ...this.execOptions(this.running(id), command, 0), tty: opts.tty, stdin: opts.stdin });
+    return this.runtime.execInteractive({ ...this.execOptions(this.running(id), command, 0), ...opts });
   }
 
   /** kubectl attach: the running container's live output, its terminal, and its stdin when it was created with one. */

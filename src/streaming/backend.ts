@@ -38,7 +38,7 @@ export interface Attachment {
 /** What the backend asks of the container service. */
 export interface ContainerStreamsPort {
   runningContainer(id: string): Promise<string>;
-  execInteractive(id: string, cmd: string[], opts: { tty: boolean; stdin: boolean }): Promise<InteractiveProcess>;
+  execInteractive(id: string, cmd: string[], opts: { tty: boolean; stdin: boolean; ttySize?: TerminalSize }): Promise<InteractiveProcess>;
   attach(id: string): Promise<Attachment>;
 }
 
@@ -65,11 +65,20 @@ export class ServiceStreamingBackend implements StreamingBackend, StreamingTarge
 
   async exec(target: ExecTarget, io: SessionIO): Promise<ExecOutcome> {
     if (io.signal.aborted) throw failedPrecondition(`exec in container ${target.containerId}: the client went away`);
-    const proc = await this.containers.execInteractive(target.containerId, target.cmd, { tty: io.tty, stdin: io.stdin !== null });
+    // Listening before the spawn: the client sends its terminal's size first thing, and the command should start
+    // with it (a shell reads it once at start); sizes that arrive while the process is being made follow it.
+    let latestSize: TerminalSize | undefined;
+    let resize: ((size: TerminalSize) => void) | undefined;
+    io.onResize((size) => {
+      latestSize = size;
+      resize?.(size);
+    });
+    const proc = await this.containers.execInteractive(target.containerId, target.cmd, { tty: io.tty, stdin: io.stdin !== null, ttySize: latestSize });
     const kill = () => proc.kill();
     io.signal.addEventListener('abort', kill, { once: true });
     try {
-      io.onResize((size) => proc.resize(size));
+      resize = (size) => proc.resize(size);
+      if (latestSize) proc.resize(latestSize);
       if (io.stdin && proc.stdin) forwardInput(io.stdin, proc.stdin);
       const drained = Promise.all([copyOutput(proc.stdout, io.stdout), proc.stderr ? copyOutput(proc.stderr, io.stderr ?? io.stdout) : undefined]);
       const exitCode = await proc.wait();

@@ -23,7 +23,10 @@ export interface SessionIO {
   /** null with tty (a terminal has one output) or when the request had no stderr. */
   stderr: Writable | null;
   tty: boolean;
-  /** Terminal size changes sent by the client (the first usually right after the streams are set up). */
+  /**
+   * Terminal size changes sent by the client (the first usually right after the streams are set up). A listener
+   * added after a size arrived is called with the latest one at once.
+   */
   onResize(listener: (size: TerminalSize) => void): void;
   /** Aborted when the client goes away or berth shuts down: the backend must then end what it started. */
   signal: AbortSignal;

@@ -73,7 +73,11 @@ function sessionIO(conn: ChannelConn, target: ExecTarget | AttachTarget, signal:
   const stdout = target.stdout ? conn.writer(STDOUT) : null;
   const stderr = target.stderr && !target.tty ? conn.writer(STDERR) : null;
   const resizeListeners: ((size: TerminalSize) => void)[] = [];
-  const resize = new ResizeDecoder((size) => resizeListeners.forEach((l) => l(size)));
+  let lastSize: TerminalSize | undefined;
+  const resize = new ResizeDecoder((size) => {
+    lastSize = size;
+    resizeListeners.forEach((l) => l(size));
+  });
   const endStdin = () => {
     if (stdin && !stdin.writableEnded) stdin.end();
   };
@@ -95,7 +99,11 @@ function sessionIO(conn: ChannelConn, target: ExecTarget | AttachTarget, signal:
     stdout,
     stderr,
     tty: target.tty,
-    onResize: (listener) => resizeListeners.push(listener),
+    onResize(listener) {
+      resizeListeners.push(listener);
+      // The client usually sends the first size before the backend has had a chance to listen.
+      if (lastSize) listener(lastSize);
+    },
     signal,
   };
 }

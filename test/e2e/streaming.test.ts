@@ -143,10 +143,12 @@ for (const wire of WIRES) {
     const id = await e.container(pod, { command: ['sh', '-c', 'while read line; do echo "got $line"; done; echo "stdin closed"; sleep 1000'], stdin: true, stdin_once: true });
     const url = async () => (await e.berth.runtime.Attach({ container_id: id, stdin: true, stdout: true, stderr: true, tty: false })).url;
     const watcher = await ChannelClient.connect(await url(), { protocols: ['v5.channel.k8s.io'] });
-    const [writerResult] = await Promise.all([session(wire, await url(), { stdin: 'one\ntwo\n' }).catch((err: Error) => ({ stdout: '', stderr: err.message, exitCode: null }))]);
+    // An attach lasts until its client detaches (the container keeps running): each client leaves once it saw
+    // the container react to the end of its stdin.
+    const writerSaw = await attachAndType(wire, await url(), 'one\ntwo\n', 'stdin closed');
     await watcher.until(() => watcher.text(1).includes('stdin closed'), 'the watcher to see the output');
     t.is(watcher.text(1), 'got one\ngot two\nstdin closed\n', 'a second attach sees what the first one caused, live');
-    t.true(writerResult.stdout.startsWith('got one'), `the writer saw its output: ${JSON.stringify(writerResult)}`);
+    t.is(writerSaw, 'got one\ngot two\nstdin closed\n');
     watcher.close();
     await watcher.closed;
   });
@@ -222,7 +224,7 @@ test('streaming RPCs refuse what kubelet would: unknown ids, stopped containers,
 test('50 abandoned sessions leave no process, fd or socket behind', async (t) => {
   const e = await env(t);
   const { id } = await e.running();
-  const berthFds = () => readdirSync(`/proc/${e.berth.pid}/fd`).length;
+  const berthFds = () => readdirSync(`/proc/${e.berth.child.pid}/fd`).length;
   const containerProcs = async () => (await e.berth.runtime.ExecSync({ container_id: id, cmd: ['sh', '-c', 'ls -d /proc/[0-9]* | wc -l'], timeout: 10 })).stdout.toString().trim();
   // One warm-up session so that lazily opened descriptors (the sealed shim, the server's) are counted before.
   await session('spdy', await e.execUrl(id, ['true']));
@@ -242,6 +244,32 @@ test('50 abandoned sessions leave no process, fd or socket behind', async (t) =>
   t.is(await containerProcs(), procsBefore);
   t.true(berthFds() <= fdsBefore, `berth holds ${berthFds()} fds, ${fdsBefore} before`);
 });
+
+/** Attaches, types `input` and closes stdin, reads stdout until it has `until`, then detaches; what it read. */
+async function attachAndType(wire: Wire, url: string, input: string, until: string): Promise<string> {
+  if (wire === 'websocket') {
+    const c = await ChannelClient.connect(url, { protocols: ['v5.channel.k8s.io'] });
+    c.send(0, input);
+    c.closeChannel(0);
+    await c.until(() => c.text(1).includes(until), `"${until}" on stdout`);
+    c.close();
+    await c.closed;
+    return c.text(1);
+  }
+  let seen = '';
+  const stdin = new PassThrough();
+  await spdyRemoteCommand(url, {
+    stdin,
+    onStreams(streams, conn) {
+      streams.get('stdout')!.on('data', (chunk: Buffer) => {
+        seen += chunk.toString();
+        if (seen.includes(until)) conn.session.close();
+      });
+      stdin.end(input);
+    },
+  }).catch(() => undefined); // a detach is the client closing the session: no status is read
+  return seen;
+}
 
 function sha256(buf: Buffer): string {
   return createHash('sha256').update(buf).digest('hex');
@@ -264,7 +292,7 @@ function canConnect(port: number): Promise<boolean> {
   });
 }
 
-function streamToBuffer(stream: NodeJS.ReadableStream): Promise<Buffer> {
+function streamToBuffer(stream: { on(event: string, listener: (...args: any[]) => void): unknown }): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     stream.on('data', (c: Buffer) => chunks.push(c));
@@ -282,7 +310,7 @@ async function untar(archive: Buffer): Promise<Map<string, Buffer>> {
       next();
     });
   });
-  const done = new Promise((resolve) => extract.on('finish', resolve));
+  const done = new Promise<void>((resolve) => extract.on('finish', () => resolve()));
   extract.end(archive);
   await done;
   return files;
