@@ -33,6 +33,8 @@ export interface RuntimeConfig {
   shmSizeBytes: number;
   /** Longer log lines are split into partial (P) records. */
   logMaxLineBytes: number;
+  /** How often the writable layers' disk use (ContainerStats) is measured, off the request path. */
+  writableLayerIntervalSeconds: number;
 }
 
 export type NetworkMode = 'auto' | 'embedded' | 'cni';
@@ -289,6 +291,9 @@ export const CONFIG_SCHEMA: SectionSchema[] = [
       key('rlimits', 'resource limits every container starts with: name (nofile, nproc, core, memlock, ...) = [soft, hard]; replaces the default table', () => ({ nofile: [1024, 1024] as [number, number] }), rlimits),
       key('shm_size_bytes', "size of each pod's /dev/shm", () => 64 * 1024 * 1024, (name, v) => positiveInt(name, v, 2 ** 40)),
       key('log_max_line_bytes', 'longer container log lines are split into partial (P) records', () => 16 * 1024, (name, v) => positiveInt(name, v, 1 << 24)),
+      key('writable_layer_interval_seconds', "how often the containers' writable layers are walked for their disk use in the stats (1-3600); the walk pauses while nobody asks for stats", () => 15, (name, v) =>
+        positiveInt(name, v, 3600),
+      ),
     ],
   },
   {

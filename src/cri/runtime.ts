@@ -33,9 +33,8 @@ export interface RuntimeInfo {
 const RUNTIME_RPCS = [
   'Version', 'RunPodSandbox', 'StopPodSandbox', 'RemovePodSandbox', 'PodSandboxStatus', 'ListPodSandbox',
   'CreateContainer', 'StartContainer', 'StopContainer', 'RemoveContainer', 'ListContainers', 'ContainerStatus',
-  'UpdateContainerResources', 'ReopenContainerLog', 'ExecSync', 'Exec', 'Attach', 'PortForward', 'ContainerStats',
-  'ListContainerStats', 'PodSandboxStats', 'ListPodSandboxStats', 'UpdateRuntimeConfig', 'Status',
-  'CheckpointContainer', 'ListMetricDescriptors', 'ListPodSandboxMetrics', 'RuntimeConfig',
+  'UpdateContainerResources', 'ReopenContainerLog', 'ExecSync', 'Exec', 'Attach', 'PortForward',
+  'UpdateRuntimeConfig', 'Status', 'CheckpointContainer', 'RuntimeConfig',
 ] as const;
 
 export function runtimeHandlers(

@@ -1,0 +1,135 @@
+import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
+import type { ContainerStats } from '../gen/runtime/v1/ContainerStats.js';
+import type { PodSandboxStats } from '../gen/runtime/v1/PodSandboxStats.js';
+import type { CpuUsage as CpuProto } from '../gen/runtime/v1/CpuUsage.js';
+import type { MemoryUsage as MemoryProto } from '../gen/runtime/v1/MemoryUsage.js';
+import type { NetworkInterfaceUsage } from '../gen/runtime/v1/NetworkInterfaceUsage.js';
+import type { Logger } from '../log.js';
+import type { StatsService } from '../stats/service.js';
+import type { ContainerUsage, CpuUsage, MemoryUsage, PodUsage } from '../stats/types.js';
+import { handlerFactory, requireId, RpcObserver } from './grpc.js';
+import { metricDescriptors, podMetrics } from './stats-metrics.js';
+
+// The stats RPCs: the stats service's domain records rendered as CRI messages. Optional counters kubelet reads as
+// "unknown" when absent stay absent (a UInt64Value is a pointer there), never a made-up 0.
+
+const u64 = (v: number | bigint | undefined) => (v === undefined ? undefined : { value: String(typeof v === 'number' ? Math.max(0, Math.round(v)) : v) });
+
+function cpuProto(cpu: CpuUsage | undefined): CpuProto | undefined {
+  if (!cpu) return undefined;
+  return {
+    timestamp: String(cpu.timestampNs),
+    usage_core_nano_seconds: u64(cpu.usageCoreNanoSeconds),
+    usage_nano_cores: u64(cpu.usageNanoCores),
+  };
+}
+
+function memoryProto(m: MemoryUsage | undefined): MemoryProto | undefined {
+  if (!m) return undefined;
+  return {
+    timestamp: String(m.timestampNs),
+    working_set_bytes: u64(m.workingSetBytes),
+    available_bytes: u64(m.availableBytes),
+    usage_bytes: u64(m.usageBytes),
+    rss_bytes: u64(m.rssBytes),
+    page_faults: u64(m.pageFaults),
+    major_page_faults: u64(m.majorPageFaults),
+  };
+}
+
+export function containerStatsToProto(c: ContainerUsage, attempt = c.attempt): ContainerStats {
+  const out: ContainerStats = {
+    attributes: {
+      id: c.container.id,
+      metadata: { name: c.container.name, attempt },
+      labels: c.container.labels,
+      annotations: c.container.annotations,
+    },
+  };
+  const cpu = cpuProto(c.cpu);
+  if (cpu) out.cpu = cpu;
+  const memory = memoryProto(c.memory);
+  if (memory) out.memory = memory;
+  if (c.writableLayer) {
+    out.writable_layer = {
+      timestamp: String(c.writableLayer.timestampNs),
+      fs_id: { mountpoint: c.writableLayer.mountpoint },
+      used_bytes: u64(c.writableLayer.usedBytes),
+      inodes_used: u64(c.writableLayer.inodesUsed),
+    };
+  }
+  return out;
+}
+
+export function podStatsToProto(p: PodUsage, attempt: number): PodSandboxStats {
+  const iface = (i: PodUsage['network'] extends infer N ? N extends { interfaces: (infer I)[] } ? I : never : never): NetworkInterfaceUsage => ({
+    name: i.name,
+    rx_bytes: u64(i.rxBytes),
+    rx_errors: u64(i.rxErrors),
+    tx_bytes: u64(i.txBytes),
+    tx_errors: u64(i.txErrors),
+  });
+  const linux: NonNullable<PodSandboxStats['linux']> = { containers: p.containers.map((c) => containerStatsToProto(c)) };
+  const cpu = cpuProto(p.cpu);
+  if (cpu) linux.cpu = cpu;
+  const memory = memoryProto(p.memory);
+  if (memory) linux.memory = memory;
+  if (p.network) {
+    const [first] = p.network.interfaces;
+    linux.network = {
+      timestamp: String(p.network.timestampNs),
+      ...(first ? { default_interface: iface(first) } : {}),
+      interfaces: p.network.interfaces.map(iface),
+    };
+  }
+  if (p.pids) linux.process = { timestamp: String(p.cpu?.timestampNs ?? p.memory?.timestampNs ?? 0n), process_count: u64(p.pids.current) };
+  return {
+    attributes: {
+      id: p.pod.id,
+      metadata: { name: p.pod.name, uid: p.pod.uid, namespace: p.pod.namespace, attempt },
+      labels: p.pod.labels,
+      annotations: p.pod.annotations,
+    },
+    linux,
+  };
+}
+
+/** What the metric labels need beyond the usage records (kubelet's cAdvisor labels name the image). */
+export interface StatsLookups {
+  podAttempt(podSandboxId: string): number;
+  imageOf(containerId: string): string;
+}
+
+export function statsHandlers(stats: StatsService, lookups: StatsLookups, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
+  const h = handlerFactory(log, observe);
+  const pod = (p: PodUsage) => podStatsToProto(p, lookups.podAttempt(p.pod.id));
+  return {
+    ContainerStats: h('ContainerStats', async (req) => {
+      const usage = await stats.container(requireId(req.container_id, 'container_id', 'ContainerStats'));
+      return { stats: containerStatsToProto(usage) };
+    }),
+    ListContainerStats: h('ListContainerStats', async (req) => {
+      const f = req.filter;
+      const list = await stats.containers({
+        containerId: f?.id || undefined,
+        podSandboxId: f?.pod_sandbox_id || undefined,
+        labels: f?.label_selector,
+      });
+      return { stats: list.map((c) => containerStatsToProto(c)) };
+    }),
+    PodSandboxStats: h('PodSandboxStats', async (req) => {
+      const usage = await stats.pod(requireId(req.pod_sandbox_id, 'pod_sandbox_id', 'PodSandboxStats'));
+      return { stats: pod(usage) };
+    }),
+    ListPodSandboxStats: h('ListPodSandboxStats', async (req) => {
+      const f = req.filter;
+      const list = await stats.pods({ podSandboxId: f?.id || undefined, labels: f?.label_selector });
+      return { stats: list.map(pod) };
+    }),
+    ListMetricDescriptors: h('ListMetricDescriptors', async () => ({ descriptors: metricDescriptors() })),
+    ListPodSandboxMetrics: h('ListPodSandboxMetrics', async () => {
+      const list = await stats.pods();
+      return { pod_metrics: list.map((p) => podMetrics(p, lookups.imageOf)) };
+    }),
+  };
+}
