@@ -93,8 +93,8 @@ export class StatsService implements UsageSource {
 
   async containers(filter: ContainerFilter = {}): Promise<ContainerUsage[]> {
     const all = this.ports.containers();
-    this.forgetAllBut([...all.map((c) => c.id), ...this.ports.pods().map((p) => p.id)]);
     const pods = new Map(this.ports.pods().map((p) => [p.id, p]));
+    this.forgetAllBut([...all.map((c) => c.id), ...pods.keys()]);
     const chosen = all.filter(
       (c) =>
         (!filter.containerId || c.id.startsWith(filter.containerId)) &&
