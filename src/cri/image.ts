@@ -5,7 +5,7 @@ import { Logger } from '../log.js';
 import { ImageService } from '../image/service.js';
 import { ImageRecord, imageUser } from '../image/types.js';
 import { credentialsFromAuthConfig } from '../registry/auth.js';
-import { RpcObserver, unary } from './grpc.js';
+import { RpcObserver, unary, unimplementedStream } from './grpc.js';
 
 export function toCriImage(record: ImageRecord): Image {
   const user = imageUser(record.config.config?.User);
@@ -72,5 +72,6 @@ export function imageHandlers(images: ImageService, log: Logger, observe?: RpcOb
       };
       return { image_filesystems: [fs], container_filesystems: [] };
     }),
+    StreamImages: unimplementedStream('runtime.v1.ImageService', 'StreamImages'),
   };
 }

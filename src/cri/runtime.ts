@@ -1,12 +1,11 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as grpc from '@grpc/grpc-js';
 import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
 import { invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
 import { ipv4PodCidr } from '../network/embedded.js';
-import { handlerFactory, RpcObserver, unimplemented } from './grpc.js';
+import { handlerFactory, RpcObserver, unimplemented, unimplementedStream } from './grpc.js';
 
 export const RUNTIME_NAME = 'berth';
 export const RUNTIME_API_VERSION = 'v1';
@@ -34,7 +33,14 @@ const RUNTIME_RPCS = [
   'Version', 'RunPodSandbox', 'StopPodSandbox', 'RemovePodSandbox', 'PodSandboxStatus', 'ListPodSandbox',
   'CreateContainer', 'StartContainer', 'StopContainer', 'RemoveContainer', 'ListContainers', 'ContainerStatus',
   'UpdateContainerResources', 'ReopenContainerLog', 'ExecSync', 'Exec', 'Attach', 'PortForward',
-  'UpdateRuntimeConfig', 'Status', 'CheckpointContainer', 'RuntimeConfig',
+  'UpdateRuntimeConfig', 'Status', 'CheckpointContainer', 'CheckpointPod', 'RestorePod', 'RuntimeConfig',
+  'UpdatePodSandboxResources',
+] as const;
+
+/** Server-streaming RPCs: UNIMPLEMENTED until a part of berth serves them (kubelet then falls back to the List RPC). */
+const RUNTIME_STREAM_RPCS = [
+  'GetContainerEvents', 'StreamPodSandboxes', 'StreamContainers', 'StreamContainerStats', 'StreamPodSandboxStats',
+  'StreamPodSandboxMetrics',
 ] as const;
 
 export function runtimeHandlers(
@@ -46,9 +52,7 @@ export function runtimeHandlers(
   const h = handlerFactory(log, observe);
   const handlers: Record<string, unknown> = {};
   for (const rpc of RUNTIME_RPCS) handlers[rpc] = unimplemented('runtime.v1.RuntimeService', rpc);
-  handlers.GetContainerEvents = (call: grpc.ServerWritableStream<unknown, unknown>) => {
-    call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: 'runtime.v1.RuntimeService/GetContainerEvents is not implemented by berth yet' });
-  };
+  for (const rpc of RUNTIME_STREAM_RPCS) handlers[rpc] = unimplementedStream('runtime.v1.RuntimeService', rpc);
 
   const implemented: Partial<RuntimeServiceHandlers> = {
     Version: h('Version', async () => ({

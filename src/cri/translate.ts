@@ -36,6 +36,24 @@ function namespaces(opts: NamespaceOption__Output | null | undefined, field: str
   return result;
 }
 
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * KeyValue.value is bytes since CRI 1.37. berth hands the environment to its init as JSON text, so a value must be
+ * UTF-8 (decoding it loosely would replace bytes silently) and free of NUL (execve would cut the string there).
+ */
+function envValue(value: Buffer | Uint8Array | string, field: string): string {
+  if (typeof value === 'string') return value;
+  let text: string;
+  try {
+    text = strictUtf8.decode(value);
+  } catch {
+    throw invalidArgument(`${field} is not UTF-8 text: berth passes environment values as UTF-8`);
+  }
+  if (text.includes('\0')) throw invalidArgument(`${field} contains a NUL byte, which an environment value cannot hold`);
+  return text;
+}
+
 const rangesOverlap = (a: number, aSize: number, b: number, bSize: number) => a < b + bSize && b < a + aSize;
 
 /** Ids are 32-bit: a range must end at or below 2^32, and (uint32 on the wire) cannot start above it. */
@@ -245,7 +263,7 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
     command: [...config.command],
     args: [...config.args],
     workingDir: config.working_dir,
-    envs: config.envs.map((e) => ({ key: e.key, value: e.value })),
+    envs: config.envs.map((e, i) => ({ key: e.key, value: envValue(e.value, `config.envs[${i}].value`) })),
     mounts,
     devices: config.devices.map((d, i) => {
       if (!d.host_path) throw invalidArgument(`config.devices[${i}].host_path is empty`);
