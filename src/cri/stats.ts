@@ -6,7 +6,9 @@ import type { MemoryUsage as MemoryProto } from '../gen/runtime/v1/MemoryUsage.j
 import type { NetworkInterfaceUsage } from '../gen/runtime/v1/NetworkInterfaceUsage.js';
 import type { Logger } from '../log.js';
 import type { StatsService } from '../stats/service.js';
-import type { ContainerUsage, CpuUsage, MemoryUsage, PodUsage } from '../stats/types.js';
+import type { PsiStats } from '../gen/runtime/v1/PsiStats.js';
+import type { IoUsage as IoProto } from '../gen/runtime/v1/IoUsage.js';
+import type { ContainerUsage, CpuUsage, MemoryUsage, PodUsage, Pressure, PressureLine } from '../stats/types.js';
 import { handlerFactory, requireId, RpcObserver } from './grpc.js';
 import { metricDescriptors, podMetrics } from './stats-metrics.js';
 
@@ -15,18 +17,35 @@ import { metricDescriptors, podMetrics } from './stats-metrics.js';
 
 const u64 = (v: number | bigint | undefined) => (v === undefined ? undefined : { value: String(typeof v === 'number' ? Math.max(0, Math.round(v)) : v) });
 
-function cpuProto(cpu: CpuUsage | undefined): CpuProto | undefined {
+type PsiOf = ContainerUsage['psi'];
+
+// The kernel counts stall time in microseconds; the CRI's PsiData.Total is nanoseconds.
+const psiLine = (l: PressureLine) => ({ Total: String(l.totalMicroseconds * 1000n), Avg10: l.avg10, Avg60: l.avg60, Avg300: l.avg300 });
+
+/** Absent where the kernel has no pressure file for the cgroup (no cgroup2 directory, or PSI off). */
+function psiProto(p: Pressure | undefined): PsiStats | undefined {
+  return p && { Some: psiLine(p.some), ...(p.full ? { Full: psiLine(p.full) } : {}) };
+}
+
+function cpuProto(cpu: CpuUsage | undefined, psi: PsiOf): CpuProto | undefined {
   if (!cpu) return undefined;
   return {
     timestamp: String(cpu.timestampNs),
     usage_core_nano_seconds: u64(cpu.usageCoreNanoSeconds),
     usage_nano_cores: u64(cpu.usageNanoCores),
+    ...(psi?.cpu ? { psi: psiProto(psi.cpu) } : {}),
   };
 }
 
-function memoryProto(m: MemoryUsage | undefined): MemoryProto | undefined {
+function ioProto(u: Pick<ContainerUsage, 'io' | 'psi' | 'cpu' | 'memory'>): IoProto | undefined {
+  if (!u.psi?.io) return undefined;
+  return { timestamp: String(u.io?.timestampNs ?? u.cpu?.timestampNs ?? u.memory?.timestampNs ?? 0n), psi: psiProto(u.psi.io) };
+}
+
+function memoryProto(m: MemoryUsage | undefined, psi: PsiOf): MemoryProto | undefined {
   if (!m) return undefined;
   return {
+    ...(psi?.memory ? { psi: psiProto(psi.memory) } : {}),
     timestamp: String(m.timestampNs),
     working_set_bytes: u64(m.workingSetBytes),
     available_bytes: u64(m.availableBytes),
@@ -46,10 +65,12 @@ export function containerStatsToProto(c: ContainerUsage, attempt = c.attempt): C
       annotations: c.container.annotations,
     },
   };
-  const cpu = cpuProto(c.cpu);
+  const cpu = cpuProto(c.cpu, c.psi);
   if (cpu) out.cpu = cpu;
-  const memory = memoryProto(c.memory);
+  const memory = memoryProto(c.memory, c.psi);
   if (memory) out.memory = memory;
+  const io = ioProto(c);
+  if (io) out.io = io;
   if (c.writableLayer) {
     out.writable_layer = {
       timestamp: String(c.writableLayer.timestampNs),
@@ -70,10 +91,12 @@ export function podStatsToProto(p: PodUsage, attempt: number): PodSandboxStats {
     tx_errors: u64(i.txErrors),
   });
   const linux: NonNullable<PodSandboxStats['linux']> = { containers: p.containers.map((c) => containerStatsToProto(c)) };
-  const cpu = cpuProto(p.cpu);
+  const cpu = cpuProto(p.cpu, p.psi);
   if (cpu) linux.cpu = cpu;
-  const memory = memoryProto(p.memory);
+  const memory = memoryProto(p.memory, p.psi);
   if (memory) linux.memory = memory;
+  const io = ioProto(p);
+  if (io) linux.io = io;
   if (p.network) {
     const [first] = p.network.interfaces;
     linux.network = {

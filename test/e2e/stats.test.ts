@@ -148,11 +148,13 @@ test('a CPU burner shows at least 0.5 s of CPU and a non-zero usage_nano_cores; 
   const layout = discoverCgroups();
   const pressureFile = layout.unified && path.join(layout.unified.mountPoint, cgroup, 'cpu.pressure');
   if (pressureFile && existsSync(pressureFile)) {
-    const psi = await waitFor('cpu pressure', async () => {
-      const s = await reader.read(cgroup);
-      return s?.psi?.cpu && s.psi.cpu.some.totalMicroseconds > 0n && s.psi;
+    const psi = await waitFor('cpu pressure in ContainerStats', async () => {
+      const s = await e.containerStats(limited);
+      return value(s.cpu?.psi?.Some ? { value: s.cpu.psi.Some.Total } : undefined) > 0 && s;
     }, { timeoutMs: 30000, intervalMs: 200 });
-    t.true(psi.cpu!.some.totalMicroseconds > 0n);
+    t.true(Number(psi.cpu!.psi!.Some!.Total) > 0);
+    t.truthy(psi.memory?.psi?.Some, 'memory pressure is reported too');
+    t.truthy(psi.io?.psi?.Some, 'io pressure is reported too');
   } else {
     t.log('this host has no cgroup2 pressure files for the container: PSI not checked');
   }

@@ -344,6 +344,12 @@ test('CRI rendering: absent counters stay absent; pod network default interface;
   t.is(c1.memory, undefined);
   t.deepEqual(c1.writable_layer?.used_bytes, { value: '4096' });
   t.deepEqual(c1.attributes?.metadata, { name: 'app', attempt: 2 });
+  samples.set('/pod/c1', { cpu: { usageNanoSeconds: 7n }, psi: { cpu: { some: { avg10: 1.5, avg60: 0, avg300: 0, totalMicroseconds: 12n } }, io: { some: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 3n }, full: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 1n } } } });
+  const withPsi = containerStatsToProto(await stats.container('c1'));
+  // PsiData.Total is nanoseconds; the kernel's files say microseconds.
+  t.deepEqual(withPsi.cpu?.psi, { Some: { Total: '12000', Avg10: 1.5, Avg60: 0, Avg300: 0 } });
+  t.deepEqual(withPsi.io?.psi?.Full, { Total: '1000', Avg10: 0, Avg60: 0, Avg300: 0 });
+  t.is(c1.io, undefined);
   const pod = await stats.pod('p1');
   const proto = podStatsToProto(pod, 1);
   t.is(proto.linux?.network?.default_interface?.name, 'eth0');
