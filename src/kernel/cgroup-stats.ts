@@ -1,9 +1,44 @@
 // Reads what one cgroup has used, on cgroup v1 (one mount per controller), hybrid or v2, from cgroupfs text files.
 // Pure parsers for each file format, and a reader that finds each file in the hierarchy that holds its controller.
 // Knows nothing of pods or containers: the caller passes a cgroup path and gets plain numbers back.
+//
+// The files are read synchronously, on purpose: cgroupfs and sysfs answer from kernel memory in microseconds,
+// while each asynchronous readFile costs four thread-pool round trips and ~100 µs of daemon CPU. A cgroup is ~15
+// small files; measured with 100 pods, ListContainerStats cost 190 ms of daemon CPU with fs.promises and a
+// fraction of that this way (bench/, "ListContainerStats {}"). Callers yield to the event loop between cgroups.
+import { closeSync, openSync, readSync } from 'node:fs';
 import path from 'node:path';
+import { errorMessage, internal } from '../errors.js';
 import { cgroupSegments, controllerDir, type CgroupLayout, type Controller } from './cgroup-layout.js';
-import { readOptional } from './cgroup-io.js';
+import { codeOf } from './cgroup-io.js';
+
+const chunk = Buffer.allocUnsafe(64 * 1024);
+
+/** A small kernel-generated file (cgroupfs, sysfs), or undefined when it does not exist. */
+export function readKernelFile(file: string): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch (err) {
+    const code = codeOf(err);
+    if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ENODEV') return undefined;
+    throw internal(`reading ${file}: ${errorMessage(err)}`, err);
+  }
+  try {
+    let text = '';
+    for (;;) {
+      const n = readSync(fd, chunk, 0, chunk.length, null);
+      if (n === 0) return text;
+      text += chunk.toString('utf8', 0, n);
+    }
+  } catch (err) {
+    // A cgroup removed between open and read answers ENODEV.
+    if (codeOf(err) === 'ENODEV') return undefined;
+    throw internal(`reading ${file}: ${errorMessage(err)}`, err);
+  } finally {
+    closeSync(fd);
+  }
+}
 
 export interface PressureSample {
   avg10: number;
@@ -157,39 +192,41 @@ export class CgroupStatsReader {
 
   /** The cgroup's usage now; undefined when the cgroup no longer exists (removed after its container exited). */
   async read(cgPath: string): Promise<CgroupSample | undefined> {
+    return this.readNow(cgPath);
+  }
+
+  readNow(cgPath: string): CgroupSample | undefined {
     const segs = cgroupSegments(cgPath);
-    const file = (c: Controller, v1: string, v2: string): Promise<string | undefined> => {
+    const file = (c: Controller, v1: string, v2: string): string | undefined => {
       const d = controllerDir(this.layout, c, segs);
-      return d ? readOptional(path.join(d.dir, d.v2 ? v2 : v1)) : Promise.resolve(undefined);
+      const name = d && (d.v2 ? v2 : v1);
+      return d && name ? readKernelFile(path.join(d.dir, name)) : undefined;
     };
     const unified = this.layout.unified && path.join(this.layout.unified.mountPoint, ...segs);
-    const unifiedFile = (name: string) => (unified ? readOptional(path.join(unified, name)).catch(() => undefined) : Promise.resolve(undefined));
+    const unifiedFile = (name: string) => (unified ? readKernelFile(path.join(unified, name)) : undefined);
     const memV2 = this.layout.controllers.memory?.version === 2;
     const cpuV2 = this.layout.controllers.cpu?.version === 2;
     const acct = controllerDir(this.layout, 'cpuacct', segs);
-    const [
-      usage, limit, memStat, memEvents, cpuStat, cpuMax, quota, period, acctUsage, unifiedCpuStat,
-      pidsCurrent, pidsMax, ioV2, blkio, cpuPsi, memPsi, ioPsi,
-    ] = await Promise.all([
-      file('memory', 'memory.usage_in_bytes', 'memory.current'),
-      file('memory', 'memory.limit_in_bytes', 'memory.max'),
-      file('memory', 'memory.stat', 'memory.stat'),
-      file('memory', 'memory.oom_control', 'memory.events'),
-      file('cpu', 'cpu.stat', 'cpu.stat'),
-      cpuV2 ? file('cpu', '', 'cpu.max') : undefined,
-      cpuV2 ? undefined : file('cpu', 'cpu.cfs_quota_us', ''),
-      cpuV2 ? undefined : file('cpu', 'cpu.cfs_period_us', ''),
-      acct ? readOptional(path.join(acct.dir, 'cpuacct.usage')) : undefined,
-      // v2 accounts CPU time in the core cpu.stat, present even where the cpu controller is not enabled.
-      acct ? undefined : unifiedFile('cpu.stat'),
-      file('pids', 'pids.current', 'pids.current'),
-      file('pids', 'pids.max', 'pids.max'),
-      file('io', '', 'io.stat'),
-      file('blkio', 'blkio.throttle.io_service_bytes_recursive', ''),
-      unifiedFile('cpu.pressure'),
-      unifiedFile('memory.pressure'),
-      unifiedFile('io.pressure'),
-    ]);
+    // v2 accounts CPU time in the core cpu.stat, present even where the cpu controller is not enabled.
+    const acctUsage = acct ? readKernelFile(path.join(acct.dir, 'cpuacct.usage')) : undefined;
+    const unifiedCpuStat = acct ? undefined : unifiedFile('cpu.stat');
+    const usage = file('memory', 'memory.usage_in_bytes', 'memory.current');
+    if (acctUsage === undefined && unifiedCpuStat === undefined && usage === undefined) return undefined; // gone
+    const limit = file('memory', 'memory.limit_in_bytes', 'memory.max');
+    const memStat = file('memory', 'memory.stat', 'memory.stat');
+    const memEvents = file('memory', 'memory.oom_control', 'memory.events');
+    // On v2 the cpu controller lives in the one cgroup2 tree: its cpu.stat is the file already read.
+    const cpuStat = cpuV2 ? (unifiedCpuStat ?? file('cpu', 'cpu.stat', 'cpu.stat')) : file('cpu', 'cpu.stat', 'cpu.stat');
+    const cpuMax = cpuV2 ? file('cpu', '', 'cpu.max') : undefined;
+    const quota = cpuV2 ? undefined : file('cpu', 'cpu.cfs_quota_us', '');
+    const period = cpuV2 ? undefined : file('cpu', 'cpu.cfs_period_us', '');
+    const pidsCurrent = file('pids', 'pids.current', 'pids.current');
+    const pidsMax = file('pids', 'pids.max', 'pids.max');
+    const ioV2 = file('io', '', 'io.stat');
+    const blkio = file('blkio', 'blkio.throttle.io_service_bytes_recursive', '');
+    const cpuPsi = unifiedFile('cpu.pressure');
+    const memPsi = unifiedFile('memory.pressure');
+    const ioPsi = unifiedFile('io.pressure');
     const usageNs = acct ? parseNumber(acctUsage) : scaled(parseKeyed(unifiedCpuStat ?? '').get('usage_usec'), 1000n);
     const memory = memoryFromFiles(memV2, { usage, limit, stat: memStat, events: memEvents });
     // Neither CPU time nor memory usage can be read: the cgroup is gone (its files vanish with it).

@@ -101,7 +101,7 @@ export class StatsService implements UsageSource {
         (!filter.podSandboxId || c.podSandboxId.startsWith(filter.podSandboxId)) &&
         labelsMatch(c.labels, filter.labels),
     );
-    return Promise.all(chosen.map((c) => this.containerUsage(c, pods.get(c.podSandboxId))));
+    return mapYielding(chosen, (c) => this.containerUsage(c, pods.get(c.podSandboxId)));
   }
 
   async pods(filter: { podSandboxId?: string; labels?: Record<string, string> } = {}): Promise<PodUsage[]> {
@@ -109,7 +109,9 @@ export class StatsService implements UsageSource {
     const containers = this.ports.containers();
     this.forgetAllBut([...containers.map((c) => c.id), ...pods.map((p) => p.id)]);
     const chosen = pods.filter((p) => (!filter.podSandboxId || p.id.startsWith(filter.podSandboxId)) && labelsMatch(p.labels, filter.labels));
-    return Promise.all(chosen.map((p) => this.podUsage(p, containers.filter((c) => c.podSandboxId === p.id))));
+    const byPod = new Map<string, StatsContainer[]>();
+    for (const c of containers) byPod.set(c.podSandboxId, [...(byPod.get(c.podSandboxId) ?? []), c]);
+    return mapYielding(chosen, (p) => this.podUsage(p, byPod.get(p.id) ?? []));
   }
 
   private async containerUsage(c: StatsContainer, pod: StatsPod | undefined): Promise<ContainerUsage> {
@@ -191,6 +193,18 @@ export class StatsService implements UsageSource {
     const live = new Set(ids);
     for (const key of this.memory.keys()) if (!live.has(key)) this.memory.delete(key);
   }
+}
+
+// The adapters read cgroupfs synchronously (microseconds a file): let other work in between every few cgroups.
+const YIELD_EVERY = 8;
+
+async function mapYielding<T, R>(items: T[], fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = [];
+  for (let i = 0; i < items.length; i++) {
+    if (i > 0 && i % YIELD_EVERY === 0) await new Promise((r) => setImmediate(r));
+    out.push(await fn(items[i]));
+  }
+  return out;
 }
 
 /** CPU cores used on average between two samples, in billionths of a core (containerd's usage_nano_cores). */
