@@ -77,15 +77,30 @@ export interface CgroupSample {
 
 // ---- parsers (pure, unit-tested from fixture text) ----------------------------------------------
 
-/** "key value" lines (cpu.stat, memory.stat, memory.events, memory.oom_control). */
-export function parseKeyed(text: string): Map<string, bigint> {
+/**
+ * "key value" lines (cpu.stat, memory.stat, memory.events, memory.oom_control); with `only`, just those keys (a
+ * v1 memory.stat has 40 lines of which the stats need four).
+ */
+export function parseKeyed(text: string, only?: readonly string[]): Map<string, bigint> {
   const out = new Map<string, bigint>();
-  for (const line of text.split('\n')) {
-    const [k, v] = line.trim().split(/\s+/);
-    if (k && v && /^\d+$/.test(v)) out.set(k, BigInt(v));
+  let start = 0;
+  while (start < text.length) {
+    let end = text.indexOf('\n', start);
+    if (end < 0) end = text.length;
+    const space = text.indexOf(' ', start);
+    if (space > start && space < end) {
+      const key = text.slice(start, space);
+      if (!only || only.includes(key)) {
+        const v = text.slice(space + 1, end).trim();
+        if (DIGITS.test(v)) out.set(key, BigInt(v));
+      }
+    }
+    start = end + 1;
   }
   return out;
 }
+
+const DIGITS = /^\d+$/;
 
 /** A single number (cpuacct.usage, memory.current); undefined for "max" or anything else. */
 export function parseNumber(text: string | undefined): bigint | undefined {
@@ -162,6 +177,8 @@ export function parseBlkioServiceBytes(text: string): { readBytes: bigint; write
 }
 
 const n = (v: bigint | undefined) => Number(v ?? 0n);
+const V1_MEMORY_KEYS = ['total_inactive_file', 'total_rss', 'total_pgfault', 'total_pgmajfault'];
+const V2_MEMORY_KEYS = ['inactive_file', 'anon', 'pgfault', 'pgmajfault'];
 
 /** memory.* files of either version as the sample's memory part. */
 export function memoryFromFiles(
@@ -170,7 +187,7 @@ export function memoryFromFiles(
 ): CgroupSample['memory'] | undefined {
   const usage = parseNumber(files.usage);
   if (usage === undefined) return undefined;
-  const stat = parseKeyed(files.stat ?? '');
+  const stat = parseKeyed(files.stat ?? '', v2 ? V2_MEMORY_KEYS : V1_MEMORY_KEYS);
   // v1's total_* counters include the cgroup's descendants, as v2's always do.
   const inactiveFile = n(stat.get(v2 ? 'inactive_file' : 'total_inactive_file'));
   const usageBytes = Number(usage);
@@ -181,7 +198,7 @@ export function memoryFromFiles(
     limitBytes: parseLimit(files.limit),
     pageFaults: n(stat.get(v2 ? 'pgfault' : 'total_pgfault')),
     majorPageFaults: n(stat.get(v2 ? 'pgmajfault' : 'total_pgmajfault')),
-    oomKills: n(parseKeyed(files.events ?? '').get('oom_kill')),
+    oomKills: n(parseKeyed(files.events ?? '', ['oom_kill']).get('oom_kill')),
   };
 }
 
