@@ -449,7 +449,14 @@ export async function measureRelist(cri: CriClient, image: string, opts: RelistO
     };
     result.statsCpuPerCallMs = {};
     for (const call of STATS_CALLS) {
-      await statsCalls[call](); // untimed: the first sample of each cgroup has no rate yet
+      // A runtime that cannot answer (containerd 1.6's ListPodSandboxStats without a pod cgroup_parent) loses
+      // this row, not the phase.
+      try {
+        await statsCalls[call](); // untimed: the first sample of each cgroup has no rate yet
+      } catch (err) {
+        result.failures.push(`${call}: ${(err as Error).message}`);
+        continue;
+      }
       const cpuStart = opts.daemonPid ? await readCpuMs(opts.daemonPid) : NaN;
       for (let i = 0; i < opts.samples; i++) {
         check(opts.signal);
