@@ -1,4 +1,5 @@
 import { promises as fs, readFileSync } from 'node:fs';
+import { constants } from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -23,6 +24,7 @@ import { CdiInjection, loadCdiRegistry, resolveCdiDevices } from './cdi.js';
 import { deviceNumbers } from './devices.js';
 import { CONTAINER_TRANSITIONS, ContainerConfig, ContainerMount, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate } from './types.js';
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
+import { parseStopSignal, signalNumber } from './signals.js';
 import { filterRecords, findByIdOrPrefix, NameIndex, RecordFilter } from '../lookup.js';
 
 // Container lifecycle: create (process made, blocked), start (released), stop (signal, then SIGKILL), remove.
@@ -63,18 +65,13 @@ export interface ContainerFilter extends RecordFilter<ContainerState> {
   sandboxId?: string;
 }
 
-const SIGNALS: Record<string, NodeJS.Signals> = Object.fromEntries(
-  ['SIGHUP', 'SIGINT', 'SIGQUIT', 'SIGKILL', 'SIGUSR1', 'SIGUSR2', 'SIGTERM', 'SIGWINCH', 'SIGSTOP', 'SIGCONT', 'SIGPWR'].map((s) => [s, s as NodeJS.Signals]),
-);
-
-function stopSignalOf(image: ImageRecord): NodeJS.Signals {
-  const raw = image.config.config?.StopSignal?.toUpperCase();
+/** The image's STOPSIGNAL, else SIGTERM; one that names no Linux signal is said, not silently replaced. */
+function imageStopSignal(image: ImageRecord, log: Logger): string {
+  const raw = image.config.config?.StopSignal;
   if (!raw) return 'SIGTERM';
-  if (/^\d+$/.test(raw)) {
-    const byNumber: Record<string, NodeJS.Signals> = { '1': 'SIGHUP', '2': 'SIGINT', '3': 'SIGQUIT', '9': 'SIGKILL', '10': 'SIGUSR1', '12': 'SIGUSR2', '15': 'SIGTERM' };
-    return byNumber[raw] ?? 'SIGTERM';
-  }
-  return SIGNALS[raw.startsWith('SIG') ? raw : `SIG${raw}`] ?? 'SIGTERM';
+  const name = parseStopSignal(raw);
+  if (!name) log.warn('the image\'s STOPSIGNAL names no Linux signal: SIGTERM stops the container instead', { image: image.id, stopSignal: raw });
+  return name ?? 'SIGTERM';
 }
 
 /** The cgroup adapter names files and values; a caller's mistake also names the request field it came from. */
@@ -302,7 +299,7 @@ export class ContainerService {
         bundle,
         logPath,
         cgroup,
-        stopSignal: stopSignalOf(image),
+        stopSignal: config.stopSignal ?? imageStopSignal(image, log),
         user: { uid: user.uid, gid: user.gid, additionalGids: spec.process.additionalGids },
         env: spec.process.env,
         cwd: spec.process.cwd,
@@ -363,7 +360,9 @@ export class ContainerService {
   }
 
   // kubelet expects a missing host path of a bind mount to be created as a directory, as Docker did.
-  private async ensureHostPath({ hostPath, recursiveReadOnly }: ContainerMount, index: number): Promise<void> {
+  private async ensureHostPath({ hostPath, recursiveReadOnly, image }: ContainerMount, index: number): Promise<void> {
+    // Not mounted yet: refused by name rather than dropped, so a pod never runs without the volume it asked for.
+    if (image) throw invalidArgument(`config.mounts[${index}].image: image volumes are not supported by berth yet`);
     if (!path.isAbsolute(hostPath)) throw invalidArgument(`config.mounts[${index}].host_path "${hostPath}" must be an absolute path`);
     const st = await fs.stat(hostPath).catch(() => undefined);
     if (!st) await fs.mkdir(hostPath, { recursive: true });
@@ -496,7 +495,7 @@ export class ContainerService {
     if (!record || record.state === 'EXITED' || !record.pid) return;
     const log = this.opts.log.child({ pod: record.sandboxId, container: record.id });
     if (timeoutSeconds > 0 && record.state === 'RUNNING') {
-      this.runtime.signal(record.pid, record.stopSignal as NodeJS.Signals);
+      this.runtime.signal(record.pid, signalNumber(record.stopSignal) ?? constants.signals.SIGTERM);
       if (await this.waitExit(record.id, timeoutSeconds * 1000)) return;
       log.info('stop timeout passed: killing', { timeoutSeconds });
     }

@@ -8,6 +8,13 @@ export interface ContainerMount {
   propagation: 'PRIVATE' | 'HOST_TO_CONTAINER' | 'BIDIRECTIONAL';
   /** The bind and every submount read-only (needs readonly and PRIVATE); absent in records of older berths. */
   recursiveReadOnly?: boolean;
+  /** CRI's mount_options: restricting bind flags (nosuid, nodev, noexec, ...) checked by the CRI layer. */
+  mountOptions?: string[];
+  /**
+   * An image volume (hostPath is then empty): `ref` as kubelet gives it (the id PullImage returned), `subPath`
+   * normalised and relative ('.' for the whole image). `imageId` is filled at create with the id it resolved to.
+   */
+  image?: { ref: string; subPath: string; imageId?: string };
 }
 
 export interface DeviceMapping {
@@ -78,6 +85,8 @@ export interface ContainerConfig {
   tty: boolean;
   resources: Resources;
   security: SecurityOptions;
+  /** CRI's stop_signal as a canonical name (SIGQUIT, SIGRTMIN+3): overrides the image's STOPSIGNAL; absent = the image's. */
+  stopSignal?: string;
 }
 
 export type ContainerState = 'CREATED' | 'RUNNING' | 'EXITED' | 'UNKNOWN';
@@ -125,6 +134,7 @@ export interface ContainerRecord {
   bundle: string;
   logPath: string;
   cgroup: { path: string; created: string[] };
+  /** The signal StopContainer sends first, by canonical name (see signals.ts). */
   stopSignal: string;
   /** uid/gid/groups the process runs with, for exec. */
   user: { uid: number; gid: number; additionalGids: number[] };
