@@ -1,5 +1,4 @@
 import { promises as fs, readFileSync } from 'node:fs';
-import { constants } from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -24,7 +23,7 @@ import { CdiInjection, loadCdiRegistry, resolveCdiDevices } from './cdi.js';
 import { deviceNumbers } from './devices.js';
 import { CONTAINER_TRANSITIONS, ContainerConfig, ContainerMount, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate } from './types.js';
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
-import { parseStopSignal, signalNumber } from './signals.js';
+import { parseStopSignal, signalToSend } from './signals.js';
 import { filterRecords, findByIdOrPrefix, NameIndex, RecordFilter } from '../lookup.js';
 
 // Container lifecycle: create (process made, blocked), start (released), stop (signal, then SIGKILL), remove.
@@ -495,7 +494,7 @@ export class ContainerService {
     if (!record || record.state === 'EXITED' || !record.pid) return;
     const log = this.opts.log.child({ pod: record.sandboxId, container: record.id });
     if (timeoutSeconds > 0 && record.state === 'RUNNING') {
-      this.runtime.signal(record.pid, signalNumber(record.stopSignal) ?? constants.signals.SIGTERM);
+      this.runtime.signal(record.pid, signalToSend(record.stopSignal));
       if (await this.waitExit(record.id, timeoutSeconds * 1000)) return;
       log.info('stop timeout passed: killing', { timeoutSeconds });
     }

@@ -49,3 +49,9 @@ export function parseStopSignal(text: string): string | undefined {
   if (signalNumber(name) === undefined) return undefined;
   return /^SIGRT/.test(name) ? nameOf(signalNumber(name)!) : (aliases[name] ?? name);
 }
+
+/** What kill(2) is given: the name when Node knows it (logs and test doubles read better), else the number. */
+export function signalToSend(name: string): NodeJS.Signals | number {
+  if (Object.hasOwn(plain, name)) return name as NodeJS.Signals;
+  return signalNumber(name) ?? 'SIGTERM';
+}
