@@ -33,6 +33,8 @@ export interface RuntimeConfig {
   shmSizeBytes: number;
   /** Longer log lines are split into partial (P) records. */
   logMaxLineBytes: number;
+  /** The AppArmor profile RuntimeDefault (and an unset profile) means; berth does not load it. */
+  apparmorProfile: string;
 }
 
 export type NetworkMode = 'auto' | 'embedded' | 'cni';
@@ -227,6 +229,13 @@ function networkMode(key: string, value: unknown): NetworkMode {
   return value as NetworkMode;
 }
 
+function apparmorProfileName(key: string, value: unknown): string {
+  if (typeof value !== 'string' || !/^[^\s\0]{1,255}$/.test(value) || value === 'unconfined') {
+    throw new ConfigError(key, 'must be the name of an AppArmor profile: 1-255 characters, no spaces (and not "unconfined")');
+  }
+  return value;
+}
+
 function deviceName(key: string, value: unknown): string {
   if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(value)) {
     throw new ConfigError(key, 'must be a network device name: 1–15 letters, digits, "_", "-" or "."');
@@ -289,6 +298,7 @@ export const CONFIG_SCHEMA: SectionSchema[] = [
       key('rlimits', 'resource limits every container starts with: name (nofile, nproc, core, memlock, ...) = [soft, hard]; replaces the default table', () => ({ nofile: [1024, 1024] as [number, number] }), rlimits),
       key('shm_size_bytes', "size of each pod's /dev/shm", () => 64 * 1024 * 1024, (name, v) => positiveInt(name, v, 2 ** 40)),
       key('log_max_line_bytes', 'longer container log lines are split into partial (P) records', () => 16 * 1024, (name, v) => positiveInt(name, v, 1 << 24)),
+      key('apparmor_profile', 'AppArmor profile for RuntimeDefault (and for containers that ask for none) on an AppArmor node; loaded by the operator, not berth', () => 'berth-default', apparmorProfileName),
     ],
   },
   {

@@ -57,8 +57,10 @@ export interface SecurityOptions {
   readonlyPaths: string[];
   namespaces: { network: string; pid: string; ipc: string; targetId?: string; userns?: import('../sandbox/types.js').UserNamespaceOptions };
   seccomp: SeccompRequest;
-  /** AppArmor profile asked for ('' = none / runtime default). */
+  /** AppArmor profile asked for: '' (not set), 'unconfined', 'runtime/default' or 'localhost/<name>'. */
   apparmor: string;
+  /** SELinux options, when any field of them was given (berth does not label: see ContainerService). */
+  selinuxOptions?: { user: string; role: string; type: string; level: string };
 }
 
 export interface ContainerMetadata {
@@ -69,6 +71,8 @@ export interface ContainerMetadata {
 export interface ContainerConfig {
   metadata: ContainerMetadata;
   image: string;
+  /** ImageSpec.user_specified_image: the image as the pod spec names it, echoed in ContainerStatus and ListContainers. */
+  userSpecifiedImage?: string;
   command: string[];
   args: string[];
   workingDir: string;
@@ -143,4 +147,6 @@ export interface ContainerRecord {
   /** The init's rlimits and oom_score_adj as created, for exec'd processes. Absent in older records. */
   rlimits?: { type: string; soft: number; hard: number }[];
   oomScoreAdj?: number;
+  /** The AppArmor profile the init asked for (exec'd processes get it too); absent = unconfined. */
+  apparmorProfile?: string;
 }

@@ -35,11 +35,17 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
   // kubelet shows image_ref as the digest it can pull again; the id stays in image_id.
   const imageRef = (record: ContainerRecord) => images.resolve(record.imageId)?.repoDigests[0] ?? record.imageId;
 
+  const imageSpec = (record: ContainerRecord) => ({
+    image: record.imageName,
+    annotations: {},
+    user_specified_image: record.config.userSpecifiedImage ?? '',
+  });
+
   const toContainer = (record: ContainerRecord): Container => ({
     id: record.id,
     pod_sandbox_id: record.sandboxId,
     metadata: { ...record.config.metadata },
-    image: { image: record.imageName, annotations: {} },
+    image: imageSpec(record),
     image_ref: imageRef(record),
     image_id: record.imageId,
     state: stateToProto[record.state],
@@ -58,7 +64,7 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
       started_at: String(record.startedAt ?? 0),
       finished_at: String(record.exit?.finishedAt ?? 0),
       exit_code: record.exit?.exitCode ?? 0,
-      image: { image: record.imageName, annotations: {} },
+      image: imageSpec(record),
       image_ref: imageRef(record),
       image_id: record.imageId,
       reason: record.exit?.reason ?? '',
@@ -133,7 +139,10 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
       const record = containers.get(requireId(req.container_id, 'container_id', 'ContainerStatus'));
       const info: Record<string, string> = {};
       if (req.verbose) {
-        info.info = JSON.stringify({ pid: record.pid, monitorPid: record.monitorPid, bundle: record.bundle, cgroup: record.cgroup, user: record.user, config: record.config });
+        info.info = JSON.stringify({
+          pid: record.pid, monitorPid: record.monitorPid, bundle: record.bundle, cgroup: record.cgroup, user: record.user,
+          apparmorProfile: record.apparmorProfile ?? null, config: record.config,
+        });
       }
       return { status: toStatus(record), info };
     }),

@@ -276,6 +276,12 @@ function imageVolume(m: ContainerConfig__Output['mounts'][number], i: number): C
   return { ref, subPath: path.posix.normalize(subPath || '.').replace(/(.)\/+$/, '$1') };
 }
 
+/** SELinux options as given, or undefined when every field is empty (what kubelet sends for none). */
+function selinuxOptions(o: { user?: string; role?: string; type?: string; level?: string } | null | undefined) {
+  if (!o || !(o.user || o.role || o.type || o.level)) return undefined;
+  return { user: o.user ?? '', role: o.role ?? '', type: o.type ?? '', level: o.level ?? '' };
+}
+
 /** CRI's Signal enum names a signal as SIGNAL_<name>, with PLUS/MINUS for the real-time offsets. */
 export function stopSignalFromProto(value: string | number | undefined): string | undefined {
   if (value === undefined || value === 'SIGNAL_RUNTIME_DEFAULT') return undefined;
@@ -330,6 +336,8 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
   return {
     metadata: { name: config.metadata.name, attempt: config.metadata.attempt },
     image: config.image?.image ?? '',
+    // kubelet resolves the pod's image to an id before CreateContainer and sends what the pod spec said here.
+    ...(config.image?.user_specified_image ? { userSpecifiedImage: config.image.user_specified_image } : {}),
     command: [...config.command],
     args: [...config.args],
     workingDir: config.working_dir,
@@ -369,6 +377,7 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
       namespaces: namespaces(security?.namespace_options, 'config.linux.security_context.namespace_options'),
       seccomp: seccompRequest(security?.seccomp, security?.seccomp_profile_path, 'config.linux.security_context'),
       apparmor: apparmorRequest(security?.apparmor, security?.apparmor_profile),
+      selinuxOptions: selinuxOptions(security?.selinux_options),
     },
     stopSignal: stopSignalFromProto(config.stop_signal),
   };

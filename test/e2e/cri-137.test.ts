@@ -220,3 +220,34 @@ test('user_namespaces_host_network: a user-namespaced pod on the host network ru
   const pid = JSON.parse((await e.berth.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info).pid as number;
   t.is(/Uid:\s+(\d+)/.exec(await fs.readFile(`/proc/${pid}/status`, 'utf8'))![1], '300000');
 });
+
+test('AppArmor on a kernel without it: RuntimeDefault and Unconfined run; a Localhost profile is FAILED_PRECONDITION naming the field, nothing made', async (t) => {
+  const e = await env(t);
+  const apparmorHere = await fs.readFile('/sys/module/apparmor/parameters/enabled', 'utf8').then((s) => s.trim() === 'Y', () => false);
+  if (apparmorHere) return t.pass('this kernel has AppArmor: the unit tests cover its table');
+  const podId = await e.pod();
+  const runDefault = await e.container(podId, { command: ['sleep', '1000'], linux: { security_context: { apparmor: { profile_type: 'RuntimeDefault' } } } });
+  const runOpen = await e.container(podId, { command: ['sleep', '1000'], linux: { security_context: { apparmor: { profile_type: 'Unconfined' } } } });
+  for (const id of [runDefault, runOpen]) t.is((await e.berth.runtime.ContainerStatus({ container_id: id })).status!.state, 'CONTAINER_RUNNING');
+  const before = (await e.berth.runtime.ListContainers({})).containers.length;
+  const err = await failure(e.berth.runtime.CreateContainer({
+    pod_sandbox_id: podId,
+    config: containerConfig(image.ref, { linux: { security_context: { apparmor: { profile_type: 'Localhost', localhost_ref: 'k8s-apparmor-example-deny-write' } } } }),
+    sandbox_config: podConfig({ log_directory: e.logDir }),
+  }));
+  t.is(err.code, grpc.status.FAILED_PRECONDITION);
+  t.regex(err.details, /^config\.linux\.security_context\.apparmor\.localhost_ref: AppArmor profile "k8s-apparmor-example-deny-write" was asked for, but this node's kernel has no AppArmor/);
+  t.is((await e.berth.runtime.ListContainers({})).containers.length, before);
+});
+
+test('user_specified_image: what the pod spec named is echoed in ContainerStatus and ListContainers beside the resolved image', async (t) => {
+  const e = await env(t);
+  const podId = await e.pod();
+  const imageId = (await e.berth.images.ImageStatus({ image: { image: image.ref } })).image!.id;
+  const id = await e.container(podId, { command: ['sleep', '1000'], image: { image: imageId, user_specified_image: image.ref } }, imageId);
+  const status = (await e.berth.runtime.ContainerStatus({ container_id: id })).status!;
+  t.is(status.image?.user_specified_image, image.ref);
+  t.is(status.image?.image, imageId);
+  const listed = (await e.berth.runtime.ListContainers({ filter: { id } })).containers[0];
+  t.is(listed.image?.user_specified_image, image.ref);
+});
