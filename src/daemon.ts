@@ -108,6 +108,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     maxLogLineBytes: config.runtime.logMaxLineBytes,
     shmSizeBytes: config.runtime.shmSizeBytes,
     cdiSpecDirs: config.cdi.specDirs,
+    apparmorProfile: config.runtime.apparmorProfile,
   });
   // Containers are loaded before images collect garbage, so layers under a live rootfs are never deleted.
   await sandboxes.load();

@@ -43,6 +43,10 @@ const RUNTIME_STREAM_RPCS = [
   'StreamPodSandboxMetrics',
 ] as const;
 
+/** Why berth answers UNIMPLEMENTED to these, for the operator who reads kubelet's log. */
+const CHECKPOINT_WHY =
+  'berth does not checkpoint or restore containers: that needs CRIU, which berth does not ship or drive (its container init would have to be restorable too)';
+
 export function runtimeHandlers(
   info: RuntimeInfo,
   log: Logger,
@@ -53,6 +57,9 @@ export function runtimeHandlers(
   const handlers: Record<string, unknown> = {};
   for (const rpc of RUNTIME_RPCS) handlers[rpc] = unimplemented('runtime.v1.RuntimeService', rpc);
   for (const rpc of RUNTIME_STREAM_RPCS) handlers[rpc] = unimplementedStream('runtime.v1.RuntimeService', rpc);
+  for (const rpc of ['CheckpointContainer', 'CheckpointPod', 'RestorePod']) {
+    handlers[rpc] = unimplemented('runtime.v1.RuntimeService', rpc, `runtime.v1.RuntimeService/${rpc}: ${CHECKPOINT_WHY}`);
+  }
 
   const implemented: Partial<RuntimeServiceHandlers> = {
     Version: h('Version', async () => ({
@@ -81,8 +88,15 @@ export function runtimeHandlers(
           name: handler.name,
           features: { recursive_read_only_mounts: handler.recursiveReadOnlyMounts, user_namespaces: handler.userNamespaces },
         })),
-        // Merge and Strict are both honoured at CreateContainer (src/container/user.ts).
-        features: { supplemental_groups_policy: true },
+        features: {
+          // Merge and Strict are both honoured at CreateContainer (src/container/user.ts).
+          supplemental_groups_policy: true,
+          // The init mounts (sysfs included) before it enters the pod's user namespace, so joining the host's
+          // network namespace, which that user namespace does not own, needs nothing more than user namespaces.
+          user_namespaces_host_network: info.handlers().some((handler) => handler.userNamespaces),
+          // nosuid, nodev, noexec (and noatime, nodiratime, ro) on bind mounts; see translate.ts MOUNT_OPTIONS.
+          mount_options: true,
+        },
       };
     }),
     RuntimeConfig: h('RuntimeConfig', async () => ({ linux: { cgroup_driver: 'CGROUPFS' } })),

@@ -254,6 +254,8 @@ export interface ExecOptions {
   noNewPrivs: boolean;
   capsFile?: string;
   seccompFile?: string;
+  /** The container's AppArmor profile: the exec'd command is confined by it too. */
+  apparmorProfile?: string;
   command: string[];
   timeoutMs: number;
 }
@@ -278,6 +280,7 @@ export function execInContainer(opts: ExecOptions): Promise<ExecResult> {
   args.push('--session-keyring', opts.sessionKeyring);
   for (const r of opts.rlimits) args.push('--rlimit', `${r.type}=${r.soft}:${r.hard}`);
   if (opts.oomScoreAdj !== undefined) args.push('--oom-score-adj', String(opts.oomScoreAdj));
+  if (opts.apparmorProfile) args.push('--apparmor', opts.apparmorProfile);
   args.push('--', ...opts.command);
   // SIGTERM at the timeout makes the shim kill and reap the command before it exits (no zombie outlives the
   // call); SIGKILL follows if the shim itself does not go.
