@@ -32,8 +32,9 @@ export interface RuntimeInfo {
 const RUNTIME_RPCS = [
   'Version', 'RunPodSandbox', 'StopPodSandbox', 'RemovePodSandbox', 'PodSandboxStatus', 'ListPodSandbox',
   'CreateContainer', 'StartContainer', 'StopContainer', 'RemoveContainer', 'ListContainers', 'ContainerStatus',
-  'UpdateContainerResources', 'ReopenContainerLog', 'ExecSync', 'Exec', 'Attach', 'PortForward',
-  'UpdateRuntimeConfig', 'Status', 'CheckpointContainer', 'CheckpointPod', 'RestorePod', 'RuntimeConfig',
+  'UpdateContainerResources', 'ReopenContainerLog', 'ExecSync', 'Exec', 'Attach', 'PortForward', 'ContainerStats',
+  'ListContainerStats', 'PodSandboxStats', 'ListPodSandboxStats', 'UpdateRuntimeConfig', 'Status',
+  'CheckpointContainer', 'CheckpointPod', 'RestorePod', 'ListMetricDescriptors', 'ListPodSandboxMetrics', 'RuntimeConfig',
   'UpdatePodSandboxResources',
 ] as const;
 

@@ -11,6 +11,7 @@ import type { IoUsage as IoProto } from '../gen/runtime/v1/IoUsage.js';
 import type { ContainerUsage, CpuUsage, MemoryUsage, PodUsage, Pressure, PressureLine } from '../stats/types.js';
 import { handlerFactory, requireId, RpcObserver } from './grpc.js';
 import { metricDescriptors, podMetrics } from './stats-metrics.js';
+import { pagedStream } from './paging.js';
 
 // The stats RPCs: the stats service's domain records rendered as CRI messages. Optional counters kubelet reads as
 // "unknown" when absent stay absent (a UInt64Value is a pointer there), never a made-up 0.
@@ -126,33 +127,28 @@ export interface StatsLookups {
 export function statsHandlers(stats: StatsService, lookups: StatsLookups, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
   const h = handlerFactory(log, observe);
   const pod = (p: PodUsage) => podStatsToProto(p, lookups.podAttempt(p.pod.id));
+  type ContainerStatsFilter = { id?: string; pod_sandbox_id?: string; label_selector?: Record<string, string> } | null | undefined;
+  type PodStatsFilter = { id?: string; label_selector?: Record<string, string> } | null | undefined;
+  // The List RPCs and their CRI 1.37 streaming twins send the same items.
+  const listContainerStats = async (f: ContainerStatsFilter) =>
+    (await stats.containers({ containerId: f?.id || undefined, podSandboxId: f?.pod_sandbox_id || undefined, labels: f?.label_selector })).map((c) => containerStatsToProto(c));
+  const listPodStats = async (f: PodStatsFilter) => (await stats.pods({ podSandboxId: f?.id || undefined, labels: f?.label_selector })).map(pod);
+  const listPodMetrics = async () => (await stats.pods()).map((p) => podMetrics(p, lookups.imageOf));
   return {
     ContainerStats: h('ContainerStats', async (req) => {
       const usage = await stats.container(requireId(req.container_id, 'container_id', 'ContainerStats'));
       return { stats: containerStatsToProto(usage) };
     }),
-    ListContainerStats: h('ListContainerStats', async (req) => {
-      const f = req.filter;
-      const list = await stats.containers({
-        containerId: f?.id || undefined,
-        podSandboxId: f?.pod_sandbox_id || undefined,
-        labels: f?.label_selector,
-      });
-      return { stats: list.map((c) => containerStatsToProto(c)) };
-    }),
+    ListContainerStats: h('ListContainerStats', async (req) => ({ stats: await listContainerStats(req.filter) })),
+    StreamContainerStats: pagedStream('StreamContainerStats', log, (req) => listContainerStats(req.filter), (container_stats) => ({ container_stats }), observe),
     PodSandboxStats: h('PodSandboxStats', async (req) => {
       const usage = await stats.pod(requireId(req.pod_sandbox_id, 'pod_sandbox_id', 'PodSandboxStats'));
       return { stats: pod(usage) };
     }),
-    ListPodSandboxStats: h('ListPodSandboxStats', async (req) => {
-      const f = req.filter;
-      const list = await stats.pods({ podSandboxId: f?.id || undefined, labels: f?.label_selector });
-      return { stats: list.map(pod) };
-    }),
+    ListPodSandboxStats: h('ListPodSandboxStats', async (req) => ({ stats: await listPodStats(req.filter) })),
+    StreamPodSandboxStats: pagedStream('StreamPodSandboxStats', log, (req) => listPodStats(req.filter), (pod_sandbox_stats) => ({ pod_sandbox_stats }), observe),
     ListMetricDescriptors: h('ListMetricDescriptors', async () => ({ descriptors: metricDescriptors() })),
-    ListPodSandboxMetrics: h('ListPodSandboxMetrics', async () => {
-      const list = await stats.pods();
-      return { pod_metrics: list.map((p) => podMetrics(p, lookups.imageOf)) };
-    }),
+    ListPodSandboxMetrics: h('ListPodSandboxMetrics', async () => ({ pod_metrics: await listPodMetrics() })),
+    StreamPodSandboxMetrics: pagedStream('StreamPodSandboxMetrics', log, () => listPodMetrics(), (pod_sandbox_metrics) => ({ pod_sandbox_metrics }), observe),
   };
 }

@@ -89,10 +89,19 @@ async function env(t: ExecutionContext): Promise<Env> {
   return e;
 }
 
+function collect<T>(stream: grpc.ClientReadableStream<T>): Promise<T[]> {
+  return new Promise((resolve, reject) => {
+    const got: T[] = [];
+    stream.on('data', (m: T) => got.push(m));
+    stream.on('error', reject);
+    stream.on('end', () => resolve(got));
+  });
+}
+
 const value = (v: { value: string } | null | undefined) => (v ? Number(v.value) : NaN);
 const within = (actual: number, expected: number, tolerance: number) => Math.abs(actual - expected) <= expected * tolerance;
 
-test('40 MiB a container allocates show in ContainerStats and ListPodSandboxStats within 10 %', async (t) => {
+test('40 MiB a container allocates show in ContainerStats, ListPodSandboxStats and ListPodSandboxMetrics within 10 %; the Stream RPCs send the List items', async (t) => {
   const e = await env(t);
   const pod = await e.pod();
   const id = await e.run(pod.id, SLEEPER);
@@ -116,6 +125,19 @@ test('40 MiB a container allocates show in ContainerStats and ListPodSandboxStat
   t.true(value(podAfter.linux?.process?.process_count) >= 1);
   // No limit: available_bytes is absent rather than a made-up number.
   t.is(after.memory?.available_bytes, null);
+
+  // CRI 1.37's streaming twins send the same items as the List RPCs.
+  const streamed = (await collect(e.berth.rawRuntime.StreamContainerStats({ filter: { pod_sandbox_id: pod.id } }))).flatMap((p) => p.container_stats);
+  t.deepEqual(streamed.map((s) => s.attributes?.id), [id]);
+  const pods = (await collect(e.berth.rawRuntime.StreamPodSandboxStats({}))).flatMap((p) => p.pod_sandbox_stats);
+  t.deepEqual(pods.map((p) => p.attributes?.id), [pod.id]);
+  const metrics = (await collect(e.berth.rawRuntime.StreamPodSandboxMetrics({}))).flatMap((p) => p.pod_sandbox_metrics);
+  const listed = await e.berth.runtime.ListPodSandboxMetrics({});
+  t.deepEqual(metrics.map((m) => m.pod_sandbox_id), listed.pod_metrics.map((m) => m.pod_sandbox_id));
+  const ws = listed.pod_metrics[0].container_metrics[0].metrics.find((m) => m.name === 'container_memory_working_set_bytes');
+  t.true(within(Number(ws?.value?.value), value(after.memory?.working_set_bytes), 0.1), 'ListPodSandboxMetrics has the working set');
+  const descriptors = (await e.berth.runtime.ListMetricDescriptors({})).descriptors;
+  t.deepEqual(descriptors.find((d) => d.name === ws?.name)?.label_keys.length, ws?.label_values.length);
 });
 
 test('a CPU burner shows at least 0.5 s of CPU and a non-zero usage_nano_cores; a quota shows throttling and PSI', async (t) => {
