@@ -40,7 +40,12 @@ export const RELIST_CALLS = [
   'ListContainers {io.kubernetes.pod.uid} (one pod)',
   'ListPodSandbox {state: SANDBOX_READY}',
   'PodSandboxStatus + ContainerStatus (one pod)',
+  'ListContainerStats {}',
+  'ListPodSandboxStats {}',
 ] as const;
+/** The stats lists kubelet's summary API sends (every 10-15 s), whose daemon CPU is measured per call. */
+export const STATS_CALLS = ['ListContainerStats {}', 'ListPodSandboxStats {}'] as const satisfies readonly RelistCall[];
+export type StatsCall = (typeof STATS_CALLS)[number];
 export type RelistCall = (typeof RELIST_CALLS)[number];
 export const RELIST: RelistCall = RELIST_CALLS[0];
 
@@ -55,6 +60,8 @@ export interface RelistResult {
   calls: Record<RelistCall, number[]>;
   /** CPU time the daemon used over the relists (utime + stime of the process), ms. */
   daemonCpuMs?: number;
+  /** CPU time the daemon used per stats list call (utime + stime over all its samples / samples), ms. */
+  statsCpuPerCallMs?: Partial<Record<StatsCall, number>>;
   /** The most items an unfiltered list returned (the bench's pods and any others the runtime holds). */
   listed: { sandboxes: number; containers: number };
   /** A list that missed a running bench pod, or a filtered one that returned a wrong item (first few). */
@@ -242,6 +249,12 @@ export function headlineMetrics(run: RuntimeRun): Metric[] {
     const s = relistSummary(run.relist);
     out.push({ name: `relist with ${run.relist.pods} pods (median)`, unit: 'ms', value: s.relist.median });
     out.push({ name: `daemon CPU per relist with ${run.relist.pods} pods`, unit: 'ms', value: s.cpuPerRelistMs });
+    for (const call of STATS_CALLS) {
+      const samples = run.relist.calls[call] ?? [];
+      if (samples.length === 0) continue;
+      out.push({ name: `${call} with ${run.relist.pods} pods (median)`, unit: 'ms', value: summarize(samples).median });
+      out.push({ name: `daemon CPU per ${call} with ${run.relist.pods} pods`, unit: 'ms', value: run.relist.statsCpuPerCallMs?.[call] ?? NaN });
+    }
   }
   return out;
 }

@@ -16,7 +16,7 @@ import {
   sumMemUsage,
   type MemUsage,
 } from './procfs.js';
-import { emptyRelistCalls, MAX_MISMATCHES, RELIST, type ConcurrentResult, type MemoryResult, type PodMemory, type PullResult, type RelistCall, type RelistResult } from './model.js';
+import { emptyRelistCalls, MAX_MISMATCHES, RELIST, STATS_CALLS, type StatsCall, type ConcurrentResult, type MemoryResult, type PodMemory, type PullResult, type RelistCall, type RelistResult } from './model.js';
 import { nsToMs, summarize } from './stats.js';
 
 const RUNNING_TIMEOUT_MS = 60_000;
@@ -440,6 +440,30 @@ export async function measureRelist(cri: CriClient, image: string, opts: RelistO
       ] as const);
       if (sandbox.status?.state !== 'SANDBOX_READY') mismatch(`PodSandboxStatus of ${pod.podId.slice(0, 12)}: ${sandbox.status?.state}`);
       if (container.status?.state !== 'CONTAINER_RUNNING') mismatch(`ContainerStatus of ${pod.containerId!.slice(0, 12)}: ${container.status?.state}`);
+    }
+
+    // kubelet's summary API: every container's and every pod's stats in one call each.
+    const statsCalls: Record<StatsCall, () => Promise<{ id: string }[]>> = {
+      'ListContainerStats {}': async () => (await cri.runtime.ListContainerStats({})).stats.map((s) => ({ id: s.attributes?.id ?? '' })),
+      'ListPodSandboxStats {}': async () => (await cri.runtime.ListPodSandboxStats({})).stats.map((s) => ({ id: s.attributes?.id ?? '' })),
+    };
+    result.statsCpuPerCallMs = {};
+    for (const call of STATS_CALLS) {
+      // A runtime that cannot answer (containerd 1.6's ListPodSandboxStats without a pod cgroup_parent) loses
+      // this row, not the phase.
+      try {
+        await statsCalls[call](); // untimed: the first sample of each cgroup has no rate yet
+      } catch (err) {
+        result.failures.push(`${call}: ${(err as Error).message}`);
+        continue;
+      }
+      const cpuStart = opts.daemonPid ? await readCpuMs(opts.daemonPid) : NaN;
+      for (let i = 0; i < opts.samples; i++) {
+        check(opts.signal);
+        const got = await timed(call, statsCalls[call]);
+        missing(call, call === 'ListContainerStats {}' ? containerIds : podIds, got);
+      }
+      if (opts.daemonPid) result.statsCpuPerCallMs[call] = ((await readCpuMs(opts.daemonPid)) - cpuStart) / opts.samples;
     }
   } finally {
     for (const e of await removePods(cri, pods, limit)) result.failures.push(`cleanup: ${e}`);

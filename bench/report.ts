@@ -1,7 +1,7 @@
 // Rendering benchmark results: markdown tables for people, a JSON object for tools. Pure: no I/O, no clocks.
 
 import { insideRows, type InsideSamples } from './inside.js';
-import { headlineMetrics, memorySummary, relistSummary, type BenchResult, type MemUsage, type Metric, type RelistResult, type RuntimeRun } from './model.js';
+import { headlineMetrics, memorySummary, relistSummary, type BenchResult, type MemUsage, type Metric, type RelistCall, type RelistResult, type RuntimeRun } from './model.js';
 import { summarize, type Summary } from './stats.js';
 import { evaluateTargets, type TargetResult, type Unit } from './targets.js';
 
@@ -223,6 +223,7 @@ export function relistTable(r: RelistResult): string {
     return [cell(name), String(x.n), formatMs(x.median), formatMs(x.p95)];
   });
   rows.push(['daemon CPU per relist', String(r.relists), formatMs(s.cpuPerRelistMs), '']);
+  for (const [call, ms] of Object.entries(r.statsCpuPerCallMs ?? {})) rows.push([cell(`daemon CPU per ${call}`), String(r.calls[call as RelistCall]?.length ?? 0), formatMs(ms), '']);
   const lines = [
     r.daemonCpuMs === undefined
       ? 'daemon CPU not measured (daemon unknown)'
@@ -329,6 +330,7 @@ function relistJson(r: RelistResult): Record<string, unknown> {
     calls: Object.fromEntries(Object.entries(r.calls).map(([name, v]) => [name, distJson(v)])),
     daemonCpuMs: round3(r.daemonCpuMs ?? NaN),
     cpuPerRelistMs: round3(s.cpuPerRelistMs),
+    statsCpuPerCallMs: Object.fromEntries(Object.entries(r.statsCpuPerCallMs ?? {}).map(([k, v]) => [k, round3(v)])),
     listed: r.listed,
     countsMatched: s.countsMatched,
     mismatches: r.mismatches,

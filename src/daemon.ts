@@ -8,7 +8,7 @@ import { ImageStore, LayerHolds } from './image/store.js';
 import { ImageService } from './image/service.js';
 import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
 import { mallocTrim, mountSetattrSupported } from './kernel/libc.js';
-import { sealedShim } from './kernel/shim.js';
+import { NET_SYSFS, sealedShim } from './kernel/shim.js';
 import { SandboxHooks, SandboxService } from './sandbox/service.js';
 import { kernelSandboxRuntime } from './sandbox/runtime.js';
 import { createPodNetwork } from './network/index.js';
@@ -18,6 +18,14 @@ import { imageHandlers } from './cri/image.js';
 import { podHandlers } from './cri/pods.js';
 import { containerHandlers } from './cri/containers.js';
 import { runtimeHandlers, RuntimeInfo, RUNTIME_NAME } from './cri/runtime.js';
+import { statsHandlers } from './cri/stats.js';
+import { CgroupStatsReader } from './kernel/cgroup-stats.js';
+import { readInterfaceCounters } from './kernel/netdev-stats.js';
+import { dirUsage } from './kernel/dir-usage.js';
+import { StatsService, type StatsContainer, type StatsPod } from './stats/service.js';
+import { WritableLayers } from './stats/writable-layers.js';
+import type { ContainerRecord } from './container/types.js';
+import type { SandboxRecord } from './sandbox/types.js';
 import { claimSocket, CriServer, drain, forceClose, serveCri } from './cri/server.js';
 import { streamingHandlers } from './cri/streaming.js';
 import { failedPrecondition } from './errors.js';
@@ -150,6 +158,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     maxLogLineBytes: config.runtime.logMaxLineBytes,
     shmSizeBytes: config.runtime.shmSizeBytes,
     cdiSpecDirs: config.cdi.specDirs,
+    apparmorProfile: config.runtime.apparmorProfile,
   });
   // Containers are loaded before images collect garbage, so layers under a live rootfs are never deleted.
   await sandboxes.load();
@@ -204,6 +213,56 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   const streamingWiring = streamingDomain(containers, sandboxes, log);
   streamingBackend = streamingWiring.backend;
   const streaming = new StreamingService(tokens, streamingWiring.targets, streamingServer.baseUrl);
+  const statsLog = log.child({ component: 'stats' });
+  const layers = new WritableLayers({
+    layers: () => containers.list().map((c) => ({ id: c.id, upperDir: path.join(c.bundle, 'upper') })),
+    walk: (dir) => dirUsage(dir),
+    intervalMs: config.runtime.writableLayerIntervalSeconds * 1000,
+    log: statsLog,
+  });
+  layers.start();
+  const statsContainer = (c: Readonly<ContainerRecord>): StatsContainer => ({
+    id: c.id,
+    podSandboxId: c.sandboxId,
+    name: c.config.metadata.name,
+    attempt: c.config.metadata.attempt,
+    labels: c.config.labels,
+    annotations: c.config.annotations,
+    cgroupPath: c.cgroup.path,
+  });
+  const statsPod = (p: Readonly<SandboxRecord>): StatsPod => ({
+    id: p.id,
+    name: p.config.metadata.name,
+    namespace: p.config.metadata.namespace,
+    uid: p.config.metadata.uid,
+    labels: p.config.labels,
+    annotations: p.config.annotations,
+    cgroupPath: p.cgroup.path,
+    // berth-shim sandbox mounts the pod netns's sysfs beside the netns pin.
+    ...(p.namespacePaths.network ? { netSysDir: path.join(path.dirname(p.namespacePaths.network), NET_SYSFS) } : {}),
+  });
+  const cgroupStats = new CgroupStatsReader(cgroups.layout);
+  const stats = new StatsService({
+    containers: () => containers.list().map(statsContainer),
+    pods: () => sandboxes.list().map(statsPod),
+    findContainer: (id) => {
+      const c = containers.find(id);
+      return c && statsContainer(c);
+    },
+    findPod: (id) => {
+      const p = sandboxes.find(id);
+      return p && statsPod(p);
+    },
+    readCgroup: (cgPath) => cgroupStats.read(cgPath),
+    readInterfaces: readInterfaceCounters,
+    writableLayer: (id) => layers.usage(id),
+    layerMountpoint: path.join(paths.root, 'containers'),
+    log: statsLog,
+  });
+  const statsLookups = {
+    podAttempt: (id: string) => sandboxes.find(id)?.config.metadata.attempt ?? 0,
+    imageOf: (id: string) => containers.find(id)?.imageName ?? '',
+  };
 
   const criLog = log.child({ component: 'cri' });
   const compactor = new IdleCompactor({ quietMs: 1000, gc: exposedGc(), trim: mallocTrim, log: log.child({ component: 'memory' }) });
@@ -213,7 +272,12 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     runtimeHandlers(
       info,
       criLog,
-      { ...podHandlers(sandboxes, criLog, observe), ...containerHandlers(containers, images, criLog, observe), ...streamingHandlers(streaming, criLog, observe) },
+      {
+        ...podHandlers(sandboxes, criLog, observe),
+        ...containerHandlers(containers, images, criLog, observe),
+        ...streamingHandlers(streaming, criLog, observe),
+        ...statsHandlers(stats, statsLookups, criLog, observe),
+      },
       observe,
     ),
     imageHandlers(images, criLog, observe),
@@ -226,6 +290,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       // Sessions can last hours: they are ended (not waited for) beside the RPC drain.
       await Promise.all([drain(cri), streamingServer.close()]);
       compactor.close();
+      layers.close();
       await containers.close();
       await network.close();
     },

@@ -37,7 +37,7 @@ static void usage(void)
     fprintf(stderr, "usage: " SHIM_NAME " exec <container-pid> [--uid N] [--gid N] [--groups a,b] [--cwd DIR]\n"
                     "         [--env K=V]... [--cgroup-procs FILE]... [--caps-json FILE] [--seccomp-json FILE]\n"
                     "         [--no-new-privs] [--start-time T] [--session-keyring NAME]\n"
-                    "         [--rlimit RLIMIT_X=SOFT:HARD]... [--oom-score-adj N]\n"
+                    "         [--rlimit RLIMIT_X=SOFT:HARD]... [--oom-score-adj N] [--apparmor PROFILE]\n"
                     "         [--tty [--tty-size COLSxROWS] [--resize-fd N] [--no-stdin]]\n"
                     "         -- cmd [args...]\n");
 }
@@ -93,7 +93,7 @@ int cmd_exec(int argc, char **argv)
     gid_t groups[256];
     size_t ngroups = 0;
     int set_groups = 0, nnp = 0;
-    const char *cwd = NULL, *caps_file = NULL, *seccomp_file = NULL, *keyring = NULL;
+    const char *cwd = NULL, *caps_file = NULL, *seccomp_file = NULL, *keyring = NULL, *apparmor = NULL;
     long long start_time = -1;
     int has_oom = 0, oom = 0;
     struct rlimit rlims[RLIM_NLIMITS];
@@ -165,6 +165,8 @@ int cmd_exec(int argc, char **argv)
             start_time = v;
         } else if (strcmp(a, "--session-keyring") == 0) {
             keyring = val;
+        } else if (strcmp(a, "--apparmor") == 0 && *val) {
+            apparmor = val;
         } else if (strcmp(a, "--oom-score-adj") == 0 && parse_long(val, &v) == 0 && v >= -1000 && v <= 1000) {
             has_oom = 1;
             oom = (int)v;
@@ -367,7 +369,13 @@ int cmd_exec(int argc, char **argv)
             else if (!caps.present && uid != 0)
                 early = 1;
         }
-        int r = early ? seccomp_install(&filter) : 0;
+        /* The container's AppArmor profile, asked for as the init does: still root, before no_new_privs. */
+        int r = apparmor ? apparmor_exec_profile(apparmor) : 0;
+        if (r < 0) {
+            warn_err("exec: apparmor: confine the command with profile", apparmor, -r);
+            _exit(EXIT_CANNOT);
+        }
+        r = early ? seccomp_install(&filter) : 0;
         if (r < 0) {
             warn_err("exec: seccomp: install the filter", NULL, -r);
             _exit(EXIT_CANNOT);

@@ -908,6 +908,13 @@ static void drop_privileges(struct spec *s, const struct seccomp_plan *sp)
     join_keyring(s);
     set_rlimits(s);
     enter_userns();
+    /* Asked for while the init is still root with every capability and before no_new_privs, as runc
+     * does (under no_new_privs AppArmor refuses most transitions); it takes effect at the execve. */
+    if (s->apparmor) {
+        int r = apparmor_exec_profile(s->apparmor);
+        if (r < 0)
+            child_fail("apparmor: confine the container with profile", s->apparmor, -r);
+    }
     if (sp->early) {
         int r = seccomp_install(&s->seccomp);
         if (r < 0)

@@ -23,6 +23,9 @@
 #define SELFBIND_MARK ".berth-selfbind"
 
 static const char *const pin_names[] = {"net", "ipc", "uts", "pid", "cgroup", "user", "mnt"};
+/* <dir>/sys: a sysfs mounted from inside the pod's netns, which therefore lists that netns's interfaces; berth
+ * reads their counters there (pod network stats) with no process per read. */
+#define NET_SYSFS "sys"
 
 /* Undo "\040"-style escapes of /proc/self/mountinfo in place. */
 static void unescape(char *s)
@@ -221,6 +224,46 @@ static int kill_pod_init(void *ctx, const char *what)
 }
 
 /* The message (err) names the failing step; what was made is undone, newest first. */
+/* Detaches and removes <dir>/sys; with unpin (idempotent). Not mounted (EINVAL) or absent (ENOENT) is fine. */
+static int drop_net_sysfs(void *ctx, const char *what)
+{
+    char p[PATH_MAX];
+    int r = path_join(p, sizeof p, ((struct pod_dir *)ctx)->dir, NET_SYSFS);
+    (void)what;
+    if (r < 0)
+        return r;
+    if (umount2(p, MNT_DETACH | UMOUNT_NOFOLLOW) < 0 && errno != EINVAL && errno != ENOENT)
+        r = -errno;
+    if (rmdir(p) < 0 && errno != ENOENT && !r)
+        r = -errno;
+    return r;
+}
+
+/* sysfs ties a new instance to the network namespace of the process that mounts it: call after unshare. */
+static int mount_net_sysfs(const char *dir, struct cleanup_list *undo, char *err, size_t errlen)
+{
+    char p[PATH_MAX];
+    struct stat sd, sp;
+    if (path_join(p, sizeof p, dir, NET_SYSFS) < 0) {
+        fmt_err(err, errlen, "mount sysfs", dir, ENAMETOOLONG);
+        return -1;
+    }
+    if (mkdir(p, 0555) < 0 && errno != EEXIST) {
+        fmt_err(err, errlen, "mount sysfs: mkdir", p, errno);
+        return -1;
+    }
+    if (lstat(dir, &sd) < 0 || lstat(p, &sp) < 0 || !S_ISDIR(sp.st_mode) || sd.st_dev != sp.st_dev) {
+        fmt_err(err, errlen, "mount sysfs: not a fresh directory:", p, EEXIST);
+        return -1; /* not ours: left alone */
+    }
+    cleanup_push(undo, "drop the pod's sysfs", NULL, drop_net_sysfs);
+    if (mount("sysfs", p, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+        fmt_err(err, errlen, "mount sysfs", p, errno);
+        return -1;
+    }
+    return 0;
+}
+
 static int sandbox_fail(const char *arg, struct cleanup_list *undo, char *err, size_t errlen)
 {
     cleanup_run(undo, err, errlen);
@@ -352,6 +395,7 @@ int cmd_sandbox(int argc, char **argv)
         cleanup_push(&undo, "kill the pod init", NULL, kill_pod_init);
     }
     if ((want_net && pin(pd.dir, "net", "/proc/self/ns/net", &undo, err, sizeof err) < 0) ||
+        (want_net && mount_net_sysfs(pd.dir, &undo, err, sizeof err) < 0) ||
         (want_ipc && pin(pd.dir, "ipc", "/proc/self/ns/ipc", &undo, err, sizeof err) < 0) ||
         (want_uts && pin(pd.dir, "uts", "/proc/self/ns/uts", &undo, err, sizeof err) < 0))
         return sandbox_fail(argv[1], &undo, err, sizeof err);
@@ -385,6 +429,7 @@ int cmd_unpin(int argc, char **argv)
      * checks (the pin files stay). */
     for (size_t i = 0; i < sizeof pin_names / sizeof pin_names[0]; i++)
         unpin_one(&pd, pin_names[i]);
+    drop_net_sysfs(&pd, NULL);
     /* the self-bind only when sandbox made it (its marker) */
     if (path_join(mark, sizeof mark, pd.dir, SELFBIND_MARK) == 0 && unlink(mark) == 0)
         umount2(pd.dir, MNT_DETACH | UMOUNT_NOFOLLOW);

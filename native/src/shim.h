@@ -47,6 +47,10 @@ int set_undumpable(void);
 /* Join a new session keyring `name` (KEYCTL_JOIN_SESSION_KEYRING), rights for its possessor only.
  * Returns 0 (also on a kernel without keys: ENOSYS), or -errno. */
 int join_session_keyring(const char *name);
+/* Ask AppArmor to confine this process with `profile` from its next execve ("exec <profile>" into
+ * /proc/self/attr/apparmor/exec, else the pre-5.8 /proc/self/attr/exec). Returns 0 or -errno: EINVAL or
+ * ENOENT where the kernel has no AppArmor, ENOENT too for a profile that is not loaded. */
+int apparmor_exec_profile(const char *profile);
 /* Write /proc/self/oom_score_adj; a lowering the host refuses (no CAP_SYS_RESOURCE) keeps the current
  * value. Returns 0 or -errno. */
 int set_oom_score_adj(int value);

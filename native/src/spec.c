@@ -390,6 +390,10 @@ static int parse_process(struct json_object *p, struct spec *s, char *err, size_
         get_bool(p, "stdin", &s->stdin_open, "process.", err, errlen) < 0 ||
         get_bool(p, "noNewPrivileges", &s->nnp, "process.", err, errlen) < 0)
         return -1;
+    if (json_get_string(p, "apparmorProfile", &s->apparmor, 0, "process.", err, errlen) < 0)
+        return -1;
+    if (s->apparmor && (!*s->apparmor || strpbrk(s->apparmor, "\n\r") || strlen(s->apparmor) > 255))
+        FAIL("spec: process.apparmorProfile must be a profile name of 1-255 characters on one line");
     if (json_get_int(p, "oomScoreAdj", &num, &s->has_oom, "process.", err, errlen) < 0)
         return -1;
     if (s->has_oom) {

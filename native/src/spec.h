@@ -60,6 +60,7 @@ struct spec {
     gid_t *gids;
     size_t ngids;
     int terminal, stdin_open, nnp;
+    const char *apparmor; /* process.apparmorProfile: confines the program from its execve; NULL = none */
     struct rlimit_spec *rlimits;
     size_t nrlimits;
     int has_oom;

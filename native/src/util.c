@@ -258,6 +258,24 @@ int join_session_keyring(const char *name)
     return 0;
 }
 
+int apparmor_exec_profile(const char *profile)
+{
+    char cmd[320];
+    int len = snprintf(cmd, sizeof cmd, "exec %s", profile);
+    if (len < 0 || (size_t)len >= sizeof cmd)
+        return -ENAMETOOLONG;
+    /* The LSM's own file first: with several LSMs stacked the generic one may belong to another. */
+    int fd = open("/proc/self/attr/apparmor/exec", O_WRONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT)
+        fd = open("/proc/self/attr/exec", O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = write(fd, cmd, (size_t)len);
+    int e = n < 0 ? errno : EIO;
+    close(fd);
+    return n == len ? 0 : -e;
+}
+
 int set_oom_score_adj(int value)
 {
     char buf[32], cur_buf[32];

@@ -34,6 +34,10 @@ export interface RuntimeConfig {
   shmSizeBytes: number;
   /** Longer log lines are split into partial (P) records. */
   logMaxLineBytes: number;
+  /** How often the writable layers' disk use (ContainerStats) is measured, off the request path. */
+  writableLayerIntervalSeconds: number;
+  /** The AppArmor profile RuntimeDefault (and an unset profile) means; berth does not load it. */
+  apparmorProfile: string;
 }
 
 export type NetworkMode = 'auto' | 'embedded' | 'cni';
@@ -263,6 +267,13 @@ function networkMode(key: string, value: unknown): NetworkMode {
   return value as NetworkMode;
 }
 
+function apparmorProfileName(key: string, value: unknown): string {
+  if (typeof value !== 'string' || !/^[^\s\0]{1,255}$/.test(value) || value === 'unconfined') {
+    throw new ConfigError(key, 'must be the name of an AppArmor profile: 1-255 characters, no spaces (and not "unconfined")');
+  }
+  return value;
+}
+
 function deviceName(key: string, value: unknown): string {
   if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(value)) {
     throw new ConfigError(key, 'must be a network device name: 1–15 letters, digits, "_", "-" or "."');
@@ -325,6 +336,10 @@ export const CONFIG_SCHEMA: SectionSchema[] = [
       key('rlimits', 'resource limits every container starts with: name (nofile, nproc, core, memlock, ...) = [soft, hard]; replaces the default table', () => ({ nofile: [1024, 1024] as [number, number] }), rlimits),
       key('shm_size_bytes', "size of each pod's /dev/shm", () => 64 * 1024 * 1024, (name, v) => positiveInt(name, v, 2 ** 40)),
       key('log_max_line_bytes', 'longer container log lines are split into partial (P) records', () => 16 * 1024, (name, v) => positiveInt(name, v, 1 << 24)),
+      key('writable_layer_interval_seconds', "how often the containers' writable layers are walked for their disk use in the stats (1-3600); the walk pauses while nobody asks for stats", () => 15, (name, v) =>
+        positiveInt(name, v, 3600),
+      ),
+      key('apparmor_profile', 'AppArmor profile for RuntimeDefault (and for containers that ask for none) on an AppArmor node; loaded by the operator, not berth', () => 'berth-default', apparmorProfileName),
     ],
   },
   {

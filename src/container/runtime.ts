@@ -24,8 +24,8 @@ export interface ContainerRuntime {
   create(spec: ShimSpec): Promise<CreatedProcess>;
   /** Releases a created process; fails when it is no longer waiting (it exited). */
   start(bundle: string): Promise<void>;
-  /** Sends `signal` to `pid`; a process already gone is not an error. */
-  signal(pid: number, signal: NodeJS.Signals): void;
+  /** Sends `signal` (a name, or a number for the real-time signals Node has no name for) to `pid`; a process already gone is not an error. */
+  signal(pid: number, signal: NodeJS.Signals | number): void;
   /** The monitor's exit record, once it has written one. */
   readExit(bundle: string): Promise<ShimExit | undefined>;
   /** Why the init could not exec the command, when it recorded that. */

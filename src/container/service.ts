@@ -1,4 +1,4 @@
-import { promises as fs, readFileSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -24,6 +24,9 @@ import { CdiInjection, loadCdiRegistry, resolveCdiDevices } from './cdi.js';
 import { deviceNumbers } from './devices.js';
 import { CONTAINER_TRANSITIONS, ContainerConfig, ContainerMount, ContainerRecord, ContainerState, ExitStatus, ResourceUpdate } from './types.js';
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
+import { parseStopSignal, signalToSend } from './signals.js';
+import { chooseAppArmorProfile } from './apparmor.js';
+import { kernelLsmHost, LsmHost } from '../kernel/lsm.js';
 import { filterRecords, findByIdOrPrefix, NameIndex, RecordFilter } from '../lookup.js';
 
 // Container lifecycle: create (process made, blocked), start (released), stop (signal, then SIGKILL), remove.
@@ -56,7 +59,13 @@ export interface ContainerServiceOptions {
   cdiSpecDirs: string[];
   /** The stop timeout's clock; unit tests pass a fake one. */
   delay?: Delay;
+  /** AppArmor and SELinux on this host; unit tests pass a fake one. */
+  lsm?: LsmHost;
+  /** The AppArmor profile RuntimeDefault means ([runtime] apparmor_profile). */
+  apparmorProfile?: string;
 }
+
+export const DEFAULT_APPARMOR_PROFILE = 'berth-default';
 
 const realDelay: Delay = (ms, signal) => sleep(ms, undefined, { signal });
 
@@ -64,18 +73,13 @@ export interface ContainerFilter extends RecordFilter<ContainerState> {
   sandboxId?: string;
 }
 
-const SIGNALS: Record<string, NodeJS.Signals> = Object.fromEntries(
-  ['SIGHUP', 'SIGINT', 'SIGQUIT', 'SIGKILL', 'SIGUSR1', 'SIGUSR2', 'SIGTERM', 'SIGWINCH', 'SIGSTOP', 'SIGCONT', 'SIGPWR'].map((s) => [s, s as NodeJS.Signals]),
-);
-
-function stopSignalOf(image: ImageRecord): NodeJS.Signals {
-  const raw = image.config.config?.StopSignal?.toUpperCase();
+/** The image's STOPSIGNAL, else SIGTERM; one that names no Linux signal is said, not silently replaced. */
+function imageStopSignal(image: ImageRecord, log: Logger): string {
+  const raw = image.config.config?.StopSignal;
   if (!raw) return 'SIGTERM';
-  if (/^\d+$/.test(raw)) {
-    const byNumber: Record<string, NodeJS.Signals> = { '1': 'SIGHUP', '2': 'SIGINT', '3': 'SIGQUIT', '9': 'SIGKILL', '10': 'SIGUSR1', '12': 'SIGUSR2', '15': 'SIGTERM' };
-    return byNumber[raw] ?? 'SIGTERM';
-  }
-  return SIGNALS[raw.startsWith('SIG') ? raw : `SIG${raw}`] ?? 'SIGTERM';
+  const name = parseStopSignal(raw);
+  if (!name) log.warn('the image\'s STOPSIGNAL names no Linux signal: SIGTERM stops the container instead', { image: image.id, stopSignal: raw });
+  return name ?? 'SIGTERM';
 }
 
 /** The cgroup adapter names files and values; a caller's mistake also names the request field it came from. */
@@ -246,7 +250,7 @@ export class ContainerService {
         : undefined;
       const hostDevices = await Promise.all(config.devices.map((d, i) => this.hostDevice(d.hostPath, d.containerPath, i)));
       const cdi = config.cdiDevices?.length ? await this.resolveCdi(config.cdiDevices, log) : undefined;
-      this.warnAppArmor(config.security.apparmor, log);
+      const apparmor = await this.securityModules(config, log);
       timer.lap('prepare');
       const handle = await this.opts.cgroups.create(`${sandbox.cgroup.path}/${id}`);
       const cgroup = { path: handle.path, created: handle.created };
@@ -281,6 +285,7 @@ export class ContainerService {
         cdi,
       });
       spec.sysctl = { ...sandbox.config.sysctls };
+      if (apparmor) spec.process.apparmorProfile = apparmor;
       // ExecSync'd processes get the container's capability set and seccomp filter, not berth's.
       await fs.writeFile(path.join(bundle, 'exec-caps.json'), JSON.stringify(spec.process.capabilities));
       if (spec.seccomp) await fs.writeFile(path.join(bundle, 'exec-seccomp.json'), JSON.stringify(spec.seccomp));
@@ -303,12 +308,13 @@ export class ContainerService {
         bundle,
         logPath,
         cgroup,
-        stopSignal: stopSignalOf(image),
+        stopSignal: config.stopSignal ?? imageStopSignal(image, log),
         user: { uid: user.uid, gid: user.gid, additionalGids: spec.process.additionalGids },
         env: spec.process.env,
         cwd: spec.process.cwd,
         rlimits: spec.process.rlimits,
         oomScoreAdj: spec.process.oomScoreAdj ?? undefined,
+        apparmorProfile: apparmor,
       });
       this.watchExit(record);
       // Listed now: heldLayers() keeps its layers from here on.
@@ -335,21 +341,23 @@ export class ContainerService {
     return resolveCdiDevices(names, registry);
   }
 
-  // kubelet may ask for AppArmor on a node whose kernel has none; that is worth a warning, not a failed pod.
-  private apparmorChecked = false;
-  private apparmorAvailable = false;
-  private warnAppArmor(profile: string, log: Logger): void {
-    if (!profile || profile === 'unconfined') return;
-    if (!this.apparmorChecked) {
-      this.apparmorChecked = true;
-      try {
-        this.apparmorAvailable = readFileSync('/sys/module/apparmor/parameters/enabled', 'utf8').trim() === 'Y';
-      } catch {
-        this.apparmorAvailable = false;
+  /**
+   * AppArmor: the profile the container runs under (see apparmor.ts for the table). SELinux: berth does not label,
+   * so options on a node with SELinux are refused rather than ignored; on a node without it they mean nothing and
+   * are ignored, as containerd does, and said in the log.
+   */
+  private async securityModules(config: ContainerConfig, log: Logger): Promise<string | undefined> {
+    const lsm = this.opts.lsm ?? kernelLsmHost;
+    if (config.security.selinuxOptions) {
+      const field = 'config.linux.security_context.selinux_options';
+      if (lsm.selinuxEnabled()) {
+        throw failedPrecondition(`${field}: this node has SELinux enabled and berth does not apply SELinux labels; run the pod without seLinuxOptions or on a node without SELinux`);
       }
+      log.info('SELinux options ignored: this node has no SELinux', { selinux: config.security.selinuxOptions });
     }
-    if (!this.apparmorAvailable) log.warn('AppArmor profile requested but this kernel has no AppArmor: running without it', { profile });
-    else log.warn('AppArmor profiles are not applied by berth yet', { profile });
+    const choice = await chooseAppArmorProfile(config.security.apparmor, config.security.privileged, this.opts.apparmorProfile ?? DEFAULT_APPARMOR_PROFILE, lsm);
+    if (choice.warning) log.warn(choice.warning);
+    return choice.profile;
   }
 
   private targetPidNamespace(sandboxId: string, targetId?: string): string {
@@ -364,7 +372,9 @@ export class ContainerService {
   }
 
   // kubelet expects a missing host path of a bind mount to be created as a directory, as Docker did.
-  private async ensureHostPath({ hostPath, recursiveReadOnly }: ContainerMount, index: number): Promise<void> {
+  private async ensureHostPath({ hostPath, recursiveReadOnly, image }: ContainerMount, index: number): Promise<void> {
+    // Not mounted yet: refused by name rather than dropped, so a pod never runs without the volume it asked for.
+    if (image) throw invalidArgument(`config.mounts[${index}].image: image volumes are not supported by berth yet`);
     if (!path.isAbsolute(hostPath)) throw invalidArgument(`config.mounts[${index}].host_path "${hostPath}" must be an absolute path`);
     const st = await fs.stat(hostPath).catch(() => undefined);
     if (!st) await fs.mkdir(hostPath, { recursive: true });
@@ -497,7 +507,7 @@ export class ContainerService {
     if (!record || record.state === 'EXITED' || !record.pid) return;
     const log = this.opts.log.child({ pod: record.sandboxId, container: record.id });
     if (timeoutSeconds > 0 && record.state === 'RUNNING') {
-      this.runtime.signal(record.pid, record.stopSignal as NodeJS.Signals);
+      this.runtime.signal(record.pid, signalToSend(record.stopSignal));
       if (await this.waitExit(record.id, timeoutSeconds * 1000)) return;
       log.info('stop timeout passed: killing', { timeoutSeconds });
     }
@@ -613,6 +623,8 @@ export class ContainerService {
       capsFile: path.join(record.bundle, 'exec-caps.json'),
       // Written at create exactly when the container got a filter: known from the config, no file probe per exec.
       seccompFile: security.seccomp.kind !== 'unconfined' && !security.privileged ? path.join(record.bundle, 'exec-seccomp.json') : undefined,
+      // Exec'd processes are confined as the container's own.
+      apparmorProfile: record.apparmorProfile,
       command,
       timeoutMs,
     };

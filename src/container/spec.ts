@@ -134,7 +134,7 @@ export function buildSpec(inputs: SpecInputs): ShimSpec {
       destination: path.posix.normalize(m.containerPath),
       type: 'bind',
       source: m.hostPath,
-      options: ['rbind', propagationOption[m.propagation], m.readonly ? 'ro' : 'rw', ...(m.recursiveReadOnly ? ['rro'] : [])],
+      options: ['rbind', propagationOption[m.propagation], m.readonly ? 'ro' : 'rw', ...(m.mountOptions ?? []), ...(m.recursiveReadOnly ? ['rro'] : [])],
     });
   }
 

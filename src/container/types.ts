@@ -8,6 +8,13 @@ export interface ContainerMount {
   propagation: 'PRIVATE' | 'HOST_TO_CONTAINER' | 'BIDIRECTIONAL';
   /** The bind and every submount read-only (needs readonly and PRIVATE); absent in records of older berths. */
   recursiveReadOnly?: boolean;
+  /** CRI's mount_options: restricting bind flags (nosuid, nodev, noexec, ...) checked by the CRI layer. */
+  mountOptions?: string[];
+  /**
+   * An image volume (hostPath is then empty): `ref` as kubelet gives it (the id PullImage returned), `subPath`
+   * normalised and relative ('.' for the whole image). `imageId` is filled at create with the id it resolved to.
+   */
+  image?: { ref: string; subPath: string; imageId?: string };
 }
 
 export interface DeviceMapping {
@@ -50,8 +57,10 @@ export interface SecurityOptions {
   readonlyPaths: string[];
   namespaces: { network: string; pid: string; ipc: string; targetId?: string; userns?: import('../sandbox/types.js').UserNamespaceOptions };
   seccomp: SeccompRequest;
-  /** AppArmor profile asked for ('' = none / runtime default). */
+  /** AppArmor profile asked for: '' (not set), 'unconfined', 'runtime/default' or 'localhost/<name>'. */
   apparmor: string;
+  /** SELinux options, when any field of them was given (berth does not label: see ContainerService). */
+  selinuxOptions?: { user: string; role: string; type: string; level: string };
 }
 
 export interface ContainerMetadata {
@@ -62,6 +71,8 @@ export interface ContainerMetadata {
 export interface ContainerConfig {
   metadata: ContainerMetadata;
   image: string;
+  /** ImageSpec.user_specified_image: the image as the pod spec names it, echoed in ContainerStatus and ListContainers. */
+  userSpecifiedImage?: string;
   command: string[];
   args: string[];
   workingDir: string;
@@ -78,6 +89,8 @@ export interface ContainerConfig {
   tty: boolean;
   resources: Resources;
   security: SecurityOptions;
+  /** CRI's stop_signal as a canonical name (SIGQUIT, SIGRTMIN+3): overrides the image's STOPSIGNAL; absent = the image's. */
+  stopSignal?: string;
 }
 
 export type ContainerState = 'CREATED' | 'RUNNING' | 'EXITED' | 'UNKNOWN';
@@ -125,6 +138,7 @@ export interface ContainerRecord {
   bundle: string;
   logPath: string;
   cgroup: { path: string; created: string[] };
+  /** The signal StopContainer sends first, by canonical name (see signals.ts). */
   stopSignal: string;
   /** uid/gid/groups the process runs with, for exec. */
   user: { uid: number; gid: number; additionalGids: number[] };
@@ -133,4 +147,6 @@ export interface ContainerRecord {
   /** The init's rlimits and oom_score_adj as created, for exec'd processes. Absent in older records. */
   rlimits?: { type: string; soft: number; hard: number }[];
   oomScoreAdj?: number;
+  /** The AppArmor profile the init asked for (exec'd processes get it too); absent = unconfined. */
+  apparmorProfile?: string;
 }

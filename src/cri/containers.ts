@@ -7,7 +7,9 @@ import { ContainerService } from '../container/service.js';
 import { ContainerRecord, ContainerState } from '../container/types.js';
 import { ImageService } from '../image/service.js';
 import { handlerFactory, requireId, RpcObserver } from './grpc.js';
-import { containerConfigFromProto, resourceUpdateFromProto } from './translate.js';
+import { containerConfigFromProto, resourceUpdateFromProto, stopSignalToProto } from './translate.js';
+import { pagedStream } from './paging.js';
+import type { ContainerFilter__Output } from '../gen/runtime/v1/ContainerFilter.js';
 
 const stateToProto: Record<ContainerState, 'CONTAINER_CREATED' | 'CONTAINER_RUNNING' | 'CONTAINER_EXITED' | 'CONTAINER_UNKNOWN'> = {
   CREATED: 'CONTAINER_CREATED',
@@ -33,11 +35,17 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
   // kubelet shows image_ref as the digest it can pull again; the id stays in image_id.
   const imageRef = (record: ContainerRecord) => images.resolve(record.imageId)?.repoDigests[0] ?? record.imageId;
 
+  const imageSpec = (record: ContainerRecord) => ({
+    image: record.imageName,
+    annotations: {},
+    user_specified_image: record.config.userSpecifiedImage ?? '',
+  });
+
   const toContainer = (record: ContainerRecord): Container => ({
     id: record.id,
     pod_sandbox_id: record.sandboxId,
     metadata: { ...record.config.metadata },
-    image: { image: record.imageName, annotations: {} },
+    image: imageSpec(record),
     image_ref: imageRef(record),
     image_id: record.imageId,
     state: stateToProto[record.state],
@@ -56,7 +64,7 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
       started_at: String(record.startedAt ?? 0),
       finished_at: String(record.exit?.finishedAt ?? 0),
       exit_code: record.exit?.exitCode ?? 0,
-      image: { image: record.imageName, annotations: {} },
+      image: imageSpec(record),
       image_ref: imageRef(record),
       image_id: record.imageId,
       reason: record.exit?.reason ?? '',
@@ -70,6 +78,8 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
         selinux_relabel: m.selinuxRelabel,
         propagation: propagationToProto[m.propagation],
         recursive_read_only: m.recursiveReadOnly ?? false,
+        mount_options: m.mountOptions ?? [],
+        ...(m.image ? { image: { image: m.image.ref, annotations: {}, image_ref: m.image.imageId ?? '' }, image_sub_path: m.image.subPath === '.' ? '' : m.image.subPath } : {}),
       })),
       log_path: record.logPath,
       resources: {
@@ -87,7 +97,22 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
         },
       },
       user: { linux: { uid: String(record.user.uid), gid: String(record.user.gid), supplemental_groups: record.user.additionalGids.map(String) } },
+      stop_signal: stopSignalToProto(record.stopSignal) as ContainerStatus['stop_signal'],
     };
+  };
+
+  // ListContainers and StreamContainers answer the same filter with the same items.
+  const listContainers = (f: ContainerFilter__Output | null | undefined): Container[] => {
+    const state = f?.state ? stateFromProto[f.state.state] : undefined;
+    // An unknown state (a newer client's, arriving as a number) is refused rather than guessed at.
+    if (f?.state && !state) throw invalidArgument(`filter.state.state ${f.state.state} is not a container state`);
+    const list = containers.list({
+      id: f?.id || undefined,
+      sandboxId: f?.pod_sandbox_id || undefined,
+      state,
+      labels: f?.label_selector,
+    });
+    return list.map(toContainer);
   };
 
   return {
@@ -108,24 +133,16 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
       await containers.remove(requireId(req.container_id, 'container_id', 'RemoveContainer'));
       return {};
     }),
-    ListContainers: h('ListContainers', async (req) => {
-      const f = req.filter;
-      const state = f?.state ? stateFromProto[f.state.state] : undefined;
-      // An unknown state (a newer client's, arriving as a number) is refused rather than guessed at.
-      if (f?.state && !state) throw invalidArgument(`filter.state.state ${f.state.state} is not a container state`);
-      const list = containers.list({
-        id: f?.id || undefined,
-        sandboxId: f?.pod_sandbox_id || undefined,
-        state,
-        labels: f?.label_selector,
-      });
-      return { containers: list.map(toContainer) };
-    }),
+    ListContainers: h('ListContainers', async (req) => ({ containers: listContainers(req.filter) })),
+    StreamContainers: pagedStream('StreamContainers', log, (req) => listContainers(req.filter), (page) => ({ containers: page }), observe),
     ContainerStatus: h('ContainerStatus', async (req) => {
       const record = containers.get(requireId(req.container_id, 'container_id', 'ContainerStatus'));
       const info: Record<string, string> = {};
       if (req.verbose) {
-        info.info = JSON.stringify({ pid: record.pid, monitorPid: record.monitorPid, bundle: record.bundle, cgroup: record.cgroup, user: record.user, config: record.config });
+        info.info = JSON.stringify({
+          pid: record.pid, monitorPid: record.monitorPid, bundle: record.bundle, cgroup: record.cgroup, user: record.user,
+          apparmorProfile: record.apparmorProfile ?? null, config: record.config,
+        });
       }
       return { status: toStatus(record), info };
     }),

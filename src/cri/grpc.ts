@@ -86,8 +86,15 @@ export function requireId(id: string, field: keyof typeof idNames, rpc: string):
 }
 
 /** What an RPC that berth does not implement yet answers: UNIMPLEMENTED naming the RPC. */
-export function unimplemented(service: string, rpc: string): grpc.handleUnaryCall<unknown, unknown> {
+export function unimplemented(service: string, rpc: string, why?: string): grpc.handleUnaryCall<unknown, unknown> {
   return (_call, callback) => {
-    callback({ code: grpc.status.UNIMPLEMENTED, details: `${service}/${rpc} is not implemented by berth yet` } as grpc.ServiceError);
+    callback({ code: grpc.status.UNIMPLEMENTED, details: why ?? `${service}/${rpc} is not implemented by berth yet` } as grpc.ServiceError);
+  };
+}
+
+/** The server-streaming counterpart of unimplemented: the stream ends at once with UNIMPLEMENTED naming the RPC. */
+export function unimplementedStream(service: string, rpc: string): grpc.handleServerStreamingCall<unknown, unknown> {
+  return (call) => {
+    call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: `${service}/${rpc} is not implemented by berth yet` });
   };
 }

@@ -6,6 +6,7 @@ import { ImageService } from '../image/service.js';
 import { ImageRecord, imageUser } from '../image/types.js';
 import { credentialsFromAuthConfig } from '../registry/auth.js';
 import { RpcObserver, unary } from './grpc.js';
+import { pagedStream } from './paging.js';
 
 export function toCriImage(record: ImageRecord): Image {
   const user = imageUser(record.config.config?.User);
@@ -41,10 +42,8 @@ export function imageHandlers(images: ImageService, log: Logger, observe?: RpcOb
         call.off('cancelled', onCancel);
       }
     }, observe),
-    ListImages: h('ListImages', async (req) => {
-      const filter = req.filter?.image?.image || undefined;
-      return { images: images.list(filter).map(toCriImage) };
-    }),
+    ListImages: h('ListImages', async (req) => ({ images: images.list(req.filter?.image?.image || undefined).map(toCriImage) })),
+    StreamImages: pagedStream('StreamImages', log, (req) => images.list(req.filter?.image?.image || undefined).map(toCriImage), (page) => ({ images: page }), observe),
     ImageStatus: h('ImageStatus', async (req) => {
       const image = req.image?.image ?? '';
       if (image === '') throw invalidArgument('image.image is empty: ImageStatus needs an image reference or id');

@@ -6,7 +6,9 @@ import { Logger } from '../log.js';
 import { SandboxService } from '../sandbox/service.js';
 import { SandboxRecord } from '../sandbox/types.js';
 import { handlerFactory, requireId, RpcObserver } from './grpc.js';
-import { sandboxConfigFromProto } from './translate.js';
+import { podResourcesFromProto, sandboxConfigFromProto } from './translate.js';
+import { pagedStream } from './paging.js';
+import type { PodSandboxFilter__Output } from '../gen/runtime/v1/PodSandboxFilter.js';
 
 const ns = (ms: number) => String(BigInt(Math.round(ms)) * 1_000_000n);
 
@@ -49,6 +51,13 @@ export function toPodSandboxStatus(record: SandboxRecord): PodSandboxStatus {
 
 export function podHandlers(sandboxes: SandboxService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
   const h = handlerFactory(log, observe);
+  // ListPodSandbox and StreamPodSandboxes answer the same filter with the same items.
+  const listPods = (f: PodSandboxFilter__Output | null | undefined): PodSandbox[] => {
+    const state = f?.state ? podStateFilter[f.state.state] : undefined;
+    // An unknown state (a newer client's, arriving as a number) is refused rather than guessed at.
+    if (f?.state && !state) throw invalidArgument(`filter.state.state ${f.state.state} is not a pod sandbox state`);
+    return sandboxes.list({ id: f?.id || undefined, state, labels: f?.label_selector }).map(toPodSandbox);
+  };
   return {
     RunPodSandbox: h('RunPodSandbox', async (req) => {
       const record = await sandboxes.run(sandboxConfigFromProto(req.config, req.runtime_handler));
@@ -72,18 +81,19 @@ export function podHandlers(sandboxes: SandboxService, log: Logger, observe?: Rp
           cgroup: record.cgroup,
           filesDir: record.filesDir,
           shm: record.shmPath,
+          // What kubelet last said of the pod's cgroup (RunPodSandbox, then UpdatePodSandboxResources).
+          podResources: record.config.podResources ?? null,
           config: record.config,
         });
       }
       return { status: toPodSandboxStatus(record), info, containers_statuses: [], timestamp: ns(Date.now()) };
     }),
-    ListPodSandbox: h('ListPodSandbox', async (req) => {
-      const f = req.filter;
-      const state = f?.state ? podStateFilter[f.state.state] : undefined;
-      // An unknown state (a newer client's, arriving as a number) is refused rather than guessed at.
-      if (f?.state && !state) throw invalidArgument(`filter.state.state ${f.state.state} is not a pod sandbox state`);
-      const items = sandboxes.list({ id: f?.id || undefined, state, labels: f?.label_selector });
-      return { items: items.map(toPodSandbox) };
+    UpdatePodSandboxResources: h('UpdatePodSandboxResources', async (req) => {
+      const id = requireId(req.pod_sandbox_id, 'pod_sandbox_id', 'UpdatePodSandboxResources');
+      await sandboxes.recordResources(id, podResourcesFromProto(req.resources, req.overhead, '', Date.now()));
+      return {};
     }),
+    ListPodSandbox: h('ListPodSandbox', async (req) => ({ items: listPods(req.filter) })),
+    StreamPodSandboxes: pagedStream('StreamPodSandboxes', log, (req) => listPods(req.filter), (pod_sandboxes) => ({ pod_sandboxes }), observe),
   };
 }

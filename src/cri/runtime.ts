@@ -1,12 +1,11 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as grpc from '@grpc/grpc-js';
 import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
 import { invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
 import { ipv4PodCidr } from '../network/embedded.js';
-import { handlerFactory, RpcObserver, unimplemented } from './grpc.js';
+import { handlerFactory, RpcObserver, unimplemented, unimplementedStream } from './grpc.js';
 
 export const RUNTIME_NAME = 'berth';
 export const RUNTIME_API_VERSION = 'v1';
@@ -35,8 +34,19 @@ const RUNTIME_RPCS = [
   'CreateContainer', 'StartContainer', 'StopContainer', 'RemoveContainer', 'ListContainers', 'ContainerStatus',
   'UpdateContainerResources', 'ReopenContainerLog', 'ExecSync', 'ContainerStats',
   'ListContainerStats', 'PodSandboxStats', 'ListPodSandboxStats', 'UpdateRuntimeConfig', 'Status',
-  'CheckpointContainer', 'ListMetricDescriptors', 'ListPodSandboxMetrics', 'RuntimeConfig',
+  'CheckpointContainer', 'CheckpointPod', 'RestorePod', 'ListMetricDescriptors', 'ListPodSandboxMetrics', 'RuntimeConfig',
+  'UpdatePodSandboxResources',
 ] as const;
+
+/** Server-streaming RPCs: UNIMPLEMENTED until a part of berth serves them (kubelet then falls back to the List RPC). */
+const RUNTIME_STREAM_RPCS = [
+  'GetContainerEvents', 'StreamPodSandboxes', 'StreamContainers', 'StreamContainerStats', 'StreamPodSandboxStats',
+  'StreamPodSandboxMetrics',
+] as const;
+
+/** Why berth answers UNIMPLEMENTED to these, for the operator who reads kubelet's log. */
+const CHECKPOINT_WHY =
+  'berth does not checkpoint or restore containers: that needs CRIU, which berth does not ship or drive (its container init would have to be restorable too)';
 
 export function runtimeHandlers(
   info: RuntimeInfo,
@@ -47,9 +57,10 @@ export function runtimeHandlers(
   const h = handlerFactory(log, observe);
   const handlers: Record<string, unknown> = {};
   for (const rpc of RUNTIME_RPCS) handlers[rpc] = unimplemented('runtime.v1.RuntimeService', rpc);
-  handlers.GetContainerEvents = (call: grpc.ServerWritableStream<unknown, unknown>) => {
-    call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: 'runtime.v1.RuntimeService/GetContainerEvents is not implemented by berth yet' });
-  };
+  for (const rpc of RUNTIME_STREAM_RPCS) handlers[rpc] = unimplementedStream('runtime.v1.RuntimeService', rpc);
+  for (const rpc of ['CheckpointContainer', 'CheckpointPod', 'RestorePod']) {
+    handlers[rpc] = unimplemented('runtime.v1.RuntimeService', rpc, `runtime.v1.RuntimeService/${rpc}: ${CHECKPOINT_WHY}`);
+  }
 
   const implemented: Partial<RuntimeServiceHandlers> = {
     Version: h('Version', async () => ({
@@ -78,8 +89,15 @@ export function runtimeHandlers(
           name: handler.name,
           features: { recursive_read_only_mounts: handler.recursiveReadOnlyMounts, user_namespaces: handler.userNamespaces },
         })),
-        // Merge and Strict are both honoured at CreateContainer (src/container/user.ts).
-        features: { supplemental_groups_policy: true },
+        features: {
+          // Merge and Strict are both honoured at CreateContainer (src/container/user.ts).
+          supplemental_groups_policy: true,
+          // The init mounts (sysfs included) before it enters the pod's user namespace, so joining the host's
+          // network namespace, which that user namespace does not own, needs nothing more than user namespaces.
+          user_namespaces_host_network: info.handlers().some((handler) => handler.userNamespaces),
+          // nosuid, nodev, noexec (and noatime, nodiratime, ro) on bind mounts; see translate.ts MOUNT_OPTIONS.
+          mount_options: true,
+        },
       };
     }),
     RuntimeConfig: h('RuntimeConfig', async () => ({ linux: { cgroup_driver: 'CGROUPFS' } })),

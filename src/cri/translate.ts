@@ -1,14 +1,16 @@
+import path from 'node:path';
 import type { PodSandboxConfig__Output } from '../gen/runtime/v1/PodSandboxConfig.js';
 import type { ContainerConfig__Output } from '../gen/runtime/v1/ContainerConfig.js';
 import type { LinuxContainerResources__Output } from '../gen/runtime/v1/LinuxContainerResources.js';
 import type { NamespaceOption__Output } from '../gen/runtime/v1/NamespaceOption.js';
 import { invalidArgument } from '../errors.js';
-import { IdMapping, NamespaceMode, SandboxConfig, UserNamespaceOptions } from '../sandbox/types.js';
+import { IdMapping, NamespaceMode, PodResources, SandboxConfig, UserNamespaceOptions } from '../sandbox/types.js';
 import type { SupplementalGroupsPolicy } from '../container/user.js';
 import { ContainerConfig, ContainerMount, ResourceUpdate, Resources } from '../container/types.js';
 import { seccompRequest } from '../container/seccomp.js';
 import { devicePermissions } from '../container/devices.js';
 import { parseQualifiedName } from '../container/cdi.js';
+import { parseStopSignal } from '../container/signals.js';
 
 // Protobuf requests → domain configs. Validation of the shape lives here; meaning is checked by the services.
 
@@ -34,6 +36,24 @@ function namespaces(opts: NamespaceOption__Output | null | undefined, field: str
   if (result.network === 'TARGET') throw invalidArgument(`${field}.network: TARGET is only valid for pid`);
   if (result.ipc === 'TARGET') throw invalidArgument(`${field}.ipc: TARGET is only valid for pid`);
   return result;
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * KeyValue.value is bytes since CRI 1.37. berth hands the environment to its init as JSON text, so a value must be
+ * UTF-8 (decoding it loosely would replace bytes silently) and free of NUL (execve would cut the string there).
+ */
+function envValue(value: Buffer | Uint8Array | string, field: string): string {
+  if (typeof value === 'string') return value;
+  let text: string;
+  try {
+    text = strictUtf8.decode(value);
+  } catch {
+    throw invalidArgument(`${field} is not UTF-8 text: berth passes environment values as UTF-8`);
+  }
+  if (text.includes('\0')) throw invalidArgument(`${field} contains a NUL byte, which an environment value cannot hold`);
+  return text;
 }
 
 const rangesOverlap = (a: number, aSize: number, b: number, bSize: number) => a < b + bSize && b < a + aSize;
@@ -130,6 +150,23 @@ export function sandboxConfigFromProto(config: PodSandboxConfig__Output | null, 
     supplementalGroupsPolicy: supplementalGroupsPolicy(security?.supplemental_groups_policy, 'config.linux.security_context.supplemental_groups_policy'),
     sysctls: { ...(config.linux?.sysctls ?? {}) },
     runtimeHandler,
+    podResources: podResourcesFromProto(config.linux?.resources, config.linux?.overhead, 'config.linux', 0),
+  };
+}
+
+/** linux.resources / linux.overhead of RunPodSandbox, or resources / overhead of UpdatePodSandboxResources. */
+export function podResourcesFromProto(
+  resources: LinuxContainerResources__Output | null | undefined,
+  overhead: LinuxContainerResources__Output | null | undefined,
+  field: string,
+  updatedAt: number,
+): PodResources | undefined {
+  if (!resources && !overhead) return undefined;
+  const prefix = field ? `${field}.` : '';
+  return {
+    resources: resources ? resourcesFromProto(resources, `${prefix}resources`) : undefined,
+    overhead: overhead ? resourcesFromProto(overhead, `${prefix}overhead`) : undefined,
+    updatedAt,
   };
 }
 
@@ -207,6 +244,59 @@ export function apparmorRequest(profile: { profile_type?: string; localhost_ref?
   }
 }
 
+/**
+ * Mount.mount_options: flags the bind mount gets on top of what berth gives it. Only flags that take something away
+ * are accepted (a pod spec is hostile input: "suid", "dev" or "exec" must not undo what the host's mount denies),
+ * and each appears once in the result.
+ */
+export const MOUNT_OPTIONS = ['nosuid', 'nodev', 'noexec', 'noatime', 'nodiratime', 'ro'] as const;
+
+function mountOptions(options: string[], i: number): string[] {
+  for (const [j, option] of options.entries()) {
+    if (!(MOUNT_OPTIONS as readonly string[]).includes(option)) {
+      throw invalidArgument(`config.mounts[${i}].mount_options[${j}] "${option}" is not one berth applies (${MOUNT_OPTIONS.join(', ')})`);
+    }
+  }
+  return [...new Set(options)];
+}
+
+/** Mount.image / image_sub_path: an image from berth's store as a read-only volume (resolved by the container service). */
+function imageVolume(m: ContainerConfig__Output['mounts'][number], i: number): ContainerMount['image'] {
+  const ref = m.image?.image ?? '';
+  if (!ref) {
+    if (m.image_sub_path) throw invalidArgument(`config.mounts[${i}].image_sub_path is set but config.mounts[${i}].image is empty`);
+    return undefined;
+  }
+  if (m.host_path) throw invalidArgument(`config.mounts[${i}]: host_path and image are both set; a mount is one or the other`);
+  const subPath = m.image_sub_path ?? '';
+  // Hostile input: a sub path is relative, has no "..", and is confined to the image again when resolved.
+  if (subPath.startsWith('/') || subPath.split('/').includes('..') || subPath.includes('\0')) {
+    throw invalidArgument(`config.mounts[${i}].image_sub_path "${subPath}" must be a relative path inside the image, without ".."`);
+  }
+  return { ref, subPath: path.posix.normalize(subPath || '.').replace(/(.)\/+$/, '$1') };
+}
+
+/** SELinux options as given, or undefined when every field is empty (what kubelet sends for none). */
+function selinuxOptions(o: { user?: string; role?: string; type?: string; level?: string } | null | undefined) {
+  if (!o || !(o.user || o.role || o.type || o.level)) return undefined;
+  return { user: o.user ?? '', role: o.role ?? '', type: o.type ?? '', level: o.level ?? '' };
+}
+
+/** CRI's Signal enum names a signal as SIGNAL_<name>, with PLUS/MINUS for the real-time offsets. */
+export function stopSignalFromProto(value: string | number | undefined): string | undefined {
+  if (value === undefined || value === 'SIGNAL_RUNTIME_DEFAULT') return undefined;
+  // A number is an enum value this proto does not know (a newer client's): refused rather than guessed at.
+  const name = typeof value === 'string' && value.startsWith('SIGNAL_SIG') ? value.slice('SIGNAL_'.length).replace('PLUS', '+').replace('MINUS', '-') : undefined;
+  const canonical = name === undefined ? undefined : parseStopSignal(name);
+  if (!canonical) throw invalidArgument(`config.stop_signal ${value} is not a signal berth knows`);
+  return canonical;
+}
+
+/** The inverse, for ContainerStatus.stop_signal. */
+export function stopSignalToProto(name: string): string {
+  return `SIGNAL_${name.replace('+', 'PLUS').replace('-', 'MINUS')}`;
+}
+
 export function containerConfigFromProto(config: ContainerConfig__Output | null): ContainerConfig {
   if (!config) throw invalidArgument('config is missing');
   if (!config.metadata) throw invalidArgument('config.metadata is missing');
@@ -215,19 +305,23 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
     if (!m.container_path) throw invalidArgument(`config.mounts[${i}].container_path is empty`);
     if (!m.container_path.startsWith('/')) throw invalidArgument(`config.mounts[${i}].container_path "${m.container_path}" must be an absolute path`);
     // Fields berth would otherwise drop silently: refused by name, so a pod never runs without what it asked for.
-    if (m.image?.image) throw invalidArgument(`config.mounts[${i}].image: image volumes are not supported by berth`);
     if ((m.uidMappings ?? []).length > 0 || (m.gidMappings ?? []).length > 0) {
       throw invalidArgument(`config.mounts[${i}].uidMappings/gidMappings: per-mount id mappings are not supported (berth id-maps volumes to the pod's user namespace itself)`);
     }
-    if (!m.host_path) throw invalidArgument(`config.mounts[${i}].host_path is empty`);
+    const image = imageVolume(m, i);
+    if (!image && !m.host_path) throw invalidArgument(`config.mounts[${i}].host_path is empty`);
     const mount: ContainerMount = {
       containerPath: m.container_path,
-      hostPath: m.host_path,
-      readonly: m.readonly,
+      hostPath: image ? '' : m.host_path,
+      // An image volume is read-only whatever the request says: the image's layers are shared by every user of it.
+      readonly: image ? true : m.readonly,
       selinuxRelabel: m.selinux_relabel,
       propagation: mountPropagation(m.propagation, i),
       recursiveReadOnly: m.recursive_read_only,
     };
+    const options = mountOptions(m.mount_options ?? [], i);
+    if (options.length > 0) mount.mountOptions = options;
+    if (image) mount.image = image;
     checkRecursiveReadOnly(mount, i);
     return mount;
   });
@@ -242,10 +336,12 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
   return {
     metadata: { name: config.metadata.name, attempt: config.metadata.attempt },
     image: config.image?.image ?? '',
+    // kubelet resolves the pod's image to an id before CreateContainer and sends what the pod spec said here.
+    ...(config.image?.user_specified_image ? { userSpecifiedImage: config.image.user_specified_image } : {}),
     command: [...config.command],
     args: [...config.args],
     workingDir: config.working_dir,
-    envs: config.envs.map((e) => ({ key: e.key, value: e.value })),
+    envs: config.envs.map((e, i) => ({ key: e.key, value: envValue(e.value, `config.envs[${i}].value`) })),
     mounts,
     devices: config.devices.map((d, i) => {
       if (!d.host_path) throw invalidArgument(`config.devices[${i}].host_path is empty`);
@@ -281,6 +377,8 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
       namespaces: namespaces(security?.namespace_options, 'config.linux.security_context.namespace_options'),
       seccomp: seccompRequest(security?.seccomp, security?.seccomp_profile_path, 'config.linux.security_context'),
       apparmor: apparmorRequest(security?.apparmor, security?.apparmor_profile),
+      selinuxOptions: selinuxOptions(security?.selinux_options),
     },
+    stopSignal: stopSignalFromProto(config.stop_signal),
   };
 }

@@ -13,8 +13,9 @@ import { parseMountInfo, type MountInfo } from './mountinfo.js';
  * container's device policy (the shim writes its rules; on cgroup2 a device program does that job, attached to
  * the container's cgroup in the unified tree). freezer is not needed.
  */
-export type Controller = 'cpu' | 'cpuacct' | 'cpuset' | 'memory' | 'pids' | 'devices' | 'hugetlb';
-export const CONTROLLERS: readonly Controller[] = ['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'devices', 'hugetlb'];
+export type Controller = 'cpu' | 'cpuacct' | 'cpuset' | 'memory' | 'pids' | 'devices' | 'hugetlb' | 'blkio' | 'io';
+// blkio (v1) and io (v2) only account the container's block I/O for its stats; berth sets no I/O limit.
+export const CONTROLLERS: readonly Controller[] = ['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'devices', 'hugetlb', 'blkio', 'io'];
 
 // Mount options of a v1 cgroup mount that name controllers (the rest are rw, name=systemd, xattr, ...).
 const V1_CONTROLLERS = new Set([

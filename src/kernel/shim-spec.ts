@@ -58,6 +58,8 @@ export interface ShimSpec {
     oomScoreAdj: number | null;
     noNewPrivileges: boolean;
     capabilities: ShimCapabilities;
+    /** AppArmor profile the init asks for right before execve; absent = unconfined. */
+    apparmorProfile?: string;
   };
   root: { path: string; readonly: boolean };
   overlay?: { lower: string[]; upper: string; work: string };

@@ -201,6 +201,8 @@ export async function createPodNamespaces(
 
 const PIN_NAMES = ['net', 'ipc', 'uts', 'pid', 'cgroup', 'user', 'mnt'];
 const SELFBIND_MARK = '.berth-selfbind';
+/** Where berth-shim sandbox mounts the sysfs of a pod's network namespace, beside the pins. */
+export const NET_SYSFS = 'sys';
 
 /**
  * Releases a pod's pinned namespaces, as `berth-shim unpin` does, but in-process: a few umount2 calls cost
@@ -221,6 +223,13 @@ export async function unpinNamespaces(dir: string): Promise<void> {
     if (!PIN_NAMES.includes(name)) continue;
     detach(path.join(dir, name));
     await fs.rm(path.join(dir, name), { force: true });
+  }
+  if (names.includes(NET_SYSFS)) {
+    // The pod netns's sysfs (pod network stats) holds a reference on the netns: detached with the pins.
+    detach(path.join(dir, NET_SYSFS));
+    await fs.rmdir(path.join(dir, NET_SYSFS)).catch((err) => {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw internal(`removing ${path.join(dir, NET_SYSFS)}: ${errorMessage(err)}`, err);
+    });
   }
   if (names.includes(SELFBIND_MARK)) {
     await fs.rm(path.join(dir, SELFBIND_MARK), { force: true });
@@ -245,6 +254,8 @@ export interface ExecOptions {
   noNewPrivs: boolean;
   capsFile?: string;
   seccompFile?: string;
+  /** The container's AppArmor profile: the exec'd command is confined by it too. */
+  apparmorProfile?: string;
   command: string[];
   timeoutMs: number;
 }
@@ -282,6 +293,7 @@ export function execArgs(opts: Omit<ExecOptions, 'timeoutMs'>, extra: string[] =
   args.push('--session-keyring', opts.sessionKeyring);
   for (const r of opts.rlimits) args.push('--rlimit', `${r.type}=${r.soft}:${r.hard}`);
   if (opts.oomScoreAdj !== undefined) args.push('--oom-score-adj', String(opts.oomScoreAdj));
+  if (opts.apparmorProfile) args.push('--apparmor', opts.apparmorProfile);
   args.push(...extra, '--', ...opts.command);
   return args;
 }

@@ -15,7 +15,7 @@ import { KeyedMutex } from '../store/locks.js';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
 import { validateSysctls } from './sysctls.js';
 import { SandboxRuntime } from './runtime.js';
-import { SANDBOX_TRANSITIONS, SandboxConfig, SandboxRecord } from './types.js';
+import { PodResources, SANDBOX_TRANSITIONS, SandboxConfig, SandboxRecord } from './types.js';
 import { LoopbackOnly, PodNetwork, PodNetworkRequest } from '../network/types.js';
 import type { Duplex } from 'node:stream';
 
@@ -163,6 +163,19 @@ export class SandboxService {
 
   list(filter: SandboxFilter = {}): Readonly<SandboxRecord>[] {
     return filterRecords(this.records.values(), filter);
+  }
+
+  /**
+   * UpdatePodSandboxResources: kubelet has already resized the pod cgroup, so this records what it says, for status
+   * and stats limits, and changes nothing in the kernel. Serialised with stop and remove of the same pod.
+   */
+  async recordResources(id: string, podResources: PodResources | undefined): Promise<void> {
+    const found = this.get(id);
+    await this.podLock.run(found.id, async () => {
+      if (!this.records.has(found.id)) throw notFound(`pod sandbox "${id}" not found`);
+      await this.records.update(found.id, (r) => ({ ...r, config: { ...r.config, podResources } }));
+    });
+    this.opts.log.info('pod resources recorded', { pod: found.id, resources: podResources });
   }
 
   async run(config: SandboxConfig): Promise<Readonly<SandboxRecord>> {

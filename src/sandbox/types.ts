@@ -60,6 +60,19 @@ export interface SandboxConfig {
   supplementalGroupsPolicy?: 'Merge' | 'Strict';
   sysctls: Record<string, string>;
   runtimeHandler: string;
+  /**
+   * The pod-level resources kubelet gives (linux.resources and linux.overhead): kubelet sizes the pod cgroup
+   * itself, so berth only records them (for status and stats limits). UpdatePodSandboxResources replaces them.
+   * Absent in records written before the field existed, and when kubelet sends none.
+   */
+  podResources?: PodResources;
+}
+
+/** Pod-level resources as kubelet last reported them; `updatedAt` (ms since the epoch) is 0 for RunPodSandbox's. */
+export interface PodResources {
+  resources?: import('../container/types.js').Resources;
+  overhead?: import('../container/types.js').Resources;
+  updatedAt: number;
 }
 
 export type SandboxState = 'READY' | 'NOTREADY';

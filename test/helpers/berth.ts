@@ -49,6 +49,8 @@ export interface BerthProcess {
   runtime: Callable<RuntimeServiceClient>;
   images: Callable<ImageServiceClient>;
   rawRuntime: RuntimeServiceClient;
+  /** For the server-streaming RPCs (StreamImages), which the promisified client does not cover. */
+  rawImages: ImageServiceClient;
   /** Resolves with the exit code once the process has exited. */
   exited: Promise<number | null>;
   waitForLog(predicate: (entry: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
@@ -177,6 +179,7 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
     runtime: promisify(rawRuntime),
     images: promisify(rawImages),
     rawRuntime,
+    rawImages,
     exited,
     waitForLog,
     async stop(signal = 'SIGTERM') {

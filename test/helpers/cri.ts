@@ -48,7 +48,7 @@ export async function hostLeftovers(dir: string, cgroupPaths: string[]): Promise
   for (const p of await processesMentioning(dir)) problems.push(`process: ${p}`);
   for (const cg of cgroupPaths) {
     // '' is the cgroup2 root of a pure v2 host; the others are this kind of host's v1 controllers and hybrid tree.
-    for (const ctrl of ['', '/memory', '/cpu', '/pids', '/cpuset', '/devices', '/unified']) {
+    for (const ctrl of ['', '/memory', '/cpu', '/cpuacct', '/pids', '/cpuset', '/devices', '/blkio', '/unified']) {
       const full = `/sys/fs/cgroup${ctrl}${cg}`;
       if (await fs.access(full).then(() => true, () => false)) problems.push(`cgroup: ${full}`);
     }

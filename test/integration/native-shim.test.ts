@@ -435,9 +435,11 @@ rtest('sandbox without --pid leaves no process behind', async (t) => {
     });
   t.deepEqual(leftovers, []);
   const pins = mountsUnder(pod).map((l) => l.split(' ')[4]).filter((m) => m !== pod);
-  t.deepEqual(pins.sort(), [path.join(pod, 'net'), path.join(pod, 'uts')]);
+  // With --net, the pod netns's own sysfs (pod network stats) sits beside the pins.
+  t.deepEqual(pins.sort(), [path.join(pod, 'net'), path.join(pod, 'sys'), path.join(pod, 'uts')]);
   t.is((await shim(['unpin', pod])).code, 0);
   t.deepEqual(mountsUnder(pod), []);
+  t.false(existsSync(path.join(pod, 'sys')), 'unpin removes the sysfs directory too');
 });
 
 rtest('sandbox --veth makes eth0 with its address and default route inside, the peer on the host; bad plans change nothing', async (t) => {
@@ -455,6 +457,9 @@ rtest('sandbox --veth makes eth0 with its address and default route inside, the 
     // Both ends are up when the helper returns: nothing on the host has to bring the host end up.
     t.regex(execFileSync('ip', ['-o', 'link', 'show', 'dev', hostEnd]).toString(), /<[^>]*\bUP\b[^>]*> mtu 1400 /);
     t.regex(inside(['-o', 'link', 'show', 'dev', 'eth0']), /<[^>]*\bLOWER_UP\b[^>]*>/, 'the peer is up, so eth0 has carrier');
+    // The sysfs mounted from inside the netns lists the pod's interfaces, not the host's, with their counters.
+    t.deepEqual(readdirSync(path.join(pod, 'sys', 'class', 'net')).sort(), ['eth0', 'lo']);
+    t.regex(readFileSync(path.join(pod, 'sys', 'class', 'net', 'eth0', 'statistics', 'rx_bytes'), 'utf8'), /^\d+\n$/);
   } finally {
     t.is((await shim(['unpin', pod])).code, 0);
   }

@@ -70,8 +70,10 @@ test('layout: this host (hybrid, hugetlb alone on cgroup2)', (t) => {
   t.is(layout.mode, 'hybrid');
   t.deepEqual(
     layout.hierarchies.map((h) => h.mountPoint),
-    ['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'devices', 'unified'].map((n) => `/sys/fs/cgroup/${n}`),
+    // blkio only accounts the container's block I/O for its stats.
+    ['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'devices', 'unified', 'blkio'].map((n) => `/sys/fs/cgroup/${n}`),
   );
+  t.like(layout.controllers.blkio, { version: 1, mountPoint: '/sys/fs/cgroup/blkio' });
   // The devices controller holds the container's device rules (and cgroup2 its device program).
   t.like(layout.controllers.devices, { version: 1, mountPoint: '/sys/fs/cgroup/devices' });
   t.like(layout.controllers.cpu, { version: 1, mountPoint: '/sys/fs/cgroup/cpu' });
@@ -131,6 +133,7 @@ test('procsFiles: one per hierarchy, from a layout that went through JSON', (t) 
     '/sys/fs/cgroup/pids/kubepods/pod1/c/cgroup.procs',
     '/sys/fs/cgroup/devices/kubepods/pod1/c/cgroup.procs',
     '/sys/fs/cgroup/unified/kubepods/pod1/c/cgroup.procs',
+    '/sys/fs/cgroup/blkio/kubepods/pod1/c/cgroup.procs',
   ]);
 });
 

@@ -26,8 +26,7 @@ function refused(t: import('ava').ExecutionContext, over: Record<string, unknown
   t.regex(err?.message ?? '', field);
 }
 
-test('image volumes, per-mount id mappings and ambient capabilities are INVALID_ARGUMENT naming the field', (t) => {
-  refused(t, { mounts: [mount({ host_path: '', image: { image: 'registry.example/data:1' } })] }, /^config\.mounts\[0\]\.image: image volumes are not supported/);
+test('per-mount id mappings and ambient capabilities are INVALID_ARGUMENT naming the field', (t) => {
   refused(t, { mounts: [mount({}), mount({ uidMappings: [{ host_id: 100000, container_id: 0, length: 65536 }] })] }, /^config\.mounts\[1\]\.uidMappings/);
   refused(t, { mounts: [mount({ gidMappings: [{ host_id: 100000, container_id: 0, length: 65536 }] })] }, /^config\.mounts\[0\]\.uidMappings\/gidMappings/);
   refused(t, { linux: { security_context: { capabilities: { add_capabilities: [], drop_capabilities: [], add_ambient_capabilities: ['CAP_NET_RAW'] } } } },

@@ -95,8 +95,12 @@ export class FakeRuntime implements ContainerRuntime {
     return this.monitorAlive;
   }
 
+  /** Every exec's options, in order. */
+  readonly execs: ExecOptions[] = [];
+
   async exec(opts: ExecOptions): Promise<ExecResult> {
     this.j.call('runtime.exec');
+    this.execs.push(opts);
     return { stdout: Buffer.from(opts.command.join(' ')), stderr: Buffer.alloc(0), exitCode: 0, timedOut: false };
   }
 

@@ -1,0 +1,154 @@
+import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
+import type { ContainerStats } from '../gen/runtime/v1/ContainerStats.js';
+import type { PodSandboxStats } from '../gen/runtime/v1/PodSandboxStats.js';
+import type { CpuUsage as CpuProto } from '../gen/runtime/v1/CpuUsage.js';
+import type { MemoryUsage as MemoryProto } from '../gen/runtime/v1/MemoryUsage.js';
+import type { NetworkInterfaceUsage } from '../gen/runtime/v1/NetworkInterfaceUsage.js';
+import type { Logger } from '../log.js';
+import type { StatsService } from '../stats/service.js';
+import type { PsiStats } from '../gen/runtime/v1/PsiStats.js';
+import type { IoUsage as IoProto } from '../gen/runtime/v1/IoUsage.js';
+import type { ContainerUsage, CpuUsage, MemoryUsage, PodUsage, Pressure, PressureLine } from '../stats/types.js';
+import { handlerFactory, requireId, RpcObserver } from './grpc.js';
+import { metricDescriptors, podMetrics } from './stats-metrics.js';
+import { pagedStream } from './paging.js';
+
+// The stats RPCs: the stats service's domain records rendered as CRI messages. Optional counters kubelet reads as
+// "unknown" when absent stay absent (a UInt64Value is a pointer there), never a made-up 0.
+
+const u64 = (v: number | bigint | undefined) => (v === undefined ? undefined : { value: String(typeof v === 'number' ? Math.max(0, Math.round(v)) : v) });
+
+type PsiOf = ContainerUsage['psi'];
+
+// The kernel counts stall time in microseconds; the CRI's PsiData.Total is nanoseconds.
+const psiLine = (l: PressureLine) => ({ Total: String(l.totalMicroseconds * 1000n), Avg10: l.avg10, Avg60: l.avg60, Avg300: l.avg300 });
+
+/** Absent where the kernel has no pressure file for the cgroup (no cgroup2 directory, or PSI off). */
+function psiProto(p: Pressure | undefined): PsiStats | undefined {
+  return p && { Some: psiLine(p.some), ...(p.full ? { Full: psiLine(p.full) } : {}) };
+}
+
+function cpuProto(cpu: CpuUsage | undefined, psi: PsiOf): CpuProto | undefined {
+  if (!cpu) return undefined;
+  return {
+    timestamp: String(cpu.timestampNs),
+    usage_core_nano_seconds: u64(cpu.usageCoreNanoSeconds),
+    usage_nano_cores: u64(cpu.usageNanoCores),
+    ...(psi?.cpu ? { psi: psiProto(psi.cpu) } : {}),
+  };
+}
+
+function ioProto(u: Pick<ContainerUsage, 'io' | 'psi' | 'cpu' | 'memory'>): IoProto | undefined {
+  if (!u.psi?.io) return undefined;
+  return { timestamp: String(u.io?.timestampNs ?? u.cpu?.timestampNs ?? u.memory?.timestampNs ?? 0n), psi: psiProto(u.psi.io) };
+}
+
+function memoryProto(m: MemoryUsage | undefined, psi: PsiOf): MemoryProto | undefined {
+  if (!m) return undefined;
+  return {
+    ...(psi?.memory ? { psi: psiProto(psi.memory) } : {}),
+    timestamp: String(m.timestampNs),
+    working_set_bytes: u64(m.workingSetBytes),
+    available_bytes: u64(m.availableBytes),
+    usage_bytes: u64(m.usageBytes),
+    rss_bytes: u64(m.rssBytes),
+    page_faults: u64(m.pageFaults),
+    major_page_faults: u64(m.majorPageFaults),
+  };
+}
+
+export function containerStatsToProto(c: ContainerUsage, attempt = c.attempt): ContainerStats {
+  const out: ContainerStats = {
+    attributes: {
+      id: c.container.id,
+      metadata: { name: c.container.name, attempt },
+      labels: c.container.labels,
+      annotations: c.container.annotations,
+    },
+  };
+  const cpu = cpuProto(c.cpu, c.psi);
+  if (cpu) out.cpu = cpu;
+  const memory = memoryProto(c.memory, c.psi);
+  if (memory) out.memory = memory;
+  const io = ioProto(c);
+  if (io) out.io = io;
+  if (c.writableLayer) {
+    out.writable_layer = {
+      timestamp: String(c.writableLayer.timestampNs),
+      fs_id: { mountpoint: c.writableLayer.mountpoint },
+      used_bytes: u64(c.writableLayer.usedBytes),
+      inodes_used: u64(c.writableLayer.inodesUsed),
+    };
+  }
+  return out;
+}
+
+export function podStatsToProto(p: PodUsage, attempt: number): PodSandboxStats {
+  const iface = (i: PodUsage['network'] extends infer N ? N extends { interfaces: (infer I)[] } ? I : never : never): NetworkInterfaceUsage => ({
+    name: i.name,
+    rx_bytes: u64(i.rxBytes),
+    rx_errors: u64(i.rxErrors),
+    tx_bytes: u64(i.txBytes),
+    tx_errors: u64(i.txErrors),
+  });
+  const linux: NonNullable<PodSandboxStats['linux']> = { containers: p.containers.map((c) => containerStatsToProto(c)) };
+  const cpu = cpuProto(p.cpu, p.psi);
+  if (cpu) linux.cpu = cpu;
+  const memory = memoryProto(p.memory, p.psi);
+  if (memory) linux.memory = memory;
+  const io = ioProto(p);
+  if (io) linux.io = io;
+  if (p.network) {
+    const [first] = p.network.interfaces;
+    linux.network = {
+      timestamp: String(p.network.timestampNs),
+      ...(first ? { default_interface: iface(first) } : {}),
+      interfaces: p.network.interfaces.map(iface),
+    };
+  }
+  if (p.pids) linux.process = { timestamp: String(p.cpu?.timestampNs ?? p.memory?.timestampNs ?? 0n), process_count: u64(p.pids.current) };
+  return {
+    attributes: {
+      id: p.pod.id,
+      metadata: { name: p.pod.name, uid: p.pod.uid, namespace: p.pod.namespace, attempt },
+      labels: p.pod.labels,
+      annotations: p.pod.annotations,
+    },
+    linux,
+  };
+}
+
+/** What the metric labels need beyond the usage records (kubelet's cAdvisor labels name the image). */
+export interface StatsLookups {
+  podAttempt(podSandboxId: string): number;
+  imageOf(containerId: string): string;
+}
+
+export function statsHandlers(stats: StatsService, lookups: StatsLookups, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
+  const h = handlerFactory(log, observe);
+  const pod = (p: PodUsage) => podStatsToProto(p, lookups.podAttempt(p.pod.id));
+  type ContainerStatsFilter = { id?: string; pod_sandbox_id?: string; label_selector?: Record<string, string> } | null | undefined;
+  type PodStatsFilter = { id?: string; label_selector?: Record<string, string> } | null | undefined;
+  // The List RPCs and their CRI 1.37 streaming twins send the same items.
+  const listContainerStats = async (f: ContainerStatsFilter) =>
+    (await stats.containers({ containerId: f?.id || undefined, podSandboxId: f?.pod_sandbox_id || undefined, labels: f?.label_selector })).map((c) => containerStatsToProto(c));
+  const listPodStats = async (f: PodStatsFilter) => (await stats.pods({ podSandboxId: f?.id || undefined, labels: f?.label_selector })).map(pod);
+  const listPodMetrics = async () => (await stats.pods()).map((p) => podMetrics(p, lookups.imageOf));
+  return {
+    ContainerStats: h('ContainerStats', async (req) => {
+      const usage = await stats.container(requireId(req.container_id, 'container_id', 'ContainerStats'));
+      return { stats: containerStatsToProto(usage) };
+    }),
+    ListContainerStats: h('ListContainerStats', async (req) => ({ stats: await listContainerStats(req.filter) })),
+    StreamContainerStats: pagedStream('StreamContainerStats', log, (req) => listContainerStats(req.filter), (container_stats) => ({ container_stats }), observe),
+    PodSandboxStats: h('PodSandboxStats', async (req) => {
+      const usage = await stats.pod(requireId(req.pod_sandbox_id, 'pod_sandbox_id', 'PodSandboxStats'));
+      return { stats: pod(usage) };
+    }),
+    ListPodSandboxStats: h('ListPodSandboxStats', async (req) => ({ stats: await listPodStats(req.filter) })),
+    StreamPodSandboxStats: pagedStream('StreamPodSandboxStats', log, (req) => listPodStats(req.filter), (pod_sandbox_stats) => ({ pod_sandbox_stats }), observe),
+    ListMetricDescriptors: h('ListMetricDescriptors', async () => ({ descriptors: metricDescriptors() })),
+    ListPodSandboxMetrics: h('ListPodSandboxMetrics', async () => ({ pod_metrics: await listPodMetrics() })),
+    StreamPodSandboxMetrics: pagedStream('StreamPodSandboxMetrics', log, () => listPodMetrics(), (pod_sandbox_metrics) => ({ pod_sandbox_metrics }), observe),
+  };
+}

@@ -1,0 +1,397 @@
+import test from 'ava';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  CgroupStatsReader, memoryFromFiles, parseBlkioServiceBytes, parseCpuMax, parseIoStat, parseKeyed, parseLimit, parsePressure,
+  type CgroupSample,
+} from '../../src/kernel/cgroup-stats.js';
+import { layoutFromMounts } from '../../src/kernel/cgroup-layout.js';
+import { parseMountInfo } from '../../src/kernel/mountinfo.js';
+import { readInterfaceCounters } from '../../src/kernel/netdev-stats.js';
+import { dirUsage } from '../../src/kernel/dir-usage.js';
+import { nanoCoresBetween, StatsService, type StatsContainer, type StatsPod, type StatsPorts } from '../../src/stats/service.js';
+import { WritableLayers } from '../../src/stats/writable-layers.js';
+import { containerStatsToProto, podStatsToProto } from '../../src/cri/stats.js';
+import { metricDescriptors, podMetrics } from '../../src/cri/stats-metrics.js';
+import { BerthError } from '../../src/errors.js';
+import { logger } from '../../src/log.js';
+
+// Fixture text as the kernel writes these files (cut from real hosts: v1 with one mount per controller, and v2).
+
+const V1_MEMORY_STAT = `cache 10874880
+rss 7725056
+pgfault 107486
+pgmajfault 0
+inactive_file 20480
+total_cache 816873472
+total_rss 17137664
+total_pgfault 127539499
+total_pgmajfault 11218
+total_inactive_anon 9191424
+total_inactive_file 460939264
+`;
+const V2_MEMORY_STAT = `anon 41943040
+file 8388608
+kernel 1048576
+shmem 0
+inactive_anon 0
+active_anon 41943040
+inactive_file 6291456
+active_file 2097152
+pgfault 10345
+pgmajfault 12
+`;
+const PRESSURE = 'some avg10=9.88 avg60=20.96 avg300=14.48 total=1796740741\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n';
+
+test('v1 memory: working set is usage minus total_inactive_file; rss, faults and the OOM count from their files', (t) => {
+  const m = memoryFromFiles(false, {
+    usage: '500000000\n',
+    limit: '9223372036854771712\n',
+    stat: V1_MEMORY_STAT,
+    events: 'oom_kill_disable 0\nunder_oom 0\noom_kill 2\n',
+  });
+  t.deepEqual(m, {
+    usageBytes: 500000000,
+    workingSetBytes: 500000000 - 460939264,
+    rssBytes: 17137664,
+    limitBytes: undefined,
+    pageFaults: 127539499,
+    majorPageFaults: 11218,
+    oomKills: 2,
+  });
+});
+
+test('v2 memory: working set is memory.current minus inactive_file, rss is anon; a limit and memory.events', (t) => {
+  const m = memoryFromFiles(true, {
+    usage: '52428800\n',
+    limit: '104857600\n',
+    stat: V2_MEMORY_STAT,
+    events: 'low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n',
+  });
+  t.deepEqual(m, {
+    usageBytes: 52428800,
+    workingSetBytes: 52428800 - 6291456,
+    rssBytes: 41943040,
+    limitBytes: 104857600,
+    pageFaults: 10345,
+    majorPageFaults: 12,
+    oomKills: 1,
+  });
+});
+
+test('working set never goes below 0; a missing usage file is no memory at all', (t) => {
+  t.is(memoryFromFiles(true, { usage: '100', stat: 'inactive_file 4096\n' })?.workingSetBytes, 0);
+  t.is(memoryFromFiles(true, { stat: V2_MEMORY_STAT }), undefined);
+});
+
+test('limits: "max" and v1 huge counters are no limit', (t) => {
+  t.is(parseLimit('max\n'), undefined);
+  t.is(parseLimit('9223372036854771712'), undefined);
+  t.is(parseLimit('67108864\n'), 67108864);
+  t.is(parseLimit(undefined), undefined);
+  t.is(parseCpuMax('max 100000\n'), undefined);
+  t.is(parseCpuMax('50000 100000\n'), 0.5);
+  t.is(parseCpuMax('200000 100000'), 2);
+});
+
+test('keyed files keep big counters exact', (t) => {
+  const m = parseKeyed('usage_usec 18446744073709551\nnr_throttled 3\ngarbage\nthrottled_usec x\n');
+  t.is(m.get('usage_usec'), 18446744073709551n);
+  t.is(m.get('nr_throttled'), 3n);
+  t.false(m.has('throttled_usec'));
+});
+
+test('pressure files: some and full lines; cpu without full; empty is none', (t) => {
+  t.deepEqual(parsePressure(PRESSURE), {
+    some: { avg10: 9.88, avg60: 20.96, avg300: 14.48, totalMicroseconds: 1796740741n },
+    full: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 0n },
+  });
+  t.deepEqual(parsePressure('some avg10=1.50 avg60=0.00 avg300=0.00 total=42\n'), {
+    some: { avg10: 1.5, avg60: 0, avg300: 0, totalMicroseconds: 42n },
+  });
+  t.is(parsePressure(''), undefined);
+  t.is(parsePressure(undefined), undefined);
+});
+
+test('io: v2 io.stat and v1 blkio service bytes, summed over devices', (t) => {
+  t.deepEqual(parseIoStat('8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n253:1 rbytes=1 wbytes=2 rios=1 wios=1 dbytes=0 dios=0\n'), {
+    readBytes: 4097n,
+    writeBytes: 8194n,
+  });
+  t.deepEqual(parseBlkioServiceBytes('8:0 Read 4096\n8:0 Write 512\n8:0 Sync 4608\n8:0 Async 0\n8:0 Discard 0\n8:0 Total 4608\n8:16 Read 1\nTotal 4609\n'), {
+    readBytes: 4097n,
+    writeBytes: 512n,
+  });
+  t.deepEqual(parseBlkioServiceBytes('Total 0\n'), { readBytes: 0n, writeBytes: 0n });
+});
+
+test('usage_nano_cores: CPU time over wall time between two samples, in billionths of a core', (t) => {
+  t.is(nanoCoresBetween({ timestampNs: 0n, usage: 0n }, { timestampNs: 2_000_000_000n, usage: 1_000_000_000n }), 500_000_000);
+  t.is(nanoCoresBetween({ timestampNs: 10n, usage: 5n }, { timestampNs: 10n, usage: 9n }), undefined);
+  // A counter that went backwards (a new cgroup under the same id) gives no rate.
+  t.is(nanoCoresBetween({ timestampNs: 0n, usage: 9n }, { timestampNs: 10n, usage: 5n }), undefined);
+});
+
+// ---- the reader, on a fake cgroupfs in a temporary directory --------------------------------------
+
+async function fakeCgroupfs(files: Record<string, string>): Promise<string> {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-cgstats-'));
+  for (const [name, text] of Object.entries(files)) {
+    await fs.mkdir(path.dirname(path.join(root, name)), { recursive: true });
+    await fs.writeFile(path.join(root, name), text);
+  }
+  return root;
+}
+
+test('reader: a v1 host (one mount per controller, PSI from the hybrid cgroup2 tree)', async (t) => {
+  const root = await fakeCgroupfs({
+    'cpu/pod/c/cpu.stat': 'nr_periods 10\nnr_throttled 4\nthrottled_time 123456789\n',
+    'cpu/pod/c/cpu.cfs_quota_us': '50000\n',
+    'cpu/pod/c/cpu.cfs_period_us': '100000\n',
+    'cpuacct/pod/c/cpuacct.usage': '987654321\n',
+    'memory/pod/c/memory.usage_in_bytes': '500000000\n',
+    'memory/pod/c/memory.limit_in_bytes': '9223372036854771712\n',
+    'memory/pod/c/memory.stat': V1_MEMORY_STAT,
+    'memory/pod/c/memory.oom_control': 'oom_kill_disable 0\nunder_oom 0\noom_kill 0\n',
+    'pids/pod/c/pids.current': '3\n',
+    'pids/pod/c/pids.max': 'max\n',
+    'blkio/pod/c/blkio.throttle.io_service_bytes_recursive': '8:0 Read 10\n8:0 Write 20\nTotal 30\n',
+    'unified/pod/c/cpu.pressure': PRESSURE,
+    'unified/pod/c/cgroup.procs': '',
+  });
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
+  const mounts = ['cpu', 'cpuacct', 'memory', 'pids', 'blkio']
+    .map((c, i) => `${30 + i} 1 0:${40 + i} / ${root}/${c} rw - cgroup cgroup rw,${c}`)
+    .concat(`50 1 0:60 / ${root}/unified rw - cgroup2 cgroup2 rw`)
+    .join('\n');
+  const layout = layoutFromMounts(parseMountInfo(mounts), () => []);
+  const s = (await new CgroupStatsReader(layout).read('/pod/c')) as CgroupSample;
+  t.deepEqual(s.cpu, { usageNanoSeconds: 987654321n, throttledNanoSeconds: 123456789n, limitCores: 0.5 });
+  t.is(s.memory?.workingSetBytes, 500000000 - 460939264);
+  t.deepEqual(s.pids, { current: 3 });
+  t.deepEqual(s.io, { readBytes: 10n, writeBytes: 20n });
+  t.is(s.psi?.cpu?.some.totalMicroseconds, 1796740741n);
+  t.is(s.psi?.memory, undefined);
+  t.is(await new CgroupStatsReader(layout).read('/pod/gone'), undefined);
+});
+
+test('reader: a pure v2 host', async (t) => {
+  const root = await fakeCgroupfs({
+    'pod/c/cgroup.procs': '',
+    'pod/c/cpu.stat': 'usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 5\nnr_throttled 1\nthrottled_usec 7000\n',
+    'pod/c/cpu.max': '25000 100000\n',
+    'pod/c/memory.current': '52428800\n',
+    'pod/c/memory.max': '104857600\n',
+    'pod/c/memory.stat': V2_MEMORY_STAT,
+    'pod/c/memory.events': 'oom 1\noom_kill 1\n',
+    'pod/c/pids.current': '7\n',
+    'pod/c/pids.max': '100\n',
+    'pod/c/io.stat': '8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n',
+    'pod/c/cpu.pressure': PRESSURE,
+    'pod/c/memory.pressure': PRESSURE,
+    'pod/c/io.pressure': PRESSURE,
+  });
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
+  const layout = layoutFromMounts(parseMountInfo(`30 1 0:40 / ${root} rw - cgroup2 cgroup2 rw`), () => ['cpu', 'memory', 'pids', 'io']);
+  const s = (await new CgroupStatsReader(layout).read('/pod/c')) as CgroupSample;
+  t.deepEqual(s.cpu, { usageNanoSeconds: 2_500_000_000n, throttledNanoSeconds: 7_000_000n, limitCores: 0.25 });
+  t.like(s.memory, { usageBytes: 52428800, workingSetBytes: 52428800 - 6291456, rssBytes: 41943040, limitBytes: 104857600, oomKills: 1 });
+  t.deepEqual(s.pids, { current: 7, limit: 100 });
+  t.deepEqual(s.io, { readBytes: 4096n, writeBytes: 8192n });
+  t.truthy(s.psi?.cpu && s.psi.memory && s.psi.io);
+});
+
+test('network counters: every interface but lo, eth0 first; no sysfs is no network', async (t) => {
+  const sys = await fakeCgroupfs({
+    'class/net/lo/statistics/rx_bytes': '5\n',
+    'class/net/lo/statistics/rx_errors': '0\n',
+    'class/net/lo/statistics/tx_bytes': '5\n',
+    'class/net/lo/statistics/tx_errors': '0\n',
+    'class/net/eth0/statistics/rx_bytes': '1000\n',
+    'class/net/eth0/statistics/rx_errors': '1\n',
+    'class/net/eth0/statistics/tx_bytes': '2000\n',
+    'class/net/eth0/statistics/tx_errors': '2\n',
+    'class/net/a1/statistics/rx_bytes': '3\n',
+    'class/net/a1/statistics/rx_errors': '0\n',
+    'class/net/a1/statistics/tx_bytes': '4\n',
+    'class/net/a1/statistics/tx_errors': '0\n',
+  });
+  t.teardown(() => fs.rm(sys, { recursive: true, force: true }));
+  t.deepEqual(await readInterfaceCounters(sys), [
+    { name: 'eth0', rxBytes: 1000n, rxErrors: 1n, txBytes: 2000n, txErrors: 2n },
+    { name: 'a1', rxBytes: 3n, rxErrors: 0n, txBytes: 4n, txErrors: 0n },
+  ]);
+  t.is(await readInterfaceCounters(path.join(sys, 'nothing')), undefined);
+});
+
+test('dir usage: blocks and inodes like du, a hard link counted once', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-du-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  const empty = (await dirUsage(dir))!;
+  await fs.mkdir(path.join(dir, 'a/b'), { recursive: true });
+  await fs.writeFile(path.join(dir, 'a/b/f'), Buffer.alloc(1 << 20, 1));
+  await fs.link(path.join(dir, 'a/b/f'), path.join(dir, 'a/g'));
+  await fs.symlink('/etc/passwd', path.join(dir, 'l'));
+  const u = (await dirUsage(dir))!;
+  t.is(u.inodesUsed - empty.inodesUsed, 4); // a, a/b, f (twice linked), l
+  t.true(u.usedBytes - empty.usedBytes >= 1 << 20 && u.usedBytes - empty.usedBytes < 3 << 20, `${u.usedBytes}`);
+  t.false(u.truncated);
+  t.true((await dirUsage(dir, { maxEntries: 2 }))!.truncated);
+  t.is(await dirUsage(path.join(dir, 'missing')), undefined);
+});
+
+// ---- the service, with fakes for every port ---------------------------------------------------------
+
+function fakes(samples: Map<string, CgroupSample | undefined>, clock: { now: bigint }) {
+  const warnings: string[] = [];
+  const log = { ...logger(), warn: (msg: string) => warnings.push(msg), child: () => log } as ReturnType<typeof logger>;
+  const pod: StatsPod = { id: 'p1', name: 'web', namespace: 'ns', uid: 'u1', labels: { app: 'web' }, annotations: {}, cgroupPath: '/pod', netSysDir: '/sys-of-p1' };
+  const containers: StatsContainer[] = [
+    { id: 'c1', podSandboxId: 'p1', name: 'app', attempt: 2, labels: { tier: 'front' }, annotations: {}, cgroupPath: '/pod/c1' },
+    { id: 'c2', podSandboxId: 'p1', name: 'side', attempt: 0, labels: {}, annotations: {}, cgroupPath: '/pod/c2' },
+  ];
+  const ports: StatsPorts = {
+    containers: () => containers,
+    pods: () => [pod],
+    findContainer: (id) => containers.find((c) => c.id.startsWith(id)),
+    findPod: (id) => (pod.id.startsWith(id) ? pod : undefined),
+    readCgroup: async (p) => samples.get(p),
+    readInterfaces: async (dir) => (dir === '/sys-of-p1' ? [{ name: 'eth0', rxBytes: 10n, rxErrors: 0n, txBytes: 20n, txErrors: 0n }] : undefined),
+    writableLayer: (id) => (id === 'c1' ? { usedBytes: 4096, inodesUsed: 3, timestampNs: 5n } : undefined),
+    layerMountpoint: '/var/lib/berth/containers',
+    log,
+    now: () => clock.now,
+  };
+  return { ports, warnings, containers };
+}
+
+const sample = (cpuNs: bigint, mem: number): CgroupSample => ({
+  cpu: { usageNanoSeconds: cpuNs },
+  memory: { usageBytes: mem, workingSetBytes: mem - 100, rssBytes: mem / 2, limitBytes: mem * 4, pageFaults: 1, majorPageFaults: 0, oomKills: 0 },
+  pids: { current: 2, limit: 10 },
+});
+
+test('service: a rate from the previous sample of the same container; none on the first', async (t) => {
+  const clock = { now: 1_000_000_000n };
+  const samples = new Map<string, CgroupSample | undefined>([['/pod/c1', sample(1_000_000_000n, 1000)]]);
+  const { ports } = fakes(samples, clock);
+  const stats = new StatsService(ports);
+  const first = await stats.container('c1');
+  t.is(first.cpu?.usageNanoCores, undefined);
+  t.is(first.memory?.availableBytes, 4000 - 900);
+  t.deepEqual(first.writableLayer, { timestampNs: 5n, mountpoint: '/var/lib/berth/containers', usedBytes: 4096, inodesUsed: 3 });
+  t.is(first.attempt, 2);
+  t.deepEqual(first.pod, { podSandboxId: 'p1', name: 'web', namespace: 'ns', uid: 'u1' });
+  clock.now += 2_000_000_000n;
+  samples.set('/pod/c1', sample(2_000_000_000n, 1000));
+  t.is((await stats.container('c1')).cpu?.usageNanoCores, 500_000_000);
+  // A second read a microsecond later keeps the rate instead of dividing by almost nothing.
+  clock.now += 1000n;
+  samples.set('/pod/c1', sample(2_000_000_100n, 1000));
+  t.is((await stats.container('c1')).cpu?.usageNanoCores, 500_000_000);
+});
+
+test('service: a vanished cgroup gives the last known values and one warning; unknown ids are NOT_FOUND', async (t) => {
+  const clock = { now: 1n };
+  const samples = new Map<string, CgroupSample | undefined>([['/pod/c1', sample(5n, 4096)]]);
+  const { ports, warnings } = fakes(samples, clock);
+  const stats = new StatsService(ports);
+  const live = await stats.container('c1');
+  samples.delete('/pod/c1');
+  clock.now = 99n;
+  const gone = await stats.container('c1');
+  t.deepEqual(gone.memory, live.memory);
+  t.deepEqual(gone.cpu, live.cpu);
+  await stats.container('c1');
+  t.deepEqual(warnings, ['cgroup is gone: stats repeat its last known values']);
+  // Never sampled: identity and writable layer only.
+  const never = await stats.container('c2');
+  t.is(never.cpu, undefined);
+  t.is(never.container.id, 'c2');
+  for (const p of [stats.container('nope'), stats.pod('nope')]) {
+    const err = await t.throwsAsync(p, { instanceOf: BerthError });
+    t.is((err as BerthError).kind, 'not_found');
+  }
+});
+
+test('service: list filters by id prefix, pod and labels; pods carry their containers and network', async (t) => {
+  const samples = new Map<string, CgroupSample | undefined>([
+    ['/pod', sample(10n, 8192)],
+    ['/pod/c1', sample(5n, 4096)],
+    ['/pod/c2', sample(5n, 4096)],
+  ]);
+  const { ports } = fakes(samples, { now: 1n });
+  const stats = new StatsService(ports);
+  t.deepEqual((await stats.containers()).map((c) => c.container.id), ['c1', 'c2']);
+  t.deepEqual((await stats.containers({ containerId: 'c2' })).map((c) => c.container.id), ['c2']);
+  t.deepEqual((await stats.containers({ labels: { tier: 'front' } })).map((c) => c.container.id), ['c1']);
+  t.deepEqual((await stats.containers({ podSandboxId: 'other' })).map((c) => c.container.id), []);
+  const [pod] = await stats.pods({ labels: { app: 'web' } });
+  t.is(pod.pod.namespace, 'ns');
+  t.deepEqual(pod.containers.map((c) => c.container.id), ['c1', 'c2']);
+  t.is(pod.network?.interfaces[0].name, 'eth0');
+  t.deepEqual(pod.pids, { current: 2, limit: 10 });
+  t.deepEqual(await stats.pods({ labels: { app: 'db' } }), []);
+});
+
+test('CRI rendering: absent counters stay absent; pod network default interface; descriptors match series labels', async (t) => {
+  const samples = new Map<string, CgroupSample | undefined>([['/pod', sample(3_000_000_000n, 8192)], ['/pod/c1', { cpu: { usageNanoSeconds: 7n } }]]);
+  const { ports } = fakes(samples, { now: 42n });
+  const stats = new StatsService(ports);
+  const c1 = containerStatsToProto(await stats.container('c1'));
+  t.deepEqual(c1.cpu, { timestamp: '42', usage_core_nano_seconds: { value: '7' }, usage_nano_cores: undefined });
+  t.is(c1.memory, undefined);
+  t.deepEqual(c1.writable_layer?.used_bytes, { value: '4096' });
+  t.deepEqual(c1.attributes?.metadata, { name: 'app', attempt: 2 });
+  samples.set('/pod/c1', { cpu: { usageNanoSeconds: 7n }, psi: { cpu: { some: { avg10: 1.5, avg60: 0, avg300: 0, totalMicroseconds: 12n } }, io: { some: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 3n }, full: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 1n } } } });
+  const withPsi = containerStatsToProto(await stats.container('c1'));
+  // PsiData.Total is nanoseconds; the kernel's files say microseconds.
+  t.deepEqual(withPsi.cpu?.psi, { Some: { Total: '12000', Avg10: 1.5, Avg60: 0, Avg300: 0 } });
+  t.deepEqual(withPsi.io?.psi?.Full, { Total: '1000', Avg10: 0, Avg60: 0, Avg300: 0 });
+  t.is(c1.io, undefined);
+  const pod = await stats.pod('p1');
+  const proto = podStatsToProto(pod, 1);
+  t.is(proto.linux?.network?.default_interface?.name, 'eth0');
+  t.deepEqual(proto.linux?.process?.process_count, { value: '2' });
+  t.deepEqual(proto.attributes?.metadata, { name: 'web', uid: 'u1', namespace: 'ns', attempt: 1 });
+
+  const descriptors = new Map(metricDescriptors().map((d) => [d.name, d]));
+  t.true(descriptors.has('container_cpu_usage_seconds_total'));
+  t.true(descriptors.has('container_memory_working_set_bytes'));
+  t.true(descriptors.has('container_network_receive_bytes_total'));
+  const m = podMetrics(pod, () => 'registry/busybox:1');
+  const all = [...m.metrics!, ...m.container_metrics!.flatMap((c) => c.metrics!)];
+  for (const metric of all) t.is(metric.label_values!.length, descriptors.get(metric.name!)!.label_keys!.length, metric.name!);
+  const podCpu = m.metrics!.find((x) => x.name === 'container_cpu_usage_seconds_total');
+  t.deepEqual(podCpu?.value, { value: '3' });
+  t.is(m.metrics!.find((x) => x.name === 'container_network_transmit_bytes_total')?.label_values!.at(-1), 'eth0');
+  t.is(m.container_metrics!.find((c) => c.container_id === 'c1')?.metrics!.find((x) => x.name === 'container_fs_usage_bytes')?.value?.value, '4096');
+});
+
+test('writable layers: walked in the background, dropped with their container, asleep without readers', async (t) => {
+  let clock = 0;
+  const walked: string[] = [];
+  let list = [{ id: 'a', upperDir: '/a' }, { id: 'b', upperDir: '/b' }];
+  const layers = new WritableLayers({
+    layers: () => list,
+    walk: async (dir) => (walked.push(dir), { usedBytes: dir.length * 100, inodesUsed: 1 }),
+    intervalMs: 3_600_000,
+    log: logger(),
+    now: () => clock,
+  });
+  t.teardown(() => layers.close());
+  layers.start();
+  await layers.refresh();
+  t.is(layers.usage('a')?.usedBytes, 200);
+  list = [{ id: 'b', upperDir: '/b' }];
+  await layers.refresh();
+  t.is(layers.usage('a'), undefined);
+  t.deepEqual(walked.slice(-1), ['/b']);
+  // Long after the last read the periodic walk stops; the next read wakes it.
+  clock += 10 * 3_600_000;
+  const before = walked.length;
+  layers.usage('b');
+  await layers.refresh();
+  t.true(walked.length > before);
+});
