@@ -120,7 +120,7 @@ test('the Stream list RPCs send the same items as ListPodSandbox, ListContainers
 
   const images = await collect(e.berth.rawImages.StreamImages({}));
   t.deepEqual(byId(images.flatMap((m) => m.images)), byId((await e.berth.images.ListImages({})).images));
-  t.is(images.flatMap((m) => m.images).length, 2);
+  t.is(images.flatMap((m) => m.images).length, 3, 'busybox, busybox-usr2 and data');
 
   const none = await collect(e.berth.rawRuntime.StreamContainers({ filter: { id: 'ffff' } }));
   t.deepEqual(none, [], 'nothing matches: the stream ends with no message');
