@@ -390,6 +390,59 @@ static void mount_overlay(struct spec *s)
     free(wk);
 }
 
+/* An image volume as a detached tree to attach: the image's layers as a read-only overlay of its own, made
+ * detached (fsmount: no path on the host or in the container ever shows it whole), then the sub path opened
+ * beneath it with RESOLVE_IN_ROOT, so that a symlink or ".." in the image cannot lead outside the image, and
+ * cloned (open_tree) as the tree do_mount attaches. */
+static int image_volume_tree(const struct mount_spec *m)
+{
+    const char **lower = m->layers;
+    char **names = NULL;
+    int *fds = NULL;
+    if (userns_fd >= 0) {
+        names = calloc(m->nlayers + 1, sizeof *names);
+        fds = calloc(m->nlayers + 1, sizeof *fds);
+        if (!names || !fds)
+            child_fail("image volume", m->dest, ENOMEM);
+        for (size_t i = 0; i < m->nlayers; i++)
+            names[i] = idmapped_layer(m->layers[i], &fds[i]);
+        lower = (const char **)names;
+    }
+    int fsfd = fsopen("overlay", FSOPEN_CLOEXEC);
+    if (fsfd < 0)
+        child_fail("image volume: fsopen overlay for", m->dest, errno);
+    if (fsconfig(fsfd, FSCONFIG_SET_STRING, "source", "overlay", 0) < 0)
+        child_fail("image volume: overlay source for", m->dest, errno);
+    for (size_t i = 0; i < m->nlayers; i++)
+        if (fsconfig(fsfd, FSCONFIG_SET_STRING, "lowerdir+", lower[i], 0) < 0)
+            child_fail("image volume: overlay layer (Linux >= 6.8)", m->layers[i], errno);
+    if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        child_fail("image volume: create overlay for", m->dest, errno);
+    int mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+    if (mfd < 0)
+        child_fail("image volume: fsmount for", m->dest, errno);
+    close(fsfd);
+    for (size_t i = 0; names && i < m->nlayers; i++) {
+        close(fds[i]);
+        free(names[i]);
+    }
+    free(names);
+    free(fds);
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_CLOEXEC;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
+    int sub = (int)syscall(SYS_openat2, mfd, m->subpath, &how, sizeof how);
+    if (sub < 0)
+        child_fail("image volume: sub path", m->subpath, errno);
+    int tree = open_tree(sub, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH);
+    if (tree < 0)
+        child_fail("image volume: clone sub path", m->subpath, errno);
+    close(sub);
+    close(mfd);
+    return tree;
+}
+
 /* A bind source as a detached tree: id-mapped with a new user namespace (when its filesystem allows). */
 static int clone_bind_source(const struct mount_spec *m)
 {
@@ -629,7 +682,7 @@ static void setup_rootfs(struct spec *s)
     if (rootfd < 0)
         child_fail("open rootfs", s->root, errno);
     for (size_t i = 0; i < s->nmounts; i++)
-        do_mount(s, rootfd, &s->mounts[i], trees[i]);
+        do_mount(s, rootfd, &s->mounts[i], s->mounts[i].layers ? image_volume_tree(&s->mounts[i]) : trees[i]);
     free(trees);
     int in_userns = s->ns_path[NS_USER] != NULL;
     for (size_t i = 0; i < s->ndevices; i++)

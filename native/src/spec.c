@@ -437,6 +437,43 @@ static int parse_process(struct json_object *p, struct spec *s, char *err, size_
     return caps_from_json(c, &s->caps, err, errlen);
 }
 
+/* An image volume: "layers" (absolute directories, top first; overlayfs wants at least two lower layers
+ * without an upper one, berth adds an empty one to a single-layer image) and "subPath" (relative, no ".."
+ * component; resolved again beneath the overlay by the init). Attached like a bind: remount flags apply. */
+static int parse_image_volume(struct json_object *e, struct mount_spec *m, size_t i, char *err, size_t errlen)
+{
+    int bad = 0;
+    struct json_object *layers = json_member(e, "layers", json_type_array, &bad);
+    size_t n = layers ? json_object_array_length(layers) : 0;
+    if (bad || n < 2)
+        FAIL("spec: mounts[%zu] (%s): an image volume needs \"layers\", at least two directories", i, m->dest);
+    m->layers = calloc(n + 1, sizeof *m->layers);
+    if (!m->layers)
+        FAIL("spec: out of memory");
+    for (size_t k = 0; k < n; k++) {
+        struct json_object *l = json_object_array_get_idx(layers, k);
+        if (!json_object_is_type(l, json_type_string) || json_object_get_string(l)[0] != '/')
+            FAIL("spec: mounts[%zu].layers[%zu] must be an absolute path", i, k);
+        m->layers[k] = json_object_get_string(l);
+    }
+    m->nlayers = n;
+    if (json_get_string(e, "subPath", &m->subpath, 1, "mounts[].", err, errlen) < 0)
+        return -1;
+    const char *p = m->subpath;
+    if (!*p || *p == '/')
+        FAIL("spec: mounts[%zu].subPath must be relative (\".\" for the whole image)", i);
+    for (const char *c = p; *c;) {
+        size_t len = strcspn(c, "/");
+        if (len == 2 && c[0] == '.' && c[1] == '.')
+            FAIL("spec: mounts[%zu].subPath must not contain \"..\"", i);
+        c += len;
+        c += *c == '/';
+    }
+    m->bind = 1;
+    m->source = m->layers[0];
+    return 0;
+}
+
 static int parse_mounts(struct json_object *root, struct spec *s, char *err, size_t errlen)
 {
     int bad = 0;
@@ -464,6 +501,8 @@ static int parse_mounts(struct json_object *root, struct spec *s, char *err, siz
         if (bad)
             FAIL("spec: mounts[%zu].options must be an array", i);
         if (parse_mount_options(opts, m, err, errlen) < 0)
+            return -1;
+        if (m->type && strcmp(m->type, "image") == 0 && parse_image_volume(e, m, i, err, errlen) < 0)
             return -1;
         if (!m->bind && (!m->type || !*m->type))
             FAIL("spec: mounts[%zu] (%s): type is required", i, m->dest);

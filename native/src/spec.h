@@ -25,6 +25,11 @@ struct mount_spec {
     int bind;              /* 0, 1 = bind, 2 = rbind */
     int rro;               /* option "rro": the mount and every submount read-only (mount_setattr, AT_RECURSIVE) */
     char *data;            /* filesystem options, comma-joined (malloc'd, may be NULL) */
+    /* type "image" (CRI image volume): the image's layers, top first, as a read-only overlay of its own, of
+     * which subpath (relative, resolved beneath it) is attached at dest. NULL for every other mount. */
+    const char **layers;
+    size_t nlayers;
+    const char *subpath;
 };
 
 struct device_spec {

@@ -16,7 +16,7 @@ import { withUndo } from '../store/undo.js';
 import { SandboxService } from '../sandbox/service.js';
 import { PhaseTimer } from '../phases.js';
 import { ContainerAttachment, ContainerRuntime, ExitWatch } from './runtime.js';
-import { readImageFile } from './image-files.js';
+import { imagePathKind, readImageFile } from './image-files.js';
 import { buildSpec } from './spec.js';
 import { loadLocalhostProfile } from './seccomp.js';
 import { ShimDevice } from '../kernel/shim-spec.js';
@@ -126,7 +126,7 @@ export class ContainerService {
   /** Layers under some container's rootfs: images may not delete them. */
   heldLayers(): Set<string> {
     const held = new Set<string>();
-    for (const c of this.records.values()) for (const l of c.imageLayers) held.add(l);
+    for (const c of this.records.values()) for (const l of [...c.imageLayers, ...(c.volumeLayers ?? [])]) held.add(l);
     return held;
   }
 
@@ -203,6 +203,11 @@ export class ContainerService {
     }
     const image = this.opts.images.resolve(config.image);
     if (!image) throw notFound(`image "${config.image}" not found: pull it first`);
+    const volumeImages = this.imageVolumeImages(config);
+    // ContainerStatus names the image each volume resolved to (Mount.image.image_ref).
+    if (volumeImages.size > 0) {
+      config = { ...config, mounts: config.mounts.map((m, i) => (m.image ? { ...m, image: { ...m.image, imageId: volumeImages.get(i)!.id } } : m)) };
+    }
     const id = randomBytes(32).toString('hex');
     const key = this.nameKey({ sandboxId: sandbox.id, config });
     const existing = this.names.holder(key);
@@ -215,11 +220,13 @@ export class ContainerService {
       this.names.reserve(key, id);
       undo.push('release name', () => this.names.release(key));
       // Until the container is listed (heldLayers), a concurrent RemoveImage's GC could take its layers.
-      const unpinLayers = this.opts.images.pinLayers(image);
+      const unpins = [image, ...volumeImages.values()].map((img) => this.opts.images.pinLayers(img));
+      const unpinLayers = () => unpins.forEach((unpin) => unpin());
       undo.push('unpin image layers', unpinLayers);
       await fs.mkdir(bundle, { recursive: true, mode: 0o700 });
       undo.push('remove bundle', () => fs.rm(bundle, { recursive: true, force: true }));
       const lowerDirs = this.opts.images.layerPaths(image).reverse();
+      const imageVolumes = await this.imageVolumeLayers(config, volumeImages, bundle);
       const [passwd, group] = await Promise.all([readImageFile(lowerDirs, '/etc/passwd'), readImageFile(lowerDirs, '/etc/group')]);
       const user = resolveUser(
         {
@@ -283,6 +290,7 @@ export class ContainerService {
         localhostSeccomp,
         hostDevices,
         cdi,
+        imageVolumes,
       });
       spec.sysctl = { ...sandbox.config.sysctls };
       if (apparmor) spec.process.apparmorProfile = apparmor;
@@ -300,6 +308,7 @@ export class ContainerService {
         imageId: image.id,
         imageName: config.image,
         imageLayers: [...image.layers],
+        ...(volumeImages.size > 0 ? { volumeLayers: [...new Set([...volumeImages.values()].flatMap((img) => img.layers))] } : {}),
         createdAt: Date.now() * 1e6,
         state: 'CREATED',
         pid: created.pid,
@@ -360,6 +369,41 @@ export class ContainerService {
     return choice.profile;
   }
 
+  /** The images of the config's image volumes, by mount index: each must be in berth's store (kubelet pulls it first). */
+  private imageVolumeImages(config: ContainerConfig): Map<number, ImageRecord> {
+    const found = new Map<number, ImageRecord>();
+    for (const [i, m] of config.mounts.entries()) {
+      if (!m.image) continue;
+      const img = this.opts.images.resolve(m.image.ref);
+      if (!img) throw notFound(`config.mounts[${i}].image "${m.image.ref}" not found: pull it first`);
+      found.set(i, img);
+    }
+    return found;
+  }
+
+  /**
+   * The layer directories (top first) each image volume is an overlay of, its sub path checked to exist in the
+   * image first (NOT_FOUND naming the field). overlayfs needs two lower layers without an upper one: a
+   * single-layer image gets an empty directory of the bundle below it.
+   */
+  private async imageVolumeLayers(config: ContainerConfig, images: Map<number, ImageRecord>, bundle: string): Promise<Record<number, string[]>> {
+    const layers: Record<number, string[]> = {};
+    for (const [i, img] of images) {
+      const volume = config.mounts[i].image!;
+      const dirs = this.opts.images.layerPaths(img).reverse();
+      if (volume.subPath !== '.' && !(await imagePathKind(dirs, volume.subPath))) {
+        throw notFound(`config.mounts[${i}].image_sub_path "${volume.subPath}" does not exist in image "${volume.ref}"`);
+      }
+      if (dirs.length === 1) {
+        const empty = path.join(bundle, 'empty-layer');
+        await fs.mkdir(empty, { recursive: true, mode: 0o555 });
+        dirs.push(empty);
+      }
+      layers[i] = dirs;
+    }
+    return layers;
+  }
+
   private targetPidNamespace(sandboxId: string, targetId?: string): string {
     const field = 'config.linux.security_context.namespace_options.target_id';
     if (!targetId) throw invalidArgument(`${field} is empty but pid mode is TARGET`);
@@ -373,8 +417,7 @@ export class ContainerService {
 
   // kubelet expects a missing host path of a bind mount to be created as a directory, as Docker did.
   private async ensureHostPath({ hostPath, recursiveReadOnly, image }: ContainerMount, index: number): Promise<void> {
-    // Not mounted yet: refused by name rather than dropped, so a pod never runs without the volume it asked for.
-    if (image) throw invalidArgument(`config.mounts[${index}].image: image volumes are not supported by berth yet`);
+    if (image) return;
     if (!path.isAbsolute(hostPath)) throw invalidArgument(`config.mounts[${index}].host_path "${hostPath}" must be an absolute path`);
     const st = await fs.stat(hostPath).catch(() => undefined);
     if (!st) await fs.mkdir(hostPath, { recursive: true });

@@ -83,6 +83,8 @@ export interface SpecInputs {
   hostDevices?: ShimDevice[][];
   /** What the config's CDI devices add, already resolved from the spec files by the service. */
   cdi?: CdiInjection;
+  /** The layer directories (top first) of the image behind config.mounts[i].image, by mount index. */
+  imageVolumes?: Record<number, string[]>;
 }
 
 function standardMounts(inputs: SpecInputs, privileged: boolean): ShimMount[] {
@@ -126,6 +128,20 @@ export function buildSpec(inputs: SpecInputs): ShimSpec {
   for (const [index, m] of config.mounts.entries()) {
     if (!path.posix.isAbsolute(m.containerPath)) {
       throw invalidArgument(`config.mounts[${index}].container_path "${m.containerPath}" must be an absolute path`);
+    }
+    if (m.image) {
+      const layers = inputs.imageVolumes?.[index];
+      if (!layers) throw invalidArgument(`config.mounts[${index}].image: the image's layers were not resolved`);
+      // Always read-only; propagation is moot for a mount nobody else holds.
+      mounts.push({
+        destination: path.posix.normalize(m.containerPath),
+        type: 'image',
+        source: '',
+        options: ['rprivate', 'ro', 'nosuid', 'nodev', ...(m.mountOptions ?? [])],
+        layers,
+        subPath: m.image.subPath,
+      });
+      continue;
     }
     if (!path.posix.isAbsolute(m.hostPath)) {
       throw invalidArgument(`config.mounts[${index}].host_path "${m.hostPath}" must be an absolute path`);

@@ -127,6 +127,8 @@ export interface ContainerRecord {
   /** The image name as the user asked for it (image field of ContainerStatus). */
   imageName: string;
   imageLayers: string[];
+  /** Layers of the images mounted as volumes (kept from garbage collection like imageLayers); absent = none. */
+  volumeLayers?: string[];
   createdAt: number;
   startedAt?: number;
   state: ContainerState;

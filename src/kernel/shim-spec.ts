@@ -4,9 +4,13 @@ export type NamespaceType = 'mount' | 'pid' | 'ipc' | 'uts' | 'network' | 'cgrou
 
 export interface ShimMount {
   destination: string;
+  /** 'image': an image volume, an overlay of `layers` (top first, at least two) of which `subPath` is attached. */
   type: string;
   source: string;
   options: string[];
+  layers?: string[];
+  /** Relative to the image's root, '.' for all of it; resolved beneath it by the init (RESOLVE_IN_ROOT). */
+  subPath?: string;
 }
 
 export interface ShimDevice {

@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
-import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
+import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
 import { containerConfig, failure, hostLeftovers, podConfig } from '../helpers/cri.js';
 import { waitFor } from '../helpers/util.js';
@@ -17,12 +17,29 @@ let registry: Registry;
 let image: PushedImage;
 /** An image whose STOPSIGNAL is SIGUSR2: berth must send it when the CRI config names none. */
 let usr2Image: PushedImage;
+let dataImage: PushedImage;
 
 test.before(async () => {
   registry = await startRegistry();
   const layers = [await busyboxLayer()];
   image = await pushImage(registry, 'berth/busybox', 'v1', { layers, config: { Cmd: ['sh'] } });
   usr2Image = await pushImage(registry, 'berth/busybox-usr2', 'v1', { layers, config: { Cmd: ['sh'], StopSignal: 'SIGUSR2' } });
+  // An image volume's content: two layers, the upper one deleting a file of the lower, symlinks that would leave
+  // the image if they were resolved on the host.
+  dataImage = await pushImage(registry, 'berth/data', 'v1', {
+    layers: [
+      await layer([
+        { type: 'dir', path: 'data' }, { type: 'file', path: 'data/a.txt', content: 'from layer 1\n' },
+        { type: 'file', path: 'data/gone.txt', content: 'deleted above\n' }, { type: 'dir', path: 'etc' },
+        { type: 'file', path: 'etc/marker', content: 'the image\'s etc\n' },
+      ]),
+      await layer([
+        { type: 'file', path: 'data/b.txt', content: 'from layer 2\n' }, { type: 'whiteout', path: 'data/gone.txt' },
+        { type: 'symlink', path: 'escape', target: '../../../../../etc' }, { type: 'symlink', path: 'data/abs', target: '/etc' },
+      ]),
+    ],
+    config: {},
+  });
 });
 test.after.always(async () => {
   await registry?.stop();
@@ -60,6 +77,7 @@ async function env(t: ExecutionContext): Promise<Env> {
   };
   await berth.images.PullImage({ image: { image: image.ref } });
   await berth.images.PullImage({ image: { image: usr2Image.ref } });
+  await berth.images.PullImage({ image: { image: dataImage.ref } });
   t.teardown(async () => {
     await berth.cleanup();
     const left = await hostLeftovers(berth.dir, cgroups);
@@ -102,7 +120,7 @@ test('the Stream list RPCs send the same items as ListPodSandbox, ListContainers
 
   const images = await collect(e.berth.rawImages.StreamImages({}));
   t.deepEqual(byId(images.flatMap((m) => m.images)), byId((await e.berth.images.ListImages({})).images));
-  t.is(images.flatMap((m) => m.images).length, 2);
+  t.is(images.flatMap((m) => m.images).length, 3, 'busybox, busybox-usr2 and data');
 
   const none = await collect(e.berth.rawRuntime.StreamContainers({ filter: { id: 'ffff' } }));
   t.deepEqual(none, [], 'nothing matches: the stream ends with no message');
@@ -250,4 +268,69 @@ test('user_specified_image: what the pod spec named is echoed in ContainerStatus
   t.is(status.image?.image, imageId);
   const listed = (await e.berth.runtime.ListContainers({ filter: { id } })).containers[0];
   t.is(listed.image?.user_specified_image, image.ref);
+});
+
+test('image volumes: an image from the store mounted read-only, whole or a sub path, symlinks resolved inside the image', async (t) => {
+  const e = await env(t);
+  const podId = await e.pod();
+  const dataId = (await e.berth.images.ImageStatus({ image: { image: dataImage.ref } })).image!.id;
+  const busyboxId = (await e.berth.images.ImageStatus({ image: { image: image.ref } })).image!.id;
+  const vol = (container_path: string, ref: string, image_sub_path = '') => ({ container_path, image: { image: ref }, image_sub_path, readonly: true });
+  const id = await e.container(podId, {
+    command: ['sleep', '1000'],
+    mounts: [
+      vol('/whole', dataId), vol('/sub', dataId, 'data'), vol('/escape', dataId, 'escape'), vol('/abs', dataId, 'data/abs'),
+      vol('/file', dataId, 'data/a.txt'), vol('/single', busyboxId, 'bin'),
+    ],
+  });
+  const sh = async (script: string) => {
+    const r = await e.berth.runtime.ExecSync({ container_id: id, cmd: ['/bin/sh', '-c', script], timeout: '10' });
+    return { out: r.stdout.toString(), err: r.stderr.toString(), code: r.exit_code };
+  };
+  t.is((await sh('cat /whole/data/a.txt /whole/data/b.txt')).out, 'from layer 1\nfrom layer 2\n');
+  t.is((await sh('ls /sub')).out, 'a.txt\nabs\nb.txt\n', 'the whiteout of the upper layer hides gone.txt');
+  t.is((await sh('cat /escape/marker')).out, "the image's etc\n", 'a relative symlink climbing out stops at the image root');
+  t.is((await sh('cat /abs/marker')).out, "the image's etc\n", 'an absolute symlink is the image\'s path');
+  t.is((await sh('cat /file')).out, 'from layer 1\n', 'a file as sub path');
+  t.regex((await sh('ls /single')).out, /\bbusybox\b/, 'a single-layer image');
+  const write = await sh('touch /whole/new 2>&1; echo rc=$?');
+  t.regex(write.out, /Read-only file system[\s\S]*rc=1/);
+  const status = (await e.berth.runtime.ContainerStatus({ container_id: id })).status!;
+  const sub = status.mounts.find((m) => m.container_path === '/sub')!;
+  t.is(sub.image?.image, dataId);
+  t.is(sub.image?.image_ref, dataId);
+  t.is(sub.image_sub_path, 'data');
+  t.true(sub.readonly);
+
+  const create = (mounts: unknown[]) => failure(e.berth.runtime.CreateContainer({
+    pod_sandbox_id: podId,
+    config: containerConfig(image.ref, { mounts: mounts as never }),
+    sandbox_config: podConfig({ log_directory: e.logDir }),
+  }));
+  const missing = await create([vol('/x', dataId, 'data/gone.txt')]);
+  t.is(missing.code, grpc.status.NOT_FOUND);
+  t.regex(missing.details, /^config\.mounts\[0\]\.image_sub_path "data\/gone\.txt" does not exist in image/);
+  const notPulled = await create([vol('/ok', dataId), vol('/x', `${registry.host}/berth/never-pulled:v1`)]);
+  t.is(notPulled.code, grpc.status.NOT_FOUND);
+  t.regex(notPulled.details, /^config\.mounts\[1\]\.image ".*never-pulled:v1" not found: pull it first/);
+  const climbing = await create([vol('/x', dataId, '../../etc')]);
+  t.is(climbing.code, grpc.status.INVALID_ARGUMENT);
+  t.regex(climbing.details, /^config\.mounts\[0\]\.image_sub_path/);
+  t.is((await e.berth.runtime.ListContainers({})).containers.length, 1, 'no refused container was made');
+});
+
+test('image volumes in a user-namespaced pod: the layers are id-mapped, files show the image\'s owners inside', async (t) => {
+  const e = await env(t);
+  if (!(await e.berth.runtime.Status({})).runtime_handlers[0].features?.user_namespaces) return t.pass('no user namespaces here');
+  const userns = { mode: 'POD' as const, uids: [{ container_id: 0, host_id: 400000, length: 65536 }], gids: [{ container_id: 0, host_id: 400000, length: 65536 }] };
+  const nsopts = { network: 'POD' as const, pid: 'CONTAINER' as const, ipc: 'POD' as const, userns_options: userns };
+  const podId = await e.pod({ linux: { security_context: { namespace_options: nsopts } } });
+  const dataId = (await e.berth.images.ImageStatus({ image: { image: dataImage.ref } })).image!.id;
+  const id = await e.container(podId, {
+    command: ['sleep', '1000'],
+    linux: { security_context: { namespace_options: nsopts } },
+    mounts: [{ container_path: '/vol', image: { image: dataId }, image_sub_path: 'data' }],
+  });
+  const r = await e.berth.runtime.ExecSync({ container_id: id, cmd: ['/bin/sh', '-c', 'stat -c %u:%g /vol/a.txt; cat /vol/b.txt'], timeout: '10' });
+  t.is(r.stdout.toString(), '0:0\nfrom layer 2\n', r.stderr.toString());
 });

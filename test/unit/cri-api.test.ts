@@ -2,6 +2,11 @@ import test from 'ava';
 import protobuf from 'protobufjs';
 import * as protoLoader from '@grpc/proto-loader';
 import { EventEmitter } from 'node:events';
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { imagePathKind } from '../../src/container/image-files.js';
 import * as grpc from '@grpc/grpc-js';
 import { BerthError, invalidArgument } from '../../src/errors.js';
 import { logger } from '../../src/log.js';
@@ -128,7 +133,7 @@ test('mount_options: restricting flags reach the bind; one that would lift a hos
 
 test('image volumes: read-only whatever was asked, sub path normalised; an absolute or ".." sub path is refused naming image_sub_path', (t) => {
   const [m] = containerConfigFromProto(withMounts([mount({ host_path: '', image: { image: 'sha256:abc' }, image_sub_path: 'usr/./share/' })])).mounts;
-  t.deepEqual(m.image, { ref: 'sha256:abc', subPath: 'usr/share/' });
+  t.deepEqual(m.image, { ref: 'sha256:abc', subPath: 'usr/share' });
   t.true(m.readonly);
   t.is(m.hostPath, '');
   t.deepEqual(containerConfigFromProto(withMounts([mount({ host_path: '', image: { image: 'sha256:abc' } })])).mounts[0].image, { ref: 'sha256:abc', subPath: '.' });
@@ -196,4 +201,39 @@ test('paged streams: the list\'s error ends the stream with its status, not a pa
   t.false(call.ended);
   t.is(call.error?.code, grpc.status.INVALID_ARGUMENT);
   t.regex(call.error?.details ?? '', /^filter\.state\.state/);
+});
+
+// ---- image volume sub paths, resolved in the merged layers ----
+
+test('image sub paths resolve as overlayfs shows the image: whiteouts and opaque directories hide, symlinks stay inside', async (t) => {
+  const root = await mkdtemp(path.join(os.tmpdir(), 'berth-imgpath-'));
+  t.teardown(() => rm(root, { recursive: true, force: true }));
+  const [upper, lower] = [path.join(root, 'upper'), path.join(root, 'lower')];
+  for (const d of ['data', 'etc', 'opaque']) await mkdir(path.join(lower, d), { recursive: true });
+  await writeFile(path.join(lower, 'data/gone'), 'x');
+  await writeFile(path.join(lower, 'data/kept'), 'x');
+  await writeFile(path.join(lower, 'opaque/hidden'), 'x');
+  await writeFile(path.join(lower, 'etc/marker'), 'x');
+  await mkdir(path.join(upper, 'data'), { recursive: true });
+  await mkdir(path.join(upper, 'opaque'), { recursive: true });
+  await writeFile(path.join(upper, 'opaque/shown'), 'x');
+  execFileSync('mknod', [path.join(upper, 'data/gone'), 'c', '0', '0']);
+  await symlink('../../../../etc', path.join(upper, 'escape'));
+  await symlink('/etc/marker', path.join(upper, 'data/abs'));
+  await symlink('loop2', path.join(upper, 'loop1'));
+  await symlink('loop1', path.join(upper, 'loop2'));
+  const layers = [upper, lower];
+  const isOpaque = async (p: string) => p === path.join(upper, 'opaque');
+  const kind = (p: string) => imagePathKind(layers, p, isOpaque);
+  t.is(await kind('data'), 'directory');
+  t.is(await kind('data/kept'), 'other');
+  t.is(await kind('data/gone'), undefined, 'a whiteout above hides the file');
+  t.is(await kind('opaque/shown'), 'other');
+  t.is(await kind('opaque/hidden'), undefined, 'an opaque directory above hides the lower one\'s entries');
+  t.is(await kind('escape'), 'directory', 'a symlink climbing out stops at the image root: /etc');
+  t.is(await kind('escape/marker'), 'other');
+  t.is(await kind('data/abs'), 'other', 'an absolute target is the image\'s path');
+  t.is(await kind('data/kept/more'), undefined, 'a file is no directory');
+  t.is(await kind('loop1'), undefined, 'a symlink loop ends');
+  t.is(await kind('nothing'), undefined);
 });
