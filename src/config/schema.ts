@@ -58,6 +58,11 @@ export interface CdiConfig {
   specDirs: string[];
 }
 
+export interface MetricsConfig {
+  /** host:port of the Prometheus endpoint (/metrics); empty disables it. */
+  address: string;
+}
+
 export interface LogConfig {
   /** The log threshold; --log-level on the command line takes precedence. */
   level: Level;
@@ -70,6 +75,7 @@ export interface BerthConfig {
   network: NetworkConfig;
   cni: CniConfig;
   cdi: CdiConfig;
+  metrics: MetricsConfig;
 }
 
 export const RLIMIT_NAMES = ['as', 'core', 'cpu', 'data', 'fsize', 'locks', 'memlock', 'msgqueue', 'nice', 'nofile', 'nproc', 'rss', 'rtprio', 'rttime', 'sigpending', 'stack'];
@@ -234,6 +240,14 @@ function deviceName(key: string, value: unknown): string {
   return value;
 }
 
+/** host:port (an IPv6 host in brackets), or "" for none; port 0 lets the kernel choose (berth logs the one bound). */
+function listenAddress(key: string, value: unknown): string {
+  if (value === '') return value;
+  const m = typeof value === 'string' ? /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(value) : null;
+  if (!m || Number(m[3]) > 65535) throw new ConfigError(key, 'must be "host:port" (e.g. "127.0.0.1:9325", "[::1]:9325") or "" to disable');
+  return value as string;
+}
+
 function someAbsolutePaths(key: string, value: unknown): string[] {
   const dirs = absolutePaths(key, value);
   if (dirs.length === 0) throw new ConfigError(key, 'must name at least one directory');
@@ -312,6 +326,13 @@ export const CONFIG_SCHEMA: SectionSchema[] = [
     name: 'cdi',
     meaning: 'Container Device Interface',
     keys: [key('spec_dirs', 'where CDI spec files (.json, .yaml) are read; a device defined in a later directory wins', () => ['/etc/cdi', '/var/run/cdi'], absolutePaths)],
+  },
+  {
+    name: 'metrics',
+    meaning: 'Prometheus metrics',
+    keys: [
+      key('address', 'host:port of the Prometheus endpoint, served at /metrics; "" disables it; a taken address stops berth at start', () => '127.0.0.1:9325', listenAddress),
+    ],
   },
 ];
 

@@ -55,6 +55,11 @@ export interface ContainerServiceOptions {
   cdiSpecDirs: string[];
   /** The stop timeout's clock; unit tests pass a fake one. */
   delay?: Delay;
+  /**
+   * Hears every change of a container record, exits seen by the watcher and restart reconciliation included (the
+   * event stream, metrics): see RecordStoreOptions.onChange.
+   */
+  onRecordChange?: (before: Readonly<ContainerRecord> | undefined, after: Readonly<ContainerRecord> | undefined) => void;
 }
 
 const realDelay: Delay = (ms, signal) => sleep(ms, undefined, { signal });
@@ -115,6 +120,7 @@ export class ContainerService {
       stateOf: (record) => record.state,
       transitions: CONTAINER_TRANSITIONS,
       onWriteError: (id, err) => opts.log.error('cannot write a container record', { container: id, error: errorMessage(err) }),
+      onChange: opts.onRecordChange,
     });
   }
 

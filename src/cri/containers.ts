@@ -28,25 +28,11 @@ const propagationToProto = {
   BIDIRECTIONAL: 'PROPAGATION_BIDIRECTIONAL',
 } as const;
 
-export function containerHandlers(containers: ContainerService, images: ImageService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
-  const h = handlerFactory(log, observe);
+/** ContainerStatus of a record: for ContainerStatus, PodSandboxStatus's containers_statuses and the event stream. */
+export function containerStatusTranslator(images: Pick<ImageService, 'resolve'>): (record: ContainerRecord) => ContainerStatus {
   // kubelet shows image_ref as the digest it can pull again; the id stays in image_id.
   const imageRef = (record: ContainerRecord) => images.resolve(record.imageId)?.repoDigests[0] ?? record.imageId;
-
-  const toContainer = (record: ContainerRecord): Container => ({
-    id: record.id,
-    pod_sandbox_id: record.sandboxId,
-    metadata: { ...record.config.metadata },
-    image: { image: record.imageName, annotations: {} },
-    image_ref: imageRef(record),
-    image_id: record.imageId,
-    state: stateToProto[record.state],
-    created_at: String(record.createdAt),
-    labels: record.config.labels,
-    annotations: record.config.annotations,
-  });
-
-  const toStatus = (record: ContainerRecord): ContainerStatus => {
+  return (record) => {
     const r = record.config.resources;
     return {
       id: record.id,
@@ -89,6 +75,27 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
       user: { linux: { uid: String(record.user.uid), gid: String(record.user.gid), supplemental_groups: record.user.additionalGids.map(String) } },
     };
   };
+}
+
+export function containerHandlers(containers: ContainerService, images: ImageService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
+  const h = handlerFactory(log, observe);
+  // kubelet shows image_ref as the digest it can pull again; the id stays in image_id.
+  const imageRef = (record: ContainerRecord) => images.resolve(record.imageId)?.repoDigests[0] ?? record.imageId;
+
+  const toContainer = (record: ContainerRecord): Container => ({
+    id: record.id,
+    pod_sandbox_id: record.sandboxId,
+    metadata: { ...record.config.metadata },
+    image: { image: record.imageName, annotations: {} },
+    image_ref: imageRef(record),
+    image_id: record.imageId,
+    state: stateToProto[record.state],
+    created_at: String(record.createdAt),
+    labels: record.config.labels,
+    annotations: record.config.annotations,
+  });
+
+  const toStatus = containerStatusTranslator(images);
 
   return {
     CreateContainer: h('CreateContainer', async (req) => {

@@ -1,6 +1,7 @@
 import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
 import type { PodSandboxStatus } from '../gen/runtime/v1/PodSandboxStatus.js';
 import type { PodSandbox } from '../gen/runtime/v1/PodSandbox.js';
+import type { ContainerStatus } from '../gen/runtime/v1/ContainerStatus.js';
 import { invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
 import { SandboxService } from '../sandbox/service.js';
@@ -47,7 +48,17 @@ export function toPodSandboxStatus(record: SandboxRecord): PodSandboxStatus {
   };
 }
 
-export function podHandlers(sandboxes: SandboxService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
+/**
+ * `containerStatuses` gives the statuses of a pod's containers: kubelet with evented PLEG takes a PodSandboxStatus
+ * answer whose `timestamp` is set as the whole pod's state (it then reads `containers_statuses` instead of asking
+ * for each container), with or without verbose, so both are always filled, from the same moment.
+ */
+export function podHandlers(
+  sandboxes: SandboxService,
+  containerStatuses: (podId: string) => ContainerStatus[],
+  log: Logger,
+  observe?: RpcObserver,
+): Partial<RuntimeServiceHandlers> {
   const h = handlerFactory(log, observe);
   return {
     RunPodSandbox: h('RunPodSandbox', async (req) => {
@@ -75,7 +86,7 @@ export function podHandlers(sandboxes: SandboxService, log: Logger, observe?: Rp
           config: record.config,
         });
       }
-      return { status: toPodSandboxStatus(record), info, containers_statuses: [], timestamp: ns(Date.now()) };
+      return { status: toPodSandboxStatus(record), info, containers_statuses: containerStatuses(record.id), timestamp: ns(Date.now()) };
     }),
     ListPodSandbox: h('ListPodSandbox', async (req) => {
       const f = req.filter;
