@@ -72,8 +72,8 @@ export class BerthMetrics {
     this.pullDuration = new Histogram({ name: 'berth_image_pull_seconds', help: 'time successful image pulls took', buckets: PULL_BUCKETS, registers });
     this.pullBytes = new Counter({ name: 'berth_image_pull_bytes_total', help: 'layer bytes downloaded from registries', registers });
     const counts = { current: undefined as StateCounts | undefined };
-    // One count per scrape for both families: the first collect reads, the second takes the same numbers.
-    const readCounts = () => (counts.current ??= (setImmediate(() => (counts.current = undefined)), opts.counts()));
+    // One count per scrape for both families: the registry calls both collects in one synchronous pass.
+    const readCounts = () => (counts.current ??= (queueMicrotask(() => (counts.current = undefined)), opts.counts()));
     new Gauge({
       name: 'berth_pods',
       help: 'pod sandboxes by state',

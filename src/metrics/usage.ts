@@ -114,10 +114,13 @@ export class UsageMetrics {
     }
   }
 
-  /** The read every family of one scrape shares; the next scrape reads again. */
+  /**
+   * The read every family of one scrape shares: the registry calls every collect in one synchronous pass, so they
+   * all hold this promise before it settles; the next scrape reads again.
+   */
   refresh(): Promise<void> {
     if (!this.reading) {
-      this.reading = this.read().finally(() => setImmediate(() => (this.reading = undefined)));
+      this.reading = this.read().finally(() => (this.reading = undefined));
     }
     return this.reading;
   }
