@@ -1,7 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as grpc from '@grpc/grpc-js';
 import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
 import { invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
@@ -47,9 +46,6 @@ export function runtimeHandlers(
   const h = handlerFactory(log, observe);
   const handlers: Record<string, unknown> = {};
   for (const rpc of RUNTIME_RPCS) handlers[rpc] = unimplemented('runtime.v1.RuntimeService', rpc);
-  handlers.GetContainerEvents = (call: grpc.ServerWritableStream<unknown, unknown>) => {
-    call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: 'runtime.v1.RuntimeService/GetContainerEvents is not implemented by berth yet' });
-  };
 
   const implemented: Partial<RuntimeServiceHandlers> = {
     Version: h('Version', async () => ({
