@@ -1,4 +1,4 @@
-import { BerthError } from '../errors.js';
+import { BerthError, errorMessage } from '../errors.js';
 import type { ContainerRecord } from '../container/types.js';
 import type { SandboxRecord } from '../sandbox/types.js';
 
@@ -90,6 +90,14 @@ export class EventSubscription {
     this.wakeReader();
   }
 
+  /** Ends the subscription with an error its reader gets (after nothing else: what it had queued is dropped). */
+  fail(reason: string): void {
+    if (this.ended) return;
+    this.failure = new BerthError('internal', `${reason}: relist, then subscribe again`);
+    this.queue = [];
+    this.close();
+  }
+
   /** The next event; undefined once closed; throws the overflow error of a subscriber that fell behind. */
   async next(): Promise<LifecycleEvent | undefined> {
     for (;;) {
@@ -177,8 +185,16 @@ export class LifecycleEvents {
     }
     // Nobody streaming: nothing to build (the hot path pays for events only while kubelet listens).
     if (this.subscribers.size === 0) return;
-    const pod = subject === 'pod' ? (record as Readonly<SandboxRecord>) : this.view?.pod(podId);
-    const event: LifecycleEvent = { kind, subject, id, podId, atNs, pod, containers: this.view?.containersOf(podId) ?? [] };
+    let event: LifecycleEvent;
+    try {
+      const pod = subject === 'pod' ? (record as Readonly<SandboxRecord>) : this.view?.pod(podId);
+      event = { kind, subject, id, podId, atNs, pod, containers: this.view?.containersOf(podId) ?? [] };
+    } catch (err) {
+      // The change is made by now: its RPC must not fail for an event. Subscribers lose this one; so they relist.
+      this.onListenerError(err);
+      for (const sub of [...this.subscribers]) sub.fail(`an event could not be built (${errorMessage(err)})`);
+      return;
+    }
     for (const sub of [...this.subscribers]) sub.push(event);
   }
 

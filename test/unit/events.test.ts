@@ -8,6 +8,7 @@ import { ContainerConfig, ContainerRecord } from '../../src/container/types.js';
 import { EventSubscription, LifecycleEvent, LifecycleEvents, Transition } from '../../src/events/lifecycle.js';
 import { SandboxRecord } from '../../src/sandbox/types.js';
 import { waitFor } from '../helpers/util.js';
+import { RecordStore } from '../../src/store/records.js';
 import { FakeCgroups, FakeClock, FakeRuntime, fakeImages, fakePods, Journal, POD, recordingLog } from './fakes/container.js';
 
 // The lifecycle hub: events derived from the services' record changes, fanned out to subscribers that may be slow.
@@ -175,4 +176,38 @@ test('a throwing in-process listener is reported and does not stop the others', 
   events.sandboxChanged(undefined, POD);
   t.deepEqual(heard, ['CREATED', 'STARTED']);
   t.is(errors.length, 2);
+});
+
+test('the record store reports each change once it is visible: create, durable and recoverable updates, delete; a no-op update is silent', async (t) => {
+  const root = await tempRoot(t);
+  const seen: [string | undefined, string | undefined][] = [];
+  const store = new RecordStore<{ id: string; state: string }>(root, 'r.json', {
+    onChange: (before, after) => {
+      // Visible already: a listener reading the store sees the new record.
+      t.is(store.get((after ?? before)!.id), after);
+      seen.push([before?.state, after?.state]);
+    },
+  });
+  await store.create({ id: 'a', state: 'CREATED' });
+  await store.update('a', (r) => ({ ...r, state: 'RUNNING' }));
+  await store.update('a', (r) => r);
+  await store.update('a', (r) => ({ ...r, state: 'EXITED' }), 'recoverable');
+  await store.delete('a');
+  t.deepEqual(seen, [
+    [undefined, 'CREATED'],
+    ['CREATED', 'RUNNING'],
+    ['RUNNING', 'EXITED'],
+    ['EXITED', undefined],
+  ]);
+});
+
+test('an event that cannot be built fails the subscribers (they relist), never the change that caused it', (t) => {
+  const errors: unknown[] = [];
+  const events = new LifecycleEvents((err) => errors.push(err));
+  events.attach({ pod: () => { throw new Error('lookup broke'); }, containersOf: () => [] });
+  const sub = events.subscribe();
+  t.notThrows(() => events.containerChanged(undefined, { id: 'c1', sandboxId: POD.id, state: 'CREATED' } as ContainerRecord));
+  t.is(errors.length, 1);
+  t.is(events.subscriberCount, 0);
+  return t.throwsAsync(sub.next(), { message: /an event could not be built \(lookup broke\): relist/ }).then(() => undefined);
 });
