@@ -151,3 +151,15 @@ test('a taken metrics address: berth refuses to start, naming metrics.address an
   t.false(links.stdout.includes(`${bridge}:`), `bridge ${bridge} exists`);
   t.false(await fs.access(path.join(dir, 'root', 'sandboxes')).then(() => true, () => false));
 });
+
+test('SIGTERM ends open event streams cleanly and berth exits 0 (a stream does not hold the drain)', async (t) => {
+  const berth = await startBerth();
+  t.teardown(() => berth.cleanup());
+  const sub = subscribe(berth);
+  let ended = false;
+  sub.call.on('end', () => (ended = true));
+  await berth.waitForLog((e) => e.msg === 'event subscriber connected');
+  t.is(await berth.stop('SIGTERM'), 0);
+  await waitFor('the stream to end', () => ended || sub.error() !== undefined, { timeoutMs: 10_000 });
+  t.true(ended, `ended with ${sub.error()?.message}`);
+});
