@@ -199,7 +199,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     : compactor.observe;
   const containerStatus = containerStatusTranslator(images);
   const lifecycle = {
-    ...podHandlers(sandboxes, (podId) => containers.list({ sandboxId: podId }).map(containerStatus), criLog, observe),
+    ...podHandlers(sandboxes, (podId) => ({ statuses: containers.list({ sandboxId: podId }).map(containerStatus), timestampNs: events.stamp() }), criLog, observe),
     ...containerHandlers(containers, images, criLog, observe),
     GetContainerEvents: containerEventsHandler(events, containerStatus, criLog),
   };

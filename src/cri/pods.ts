@@ -48,14 +48,17 @@ export function toPodSandboxStatus(record: SandboxRecord): PodSandboxStatus {
   };
 }
 
+/** A pod's containers' statuses and when they were read (Unix ns, on the event stream's clock). */
+export type PodContainersReader = (podId: string) => { statuses: ContainerStatus[]; timestampNs: bigint };
+
 /**
- * `containerStatuses` gives the statuses of a pod's containers: kubelet with evented PLEG takes a PodSandboxStatus
- * answer whose `timestamp` is set as the whole pod's state (it then reads `containers_statuses` instead of asking
- * for each container), with or without verbose, so both are always filled, from the same moment.
+ * kubelet with evented PLEG takes a PodSandboxStatus answer whose `timestamp` is set as the pod's whole state (it
+ * then reads `containers_statuses` instead of asking for each container), verbose or not: both are always filled,
+ * from the same moment.
  */
 export function podHandlers(
   sandboxes: SandboxService,
-  containerStatuses: (podId: string) => ContainerStatus[],
+  podContainers: PodContainersReader,
   log: Logger,
   observe?: RpcObserver,
 ): Partial<RuntimeServiceHandlers> {
@@ -86,7 +89,8 @@ export function podHandlers(
           config: record.config,
         });
       }
-      return { status: toPodSandboxStatus(record), info, containers_statuses: containerStatuses(record.id), timestamp: ns(Date.now()) };
+      const { statuses, timestampNs } = podContainers(record.id);
+      return { status: toPodSandboxStatus(record), info, containers_statuses: statuses, timestamp: String(timestampNs) };
     }),
     ListPodSandbox: h('ListPodSandbox', async (req) => {
       const f = req.filter;

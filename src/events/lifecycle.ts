@@ -175,7 +175,7 @@ export class LifecycleEvents {
   };
 
   private emit(kind: LifecycleKind, subject: 'container' | 'pod', id: string, podId: string, record: Transition['record']): void {
-    const atNs = this.now();
+    const atNs = this.stamp();
     for (const listener of this.listeners) {
       try {
         listener({ kind, subject, id, podId, atNs, record });
@@ -198,8 +198,11 @@ export class LifecycleEvents {
     for (const sub of [...this.subscribers]) sub.push(event);
   }
 
-  /** kubelet keeps a pod's cached status only when an event is newer than it: two events never share a time. */
-  private now(): bigint {
+  /**
+   * The events' clock, also for PodSandboxStatus's timestamp: kubelet keeps a pod's cached status only when what
+   * arrives is newer than it, so two readings never share a time and a status read after an event is later than it.
+   */
+  stamp(): bigint {
     const wall = BigInt(Date.now()) * 1_000_000n;
     this.lastNs = wall > this.lastNs ? wall : this.lastNs + 1n;
     return this.lastNs;

@@ -98,6 +98,8 @@ test('GetContainerEvents: two subscribers each get the pod and container events 
     const times = sub.got.map((e) => BigInt(e.created_at));
     t.true(times.every((ts, i) => i === 0 || ts > times[i - 1]), 'created_at strictly increases');
     t.is(sub.error(), undefined);
+    // On the events' clock: the status read after the stop is newer than the STOPPED event (kubelet keeps the newer).
+    t.true(BigInt(status.timestamp) > BigInt(sub.got[4].created_at) && BigInt(status.timestamp) < BigInt(sub.got[5].created_at));
   }
   // A client that goes away leaves no subscription behind.
   a.call.cancel();
