@@ -9,6 +9,7 @@ packages=(
   iproute2 iptables containernetworking-plugins                           # pod networking
   docker-registry busybox-static zstd apache2-utils openssl               # end-to-end test registry and fixtures
   util-linux procps
+  prometheus                                                              # promtool: tests check /metrics with it
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -21,6 +22,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian starts its own docker-registry service on :5000; berth's tests run private ones and need none.
 if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+# Likewise the prometheus package's server (:9090): the tests need only its promtool.
+if systemctl is-active --quiet prometheus 2>/dev/null; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
 npm run build

@@ -36,6 +36,15 @@ import type { StreamingBackend, StreamingTargets } from './streaming/types.js';
 import { websocketUpgradeHandler } from './streaming/websocket.js';
 import { ServiceStreamingBackend } from './streaming/backend.js';
 import { spdyUpgradeHandler } from './streaming/spdy/index.js';
+import type { RpcObserver } from './cri/grpc.js';
+import { containerStatusTranslator } from './cri/containers.js';
+import { containerEventsHandler } from './cri/events.js';
+import { LifecycleEvents } from './events/lifecycle.js';
+import { listenMetrics, MetricsServer } from './metrics/server.js';
+import type { BerthMetrics } from './metrics/berth.js';
+import type { UsageSource } from './stats/types.js';
+import { errorMessage } from './errors.js';
+import { status as grpcStatus } from '@grpc/grpc-js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
 
@@ -53,6 +62,12 @@ export interface Daemon {
   kill(): void;
   /** Takes the registry section of a reloaded config (SIGHUP): pulls that start from now on use it. */
   reloadRegistry(registry: RegistryConfig): void;
+}
+
+function countBy<T>(items: T[], key: (item: T) => string): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const item of items) counts[key(item)] = (counts[key(item)] ?? 0) + 1;
+  return counts;
 }
 
 /** User namespaces with id-mapped layers need Linux 5.19+ and user namespaces enabled. */
@@ -121,11 +136,32 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     protocols: { websocket: websocketUpgradeHandler, spdy: spdyUpgradeHandler },
     log: log.child({ component: 'streaming' }),
   });
+  // Bound before berth touches the node too: a taken address stops berth with nothing changed.
+  const metricsServer: MetricsServer | undefined = config.metrics.address
+    ? await listenMetrics(config.metrics.address, (err) => log.warn('metrics endpoint error', { error: errorMessage(err) }))
+    : undefined;
+  // The stats service (made below) reads container and pod usage when a scrape asks.
+  let usageSource: UsageSource | undefined;
+  // prom-client is loaded only when metrics are served: a node that disables them does not pay its memory.
+  const metrics: BerthMetrics | undefined = metricsServer
+    ? new (await import('./metrics/berth.js')).BerthMetrics({
+        usage: () => usageSource,
+        counts: () => ({ pods: countBy(sandboxes.list(), (p) => p.state), containers: countBy(containers.list(), (c) => c.state) }),
+        onUsageError: (err) => log.warn('metrics: reading container usage failed; this scrape has no container series', { error: errorMessage(err) }),
+      })
+    : undefined;
+  const events = new LifecycleEvents((err) => log.error('lifecycle listener failed', { error: errorMessage(err) }));
+  if (metrics) events.listen(metrics.transition);
   // Containers hold the layers under their rootfs (the container service is made below; the store asks only
   // once containers are loaded, so layers under a live rootfs are never deleted).
   const layerHolds: LayerHolds = () => containers.heldLayers();
   const store = new ImageStore(path.join(paths.root, 'images'), log.child({ component: 'image-store' }), layerHolds);
-  const images = new ImageService({ store, registry: config.registry, log: log.child({ component: 'images' }) });
+  const images = new ImageService({
+    store,
+    registry: config.registry,
+    log: log.child({ component: 'images' }),
+    observer: metrics && { pulled: (s) => metrics.pullFinished(s), received: (b) => metrics.bytesPulled(b) },
+  });
   const cgroups = new Cgroups(discoverCgroups(), log.child({ component: 'cgroups' }));
   if (!cgroups.layout.controllers.devices && !cgroups.layout.unified) {
     log.error('neither a v1 devices controller nor cgroup2 is mounted: no device policy can be enforced, so only privileged containers can be created');
@@ -146,6 +182,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     cgroups,
     log: log.child({ component: 'sandboxes' }),
     shmSizeBytes: config.runtime.shmSizeBytes,
+    onRecordChange: events.sandboxChanged,
   });
   const containers = new ContainerService({
     root: paths.root,
@@ -159,7 +196,9 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     shmSizeBytes: config.runtime.shmSizeBytes,
     cdiSpecDirs: config.cdi.specDirs,
     apparmorProfile: config.runtime.apparmorProfile,
+    onRecordChange: events.containerChanged,
   });
+  events.attach({ pod: (id) => sandboxes.find(id), containersOf: (podId) => containers.list({ sandboxId: podId }) });
   // Containers are loaded before images collect garbage, so layers under a live rootfs are never deleted.
   await sandboxes.load();
   await containers.load();
@@ -259,6 +298,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     layerMountpoint: path.join(paths.root, 'containers'),
     log: statsLog,
   });
+  usageSource = stats;
   const statsLookups = {
     podAttempt: (id: string) => sandboxes.find(id)?.config.metadata.attempt ?? 0,
     imageOf: (id: string) => containers.find(id)?.imageName ?? '',
@@ -266,29 +306,32 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
 
   const criLog = log.child({ component: 'cri' });
   const compactor = new IdleCompactor({ quietMs: 1000, gc: exposedGc(), trim: mallocTrim, log: log.child({ component: 'memory' }) });
-  const observe = compactor.observe;
-  const cri: CriServer = await serveCri(
-    paths.socket,
-    runtimeHandlers(
-      info,
-      criLog,
-      {
-        ...podHandlers(sandboxes, criLog, observe),
-        ...containerHandlers(containers, images, criLog, observe),
-        ...streamingHandlers(streaming, criLog, observe),
-        ...statsHandlers(stats, statsLookups, criLog, observe),
-      },
-      observe,
-    ),
-    imageHandlers(images, criLog, observe),
-  );
-  log.info('berth serving', { ...summary(), root: paths.root, stateDir: paths.stateDir });
+  const observe: RpcObserver = metrics
+    ? (rpc, seconds, code) => {
+        compactor.observe(rpc);
+        metrics.rpcFinished(rpc, seconds, grpcStatus[code] ?? String(code));
+      }
+    : compactor.observe;
+  const containerStatus = containerStatusTranslator(images);
+  const lifecycle = {
+    ...podHandlers(sandboxes, (podId) => ({ statuses: containers.list({ sandboxId: podId }).map(containerStatus), timestampNs: events.stamp() }), criLog, observe),
+    ...containerHandlers(containers, images, criLog, observe),
+    ...streamingHandlers(streaming, criLog, observe),
+    ...statsHandlers(stats, statsLookups, criLog, observe),
+    GetContainerEvents: containerEventsHandler(events, containerStatus, criLog),
+  };
+  const cri: CriServer = await serveCri(paths.socket, runtimeHandlers(info, criLog, lifecycle, observe), imageHandlers(images, criLog, observe));
+  if (metricsServer && metrics) metricsServer.serve(metrics);
+  log.info('berth serving', { ...summary(), root: paths.root, stateDir: paths.stateDir, metrics: metricsServer?.address ?? 'disabled' });
 
   return {
     images,
     stop: async () => {
-      // Sessions can last hours: they are ended (not waited for) beside the RPC drain.
+      // Event streams never end by themselves: ended first, so that the drain waits only for real work. Streaming
+      // sessions can last hours: they are ended (not waited for) beside the RPC drain.
+      events.close();
       await Promise.all([drain(cri), streamingServer.close()]);
+      await metricsServer?.close();
       compactor.close();
       layers.close();
       await containers.close();
@@ -297,6 +340,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     kill: () => {
       forceClose(cri);
       void streamingServer.close();
+      void metricsServer?.close();
     },
     // The image service reads this object at every pull, so replacing its fields is the whole reload.
     reloadRegistry: (registry) => Object.assign(config.registry, registry),

@@ -8,6 +8,7 @@ import { versionText } from './cli/version.js';
 import { log, setLogLevel } from './log.js';
 import { Daemon, startDaemon } from './daemon.js';
 import { SocketInUseError } from './cri/server.js';
+import { MetricsAddressError } from './metrics/server.js';
 
 async function main(argv: string[]): Promise<number> {
   let command: Command;
@@ -78,8 +79,8 @@ async function serve(options: DaemonOptions): Promise<number> {
   try {
     daemon = await startDaemon(config, { socket: options.socket, root: options.root, stateDir: options.stateDir }, log);
   } catch (err) {
-    // A setting that only fails when used (a taken streaming address, a certificate that does not load).
-    if (err instanceof SocketInUseError || err instanceof ConfigError) {
+    // A setting that only fails when used (a taken streaming or metrics address, a certificate that does not load).
+    if (err instanceof SocketInUseError || err instanceof ConfigError || err instanceof MetricsAddressError) {
       process.stderr.write(`berth: ${err.message}\n`);
       return 1;
     }

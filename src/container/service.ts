@@ -63,6 +63,11 @@ export interface ContainerServiceOptions {
   lsm?: LsmHost;
   /** The AppArmor profile RuntimeDefault means ([runtime] apparmor_profile). */
   apparmorProfile?: string;
+  /**
+   * Hears every change of a container record, exits seen by the watcher and restart reconciliation included (the
+   * event stream, metrics): see RecordStoreOptions.onChange.
+   */
+  onRecordChange?: (before: Readonly<ContainerRecord> | undefined, after: Readonly<ContainerRecord> | undefined) => void;
 }
 
 export const DEFAULT_APPARMOR_PROFILE = 'berth-default';
@@ -120,6 +125,7 @@ export class ContainerService {
       stateOf: (record) => record.state,
       transitions: CONTAINER_TRANSITIONS,
       onWriteError: (id, err) => opts.log.error('cannot write a container record', { container: id, error: errorMessage(err) }),
+      onChange: opts.onRecordChange,
     });
   }
 

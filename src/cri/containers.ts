@@ -30,31 +30,18 @@ const propagationToProto = {
   BIDIRECTIONAL: 'PROPAGATION_BIDIRECTIONAL',
 } as const;
 
-export function containerHandlers(containers: ContainerService, images: ImageService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
-  const h = handlerFactory(log, observe);
+/** The image as the container was created from it, and as the user named it (kubelet 1.31+ shows that one). */
+const imageSpec = (record: ContainerRecord) => ({
+  image: record.imageName,
+  annotations: {},
+  user_specified_image: record.config.userSpecifiedImage ?? '',
+});
+
+/** ContainerStatus of a record: for ContainerStatus, PodSandboxStatus's containers_statuses and the event stream. */
+export function containerStatusTranslator(images: Pick<ImageService, 'resolve'>): (record: ContainerRecord) => ContainerStatus {
   // kubelet shows image_ref as the digest it can pull again; the id stays in image_id.
   const imageRef = (record: ContainerRecord) => images.resolve(record.imageId)?.repoDigests[0] ?? record.imageId;
-
-  const imageSpec = (record: ContainerRecord) => ({
-    image: record.imageName,
-    annotations: {},
-    user_specified_image: record.config.userSpecifiedImage ?? '',
-  });
-
-  const toContainer = (record: ContainerRecord): Container => ({
-    id: record.id,
-    pod_sandbox_id: record.sandboxId,
-    metadata: { ...record.config.metadata },
-    image: imageSpec(record),
-    image_ref: imageRef(record),
-    image_id: record.imageId,
-    state: stateToProto[record.state],
-    created_at: String(record.createdAt),
-    labels: record.config.labels,
-    annotations: record.config.annotations,
-  });
-
-  const toStatus = (record: ContainerRecord): ContainerStatus => {
+  return (record) => {
     const r = record.config.resources;
     return {
       id: record.id,
@@ -100,6 +87,27 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
       stop_signal: stopSignalToProto(record.stopSignal) as ContainerStatus['stop_signal'],
     };
   };
+}
+
+export function containerHandlers(containers: ContainerService, images: ImageService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
+  const h = handlerFactory(log, observe);
+  // kubelet shows image_ref as the digest it can pull again; the id stays in image_id.
+  const imageRef = (record: ContainerRecord) => images.resolve(record.imageId)?.repoDigests[0] ?? record.imageId;
+
+  const toContainer = (record: ContainerRecord): Container => ({
+    id: record.id,
+    pod_sandbox_id: record.sandboxId,
+    metadata: { ...record.config.metadata },
+    image: imageSpec(record),
+    image_ref: imageRef(record),
+    image_id: record.imageId,
+    state: stateToProto[record.state],
+    created_at: String(record.createdAt),
+    labels: record.config.labels,
+    annotations: record.config.annotations,
+  });
+
+  const toStatus = containerStatusTranslator(images);
 
   // ListContainers and StreamContainers answer the same filter with the same items.
   const listContainers = (f: ContainerFilter__Output | null | undefined): Container[] => {

@@ -1,6 +1,7 @@
 import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
 import type { PodSandboxStatus } from '../gen/runtime/v1/PodSandboxStatus.js';
 import type { PodSandbox } from '../gen/runtime/v1/PodSandbox.js';
+import type { ContainerStatus } from '../gen/runtime/v1/ContainerStatus.js';
 import { invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
 import { SandboxService } from '../sandbox/service.js';
@@ -49,7 +50,20 @@ export function toPodSandboxStatus(record: SandboxRecord): PodSandboxStatus {
   };
 }
 
-export function podHandlers(sandboxes: SandboxService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
+/** A pod's containers' statuses and when they were read (Unix ns, on the event stream's clock). */
+export type PodContainersReader = (podId: string) => { statuses: ContainerStatus[]; timestampNs: bigint };
+
+/**
+ * kubelet with evented PLEG takes a PodSandboxStatus answer whose `timestamp` is set as the pod's whole state (it
+ * then reads `containers_statuses` instead of asking for each container), verbose or not: both are always filled,
+ * from the same moment.
+ */
+export function podHandlers(
+  sandboxes: SandboxService,
+  podContainers: PodContainersReader,
+  log: Logger,
+  observe?: RpcObserver,
+): Partial<RuntimeServiceHandlers> {
   const h = handlerFactory(log, observe);
   // ListPodSandbox and StreamPodSandboxes answer the same filter with the same items.
   const listPods = (f: PodSandboxFilter__Output | null | undefined): PodSandbox[] => {
@@ -86,7 +100,8 @@ export function podHandlers(sandboxes: SandboxService, log: Logger, observe?: Rp
           config: record.config,
         });
       }
-      return { status: toPodSandboxStatus(record), info, containers_statuses: [], timestamp: ns(Date.now()) };
+      const { statuses, timestampNs } = podContainers(record.id);
+      return { status: toPodSandboxStatus(record), info, containers_statuses: statuses, timestamp: String(timestampNs) };
     }),
     UpdatePodSandboxResources: h('UpdatePodSandboxResources', async (req) => {
       const id = requireId(req.pod_sandbox_id, 'pod_sandbox_id', 'UpdatePodSandboxResources');

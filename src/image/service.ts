@@ -17,10 +17,19 @@ import { classifyManifest, Descriptor, ImageConfig, ImageManifest, ImageRecord }
 // Pulling, listing and removing images. Layers are streamed from the registry straight into their unpacked
 // directory while their digests are computed, so a pull never keeps a second copy of the compressed data.
 
+/** What metrics hear of pulls; called as the work happens, so they cost nothing while nobody scrapes. */
+export interface PullObserver {
+  /** A pull that succeeded, with its duration. */
+  pulled(seconds: number): void;
+  /** Layer bytes received from a registry. */
+  received(bytes: number): void;
+}
+
 export interface ImageServiceOptions {
   store: ImageStore;
   registry: RegistryConfig;
   log: Logger;
+  observer?: PullObserver;
 }
 
 async function limit<T>(items: T[], concurrency: number, work: (item: T) => Promise<void>): Promise<void> {
@@ -99,8 +108,11 @@ export class ImageService {
 
   /** Every failure names the reference as the caller wrote it, so kubelet's events say which image failed. */
   async pull(reference: string, credentials?: Credentials, signal?: AbortSignal): Promise<ImageRecord> {
+    const started = process.hrtime.bigint();
     try {
-      return await this.pullUnwrapped(reference, credentials, signal);
+      const record = await this.pullUnwrapped(reference, credentials, signal);
+      this.opts.observer?.pulled(Number(process.hrtime.bigint() - started) / 1e9);
+      return record;
     } catch (err) {
       const e = err instanceof BerthError ? err : unavailable(errorMessage(err), err);
       if (e.message.includes(`"${reference}"`)) throw e;
@@ -233,6 +245,7 @@ export class ImageService {
         counted.on('data', (chunk: Buffer) => {
           hash.update(chunk);
           received += chunk.length;
+          this.opts.observer?.received(chunk.length);
           if (Date.now() - lastReport >= 1000) {
             lastReport = Date.now();
             layerLog.info('layer progress', { received, size: descriptor.size });

@@ -44,6 +44,8 @@ export interface SandboxServiceOptions {
   /** The pods' containers, stopped and removed with their pod. */
   containers: SandboxHooks;
   network?: PodNetwork;
+  /** Hears every change of a pod record (the event stream, metrics): see RecordStoreOptions.onChange. */
+  onRecordChange?: (before: Readonly<SandboxRecord> | undefined, after: Readonly<SandboxRecord> | undefined) => void;
 }
 
 const loopbackOnly = new LoopbackOnly();
@@ -53,8 +55,8 @@ const DIAL_TIMEOUT_MS = 10_000;
 export type SandboxFilter = RecordFilter<SandboxRecord['state']>;
 
 /** The pod records under <root>/sandboxes, with the pod state machine. */
-export function sandboxRecordStore(root: string): RecordStore<SandboxRecord> {
-  return new RecordStore<SandboxRecord>(path.join(root, 'sandboxes'), 'sandbox.json', { stateOf: (r) => r.state, transitions: SANDBOX_TRANSITIONS });
+export function sandboxRecordStore(root: string, onChange?: SandboxServiceOptions['onRecordChange']): RecordStore<SandboxRecord> {
+  return new RecordStore<SandboxRecord>(path.join(root, 'sandboxes'), 'sandbox.json', { stateOf: (r) => r.state, transitions: SANDBOX_TRANSITIONS, onChange });
 }
 
 export class SandboxService {
@@ -67,7 +69,7 @@ export class SandboxService {
   readonly podLock = new KeyedMutex();
 
   constructor(private readonly opts: SandboxServiceOptions) {
-    this.records = sandboxRecordStore(opts.root);
+    this.records = sandboxRecordStore(opts.root, opts.onRecordChange);
   }
 
   private get network(): PodNetwork {

@@ -30,6 +30,12 @@ export interface RecordStoreOptions<T> {
   /** state -> states it may move to (a missing entry: none). */
   transitions?: Readonly<Record<string, readonly string[]>>;
   onWriteError?: (id: string, err: unknown) => void;
+  /**
+   * Hears every change once it is visible in memory: `before` absent for a create, `after` absent for a delete.
+   * Called synchronously, under the id's lock, so listeners see the changes of one id in order; it must not throw
+   * nor block (the event stream and metrics listen here: every state change of a pod or container passes by).
+   */
+  onChange?: (before: Readonly<T> | undefined, after: Readonly<T> | undefined) => void;
 }
 
 export class RecordStore<T extends StoredRecord> {
@@ -97,6 +103,7 @@ export class RecordStore<T extends StoredRecord> {
       const next = deepFreeze({ ...record, version: RECORD_VERSION });
       await this.write(next);
       this.live.set(next.id, next);
+      this.opts.onChange?.(undefined, next);
       return next;
     });
   }
@@ -118,10 +125,12 @@ export class RecordStore<T extends StoredRecord> {
         await this.behind.get(id);
         await this.write(next);
         this.live.set(id, next);
+        this.opts.onChange?.(current, next);
         return next;
       }
       this.live.set(id, next);
       this.writeBehind(next);
+      this.opts.onChange?.(current, next);
       return next;
     });
   }
@@ -132,7 +141,9 @@ export class RecordStore<T extends StoredRecord> {
       // A write-behind landing after the delete would bring the record back on the next start.
       await this.behind.get(id);
       await fs.rm(path.join(this.pathOf(id), this.file), { force: true });
+      const gone = this.live.get(id);
       this.live.delete(id);
+      if (gone) this.opts.onChange?.(gone, undefined);
       await fs.rm(this.pathOf(id), { recursive: true, force: true });
     });
   }

@@ -90,7 +90,10 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
   const root = path.join(dir, 'root');
   const stateDir = path.join(dir, 'run');
   const configFile = path.join(dir, 'config.toml');
-  const config = net ? `${opts.config ?? ''}\n${net.toml('embedded')}` : opts.config;
+  const withNet = net ? `${opts.config ?? ''}\n${net.toml('embedded')}` : opts.config;
+  // Test berths run side by side: each serves /metrics on a port of its own (logged in "berth serving"), unless
+  // the test's config has a [metrics] section.
+  const config = withNet?.includes('[metrics]') ? withNet : `${withNet ?? ''}\n[metrics]\naddress = "127.0.0.1:0"\n`;
   if (config !== undefined) await fs.writeFile(configFile, config);
   const args = ['--socket', socket, '--root', root, '--state-dir', stateDir];
   if (opts.logLevel !== null) args.push('--log-level', opts.logLevel ?? 'debug');
