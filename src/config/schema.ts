@@ -73,6 +73,8 @@ export interface StreamingConfig {
   streamIdleTimeoutSeconds: number;
   /** How long a client has, once upgraded, to open the streams its request implies (SPDY). */
   streamCreationTimeoutSeconds: number;
+}
+
 export interface MetricsConfig {
   /** host:port of the Prometheus endpoint (/metrics); empty disables it. */
   address: string;
@@ -286,7 +288,7 @@ function deviceName(key: string, value: unknown): string {
 }
 
 /** host:port (an IPv6 host in brackets), or "" for none; port 0 lets the kernel choose (berth logs the one bound). */
-function listenAddress(key: string, value: unknown): string {
+function optionalHostPort(key: string, value: unknown): string {
   if (value === '') return value;
   const m = typeof value === 'string' ? /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(value) : null;
   if (!m || Number(m[3]) > 65535) throw new ConfigError(key, 'must be "host:port" (e.g. "127.0.0.1:9325", "[::1]:9325") or "" to disable');
@@ -385,10 +387,13 @@ export const CONFIG_SCHEMA: SectionSchema[] = [
       key('tls_key_file', 'PEM private key of tls_cert_file', () => '', optionalPath),
       key('stream_idle_timeout_seconds', 'a session with no traffic either way for this long is closed (1-86400; kubelet: 4 h)', () => 4 * 3600, (name, v) => positiveInt(name, v, 86400)),
       key('stream_creation_timeout_seconds', 'how long a client has, once connected, to open its streams (1-600; kubelet: 30 s)', () => 30, (name, v) => positiveInt(name, v, 600)),
+    ],
+  },
+  {
     name: 'metrics',
     meaning: 'Prometheus metrics',
     keys: [
-      key('address', 'host:port of the Prometheus endpoint, served at /metrics; "" disables it; a taken address stops berth at start', () => '127.0.0.1:9325', listenAddress),
+      key('address', 'host:port of the Prometheus endpoint, served at /metrics; "" disables it; a taken address stops berth at start', () => '127.0.0.1:9325', optionalHostPort),
     ],
   },
 ];
