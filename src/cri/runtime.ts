@@ -32,7 +32,7 @@ export interface RuntimeInfo {
 const RUNTIME_RPCS = [
   'Version', 'RunPodSandbox', 'StopPodSandbox', 'RemovePodSandbox', 'PodSandboxStatus', 'ListPodSandbox',
   'CreateContainer', 'StartContainer', 'StopContainer', 'RemoveContainer', 'ListContainers', 'ContainerStatus',
-  'UpdateContainerResources', 'ReopenContainerLog', 'ExecSync', 'ContainerStats',
+  'UpdateContainerResources', 'ReopenContainerLog', 'ExecSync', 'Exec', 'Attach', 'PortForward', 'ContainerStats',
   'ListContainerStats', 'PodSandboxStats', 'ListPodSandboxStats', 'UpdateRuntimeConfig', 'Status',
   'CheckpointContainer', 'CheckpointPod', 'RestorePod', 'ListMetricDescriptors', 'ListPodSandboxMetrics', 'RuntimeConfig',
   'UpdatePodSandboxResources',

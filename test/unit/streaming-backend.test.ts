@@ -106,7 +106,7 @@ test('exec copies stdin to the command, its stdout and stderr to the client, and
   await new Promise((r) => setImmediate(r));
   proc.exit(3);
   t.deepEqual(await outcome, { exitCode: 3 });
-  t.deepEqual(asked, { tty: false, stdin: true });
+  t.deepEqual(asked, { tty: false, stdin: true, ttySize: undefined });
   t.is(Buffer.concat(proc.input).toString(), 'typed');
   t.is(s.out.text(), 'out');
   t.is(s.err.text(), 'err');
