@@ -65,6 +65,7 @@ export function serveRemoteCommand(
   const streams = new Map<StreamType, SpdyStream>();
   const abort = new AbortController();
   let started = false;
+  let reported = false;
 
   let shutdownGrace: NodeJS.Timeout | null = null;
   const shutdownNow = () => {
@@ -81,7 +82,8 @@ export function serveRemoteCommand(
     clearTimeout(creationTimer);
     if (shutdownGrace) clearTimeout(shutdownGrace);
     unsubscribe();
-    if (!abort.signal.aborted) abort.abort(new Error('the client went away'));
+    // After the command has been reported there is nothing left to abort.
+    if (!abort.signal.aborted && !reported) abort.abort(new Error('the client went away'));
   });
   abort.signal.addEventListener('abort', () => {
     if (!started) session.close();
@@ -153,6 +155,7 @@ export function serveRemoteCommand(
       status = errorStatus(`error ${verb} container: ${errorMessage(err)}`);
     }
     if (session.closed) return;
+    reported = true;
     const outputs = [stdout, stderr].filter((s): s is SpdyStream => s !== null);
     for (const s of outputs) if (!s.writableEnded) s.end();
     const bytes = encodeStatus(status, t.jsonStatus);
