@@ -384,3 +384,18 @@ test('berth shutting down aborts a running exec and closes its session', async (
   t.is(r.exitCode, 137);
   await h.close();
 });
+
+test('garbage after the upgrade ends the session with GOAWAY(PROTOCOL_ERROR); nothing runs', async (t) => {
+  const h = await harness();
+  const conn = await spdyConnect(h.url(exec(['echo', 'x'])), ['v4.channel.k8s.io']);
+  const received: Buffer[] = [];
+  conn.socket.on('data', (c: Buffer) => received.push(c));
+  // A SYN_STREAM whose header block is not zlib at all.
+  conn.socket.write(Buffer.from('800300010000000e00000001000000000000deadbeef', 'hex'));
+  await until(async () => (await openConnections(h.server)) === 0, 'the server to drop the connection');
+  const bytes = Buffer.concat(received);
+  t.deepEqual(bytes.subarray(-16), Buffer.from('80030007000000080000000000000001', 'hex'), 'GOAWAY with PROTOCOL_ERROR');
+  t.is(h.rec.started, 0);
+  conn.socket.destroy();
+  await h.close();
+});
