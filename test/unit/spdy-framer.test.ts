@@ -145,6 +145,7 @@ test('stored-zlib header blocks inflate with the dictionary, one context across 
   const second = encodeHeaderBlock([['streamtype', 'stdout'], ['port', '80']]);
   const w1 = writer.encode(first);
   t.deepEqual(w1.subarray(0, 6), Buffer.from('7820e3c6a7c2', 'hex'), 'zlib header names the SPDY dictionary');
+  t.deepEqual(w1.subarray(6), Buffer.concat([Buffer.from('00' + '1b00' + 'e4ff', 'hex'), first, Buffer.from('000000ffff', 'hex')]), 'one stored block, then the sync-flush marker');
   t.deepEqual(await inflater.inflateBlock(w1), first);
   t.deepEqual(await inflater.inflateBlock(writer.encode(second)), second);
   inflater.close();

@@ -44,16 +44,21 @@ export class StoredZlibWriter {
       head.writeUInt32BE(adler32(spdyHeaderDictionary), 2);
       parts.push(head);
     }
-    for (let at = 0; at === 0 || at < block.length; at += MAX_STORED_BLOCK) {
-      const piece = block.subarray(at, at + MAX_STORED_BLOCK);
-      const head = Buffer.alloc(5);
-      head[0] = 0x00; // BFINAL 0, BTYPE 00 (stored); the stream never ends while the session lives
-      head.writeUInt16LE(piece.length, 1);
-      head.writeUInt16LE(~piece.length & 0xffff, 3);
-      parts.push(head, piece);
-    }
+    for (let at = 0; at < block.length; at += MAX_STORED_BLOCK) parts.push(storedBlock(block.subarray(at, at + MAX_STORED_BLOCK)));
+    // The sync-flush marker (an empty stored block), as zlib's Z_SYNC_FLUSH ends a block. Not optional: Go's
+    // inflater keeps a finished block's bytes in its window until it reads the next block header, so without
+    // the marker it reads into the next frame, fails, and the Go peer stops reading the connection.
+    parts.push(storedBlock(Buffer.alloc(0)));
     return Buffer.concat(parts);
   }
+}
+
+function storedBlock(piece: Buffer): Buffer {
+  const head = Buffer.alloc(5);
+  head[0] = 0x00; // BFINAL 0 (the stream lasts as long as the session), BTYPE 00 (stored)
+  head.writeUInt16LE(piece.length, 1);
+  head.writeUInt16LE(~piece.length & 0xffff, 3);
+  return Buffer.concat([head, piece]);
 }
 
 /**

@@ -4,6 +4,7 @@ import { errorMessage } from '../../errors.js';
 import type { PortForwardTarget, ProtocolContext } from '../types.js';
 import { RstStatus } from './errors.js';
 import type { SpdySession, SpdyStream } from './session.js';
+import { onShutdown } from './shutdown.js';
 
 // k8s portforward.k8s.io over one SPDY session, as kubelet's streaming server serves it
 // (k8s.io/kubelet/pkg/cri/streaming/portforward): each forwarded connection is a pair of streams, `error` and
@@ -31,15 +32,13 @@ export function parsePortHeader(raw: string | undefined): number | string {
 export function servePortForward(session: SpdySession, target: PortForwardTarget, ctx: ProtocolContext, log: Logger): void {
   const pending = new Map<string, Pair>();
   const sessionAbort = new AbortController();
-  const onShutdown = () => session.close();
-  ctx.shutdown.addEventListener('abort', onShutdown, { once: true });
+  const unsubscribe = onShutdown(ctx.shutdown, () => session.close());
   session.once('close', () => {
-    ctx.shutdown.removeEventListener('abort', onShutdown);
+    unsubscribe();
     for (const p of pending.values()) if (p.timer) clearTimeout(p.timer);
     pending.clear();
     sessionAbort.abort(new Error('the port-forward session ended'));
   });
-  if (ctx.shutdown.aborted) onShutdown();
 
   session.on('stream', (stream) => {
     const type = stream.header('streamtype');

@@ -4,6 +4,7 @@ import { encodeStatus, errorStatus, exitCodeStatus, successStatus, type StatusOb
 import type { AttachTarget, ExecTarget, ProtocolContext, SessionIO, TerminalSize } from '../types.js';
 import { RstStatus } from './errors.js';
 import { ResizeDecoder } from './resize-decoder.js';
+import { onShutdown } from './shutdown.js';
 import type { SpdySession, SpdyStream } from './session.js';
 
 // k8s remotecommand (exec/attach) over one SPDY session, as kubelet's streaming server serves it
@@ -64,14 +65,15 @@ export function serveRemoteCommand(
   const streams = new Map<StreamType, SpdyStream>();
   const abort = new AbortController();
   let started = false;
+  let reported = false;
 
   let shutdownGrace: NodeJS.Timeout | null = null;
-  const onShutdown = () => {
+  const shutdownNow = () => {
     abort.abort(new Error('berth is shutting down'));
     // The backend gets a moment to end what it runs and report it; then the connection goes regardless.
-    shutdownGrace = setTimeout(() => session.destroy(), SHUTDOWN_GRACE_MS);
+    if (!session.closed) shutdownGrace = setTimeout(() => session.destroy(), SHUTDOWN_GRACE_MS);
   };
-  ctx.shutdown.addEventListener('abort', onShutdown, { once: true });
+  const unsubscribe = onShutdown(ctx.shutdown, shutdownNow);
   const creationTimer = setTimeout(() => {
     log.warn('timed out waiting for the client to create streams', { expected: [...expected], got: [...streams.keys()] });
     session.close();
@@ -79,10 +81,10 @@ export function serveRemoteCommand(
   session.once('close', () => {
     clearTimeout(creationTimer);
     if (shutdownGrace) clearTimeout(shutdownGrace);
-    ctx.shutdown.removeEventListener('abort', onShutdown);
-    if (!abort.signal.aborted) abort.abort(new Error('the client went away'));
+    unsubscribe();
+    // After the command has been reported there is nothing left to abort.
+    if (!abort.signal.aborted && !reported) abort.abort(new Error('the client went away'));
   });
-  if (ctx.shutdown.aborted) onShutdown();
   abort.signal.addEventListener('abort', () => {
     if (!started) session.close();
   }, { once: true });
@@ -153,6 +155,7 @@ export function serveRemoteCommand(
       status = errorStatus(`error ${verb} container: ${errorMessage(err)}`);
     }
     if (session.closed) return;
+    reported = true;
     const outputs = [stdout, stderr].filter((s): s is SpdyStream => s !== null);
     for (const s of outputs) if (!s.writableEnded) s.end();
     const bytes = encodeStatus(status, t.jsonStatus);

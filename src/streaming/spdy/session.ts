@@ -167,6 +167,7 @@ export class SpdySession extends EventEmitter<SessionEvents> {
   private readonly drainWaiters: (() => void)[] = [];
   private readonly pings = new Map<number, () => void>();
   private inbox: FrameEvent[] = [];
+  private readonly drainedCallbacks: (() => void)[] = [];
   private draining = false;
   private inflating = false;
   private paused = false;
@@ -193,9 +194,10 @@ export class SpdySession extends EventEmitter<SessionEvents> {
       this.idleTimer = setTimeout(() => this.destroy(new Error(`spdy session idle for ${opts.idleTimeoutMs} ms`)), opts.idleTimeoutMs);
     }
     socket.on('data', (chunk: Buffer) => this.onBytes(chunk));
-    socket.on('end', () => this.onPeerEnd());
+    // Frames already read are still handled (their header blocks may be inflating) before the end is.
+    socket.on('end', () => this.whenDrained(() => this.onPeerEnd()));
     socket.on('error', (err: Error) => this.destroy(err));
-    socket.on('close', () => this.teardown(null));
+    socket.on('close', () => this.whenDrained(() => this.teardown(null)));
     socket.on('drain', () => this.flushDrainWaiters());
   }
 
@@ -351,6 +353,11 @@ export class SpdySession extends EventEmitter<SessionEvents> {
     void this.drain();
   }
 
+  private whenDrained(fn: () => void): void {
+    if (!this.draining && this.inbox.length === 0) fn();
+    else this.drainedCallbacks.push(fn);
+  }
+
   private async drain(): Promise<void> {
     if (this.draining) return;
     this.draining = true;
@@ -385,6 +392,9 @@ export class SpdySession extends EventEmitter<SessionEvents> {
       this.protocolError(err as Error);
     } finally {
       this.draining = false;
+    }
+    if (this.inbox.length === 0 || this.closed) {
+      for (const fn of this.drainedCallbacks.splice(0)) fn();
     }
   }
 

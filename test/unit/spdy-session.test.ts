@@ -1,0 +1,90 @@
+import test from 'ava';
+import net from 'node:net';
+import { SpdySession, type SpdyStream } from '../../src/streaming/spdy/session.js';
+
+// Session mechanics on a real loopback TCP pair: backpressure, half-close, reset, ping.
+
+async function pair(): Promise<{ server: SpdySession; client: SpdySession; serverSocket: net.Socket; close(): Promise<void> }> {
+  const listener = net.createServer({ allowHalfOpen: true });
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+  const accepted = new Promise<net.Socket>((resolve) => listener.once('connection', resolve));
+  const clientSocket = net.connect({ port: (listener.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
+  const serverSocket = await accepted;
+  const server = new SpdySession(serverSocket, { role: 'server' });
+  const client = new SpdySession(clientSocket, { role: 'client' });
+  return {
+    server,
+    client,
+    serverSocket,
+    async close() {
+      client.destroy();
+      server.destroy();
+      await new Promise((resolve) => listener.close(resolve));
+    },
+  };
+}
+
+test('a stream whose reader is slow stops the socket being read, so berth does not buffer a fast sender', async (t) => {
+  const p = await pair();
+  const incoming = new Promise<SpdyStream>((resolve) => p.server.on('stream', (s) => (s.accept(), resolve(s))));
+  const out = p.client.openStream([['streamtype', 'stdin']]);
+  const inStream = await incoming;
+  await out.replied;
+  const total = 32 * 1024 * 1024;
+  const chunk = Buffer.alloc(64 * 1024, 7);
+  let written = 0;
+  const writer = (async () => {
+    while (written < total) {
+      written += chunk.length;
+      if (!out.write(chunk)) await new Promise((resolve) => out.once('drain', resolve));
+    }
+    out.end();
+  })();
+  // Nobody reads inStream for a while: what the server took off the socket stays near the stream's buffer size.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.true(p.serverSocket.bytesRead < 4 * 1024 * 1024, `server read ${p.serverSocket.bytesRead} bytes while its reader slept`);
+  t.true(written < total, 'the sender was held back');
+  let got = 0;
+  for await (const c of inStream) got += (c as Buffer).length;
+  await writer;
+  t.is(got, total);
+  await p.close();
+});
+
+function readAll(s: SpdyStream): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    s.on('data', (c: Buffer) => (text += c.toString()));
+    s.once('end', () => resolve(text));
+    s.once('close', () => (s.readableEnded ? resolve(text) : reject(new Error('closed before its end'))));
+  });
+}
+
+test('half-close both ways, RST from the peer, and PING round trips', async (t) => {
+  const p = await pair();
+  const streams: SpdyStream[] = [];
+  p.server.on('stream', (s) => {
+    s.accept();
+    streams.push(s);
+  });
+  const a = p.client.openStream([['streamtype', 'data']]);
+  await a.replied;
+  a.end('from client');
+  const [sa] = streams;
+  // Read to the end without the async iterator, which would destroy the stream (and RST it) when done.
+  const text = await readAll(sa!);
+  t.is(text, 'from client', 'the client FIN ends the server side readable');
+  sa!.end('reply after half-close');
+  const back = await readAll(a);
+  t.is(back, 'reply after half-close');
+
+  const b = p.client.openStream([['streamtype', 'data']]);
+  await b.replied;
+  const closed = new Promise((resolve) => streams[1]!.once('close', resolve));
+  b.reset();
+  await closed;
+  t.true(streams[1]!.resetByPeer);
+  t.is(typeof (await p.client.ping()), 'number');
+  t.false(p.server.closed);
+  await p.close();
+});
