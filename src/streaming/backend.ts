@@ -110,10 +110,10 @@ export class ServiceStreamingBackend implements StreamingBackend, StreamingTarge
         const input = io.stdin;
         const writer = stdin;
         writer.on('error', () => input.unpipe(writer)); // the container stopped reading: its exit ends the session
-        input.pipe(writer, { end: false });
+        // Our writer ends with the client's input; the container sees EOF only once the monitor drops its own
+        // writer too, which it does for stdin_once: the container's stdin ends with the first attach's.
+        input.pipe(writer);
         input.once('end', () => {
-          input.unpipe(writer);
-          // stdin_once: the container's stdin ends with the first attach's.
           if (attachment.stdinOnce) void Promise.resolve(attachment.closeStdin()).catch((err) => this.log.warn('closing the container stdin failed', { containerId: target.containerId, error: String(err) }));
         });
       }

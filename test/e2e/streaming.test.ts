@@ -141,11 +141,13 @@ for (const wire of WIRES) {
     const e = await env(t);
     const pod = await e.pod();
     const id = await e.container(pod, { command: ['sh', '-c', 'while read line; do echo "got $line"; done; echo "stdin closed"; sleep 1000'], stdin: true, stdin_once: true });
-    const url = async () => (await e.berth.runtime.Attach({ container_id: id, stdin: true, stdout: true, stderr: true, tty: false })).url;
-    const watcher = await ChannelClient.connect(await url(), { protocols: ['v5.channel.k8s.io'] });
+    const url = async (stdin: boolean) => (await e.berth.runtime.Attach({ container_id: id, stdin, stdout: true, stderr: true, tty: false })).url;
+    // The watcher only reads (kubectl attach without -i): a client with stdin holds a writer of the container's
+    // stdin, and the container reads EOF only once every writer is gone.
+    const watcher = await ChannelClient.connect(await url(false), { protocols: ['v5.channel.k8s.io'] });
     // An attach lasts until its client detaches (the container keeps running): each client leaves once it saw
     // the container react to the end of its stdin.
-    const writerSaw = await attachAndType(wire, await url(), 'one\ntwo\n', 'stdin closed');
+    const writerSaw = await attachAndType(wire, await url(true), 'one\ntwo\n', 'stdin closed');
     await watcher.until(() => watcher.text(1).includes('stdin closed'), 'the watcher to see the output');
     t.is(watcher.text(1), 'got one\ngot two\nstdin closed\n', 'a second attach sees what the first one caused, live');
     t.is(writerSaw, 'got one\ngot two\nstdin closed\n');
@@ -165,6 +167,25 @@ for (const wire of WIRES) {
     t.regex(digests.refused, /refused/i);
   });
 }
+
+test('attach to a tty container passes the client terminal size to its pty', async (t) => {
+  const e = await env(t);
+  const pod = await e.pod();
+  const id = await e.container(pod, { command: ['sh', '-c', 'while true; do stty size; sleep 0.2; done'], tty: true, stdin: true });
+  const url = (await e.berth.runtime.Attach({ container_id: id, stdin: false, stdout: true, stderr: false, tty: true })).url;
+  let seen = '';
+  await spdyRemoteCommand(url, {
+    tty: true,
+    resizes: [{ width: 77, height: 21 }],
+    onStreams(streams, conn) {
+      streams.get('stdout')!.on('data', (chunk: Buffer) => {
+        seen += chunk.toString();
+        if (seen.includes('21 77')) conn.session.close();
+      });
+    },
+  }).catch(() => undefined);
+  t.regex(seen, /21 77/);
+});
 
 test('port-forward to a host-network pod reaches the node loopback port it listens on', async (t) => {
   const e = await env(t);
@@ -251,7 +272,9 @@ async function attachAndType(wire: Wire, url: string, input: string, until: stri
     const c = await ChannelClient.connect(url, { protocols: ['v5.channel.k8s.io'] });
     c.send(0, input);
     c.closeChannel(0);
-    await c.until(() => c.text(1).includes(until), `"${until}" on stdout`);
+    await c.until(() => c.text(1).includes(until), `"${until}" on stdout`).catch((err: Error) => {
+      throw new Error(`${err.message}; stdout so far: ${JSON.stringify(c.text(1))}, stderr: ${JSON.stringify(c.text(2))}, error: ${JSON.stringify(c.text(3))}`);
+    });
     c.close();
     await c.closed;
     return c.text(1);
