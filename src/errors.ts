@@ -30,7 +30,6 @@ export const failedPrecondition = (msg: string) => new BerthError('failed_precon
 export const unavailable = (msg: string, cause?: unknown) => new BerthError('unavailable', msg, { cause });
 export const unauthenticated = (msg: string) => new BerthError('unauthenticated', msg);
 export const resourceExhausted = (msg: string) => new BerthError('resource_exhausted', msg);
-export const unimplementedError = (msg: string) => new BerthError('unimplemented', msg);
 export const internal = (msg: string, cause?: unknown) => new BerthError('internal', msg, { cause });
 
 export function errorMessage(err: unknown): string {

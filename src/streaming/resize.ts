@@ -1,62 +1,97 @@
 import type { TerminalSize } from './types.js';
 
-// The resize stream of remotecommand carries a sequence of JSON objects, {"Width":80,"Height":24}, with no
-// delimiter between them and no promise that one object arrives in one frame (client-go writes them with a JSON
-// encoder onto a byte stream; Go's decoder matches the keys without regard to case).
+// The resize stream of remotecommand v3+ carries a sequence of JSON objects ({"Width":80,"Height":24}, written by
+// Go's json.Encoder, so newline separated, though only the object boundaries matter). Go decodes field names
+// case-insensitively; so does this. A value that is not a terminal size ends the stream's processing, as the Go
+// decoder's loop does: from then on bytes are ignored.
 
-/** Longer than any sane size object: a client sending more without closing its object is sending garbage. */
-const MAX_PENDING = 4096;
+const MAX_OBJECT_BYTES = 4096;
 
 export class ResizeDecoder {
-  private pending = '';
+  private text = '';
+  private depth = 0;
+  private inString = false;
+  private escaped = false;
+  private scanned = 0;
+  private broken = false;
 
-  constructor(private readonly onSize: (size: TerminalSize) => void) {}
-
-  /** Feeds bytes of the stream; calls onSize for each complete object that is a valid size. */
-  write(chunk: Buffer | string): void {
-    this.pending += chunk.toString();
-    let start = this.pending.indexOf('{');
-    while (start >= 0) {
-      const end = objectEnd(this.pending, start);
-      if (end < 0) break;
-      const size = parseSize(this.pending.slice(start, end + 1));
-      if (size) this.onSize(size);
-      this.pending = this.pending.slice(end + 1);
-      start = this.pending.indexOf('{');
+  /** Feeds bytes; returns the sizes they complete. */
+  push(chunk: Buffer): TerminalSize[] {
+    if (this.broken) return [];
+    this.text += chunk.toString('utf8');
+    const sizes: TerminalSize[] = [];
+    for (let i = this.scanned; i < this.text.length; i++) {
+      const c = this.text[i]!;
+      if (this.inString) {
+        if (this.escaped) this.escaped = false;
+        else if (c === '\\') this.escaped = true;
+        else if (c === '"') this.inString = false;
+        continue;
+      }
+      if (c === '"') this.inString = true;
+      else if (c === '{') this.depth++;
+      else if (c === '}') {
+        this.depth--;
+        if (this.depth === 0) {
+          const size = parseSize(this.text.slice(0, i + 1));
+          if (!size) return this.stop(sizes);
+          sizes.push(size);
+          this.text = this.text.slice(i + 1);
+          i = -1;
+          continue;
+        }
+        if (this.depth < 0) return this.stop(sizes);
+      } else if (this.depth === 0 && !/\s/.test(c)) {
+        return this.stop(sizes);
+      }
     }
-    if (start < 0) this.pending = '';
-    else if (this.pending.length - start > MAX_PENDING) this.pending = '';
-    else this.pending = this.pending.slice(start);
+    this.scanned = this.text.length;
+    if (this.text.length > MAX_OBJECT_BYTES) return this.stop(sizes);
+    return sizes;
+  }
+
+  private stop(sizes: TerminalSize[]): TerminalSize[] {
+    this.broken = true;
+    this.text = '';
+    return sizes;
   }
 }
 
-/** The index of the brace closing the object opened at start, or -1 while it is incomplete. */
-function objectEnd(text: string, start: number): number {
-  let depth = 0;
-  let inString = false;
-  for (let i = start; i < text.length; i++) {
-    const c = text[i];
-    if (inString) {
-      if (c === '\\') i++;
-      else if (c === '"') inString = false;
-    } else if (c === '"') inString = true;
-    else if (c === '{') depth++;
-    else if (c === '}' && --depth === 0) return i;
-  }
-  return -1;
-}
-
-function parseSize(json: string): TerminalSize | undefined {
+function parseSize(json: string): TerminalSize | null {
   let value: unknown;
   try {
     value = JSON.parse(json);
   } catch {
-    return undefined;
+    return null;
   }
-  if (typeof value !== 'object' || value === null) return undefined;
-  const fields = Object.fromEntries(Object.entries(value).map(([k, v]) => [k.toLowerCase(), v]));
-  const dimension = (v: unknown) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffff ? (v as number) : undefined);
-  const width = dimension(fields.width);
-  const height = dimension(fields.height);
-  return width === undefined || height === undefined ? undefined : { width, height };
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return null;
+  let width = 0;
+  let height = 0;
+  for (const [key, v] of Object.entries(value)) {
+    const k = key.toLowerCase();
+    if (k !== 'width' && k !== 'height') continue;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffff) return null;
+    if (k === 'width') width = v;
+    else height = v;
+  }
+  return { width, height };
+}
+
+/**
+ * The terminal sizes of one session, for SessionIO.onResize: a listener that arrives after the client sent its
+ * first size (it usually does so before the backend has had a chance to listen) gets the latest one at once.
+ */
+export class ResizeEvents {
+  private readonly listeners: ((size: TerminalSize) => void)[] = [];
+  private latest: TerminalSize | undefined;
+
+  emit(size: TerminalSize): void {
+    this.latest = size;
+    for (const listener of this.listeners) listener(size);
+  }
+
+  listen(listener: (size: TerminalSize) => void): void {
+    this.listeners.push(listener);
+    if (this.latest) listener(this.latest);
+  }
 }

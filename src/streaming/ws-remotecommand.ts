@@ -1,7 +1,7 @@
 import { PassThrough, Writable } from 'node:stream';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { ResizeDecoder } from './resize.js';
+import { ResizeDecoder, ResizeEvents } from './resize.js';
 import { encodeStatus, errorStatus, exitCodeStatus, StatusObject, successStatus } from './status.js';
 import type { AttachTarget, ExecTarget, ProtocolContext, SessionIO, TerminalSize } from './types.js';
 import type { ChannelConn } from './ws-channels.js';
@@ -72,12 +72,8 @@ function sessionIO(conn: ChannelConn, target: ExecTarget | AttachTarget, signal:
   const stdin = target.stdin ? new PassThrough({ highWaterMark: 64 * 1024 }) : null;
   const stdout = target.stdout ? conn.writer(STDOUT) : null;
   const stderr = target.stderr && !target.tty ? conn.writer(STDERR) : null;
-  const resizeListeners: ((size: TerminalSize) => void)[] = [];
-  let lastSize: TerminalSize | undefined;
-  const resize = new ResizeDecoder((size) => {
-    lastSize = size;
-    resizeListeners.forEach((l) => l(size));
-  });
+  const sizes = new ResizeEvents();
+  const resize = new ResizeDecoder();
   const endStdin = () => {
     if (stdin && !stdin.writableEnded) stdin.end();
   };
@@ -86,7 +82,7 @@ function sessionIO(conn: ChannelConn, target: ExecTarget | AttachTarget, signal:
       if (channel === STDIN && stdin && !stdin.writableEnded) {
         if (!stdin.write(data)) stdin.once('drain', conn.hold());
       } else if (channel === RESIZE && target.tty) {
-        resize.write(data);
+        resize.push(data).forEach((size) => sizes.emit(size));
       }
     },
     onChannelClosed(channel) {
@@ -99,11 +95,7 @@ function sessionIO(conn: ChannelConn, target: ExecTarget | AttachTarget, signal:
     stdout,
     stderr,
     tty: target.tty,
-    onResize(listener) {
-      resizeListeners.push(listener);
-      // The client usually sends the first size before the backend has had a chance to listen.
-      if (lastSize) listener(lastSize);
-    },
+    onResize: (listener) => sizes.listen(listener),
     signal,
   };
 }

@@ -118,7 +118,8 @@ for (const wire of WIRES) {
   test(`exec over ${wire} with a tty: the terminal is the container's and has the client's size`, async (t) => {
     const e = await env(t);
     const { id } = await e.running();
-    const r = await session(wire, await e.execUrl(id, ['sh', '-c', 'sleep 0.3; tty; stty size'], { tty: true }), { tty: true, resize: { width: 123, height: 45 } });
+    // The client sends its size as the session starts; the command waits for it (a loaded machine may take a while).
+    const r = await session(wire, await e.execUrl(id, ['sh', '-c', 'for i in $(seq 100); do s=$(stty size 2>/dev/null) && [ "$s" != "0 0" ] && break; sleep 0.1; done; tty; echo "$s"'], { tty: true }), { tty: true, resize: { width: 123, height: 45 } });
     t.is(r.exitCode, 0);
     t.regex(r.stdout, /^\/dev\/pts\/\d+\r?\n45 123\r?\n$/);
   });

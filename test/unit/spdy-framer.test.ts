@@ -17,7 +17,7 @@ import {
 } from '../../src/streaming/spdy/frames.js';
 import { adler32, HeaderInflater, StoredZlibWriter } from '../../src/streaming/spdy/header-compression.js';
 import { decodeHeaderBlock, encodeHeaderBlock } from '../../src/streaming/spdy/header-block.js';
-import { ResizeDecoder } from '../../src/streaming/spdy/resize-decoder.js';
+import { ResizeDecoder } from '../../src/streaming/resize.js';
 
 const limits = { maxPairs: 64, maxBlockBytes: 64 * 1024 };
 const reader = () => new FrameReader({ maxControlPayload: 64 * 1024 });

@@ -3,7 +3,7 @@ import { errorMessage } from '../../errors.js';
 import { encodeStatus, errorStatus, exitCodeStatus, successStatus, type StatusObject } from '../status.js';
 import type { AttachTarget, ExecTarget, ProtocolContext, SessionIO, TerminalSize } from '../types.js';
 import { RstStatus } from './errors.js';
-import { ResizeDecoder } from './resize-decoder.js';
+import { ResizeDecoder, ResizeEvents } from '../resize.js';
 import { onShutdown } from './shutdown.js';
 import type { SpdySession, SpdyStream } from './session.js';
 
@@ -115,27 +115,17 @@ export function serveRemoteCommand(
     const errorStream = streams.get('error')!;
     if (t.v1 && stdin) stdin.end();
 
-    const resizeListeners: ((size: TerminalSize) => void)[] = [];
-    let lastSize: TerminalSize | null = null;
+    const sizes = new ResizeEvents();
     if (resize) {
       const decoder = new ResizeDecoder();
-      resize.on('data', (chunk: Buffer) => {
-        for (const size of decoder.push(chunk)) {
-          lastSize = size;
-          for (const l of resizeListeners) l(size);
-        }
-      });
+      resize.on('data', (chunk: Buffer) => decoder.push(chunk).forEach((size) => sizes.emit(size)));
     }
     const io: SessionIO = {
       stdin,
       stdout,
       stderr,
       tty: target.tty,
-      onResize(listener) {
-        resizeListeners.push(listener);
-        // The client usually sends the first size before the backend has had a chance to listen.
-        if (lastSize) listener(lastSize);
-      },
+      onResize: (listener) => sizes.listen(listener),
       signal: abort.signal,
     };
 
