@@ -1,12 +1,13 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer } from 'ws';
+import { createWebSocketStream, WebSocketServer } from 'ws';
 import { errorMessage } from '../errors.js';
 import { rejectUpgrade } from './http.js';
 import { ChannelCodec, ChannelConn } from './ws-channels.js';
 import { runPortForward } from './ws-portforward.js';
 import { runRemoteCommand } from './ws-remotecommand.js';
 import type { UpgradeHandler } from './types.js';
+import { serveTunneledPortForward } from './spdy/index.js';
 
 // The WebSocket side of the streaming server (what `crictl --transport websocket` and client-go's WebSocket
 // executor speak). The subprotocol is chosen as wsstream does: the first of the client's Sec-WebSocket-Protocol
@@ -27,7 +28,11 @@ const REMOTE_COMMAND: Record<string, Served> = {
   '': { binary: true, closeSignal: false, jsonStatus: false },
 };
 
+/** Port-forward's SPDY session tunneled through WebSocket binary messages (client-go 1.30+, KEP-4006). */
+const SPDY_TUNNEL = 'SPDY/3.1+portforward.k8s.io';
+
 const PORT_FORWARD: Record<string, Served> = {
+  [SPDY_TUNNEL]: { binary: true, closeSignal: false, jsonStatus: false },
   'v4.channel.k8s.io': { binary: true, closeSignal: false, jsonStatus: false },
   'v4.base64.channel.k8s.io': { binary: false, closeSignal: false, jsonStatus: false },
   '': { binary: true, closeSignal: false, jsonStatus: false },
@@ -65,13 +70,23 @@ export const websocketUpgradeHandler: UpgradeHandler = (req: IncomingMessage, so
     rejectUpgrade(socket, 400, `requested protocol(s) are not supported: ${JSON.stringify(offered(req))}; berth serves ${JSON.stringify(Object.keys(served).filter((p) => p))}`);
     return;
   }
-  if (target.kind === 'portforward' && target.ports.length === 0) {
+  if (target.kind === 'portforward' && target.ports.length === 0 && protocol !== SPDY_TUNNEL) {
     rejectUpgrade(socket, 400, 'port-forward over WebSocket forwards the ports named in the PortForward request, and it named none');
     return;
   }
   chosen.set(req, protocol);
+  // `ws` accepts only RFC 7230 tokens as offered subprotocols, and the tunnel's name has a "/": it is offered to
+  // `ws` under a stand-in token, and the answer names it as the client offered it (handleProtocols above).
+  if (protocol === SPDY_TUNNEL) req.headers['sec-websocket-protocol'] = 'berth-spdy-tunnel';
   const log = ctx.log.child({ protocol: protocol || 'channel.k8s.io (implied)' });
   wss.handleUpgrade(req, socket, head, (ws) => {
+    if (target.kind === 'portforward' && protocol === SPDY_TUNNEL) {
+      // The SPDY session names its ports per stream, as over a plain upgrade.
+      const tunnel = createWebSocketStream(ws, { allowHalfOpen: false });
+      tunnel.on('error', (err) => log.debug('spdy tunnel error', { error: errorMessage(err) }));
+      serveTunneledPortForward(tunnel, target, ctx);
+      return;
+    }
     const codec = served[protocol];
     const conn = new ChannelConn(ws, codec, ctx.idleTimeoutMs, () => log.info('streaming session idle: closed', { idleTimeoutMs: ctx.idleTimeoutMs }));
     const shut = () => conn.close(1001, 'berth is shutting down');

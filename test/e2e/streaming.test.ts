@@ -13,7 +13,7 @@ import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.j
 import { podEnv, PodEnv, Pod } from '../helpers/pod-env.js';
 import { waitFor } from '../helpers/util.js';
 import { ChannelClient, plainRequest } from '../helpers/ws-client.js';
-import { spdyPortForward, spdyRemoteCommand } from '../helpers/spdy-client.js';
+import { spdyOverWebSocketPortForward, spdyPortForward, spdyRemoteCommand } from '../helpers/spdy-client.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
 
 // kubectl exec, attach, port-forward and cp through berth's streaming server, over both wire protocols a client
@@ -37,6 +37,8 @@ test.after.always(async () => {
 });
 
 type Wire = 'spdy' | 'websocket';
+/** How a port-forward client may speak: also SPDY tunneled through WebSocket (client-go 1.30+'s --transport websocket). */
+type ForwardWire = Wire | 'spdy-over-websocket';
 const WIRES: Wire[] = ['spdy', 'websocket'];
 
 interface Session {
@@ -186,6 +188,18 @@ test('attach to a tty container passes the client terminal size to its pty', asy
     },
   }).catch(() => undefined);
   t.regex(seen, /21 77/);
+});
+
+test('port-forward over SPDY tunneled through WebSocket (client-go 1.30+): two concurrent connections, and a refused port', async (t) => {
+  const e = await env(t);
+  const port = 18000 + Math.floor(Math.random() * 1000);
+  const { pod, id } = await e.running({ command: ['echo-server', String(port)] });
+  await waitFor('the echo server', async () => listening((await e.berth.runtime.ExecSync({ container_id: id, cmd: ['cat', '/proc/net/tcp'], timeout: 5 })).stdout.toString(), port));
+  const payloads = [randomBytes(4 << 20), randomBytes(4 << 20)];
+  const newUrl = async () => (await e.berth.runtime.PortForward({ pod_sandbox_id: pod.id, port: [] })).url;
+  const digests = await forwardAll('spdy-over-websocket', newUrl, port, payloads);
+  for (let i = 0; i < payloads.length; i++) t.is(digests.back[i], sha256(payloads[i]!), `connection ${i} came back intact`);
+  t.regex(digests.refused, /refused/i);
 });
 
 test('port-forward to a host-network pod reaches the node loopback port it listens on', async (t) => {
@@ -345,9 +359,9 @@ async function untar(archive: Buffer): Promise<Map<string, Buffer>> {
  * port 9 (nothing listens there). SPDY opens every connection on one session; the WebSocket form forwards the
  * request's ports once per session, so each payload gets a session (and a URL) of its own.
  */
-async function forwardAll(wire: Wire, newUrl: () => Promise<string>, port: number, payloads: Buffer[]): Promise<{ back: string[]; refused: string }> {
-  if (wire === 'spdy') {
-    const client = await spdyPortForward(await newUrl());
+async function forwardAll(wire: ForwardWire, newUrl: () => Promise<string>, port: number, payloads: Buffer[]): Promise<{ back: string[]; refused: string }> {
+  if (wire !== 'websocket') {
+    const client = await (wire === 'spdy' ? spdyPortForward : spdyOverWebSocketPortForward)(await newUrl());
     try {
       const back = await Promise.all(payloads.map(async (payload) => {
         const conn = await client.connect(port);

@@ -1,6 +1,6 @@
 import http from 'node:http';
-import { Readable } from 'node:stream';
-import type { Duplex } from 'node:stream';
+import { createHash, randomBytes } from 'node:crypto';
+import { Duplex, Readable } from 'node:stream';
 import { SpdySession, type SpdyStream } from '../../src/streaming/spdy/session.js';
 import type { StatusObject } from '../../src/streaming/status.js';
 import type { TerminalSize } from '../../src/streaming/types.js';
@@ -142,7 +142,20 @@ export interface PortForwardClient extends SpdyConnection {
 }
 
 export async function spdyPortForward(url: string): Promise<PortForwardClient> {
-  const conn = await spdyConnect(url, ['portforward.k8s.io']);
+  return portForwardOver(await spdyConnect(url, ['portforward.k8s.io']));
+}
+
+/**
+ * Port-forward as client-go 1.30+ dials it for `--transport websocket`: the same SPDY session, carried in WebSocket
+ * binary messages under the subprotocol SPDY/3.1+portforward.k8s.io (KEP-4006).
+ */
+export async function spdyOverWebSocketPortForward(url: string): Promise<PortForwardClient> {
+  const tunnel = await webSocketTunnel(url, 'SPDY/3.1+portforward.k8s.io');
+  const session = new SpdySession(tunnel, { role: 'client' });
+  return portForwardOver({ session, socket: tunnel, protocol: 'portforward.k8s.io' });
+}
+
+function portForwardOver(conn: SpdyConnection): PortForwardClient {
   let requestId = 0;
   return {
     ...conn,
@@ -165,4 +178,108 @@ export async function spdyPortForward(url: string): Promise<PortForwardClient> {
       conn.session.close();
     },
   };
+}
+
+/**
+ * A WebSocket client reduced to a byte stream: every write is one masked binary message, every binary message read
+ * is bytes (the `ws` client cannot offer a subprotocol with a "/" in it, which this one must).
+ */
+function webSocketTunnel(url: string, subprotocol: string): Promise<Duplex> {
+  const key = randomBytes(16).toString('base64');
+  return new Promise((resolve, reject) => {
+    const req = http.request(url.replace(/^ws/, 'http'), {
+      headers: { Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Version': '13', 'Sec-WebSocket-Key': key, 'Sec-WebSocket-Protocol': subprotocol },
+      agent: false,
+    });
+    req.on('upgrade', (res, socket, head) => {
+      const accept = createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
+      if (res.headers['sec-websocket-accept'] !== accept || res.headers['sec-websocket-protocol'] !== subprotocol) {
+        socket.destroy();
+        reject(new Error(`bad WebSocket handshake: ${JSON.stringify(res.headers)}`));
+        return;
+      }
+      resolve(new WebSocketBytes(socket, head));
+    });
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => reject(new UpgradeRefused(res.statusCode ?? 0, res.headers, Buffer.concat(chunks).toString())));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+class WebSocketBytes extends Duplex {
+  private pending: Buffer;
+
+  constructor(
+    private readonly socket: Duplex,
+    head: Buffer,
+  ) {
+    super();
+    this.pending = head;
+    socket.on('data', (chunk: Buffer) => this.parse(chunk));
+    socket.on('end', () => this.push(null));
+    socket.on('error', (err) => this.destroy(err));
+    this.parse(Buffer.alloc(0));
+  }
+
+  private parse(chunk: Buffer): void {
+    this.pending = Buffer.concat([this.pending, chunk]);
+    for (;;) {
+      if (this.pending.length < 2) return;
+      const opcode = this.pending[0]! & 0x0f;
+      let length = this.pending[1]! & 0x7f;
+      let offset = 2;
+      if (length === 126) {
+        if (this.pending.length < 4) return;
+        length = this.pending.readUInt16BE(2);
+        offset = 4;
+      } else if (length === 127) {
+        if (this.pending.length < 10) return;
+        length = Number(this.pending.readBigUInt64BE(2));
+        offset = 10;
+      }
+      if (this.pending.length < offset + length) return;
+      const payload = this.pending.subarray(offset, offset + length);
+      this.pending = this.pending.subarray(offset + length);
+      if (opcode === 0x8) {
+        this.push(null);
+        this.socket.end();
+        return;
+      }
+      if (opcode === 0x2 || opcode === 0x0) this.push(payload);
+    }
+  }
+
+  override _read(): void {}
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.socket.write(frame(0x2, chunk), cb);
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    this.socket.write(frame(0x8, Buffer.of(0x03, 0xe8)), () => cb());
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.socket.destroy();
+    cb(err);
+  }
+}
+
+/** One final, masked client frame. */
+function frame(opcode: number, payload: Buffer): Buffer {
+  const mask = randomBytes(4);
+  const size = payload.length < 126 ? Buffer.of(0x80 | payload.length) : payload.length < 65536 ? Buffer.of(0x80 | 126, payload.length >> 8, payload.length & 0xff) : Buffer.concat([Buffer.of(0x80 | 127), bigEndian64(payload.length)]);
+  const masked = Buffer.from(payload);
+  for (let i = 0; i < masked.length; i++) masked[i]! ^= mask[i % 4]!;
+  return Buffer.concat([Buffer.of(0x80 | opcode), size, mask, masked]);
+}
+
+function bigEndian64(n: number): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(n));
+  return b;
 }

@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { StreamTarget, UpgradeHandler } from '../types.js';
+import type { PortForwardTarget, ProtocolContext, StreamTarget, UpgradeHandler } from '../types.js';
 import { servePortForward, portForwardProtocols } from './portforward.js';
 import { remoteCommandProtocols, serveRemoteCommand, type RemoteCommandProtocol } from './remotecommand.js';
 import { SpdySession } from './session.js';
@@ -73,3 +73,14 @@ export const spdyUpgradeHandler: UpgradeHandler = (req, socket, head, target, ct
   else serveRemoteCommand(session, protocol as RemoteCommandProtocol, target, ctx, log);
   session.feed(head);
 };
+
+/**
+ * Port-forward as SPDY/3.1 carried in WebSocket binary messages (subprotocol `SPDY/3.1+portforward.k8s.io`, what
+ * client-go 1.30+ dials for `--transport websocket`, KEP-4006): no HTTP handshake inside, the session starts at once.
+ */
+export function serveTunneledPortForward(tunnel: Duplex, target: PortForwardTarget, ctx: ProtocolContext): void {
+  const log = ctx.log.child({ protocol: 'spdy-over-websocket', pod_id: target.podSandboxId });
+  const session = new SpdySession(tunnel, { role: 'server', idleTimeoutMs: ctx.idleTimeoutMs, log });
+  session.once('close', (err) => log.debug('spdy session closed', { error: err?.message ?? null }));
+  servePortForward(session, target, ctx, log);
+}
