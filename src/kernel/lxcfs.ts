@@ -23,12 +23,14 @@ export interface LxcfsHost {
   stat(file: string): Promise<Pick<Stats, 'dev'>>;
   readMountInfo(): Promise<MountInfo[]>;
   readdir(dir: string): Promise<string[]>;
+  realpath(file: string): Promise<string>;
 }
 
 export const kernelLxcfsHost: LxcfsHost = {
   stat: (file) => fs.stat(file),
   readMountInfo: async () => parseMountInfo(await fs.readFile('/proc/self/mountinfo', 'utf8')),
   readdir: (dir) => fs.readdir(dir),
+  realpath: (file) => fs.realpath(file),
 };
 
 export interface LxcfsProbeOptions {
@@ -99,7 +101,9 @@ export class LxcfsProbe {
     if (dirStat.dev === parentStat.dev) return { reason: `nothing is mounted at ${this.dir}` };
     if (this.cached && this.cached.dev === dirStat.dev) return { view: this.cached.view };
     // A mount appeared (or another took the place of the one cached): is it lxcfs, and what does it offer?
-    const top = (await this.host.readMountInfo()).filter((m) => m.mountPoint === this.dir).at(-1);
+    // mountinfo names the mount point without symlinks (lxcfs_dir may go through one).
+    const [mounts, mountPoint] = await Promise.all([this.host.readMountInfo(), this.host.realpath(this.dir)]);
+    const top = mounts.filter((m) => m.mountPoint === mountPoint).at(-1);
     if (!top || top.fsType !== 'fuse.lxcfs') return { reason: `${this.dir} is a ${top?.fsType ?? 'unknown'} mount, not fuse.lxcfs` };
     const present = new Set(await this.host.readdir(path.posix.join(this.dir, 'proc')));
     const procFiles = LXCFS_PROC_FILES.filter((f) => present.has(f));

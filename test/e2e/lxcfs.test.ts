@@ -167,6 +167,8 @@ test.serial('lxcfs auto: free -m in a container limited to 64 MiB reports 64 MiB
   t.is(await e.sh(id, 'wc -c < /proc/timer_list'), '0\n');
   t.regex(await e.sh(id, 'touch /proc/sys/kernel/hostname 2>&1 || echo refused; grep " /proc/sys " /proc/self/mountinfo'), /refused[\s\S]* \/proc\/sys ro,/);
   t.true(e.berth.logs.some((l) => l.includes('lxcfs found')), 'berth logged the lxcfs it found');
+  const summary = JSON.parse((await e.berth.runtime.Status({ verbose: true })).info.summary);
+  t.deepEqual(summary.lxcfs, { mode: 'auto', dir: lxcfs.mountPoint, files: LXCFS_FILES });
 });
 
 test.serial('lxcfs auto: a privileged container sees the node\'s /proc files, not lxcfs\'s', async (t) => {

@@ -35,6 +35,9 @@ class FakeHost implements LxcfsHost {
     this.calls.push('mountinfo');
     return [mount('/var/lib', 'ext4'), ...(this.mounted ? [mount('/var/lib/lxcfs', this.mounted.fsType)] : [])];
   }
+  async realpath(file: string) {
+    return file;
+  }
   async readdir(dir: string) {
     this.calls.push(`readdir ${dir}`);
     return this.mounted?.files ?? [];
