@@ -10,6 +10,7 @@ packages=(
   docker-registry busybox-static zstd apache2-utils openssl               # end-to-end test registry and fixtures
   util-linux procps
   prometheus                                                              # promtool: tests check /metrics with it
+  lxcfs                                                                   # the in-container /proc view; tests run their own
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -24,6 +25,9 @@ fi
 if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
 # Likewise the prometheus package's server (:9090): the tests need only its promtool.
 if systemctl is-active --quiet prometheus 2>/dev/null; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+# The lxcfs package's service mounts /var/lib/lxcfs, which berth (lxcfs = "auto") would then bind into every
+# container of every test; the tests start an lxcfs of their own. A node that wants it: systemctl enable --now lxcfs.
+if systemctl is-active --quiet lxcfs 2>/dev/null; then systemctl disable --now lxcfs >/dev/null 2>&1 || true; fi
 
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
 npm run build

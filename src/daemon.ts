@@ -44,6 +44,7 @@ import { listenMetrics, MetricsServer } from './metrics/server.js';
 import type { BerthMetrics } from './metrics/berth.js';
 import type { UsageSource } from './stats/types.js';
 import { errorMessage } from './errors.js';
+import { LxcfsLookup, LxcfsProbe } from './kernel/lxcfs.js';
 import { status as grpcStatus } from '@grpc/grpc-js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
@@ -184,6 +185,18 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     shmSizeBytes: config.runtime.shmSizeBytes,
     onRecordChange: events.sandboxChanged,
   });
+  const lxcfsLog = log.child({ component: 'lxcfs' });
+  // What the probe saw last (at start, then at each container create), for Status' summary.
+  let lxcfsSeen: LxcfsLookup | undefined;
+  const lxcfsProbe = new LxcfsProbe({
+    dir: config.runtime.lxcfsDir,
+    onChange: (found) => {
+      lxcfsSeen = found;
+      if (found.view) lxcfsLog.info("lxcfs found: containers get its /proc files", { dir: found.view.dir, files: found.view.procFiles });
+      else if (config.runtime.lxcfs === 'on') lxcfsLog.error('lxcfs is not usable: containers cannot be created ([runtime] lxcfs = "on")', { dir: config.runtime.lxcfsDir, reason: found.reason });
+      else lxcfsLog.info('lxcfs is not usable: containers see the node\'s /proc files', { dir: config.runtime.lxcfsDir, reason: found.reason });
+    },
+  });
   const containers = new ContainerService({
     root: paths.root,
     runtime: shimContainerRuntime,
@@ -196,6 +209,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     shmSizeBytes: config.runtime.shmSizeBytes,
     cdiSpecDirs: config.cdi.specDirs,
     apparmorProfile: config.runtime.apparmorProfile,
+    lxcfs: { mode: config.runtime.lxcfs, dir: config.runtime.lxcfsDir, find: () => lxcfsProbe.find() },
     onRecordChange: events.containerChanged,
   });
   events.attach({ pod: (id) => sandboxes.find(id), containersOf: (podId) => containers.list({ sandboxId: podId }) });
@@ -227,6 +241,11 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       },
       socket: paths.socket,
       streaming: streamingServer.baseUrl,
+      lxcfs: {
+        mode: config.runtime.lxcfs,
+        dir: config.runtime.lxcfsDir,
+        ...(lxcfsSeen?.view ? { files: lxcfsSeen.view.procFiles } : lxcfsSeen ? { notUsable: lxcfsSeen.reason } : {}),
+      },
     };
   };
   const info: RuntimeInfo = {
@@ -322,6 +341,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   };
   const cri: CriServer = await serveCri(paths.socket, runtimeHandlers(info, criLog, lifecycle, observe), imageHandlers(images, criLog, observe));
   if (metricsServer && metrics) metricsServer.serve(metrics);
+  if (config.runtime.lxcfs !== 'off') await lxcfsProbe.find();
   log.info('berth serving', { ...summary(), root: paths.root, stateDir: paths.stateDir, metrics: metricsServer?.address ?? 'disabled' });
 
   return {

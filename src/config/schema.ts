@@ -38,7 +38,13 @@ export interface RuntimeConfig {
   writableLayerIntervalSeconds: number;
   /** The AppArmor profile RuntimeDefault (and an unset profile) means; berth does not load it. */
   apparmorProfile: string;
+  /** Whether containers get lxcfs's /proc files: auto (when mounted), on (required), off. */
+  lxcfs: LxcfsMode;
+  /** Where lxcfs is mounted. */
+  lxcfsDir: string;
 }
+
+export type LxcfsMode = 'auto' | 'on' | 'off';
 
 export type NetworkMode = 'auto' | 'embedded' | 'cni';
 
@@ -201,6 +207,12 @@ function registryHost(key: string, value: unknown): RegistryHostConfig {
 }
 
 const NETWORK_MODES: NetworkMode[] = ['auto', 'embedded', 'cni'];
+const LXCFS_MODES: LxcfsMode[] = ['auto', 'on', 'off'];
+
+function lxcfsMode(key: string, value: unknown): LxcfsMode {
+  if (typeof value !== 'string' || !LXCFS_MODES.includes(value as LxcfsMode)) throw new ConfigError(key, `must be one of ${LXCFS_MODES.join(', ')}`);
+  return value as LxcfsMode;
+}
 
 function subnet(key: string, value: unknown): string {
   const cidr = typeof value === 'string' ? parseCidr(value) : undefined;
@@ -354,6 +366,8 @@ export const CONFIG_SCHEMA: SectionSchema[] = [
         positiveInt(name, v, 3600),
       ),
       key('apparmor_profile', 'AppArmor profile for RuntimeDefault (and for containers that ask for none) on an AppArmor node; loaded by the operator, not berth', () => 'berth-default', apparmorProfileName),
+      key('lxcfs', "auto: containers get lxcfs's /proc files (meminfo, cpuinfo, stat, ...) when lxcfs is mounted at lxcfs_dir; on: a container create fails without it; off: never. Never for privileged containers", (): LxcfsMode => 'auto', lxcfsMode),
+      key('lxcfs_dir', 'where lxcfs is mounted (the directory given to the lxcfs command)', () => '/var/lib/lxcfs', absolutePath),
     ],
   },
   {

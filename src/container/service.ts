@@ -26,6 +26,7 @@ import { CONTAINER_TRANSITIONS, ContainerConfig, ContainerMount, ContainerRecord
 import { parseGroup, parsePasswd, resolveUser } from './user.js';
 import { parseStopSignal, signalToSend } from './signals.js';
 import { chooseAppArmorProfile } from './apparmor.js';
+import { lxcfsFor, LxcfsPolicy } from './lxcfs.js';
 import { kernelLsmHost, LsmHost } from '../kernel/lsm.js';
 import { filterRecords, findByIdOrPrefix, NameIndex, RecordFilter } from '../lookup.js';
 
@@ -63,6 +64,8 @@ export interface ContainerServiceOptions {
   lsm?: LsmHost;
   /** The AppArmor profile RuntimeDefault means ([runtime] apparmor_profile). */
   apparmorProfile?: string;
+  /** [runtime] lxcfs and the probe of the node's lxcfs mount; absent: no container gets lxcfs's files. */
+  lxcfs?: LxcfsPolicy;
   /**
    * Hears every change of a container record, exits seen by the watcher and restart reconciliation included (the
    * event stream, metrics): see RecordStoreOptions.onChange.
@@ -210,6 +213,8 @@ export class ContainerService {
     const image = this.opts.images.resolve(config.image);
     if (!image) throw notFound(`image "${config.image}" not found: pull it first`);
     const volumeImages = this.imageVolumeImages(config);
+    // Before anything is acquired: in "on" mode a node without lxcfs refuses the container outright.
+    const lxcfs = await lxcfsFor(this.opts.lxcfs, config.security.privileged);
     // ContainerStatus names the image each volume resolved to (Mount.image.image_ref).
     if (volumeImages.size > 0) {
       config = { ...config, mounts: config.mounts.map((m, i) => (m.image ? { ...m, image: { ...m.image, imageId: volumeImages.get(i)!.id } } : m)) };
@@ -297,6 +302,7 @@ export class ContainerService {
         hostDevices,
         cdi,
         imageVolumes,
+        lxcfs,
       });
       spec.sysctl = { ...sandbox.config.sysctls };
       if (apparmor) spec.process.apparmorProfile = apparmor;
@@ -335,7 +341,7 @@ export class ContainerService {
       // Listed now: heldLayers() keeps its layers from here on.
       unpinLayers();
       timer.lap('record');
-      log.info('container created', { name: config.metadata.name, image: image.id, ms: timer.ms, phases: timer.phases });
+      log.info('container created', { name: config.metadata.name, image: image.id, ...(lxcfs ? { lxcfs: lxcfs.procFiles.length } : {}), ms: timer.ms, phases: timer.phases });
       return record;
     });
   }

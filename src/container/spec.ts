@@ -6,6 +6,8 @@ import { SandboxRecord } from '../sandbox/types.js';
 import { capabilitySet } from './capabilities.js';
 import type { CdiInjection } from './cdi.js';
 import { devicePermissions, deviceRules, type GrantedDevice } from './devices.js';
+import { lxcfsMounts } from './lxcfs.js';
+import type { LxcfsView } from '../kernel/lxcfs.js';
 import { runtimeDefaultProfile, SeccompProfile } from './seccomp.js';
 import { ContainerConfig } from './types.js';
 import { ResolvedUser } from './user.js';
@@ -85,6 +87,8 @@ export interface SpecInputs {
   cdi?: CdiInjection;
   /** The layer directories (top first) of the image behind config.mounts[i].image, by mount index. */
   imageVolumes?: Record<number, string[]>;
+  /** The lxcfs whose /proc files the container gets (decided by the service: never for a privileged one). */
+  lxcfs?: LxcfsView;
 }
 
 function standardMounts(inputs: SpecInputs, privileged: boolean): ShimMount[] {
@@ -125,6 +129,8 @@ export function buildSpec(inputs: SpecInputs): ShimSpec {
     if (userMountTargets.has(destination)) continue;
     mounts.push({ destination, type: 'bind', source, options: ['rbind', 'rprivate', security.readonlyRootfs ? 'ro' : 'rw'] });
   }
+  // After the /proc mount they cover; maskedPaths and readonlyPaths are applied after every mount, so they still win.
+  if (inputs.lxcfs && !privileged) mounts.push(...lxcfsMounts(inputs.lxcfs, userMountTargets));
   for (const [index, m] of config.mounts.entries()) {
     if (!path.posix.isAbsolute(m.containerPath)) {
       throw invalidArgument(`config.mounts[${index}].container_path "${m.containerPath}" must be an absolute path`);

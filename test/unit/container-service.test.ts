@@ -300,3 +300,25 @@ test('CreateContainer records the effective identity: Merge adds the image /etc/
   t.deepEqual(await identity('Merge', 'Strict'), { uid: 1000, gid: 1000, additionalGids: [1000, 1234] });
   t.deepEqual(await identity('Strict', 'Merge'), { uid: 1000, gid: 1000, additionalGids: [1000, 1234] }, "the pod's Strict holds for a container that sent the default");
 });
+
+test('lxcfs "on" without lxcfs: CreateContainer is FAILED_PRECONDITION before anything is acquired; "auto" with lxcfs puts its binds in the spec', async (t) => {
+  const root = await tempRoot(t);
+  const base = setup(root);
+  const make = (mode: 'on' | 'auto', found: import('../../src/kernel/lxcfs.js').LxcfsLookup) =>
+    new ContainerService({
+      root, runtime: base.runtime, cgroups: new FakeCgroups(base.j), images: fakeImages(base.j), sandboxes: fakePods(), log: base.log,
+      rlimits: [], maxLogLineBytes: 16384, shmSizeBytes: 1 << 26, cdiSpecDirs: [], delay: base.clock.delay,
+      lxcfs: { mode, dir: '/var/lib/lxcfs', find: async () => found },
+    });
+  const refusing = make('on', { reason: 'nothing is mounted at /var/lib/lxcfs' });
+  const err = await t.throwsAsync(refusing.create(POD.id, containerConfig()), { instanceOf: BerthError });
+  t.is(err?.kind, 'failed_precondition');
+  t.regex(err?.message ?? '', /^\[runtime\] lxcfs = "on" but lxcfs is not usable/);
+  t.deepEqual(base.j.calls, []);
+  t.deepEqual(existsSync(base.containersDir) ? readdirSync(base.containersDir) : [], []);
+  t.deepEqual(refusing.list(), []);
+
+  const using = make('auto', { view: { dir: '/var/lib/lxcfs', procFiles: ['meminfo', 'stat'] } });
+  await using.create(POD.id, containerConfig('with-lxcfs'));
+  t.deepEqual(base.runtime.specs.at(-1)?.mounts.filter((m) => m.source.startsWith('/var/lib/lxcfs/')).map((m) => m.destination), ['/proc/meminfo', '/proc/stat']);
+});

@@ -172,3 +172,36 @@ test('a relative container path is refused naming the mount', (t) => {
   const err = t.throws(() => buildSpec(inputs({ mounts: [{ containerPath: 'rel', hostPath: '/x', readonly: false, selinuxRelabel: false, propagation: 'PRIVATE' }] }))) as BerthError;
   t.regex(err.message, /mounts\[0\]\.container_path/);
 });
+
+const lxcfsView = { dir: '/var/lib/lxcfs', procFiles: ['meminfo', 'cpuinfo', 'stat', 'uptime', 'loadavg', 'diskstats', 'swaps'] };
+
+test('lxcfs: each file lxcfs offers is a read-only bind onto /proc/<file>, after the /proc mount and before the container mounts', (t) => {
+  const spec = buildSpec({
+    ...inputs({ mounts: [{ containerPath: '/data', hostPath: '/srv', readonly: false, selinuxRelabel: false, propagation: 'PRIVATE' }] }),
+    lxcfs: lxcfsView,
+  });
+  const at = (destination: string) => spec.mounts.findIndex((m) => m.destination === destination);
+  const binds = spec.mounts.filter((m) => m.source.startsWith('/var/lib/lxcfs/'));
+  t.deepEqual(binds.map((m) => [m.destination, m.source]), lxcfsView.procFiles.map((f) => [`/proc/${f}`, `/var/lib/lxcfs/proc/${f}`]));
+  for (const m of binds) t.deepEqual([m.type, m.options], ['bind', ['bind', 'rprivate', 'ro', 'nosuid', 'nodev', 'noexec']]);
+  t.true(at('/proc') < at('/proc/meminfo'));
+  t.true(at('/proc/swaps') < at('/data'));
+  // The masked and read-only paths are applied after every mount: they still cover /proc.
+  t.deepEqual(spec.maskedPaths, DEFAULT_MASKED_PATHS);
+  t.true(spec.readonlyPaths.includes('/proc/sys'));
+});
+
+test('lxcfs: only the files lxcfs has are bound; a container mount onto /proc/meminfo is left to win', (t) => {
+  const spec = buildSpec({
+    ...inputs({ mounts: [{ containerPath: '/proc/meminfo', hostPath: '/srv/meminfo', readonly: true, selinuxRelabel: false, propagation: 'PRIVATE' }] }),
+    lxcfs: { dir: '/l', procFiles: ['meminfo', 'uptime'] },
+  });
+  t.deepEqual(spec.mounts.filter((m) => m.destination.startsWith('/proc/')).map((m) => m.source), ['/l/proc/uptime', '/srv/meminfo']);
+});
+
+test('lxcfs: a privileged container gets no lxcfs bind even when given a view; without a view nobody does', (t) => {
+  const base = inputs();
+  const privileged = buildSpec({ ...base, config: { ...base.config, security: { ...base.config.security, privileged: true } }, sandbox: { ...base.sandbox, config: { ...base.sandbox.config, privileged: true } }, lxcfs: lxcfsView });
+  t.false(privileged.mounts.some((m) => m.destination.startsWith('/proc/')));
+  t.false(buildSpec(base).mounts.some((m) => m.destination.startsWith('/proc/')));
+});
