@@ -85,7 +85,7 @@ async function execEcho(cri: CriClient, containerId: string): Promise<{ rpcMs: n
   return { rpcMs, firstByteMs, doneMs };
 }
 
-/** Writes n bytes (one reused buffer) on stream, honouring backpressure, then ends it. */
+/** Writes n bytes (one reused buffer) on stream, honouring backpressure; the stream stays open (see receive). */
 async function sendBytes(stream: SpdyStream, n: number): Promise<void> {
   const chunk = Buffer.alloc(Math.min(n, 256 * 1024), 0x61);
   for (let left = n; left > 0; ) {
@@ -98,59 +98,66 @@ async function sendBytes(stream: SpdyStream, n: number): Promise<void> {
       stream.once('close', onClose);
     });
   }
-  stream.end();
 }
 
-/** Resolves with every byte's count (and the bytes of a short answer) once the stream ends. */
-function receive(stream: SpdyStream, keep: number): Promise<{ count: number; head: Buffer }> {
+/** A request to the throughput server: the direction, then the byte count (big-endian u64). */
+export function throughputRequest(direction: 'upload' | 'download', bytes: number): Buffer {
+  const request = Buffer.alloc(9);
+  request.write(direction === 'upload' ? 'u' : 'd');
+  request.writeBigUInt64BE(BigInt(bytes), 1);
+  return request;
+}
+
+/**
+ * Resolves once `until` holds for what arrived (its byte count and its first bytes), or rejects when the stream ends
+ * first. Nothing waits for EOF: containerd's port-forward ends the connection as soon as the client half-closes.
+ */
+function receive(stream: SpdyStream, until: (count: number, head: Buffer) => boolean, keep = 32): Promise<{ count: number; head: Buffer }> {
   return new Promise((resolve, reject) => {
     let count = 0;
-    const head: Buffer[] = [];
-    let kept = 0;
-    stream.on('data', (c: Buffer) => {
+    let head = Buffer.alloc(0);
+    const onData = (c: Buffer) => {
       count += c.length;
-      if (kept < keep) {
-        head.push(c.subarray(0, keep - kept));
-        kept += Math.min(c.length, keep - kept);
+      if (head.length < keep) head = Buffer.concat([head, c.subarray(0, keep - head.length)]);
+      if (until(count, head)) {
+        stream.off('data', onData);
+        stream.resume();
+        resolve({ count, head });
       }
-    });
-    stream.once('end', () => resolve({ count, head: Buffer.concat(head) }));
+    };
+    stream.on('data', onData);
+    stream.once('end', () => reject(new Error(`the data stream ended after ${count} bytes (${JSON.stringify(head.toString())}…)`)));
     stream.once('error', reject);
   });
 }
 
 /**
  * One forwarded connection to the pod's throughput server moving `bytes` one way. Upload: timed until the server
- * answers the count it read (every byte arrived); download: until EOF with every byte. MiB/s.
+ * answers the count it read (every byte arrived); download: until every byte arrived. MiB/s.
  */
 async function forwardOnce(cri: CriClient, podId: string, direction: 'upload' | 'download', bytes: number): Promise<number> {
   const { url } = await cri.runtime.PortForward({ pod_sandbox_id: podId, port: [THROUGHPUT_PORT] });
   const client = await spdyPortForward(absolute(url, 'PortForward'));
   try {
     const conn = await client.connect(THROUGHPUT_PORT);
-    const got = receive(conn.data, 32);
     const failed = conn.error.then((text) => {
       if (text) throw new Error(`port-forward error stream: ${text.trim()}`);
       return new Promise<never>(() => undefined);
     });
     failed.catch(() => undefined); // raced below; an error after the measurement ended changes nothing
+    const got =
+      direction === 'upload' ? receive(conn.data, (_n, head) => head.includes(0x0a)) : receive(conn.data, (n) => n >= bytes, 0);
+    got.catch(() => undefined); // raced below
     const t0 = process.hrtime.bigint();
-    let ms: number;
+    conn.data.write(throughputRequest(direction, bytes));
+    if (direction === 'upload') await Promise.race([sendBytes(conn.data, bytes), failed]);
+    const { count, head } = await within(`port-forward ${direction}`, SESSION_TIMEOUT_MS, Promise.race([got, failed]));
+    const ms = since(t0);
     if (direction === 'upload') {
-      conn.data.write(Buffer.from('u'));
-      await Promise.race([sendBytes(conn.data, bytes), failed]);
-      const { head } = await within('port-forward upload answer', SESSION_TIMEOUT_MS, Promise.race([got, failed]));
-      ms = since(t0);
       const counted = Number(head.toString().trim());
       if (counted !== bytes) throw new Error(`port-forward upload: the pod read ${JSON.stringify(head.toString())} bytes, not ${bytes}`);
-    } else {
-      const request = Buffer.alloc(9);
-      request.write('d');
-      request.writeBigUInt64BE(BigInt(bytes), 1);
-      conn.data.end(request);
-      const { count } = await within('port-forward download', SESSION_TIMEOUT_MS, Promise.race([got, failed]));
-      ms = since(t0);
-      if (count !== bytes) throw new Error(`port-forward download: ${count} bytes arrived, not ${bytes}`);
+    } else if (count !== bytes) {
+      throw new Error(`port-forward download: ${count} bytes arrived, not ${bytes}`);
     }
     return bytes / 2 ** 20 / (ms / 1000);
   } finally {
