@@ -124,7 +124,9 @@ export async function spdyRemoteCommand(url: string, opts: RemoteCommandOptions 
   let exitCode: number | null = errorText === '' ? 0 : null;
   if (protocol === 'v4.channel.k8s.io' || protocol === 'v5.channel.k8s.io') {
     status = errorText === '' ? null : (JSON.parse(errorText) as StatusObject);
-    exitCode = null;
+    // client-go reads an error stream closed without a status as success, in every version: kubelet's streaming
+    // server (containerd's) sometimes ends it so.
+    exitCode = errorText === '' ? 0 : null;
     if (status?.status === 'Success') exitCode = 0;
     else if (status?.reason === 'NonZeroExitCode') {
       const cause = status.details?.causes.find((c) => c.reason === 'ExitCode');
