@@ -2,7 +2,7 @@
 // same run), measured over gRPC from this process.
 //
 //   node dist/bench/main.js [--quick] [--cycles N] [--pulls N] [--concurrent 20,50] [--memory-pods N]
-//                           [--relist-pods N] [--relists N]
+//                           [--relist-pods N] [--relists N] [--execs N] [--forwards N] [--forward-mib N]
 //                           [--endpoint unix:///path] [--registry HOST:PORT] [--image REF] [--out DIR]
 
 import { promises as fs } from 'node:fs';
@@ -12,25 +12,32 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startBerth, type BerthProcess } from '../test/helpers/berth.js';
 import { startRegistry, type Registry } from '../test/helpers/registry.js';
-import { busyboxLayer, pushImage, DEFAULT_PATH_ENV, type PushedImage } from '../test/helpers/images.js';
+import { busyboxLayer, layer, pushImage, DEFAULT_PATH_ENV, type PushedImage } from '../test/helpers/images.js';
 import { criClient, type CriClient } from './cri-client.js';
 import { collectInside } from './inside.js';
 import { emptySamples, Interrupted, removeLeftovers, runCycle, type Leftovers } from './lifecycle.js';
-import { relistProblems, relistSummary, type BenchResult, type HostInfo, type MemUsage, type RuntimeRun } from './model.js';
-import { measureConcurrent, measureDaemon, measureMemory, measurePull, measureRelist } from './phases.js';
+import { relistProblems, relistSummary, streamingSummary, type BenchResult, type HostInfo, type MemUsage, type RuntimeRun } from './model.js';
+import { measureConcurrent, measureDaemon, measureMemory, measurePull, measureRelist, type StartedPod } from './phases.js';
 import { pidsListeningOn, processTable } from './procfs.js';
 import { renderMarkdown, renderTables, toJson } from './report.js';
+import { summarize } from './stats.js';
+import { measureScrape } from './scrape.js';
+import { buildThroughputServer, measureStreaming, THROUGHPUT_SERVER } from './streaming.js';
 import { renderSvg } from './svg.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const DEFAULT_OUT = path.resolve(here, '../../bench/results');
+const THROUGHPUT_SOURCE = path.resolve(here, '../../bench/fixtures/throughput-server.c');
 const USAGE =
   'usage: node dist/bench/main.js [--quick] [--cycles N] [--pulls N] [--concurrent 20,50] [--memory-pods N]\n' +
-  '                               [--relist-pods N] [--relists N]\n' +
+  '                               [--relist-pods N] [--relists N] [--execs N] [--forwards N] [--forward-mib N]\n' +
   '                               [--endpoint unix:///path] [--registry HOST:PORT] [--image REF] [--out DIR]\n' +
   '  --quick        2 cycles, 1 cold + 1 warm pull, 5 pods at once, 3 pods for memory, 3 relists with 5 pods\n' +
   '  --relist-pods  pods running while the lists are timed (default 100; 0 skips the phase)\n' +
-  '  --relists      relists timed (default 20)\n' +
+  '  --relists      relists timed (default 20), and as many /metrics scrapes (berth)\n' +
+  '  --execs        execs of echo timed to their first output byte (default 20; 0 skips exec and port-forward)\n' +
+  '  --forwards     port-forward throughput measurements per direction (default 3; 0 skips them)\n' +
+  '  --forward-mib  MiB moved per port-forward measurement (default 64)\n' +
   '  --endpoint     also measure the CRI runtime there, same run, and compare\n' +
   '  --registry     push the bench image to this plain-HTTP registry (e.g. 127.0.0.1:5000) instead of a private one;\n' +
   '                 both runtimes pull it from there\n' +
@@ -43,6 +50,9 @@ export interface Options {
   memoryPods: number;
   relistPods: number;
   relists: number;
+  execs: number;
+  forwards: number;
+  forwardMiB: number;
   endpoint?: string;
   registry?: string;
   image?: string;
@@ -69,6 +79,9 @@ function options(argv: string[]): Options | 'help' {
         'memory-pods': { type: 'string' },
         'relist-pods': { type: 'string' },
         relists: { type: 'string' },
+        execs: { type: 'string' },
+        forwards: { type: 'string' },
+        'forward-mib': { type: 'string' },
         endpoint: { type: 'string' },
         registry: { type: 'string' },
         image: { type: 'string' },
@@ -88,6 +101,9 @@ function options(argv: string[]): Options | 'help' {
   const memoryPods = parsed['memory-pods'] !== undefined ? positive('memory-pods', parsed['memory-pods'], true) : quick ? 3 : 30;
   const relistPods = parsed['relist-pods'] !== undefined ? positive('relist-pods', parsed['relist-pods'], true) : quick ? 5 : 100;
   const relists = parsed.relists !== undefined ? positive('relists', parsed.relists) : quick ? 3 : 20;
+  const execs = parsed.execs !== undefined ? positive('execs', parsed.execs, true) : quick ? 3 : 20;
+  const forwards = parsed.forwards !== undefined ? positive('forwards', parsed.forwards, true) : quick ? 1 : 3;
+  const forwardMiB = parsed['forward-mib'] !== undefined ? positive('forward-mib', parsed['forward-mib']) : quick ? 8 : 64;
   let concurrent = quick ? [5] : [20, 50];
   if (parsed.concurrent !== undefined) {
     concurrent = parsed.concurrent === '' || parsed.concurrent === '0' ? [] : parsed.concurrent.split(',').map((v) => positive('concurrent', v.trim()));
@@ -106,6 +122,9 @@ function options(argv: string[]): Options | 'help' {
     memoryPods,
     relistPods,
     relists,
+    execs,
+    forwards,
+    forwardMiB,
     endpoint: parsed.endpoint,
     registry: parsed.registry,
     image: parsed.image,
@@ -157,6 +176,10 @@ interface Target {
   scratch?: Record<string, string>;
   /** The runtime's log lines as they arrive (berth's), to summarize the ones logged during the sequential cycles. */
   log?: readonly string[];
+  /** The image with the throughput server, or why there is none. */
+  streamingImage: string | Error;
+  /** berth's /metrics URL; for a runtime without one, why it is not scraped. */
+  metrics: { url: string } | { unavailable: string };
 }
 
 /** The daemon behind a unix:// endpoint: the process holding its listening socket. */
@@ -248,10 +271,45 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
       });
     }
 
+    if (opts.execs > 0) {
+      await phase(`streaming: ${opts.execs} execs, ${opts.forwards} × ${opts.forwardMiB} MiB port-forward each way`, async () => {
+        const streamingImage = t.streamingImage;
+        if (streamingImage instanceof Error) throw streamingImage;
+        const present = Boolean((await cri.images.ImageStatus({ image: { image: streamingImage } })).image);
+        try {
+          if (!present) await cri.images.PullImage({ image: { image: streamingImage } });
+          const s = await measureStreaming(cri, streamingImage, { execs: opts.execs, forwards: opts.forwards, forwardMiB: opts.forwardMiB, signal });
+          run.streaming = s;
+          const sum = streamingSummary(s);
+          progress(`${name}: exec first byte median ${sum.firstByte.median.toFixed(2)} ms; port-forward ${sum.uploadMiBps.toFixed(1)} MiB/s up, ${sum.downloadMiBps.toFixed(1)} MiB/s down`);
+          if (s.failures.length) throw new Error(s.failures.join('; '));
+        } finally {
+          if (t.restoreImage && !present) await cri.images.RemoveImage({ image: { image: streamingImage } }).catch((err: Error) => progress(`${name}: cleanup: ${err.message}`));
+        }
+      });
+    }
+
     // Last: what its 100 pods leave in the daemon's heap would skew the memory phase's idle reading.
     if (opts.relistPods > 0) {
       await phase(`relist: ${opts.relists} relists with ${opts.relistPods} pods running`, async () => {
-        const r = await measureRelist(cri, image, { pods: opts.relistPods, samples: opts.relists, daemonPid: t.daemonPid, signal });
+        const metrics = t.metrics;
+        const whileRunning = async (started: StartedPod[]) => {
+          if (!('url' in metrics)) {
+            run.scrape = { pods: started.length, wallMs: [], bytes: 0, samples: 0, containersSeen: 0, failures: [], unavailable: metrics.unavailable };
+            return;
+          }
+          // A failed scrape is this row's failure, not the lists'.
+          try {
+            const containerIds = new Set(started.map((p) => p.containerId!));
+            run.scrape = await measureScrape(metrics.url, { samples: opts.relists, daemonPid: t.daemonPid, containerIds });
+            progress(`${name}: /metrics with ${started.length} pods: median ${summarize(run.scrape.wallMs).median.toFixed(2)} ms, daemon CPU ${run.scrape.cpuPerScrapeMs?.toFixed(2) ?? '?'} ms per scrape`);
+            if (run.scrape.failures.length) run.errors.push(`/metrics scrape: ${run.scrape.failures.join('; ')}`);
+          } catch (err) {
+            if (err instanceof Interrupted) throw err;
+            run.errors.push(`/metrics scrape: ${message(err)}`);
+          }
+        };
+        const r = await measureRelist(cri, image, { pods: opts.relistPods, samples: opts.relists, daemonPid: t.daemonPid, signal, whileRunning });
         run.relist = r;
         const s = relistSummary(r);
         progress(`${name}: relist with ${r.running} pods: median ${s.relist.median.toFixed(2)} ms, daemon CPU ${s.cpuPerRelistMs.toFixed(2)} ms per relist`);
@@ -324,6 +382,24 @@ async function pushBenchImage(registryUrl: string): Promise<PushedImage> {
   });
 }
 
+/**
+ * The bench image plus the throughput server for the streaming phase, as an image of its own so that the pull rows
+ * keep measuring the plain bench image. An Error (no gcc, say) fails that phase only.
+ */
+async function pushStreamingImage(registryUrl: string): Promise<string | Error> {
+  try {
+    const server = await buildThroughputServer(THROUGHPUT_SOURCE);
+    const bin = await layer([{ type: 'file', path: THROUGHPUT_SERVER.slice(1), content: server, mode: 0o755, uid: 0, gid: 0 }]);
+    const pushed = await pushImage({ url: registryUrl }, 'bench/busybox-tcp', 'v1', {
+      layers: [await busyboxLayer(), bin],
+      config: { Env: [DEFAULT_PATH_ENV], Cmd: ['sh'] },
+    });
+    return pushed.ref;
+  } catch (err) {
+    return new Error(`no image for the streaming phase: ${message(err)}`);
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   let opts;
   try {
@@ -392,9 +468,12 @@ async function main(argv: string[]): Promise<number> {
       pushed.configDigest,
       ...pushed.layers.flatMap((l) => [l.digest, l.diffId]),
     ].map((d) => d.replace(/^sha256:/, ''));
-    progress(`pushed ${pushed.ref}; starting berth`);
+    const streamingImage = opts.execs > 0 ? await pushStreamingImage(registry ? registry.url : `http://${registryHost}`) : new Error('not measured');
+    progress(`pushed ${pushed.ref}${typeof streamingImage === 'string' ? ` and ${streamingImage}` : ''}; starting berth`);
     berth = await startBerth({ config: `[registry]\ninsecure = [${JSON.stringify(registryHost)}]\n`, extraArgs: ['--log-level', 'info'] });
     const berthAtStart = await measureDaemon(berth.child.pid);
+    const serving = await berth.waitForLog((e) => e.msg === 'berth serving');
+    const metricsAddress = typeof serving.metrics === 'string' && serving.metrics !== 'disabled' ? serving.metrics : undefined;
 
     const berthClient = criClient(`unix://${berth.socket}`);
     clients.push(berthClient);
@@ -413,6 +492,8 @@ async function main(argv: string[]): Promise<number> {
           restoreImage: false,
           scratch: { berthDir: berth.dir, ...(registry ? { registryDir: registry.dir } : {}) },
           log: berth.logs,
+          streamingImage,
+          metrics: metricsAddress ? { url: `http://${metricsAddress}/metrics` } : { unavailable: 'berth serves no /metrics ([metrics] address is empty)' },
         },
         opts,
         abort.signal,
@@ -436,6 +517,8 @@ async function main(argv: string[]): Promise<number> {
             daemonNote: daemon.note,
             layerHexes: image === pushed.ref ? layerHexes : undefined,
             restoreImage: true,
+            streamingImage,
+            metrics: { unavailable: `no /metrics endpoint in ${label}` },
           },
           opts,
           abort.signal,

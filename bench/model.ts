@@ -133,6 +133,42 @@ export interface MemoryResult {
   notes: string[];
 }
 
+/** Exec and port-forward through the runtime's streaming server, over SPDY/3.1 as kubelet's proxy and crictl use it. */
+export interface StreamingResult {
+  /** Exec RPC issued → its URL returned, ms. */
+  execRpc: number[];
+  /** Exec RPC issued → the first stdout byte of `echo` on the upgraded connection, ms. */
+  firstByte: number[];
+  /** Exec RPC issued → the session's exit status read, ms. */
+  execDone: number[];
+  /** Bytes moved per port-forward measurement, MiB. */
+  forwardMiB: number;
+  /** Client → pod through one forwarded connection (until the pod acknowledged every byte), MiB/s. */
+  uploadMiBps: number[];
+  /** Pod → client through one forwarded connection (until EOF), MiB/s. */
+  downloadMiBps: number[];
+  failures: string[];
+}
+
+/** GET /metrics with the relist phase's pods running (berth's Prometheus endpoint). */
+export interface ScrapeResult {
+  /** Pods running while scraping. */
+  pods: number;
+  /** Wall time per scrape, ms. */
+  wallMs: number[];
+  /** The daemon's CPU over the timed scrapes / scrapes, ms; undefined when the daemon is unknown. */
+  cpuPerScrapeMs?: number;
+  /** Size of the last scrape. */
+  bytes: number;
+  /** Samples (non-comment lines) in the last scrape. */
+  samples: number;
+  /** Running bench containers that had a series (container_id label) in the last scrape. */
+  containersSeen: number;
+  failures: string[];
+  /** Set instead of measurements when the runtime has no such endpoint. */
+  unavailable?: string;
+}
+
 /** One runtime's measurements. */
 export interface RuntimeRun {
   /** Short name used in column headers ('berth', 'containerd', …). */
@@ -151,6 +187,8 @@ export interface RuntimeRun {
   memory?: MemoryResult;
   /** Lists with many pods running, as kubelet's PLEG relists them. */
   relist?: RelistResult;
+  streaming?: StreamingResult;
+  scrape?: ScrapeResult;
   /** berth only: its own timed log lines from the measured sequential cycles (the warm-up excluded). */
   inside?: InsideSamples;
   /** Phases that failed, with their error. */
@@ -214,8 +252,22 @@ export function memorySummary(m: MemoryResult): MemorySummary {
 export interface Metric {
   /** Stable key, also the row name in the comparison table. */
   name: string;
-  unit: 'ms' | 'MiB';
+  /** MiB/s is the one where more is better. */
+  unit: 'ms' | 'MiB' | 'MiB/s';
   value: number;
+  /** Shown instead of a missing value: why this runtime has none. */
+  note?: string;
+}
+
+/** Median bytes moved per second through one forwarded connection, each direction. */
+export function streamingSummary(s: StreamingResult): { firstByte: Summary; execRpc: Summary; execDone: Summary; uploadMiBps: number; downloadMiBps: number } {
+  return {
+    firstByte: summarize(s.firstByte),
+    execRpc: summarize(s.execRpc),
+    execDone: summarize(s.execDone),
+    uploadMiBps: summarize(s.uploadMiBps).median,
+    downloadMiBps: summarize(s.downloadMiBps).median,
+  };
 }
 
 const mib = (kib: number | undefined) => (kib === undefined ? NaN : kib / 1024);
@@ -255,6 +307,19 @@ export function headlineMetrics(run: RuntimeRun): Metric[] {
       out.push({ name: `${call} with ${run.relist.pods} pods (median)`, unit: 'ms', value: summarize(samples).median });
       out.push({ name: `daemon CPU per ${call} with ${run.relist.pods} pods`, unit: 'ms', value: run.relist.statsCpuPerCallMs?.[call] ?? NaN });
     }
+  }
+  if (run.streaming) {
+    const s = streamingSummary(run.streaming);
+    out.push({ name: 'Exec → first stdout byte of echo (median)', unit: 'ms', value: s.firstByte.median });
+    out.push({ name: 'Exec → first stdout byte of echo (p95)', unit: 'ms', value: s.firstByte.p95 });
+    out.push({ name: `port-forward upload, one connection (${run.streaming.forwardMiB} MiB)`, unit: 'MiB/s', value: s.uploadMiBps });
+    out.push({ name: `port-forward download, one connection (${run.streaming.forwardMiB} MiB)`, unit: 'MiB/s', value: s.downloadMiBps });
+  }
+  if (run.scrape) {
+    const x = run.scrape;
+    const note = x.unavailable;
+    out.push({ name: `/metrics scrape with ${x.pods} pods (median)`, unit: 'ms', value: note ? NaN : summarize(x.wallMs).median, ...(note ? { note } : {}) });
+    out.push({ name: `daemon CPU per /metrics scrape with ${x.pods} pods`, unit: 'ms', value: note ? NaN : (x.cpuPerScrapeMs ?? NaN), ...(note ? { note } : {}) });
   }
   return out;
 }

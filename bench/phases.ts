@@ -135,7 +135,14 @@ function benchPodConfig() {
 }
 
 /** RunPodSandbox + CreateContainer + StartContainer, then ContainerStatus until RUNNING. */
-export async function startPod(cri: CriClient, image: string, pods: PodSet, signal?: AbortSignal, t0 = process.hrtime.bigint()): Promise<StartedPod> {
+export async function startPod(
+  cri: CriClient,
+  image: string,
+  pods: PodSet,
+  signal?: AbortSignal,
+  t0 = process.hrtime.bigint(),
+  command: string[] = CONTAINER_COMMAND,
+): Promise<StartedPod> {
   check(signal);
   const stages = {} as Record<Stage, number>;
   let mark = process.hrtime.bigint();
@@ -149,7 +156,7 @@ export async function startPod(cri: CriClient, image: string, pods: PodSet, sign
   pods.add(podId);
   stage('RunPodSandbox');
   check(signal);
-  const config = containerConfig(image, { command: CONTAINER_COMMAND });
+  const config = containerConfig(image, { command });
   // kubelet labels each container with its pod's identity, and selects the pod's containers by that uid.
   const uid = sandboxConfig.metadata!.uid!;
   config.labels = {
@@ -364,6 +371,8 @@ export interface RelistOptions {
   /** Pause after the pods run before timing anything, ms. */
   settleMs?: number;
   signal?: AbortSignal;
+  /** More measurements with the pods running (the /metrics scrape), after the lists; before the pods are removed. */
+  whileRunning?(started: StartedPod[]): Promise<void>;
 }
 
 /**
@@ -465,6 +474,8 @@ export async function measureRelist(cri: CriClient, image: string, opts: RelistO
       }
       if (opts.daemonPid) result.statsCpuPerCallMs[call] = ((await readCpuMs(opts.daemonPid)) - cpuStart) / opts.samples;
     }
+    check(opts.signal);
+    await opts.whileRunning?.(started);
   } finally {
     for (const e of await removePods(cri, pods, limit)) result.failures.push(`cleanup: ${e}`);
   }

@@ -1,9 +1,22 @@
 // Rendering benchmark results: markdown tables for people, a JSON object for tools. Pure: no I/O, no clocks.
 
 import { insideRows, type InsideSamples } from './inside.js';
-import { headlineMetrics, memorySummary, relistSummary, type BenchResult, type MemUsage, type Metric, type RelistCall, type RelistResult, type RuntimeRun } from './model.js';
+import {
+  headlineMetrics,
+  memorySummary,
+  relistSummary,
+  streamingSummary,
+  type BenchResult,
+  type MemUsage,
+  type Metric,
+  type RelistCall,
+  type RelistResult,
+  type RuntimeRun,
+  type ScrapeResult,
+  type StreamingResult,
+} from './model.js';
 import { summarize, type Summary } from './stats.js';
-import { evaluateTargets, type TargetResult, type Unit } from './targets.js';
+import { evaluateRelativeTargets, evaluateTargets, type TargetResult, type Unit } from './targets.js';
 
 export type {
   BenchResult,
@@ -14,6 +27,8 @@ export type {
   PullResult,
   RelistResult,
   RuntimeRun,
+  ScrapeResult,
+  StreamingResult,
 } from './model.js';
 
 export interface Row {
@@ -32,9 +47,14 @@ export function formatMiB(mib: number): string {
   return Math.abs(mib) < 10 ? mib.toFixed(3) : mib.toFixed(1);
 }
 
+/** MiB/s with 1 decimal; '–' for a missing value. */
+export function formatRate(mibps: number): string {
+  return Number.isFinite(mibps) ? mibps.toFixed(1) : '–';
+}
+
 export function formatValue(value: number | null, unit: Unit): string {
   if (value === null) return '–';
-  return unit === 'ms' ? formatMs(value) : formatMiB(value);
+  return unit === 'ms' ? formatMs(value) : unit === 'MiB/s' ? formatRate(value) : formatMiB(value);
 }
 
 const kibToMiB = (kib: number | undefined) => (kib === undefined ? NaN : kib / 1024);
@@ -91,9 +111,12 @@ export function comparisonTable(base: RuntimeRun, other: RuntimeRun): string {
 
 interface MetricPair {
   name: string;
-  unit: 'ms' | 'MiB';
+  unit: Unit;
   base: number;
   other: number;
+  /** Why a side has no value (e.g. a runtime without /metrics). */
+  baseNote?: string;
+  otherNote?: string;
 }
 
 function metricPairs(base: RuntimeRun, other: RuntimeRun): MetricPair[] {
@@ -103,18 +126,35 @@ function metricPairs(base: RuntimeRun, other: RuntimeRun): MetricPair[] {
   for (const n of b.keys()) if (!a.has(n)) names.push(n);
   return names.map((name) => {
     const m = (a.get(name) ?? b.get(name)) as Metric;
-    return { name, unit: m.unit, base: a.get(name)?.value ?? NaN, other: b.get(name)?.value ?? NaN };
+    const x = a.get(name);
+    const y = b.get(name);
+    return {
+      name,
+      unit: m.unit,
+      base: x?.value ?? NaN,
+      other: y?.value ?? NaN,
+      ...(x?.note ? { baseNote: x.note } : {}),
+      ...(y?.note ? { otherNote: y.note } : {}),
+    };
   });
 }
 
-/** Pulls, concurrent pods and memory side by side with other/base ratios. */
+const valueOrNote = (v: number, unit: Unit, note?: string) => (!Number.isFinite(v) && note ? cell(note) : formatValue(v, unit));
+
+/** Pulls, concurrent pods, memory, streaming and scrapes side by side with other/base ratios (MiB/s: more is better). */
 export function headlineComparisonTable(base: RuntimeRun, other: RuntimeRun): string {
   const b = cell(base.label);
   const o = cell(other.label);
   return table(
     ['measure', 'unit', b, o, `${o}/${b}`],
     ['l', 'l', 'r', 'r', 'r'],
-    metricPairs(base, other).map((p) => [cell(p.name), p.unit, formatValue(p.base, p.unit), formatValue(p.other, p.unit), formatRatio(p.other, p.base)]),
+    metricPairs(base, other).map((p) => [
+      cell(p.name),
+      p.unit,
+      valueOrNote(p.base, p.unit, p.baseNote),
+      valueOrNote(p.other, p.unit, p.otherNote),
+      formatRatio(p.other, p.base),
+    ]),
   );
 }
 
@@ -133,11 +173,24 @@ export function targetsTable(base: RuntimeRun, other?: RuntimeRun): string {
   return table(
     header,
     align,
-    mine.map((t, i) => {
-      const row = [cell(t.name), `≤ ${t.limit} ${t.unit}`, formatValue(t.value, t.unit), metMark(t), cell(t.basis)];
-      if (theirs) row.push(formatValue(theirs[i]!.value, t.unit));
-      return row;
-    }),
+    [
+      ...mine.map((t, i) => {
+        const row = [cell(t.name), `≤ ${t.limit} ${t.unit}`, formatValue(t.value, t.unit), metMark(t), cell(t.basis)];
+        if (theirs) row.push(formatValue(theirs[i]!.value, t.unit));
+        return row;
+      }),
+      // Goals stated against the other runtime: its value is the limit.
+      ...(other
+        ? evaluateRelativeTargets(base, other).map((t) => [
+            cell(t.name),
+            `${t.atLeast ? '≥' : '≤'} ${cell(other.label)}'s`,
+            formatValue(t.value, t.unit),
+            metMark(t),
+            cell(t.basis),
+            Number.isFinite(t.limit) ? formatValue(t.limit, t.unit) : '–',
+          ])
+        : []),
+    ],
   );
 }
 
@@ -241,6 +294,53 @@ export function relistTable(r: RelistResult): string {
   );
 }
 
+/** kubectl exec and port-forward through the streaming server: exec latencies (ms), then throughput (MiB/s). */
+export function streamingTable(s: StreamingResult): string {
+  const sum = streamingSummary(s);
+  const ms = (name: string, x: Summary) => [cell(name), String(x.n), formatMs(x.median), formatMs(x.p95)];
+  const rate = (name: string, samples: number[]) => {
+    const x = summarize(samples);
+    return [cell(name), String(x.n), formatRate(x.median), formatRate(x.min), formatRate(x.max)];
+  };
+  return (
+    'Streaming over SPDY/3.1 (a client-go-shaped client dialing the URL the RPC returned; one pod):\n\n' +
+    table(
+      ['exec of echo', 'n', 'median ms', 'p95 ms'],
+      ['l', 'r', 'r', 'r'],
+      [ms('Exec RPC (URL returned)', sum.execRpc), ms('Exec → first stdout byte', sum.firstByte), ms('Exec → exit status read', sum.execDone)],
+    ) +
+    '\n' +
+    table(
+      [`port-forward, one connection, ${s.forwardMiB} MiB`, 'n', 'median MiB/s', 'min MiB/s', 'max MiB/s'],
+      ['l', 'r', 'r', 'r', 'r'],
+      [rate('upload (until the pod counted every byte)', s.uploadMiBps), rate('download (until EOF)', s.downloadMiBps)],
+    ) +
+    s.failures.slice(0, 3).map((f) => `\n- ${cell(f)}`).join('') +
+    (s.failures.length ? '\n' : '')
+  );
+}
+
+/** One Prometheus scrape of the daemon's /metrics with the relist pods running; or why there is none. */
+export function scrapeTable(x: ScrapeResult): string {
+  const title = `/metrics scrape with ${x.pods} pods running:\n\n`;
+  if (x.unavailable) return title + `not measured: ${cell(x.unavailable)}.\n`;
+  const w = summarize(x.wallMs);
+  return (
+    title +
+    table(
+      ['measure', 'n', 'median ms', 'p95 ms'],
+      ['l', 'r', 'r', 'r'],
+      [
+        ['scrape wall time', String(w.n), formatMs(w.median), formatMs(w.p95)],
+        ['daemon CPU per scrape', String(w.n), formatMs(x.cpuPerScrapeMs ?? NaN), ''],
+      ],
+    ) +
+    `\n- ${x.bytes} bytes, ${x.samples} samples; series for ${x.containersSeen} of the ${x.pods} running containers` +
+    x.failures.slice(0, 3).map((f) => `\n- ${cell(f)}`).join('') +
+    '\n'
+  );
+}
+
 function memorySection(run: RuntimeRun): string {
   const m = run.memory;
   if (!m) return '';
@@ -280,7 +380,15 @@ export function renderTables(result: BenchResult): string {
     parts.push(`image \`${run.image}\`\n`);
     parts.push(`Sequential cycles:\n\n` + markdownTable(rowsOf(run.samples)));
     if (run.inside) parts.push(insideTable(run.inside));
-    for (const section of [pullSection(run), concurrentSection(run), memorySection(run), run.relist ? relistTable(run.relist) : '']) if (section) parts.push(section);
+    const sections = [
+      pullSection(run),
+      concurrentSection(run),
+      memorySection(run),
+      run.streaming ? streamingTable(run.streaming) : '',
+      run.relist ? relistTable(run.relist) : '',
+      run.scrape ? scrapeTable(run.scrape) : '',
+    ];
+    for (const section of sections) if (section) parts.push(section);
     if (run.errors.length) parts.push(`Errors:\n${run.errors.map((e) => `\n- ${cell(e)}`).join('')}\n`);
   }
   const [base, other] = result.runs;
@@ -384,6 +492,30 @@ function runJson(run: RuntimeRun): Record<string, unknown> {
           }
         : null,
     relist: run.relist ? relistJson(run.relist) : null,
+    streaming: run.streaming
+      ? {
+          execRpc: distJson(run.streaming.execRpc),
+          firstByte: distJson(run.streaming.firstByte),
+          execDone: distJson(run.streaming.execDone),
+          forwardMiB: run.streaming.forwardMiB,
+          uploadMiBps: distJson(run.streaming.uploadMiBps),
+          downloadMiBps: distJson(run.streaming.downloadMiBps),
+          failures: run.streaming.failures,
+        }
+      : null,
+    scrape: run.scrape
+      ? run.scrape.unavailable
+        ? { pods: run.scrape.pods, unavailable: run.scrape.unavailable }
+        : {
+            pods: run.scrape.pods,
+            wallMs: distJson(run.scrape.wallMs),
+            cpuPerScrapeMs: round3(run.scrape.cpuPerScrapeMs ?? NaN),
+            bytes: run.scrape.bytes,
+            samples: run.scrape.samples,
+            containersSeen: run.scrape.containersSeen,
+            failures: run.scrape.failures,
+          }
+      : null,
     ...(run.inside
       ? {
           inside: Object.fromEntries(
@@ -418,6 +550,7 @@ export function toJson(result: BenchResult): Record<string, unknown> {
     out.comparison = {
       base: base.label,
       other: other.label,
+      targets: evaluateRelativeTargets(base, other).map((t) => ({ ...targetJson(t), limit: round3(t.limit), atLeast: t.atLeast })),
       rows: Object.fromEntries(
         unionNames(base.samples, other.samples).map((name) => {
           const x = summarize(base.samples[name] ?? []);
