@@ -124,7 +124,8 @@ function mounts(inv: Inventory, owners: Owners): Orphan[] {
       if (rel === undefined) continue;
       const id = rel.split('/')[0]!;
       if (scope.owned(id)) break;
-      const kind = m.fsType === 'nsfs' ? 'netns' : 'mount';
+      // A pod's network namespace lives on as long as its pin: the pin named net is the netns berth made.
+      const kind = m.fsType === 'nsfs' && path.basename(m.mountPoint) === 'net' ? 'netns' : 'mount';
       const reason =
         scope.what === 'pod' ? `${m.fsType} mount of pod ${id}, which is ${owners.pods.some((p) => p.id === id) ? 'stopped' : 'not a recorded pod'}`
         : scope.what === 'container' ? `${m.fsType} mount of container ${id}, which has no record`
