@@ -3,7 +3,7 @@ import { loadConfig } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
 import { errorMessage } from '../errors.js';
 import { log } from '../log.js';
-import { socketAnswers } from '../cri/server.js';
+import { servingBerth } from './serving.js';
 import { chainPrefixFor } from '../network/index.js';
 import { discoverCgroups } from '../kernel/cgroup-layout.js';
 import { findOrphans, type Orphan } from './orphans.js';
@@ -34,8 +34,8 @@ export interface DoctorOutput {
 interface Report {
   root: string;
   stateDir: string;
-  /** A berth answered on the socket: what it is creating right now can show up as an orphan. */
-  berthServing: boolean;
+  /** A berth serves this root (why, or null): what it is creating right now can show up as an orphan. */
+  berthServing: string | null;
   orphans: Orphan[];
   skipped: string[];
   fix?: { removed: Orphan[]; failed: (Orphan & { error: string })[] } | { refused: string };
@@ -54,7 +54,7 @@ export async function runDoctor(opts: DoctorOptions, out: DoctorOutput): Promise
     out.stderr(`berth: doctor: ${opts.root} does not exist: no berth state to check (see --root)\n`);
     return 2;
   }
-  const berthServing = await socketAnswers(opts.socket);
+  const berthServing = (await servingBerth(opts.socket, opts.root)) ?? null;
   let probed;
   try {
     probed = await probe({ root: opts.root, stateDir: opts.stateDir, bridge: config.network.bridge, chainPrefix: chainPrefixFor(config.network.bridge) });
@@ -66,7 +66,7 @@ export async function runDoctor(opts: DoctorOptions, out: DoctorOutput): Promise
   const report: Report = { root: opts.root, stateDir: opts.stateDir, berthServing, orphans, skipped: probed.skipped };
   if (opts.fix && orphans.length > 0) {
     if (berthServing && !opts.force) {
-      report.fix = { refused: `a berth serves ${opts.socket}: it may be creating what looks orphaned; stop it, or add --force` };
+      report.fix = { refused: `a berth serves this root (${berthServing}): it may be creating what looks orphaned; stop it, or add --force` };
     } else {
       const layout = discoverCgroups();
       const removed: Orphan[] = [];
@@ -95,7 +95,7 @@ export async function runDoctor(opts: DoctorOptions, out: DoctorOutput): Promise
 
 function renderTable(report: Report): string {
   const lines: string[] = [];
-  if (report.berthServing) lines.push('note: a berth serves this root; a pod or container it is creating right now can be listed.');
+  if (report.berthServing) lines.push(`note: a berth serves this root (${report.berthServing}); a pod or container it is creating right now can be listed.`);
   if (report.orphans.length === 0) {
     lines.push(`nothing orphaned under ${report.root} and ${report.stateDir}`);
     return lines.join('\n') + '\n';

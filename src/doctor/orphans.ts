@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { reconcile, type IpamState } from '../network/ipam.js';
-import { orphanVeths } from '../network/embedded.js';
+import { orphanVeths, vethName } from '../network/embedded.js';
 import { staleHostPortRules, type Chains, type SavedTables } from '../network/rules.js';
 import { layersInUse } from '../image/store.js';
 
@@ -142,7 +142,12 @@ function network(inv: Inventory, owners: Owners): Orphan[] {
   const networked = owners.pods.filter((p) => p.networked);
   const live = new Set(networked.map((p) => p.id));
   const liveVeths = new Set(networked.flatMap((p) => (p.veth ? [p.veth] : [])));
-  const out: Orphan[] = orphanVeths(inv.bridgePorts, liveVeths).map((veth) => ({ kind: 'veth' as const, object: veth, reason: 'on berth\'s bridge, and no pod with network state has it' }));
+  // The name holds the first 10 hex digits of the pod id: a pod whose directory is still here is named.
+  const known = [...inv.podRunDirs, ...owners.recordlessDirs.map((d) => path.basename(d)), ...owners.pods.map((p) => p.id)].filter((d) => POD_ID.test(d));
+  const out: Orphan[] = orphanVeths(inv.bridgePorts, liveVeths).map((veth) => {
+    const pod = known.find((id) => vethName(id) === veth);
+    return { kind: 'veth' as const, object: veth, reason: 'on berth\'s bridge, and no pod with network state has it', ...(pod ? { pod } : {}) };
+  });
   if (inv.iptables) {
     for (const rule of staleHostPortRules(inv.iptables.chains, inv.iptables.saved, live)) {
       const pod = /berth-pod:([0-9a-zA-Z_.-]+)/.exec(rule)?.[1];

@@ -39,9 +39,14 @@ async function isDir(p: string): Promise<boolean> {
   return (await fs.lstat(p).catch(() => undefined))?.isDirectory() ?? false;
 }
 
+/** RecordStore.loadAll, without making the directory when it is missing: doctor writes nothing while it looks. */
+async function loadIfPresent<T extends { id: string }>(store: RecordStore<T>): Promise<{ records: Readonly<T>[]; orphans: string[] }> {
+  return (await isDir(store.dir)) ? store.loadAll() : { records: [], orphans: [] };
+}
+
 export async function readOwners(root: string): Promise<Owners> {
-  const pods = await sandboxRecordStore(root).loadAll();
-  const containers = await new RecordStore<ContainerRecord>(path.join(root, 'containers'), 'container.json').loadAll();
+  const pods = await loadIfPresent(sandboxRecordStore(root));
+  const containers = await loadIfPresent(new RecordStore<ContainerRecord>(path.join(root, 'containers'), 'container.json'));
   const imagesDir = path.join(root, 'images', 'images');
   const images: { layers: string[] }[] = [];
   for (const name of await readdirOr(imagesDir)) {

@@ -137,6 +137,9 @@ test('berth doctor lists each kind of orphan a killed berth with tampered record
   const healthy = await doctor(berth, '--json');
   t.is(healthy.code, 0, healthy.stdout + healthy.stderr);
   t.deepEqual(healthy.report!.orphans, []);
+  // The serving berth is seen by its --root too, whatever socket doctor is told of.
+  const elsewhere = await doctor(berth, '--json', '--socket', path.join(berth.dir, 'no.sock'));
+  t.regex((elsewhere.report as unknown as { berthServing: string }).berthServing, new RegExp(`berth \\(pid ${berth.child.pid}\\) runs with --root`));
 
   // Crash, and records lost: the pod's record file (its directory stays, unreadable) and the container's bundle.
   await berth.stop('SIGKILL');
@@ -178,7 +181,7 @@ test('berth doctor lists each kind of orphan a killed berth with tampered record
   try {
     const refused = await doctor(berth, '--fix');
     t.is(refused.code, 2);
-    t.regex(refused.stderr, /--fix refused: a berth serves .*add --force/);
+    t.regex(refused.stderr, /--fix refused: a berth serves this root \(something answers on .*\).*add --force/);
     t.true(pidAlive(lostMonitor));
     t.is((await doctor(berth, '--json')).report!.orphans.length, orphans.length);
   } finally {

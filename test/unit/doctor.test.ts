@@ -3,6 +3,7 @@ import { findOrphans, type Inventory, type Owners } from '../../src/doctor/orpha
 import { chainsFor, parseSave } from '../../src/network/rules.js';
 import { vethName } from '../../src/network/embedded.js';
 import { parseCommand, UsageError } from '../../src/cli/args.js';
+import { daemonRoot } from '../../src/doctor/serving.js';
 
 // berth doctor's judgement, with a fake host: what is berth's and unowned is listed, what is owned or another
 // tool's is not.
@@ -108,6 +109,7 @@ test('each kind of orphan is listed, with its pod or container', (t) => {
   ]);
   t.is(found.find((o) => o.kind === 'process' && o.object === '20')?.container, GONE_CTR);
   t.is(found.find((o) => o.kind === 'ipam')?.pod, GONE);
+  t.is(found.find((o) => o.kind === 'veth')?.pod, GONE);
   t.is(found.find((o) => o.kind === 'cgroup' && o.object.includes('kubepods'))?.pod, STOPPED);
 });
 
@@ -195,4 +197,13 @@ test('berth doctor: flags, and --force only with --fix', (t) => {
   t.deepEqual(parseCommand(['doctor', '--help']), { kind: 'help', topic: 'doctor' });
   t.throws(() => parseCommand(['doctor', '--force']), { instanceOf: UsageError, message: /--force only goes with --fix/ });
   t.throws(() => parseCommand(['doctor', '--frob']), { instanceOf: UsageError, message: /unknown option --frob for berth doctor/ });
+});
+
+test("a berth daemon's root is read from its argv, relative to its working directory; other commands are no daemon", (t) => {
+  const node = ['node', '--expose-gc', '/opt/berth/bin/../dist/src/main.js'];
+  t.is(daemonRoot([...node, '--root', 'state', '--socket', '/s.sock'], '/srv'), '/srv/state');
+  t.is(daemonRoot(node, '/'), '/var/lib/berth');
+  t.is(daemonRoot([...node, 'doctor', '--root', '/srv/state'], '/'), undefined);
+  t.is(daemonRoot([...node, '--frob'], '/'), undefined);
+  t.is(daemonRoot(['node', 'server.js', '--root', '/srv/state'], '/'), undefined);
 });
