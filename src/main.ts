@@ -43,6 +43,12 @@ async function main(argv: string[]): Promise<number> {
         process.stderr.write(`berth: ${err.message}\n`);
         return 1;
       }
+    case 'doctor': {
+      // Loaded only for this command: the daemon does not pay for it.
+      const { runDoctor } = await import('./doctor/command.js');
+      setLogLevel('warn');
+      return runDoctor(command.options, { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) });
+    }
     case 'serve':
       return serve(command.options);
   }

@@ -28,7 +28,20 @@ export type Command =
   | { kind: 'help'; topic?: string }
   | { kind: 'version' }
   | { kind: 'config-default' }
-  | { kind: 'config-check'; configFile: string; configRequired: boolean };
+  | { kind: 'config-check'; configFile: string; configRequired: boolean }
+  | { kind: 'doctor'; options: DoctorCommandOptions };
+
+/** `berth doctor`: where to look (the daemon's own flags) and what to do. */
+export interface DoctorCommandOptions {
+  configFile: string;
+  configRequired: boolean;
+  socket: string;
+  root: string;
+  stateDir: string;
+  json: boolean;
+  fix: boolean;
+  force: boolean;
+}
 
 interface Flag {
   name: string;
@@ -44,11 +57,15 @@ const CONFIG_FLAG: Flag = {
 };
 const HELP_FLAG: Flag = { name: 'help', short: 'h', meaning: 'print this help and exit' };
 
+const SOCKET_FLAG: Flag = { name: 'socket', value: 'PATH', meaning: `the CRI socket, "unix://" prefix accepted (default ${defaults.socket})` };
+const ROOT_FLAG: Flag = { name: 'root', value: 'DIR', meaning: `persistent state: images, layers, container metadata (default ${defaults.root})` };
+const STATE_DIR_FLAG: Flag = { name: 'state-dir', value: 'DIR', meaning: `volatile state: pinned namespaces, pid files (default ${defaults.stateDir})` };
+
 const SERVE_FLAGS: Flag[] = [
   CONFIG_FLAG,
-  { name: 'socket', value: 'PATH', meaning: `the CRI socket, "unix://" prefix accepted (default ${defaults.socket})` },
-  { name: 'root', value: 'DIR', meaning: `persistent state: images, layers, container metadata (default ${defaults.root})` },
-  { name: 'state-dir', value: 'DIR', meaning: `volatile state: pinned namespaces, pid files (default ${defaults.stateDir})` },
+  SOCKET_FLAG,
+  ROOT_FLAG,
+  STATE_DIR_FLAG,
   { name: 'log-level', value: 'LEVEL', meaning: 'debug, info, warn or error; wins over the file\'s log.level (default: the file\'s, else info)' },
   HELP_FLAG,
   { name: 'version', short: 'v', meaning: 'print version, git commit, CRI API and node versions, and exit' },
@@ -68,6 +85,21 @@ const SUBCOMMANDS: Subcommand[] = [
     args: ' [--config FILE]',
     meaning: 'validate a configuration file and print the effective configuration; exits 1 naming the bad key',
     flags: [CONFIG_FLAG, HELP_FLAG],
+  },
+  {
+    name: 'doctor',
+    args: ' [--json] [--fix [--force]]',
+    meaning: 'list what the kernel and disk hold that no berth record owns; exits 0 if nothing, 1 if something, 2 on error',
+    flags: [
+      CONFIG_FLAG,
+      SOCKET_FLAG,
+      ROOT_FLAG,
+      STATE_DIR_FLAG,
+      { name: 'json', meaning: 'print the findings as JSON' },
+      { name: 'fix', meaning: 'remove what is listed; refused while a berth answers on the socket' },
+      { name: 'force', meaning: 'with --fix: remove even while a berth answers on the socket' },
+      HELP_FLAG,
+    ],
   },
   { name: 'version', args: '', meaning: 'the same as --version', flags: [HELP_FLAG] },
   { name: 'help', args: ' [COMMAND]', meaning: 'this help, or a command\'s', flags: [] },
@@ -136,6 +168,11 @@ export function parseArgs(argv: string[]): DaemonOptions {
   const values = flagsFor(SERVE_FLAGS, argv, 'berth');
   const logLevel = values['log-level'] as string | undefined;
   if (logLevel !== undefined && !isLevel(logLevel)) throw new UsageError(`--log-level must be debug, info, warn or error, not ${logLevel}`);
+  return { ...pathsFrom(values), logLevel };
+}
+
+/** The config file, socket, root and state dir, as the daemon and `berth doctor` both take them. */
+function pathsFrom(values: Record<string, string | boolean | undefined>): Omit<DaemonOptions, 'logLevel'> {
   let socket = (values.socket as string | undefined) ?? defaults.socket;
   if (socket.startsWith('unix://')) socket = socket.slice('unix://'.length);
   const config = values.config as string | undefined;
@@ -145,7 +182,6 @@ export function parseArgs(argv: string[]): DaemonOptions {
     socket,
     root: (values.root as string | undefined) ?? defaults.root,
     stateDir: (values['state-dir'] as string | undefined) ?? defaults.stateDir,
-    logLevel,
   };
 }
 
@@ -182,6 +218,22 @@ export function parseCommand(argv: string[]): Command {
         return { kind: 'config-check', configFile: config ?? defaults.configFile, configRequired: config !== undefined };
       }
       throw new UsageError(`unknown command config ${second} (see 'berth help config')`);
+    }
+    case 'doctor': {
+      const args = argv.slice(1);
+      if (wantsHelp(args)) return { kind: 'help', topic: 'doctor' };
+      const doctor = SUBCOMMANDS.find((s) => s.name === 'doctor')!;
+      const values = flagsFor(doctor.flags, args, 'berth doctor');
+      if (values.force && !values.fix) throw new UsageError(`--force only goes with --fix (${HINT})`);
+      return {
+        kind: 'doctor',
+        options: {
+          ...pathsFrom(values),
+          json: values.json === true,
+          fix: values.fix === true,
+          force: values.force === true,
+        },
+      };
     }
     default:
       throw new UsageError(`unknown command ${first} (${HINT})`);

@@ -12,7 +12,8 @@ const MAX_MESSAGE = 16 * 1024 * 1024;
 /** Leaves the socket 0660: read/write for root and its group, nothing for others. */
 const SOCKET_UMASK = 0o117;
 
-function socketAnswers(socket: string): Promise<boolean> {
+/** Whether a process accepts connections on the unix socket (a berth serving it). */
+export function socketAnswers(socket: string): Promise<boolean> {
   return new Promise((resolve) => {
     const conn = net.connect(socket);
     conn.once('connect', () => {

@@ -24,6 +24,13 @@ async function readRecord<T>(file: string): Promise<T | undefined> {
   }
 }
 
+/** Layers an image lists or a container holds: the rest is garbage (collected here at start, listed by `berth doctor`). */
+export function layersInUse(images: Iterable<Pick<ImageRecord, 'layers'>>, held: ReadonlySet<string>): Set<string> {
+  const used = new Set<string>(held);
+  for (const image of images) for (const layer of image.layers) used.add(layer);
+  return used;
+}
+
 export class ImageStore {
   readonly imagesDir: string;
   readonly layersDir: string;
@@ -193,8 +200,7 @@ export class ImageStore {
    * RemoveContainer have already dropped their records, and a layer it cannot delete now is retried next time.
    */
   async collectGarbage(): Promise<void> {
-    const used = new Set<string>(this.holds());
-    for (const image of this.images.values()) for (const layer of image.layers) used.add(layer);
+    const used = layersInUse(this.images.values(), this.holds());
     for (const diffId of [...this.layers.keys()]) {
       // Pins are checked per layer, right before its delete starts: a pull may have pinned it since the loop began.
       if (used.has(diffId) || this.pins.has(diffId) || this.deleting.has(diffId) || !this.layers.has(diffId)) continue;

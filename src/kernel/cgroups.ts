@@ -43,7 +43,7 @@ async function cgroupPids(dir: string): Promise<number[]> {
 }
 
 /** Pids in a cgroup and all its descendants. */
-async function pidsBelow(dir: string): Promise<number[]> {
+export async function pidsBelow(dir: string): Promise<number[]> {
   const pids = await cgroupPids(dir);
   const entries = await fs.readdir(dir, { withFileTypes: true }).catch(() => []);
   for (const e of entries) if (e.isDirectory()) pids.push(...(await pidsBelow(path.join(dir, e.name))));

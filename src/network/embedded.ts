@@ -48,6 +48,14 @@ export function vethName(podId: string): string {
   return `berth${podId.slice(0, 10)}`;
 }
 
+/**
+ * Ports of berth's bridge that no live pod owns: only names berth gives (vethName), so a port another tool put on
+ * the bridge is never counted. Run at start, and by `berth doctor`.
+ */
+export function orphanVeths(bridgePorts: readonly string[], liveVeths: ReadonlySet<string>): string[] {
+  return bridgePorts.filter((port) => /^berth[0-9a-f]{10}$/.test(port) && !liveVeths.has(port));
+}
+
 /** The first IPv4 block of what kubelet sends ("10.244.1.0/24" or a dual-stack "10.244.1.0/24,fd00::/64"). */
 export function ipv4PodCidr(text: string): Cidr | undefined {
   for (const part of text.split(',').map((s) => s.trim())) {
@@ -160,11 +168,9 @@ export class EmbeddedNetwork {
     // A veth on our bridge that no live pod owns outlived its pod (its netns is still referenced somewhere).
     const orphans = this.vethsReconciled ? [] : await this.host.bridgePorts(this.opts.bridge);
     this.vethsReconciled = true;
-    for (const port of orphans) {
-      if (port.startsWith('berth') && !this.liveVeths.has(port)) {
-        this.opts.log.info('removing a veth no pod owns', { veth: port });
-        await this.host.deleteLink(port, what).catch((err) => this.opts.log.warn('cannot remove orphan veth', { veth: port, error: errorMessage(err) }));
-      }
+    for (const port of orphanVeths(orphans, this.liveVeths)) {
+      this.opts.log.info('removing a veth no pod owns', { veth: port });
+      await this.host.deleteLink(port, what).catch((err) => this.opts.log.warn('cannot remove orphan veth', { veth: port, error: errorMessage(err) }));
     }
     this.opts.log.info('embedded network ready', { bridge: this.opts.bridge, subnet: formatCidr(this.subnet), mtu: this.mtu, ms: Date.now() - t0 });
   }

@@ -81,6 +81,18 @@ export function podOfRule(rule: string): string | undefined {
   return m?.[1];
 }
 
+/**
+ * The saved `-A` lines of P-HOSTPORTS that are tagged with a pod that is not live: swept at start, and what
+ * `berth doctor` lists. Untagged rules are not berth's per-pod rules and are never included.
+ */
+export function staleHostPortRules(chains: Chains, saved: SavedTables, livePods: ReadonlySet<string>): string[] {
+  return (saved.nat?.rules ?? []).filter((rule) => {
+    if (!rule.startsWith(`-A ${chains.hostports} `)) return false;
+    const pod = podOfRule(rule);
+    return pod !== undefined && !livePods.has(pod);
+  });
+}
+
 export interface BaseRulesInput {
   chains: Chains;
   bridge: string;
@@ -103,11 +115,7 @@ export function baseRules(input: BaseRulesInput): string {
     nat.push(`-A ${c.postrouting} -s ${s} -d ${s} -m conntrack --ctstate DNAT -m comment --comment "berth: hairpin" -j MASQUERADE`);
     nat.push(`-A ${c.postrouting} -s ${s} ! -d ${s} -m comment --comment "berth: pod traffic leaving the subnet" -j MASQUERADE`);
   }
-  for (const rule of natSaved.rules) {
-    if (!rule.startsWith(`-A ${c.hostports} `)) continue;
-    const pod = podOfRule(rule);
-    if (pod !== undefined && !input.livePods.has(pod)) nat.push('-D' + rule.slice(2));
-  }
+  for (const rule of staleHostPortRules(c, saved, input.livePods)) nat.push('-D' + rule.slice(2));
   const filter: string[] = ['*filter', `:${c.forward} - [0:0]`];
   filter.push(`-A ${c.forward} -o ${bridge} -m comment --comment "berth: to pods" -j ACCEPT`);
   filter.push(`-A ${c.forward} -i ${bridge} -m comment --comment "berth: from pods" -j ACCEPT`);

@@ -11,7 +11,7 @@ test('--help and -h ask for the help, before any other flag is checked', (t) => 
 test('the help names every daemon flag and every command', (t) => {
   const help = helpText()!;
   for (const flag of ['--config', '--socket', '--root', '--state-dir', '--log-level', '--help', '--version']) t.true(help.includes(flag), flag);
-  for (const command of ['config default', 'config check', 'version', 'help']) t.true(help.includes(command), command);
+  for (const command of ['config default', 'config check', 'doctor', 'version', 'help']) t.true(help.includes(command), command);
 });
 
 test('help config covers both config commands; help of no command is refused', (t) => {
