@@ -74,11 +74,17 @@ export class ServiceStreamingBackend implements StreamingBackend, StreamingTarge
       resize?.(size);
     });
     const proc = await this.containers.execInteractive(target.containerId, target.cmd, { tty: io.tty, stdin: io.stdin !== null, ttySize: latestSize });
+    this.log.debug('exec started', { containerId: target.containerId, tty: io.tty, ttySize: latestSize ?? null });
     const kill = () => proc.kill();
-    io.signal.addEventListener('abort', kill, { once: true });
+    // A client that left while the process was being made has already fired its abort: end the process now.
+    if (io.signal.aborted) kill();
+    else io.signal.addEventListener('abort', kill, { once: true });
     try {
-      resize = (size) => proc.resize(size);
-      if (latestSize) proc.resize(latestSize);
+      resize = (size) => {
+        this.log.debug('exec terminal resized', { containerId: target.containerId, ...size });
+        proc.resize(size);
+      };
+      if (latestSize) resize(latestSize);
       if (io.stdin && proc.stdin) forwardInput(io.stdin, proc.stdin);
       const drained = Promise.all([copyOutput(proc.stdout, io.stdout), proc.stderr ? copyOutput(proc.stderr, io.stderr ?? io.stdout) : undefined]);
       const exitCode = await proc.wait();
@@ -93,7 +99,8 @@ export class ServiceStreamingBackend implements StreamingBackend, StreamingTarge
   async attach(target: AttachTarget, io: SessionIO): Promise<void> {
     const attachment = await this.containers.attach(target.containerId);
     const detach = () => attachment.close();
-    io.signal.addEventListener('abort', detach, { once: true });
+    if (io.signal.aborted) detach();
+    else io.signal.addEventListener('abort', detach, { once: true });
     let stdin: Writable | undefined;
     try {
       attachment.output.on('data', ({ stream, data }: { stream: 'stdout' | 'stderr'; data: Buffer }) => {

@@ -148,6 +148,19 @@ test('a client that goes away kills the exec command', async (t) => {
   t.true(proc.killed);
 });
 
+test('a client that goes away while its command is being started still gets it killed', async (t) => {
+  const proc = new FakeProcess();
+  const s = session();
+  const backend = backendWith({
+    execInteractive: async () => {
+      s.abort.abort(); // the client leaves during the spawn
+      return proc;
+    },
+  });
+  t.deepEqual(await backend.exec(execTarget(['sleep', '100']), s.io), { exitCode: 137 });
+  t.true(proc.killed);
+});
+
 test('exec refusals from the container service reach the protocol unchanged', async (t) => {
   const backend = backendWith({
     execInteractive: async () => {
