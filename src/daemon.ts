@@ -320,7 +320,9 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     ...statsHandlers(stats, statsLookups, criLog, observe),
     GetContainerEvents: containerEventsHandler(events, containerStatus, criLog),
   };
-  const cri: CriServer = await serveCri(paths.socket, runtimeHandlers(info, criLog, lifecycle, observe), imageHandlers(images, criLog, observe));
+  const cri: CriServer = await serveCri(paths.socket, runtimeHandlers(info, criLog, lifecycle, observe), imageHandlers(images, criLog, observe), (err, dropped) =>
+    criLog.error('accepting CRI connections failed; the clients retry', { error: errorMessage(err), code: err.code, dropped }),
+  );
   if (metricsServer && metrics) metricsServer.serve(metrics);
   log.info('berth serving', { ...summary(), root: paths.root, stateDir: paths.stateDir, metrics: metricsServer?.address ?? 'disabled' });
 

@@ -2,7 +2,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { BerthError, ErrorKind, errorMessage, invalidArgument } from '../errors.js';
+import { BerthError, describeExhausted, ErrorKind, errorMessage, exhaustedResource, invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
 import type { ProtoGrpcType } from '../gen/api.js';
 
@@ -33,6 +33,14 @@ const codes: Record<ErrorKind, grpc.status> = {
 };
 
 export function toServiceError(err: unknown): Partial<grpc.ServiceError> {
+  // A full disk or file table under an error a service did not classify is still the node's limit, not a bug in
+  // berth nor a registry's fault: kubelet backs off on RESOURCE_EXHAUSTED and the operator sees what ran out.
+  const exhausted = exhaustedResource(err);
+  if (exhausted && !(err instanceof BerthError && !['internal', 'unavailable'].includes(err.kind))) {
+    const message = errorMessage(err);
+    const details = message.includes(exhausted) ? message : `${message}: ${describeExhausted(exhausted)}`;
+    return { code: grpc.status.RESOURCE_EXHAUSTED, details };
+  }
   if (err instanceof BerthError) return { code: codes[err.kind], details: err.message };
   return { code: grpc.status.INTERNAL, details: errorMessage(err) };
 }
