@@ -24,6 +24,18 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   await syncDir(dir);
 }
 
+/**
+ * A plain (not atomic) write of a file berth alone reads, such as a bundle's spec: its failure names the file and
+ * a full disk is RESOURCE_EXHAUSTED, as Node's message for write(2) names no file.
+ */
+export async function writeFileNamed(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+  try {
+    await fs.writeFile(file, data, { mode });
+  } catch (err) {
+    throw writeFailure(file, err);
+  }
+}
+
 export async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
   await writeFileAtomic(file, JSON.stringify(value, null, 1) + '\n');
 }
