@@ -44,6 +44,7 @@ import { listenMetrics, MetricsServer } from './metrics/server.js';
 import type { BerthMetrics } from './metrics/berth.js';
 import type { UsageSource } from './stats/types.js';
 import { errorMessage } from './errors.js';
+import { ensureReserve, RESERVE_BYTES } from './store/reserve.js';
 import { status as grpcStatus } from '@grpc/grpc-js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
@@ -204,6 +205,9 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   await containers.load();
   await network.start(sandboxes.networkedPods());
   await store.load();
+  if (!(await ensureReserve(paths.root))) {
+    log.warn('no room under the root for the space reserve: on a full disk, pods may not be stoppable', { root: paths.root, bytes: RESERVE_BYTES });
+  }
 
   // Once: the kernel does not change under a running berth, and Status is polled every few seconds.
   const recursiveReadOnlyMounts = mountSetattrSupported();

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { readJson, syncDir, writeFileNamed, writeJsonAtomic } from '../store/atomic.js';
 import { syncfsAsync } from '../store/sync.js';
+import { restoreReserve } from '../store/reserve.js';
 import { errorMessage, internal } from '../errors.js';
 import { Logger } from '../log.js';
 import { ImageRecord, LayerRecord } from './types.js';
@@ -186,6 +187,7 @@ export class ImageStore {
     }
     this.images.delete(id);
     await this.collectGarbage();
+    await restoreReserve(this.root);
   }
 
   /**

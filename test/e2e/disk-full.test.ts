@@ -165,3 +165,36 @@ async function containerDirs(berth: BerthProcess): Promise<string[]> {
   const dir = path.join(berth.root, 'containers');
   return fs.readdir(dir).catch(() => []);
 }
+
+test('on a full disk, a running pod and its container can still be stopped and removed (how an operator frees space)', async (t) => {
+  const env = await diskEnv(t, 32);
+  const { berth } = env;
+  await berth.images.PullImage({ image: { image: busybox.ref } });
+  const pod = podConfig();
+  const { pod_sandbox_id } = await berth.runtime.RunPodSandbox({ config: pod });
+  const status = await berth.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true });
+  env.cgroups.push(JSON.parse(status.info.info).cgroup.path);
+  const { container_id } = await berth.runtime.CreateContainer({
+    pod_sandbox_id,
+    config: containerConfig(busybox.ref, { command: ['sleep', '600'] }),
+    sandbox_config: pod,
+  });
+  await berth.runtime.StartContainer({ container_id });
+  await env.fill();
+
+  // berth gives up its space reserve to record the exit and the teardown. (The monitor itself cannot write
+  // exit.json on a full disk: berth waits 10 s after SIGKILL, then reports the exit as unknown.)
+  const deadline = () => ({ deadline: Date.now() + 30000 });
+  await berth.runtime.StopContainer({ container_id, timeout: 1 }, deadline());
+  t.is((await berth.runtime.ContainerStatus({ container_id })).status?.state, 'CONTAINER_EXITED');
+  await berth.runtime.RemoveContainer({ container_id }, deadline());
+  await berth.runtime.StopPodSandbox({ pod_sandbox_id }, deadline());
+  await berth.runtime.RemovePodSandbox({ pod_sandbox_id }, deadline());
+  t.deepEqual((await berth.runtime.ListPodSandbox({})).items, []);
+  t.deepEqual((await berth.runtime.ListContainers({})).containers, []);
+  t.deepEqual(await containerDirs(berth), []);
+  // The removals freed space, and berth took its reserve back.
+  await env.free();
+  await berth.images.RemoveImage({ image: { image: busybox.ref } });
+  t.is((await fs.stat(path.join(berth.root, '.space-reserve'))).size, 1024 * 1024);
+});
