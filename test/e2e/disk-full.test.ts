@@ -56,9 +56,11 @@ async function diskEnv(t: ExecutionContext, sizeMiB: number): Promise<DiskEnv> {
       await berth.stop();
     }
     execFileSync('umount', [root]);
+    // Every pod berth began, a failed one included, logged its id: its cgroup must be gone too.
+    const begun = new Set(berth?.logs.flatMap((line) => /"pod":"([0-9a-f]{64})"/.exec(line)?.[1] ?? []));
     if (berth) await berth.cleanup();
     else await fs.rm(dir, { recursive: true, force: true });
-    const left = await hostLeftovers(dir, cgroups);
+    const left = await hostLeftovers(dir, [...cgroups, ...[...begun].map((id) => `/berth-pod-${id.slice(0, 16)}`)]);
     if (left.length > 0) throw new Error(`left behind:\n${left.join('\n')}`);
   });
   berth = await startBerth({ dir, config: `[registry]\ninsecure = ["${registry.host}"]\n` });
@@ -125,7 +127,7 @@ test('a pull that does not fit is RESOURCE_EXHAUSTED naming the path; no partial
   t.is(unpacked.size, 24 * MiB);
 });
 
-test('on a disk with no page left, PullImage and CreateContainer are RESOURCE_EXHAUSTED naming the path, leave nothing, and succeed once space is freed', async (t) => {
+test('on a disk with no page left, PullImage, CreateContainer and RunPodSandbox are RESOURCE_EXHAUSTED naming the path, leave nothing, and succeed once space is freed', async (t) => {
   const env = await diskEnv(t, 32);
   const { berth } = env;
   await berth.images.PullImage({ image: { image: busybox.ref } });
@@ -150,6 +152,12 @@ test('on a disk with no page left, PullImage and CreateContainer are RESOURCE_EX
   t.deepEqual((await fs.readdir(berth.root)).filter((n) => n !== 'filler').sort(), rootBefore);
   t.deepEqual(await containerDirs(berth), [], 'no container directory is left');
   t.is((await berth.runtime.PodSandboxStatus({ pod_sandbox_id })).status?.state, 'SANDBOX_READY');
+
+  const podErr = await failure(berth.runtime.RunPodSandbox({ config: podConfig() }));
+  t.is(podErr.code, grpc.status.RESOURCE_EXHAUSTED, podErr.details);
+  t.true(podErr.details.includes(berth.root), podErr.details);
+  t.deepEqual((await berth.runtime.ListPodSandbox({})).items.map((p) => p.id), [pod_sandbox_id]);
+  t.deepEqual((await fs.readdir(path.join(berth.root, 'sandboxes'))), [pod_sandbox_id], 'no directory of the failed pod');
 
   await env.free();
   const { container_id } = await berth.runtime.CreateContainer({ pod_sandbox_id, config, sandbox_config: pod });
