@@ -38,7 +38,8 @@ export function toServiceError(err: unknown): Partial<grpc.ServiceError> {
   const exhausted = exhaustedResource(err);
   if (exhausted && !(err instanceof BerthError && !['internal', 'unavailable'].includes(err.kind))) {
     const message = errorMessage(err);
-    const details = message.includes(exhausted) ? message : `${message}: ${describeExhausted(exhausted)}`;
+    const what = describeExhausted(exhausted);
+    const details = message.includes(what) ? message : `${message}: ${what}`;
     return { code: grpc.status.RESOURCE_EXHAUSTED, details };
   }
   if (err instanceof BerthError) return { code: codes[err.kind], details: err.message };
