@@ -36,7 +36,8 @@ export function toServiceError(err: unknown): Partial<grpc.ServiceError> {
   // A full disk or file table under an error a service did not classify is still the node's limit, not a bug in
   // berth nor a registry's fault: kubelet backs off on RESOURCE_EXHAUSTED and the operator sees what ran out.
   const exhausted = exhaustedResource(err);
-  if (exhausted && !(err instanceof BerthError && !['internal', 'unavailable'].includes(err.kind))) {
+  const unclassified = !(err instanceof BerthError) || err.kind === 'internal' || err.kind === 'unavailable';
+  if (exhausted && unclassified) {
     const message = errorMessage(err);
     const what = describeExhausted(exhausted);
     const details = message.includes(what) ? message : `${message}: ${what}`;
