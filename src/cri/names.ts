@@ -37,3 +37,23 @@ export function pathText(value: string, field: string): string {
   }
   return value;
 }
+
+/**
+ * Kubernetes' own cap on an object's annotations (TotalAnnotationSizeLimitB), applied to labels and annotations
+ * each: berth answers every list with them, and a few pods holding megabytes would push ListPodSandbox or
+ * ListContainers past the 16 MiB message limit for every client on the node.
+ */
+export const MAX_METADATA_MAP_BYTES = 256 * 1024;
+
+/** Labels or annotations: keys and values together at most 256 KiB, keys free of NUL. */
+export function metadataMap(map: Record<string, string>, field: string): Record<string, string> {
+  let bytes = 0;
+  for (const [key, value] of Object.entries(map)) {
+    if (key.includes('\0')) throw invalidArgument(`${field} key ${JSON.stringify(key.slice(0, 64))} contains a NUL byte`);
+    bytes += Buffer.byteLength(key) + Buffer.byteLength(value);
+  }
+  if (bytes > MAX_METADATA_MAP_BYTES) {
+    throw invalidArgument(`${field} hold ${bytes} bytes; berth takes at most ${MAX_METADATA_MAP_BYTES} (as Kubernetes does for annotations)`);
+  }
+  return { ...map };
+}

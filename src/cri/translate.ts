@@ -11,7 +11,7 @@ import { seccompRequest } from '../container/seccomp.js';
 import { devicePermissions } from '../container/devices.js';
 import { parseQualifiedName } from '../container/cdi.js';
 import { parseStopSignal } from '../container/signals.js';
-import { noNul, objectName, pathText } from './names.js';
+import { metadataMap, noNul, objectName, pathText } from './names.js';
 
 // Protobuf requests → domain configs. Validation of the shape lives here; meaning is checked by the services.
 
@@ -143,8 +143,8 @@ export function sandboxConfigFromProto(config: PodSandboxConfig__Output | null, 
       if (!PROTOCOLS.includes(p.protocol as string)) throw invalidArgument(`config.port_mappings[${i}].protocol ${p.protocol} is not TCP, UDP or SCTP`);
       return { protocol: p.protocol as 'TCP' | 'UDP' | 'SCTP', containerPort: p.container_port, hostPort: p.host_port, hostIp: p.host_ip };
     }),
-    labels: { ...config.labels },
-    annotations: { ...config.annotations },
+    labels: metadataMap(config.labels, 'config.labels'),
+    annotations: metadataMap(config.annotations, 'config.annotations'),
     cgroupParent: config.linux?.cgroup_parent ?? '',
     namespaces: namespaces(security?.namespace_options, 'config.linux.security_context.namespace_options'),
     privileged: security?.privileged ?? false,
@@ -357,8 +357,8 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
       if (!parseQualifiedName(d.name)) throw invalidArgument(`config.cdi_devices[${i}].name "${d.name}" is not a fully qualified CDI device name (vendor.com/class=name)`);
       return d.name;
     }),
-    labels: { ...config.labels },
-    annotations: { ...config.annotations },
+    labels: metadataMap(config.labels, 'config.labels'),
+    annotations: metadataMap(config.annotations, 'config.annotations'),
     logPath: pathText(config.log_path, 'config.log_path'),
     stdin: config.stdin,
     stdinOnce: config.stdin_once,

@@ -82,3 +82,13 @@ test('a path longer than PATH_MAX is INVALID_ARGUMENT naming the field', (t) => 
   refused(t, () => sandboxConfigFromProto(pod({ log_directory: long }), ''), 'config.log_directory');
   refused(t, () => containerConfigFromProto(container({ working_dir: long })), 'config.working_dir');
 });
+
+test('labels and annotations over 256 KiB in all, or a key with a NUL, are INVALID_ARGUMENT naming the map', (t) => {
+  const fits = { 'kubectl.kubernetes.io/last-applied-configuration': 'x'.repeat(200 * 1024) };
+  t.deepEqual(sandboxConfigFromProto({ ...pod(), annotations: fits } as PodSandboxConfig__Output, '').annotations, fits);
+  const over = { a: 'x'.repeat(128 * 1024), b: 'x'.repeat(128 * 1024) };
+  refused(t, () => sandboxConfigFromProto({ ...pod(), annotations: over } as PodSandboxConfig__Output, ''), 'config.annotations');
+  refused(t, () => sandboxConfigFromProto({ ...pod(), labels: over } as PodSandboxConfig__Output, ''), 'config.labels');
+  refused(t, () => containerConfigFromProto(container({ annotations: over })), 'config.annotations');
+  refused(t, () => containerConfigFromProto(container({ labels: { 'a\0b': 'v' } })), 'config.labels');
+});
