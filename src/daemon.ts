@@ -45,6 +45,7 @@ import type { BerthMetrics } from './metrics/berth.js';
 import type { UsageSource } from './stats/types.js';
 import { errorMessage } from './errors.js';
 import { LxcfsLookup, LxcfsProbe } from './kernel/lxcfs.js';
+import { ensureReserve, RESERVE_BYTES } from './store/reserve.js';
 import { status as grpcStatus } from '@grpc/grpc-js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
@@ -218,6 +219,9 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   await containers.load();
   await network.start(sandboxes.networkedPods());
   await store.load();
+  if (!(await ensureReserve(paths.root))) {
+    log.warn('no room under the root for the space reserve: on a full disk, pods may not be stoppable', { root: paths.root, bytes: RESERVE_BYTES });
+  }
 
   // Once: the kernel does not change under a running berth, and Status is polled every few seconds.
   const recursiveReadOnlyMounts = mountSetattrSupported();
@@ -339,7 +343,9 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     ...statsHandlers(stats, statsLookups, criLog, observe),
     GetContainerEvents: containerEventsHandler(events, containerStatus, criLog),
   };
-  const cri: CriServer = await serveCri(paths.socket, runtimeHandlers(info, criLog, lifecycle, observe), imageHandlers(images, criLog, observe));
+  const cri: CriServer = await serveCri(paths.socket, runtimeHandlers(info, criLog, lifecycle, observe), imageHandlers(images, criLog, observe), (err, dropped) =>
+    criLog.error('accepting CRI connections failed; the clients retry', { error: errorMessage(err), code: err.code, dropped }),
+  );
   if (metricsServer && metrics) metricsServer.serve(metrics);
   if (config.runtime.lxcfs !== 'off') await lxcfsProbe.find();
   log.info('berth serving', { ...summary(), root: paths.root, stateDir: paths.stateDir, metrics: metricsServer?.address ?? 'disabled' });

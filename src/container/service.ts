@@ -29,6 +29,7 @@ import { chooseAppArmorProfile } from './apparmor.js';
 import { lxcfsFor, LxcfsPolicy } from './lxcfs.js';
 import { kernelLsmHost, LsmHost } from '../kernel/lsm.js';
 import { filterRecords, findByIdOrPrefix, NameIndex, RecordFilter } from '../lookup.js';
+import { writeFileNamed } from '../store/atomic.js';
 
 // Container lifecycle: create (process made, blocked), start (released), stop (signal, then SIGKILL), remove.
 // The per-container shim monitor owns the process; berth learns of exits from the exit record it writes (watched).
@@ -307,8 +308,8 @@ export class ContainerService {
       spec.sysctl = { ...sandbox.config.sysctls };
       if (apparmor) spec.process.apparmorProfile = apparmor;
       // ExecSync'd processes get the container's capability set and seccomp filter, not berth's.
-      await fs.writeFile(path.join(bundle, 'exec-caps.json'), JSON.stringify(spec.process.capabilities));
-      if (spec.seccomp) await fs.writeFile(path.join(bundle, 'exec-seccomp.json'), JSON.stringify(spec.seccomp));
+      await writeFileNamed(path.join(bundle, 'exec-caps.json'), JSON.stringify(spec.process.capabilities));
+      if (spec.seccomp) await writeFileNamed(path.join(bundle, 'exec-seccomp.json'), JSON.stringify(spec.seccomp));
       timer.lap('spec');
       const created = await this.runtime.create(spec);
       undo.push('kill container process', () => this.runtime.signal(created.pid, 'SIGKILL'));

@@ -2,7 +2,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { BerthError, ErrorKind, errorMessage, invalidArgument } from '../errors.js';
+import { BerthError, describeExhausted, ErrorKind, errorMessage, exhaustedResource, invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
 import type { ProtoGrpcType } from '../gen/api.js';
 
@@ -33,6 +33,16 @@ const codes: Record<ErrorKind, grpc.status> = {
 };
 
 export function toServiceError(err: unknown): Partial<grpc.ServiceError> {
+  // A full disk or file table under an error a service did not classify is still the node's limit, not a bug in
+  // berth nor a registry's fault: kubelet backs off on RESOURCE_EXHAUSTED and the operator sees what ran out.
+  const exhausted = exhaustedResource(err);
+  const unclassified = !(err instanceof BerthError) || err.kind === 'internal' || err.kind === 'unavailable';
+  if (exhausted && unclassified) {
+    const message = errorMessage(err);
+    const what = describeExhausted(exhausted);
+    const details = message.includes(what) ? message : `${message}: ${what}`;
+    return { code: grpc.status.RESOURCE_EXHAUSTED, details };
+  }
   if (err instanceof BerthError) return { code: codes[err.kind], details: err.message };
   return { code: grpc.status.INTERNAL, details: errorMessage(err) };
 }

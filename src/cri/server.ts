@@ -48,6 +48,7 @@ export async function serveCri(
   socket: string,
   runtime: RuntimeServiceHandlers,
   image: ImageServiceHandlers,
+  onAcceptError: (err: NodeJS.ErrnoException, dropped: number) => void = () => undefined,
 ): Promise<CriServer> {
   const cri = loadCri();
   const server = new grpc.Server({
@@ -59,7 +60,9 @@ export async function serveCri(
   // berth accepts the connections itself and injects them, so each can pass the :authority filter first.
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   const listener = net.createServer((conn) => injector.injectConnection(fixAuthority(conn)));
+  let reject0: (err: Error) => void = () => undefined;
   await new Promise<void>((resolve, reject) => {
+    reject0 = reject;
     listener.once('error', reject);
     // The socket is born 0660 (0777 & ~0117): a chmod after listen would leave a moment in which anyone may
     // connect. Node binds a unix socket synchronously inside listen(), so the umask is changed for no other of
@@ -71,6 +74,19 @@ export async function serveCri(
     } finally {
       process.umask(previous);
     }
+  });
+  listener.off('error', reject0);
+  // At the open-files limit accept(2) fails with EMFILE: libuv drops that connection and Node emits 'error', which
+  // without a listener would end berth and every pod's management with it. The client retries; berth serves
+  // again as soon as descriptors free up. Reported at most every 5 s, with how many were dropped meanwhile.
+  let dropped = 0;
+  let lastReport = 0;
+  listener.on('error', (err: NodeJS.ErrnoException) => {
+    dropped++;
+    if (Date.now() - lastReport < 5000) return;
+    lastReport = Date.now();
+    onAcceptError(err, dropped);
+    dropped = 0;
   });
   return { server, listener, injector };
 }

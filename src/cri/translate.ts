@@ -11,6 +11,7 @@ import { seccompRequest } from '../container/seccomp.js';
 import { devicePermissions } from '../container/devices.js';
 import { parseQualifiedName } from '../container/cdi.js';
 import { parseStopSignal } from '../container/signals.js';
+import { metadataMap, noNul, objectName, pathText } from './names.js';
 
 // Protobuf requests → domain configs. Validation of the shape lives here; meaning is checked by the services.
 
@@ -127,13 +128,13 @@ export function sandboxConfigFromProto(config: PodSandboxConfig__Output | null, 
   const security = config.linux?.security_context;
   return {
     metadata: {
-      name: config.metadata.name,
-      uid: config.metadata.uid,
-      namespace: config.metadata.namespace,
+      name: objectName(config.metadata.name, 'config.metadata.name'),
+      uid: objectName(config.metadata.uid, 'config.metadata.uid'),
+      namespace: objectName(config.metadata.namespace, 'config.metadata.namespace'),
       attempt: config.metadata.attempt,
     },
-    hostname: config.hostname,
-    logDirectory: config.log_directory,
+    hostname: objectName(config.hostname, 'config.hostname'),
+    logDirectory: pathText(config.log_directory, 'config.log_directory'),
     dns: config.dns_config
       ? { servers: config.dns_config.servers, searches: config.dns_config.searches, options: config.dns_config.options }
       : undefined,
@@ -142,8 +143,8 @@ export function sandboxConfigFromProto(config: PodSandboxConfig__Output | null, 
       if (!PROTOCOLS.includes(p.protocol as string)) throw invalidArgument(`config.port_mappings[${i}].protocol ${p.protocol} is not TCP, UDP or SCTP`);
       return { protocol: p.protocol as 'TCP' | 'UDP' | 'SCTP', containerPort: p.container_port, hostPort: p.host_port, hostIp: p.host_ip };
     }),
-    labels: { ...config.labels },
-    annotations: { ...config.annotations },
+    labels: metadataMap(config.labels, 'config.labels'),
+    annotations: metadataMap(config.annotations, 'config.annotations'),
     cgroupParent: config.linux?.cgroup_parent ?? '',
     namespaces: namespaces(security?.namespace_options, 'config.linux.security_context.namespace_options'),
     privileged: security?.privileged ?? false,
@@ -303,6 +304,8 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
   const security = config.linux?.security_context;
   const mounts: ContainerMount[] = config.mounts.map((m, i) => {
     if (!m.container_path) throw invalidArgument(`config.mounts[${i}].container_path is empty`);
+    pathText(m.container_path, `config.mounts[${i}].container_path`);
+    pathText(m.host_path, `config.mounts[${i}].host_path`);
     if (!m.container_path.startsWith('/')) throw invalidArgument(`config.mounts[${i}].container_path "${m.container_path}" must be an absolute path`);
     // Fields berth would otherwise drop silently: refused by name, so a pod never runs without what it asked for.
     if ((m.uidMappings ?? []).length > 0 || (m.gidMappings ?? []).length > 0) {
@@ -334,17 +337,19 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
     throw invalidArgument('config.linux.security_context.run_as_group is set without run_as_user or run_as_username');
   }
   return {
-    metadata: { name: config.metadata.name, attempt: config.metadata.attempt },
+    metadata: { name: objectName(config.metadata.name, 'config.metadata.name'), attempt: config.metadata.attempt },
     image: config.image?.image ?? '',
     // kubelet resolves the pod's image to an id before CreateContainer and sends what the pod spec said here.
     ...(config.image?.user_specified_image ? { userSpecifiedImage: config.image.user_specified_image } : {}),
-    command: [...config.command],
-    args: [...config.args],
-    workingDir: config.working_dir,
+    command: config.command.map((c, i) => noNul(c, `config.command[${i}]`)),
+    args: config.args.map((a, i) => noNul(a, `config.args[${i}]`)),
+    workingDir: pathText(config.working_dir, 'config.working_dir'),
     envs: config.envs.map((e, i) => ({ key: e.key, value: envValue(e.value, `config.envs[${i}].value`) })),
     mounts,
     devices: config.devices.map((d, i) => {
       if (!d.host_path) throw invalidArgument(`config.devices[${i}].host_path is empty`);
+      pathText(d.host_path, `config.devices[${i}].host_path`);
+      pathText(d.container_path, `config.devices[${i}].container_path`);
       if (!d.container_path.startsWith('/')) throw invalidArgument(`config.devices[${i}].container_path "${d.container_path}" must be an absolute path`);
       return { containerPath: d.container_path, hostPath: d.host_path, permissions: devicePermissions(d.permissions, `config.devices[${i}].permissions`) };
     }),
@@ -352,9 +357,9 @@ export function containerConfigFromProto(config: ContainerConfig__Output | null)
       if (!parseQualifiedName(d.name)) throw invalidArgument(`config.cdi_devices[${i}].name "${d.name}" is not a fully qualified CDI device name (vendor.com/class=name)`);
       return d.name;
     }),
-    labels: { ...config.labels },
-    annotations: { ...config.annotations },
-    logPath: config.log_path,
+    labels: metadataMap(config.labels, 'config.labels'),
+    annotations: metadataMap(config.annotations, 'config.annotations'),
+    logPath: pathText(config.log_path, 'config.log_path'),
     stdin: config.stdin,
     stdinOnce: config.stdin_once,
     tty: config.tty,

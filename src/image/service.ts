@@ -174,6 +174,12 @@ export class ImageService {
         this.ensureLayer(repo, endpoint, descriptor, diffId, log, signal),
       );
       await this.store.put(record);
+    } catch (err) {
+      release();
+      // On a full disk the layers this pull did finish are no image's: they go, rather than hold the space
+      // every other write on the node is waiting for. (Any other failure keeps them for the retry.)
+      if (diskFull(err)) await this.store.collectGarbage();
+      throw err;
     } finally {
       release();
     }

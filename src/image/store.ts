@@ -1,8 +1,9 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { readJson, syncDir, writeJsonAtomic } from '../store/atomic.js';
+import { readJson, syncDir, writeFileNamed, writeJsonAtomic } from '../store/atomic.js';
 import { syncfsAsync } from '../store/sync.js';
+import { restoreReserve } from '../store/reserve.js';
 import { errorMessage, internal } from '../errors.js';
 import { Logger } from '../log.js';
 import { ImageRecord, LayerRecord } from './types.js';
@@ -153,7 +154,7 @@ export class ImageStore {
     }
     // One syncfs makes the unpacked files and layer.json durable before the rename publishes them, and
     // syncing layersDir makes the rename itself survive a power cut, as the image record that will name it does.
-    await fs.writeFile(path.join(staging, 'layer.json'), JSON.stringify(record, null, 1) + '\n', { mode: 0o600 });
+    await writeFileNamed(path.join(staging, 'layer.json'), JSON.stringify(record, null, 1) + '\n', 0o600);
     await syncfsAsync(staging);
     await fs.rename(staging, path.join(this.layersDir, hex(record.diffId)));
     await syncDir(this.layersDir);
@@ -193,6 +194,7 @@ export class ImageStore {
     }
     this.images.delete(id);
     await this.collectGarbage();
+    await restoreReserve(this.root);
   }
 
   /**

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BerthError, errorMessage, internal } from '../errors.js';
 import { ShimSpec } from './shim-spec.js';
+import { writeFileNamed } from '../store/atomic.js';
 import {
   addSeals,
   F_SEAL_GROW,
@@ -100,7 +101,7 @@ async function run(args: string[], timeoutMs = SHIM_TIMEOUT_MS): Promise<string>
 /** Writes the spec and creates the container process, blocked until `startContainer`. */
 export async function createContainer(spec: ShimSpec): Promise<{ pid: number; monitorPid: number; startTime: number }> {
   // Read once by the shim right now and never again: no need for the fsyncs of an atomic write.
-  await fs.writeFile(path.join(spec.bundle, 'spec.json'), JSON.stringify(spec));
+  await writeFileNamed(path.join(spec.bundle, 'spec.json'), JSON.stringify(spec));
   const out = await run(['create', spec.bundle]);
   try {
     const parsed = JSON.parse(out.trim().split('\n').pop() ?? '') as { pid: number; monitorPid: number; startTime: number };

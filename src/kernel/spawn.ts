@@ -1,6 +1,6 @@
 import net from 'node:net';
 import koffi from 'koffi';
-import { internal } from '../errors.js';
+import { errnoError, internal } from '../errors.js';
 import { fn } from './libc.js';
 
 // Starting a process with posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK)) instead of Node's fork+exec.
@@ -34,7 +34,7 @@ export interface SpawnOptions {
 function pipe(): [number, number] {
   const fds = new Int32Array(2);
   if (fn('pipe2', 'int pipe2(_Out_ int *fds, int flags)')(fds, O_CLOEXEC) < 0) {
-    throw internal(`pipe2: errno ${koffi.errno()}`);
+    throw errnoError('pipe2', koffi.errno());
   }
   return [fds[0], fds[1]];
 }
@@ -75,9 +75,21 @@ function reap(pid: number): Promise<{ code: number; signal: number }> {
 
 /** Runs `file` with `args`, stdin from `opts.input` or /dev/null, and collects stdout and stderr; kills it after `timeoutMs`. */
 export async function spawnCollect(file: string, args: string[], timeoutMs: number, opts: SpawnOptions = {}): Promise<SpawnResult> {
-  const [outR, outW] = pipe();
-  const [errR, errW] = pipe();
-  const [inR, inW] = opts.input === undefined ? [-1, -1] : pipe();
+  // At the open-files limit the second or third pipe fails: the ones already made must not leak with the error.
+  const made: number[] = [];
+  const pipeOrClose = (): [number, number] => {
+    try {
+      const fds = pipe();
+      made.push(...fds);
+      return fds;
+    } catch (err) {
+      for (const fd of made) fn('close', 'int close(int fd)')(fd);
+      throw err;
+    }
+  };
+  const [outR, outW] = pipeOrClose();
+  const [errR, errW] = pipeOrClose();
+  const [inR, inW] = opts.input === undefined ? [-1, -1] : pipeOrClose();
   const actions = Buffer.alloc(256);
   const attr = Buffer.alloc(512);
   const sigset = Buffer.alloc(128);
@@ -100,7 +112,7 @@ export async function spawnCollect(file: string, args: string[], timeoutMs: numb
     const env = [...Object.entries(process.env).map(([k, v]) => `${k}=${v}`), null];
     const spawn = fn('posix_spawn', 'int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)');
     const rc = spawn(pidOut, file, actions, attr, argv, env) as number;
-    if (rc !== 0) throw internal(`posix_spawn ${opts.argv0 ?? file}: errno ${rc}`);
+    if (rc !== 0) throw errnoError(`posix_spawn ${opts.argv0 ?? file}`, rc);
   } catch (err) {
     for (const fd of [outR, outW, errR, errW, inR, inW]) if (fd >= 0) fn('close', 'int close(int fd)')(fd);
     throw err;
@@ -204,7 +216,7 @@ export function spawnPiped(file: string, args: string[], childFds: ChildFd[], op
     const env = [...Object.entries(process.env).map(([k, v]) => `${k}=${v}`), null];
     const spawn = fn('posix_spawn', 'int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)');
     const rc = spawn(pidOut, file, actions, attr, argv, env) as number;
-    if (rc !== 0) throw internal(`posix_spawn ${opts.argv0 ?? file}: errno ${rc}`);
+    if (rc !== 0) throw errnoError(`posix_spawn ${opts.argv0 ?? file}`, rc);
   } catch (err) {
     for (const fd of opened) close(fd);
     throw err;

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { DnsConfig } from './types.js';
+import { writeFileNamed } from '../store/atomic.js';
 
 // The per-pod /etc/hosts, /etc/hostname and /etc/resolv.conf that every container of the pod bind-mounts.
 
@@ -27,7 +28,7 @@ export function hostsFile(hostname: string, ip?: string): string {
 
 /** Only /etc/hosts depends on the pod's address, so only it is rewritten once the network has given one. */
 export async function writeHostsFile(dir: string, hostname: string, ip: string): Promise<void> {
-  await fs.writeFile(path.join(dir, 'hosts'), hostsFile(hostname, ip), { mode: 0o644 });
+  await writeFileNamed(path.join(dir, 'hosts'), hostsFile(hostname, ip));
 }
 
 export async function writePodFiles(dir: string, opts: { hostname: string; dns?: DnsConfig; hostNetwork: boolean; ip?: string }): Promise<void> {
@@ -37,8 +38,8 @@ export async function writePodFiles(dir: string, opts: { hostname: string; dns?:
   const hosts = opts.hostNetwork ? await fs.readFile('/etc/hosts', 'utf8').catch(() => hostsFile(opts.hostname)) : hostsFile(opts.hostname, opts.ip);
   // Derived from the pod config and rewritten whenever needed: plain writes, without an atomic write's fsyncs.
   await Promise.all([
-    fs.writeFile(path.join(dir, 'resolv.conf'), resolv, { mode: 0o644 }),
-    fs.writeFile(path.join(dir, 'hosts'), hosts, { mode: 0o644 }),
-    fs.writeFile(path.join(dir, 'hostname'), `${opts.hostname}\n`, { mode: 0o644 }),
+    writeFileNamed(path.join(dir, 'resolv.conf'), resolv),
+    writeFileNamed(path.join(dir, 'hosts'), hosts),
+    writeFileNamed(path.join(dir, 'hostname'), `${opts.hostname}\n`),
   ]);
 }

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { writeFailure } from '../errors.js';
 
 // Writes survive a crash or power cut: readers see the old content or the new, never a torn file.
 export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
@@ -18,9 +19,21 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   } catch (err) {
     // A full disk or an I/O error must not leave dot-files piling up next to the records.
     await fs.rm(tmp, { force: true }).catch(() => undefined);
-    throw err;
+    throw writeFailure(file, err);
   }
   await syncDir(dir);
+}
+
+/**
+ * A plain (not atomic) write of a file berth alone reads, such as a bundle's spec: its failure names the file and
+ * a full disk is RESOURCE_EXHAUSTED, as Node's message for write(2) names no file.
+ */
+export async function writeFileNamed(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+  try {
+    await fs.writeFile(file, data, { mode });
+  } catch (err) {
+    throw writeFailure(file, err);
+  }
 }
 
 export async function writeJsonAtomic(file: string, value: unknown): Promise<void> {

@@ -1,8 +1,9 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { BerthError, failedPrecondition, internal, notFound } from '../errors.js';
+import { BerthError, exhaustedResource, failedPrecondition, internal, notFound } from '../errors.js';
 import { KeyedMutex } from './locks.js';
 import { readJson, writeJsonAtomic } from './atomic.js';
+import { releaseReserve, restoreReserve } from './reserve.js';
 
 // The one path by which a pod's or container's record changes: compute the new record from a snapshot, write it
 // (temp + fsync + rename), then swap it into memory. Readers only ever get frozen snapshots, so no caller can
@@ -146,6 +147,7 @@ export class RecordStore<T extends StoredRecord> {
       if (gone) this.opts.onChange?.(gone, undefined);
       await fs.rm(this.pathOf(id), { recursive: true, force: true });
     });
+    await restoreReserve(this.dir);
   }
 
   /** Waits for every write-behind ('recoverable') change started so far. */
@@ -166,7 +168,16 @@ export class RecordStore<T extends StoredRecord> {
 
   private async write(record: Readonly<T>): Promise<void> {
     await fs.mkdir(this.pathOf(record.id), { recursive: true, mode: 0o700 });
-    await writeJsonAtomic(path.join(this.pathOf(record.id), this.file), record);
+    const file = path.join(this.pathOf(record.id), this.file);
+    try {
+      await writeJsonAtomic(file, record);
+    } catch (err) {
+      // A record that exists already is being changed (started, stopped, torn down): on a full disk that must
+      // still be possible, so the space reserve under berth's root is given up for it. A new record is not.
+      const exists = this.live.has(record.id);
+      if (!exists || exhaustedResource(err) !== 'ENOSPC' || !(await releaseReserve(this.dir))) throw err;
+      await writeJsonAtomic(file, record);
+    }
   }
 
   /** Writes of one id land in the order they were made; a behind write never rejects (onWriteError hears it). */

@@ -46,6 +46,11 @@ export class Extractor {
   /** Directory times, applied at the end because creating children changes them. */
   private readonly dirTimes = new Map<string, [number, number]>();
   private current: Promise<void> = Promise.resolve();
+  /**
+   * The first entry that failed, and why. tar-stream may end the pipeline with a premature close of its own once
+   * an entry fails, which would hide the reason (a full disk) behind one that blames the stream.
+   */
+  failure: Error | undefined;
   private sliceStart = performance.now();
 
   constructor(
@@ -66,7 +71,9 @@ export class Extractor {
       () => next(),
       (err: unknown) => {
         data.resume();
-        next(this.wrap(err, header.name));
+        const wrapped = this.wrap(err, header.name);
+        this.failure ??= wrapped;
+        next(wrapped);
       },
     );
   }

@@ -88,7 +88,9 @@ export async function unpackLayer(input: Readable, dest: string, opts: UnpackOpt
     } catch (rmErr) {
       log.error('removing a failed layer unpack', { dest: root, err: rmErr });
     }
-    throw classify(err, inputError, root);
+    // An entry's own failure (ENOSPC writing a file) explains a premature close that followed it.
+    const premature = (err as NodeJS.ErrnoException | undefined)?.code === 'ERR_STREAM_PREMATURE_CLOSE';
+    throw classify(premature && extractor.failure ? extractor.failure : err, inputError, root);
   } finally {
     input.off('error', onInputError);
   }
