@@ -1,6 +1,7 @@
-/* berth-shim portforward <netns-path|-> <port> [--timeout-ms N]: one TCP connection to localhost:<port> inside a
- * network namespace, relayed to this process's stdin/stdout. A process of its own, single-threaded, so that
- * berth never moves one of its own threads into a pod's namespace. */
+/* berth-shim portforward <netns-path|-> <port> [--timeout-ms N] [--pass-fd]: one TCP connection to localhost:<port>
+ * inside a network namespace, relayed to this process's stdin/stdout, or (--pass-fd) handed to berth over the unix
+ * socket at fd 3 so that berth reads and writes it directly, with no relay hop. A process of its own,
+ * single-threaded, so that berth never moves one of its own threads into a pod's namespace. */
 #include "shim.h"
 
 #include <arpa/inet.h>
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define STATUS_FD 3
@@ -22,7 +24,7 @@
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: " SHIM_NAME " portforward <netns-path|-> <port 1-65535> [--timeout-ms N]\n");
+    fprintf(stderr, "usage: " SHIM_NAME " portforward <netns-path|-> <port 1-65535> [--timeout-ms N] [--pass-fd]\n");
 }
 
 /* "ok\n", or the reason, on the status fd (stderr when berth passed none). */
@@ -152,11 +154,40 @@ static int relay(int sock)
     return failed;
 }
 
+/* "ok\n" with the connected socket attached (SCM_RIGHTS) on the unix socket at the status fd. */
+static int pass_socket(int sock)
+{
+    char text[] = "ok\n";
+    struct iovec iov = {text, sizeof text - 1};
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &sock, sizeof(int));
+    ssize_t r;
+    while ((r = sendmsg(STATUS_FD, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    close(sock);
+    close(STATUS_FD);
+    return r == (ssize_t)iov.iov_len ? 0 : 1;
+}
+
 int cmd_portforward(int argc, char **argv)
 {
     long port, v;
     int timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
-    if (argc != 3 && !(argc == 5 && strcmp(argv[3], "--timeout-ms") == 0)) {
+    int pass_fd = 0;
+    if (argc < 3) {
         usage();
         return 2;
     }
@@ -164,12 +195,26 @@ int cmd_portforward(int argc, char **argv)
         fprintf(stderr, SHIM_NAME ": portforward: bad port %s (1-65535)\n", argv[2]);
         return 2;
     }
-    if (argc == 5) {
-        if (parse_long(argv[4], &v) < 0 || v < 1 || v > 600000) {
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--pass-fd") == 0) {
+            pass_fd = 1;
+        } else if (strcmp(argv[i], "--timeout-ms") == 0 && i + 1 < argc) {
+            if (parse_long(argv[++i], &v) < 0 || v < 1 || v > 600000) {
+                usage();
+                return 2;
+            }
+            timeout_ms = (int)v;
+        } else {
             usage();
             return 2;
         }
-        timeout_ms = (int)v;
+    }
+    if (pass_fd) {
+        struct stat st;
+        if (fstat(STATUS_FD, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+            fprintf(stderr, SHIM_NAME ": portforward: --pass-fd needs a unix socket at fd %d\n", STATUS_FD);
+            return 2;
+        }
     }
     signal(SIGPIPE, SIG_IGN);
     char msg[300];
@@ -195,6 +240,8 @@ int cmd_portforward(int argc, char **argv)
         report(msg);
         return 1;
     }
+    if (pass_fd)
+        return pass_socket(s);
     report("ok");
     return relay(s);
 }

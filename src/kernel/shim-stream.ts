@@ -4,6 +4,8 @@ import path from 'node:path';
 import { Duplex, Readable, type Writable } from 'node:stream';
 import { BerthError, errorMessage, failedPrecondition, internal, invalidArgument } from '../errors.js';
 import { type ExecOptions, execArgs, SHIM_PATH, sealedShim } from './shim.js';
+import { type LineWithFd, receiveLineWithFd, unixSocketPair } from './fd-passing.js';
+import { fn } from './libc.js';
 import { type ChildFd, type PipedChild, spawnPiped } from './spawn.js';
 
 // The engine side of kubectl exec -it, attach and port-forward: interactive `berth-shim exec`, the monitor's
@@ -22,6 +24,10 @@ const ATTACH_CONNECT_TIMEOUT_MS = 5000;
 const PORTFORWARD_STATUS_GRACE_MS = 2000;
 /** sun_path holds 108 bytes with the terminating NUL. */
 const SUN_PATH_MAX = 107;
+
+function closeFd(fd: number): void {
+  fn('close', 'int close(int fd)')(fd);
+}
 
 function readableFd(fd: number): net.Socket {
   return new net.Socket({ fd, readable: true, writable: false });
@@ -274,56 +280,51 @@ export function closeContainerStdin(monitorPid: number, monitorStartTime?: numbe
 
 /**
  * A TCP connection to localhost:<port> in a network namespace (127.0.0.1, then ::1 when that is refused). With
- * netnsPath null (host network) berth connects itself; otherwise `berth-shim portforward` enters the pinned
- * namespace in a process of its own and relays. Rejects with a BerthError whose message suits the port's error
- * stream: invalid_argument for a port outside 1-65535, unavailable when the connection cannot be made.
+ * netnsPath null (host network) berth connects itself; otherwise `berth-shim portforward --pass-fd` enters the
+ * pinned namespace in a process of its own, connects, and hands the connected socket back over a unix socket
+ * pair (SCM_RIGHTS) before exiting: berth then reads and writes the pod's connection itself, with no relay process
+ * or pipes in the data path. Rejects with a BerthError whose message suits the port's error stream:
+ * invalid_argument for a port outside 1-65535, unavailable when the connection cannot be made.
  */
 export async function dialInNetns(netnsPath: string | null, port: number, timeoutMs: number): Promise<Duplex> {
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalidArgument(`port ${port} is not in 1-65535`);
   if (netnsPath === null) return dialHost(port, timeoutMs);
   let child: PipedChild;
+  let ours: number;
+  let theirs: number;
   try {
-    child = spawnPiped(await sealedShim(), ['portforward', netnsPath, String(port), '--timeout-ms', String(Math.max(1, timeoutMs))],
-      ['in', 'out', 'out', 'out'], { argv0: SHIM_PATH });
+    [ours, theirs] = unixSocketPair();
   } catch (err) {
-    throw internal(`berth-shim portforward: ${errorMessage(err)}`, err);
+    throw internal(`port-forward: ${errorMessage(err)}`, err);
   }
-  const [inFd, outFd, errFd, statusFd] = child.fds as [number, number, number, number];
-  const stdin = writableFd(inFd);
-  const stdout = readableFd(outFd);
-  const stderr = readableFd(errFd);
+  try {
+    child = spawnPiped(await sealedShim(), ['portforward', netnsPath, String(port), '--timeout-ms', String(Math.max(1, timeoutMs)), '--pass-fd'],
+      ['null', 'null', 'out', { fd: theirs }], { argv0: SHIM_PATH });
+  } catch (err) {
+    closeFd(ours);
+    throw internal(`berth-shim portforward: ${errorMessage(err)}`, err);
+  } finally {
+    closeFd(theirs); // the child's copy is its own now; its exit then ends the pair for us
+  }
+  const stderr = readableFd(child.fds[2]!);
   const diagnostics: Buffer[] = [];
   stderr.on('data', (d: Buffer) => diagnostics.push(d));
-  const status = await readStatusLine(readableFd(statusFd), timeoutMs + PORTFORWARD_STATUS_GRACE_MS);
-  if (status !== 'ok') {
-    child.kill('SIGKILL');
-    stdin.destroy();
-    stdout.destroy();
-    const { code } = await child.exited;
-    stderr.destroy();
-    const why = status ?? (Buffer.concat(diagnostics).toString().trim() || `berth-shim portforward exited with ${code}`);
-    throw new BerthError('unavailable', status === undefined ? `port ${port}: ${why}` : why);
+  let received: LineWithFd;
+  try {
+    received = await receiveLineWithFd(ours, timeoutMs + PORTFORWARD_STATUS_GRACE_MS);
+  } catch (err) {
+    received = { line: `receiving the connection: ${errorMessage(err)}`, fd: null };
   }
-  return new ShimRelay(stdin, stdout, stderr, child);
-}
-
-function readStatusLine(sock: net.Socket, timeoutMs: number): Promise<string | undefined> {
-  return new Promise((resolve) => {
-    let text = '';
-    const finish = (v: string | undefined) => {
-      clearTimeout(timer);
-      sock.destroy();
-      resolve(v);
-    };
-    const timer = setTimeout(() => finish('connect timed out'), timeoutMs);
-    sock.on('data', (d: Buffer) => {
-      text += d.toString();
-      const nl = text.indexOf('\n');
-      if (nl >= 0) finish(text.slice(0, nl));
-    });
-    sock.on('error', () => finish(undefined));
-    sock.on('close', () => finish(text.trim() || undefined));
-  });
+  if (received.line !== 'ok' || received.fd === null) {
+    if (received.fd !== null) closeFd(received.fd);
+    child.kill('SIGKILL');
+    const { code } = await child.exited;
+    await new Promise<void>((resolve) => (stderr.destroyed ? resolve() : stderr.once('close', () => resolve())));
+    const why = received.line || Buffer.concat(diagnostics).toString().trim() || `berth-shim portforward exited with ${code}`;
+    throw new BerthError('unavailable', received.line ? why : `port ${port}: ${why}`);
+  }
+  void child.exited.then(() => stderr.destroy());
+  return new net.Socket({ fd: received.fd, readable: true, writable: true, allowHalfOpen: true });
 }
 
 function dialHost(port: number, timeoutMs: number): Promise<Duplex> {
@@ -350,43 +351,4 @@ function dialHost(port: number, timeoutMs: number): Promise<Duplex> {
       throw fail(err);
     });
   });
-}
-
-/** The relay process's stdin and stdout as one Duplex; destroying it ends the process. */
-class ShimRelay extends Duplex {
-  constructor(
-    private readonly input: net.Socket,
-    private readonly output: net.Socket,
-    private readonly diagnostics: net.Socket,
-    private readonly child: PipedChild,
-  ) {
-    super({ allowHalfOpen: true });
-    output.on('data', (d: Buffer) => {
-      if (!this.push(d)) output.pause();
-    });
-    output.on('end', () => this.push(null));
-    output.on('error', (err) => this.destroy(err));
-    diagnostics.on('data', () => undefined);
-    void child.exited.then(() => this.diagnostics.destroy());
-  }
-
-  override _read(): void {
-    this.output.resume();
-  }
-
-  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
-    this.input.write(chunk, (err) => cb(err ?? null));
-  }
-
-  // stdin EOF: the shim shuts down the connection's write side; the peer's reply keeps coming.
-  override _final(cb: (err?: Error | null) => void): void {
-    this.input.end(() => cb());
-  }
-
-  override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
-    this.input.destroy();
-    this.output.destroy();
-    this.child.kill('SIGKILL');
-    cb(err);
-  }
 }

@@ -154,8 +154,11 @@ export async function spawnCollect(file: string, args: string[], timeoutMs: numb
 }
 
 
-/** What the child gets at one fd: a pipe it reads ('in') or writes ('out'), the same pipe as fd 1, or /dev/null. */
-export type ChildFd = 'in' | 'out' | 'stdout' | 'null';
+/**
+ * What the child gets at one fd: a pipe it reads ('in') or writes ('out'), the same pipe as fd 1, /dev/null, or a
+ * descriptor of the caller's ({ fd }: duplicated into the child; the caller still owns and closes it).
+ */
+export type ChildFd = 'in' | 'out' | 'stdout' | 'null' | { fd: number };
 
 export interface PipedChild {
   pid: number;
@@ -192,6 +195,12 @@ export function spawnPiped(file: string, args: string[], childFds: ChildFd[], op
       if (kind === 'null') {
         addopen(actions, target, '/dev/null', 2 /* O_RDWR */, 0);
         ours.push(-1);
+        return;
+      }
+      if (typeof kind === 'object') {
+        dup2(actions, kind.fd, target);
+        ours.push(-1);
+        theirs.push(-1);
         return;
       }
       if (kind === 'stdout') {

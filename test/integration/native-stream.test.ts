@@ -4,7 +4,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { symlink } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -276,7 +276,7 @@ async function stopServer(pid: number): Promise<void> {
   await waitFor(`echo server ${pid} to exit`, () => !pidAlive(pid), SHIM_POLL);
 }
 
-rtest('portforward into a pod netns: MiBs round-trip intact, refused is reported on the status channel, a bad port exits 2', async (t) => {
+rtest('portforward into a pod netns: the shim hands berth the connected socket and exits, MiBs round-trip intact, refused is reported on the status channel, a bad port exits 2', async (t) => {
   const fds = fdCount();
   const pod = path.join(TMP, `pod-${randomBytes(4).toString('hex')}`);
   podDirs.push(pod);
@@ -286,8 +286,16 @@ rtest('portforward into a pod netns: MiBs round-trip intact, refused is reported
   const port = await freePort(); // free on the host: the pod's server must not be reachable there
   const server = await echoServer(netns, port);
   try {
-    // two connections at once through two relay processes
+    // two connections at once; each shim connects in the pod and hands the socket to berth, then exits
     const [c1, c2] = await Promise.all([dialInNetns(netns, port, 5000), dialInNetns(netns, port, 5000)]);
+    await waitFor('the dialing shims to exit while their connections stay open', () => shimProcesses('portforward', netns).length === 0, SHIM_POLL);
+    for (const c of [c1, c2]) {
+      // berth's own descriptor of the pod's TCP connection, close-on-exec so no process berth spawns inherits it
+      const fd = (c as net.Socket & { _handle: { fd: number } })._handle.fd;
+      t.regex(readlinkSync(`/proc/self/fd/${fd}`), /^socket:/);
+      const flags = parseInt(/^flags:\s*([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8);
+      t.truthy(flags & 0o2000000, `fd ${fd} is close-on-exec`);
+    }
     const [r1, r2] = await Promise.all([roundTrip(c1, 6 * 1024 * 1024), roundTrip(c2, 3 * 1024 * 1024)]);
     t.is(r1[1], r1[0]);
     t.is(r2[1], r2[0]);

@@ -1,5 +1,6 @@
 import test from 'ava';
 import net from 'node:net';
+import { encodeGoAway } from '../../src/streaming/spdy/frames.js';
 import { SpdySession, type SpdyStream } from '../../src/streaming/spdy/session.js';
 
 // Session mechanics on a real loopback TCP pair: backpressure, half-close, reset, ping.
@@ -86,5 +87,56 @@ test('half-close both ways, RST from the peer, and PING round trips', async (t) 
   t.true(streams[1]!.resetByPeer);
   t.is(typeof (await p.client.ping()), 'number');
   t.false(p.server.closed);
+  await p.close();
+});
+
+/** Resolves with the stream's whole text if it ends cleanly; rejects if it closes without its end. */
+function readLater(s: SpdyStream): Promise<string> {
+  if (s.destroyed && !s.readableEnded) return Promise.reject(new Error('destroyed before it was read'));
+  return readAll(s);
+}
+
+async function streamPair(p: Awaited<ReturnType<typeof pair>>): Promise<{ local: SpdyStream; remote: SpdyStream }> {
+  const incoming = new Promise<SpdyStream>((resolve) => p.server.on('stream', (s) => (s.accept(), resolve(s))));
+  const local = p.client.openStream([['streamtype', 'error']]);
+  const remote = await incoming;
+  await local.replied;
+  return { local, remote };
+}
+
+test('data the peer sent before closing the connection is still read after the close (FIN, or GOAWAY then close)', async (t) => {
+  // FIN on the stream, then the peer's socket ends without GOAWAY: the stream's data is complete.
+  const a = await pair();
+  const one = await streamPair(a);
+  const clientClosed = new Promise((resolve) => a.client.once('close', resolve));
+  one.remote.end('{"status":"Failure","code":3}');
+  await new Promise<void>((resolve) => one.remote.once('finish', () => resolve()));
+  a.serverSocket.end();
+  await clientClosed;
+  t.is(await readLater(one.local), '{"status":"Failure","code":3}', 'read after the session closed');
+  await a.close();
+
+  // No FIN, but the peer said GOAWAY before closing (client-go's conn.Close()): a graceful end, data kept.
+  const b = await pair();
+  const two = await streamPair(b);
+  const closed = new Promise((resolve) => b.client.once('close', resolve));
+  two.remote.write('status written just before close');
+  // As spdystream's Close() does it: GOAWAY, then the connection ends, its streams left as they are.
+  b.serverSocket.write(encodeGoAway(0, 0));
+  b.serverSocket.end();
+  await closed;
+  t.is(await readLater(two.local), 'status written just before close');
+  await b.close();
+});
+
+test('a peer that drops the connection without FIN or GOAWAY cuts its streams short, visibly', async (t) => {
+  const p = await pair();
+  const { local, remote } = await streamPair(p);
+  const closed = new Promise((resolve) => p.client.once('close', resolve));
+  remote.write('partial');
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  p.serverSocket.end();
+  await closed;
+  await t.throwsAsync(readLater(local), { message: /destroyed before it was read|closed before its end/ });
   await p.close();
 });

@@ -144,6 +144,23 @@ export class SpdyStream extends Duplex {
     this.session.maybeForget(this);
   }
 
+  /**
+   * @internal The connection is gone, but what the peer sent is complete (its FIN came, or it said GOAWAY before
+   * closing): the reader still gets every byte already received and then 'end' (a status written just before
+   * the close must not be lost); nothing more can be sent, so the stream closes once read to its end.
+   */
+  endWithConnection(): void {
+    this.localFinished = true;
+    if (!this.remoteFinished) {
+      this.remoteFinished = true;
+      if (!this.destroyed) this.push(null);
+    }
+    this.rejectReply(new Error(`spdy stream ${this.id} ended with its connection before its reply`));
+    if (this.destroyed) return;
+    if (this.readableEnded) this.destroy();
+    else this.once('end', () => this.destroy());
+  }
+
   /** @internal */ receiveReset(): void {
     this.resetByPeer = true;
     this.remoteFinished = true;
@@ -482,11 +499,17 @@ export class SpdySession extends EventEmitter<SessionEvents> {
     this.inbox = [];
     this.inflater.close();
     this.blocked.clear();
-    for (const s of [...this.streams.values()]) {
-      s.remoteFinished = true;
-      s.destroy();
-    }
+    const streams = [...this.streams.values()];
     this.streams.clear();
+    for (const s of streams) {
+      if (s.remoteFinished || (err === null && this.peerGoneAway)) {
+        s.endWithConnection();
+      } else {
+        // The peer vanished mid-stream: its data is cut short, which the reader must not take for a clean end.
+        s.remoteFinished = true;
+        s.destroy();
+      }
+    }
     this.flushDrainWaiters();
     for (const done of this.pings.values()) done();
     this.pings.clear();
