@@ -21,6 +21,7 @@ import { runtimeHandlers, RuntimeInfo, RUNTIME_NAME } from './cri/runtime.js';
 import { statsHandlers } from './cri/stats.js';
 import { CgroupStatsReader } from './kernel/cgroup-stats.js';
 import { readInterfaceCounters } from './kernel/netdev-stats.js';
+import { KernelFiles } from './kernel/kernel-files.js';
 import { dirUsage } from './kernel/dir-usage.js';
 import { StatsService, type StatsContainer, type StatsPod } from './stats/service.js';
 import { WritableLayers } from './stats/writable-layers.js';
@@ -299,7 +300,8 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     // berth-shim sandbox mounts the pod netns's sysfs beside the netns pin.
     ...(p.namespacePaths.network ? { netSysDir: path.join(path.dirname(p.namespacePaths.network), NET_SYSFS) } : {}),
   });
-  const cgroupStats = new CgroupStatsReader(cgroups.layout);
+  const statsFiles = new KernelFiles();
+  const cgroupStats = new CgroupStatsReader(cgroups.layout, statsFiles);
   const stats = new StatsService({
     containers: () => containers.list().map(statsContainer),
     pods: () => sandboxes.list().map(statsPod),
@@ -311,8 +313,12 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       const p = sandboxes.find(id);
       return p && statsPod(p);
     },
-    readCgroup: (cgPath) => cgroupStats.read(cgPath),
-    readInterfaces: readInterfaceCounters,
+    readCgroup: (cgPath, parts) => cgroupStats.read(cgPath, parts),
+    readInterfaces: (sysDir) => readInterfaceCounters(sysDir, statsFiles),
+    release: ({ cgroupPath, netSysDir }) => {
+      statsFiles.release(cgroupPath);
+      if (netSysDir) statsFiles.release(netSysDir);
+    },
     writableLayer: (id) => layers.usage(id),
     layerMountpoint: path.join(paths.root, 'containers'),
     log: statsLog,
