@@ -20,7 +20,7 @@ import { containerHandlers } from './cri/containers.js';
 import { runtimeHandlers, RuntimeInfo, RUNTIME_NAME } from './cri/runtime.js';
 import { statsHandlers } from './cri/stats.js';
 import { CgroupStatsReader } from './kernel/cgroup-stats.js';
-import { readInterfaceCounters } from './kernel/netdev-stats.js';
+import { InterfaceCountersReader } from './kernel/netdev-stats.js';
 import { KernelFiles } from './kernel/kernel-files.js';
 import { dirUsage } from './kernel/dir-usage.js';
 import { StatsService, type StatsContainer, type StatsPod } from './stats/service.js';
@@ -302,6 +302,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   });
   const statsFiles = new KernelFiles();
   const cgroupStats = new CgroupStatsReader(cgroups.layout, statsFiles);
+  const interfaceCounters = new InterfaceCountersReader(statsFiles);
   const stats = new StatsService({
     containers: () => containers.list().map(statsContainer),
     pods: () => sandboxes.list().map(statsPod),
@@ -314,10 +315,10 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       return p && statsPod(p);
     },
     readCgroup: (cgPath, parts) => cgroupStats.read(cgPath, parts),
-    readInterfaces: (sysDir) => readInterfaceCounters(sysDir, statsFiles),
+    readInterfaces: async (sysDir) => interfaceCounters.read(sysDir),
     release: ({ cgroupPath, netSysDir }) => {
-      statsFiles.release(cgroupPath);
-      if (netSysDir) statsFiles.release(netSysDir);
+      cgroupStats.release(cgroupPath);
+      if (netSysDir) interfaceCounters.release(netSysDir);
     },
     writableLayer: (id) => layers.usage(id),
     layerMountpoint: path.join(paths.root, 'containers'),
