@@ -312,7 +312,10 @@ export class CgroupStatsReader {
       else if (blkio !== undefined) sample.io = parseBlkioServiceBytes(blkio);
     }
     if (parts.psi && unified) {
-      const psi = { cpu: parsePressure(read(unified, 'cpu.pressure')), memory: parsePressure(read(unified, 'memory.pressure')), io: parsePressure(read(unified, 'io.pressure')) };
+      // Pressure files exist from the moment the cgroup2 directory does, or never: a container cgroup berth did
+      // not make in the cgroup2 tree (a v1 host where that tree holds no controller berth uses) never has them.
+      const pressure = (name: string) => parsePressure(this.files.read(cgPath, `${unified}/${name}`, true));
+      const psi = { cpu: pressure('cpu.pressure'), memory: pressure('memory.pressure'), io: pressure('io.pressure') };
       if (psi.cpu || psi.memory || psi.io) sample.psi = dropUndefined(psi);
     }
     return sample;

@@ -18,6 +18,9 @@ export const DEFAULT_MAX_OPEN = 4096;
 
 const GONE = new Set(['ENOENT', 'ENOTDIR', 'ENODEV']);
 
+/** Held in place of a descriptor: the file did not exist and, as asked, is not looked for again. */
+const ABSENT = -1;
+
 export class KernelFiles {
   private readonly owners = new Map<string, Map<string, number>>();
   private openCount = 0;
@@ -29,10 +32,16 @@ export class KernelFiles {
     return this.openCount;
   }
 
-  /** The file's text now, or undefined when it does not exist (or vanished with its cgroup or interface). */
-  read(owner: string, file: string): string | undefined {
+  /**
+   * The file's text now, or undefined when it does not exist (or vanished with its cgroup or interface). With
+   * `absenceStays`, a file found missing is not looked for again until the owner is released: for files whose
+   * absence is fixed when their directory is made (a container cgroup berth did not join to the cgroup2 tree has
+   * no pressure files), where a failed open per read would cost more than a successful read.
+   */
+  read(owner: string, file: string, absenceStays = false): string | undefined {
     const files = this.owners.get(owner);
     const held = files?.get(file);
+    if (held === ABSENT) return undefined;
     if (held !== undefined) {
       const text = readAt(held, file);
       if (text !== undefined) return text;
@@ -44,8 +53,9 @@ export class KernelFiles {
     try {
       fd = openSync(file, 'r');
     } catch (err) {
-      if (GONE.has(codeOf(err) ?? '')) return undefined;
-      throw internal(`reading ${file}: ${errorMessage(err)}`, err);
+      if (!GONE.has(codeOf(err) ?? '')) throw internal(`reading ${file}: ${errorMessage(err)}`, err);
+      if (absenceStays) this.hold(owner, file, ABSENT);
+      return undefined;
     }
     let text: string | undefined;
     try {
@@ -54,20 +64,27 @@ export class KernelFiles {
       if (text === undefined || this.openCount >= this.maxOpen) closeSync(fd);
     }
     if (text !== undefined && this.openCount < this.maxOpen) {
-      let byOwner = this.owners.get(owner);
-      if (!byOwner) this.owners.set(owner, (byOwner = new Map()));
-      byOwner.set(file, fd);
+      this.hold(owner, file, fd);
       this.openCount++;
     }
     return text;
+  }
+
+  private hold(owner: string, file: string, fd: number): void {
+    let byOwner = this.owners.get(owner);
+    if (!byOwner) this.owners.set(owner, (byOwner = new Map()));
+    byOwner.set(file, fd);
   }
 
   /** Closes the files read for `owner` (its cgroup or pod is gone, or no longer read). */
   release(owner: string): void {
     const files = this.owners.get(owner);
     if (!files) return;
-    for (const fd of files.values()) closeSync(fd);
-    this.openCount -= files.size;
+    for (const fd of files.values()) {
+      if (fd === ABSENT) continue;
+      closeSync(fd);
+      this.openCount--;
+    }
     this.owners.delete(owner);
   }
 
