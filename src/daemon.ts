@@ -325,6 +325,9 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     log: statsLog,
   });
   usageSource = stats;
+  events.listen((t) => {
+    if (t.kind === 'DELETED' || (t.kind === 'STOPPED' && t.subject === 'pod')) stats.release(t.id);
+  });
   const statsLookups = {
     podAttempt: (id: string) => sandboxes.find(id)?.config.metadata.attempt ?? 0,
     imageOf: (id: string) => containers.find(id)?.imageName ?? '',

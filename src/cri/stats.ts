@@ -16,12 +16,17 @@ import { pagedStream } from './paging.js';
 // The stats RPCs: the stats service's domain records rendered as CRI messages. Optional counters kubelet reads as
 // "unknown" when absent stay absent (a UInt64Value is a pointer there), never a made-up 0.
 
-const u64 = (v: number | bigint | undefined) => (v === undefined ? undefined : { value: String(typeof v === 'number' ? Math.max(0, Math.round(v)) : v) });
+// A uint64 handed to protobufjs as a string is parsed into a Long digit by digit; a number below 2^53 is
+// written directly (a fifth of a 100-container ListContainerStats's encoding time).
+const wire64 = (v: bigint): number | string => (v <= MAX_SAFE ? Number(v) : String(v));
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+const u64 = (v: number | bigint | undefined) =>
+  v === undefined ? undefined : { value: typeof v === 'number' ? Math.max(0, Math.round(v)) : wire64(v) };
 
 type PsiOf = ContainerUsage['psi'];
 
 // The kernel counts stall time in microseconds; the CRI's PsiData.Total is nanoseconds.
-const psiLine = (l: PressureLine) => ({ Total: String(l.totalMicroseconds * 1000n), Avg10: l.avg10, Avg60: l.avg60, Avg300: l.avg300 });
+const psiLine = (l: PressureLine) => ({ Total: wire64(l.totalMicroseconds * 1000n), Avg10: l.avg10, Avg60: l.avg60, Avg300: l.avg300 });
 
 /** Absent where the kernel has no pressure file for the cgroup (no cgroup2 directory, or PSI off). */
 function psiProto(p: Pressure | undefined): PsiStats | undefined {

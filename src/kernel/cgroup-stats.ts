@@ -248,9 +248,24 @@ export class CgroupStatsReader {
     private readonly files = new KernelFiles(),
   ) {}
 
+  /** The cgroup's directory in each hierarchy, by cgroup path: joined once, not at every read. */
+  private readonly dirs = new Map<string, Partial<Record<Controller | 'unified', string>>>();
+
   /** Closes the files kept open for the cgroup: call once it is gone or no longer read. */
   release(cgPath: string): void {
     this.files.release(cgPath);
+    this.dirs.delete(cgPath);
+  }
+
+  private dirsOf(cgPath: string): Partial<Record<Controller | 'unified', string>> {
+    const segs = cgroupSegments(cgPath);
+    const dirs: Partial<Record<Controller | 'unified', string>> = {};
+    for (const c of ['memory', 'cpu', 'cpuacct', 'pids', 'io', 'blkio'] as const) {
+      const dir = controllerDir(this.layout, c, segs)?.dir;
+      if (dir) dirs[c] = dir;
+    }
+    if (this.layout.unified) dirs.unified = path.join(this.layout.unified.mountPoint, ...segs);
+    return dirs;
   }
 
   /** The cgroup's usage now; undefined when the cgroup no longer exists (removed after its container exited). */
@@ -259,17 +274,13 @@ export class CgroupStatsReader {
   }
 
   readNow(cgPath: string, parts: SampleParts = ALL_SAMPLE_PARTS): CgroupSample | undefined {
-    const segs = cgroupSegments(cgPath);
     const { controllers } = this.layout;
-    const dirOf = (c: Controller) => controllerDir(this.layout, c, segs)?.dir;
-    const memDir = dirOf('memory');
+    let dirs = this.dirs.get(cgPath);
+    if (!dirs) this.dirs.set(cgPath, (dirs = this.dirsOf(cgPath)));
+    const { memory: memDir, cpu: cpuDir, pids: pidsDir, cpuacct: acct, unified } = dirs;
     const memV2 = controllers.memory?.version === 2;
     const cpuV2 = controllers.cpu?.version === 2;
-    const cpuDir = dirOf('cpu');
-    const pidsDir = dirOf('pids');
-    const unified = this.layout.unified ? path.join(this.layout.unified.mountPoint, ...segs) : undefined;
     const read = (dir: string | undefined, name: string) => (dir ? this.files.read(cgPath, `${dir}/${name}`) : undefined);
-    const acct = dirOf('cpuacct');
     // v2 accounts CPU time in the core cpu.stat, present even where the cpu controller is not enabled.
     const acctUsage = acct ? read(acct, 'cpuacct.usage') : undefined;
     const unifiedCpuStat = acct ? undefined : read(unified, 'cpu.stat');
@@ -306,8 +317,8 @@ export class CgroupStatsReader {
       if (current !== undefined) sample.pids = { current: Number(current), ...optional('limit', parts.pidsLimit ? parseLimit(read(pidsDir, 'pids.max')) : undefined) };
     }
     if (parts.io) {
-      const ioV2 = controllers.io?.version === 2 ? read(dirOf('io'), 'io.stat') : undefined;
-      const blkio = controllers.blkio?.version === 1 ? read(dirOf('blkio'), 'blkio.throttle.io_service_bytes_recursive') : undefined;
+      const ioV2 = controllers.io?.version === 2 ? read(dirs.io, 'io.stat') : undefined;
+      const blkio = controllers.blkio?.version === 1 ? read(dirs.blkio, 'blkio.throttle.io_service_bytes_recursive') : undefined;
       if (ioV2 !== undefined) sample.io = parseIoStat(ioV2);
       else if (blkio !== undefined) sample.io = parseBlkioServiceBytes(blkio);
     }

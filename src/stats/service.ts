@@ -212,6 +212,18 @@ export class StatsService implements UsageSource {
     return { sample: read, timestampNs, nanoCores: entry.nanoCores };
   }
 
+  /**
+   * Lets go of the files read for a container or pod (its last known values stay): call when a pod stops, so that
+   * no descriptor keeps its network namespace's sysfs (and with it the namespace and its veth) alive after the
+   * namespace is unpinned, and when a container or pod is removed. A later read opens what still exists.
+   */
+  release(id: string): void {
+    const from = this.readFrom.get(id);
+    if (!from) return;
+    this.readFrom.delete(id);
+    this.ports.release?.(from);
+  }
+
   /** Drops what is remembered of containers and pods that no longer exist. */
   private forgetAllBut(ids: string[]): void {
     const live = new Set(ids);

@@ -447,25 +447,42 @@ test('service: what a gone container or pod was read from is released once, at t
   t.deepEqual(released, [{ cgroupPath: '/pod/c2' }, { cgroupPath: '/pod', netSysDir: '/sys-of-p1' }]);
 });
 
+test('service: release lets go of what a stopped pod was read from at once, keeping its last values', async (t) => {
+  const samples = new Map<string, CgroupSample | undefined>([['/pod', sample(1n, 10)], ['/pod/c1', sample(1n, 10)], ['/pod/c2', sample(1n, 10)]]);
+  const { ports } = fakes(samples, { now: 1n });
+  const released: unknown[] = [];
+  const stats = new StatsService({ ...ports, release: (from) => released.push(from) });
+  const before = await stats.pod('p1');
+  stats.release('p1');
+  stats.release('p1');
+  stats.release('never-read');
+  t.deepEqual(released, [{ cgroupPath: '/pod', netSysDir: '/sys-of-p1' }]);
+  samples.delete('/pod');
+  t.deepEqual((await stats.pod('p1')).memory, before.memory);
+});
+
 test('CRI rendering: absent counters stay absent; pod network default interface; descriptors match series labels', async (t) => {
   const samples = new Map<string, CgroupSample | undefined>([['/pod', sample(3_000_000_000n, 8192)], ['/pod/c1', { cpu: { usageNanoSeconds: 7n } }]]);
   const { ports } = fakes(samples, { now: 42n });
   const stats = new StatsService(ports);
   const c1 = containerStatsToProto(await stats.container('c1'));
-  t.deepEqual(c1.cpu, { timestamp: '42', usage_core_nano_seconds: { value: '7' }, usage_nano_cores: undefined });
+  t.deepEqual(c1.cpu, { timestamp: '42', usage_core_nano_seconds: { value: 7 }, usage_nano_cores: undefined });
   t.is(c1.memory, undefined);
-  t.deepEqual(c1.writable_layer?.used_bytes, { value: '4096' });
+  t.deepEqual(c1.writable_layer?.used_bytes, { value: 4096 });
   t.deepEqual(c1.attributes?.metadata, { name: 'app', attempt: 2 });
   samples.set('/pod/c1', { cpu: { usageNanoSeconds: 7n }, psi: { cpu: { some: { avg10: 1.5, avg60: 0, avg300: 0, totalMicroseconds: 12n } }, io: { some: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 3n }, full: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 1n } } } });
   const withPsi = containerStatsToProto(await stats.container('c1'));
   // PsiData.Total is nanoseconds; the kernel's files say microseconds.
-  t.deepEqual(withPsi.cpu?.psi, { Some: { Total: '12000', Avg10: 1.5, Avg60: 0, Avg300: 0 } });
-  t.deepEqual(withPsi.io?.psi?.Full, { Total: '1000', Avg10: 0, Avg60: 0, Avg300: 0 });
+  t.deepEqual(withPsi.cpu?.psi, { Some: { Total: 12000, Avg10: 1.5, Avg60: 0, Avg300: 0 } });
+  t.deepEqual(withPsi.io?.psi?.Full, { Total: 1000, Avg10: 0, Avg60: 0, Avg300: 0 });
   t.is(c1.io, undefined);
+  // Counters past 2^53 go to protobufjs as decimal strings, exact.
+  samples.set('/pod/c1', { cpu: { usageNanoSeconds: 2n ** 64n - 1n } });
+  t.deepEqual(containerStatsToProto(await stats.container('c1')).cpu?.usage_core_nano_seconds, { value: '18446744073709551615' });
   const pod = await stats.pod('p1');
   const proto = podStatsToProto(pod, 1);
   t.is(proto.linux?.network?.default_interface?.name, 'eth0');
-  t.deepEqual(proto.linux?.process?.process_count, { value: '2' });
+  t.deepEqual(proto.linux?.process?.process_count, { value: 2 });
   t.deepEqual(proto.attributes?.metadata, { name: 'web', uid: 'u1', namespace: 'ns', attempt: 1 });
 
   const descriptors = new Map(metricDescriptors().map((d) => [d.name, d]));
