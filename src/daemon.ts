@@ -21,7 +21,7 @@ import { runtimeHandlers, RuntimeInfo, RUNTIME_NAME } from './cri/runtime.js';
 import { statsHandlers } from './cri/stats.js';
 import { CgroupStatsReader } from './kernel/cgroup-stats.js';
 import { InterfaceCountersReader } from './kernel/netdev-stats.js';
-import { KernelFiles } from './kernel/kernel-files.js';
+import { KernelFiles, maxOpenFor } from './kernel/kernel-files.js';
 import { dirUsage } from './kernel/dir-usage.js';
 import { StatsService, type StatsContainer, type StatsPod } from './stats/service.js';
 import { WritableLayers } from './stats/writable-layers.js';
@@ -300,7 +300,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     // berth-shim sandbox mounts the pod netns's sysfs beside the netns pin.
     ...(p.namespacePaths.network ? { netSysDir: path.join(path.dirname(p.namespacePaths.network), NET_SYSFS) } : {}),
   });
-  const statsFiles = new KernelFiles();
+  const statsFiles = new KernelFiles(maxOpenFor(readFileSync('/proc/self/limits', 'utf8')));
   const cgroupStats = new CgroupStatsReader(cgroups.layout, statsFiles);
   const interfaceCounters = new InterfaceCountersReader(statsFiles);
   const stats = new StatsService({

@@ -16,6 +16,17 @@ const chunk = Buffer.allocUnsafe(64 * 1024);
 /** Past this many open files new ones are read without being kept open (berth's nofile limit is shared). */
 export const DEFAULT_MAX_OPEN = 4096;
 
+/**
+ * How many files the stats may keep open: DEFAULT_MAX_OPEN, or a quarter of the soft nofile limit when that is
+ * lower (Node raises the soft limit to the hard one at start; a host may still set it low), read from the text of
+ * /proc/self/limits.
+ */
+export function maxOpenFor(limitsText: string | undefined): number {
+  const m = /^Max open files\s+(\d+|unlimited)\s/m.exec(limitsText ?? '');
+  if (!m || m[1] === 'unlimited') return DEFAULT_MAX_OPEN;
+  return Math.min(DEFAULT_MAX_OPEN, Math.floor(Number(m[1]) / 4));
+}
+
 const GONE = new Set(['ENOENT', 'ENOTDIR', 'ENODEV']);
 
 /** Held in place of a descriptor: the file did not exist and, as asked, is not looked for again. */

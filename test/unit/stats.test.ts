@@ -9,7 +9,7 @@ import {
 import { layoutFromMounts } from '../../src/kernel/cgroup-layout.js';
 import { parseMountInfo } from '../../src/kernel/mountinfo.js';
 import { InterfaceCountersReader, readInterfaceCounters } from '../../src/kernel/netdev-stats.js';
-import { KernelFiles } from '../../src/kernel/kernel-files.js';
+import { KernelFiles, maxOpenFor } from '../../src/kernel/kernel-files.js';
 import { dirUsage } from '../../src/kernel/dir-usage.js';
 import { nanoCoresBetween, StatsService, type StatsContainer, type StatsPod, type StatsPorts } from '../../src/stats/service.js';
 import { WritableLayers } from '../../src/stats/writable-layers.js';
@@ -227,6 +227,15 @@ test('reader: files stay open and are read afresh each time; released with their
   await new CgroupStatsReader(layout, capped).read('/pod/c');
   t.is(capped.size, 2);
   t.is(new KernelFiles(0).read('x', path.join(root, 'cpuacct/pod/c/cpuacct.usage')), '987654321\n');
+});
+
+test('kept-open files: at most 4096, or a quarter of a lower soft nofile limit', (t) => {
+  const limits = (soft: string, hard: string) =>
+    `Limit                     Soft Limit           Hard Limit           Units     \nMax processes             63459                63459                processes \nMax open files            ${soft.padEnd(21)}${hard.padEnd(21)}files     \n`;
+  t.is(maxOpenFor(limits('20000', '20000')), 4096);
+  t.is(maxOpenFor(limits('1024', '4096')), 256);
+  t.is(maxOpenFor(limits('unlimited', 'unlimited')), 4096);
+  t.is(maxOpenFor(undefined), 4096);
 });
 
 test('keyed values: only a match at the start of a line counts', (t) => {
