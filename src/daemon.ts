@@ -20,7 +20,8 @@ import { containerHandlers } from './cri/containers.js';
 import { runtimeHandlers, RuntimeInfo, RUNTIME_NAME } from './cri/runtime.js';
 import { statsHandlers } from './cri/stats.js';
 import { CgroupStatsReader } from './kernel/cgroup-stats.js';
-import { readInterfaceCounters } from './kernel/netdev-stats.js';
+import { InterfaceCountersReader } from './kernel/netdev-stats.js';
+import { KernelFiles, maxOpenFor } from './kernel/kernel-files.js';
 import { dirUsage } from './kernel/dir-usage.js';
 import { StatsService, type StatsContainer, type StatsPod } from './stats/service.js';
 import { WritableLayers } from './stats/writable-layers.js';
@@ -303,7 +304,9 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     // berth-shim sandbox mounts the pod netns's sysfs beside the netns pin.
     ...(p.namespacePaths.network ? { netSysDir: path.join(path.dirname(p.namespacePaths.network), NET_SYSFS) } : {}),
   });
-  const cgroupStats = new CgroupStatsReader(cgroups.layout);
+  const statsFiles = new KernelFiles(maxOpenFor(readFileSync('/proc/self/limits', 'utf8')));
+  const cgroupStats = new CgroupStatsReader(cgroups.layout, statsFiles);
+  const interfaceCounters = new InterfaceCountersReader(statsFiles);
   const stats = new StatsService({
     containers: () => containers.list().map(statsContainer),
     pods: () => sandboxes.list().map(statsPod),
@@ -315,13 +318,20 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       const p = sandboxes.find(id);
       return p && statsPod(p);
     },
-    readCgroup: (cgPath) => cgroupStats.read(cgPath),
-    readInterfaces: readInterfaceCounters,
+    readCgroup: (cgPath, parts) => cgroupStats.read(cgPath, parts),
+    readInterfaces: async (sysDir) => interfaceCounters.read(sysDir),
+    release: ({ cgroupPath, netSysDir }) => {
+      cgroupStats.release(cgroupPath);
+      if (netSysDir) interfaceCounters.release(netSysDir);
+    },
     writableLayer: (id) => layers.usage(id),
     layerMountpoint: path.join(paths.root, 'containers'),
     log: statsLog,
   });
   usageSource = stats;
+  events.listen((t) => {
+    if (t.kind === 'DELETED' || (t.kind === 'STOPPED' && t.subject === 'pod')) stats.release(t.id);
+  });
   const statsLookups = {
     podAttempt: (id: string) => sandboxes.find(id)?.config.metadata.attempt ?? 0,
     imageOf: (id: string) => containers.find(id)?.imageName ?? '',

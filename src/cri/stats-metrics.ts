@@ -67,7 +67,7 @@ function usageMetrics(u: Pick<ContainerUsage, 'cpu' | 'memory' | 'pids' | 'io'>,
     out.push(metric(families.memWorkingSet, t, labels, u.memory.workingSetBytes));
     out.push(metric(families.memRss, t, labels, u.memory.rssBytes));
     if (u.memory.limitBytes !== undefined) out.push(metric(families.memLimit, t, labels, u.memory.limitBytes));
-    out.push(metric(families.oom, t, labels, u.memory.oomKills));
+    if (u.memory.oomKills !== undefined) out.push(metric(families.oom, t, labels, u.memory.oomKills));
   }
   if (u.pids) out.push(metric(families.processes, u.cpu?.timestampNs ?? u.memory?.timestampNs, labels, u.pids.current));
   if (u.io) {

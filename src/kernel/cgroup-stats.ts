@@ -3,42 +3,13 @@
 // Knows nothing of pods or containers: the caller passes a cgroup path and gets plain numbers back.
 //
 // The files are read synchronously, on purpose: cgroupfs and sysfs answer from kernel memory in microseconds,
-// while each asynchronous readFile costs four thread-pool round trips and ~100 µs of daemon CPU. A cgroup is ~15
-// small files; measured with 100 pods, ListContainerStats cost 190 ms of daemon CPU with fs.promises and a
-// fraction of that this way (bench/, "ListContainerStats {}"). Callers yield to the event loop between cgroups.
-import { closeSync, openSync, readSync } from 'node:fs';
+// while each asynchronous readFile costs four thread-pool round trips and ~100 µs of daemon CPU. Measured with 100
+// pods, ListContainerStats cost 190 ms of daemon CPU with fs.promises and a fraction of that this way (bench/,
+// "ListContainerStats {}"). The files stay open between reads (kernel-files.ts) and each caller reads only the
+// parts it renders (SampleParts). Callers yield to the event loop between cgroups.
 import path from 'node:path';
-import { errorMessage, internal } from '../errors.js';
 import { cgroupSegments, controllerDir, type CgroupLayout, type Controller } from './cgroup-layout.js';
-import { codeOf } from './cgroup-io.js';
-
-const chunk = Buffer.allocUnsafe(64 * 1024);
-
-/** A small kernel-generated file (cgroupfs, sysfs), or undefined when it does not exist. */
-export function readKernelFile(file: string): string | undefined {
-  let fd: number;
-  try {
-    fd = openSync(file, 'r');
-  } catch (err) {
-    const code = codeOf(err);
-    if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ENODEV') return undefined;
-    throw internal(`reading ${file}: ${errorMessage(err)}`, err);
-  }
-  try {
-    let text = '';
-    for (;;) {
-      const n = readSync(fd, chunk, 0, chunk.length, null);
-      if (n === 0) return text;
-      text += chunk.toString('utf8', 0, n);
-    }
-  } catch (err) {
-    // A cgroup removed between open and read answers ENODEV.
-    if (codeOf(err) === 'ENODEV') return undefined;
-    throw internal(`reading ${file}: ${errorMessage(err)}`, err);
-  } finally {
-    closeSync(fd);
-  }
-}
+import { KernelFiles } from './kernel-files.js';
 
 export interface PressureSample {
   avg10: number;
@@ -68,7 +39,8 @@ export interface CgroupSample {
     limitBytes?: number;
     pageFaults: number;
     majorPageFaults: number;
-    oomKills: number;
+    /** Absent when the reader was not asked for it (SampleParts.oomKills). */
+    oomKills?: number;
   };
   pids?: { current: number; limit?: number };
   io?: { readBytes: bigint; writeBytes: bigint };
@@ -83,23 +55,46 @@ export interface CgroupSample {
  */
 export function parseKeyed(text: string, only?: readonly string[]): Map<string, bigint> {
   const out = new Map<string, bigint>();
+  if (only) {
+    for (const key of only) {
+      const v = keyedValue(text, key);
+      if (v !== undefined) out.set(key, v);
+    }
+    return out;
+  }
   let start = 0;
   while (start < text.length) {
     let end = text.indexOf('\n', start);
     if (end < 0) end = text.length;
     const space = text.indexOf(' ', start);
     if (space > start && space < end) {
-      const key = text.slice(start, space);
-      if (!only || only.includes(key)) {
-        const v = text.slice(space + 1, end).trim();
-        if (DIGITS.test(v)) out.set(key, BigInt(v));
-      }
+      const v = text.slice(space + 1, end).trim();
+      if (DIGITS.test(v)) out.set(text.slice(start, space), BigInt(v));
     }
     start = end + 1;
   }
   return out;
 }
 
+/**
+ * The value of one "key value" line, found without splitting the text (a scrape parses 200 memory.stat files);
+ * undefined when no line has that key or its value is not a number.
+ */
+export function keyedValue(text: string, key: string): bigint | undefined {
+  const wanted = key + ' ';
+  for (let at = text.indexOf(wanted); at >= 0; at = text.indexOf(wanted, at + 1)) {
+    // "inactive_file " also ends "total_inactive_file ": only a match at a line's start counts.
+    if (at > 0 && text.charCodeAt(at - 1) !== NEWLINE) continue;
+    const from = at + wanted.length;
+    let end = text.indexOf('\n', from);
+    if (end < 0) end = text.length;
+    const v = text.slice(from, end).trim();
+    return DIGITS.test(v) ? BigInt(v) : undefined;
+  }
+  return undefined;
+}
+
+const NEWLINE = 10;
 const DIGITS = /^\d+$/;
 
 /** A single number (cpuacct.usage, memory.current); undefined for "max" or anything else. */
@@ -131,21 +126,36 @@ export function quotaCores(quota: bigint | undefined, period: bigint | undefined
 
 /** A cgroup2 pressure file: "some avg10=0.00 avg60=0.00 avg300=0.00 total=0" and, but for cpu on old kernels, "full ...". */
 export function parsePressure(text: string | undefined): CgroupPressure | undefined {
-  const lines: Partial<Record<'some' | 'full', PressureSample>> = {};
-  for (const line of (text ?? '').split('\n')) {
-    const [kind, ...fields] = line.trim().split(/\s+/);
-    if (kind !== 'some' && kind !== 'full') continue;
-    const kv = new Map(fields.map((f) => f.split('=') as [string, string]));
-    const total = kv.get('total');
-    if (total === undefined || !/^\d+$/.test(total)) continue;
-    lines[kind] = {
-      avg10: Number(kv.get('avg10') ?? 0),
-      avg60: Number(kv.get('avg60') ?? 0),
-      avg300: Number(kv.get('avg300') ?? 0),
-      totalMicroseconds: BigInt(total),
-    };
-  }
-  return lines.some ? { some: lines.some, ...(lines.full ? { full: lines.full } : {}) } : undefined;
+  if (!text) return undefined;
+  const some = pressureLine(text, 'some ');
+  if (!some) return undefined;
+  const full = pressureLine(text, 'full ');
+  return full ? { some, full } : { some };
+}
+
+/** One line of a pressure file, read field by field in place (no split: a scrape parses hundreds of these). */
+function pressureLine(text: string, prefix: 'some ' | 'full '): PressureSample | undefined {
+  let at = text.indexOf(prefix);
+  while (at > 0 && text.charCodeAt(at - 1) !== NEWLINE) at = text.indexOf(prefix, at + 1);
+  if (at < 0) return undefined;
+  let end = text.indexOf('\n', at);
+  if (end < 0) end = text.length;
+  const field = (name: string): string | undefined => {
+    const key = ` ${name}=`;
+    const from = text.indexOf(key, at);
+    if (from < 0 || from >= end) return undefined;
+    let to = text.indexOf(' ', from + key.length);
+    if (to < 0 || to > end) to = end;
+    return text.slice(from + key.length, to).trim();
+  };
+  const total = field('total');
+  if (total === undefined || !DIGITS.test(total)) return undefined;
+  return {
+    avg10: Number(field('avg10') ?? 0),
+    avg60: Number(field('avg60') ?? 0),
+    avg300: Number(field('avg300') ?? 0),
+    totalMicroseconds: BigInt(total),
+  };
 }
 
 /** v2 io.stat: "MAJ:MIN rbytes=N wbytes=N rios=N wios=N dbytes=N dios=N" per device, summed. */
@@ -184,87 +194,141 @@ const V2_MEMORY_KEYS = ['inactive_file', 'anon', 'pgfault', 'pgmajfault'];
 export function memoryFromFiles(
   v2: boolean,
   files: { usage?: string; limit?: string; stat?: string; events?: string },
+  withOomKills = true,
 ): CgroupSample['memory'] | undefined {
   const usage = parseNumber(files.usage);
   if (usage === undefined) return undefined;
-  const stat = parseKeyed(files.stat ?? '', v2 ? V2_MEMORY_KEYS : V1_MEMORY_KEYS);
+  const stat = files.stat ?? '';
+  const [inactiveFileKey, rssKey, faultKey, majorFaultKey] = v2 ? V2_MEMORY_KEYS : V1_MEMORY_KEYS;
   // v1's total_* counters include the cgroup's descendants, as v2's always do.
-  const inactiveFile = n(stat.get(v2 ? 'inactive_file' : 'total_inactive_file'));
+  const inactiveFile = n(keyedValue(stat, inactiveFileKey));
   const usageBytes = Number(usage);
-  return {
+  const memory: NonNullable<CgroupSample['memory']> = {
     usageBytes,
     workingSetBytes: Math.max(0, usageBytes - inactiveFile),
-    rssBytes: n(stat.get(v2 ? 'anon' : 'total_rss')),
+    rssBytes: n(keyedValue(stat, rssKey)),
     limitBytes: parseLimit(files.limit),
-    pageFaults: n(stat.get(v2 ? 'pgfault' : 'total_pgfault')),
-    majorPageFaults: n(stat.get(v2 ? 'pgmajfault' : 'total_pgmajfault')),
-    oomKills: n(parseKeyed(files.events ?? '', ['oom_kill']).get('oom_kill')),
+    pageFaults: n(keyedValue(stat, faultKey)),
+    majorPageFaults: n(keyedValue(stat, majorFaultKey)),
   };
+  if (withOomKills) memory.oomKills = n(keyedValue(files.events ?? '', 'oom_kill'));
+  return memory;
 }
 
 // ---- the reader ----------------------------------------------------------------------------------
 
-export class CgroupStatsReader {
-  constructor(private readonly layout: CgroupLayout) {}
+/**
+ * What a reading holds beyond CPU time and memory usage (which every reader gets). Each part costs one to three
+ * file reads per cgroup, and a file read costs ~10 µs of kernel time (blkio's recursive file ~45 µs on v1): the
+ * CRI stats and a /metrics scrape each ask only for what they render.
+ */
+export interface SampleParts {
+  /** cpu.stat */
+  cpuThrottling?: boolean;
+  /** cpu.max, or v1's cfs quota and period */
+  cpuLimit?: boolean;
+  memoryLimit?: boolean;
+  /** memory.events, v1's memory.oom_control */
+  oomKills?: boolean;
+  pids?: boolean;
+  pidsLimit?: boolean;
+  /** io.stat, v1's blkio service bytes */
+  io?: boolean;
+  /** the three cgroup2 pressure files */
+  psi?: boolean;
+}
 
-  /** The cgroup's usage now; undefined when the cgroup no longer exists (removed after its container exited). */
-  async read(cgPath: string): Promise<CgroupSample | undefined> {
-    return this.readNow(cgPath);
+export const ALL_SAMPLE_PARTS: Readonly<Required<SampleParts>> = {
+  cpuThrottling: true, cpuLimit: true, memoryLimit: true, oomKills: true, pids: true, pidsLimit: true, io: true, psi: true,
+};
+
+export class CgroupStatsReader {
+  constructor(
+    private readonly layout: CgroupLayout,
+    private readonly files = new KernelFiles(),
+  ) {}
+
+  /** The cgroup's directory in each hierarchy, by cgroup path: joined once, not at every read. */
+  private readonly dirs = new Map<string, Partial<Record<Controller | 'unified', string>>>();
+
+  /** Closes the files kept open for the cgroup: call once it is gone or no longer read. */
+  release(cgPath: string): void {
+    this.files.release(cgPath);
+    this.dirs.delete(cgPath);
   }
 
-  readNow(cgPath: string): CgroupSample | undefined {
+  private dirsOf(cgPath: string): Partial<Record<Controller | 'unified', string>> {
     const segs = cgroupSegments(cgPath);
-    const file = (c: Controller, v1: string, v2: string): string | undefined => {
-      const d = controllerDir(this.layout, c, segs);
-      const name = d && (d.v2 ? v2 : v1);
-      return d && name ? readKernelFile(path.join(d.dir, name)) : undefined;
-    };
-    const unified = this.layout.unified && path.join(this.layout.unified.mountPoint, ...segs);
-    const unifiedFile = (name: string) => (unified ? readKernelFile(path.join(unified, name)) : undefined);
-    const memV2 = this.layout.controllers.memory?.version === 2;
-    const cpuV2 = this.layout.controllers.cpu?.version === 2;
-    const acct = controllerDir(this.layout, 'cpuacct', segs);
+    const dirs: Partial<Record<Controller | 'unified', string>> = {};
+    for (const c of ['memory', 'cpu', 'cpuacct', 'pids', 'io', 'blkio'] as const) {
+      const dir = controllerDir(this.layout, c, segs)?.dir;
+      if (dir) dirs[c] = dir;
+    }
+    if (this.layout.unified) dirs.unified = path.join(this.layout.unified.mountPoint, ...segs);
+    return dirs;
+  }
+
+  /** The cgroup's usage now; undefined when the cgroup no longer exists (removed after its container exited). */
+  async read(cgPath: string, parts: SampleParts = ALL_SAMPLE_PARTS): Promise<CgroupSample | undefined> {
+    return this.readNow(cgPath, parts);
+  }
+
+  readNow(cgPath: string, parts: SampleParts = ALL_SAMPLE_PARTS): CgroupSample | undefined {
+    const { controllers } = this.layout;
+    let dirs = this.dirs.get(cgPath);
+    if (!dirs) this.dirs.set(cgPath, (dirs = this.dirsOf(cgPath)));
+    const { memory: memDir, cpu: cpuDir, pids: pidsDir, cpuacct: acct, unified } = dirs;
+    const memV2 = controllers.memory?.version === 2;
+    const cpuV2 = controllers.cpu?.version === 2;
+    const read = (dir: string | undefined, name: string) => (dir ? this.files.read(cgPath, `${dir}/${name}`) : undefined);
     // v2 accounts CPU time in the core cpu.stat, present even where the cpu controller is not enabled.
-    const acctUsage = acct ? readKernelFile(path.join(acct.dir, 'cpuacct.usage')) : undefined;
-    const unifiedCpuStat = acct ? undefined : unifiedFile('cpu.stat');
-    const usage = file('memory', 'memory.usage_in_bytes', 'memory.current');
+    const acctUsage = acct ? read(acct, 'cpuacct.usage') : undefined;
+    const unifiedCpuStat = acct ? undefined : read(unified, 'cpu.stat');
+    const usage = read(memDir, memV2 ? 'memory.current' : 'memory.usage_in_bytes');
     if (acctUsage === undefined && unifiedCpuStat === undefined && usage === undefined) return undefined; // gone
-    const limit = file('memory', 'memory.limit_in_bytes', 'memory.max');
-    const memStat = file('memory', 'memory.stat', 'memory.stat');
-    const memEvents = file('memory', 'memory.oom_control', 'memory.events');
-    // On v2 the cpu controller lives in the one cgroup2 tree: its cpu.stat is the file already read.
-    const cpuStat = cpuV2 ? (unifiedCpuStat ?? file('cpu', 'cpu.stat', 'cpu.stat')) : file('cpu', 'cpu.stat', 'cpu.stat');
-    const cpuMax = cpuV2 ? file('cpu', '', 'cpu.max') : undefined;
-    const quota = cpuV2 ? undefined : file('cpu', 'cpu.cfs_quota_us', '');
-    const period = cpuV2 ? undefined : file('cpu', 'cpu.cfs_period_us', '');
-    const pidsCurrent = file('pids', 'pids.current', 'pids.current');
-    const pidsMax = file('pids', 'pids.max', 'pids.max');
-    const ioV2 = file('io', '', 'io.stat');
-    const blkio = file('blkio', 'blkio.throttle.io_service_bytes_recursive', '');
-    const cpuPsi = unifiedFile('cpu.pressure');
-    const memPsi = unifiedFile('memory.pressure');
-    const ioPsi = unifiedFile('io.pressure');
-    const usageNs = acct ? parseNumber(acctUsage) : scaled(parseKeyed(unifiedCpuStat ?? '').get('usage_usec'), 1000n);
-    const memory = memoryFromFiles(memV2, { usage, limit, stat: memStat, events: memEvents });
+    const usageNs = acct ? parseNumber(acctUsage) : scaled(keyedValue(unifiedCpuStat ?? '', 'usage_usec'), 1000n);
+    const memory = memoryFromFiles(memV2, {
+      usage,
+      limit: parts.memoryLimit ? read(memDir, memV2 ? 'memory.max' : 'memory.limit_in_bytes') : undefined,
+      stat: read(memDir, 'memory.stat'),
+      events: parts.oomKills ? read(memDir, memV2 ? 'memory.events' : 'memory.oom_control') : undefined,
+    }, parts.oomKills ?? false);
     // Neither CPU time nor memory usage can be read: the cgroup is gone (its files vanish with it).
     if (usageNs === undefined && memory === undefined) return undefined;
     const sample: CgroupSample = {};
     if (usageNs !== undefined) {
-      const stat = parseKeyed(cpuStat ?? '');
-      const throttled = cpuV2 ? scaled(stat.get('throttled_usec'), 1000n) : stat.get('throttled_time');
-      sample.cpu = {
-        usageNanoSeconds: usageNs,
-        ...(throttled !== undefined ? { throttledNanoSeconds: throttled } : {}),
-        ...optional('limitCores', cpuV2 ? parseCpuMax(cpuMax) : quotaCores(parseSigned(quota), parseNumber(period))),
-      };
+      sample.cpu = { usageNanoSeconds: usageNs };
+      if (parts.cpuThrottling) {
+        // On v2 the cpu controller lives in the one cgroup2 tree: its cpu.stat is the file already read.
+        const cpuStat = cpuV2 ? (unifiedCpuStat ?? read(cpuDir, 'cpu.stat')) : read(cpuDir, 'cpu.stat');
+        const throttled = cpuV2 ? scaled(keyedValue(cpuStat ?? '', 'throttled_usec'), 1000n) : keyedValue(cpuStat ?? '', 'throttled_time');
+        if (throttled !== undefined) sample.cpu.throttledNanoSeconds = throttled;
+      }
+      if (parts.cpuLimit) {
+        const limitCores = cpuV2
+          ? parseCpuMax(read(cpuDir, 'cpu.max'))
+          : quotaCores(parseSigned(read(cpuDir, 'cpu.cfs_quota_us')), parseNumber(read(cpuDir, 'cpu.cfs_period_us')));
+        if (limitCores !== undefined) sample.cpu.limitCores = limitCores;
+      }
     }
     if (memory) sample.memory = memory;
-    const current = parseNumber(pidsCurrent);
-    if (current !== undefined) sample.pids = { current: Number(current), ...optional('limit', parseLimit(pidsMax)) };
-    if (ioV2 !== undefined) sample.io = parseIoStat(ioV2);
-    else if (blkio !== undefined) sample.io = parseBlkioServiceBytes(blkio);
-    const psi = { cpu: parsePressure(cpuPsi), memory: parsePressure(memPsi), io: parsePressure(ioPsi) };
-    if (psi.cpu || psi.memory || psi.io) sample.psi = dropUndefined(psi);
+    if (parts.pids) {
+      const current = parseNumber(read(pidsDir, 'pids.current'));
+      if (current !== undefined) sample.pids = { current: Number(current), ...optional('limit', parts.pidsLimit ? parseLimit(read(pidsDir, 'pids.max')) : undefined) };
+    }
+    if (parts.io) {
+      const ioV2 = controllers.io?.version === 2 ? read(dirs.io, 'io.stat') : undefined;
+      const blkio = controllers.blkio?.version === 1 ? read(dirs.blkio, 'blkio.throttle.io_service_bytes_recursive') : undefined;
+      if (ioV2 !== undefined) sample.io = parseIoStat(ioV2);
+      else if (blkio !== undefined) sample.io = parseBlkioServiceBytes(blkio);
+    }
+    if (parts.psi && unified) {
+      // Pressure files exist from the moment the cgroup2 directory does, or never: a container cgroup berth did
+      // not make in the cgroup2 tree (a v1 host where that tree holds no controller berth uses) never has them.
+      const pressure = (name: string) => parsePressure(this.files.read(cgPath, `${unified}/${name}`, true));
+      const psi = { cpu: pressure('cpu.pressure'), memory: pressure('memory.pressure'), io: pressure('io.pressure') };
+      if (psi.cpu || psi.memory || psi.io) sample.psi = dropUndefined(psi);
+    }
     return sample;
   }
 }

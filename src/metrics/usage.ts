@@ -1,5 +1,5 @@
 import { Counter, Gauge, Registry } from 'prom-client';
-import type { ContainerUsage, CpuUsage, MemoryUsage, PidsUsage, PodUsage, UsageSource } from '../stats/types.js';
+import type { ContainerUsage, CpuUsage, MemoryUsage, PidsUsage, PodUsage, UsageParts, UsageSource } from '../stats/types.js';
 
 // The per-container and per-pod series of /metrics, read from the UsageSource when Prometheus scrapes (a collect
 // callback), never on a timer: a node nobody scrapes pays nothing. One scrape reads the source once; every family
@@ -88,6 +88,11 @@ const NETWORK_FAMILIES: { name: string; help: string; field: 'rxBytes' | 'txByte
   { name: 'pod_network_transmit_errors_total', help: 'transmit errors on the interface of the pod network namespace', field: 'txErrors' },
 ];
 
+/** What the families above render: no block I/O and no PSI, which cost four files per cgroup on a v1 host. */
+export const METRICS_PARTS: UsageParts = {
+  cpuThrottling: true, cpuLimit: true, memoryLimit: true, oomKills: true, pids: true, pidsLimit: true,
+};
+
 type Series = Gauge<string> | Counter<string>;
 
 /** Registers the container and pod families on `registry`; they read `source` at each scrape. */
@@ -130,7 +135,7 @@ export class UsageMetrics {
     let pods: PodUsage[] = [];
     if (source) {
       try {
-        pods = await source.pods();
+        pods = await source.pods({}, METRICS_PARTS);
       } catch (err) {
         // The other families (berth's own) still serve; the container series are absent from this scrape.
         this.onError(err);

@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import type { CgroupPressure, CgroupSample } from '../kernel/cgroup-stats.js';
 import type { InterfaceCounters } from '../kernel/netdev-stats.js';
 import type { CachedLayerUsage } from './writable-layers.js';
-import type { ContainerUsage, CpuUsage, Identity, MemoryUsage, PodRef, PodUsage, Pressure, UsageSource } from './types.js';
+import type { ContainerUsage, CpuUsage, Identity, MemoryUsage, PodRef, PodUsage, Pressure, UsageParts, UsageSource } from './types.js';
 
 /** A container as the stats need it; the wiring maps the container service's records to this. */
 export interface StatsContainer {
@@ -39,14 +39,25 @@ export interface StatsPorts {
   /** By full id or unique prefix; undefined when none. */
   findContainer(id: string): StatsContainer | undefined;
   findPod(id: string): StatsPod | undefined;
-  readCgroup(cgPath: string): Promise<CgroupSample | undefined>;
+  /** Without parts: everything the cgroup tells. */
+  readCgroup(cgPath: string, parts?: UsageParts): Promise<CgroupSample | undefined>;
   readInterfaces(sysDir: string): Promise<InterfaceCounters[] | undefined>;
   writableLayer(containerId: string): CachedLayerUsage | undefined;
+  /**
+   * The adapters keep the files of a cgroup and of a pod's sysfs open between reads: called with what a container or
+   * pod that no longer exists was read from.
+   */
+  release?(readFrom: ReadFrom): void;
   /** A directory on the filesystem that holds the writable layers (kubelet asks cAdvisor about its filesystem). */
   layerMountpoint: string;
   log: Logger;
   /** Unix nanoseconds. */
   now?: () => bigint;
+}
+
+export interface ReadFrom {
+  cgroupPath: string;
+  netSysDir?: string;
 }
 
 interface Remembered {
@@ -70,6 +81,8 @@ export interface ContainerFilter {
 
 export class StatsService implements UsageSource {
   private readonly memory = new Map<string, Remembered>();
+  /** What each container and pod was read from, to be released once it is gone. */
+  private readonly readFrom = new Map<string, ReadFrom>();
   private readonly now: () => bigint;
 
   constructor(private readonly ports: StatsPorts) {
@@ -77,21 +90,21 @@ export class StatsService implements UsageSource {
   }
 
   /** One container's usage; NOT_FOUND for an id that matches none. */
-  async container(id: string): Promise<ContainerUsage> {
+  async container(id: string, parts?: UsageParts): Promise<ContainerUsage> {
     const c = this.ports.findContainer(id);
     if (!c) throw notFound(`container "${id}" not found`);
     const pod = this.ports.findPod(c.podSandboxId);
-    return this.containerUsage(c, pod);
+    return this.containerUsage(c, pod, parts);
   }
 
   /** One pod's usage with its containers'; NOT_FOUND for an id that matches none. */
-  async pod(id: string): Promise<PodUsage> {
+  async pod(id: string, parts?: UsageParts): Promise<PodUsage> {
     const p = this.ports.findPod(id);
     if (!p) throw notFound(`pod sandbox "${id}" not found`);
-    return this.podUsage(p, this.ports.containers().filter((c) => c.podSandboxId === p.id));
+    return this.podUsage(p, this.ports.containers().filter((c) => c.podSandboxId === p.id), parts);
   }
 
-  async containers(filter: ContainerFilter = {}): Promise<ContainerUsage[]> {
+  async containers(filter: ContainerFilter = {}, parts?: UsageParts): Promise<ContainerUsage[]> {
     const all = this.ports.containers();
     const pods = new Map(this.ports.pods().map((p) => [p.id, p]));
     this.forgetAllBut([...all.map((c) => c.id), ...pods.keys()]);
@@ -101,21 +114,21 @@ export class StatsService implements UsageSource {
         (!filter.podSandboxId || c.podSandboxId.startsWith(filter.podSandboxId)) &&
         labelsMatch(c.labels, filter.labels),
     );
-    return mapYielding(chosen, (c) => this.containerUsage(c, pods.get(c.podSandboxId)));
+    return mapYielding(chosen, (c) => this.containerUsage(c, pods.get(c.podSandboxId), parts));
   }
 
-  async pods(filter: { podSandboxId?: string; labels?: Record<string, string> } = {}): Promise<PodUsage[]> {
+  async pods(filter: { podSandboxId?: string; labels?: Record<string, string> } = {}, parts?: UsageParts): Promise<PodUsage[]> {
     const pods = this.ports.pods();
     const containers = this.ports.containers();
     this.forgetAllBut([...containers.map((c) => c.id), ...pods.map((p) => p.id)]);
     const chosen = pods.filter((p) => (!filter.podSandboxId || p.id.startsWith(filter.podSandboxId)) && labelsMatch(p.labels, filter.labels));
     const byPod = new Map<string, StatsContainer[]>();
     for (const c of containers) byPod.set(c.podSandboxId, [...(byPod.get(c.podSandboxId) ?? []), c]);
-    return mapYielding(chosen, (p) => this.podUsage(p, byPod.get(p.id) ?? []));
+    return mapYielding(chosen, (p) => this.podUsage(p, byPod.get(p.id) ?? [], parts));
   }
 
-  private async containerUsage(c: StatsContainer, pod: StatsPod | undefined): Promise<ContainerUsage> {
-    const { sample, timestampNs, nanoCores } = await this.sample(c.id, c.cgroupPath, { containerId: c.id, podSandboxId: c.podSandboxId });
+  private async containerUsage(c: StatsContainer, pod: StatsPod | undefined, parts: UsageParts | undefined): Promise<ContainerUsage> {
+    const { sample, timestampNs, nanoCores } = await this.sample(c.id, c.cgroupPath, parts, { containerId: c.id, podSandboxId: c.podSandboxId });
     const layer = this.ports.writableLayer(c.id);
     const podRef: PodRef = { podSandboxId: c.podSandboxId, name: pod?.name ?? '', namespace: pod?.namespace ?? '', uid: pod?.uid ?? '' };
     return {
@@ -136,14 +149,14 @@ export class StatsService implements UsageSource {
     };
   }
 
-  private async podUsage(p: StatsPod, containers: StatsContainer[]): Promise<PodUsage> {
+  private async podUsage(p: StatsPod, containers: StatsContainer[], parts: UsageParts | undefined): Promise<PodUsage> {
     const [own, interfaces, containerUsage] = await Promise.all([
-      this.sample(p.id, p.cgroupPath, { podSandboxId: p.id }),
+      this.sample(p.id, p.cgroupPath, parts, { podSandboxId: p.id }, p.netSysDir),
       p.netSysDir ? this.ports.readInterfaces(p.netSysDir).catch((err) => {
         this.ports.log.warn('cannot read the pod network counters', { podSandboxId: p.id, err });
         return undefined;
       }) : undefined,
-      Promise.all(containers.map((c) => this.containerUsage(c, p))),
+      Promise.all(containers.map((c) => this.containerUsage(c, p, parts))),
     ]);
     const identity: Identity & { namespace: string; uid: string } = {
       id: p.id, name: p.name, labels: p.labels, annotations: p.annotations, namespace: p.namespace, uid: p.uid,
@@ -157,10 +170,21 @@ export class StatsService implements UsageSource {
   }
 
   /** Reads the cgroup; a vanished one answers with the last sample read (and says so once in the log). */
-  private async sample(key: string, cgPath: string, ids: Record<string, string>): Promise<{ sample: CgroupSample; timestampNs: bigint; nanoCores?: number }> {
+  private async sample(
+    key: string,
+    cgPath: string,
+    parts: UsageParts | undefined,
+    ids: Record<string, string>,
+    netSysDir?: string,
+  ): Promise<{ sample: CgroupSample; timestampNs: bigint; nanoCores?: number }> {
+    const from = this.readFrom.get(key);
+    if (!from || from.cgroupPath !== cgPath || from.netSysDir !== netSysDir) {
+      if (from) this.ports.release?.(from);
+      this.readFrom.set(key, { cgroupPath: cgPath, ...(netSysDir ? { netSysDir } : {}) });
+    }
     let read: CgroupSample | undefined;
     try {
-      read = await this.ports.readCgroup(cgPath);
+      read = await this.ports.readCgroup(cgPath, parts);
     } catch (err) {
       this.ports.log.warn('cannot read cgroup statistics', { ...ids, cgroup: cgPath, err });
     }
@@ -188,10 +212,27 @@ export class StatsService implements UsageSource {
     return { sample: read, timestampNs, nanoCores: entry.nanoCores };
   }
 
+  /**
+   * Lets go of the files read for a container or pod (its last known values stay): call when a pod stops, so that
+   * no descriptor keeps its network namespace's sysfs (and with it the namespace and its veth) alive after the
+   * namespace is unpinned, and when a container or pod is removed. A later read opens what still exists.
+   */
+  release(id: string): void {
+    const from = this.readFrom.get(id);
+    if (!from) return;
+    this.readFrom.delete(id);
+    this.ports.release?.(from);
+  }
+
   /** Drops what is remembered of containers and pods that no longer exist. */
   private forgetAllBut(ids: string[]): void {
     const live = new Set(ids);
     for (const key of this.memory.keys()) if (!live.has(key)) this.memory.delete(key);
+    for (const [key, from] of this.readFrom) {
+      if (live.has(key)) continue;
+      this.readFrom.delete(key);
+      this.ports.release?.(from);
+    }
   }
 }
 
@@ -236,8 +277,8 @@ function usageParts(s: CgroupSample, timestampNs: bigint, nanoCores: number | un
       rssBytes: m.rssBytes,
       pageFaults: m.pageFaults,
       majorPageFaults: m.majorPageFaults,
-      oomKills: m.oomKills,
     };
+    if (m.oomKills !== undefined) memory.oomKills = m.oomKills;
     if (m.limitBytes !== undefined) {
       memory.limitBytes = m.limitBytes;
       memory.availableBytes = Math.max(0, m.limitBytes - m.workingSetBytes);

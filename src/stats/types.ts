@@ -24,7 +24,8 @@ export interface MemoryUsage {
   limitBytes?: number;
   pageFaults: number;
   majorPageFaults: number;
-  oomKills: number;
+  /** Absent when not asked for (UsageParts.oomKills). */
+  oomKills?: number;
 }
 
 export interface PidsUsage {
@@ -111,8 +112,23 @@ export interface PodUsage {
   containers: ContainerUsage[];
 }
 
+/**
+ * What a reader renders beyond CPU time and memory usage. Each part is files read per cgroup (hundreds of cgroups
+ * per list), so each rendering asks for its own; absent parts are absent from the records. Omitted: everything.
+ */
+export interface UsageParts {
+  cpuThrottling?: boolean;
+  cpuLimit?: boolean;
+  memoryLimit?: boolean;
+  oomKills?: boolean;
+  pids?: boolean;
+  pidsLimit?: boolean;
+  io?: boolean;
+  psi?: boolean;
+}
+
 /** Reads usage when asked (a scrape, an RPC); nothing here runs on a timer without a reader. */
 export interface UsageSource {
-  containers(filter?: { containerId?: string; podSandboxId?: string; labels?: Record<string, string> }): Promise<ContainerUsage[]>;
-  pods(filter?: { podSandboxId?: string; labels?: Record<string, string> }): Promise<PodUsage[]>;
+  containers(filter?: { containerId?: string; podSandboxId?: string; labels?: Record<string, string> }, parts?: UsageParts): Promise<ContainerUsage[]>;
+  pods(filter?: { podSandboxId?: string; labels?: Record<string, string> }, parts?: UsageParts): Promise<PodUsage[]>;
 }

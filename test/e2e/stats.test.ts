@@ -219,6 +219,35 @@ test('pod network bytes grow after traffic between two pods', async (t) => {
   t.is(value(clientAfter?.rx_errors), 0);
 });
 
+test('a stopped pod whose network counters were read loses its veth: stats keep no file of its namespace open', async (t) => {
+  const e = await env(t);
+  const pod = await e.pod();
+  const status = await e.berth.runtime.PodSandboxStatus({ pod_sandbox_id: pod.id, verbose: true });
+  const sysDir = path.join(path.dirname(JSON.parse(status.info.info).namespaces.network), 'sys');
+  // The host end of the pod's veth: the interface whose index is eth0's peer index (iflink) in the pod.
+  const peerIndex = (await fs.readFile(path.join(sysDir, 'class/net/eth0/iflink'), 'utf8')).trim();
+  let hostEnd: string | undefined;
+  for (const name of await fs.readdir('/sys/class/net')) {
+    const index = await fs.readFile(path.join('/sys/class/net', name, 'ifindex'), 'utf8').catch(() => '');
+    if (index.trim() === peerIndex) hostEnd = name;
+  }
+  t.truthy(hostEnd, `a host interface has index ${peerIndex}`);
+  // Reading the counters (twice: the second read goes through the files kept open) ...
+  t.is((await e.podStats(pod.id)).linux?.network?.default_interface?.name, 'eth0');
+  t.is((await e.podStats(pod.id)).linux?.network?.default_interface?.name, 'eth0');
+  // ... must not keep the namespace alive once the pod stops: the kernel destroys the veth with the namespace.
+  // (Kernels whose sysfs holds only a passive reference to its namespace, as this host's, destroy it even while
+  // such a file is open; berth lets go of the pod's files at StopPodSandbox for the others.)
+  await e.berth.runtime.StopPodSandbox({ pod_sandbox_id: pod.id });
+  const gone = async () => {
+    const index = await fs.readFile(path.join('/sys/class/net', hostEnd!, 'ifindex'), 'utf8').catch(() => undefined);
+    return index?.trim() !== peerIndex;
+  };
+  await waitFor(`host veth ${hostEnd} to go with the stopped pod's namespace`, gone, { timeoutMs: 10_000, intervalMs: 50 });
+  t.true(await gone());
+  await e.berth.runtime.RemovePodSandbox({ pod_sandbox_id: pod.id });
+});
+
 test('stats of an unknown id are NOT_FOUND; an exited container keeps its last known values', async (t) => {
   const e = await env(t);
   t.is((await failure(e.berth.runtime.ContainerStats({ container_id: 'f00dfeed' }))).code, grpc.status.NOT_FOUND);

@@ -3,12 +3,13 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  CgroupStatsReader, memoryFromFiles, parseBlkioServiceBytes, parseCpuMax, parseIoStat, parseKeyed, parseLimit, parsePressure,
+  CgroupStatsReader, keyedValue, memoryFromFiles, parseBlkioServiceBytes, parseCpuMax, parseIoStat, parseKeyed, parseLimit, parsePressure,
   type CgroupSample,
 } from '../../src/kernel/cgroup-stats.js';
 import { layoutFromMounts } from '../../src/kernel/cgroup-layout.js';
 import { parseMountInfo } from '../../src/kernel/mountinfo.js';
-import { readInterfaceCounters } from '../../src/kernel/netdev-stats.js';
+import { InterfaceCountersReader, readInterfaceCounters } from '../../src/kernel/netdev-stats.js';
+import { KernelFiles, maxOpenFor } from '../../src/kernel/kernel-files.js';
 import { dirUsage } from '../../src/kernel/dir-usage.js';
 import { nanoCoresBetween, StatsService, type StatsContainer, type StatsPod, type StatsPorts } from '../../src/stats/service.js';
 import { WritableLayers } from '../../src/stats/writable-layers.js';
@@ -144,7 +145,8 @@ async function fakeCgroupfs(files: Record<string, string>): Promise<string> {
   return root;
 }
 
-test('reader: a v1 host (one mount per controller, PSI from the hybrid cgroup2 tree)', async (t) => {
+/** A v1 host with one mount per controller and the hybrid cgroup2 tree, holding the cgroup /pod/c. */
+async function fakeV1Host(): Promise<{ root: string; layout: ReturnType<typeof layoutFromMounts> }> {
   const root = await fakeCgroupfs({
     'cpu/pod/c/cpu.stat': 'nr_periods 10\nnr_throttled 4\nthrottled_time 123456789\n',
     'cpu/pod/c/cpu.cfs_quota_us': '50000\n',
@@ -160,12 +162,16 @@ test('reader: a v1 host (one mount per controller, PSI from the hybrid cgroup2 t
     'unified/pod/c/cpu.pressure': PRESSURE,
     'unified/pod/c/cgroup.procs': '',
   });
-  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
   const mounts = ['cpu', 'cpuacct', 'memory', 'pids', 'blkio']
     .map((c, i) => `${30 + i} 1 0:${40 + i} / ${root}/${c} rw - cgroup cgroup rw,${c}`)
     .concat(`50 1 0:60 / ${root}/unified rw - cgroup2 cgroup2 rw`)
     .join('\n');
-  const layout = layoutFromMounts(parseMountInfo(mounts), () => []);
+  return { root, layout: layoutFromMounts(parseMountInfo(mounts), () => []) };
+}
+
+test('reader: a v1 host (one mount per controller, PSI from the hybrid cgroup2 tree)', async (t) => {
+  const { root, layout } = await fakeV1Host();
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
   const s = (await new CgroupStatsReader(layout).read('/pod/c')) as CgroupSample;
   t.deepEqual(s.cpu, { usageNanoSeconds: 987654321n, throttledNanoSeconds: 123456789n, limitCores: 0.5 });
   t.is(s.memory?.workingSetBytes, 500000000 - 460939264);
@@ -174,6 +180,70 @@ test('reader: a v1 host (one mount per controller, PSI from the hybrid cgroup2 t
   t.is(s.psi?.cpu?.some.totalMicroseconds, 1796740741n);
   t.is(s.psi?.memory, undefined);
   t.is(await new CgroupStatsReader(layout).read('/pod/gone'), undefined);
+});
+
+test('reader: only the parts asked for are read (CRI stats: no throttling, quota, OOM count or block I/O; metrics: no PSI)', async (t) => {
+  const { root, layout } = await fakeV1Host();
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
+  const reader = new CgroupStatsReader(layout);
+  const cri = (await reader.read('/pod/c', { memoryLimit: true, pids: true, psi: true })) as CgroupSample;
+  t.deepEqual(cri.cpu, { usageNanoSeconds: 987654321n });
+  t.like(cri.memory, { usageBytes: 500000000, workingSetBytes: 500000000 - 460939264, rssBytes: 17137664, pageFaults: 127539499 });
+  t.false('oomKills' in cri.memory!);
+  t.deepEqual(cri.pids, { current: 3 });
+  t.is(cri.io, undefined);
+  t.is(cri.psi?.cpu?.some.totalMicroseconds, 1796740741n);
+  const bare = (await reader.read('/pod/c', {})) as CgroupSample;
+  t.deepEqual(Object.keys(bare).sort(), ['cpu', 'memory']);
+  t.is(bare.memory?.limitBytes, undefined);
+  const forMetrics = (await reader.read('/pod/c', { cpuThrottling: true, cpuLimit: true, memoryLimit: true, oomKills: true, pids: true, pidsLimit: true })) as CgroupSample;
+  t.deepEqual(forMetrics.cpu, { usageNanoSeconds: 987654321n, throttledNanoSeconds: 123456789n, limitCores: 0.5 });
+  t.is(forMetrics.memory?.oomKills, 0);
+  t.is(forMetrics.psi, undefined);
+  t.is(forMetrics.io, undefined);
+});
+
+test('reader: files stay open and are read afresh each time; released with their cgroup; capped', async (t) => {
+  const { root, layout } = await fakeV1Host();
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
+  const files = new KernelFiles();
+  const reader = new CgroupStatsReader(layout, files);
+  t.is((await reader.read('/pod/c', {}))?.memory?.usageBytes, 500000000);
+  const held = files.size;
+  t.true(held >= 3);
+  // The kernel rewrites a control file's text in place; a shorter text must not keep the old one's tail.
+  await fs.writeFile(path.join(root, 'memory/pod/c/memory.usage_in_bytes'), '7\n');
+  t.is((await reader.read('/pod/c', {}))?.memory?.usageBytes, 7);
+  t.is(files.size, held);
+  // A text larger than the read buffer is read on to its end.
+  const big = 'x'.repeat(100_000) + '\ntotal_rss 42\n';
+  await fs.writeFile(path.join(root, 'memory/pod/c/memory.stat'), big);
+  t.is((await reader.read('/pod/c', {}))?.memory?.rssBytes, 42);
+  reader.release('/pod/c');
+  t.is(files.size, 0);
+  t.is(await reader.read('/pod/gone', {}), undefined);
+  t.is(files.size, 0);
+  const capped = new KernelFiles(2);
+  await new CgroupStatsReader(layout, capped).read('/pod/c');
+  t.is(capped.size, 2);
+  t.is(new KernelFiles(0).read('x', path.join(root, 'cpuacct/pod/c/cpuacct.usage')), '987654321\n');
+});
+
+test('kept-open files: at most 4096, or a quarter of a lower soft nofile limit', (t) => {
+  const limits = (soft: string, hard: string) =>
+    `Limit                     Soft Limit           Hard Limit           Units     \nMax processes             63459                63459                processes \nMax open files            ${soft.padEnd(21)}${hard.padEnd(21)}files     \n`;
+  t.is(maxOpenFor(limits('20000', '20000')), 4096);
+  t.is(maxOpenFor(limits('1024', '4096')), 256);
+  t.is(maxOpenFor(limits('unlimited', 'unlimited')), 4096);
+  t.is(maxOpenFor(undefined), 4096);
+});
+
+test('keyed values: only a match at the start of a line counts', (t) => {
+  t.is(keyedValue(V1_MEMORY_STAT, 'inactive_file'), 20480n);
+  t.is(keyedValue(V1_MEMORY_STAT, 'total_inactive_file'), 460939264n);
+  t.is(keyedValue('a_rss 1\nrss 2', 'rss'), 2n);
+  t.is(keyedValue('rss x\n', 'rss'), undefined);
+  t.is(keyedValue('', 'rss'), undefined);
 });
 
 test('reader: a pure v2 host', async (t) => {
@@ -223,6 +293,37 @@ test('network counters: every interface but lo, eth0 first; no sysfs is no netwo
     { name: 'a1', rxBytes: 3n, rxErrors: 0n, txBytes: 4n, txErrors: 0n },
   ]);
   t.is(await readInterfaceCounters(path.join(sys, 'nothing')), undefined);
+});
+
+test('network counters of a pod: its interface list is remembered, read again after relistMs or when one vanished', async (t) => {
+  const iface = (name: string, rx: number) => Object.fromEntries(
+    ['rx_bytes', 'rx_errors', 'tx_bytes', 'tx_errors'].map((c) => [`class/net/${name}/statistics/${c}`, c === 'rx_bytes' ? `${rx}\n` : '0\n']),
+  );
+  const sys = await fakeCgroupfs({ ...iface('lo', 1), ...iface('eth0', 100) });
+  t.teardown(() => fs.rm(sys, { recursive: true, force: true }));
+  const clock = { now: 0 };
+  const files = new KernelFiles();
+  const reader = new InterfaceCountersReader(files, 10_000, () => clock.now);
+  t.deepEqual(reader.read(sys)?.map((i) => [i.name, i.rxBytes]), [['eth0', 100n]]);
+  await fs.writeFile(path.join(sys, 'class/net/eth0/statistics/rx_bytes'), '250\n');
+  for (const [k, v] of Object.entries(iface('net1', 7))) {
+    await fs.mkdir(path.dirname(path.join(sys, k)), { recursive: true });
+    await fs.writeFile(path.join(sys, k), v);
+  }
+  // Counters are read afresh; the new interface waits for the next listing.
+  t.deepEqual(reader.read(sys)?.map((i) => [i.name, i.rxBytes]), [['eth0', 250n]]);
+  clock.now = 10_000;
+  t.deepEqual(reader.read(sys)?.map((i) => [i.name, i.rxBytes]), [['eth0', 250n], ['net1', 7n]]);
+  t.is(files.size, 8);
+  reader.release(sys);
+  t.is(files.size, 0);
+  // Without files held open (sysfs answers ENODEV for a removed interface's open file; a regular file would not),
+  // an interface gone since the listing makes the reader list again at once.
+  const uncached = new InterfaceCountersReader(new KernelFiles(0), 10_000, () => clock.now);
+  t.is(uncached.read(sys)?.length, 2);
+  await fs.rm(path.join(sys, 'class/net/net1'), { recursive: true });
+  t.deepEqual(uncached.read(sys)?.map((i) => i.name), ['eth0']);
+  t.is(uncached.read(path.join(sys, 'nothing')), undefined);
 });
 
 test('dir usage: blocks and inodes like du, a hard link counted once', async (t) => {
@@ -335,25 +436,62 @@ test('service: list filters by id prefix, pod and labels; pods carry their conta
   t.deepEqual(await stats.pods({ labels: { app: 'db' } }), []);
 });
 
+test('service: what a gone container or pod was read from is released once, at the next list', async (t) => {
+  const samples = new Map<string, CgroupSample | undefined>([['/pod', sample(1n, 10)], ['/pod/c1', sample(1n, 10)], ['/pod/c2', sample(1n, 10)]]);
+  const { ports, containers } = fakes(samples, { now: 1n });
+  const released: unknown[] = [];
+  const pods = [ports.pods()[0]];
+  const parts = [] as (object | undefined)[];
+  const read = ports.readCgroup;
+  const stats = new StatsService({ ...ports, pods: () => pods, release: (from) => released.push(from), readCgroup: async (p, want) => (parts.push(want), read(p, want)) });
+  await stats.pods({}, { psi: true });
+  t.deepEqual(parts, [{ psi: true }, { psi: true }, { psi: true }]);
+  t.deepEqual(released, []);
+  containers.splice(1, 1);
+  await stats.containers();
+  t.deepEqual(released, [{ cgroupPath: '/pod/c2' }]);
+  pods.length = 0;
+  await stats.pods();
+  await stats.pods();
+  t.deepEqual(released, [{ cgroupPath: '/pod/c2' }, { cgroupPath: '/pod', netSysDir: '/sys-of-p1' }]);
+});
+
+test('service: release lets go of what a stopped pod was read from at once, keeping its last values', async (t) => {
+  const samples = new Map<string, CgroupSample | undefined>([['/pod', sample(1n, 10)], ['/pod/c1', sample(1n, 10)], ['/pod/c2', sample(1n, 10)]]);
+  const { ports } = fakes(samples, { now: 1n });
+  const released: unknown[] = [];
+  const stats = new StatsService({ ...ports, release: (from) => released.push(from) });
+  const before = await stats.pod('p1');
+  stats.release('p1');
+  stats.release('p1');
+  stats.release('never-read');
+  t.deepEqual(released, [{ cgroupPath: '/pod', netSysDir: '/sys-of-p1' }]);
+  samples.delete('/pod');
+  t.deepEqual((await stats.pod('p1')).memory, before.memory);
+});
+
 test('CRI rendering: absent counters stay absent; pod network default interface; descriptors match series labels', async (t) => {
   const samples = new Map<string, CgroupSample | undefined>([['/pod', sample(3_000_000_000n, 8192)], ['/pod/c1', { cpu: { usageNanoSeconds: 7n } }]]);
   const { ports } = fakes(samples, { now: 42n });
   const stats = new StatsService(ports);
   const c1 = containerStatsToProto(await stats.container('c1'));
-  t.deepEqual(c1.cpu, { timestamp: '42', usage_core_nano_seconds: { value: '7' }, usage_nano_cores: undefined });
+  t.deepEqual(c1.cpu, { timestamp: '42', usage_core_nano_seconds: { value: 7 }, usage_nano_cores: undefined });
   t.is(c1.memory, undefined);
-  t.deepEqual(c1.writable_layer?.used_bytes, { value: '4096' });
+  t.deepEqual(c1.writable_layer?.used_bytes, { value: 4096 });
   t.deepEqual(c1.attributes?.metadata, { name: 'app', attempt: 2 });
   samples.set('/pod/c1', { cpu: { usageNanoSeconds: 7n }, psi: { cpu: { some: { avg10: 1.5, avg60: 0, avg300: 0, totalMicroseconds: 12n } }, io: { some: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 3n }, full: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 1n } } } });
   const withPsi = containerStatsToProto(await stats.container('c1'));
   // PsiData.Total is nanoseconds; the kernel's files say microseconds.
-  t.deepEqual(withPsi.cpu?.psi, { Some: { Total: '12000', Avg10: 1.5, Avg60: 0, Avg300: 0 } });
-  t.deepEqual(withPsi.io?.psi?.Full, { Total: '1000', Avg10: 0, Avg60: 0, Avg300: 0 });
+  t.deepEqual(withPsi.cpu?.psi, { Some: { Total: 12000, Avg10: 1.5, Avg60: 0, Avg300: 0 } });
+  t.deepEqual(withPsi.io?.psi?.Full, { Total: 1000, Avg10: 0, Avg60: 0, Avg300: 0 });
   t.is(c1.io, undefined);
+  // Counters past 2^53 go to protobufjs as decimal strings, exact.
+  samples.set('/pod/c1', { cpu: { usageNanoSeconds: 2n ** 64n - 1n } });
+  t.deepEqual(containerStatsToProto(await stats.container('c1')).cpu?.usage_core_nano_seconds, { value: '18446744073709551615' });
   const pod = await stats.pod('p1');
   const proto = podStatsToProto(pod, 1);
   t.is(proto.linux?.network?.default_interface?.name, 'eth0');
-  t.deepEqual(proto.linux?.process?.process_count, { value: '2' });
+  t.deepEqual(proto.linux?.process?.process_count, { value: 2 });
   t.deepEqual(proto.attributes?.metadata, { name: 'web', uid: 'u1', namespace: 'ns', attempt: 1 });
 
   const descriptors = new Map(metricDescriptors().map((d) => [d.name, d]));
