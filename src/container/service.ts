@@ -15,6 +15,7 @@ import { Durability, RecordStore } from '../store/records.js';
 import { withUndo } from '../store/undo.js';
 import { SandboxService } from '../sandbox/service.js';
 import { PhaseTimer } from '../phases.js';
+import { faultPoint } from '../fault.js';
 import { ContainerAttachment, ContainerRuntime, ExitWatch } from './runtime.js';
 import { imagePathKind, readImageFile } from './image-files.js';
 import { buildSpec } from './spec.js';
@@ -225,12 +226,14 @@ export class ContainerService {
     return withUndo(log, async (undo) => {
       this.names.reserve(key, id);
       undo.push('release name', () => this.names.release(key));
+      faultPoint('container.create.name');
       // Until the container is listed (heldLayers), a concurrent RemoveImage's GC could take its layers.
       const unpins = [image, ...volumeImages.values()].map((img) => this.opts.images.pinLayers(img));
       const unpinLayers = () => unpins.forEach((unpin) => unpin());
       undo.push('unpin image layers', unpinLayers);
       await fs.mkdir(bundle, { recursive: true, mode: 0o700 });
       undo.push('remove bundle', () => fs.rm(bundle, { recursive: true, force: true }));
+      faultPoint('container.create.bundle');
       const lowerDirs = this.opts.images.layerPaths(image).reverse();
       const imageVolumes = await this.imageVolumeLayers(config, volumeImages, bundle);
       const [passwd, group] = await Promise.all([readImageFile(lowerDirs, '/etc/passwd'), readImageFile(lowerDirs, '/etc/group')]);
@@ -275,6 +278,7 @@ export class ContainerService {
       // The cgroup was just made and holds no process yet: its limits are written without the thread pool.
       await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources), { empty: true }).catch(inField('config.linux.resources'));
       timer.lap('cgroup');
+      faultPoint('container.create.cgroup');
       const spec = buildSpec({
         id,
         config,
@@ -304,9 +308,11 @@ export class ContainerService {
       await fs.writeFile(path.join(bundle, 'exec-caps.json'), JSON.stringify(spec.process.capabilities));
       if (spec.seccomp) await fs.writeFile(path.join(bundle, 'exec-seccomp.json'), JSON.stringify(spec.seccomp));
       timer.lap('spec');
+      faultPoint('container.create.spec');
       const created = await this.runtime.create(spec);
       undo.push('kill container process', () => this.runtime.signal(created.pid, 'SIGKILL'));
       timer.lap('shim');
+      faultPoint('container.create.shim');
       const record = await this.records.create({
         id,
         sandboxId: sandbox.id,
@@ -332,6 +338,7 @@ export class ContainerService {
         apparmorProfile: apparmor,
       });
       this.watchExit(record);
+      faultPoint('container.create.record');
       // Listed now: heldLayers() keeps its layers from here on.
       unpinLayers();
       timer.lap('record');
@@ -436,6 +443,7 @@ export class ContainerService {
   async start(id: string): Promise<void> {
     const record = this.get(id);
     if (record.state !== 'CREATED') throw failedPrecondition(`container ${record.id} is ${record.state}, not CREATED`);
+    faultPoint('container.start.begin');
     try {
       await this.runtime.start(record.bundle);
     } catch (err) {
@@ -443,9 +451,11 @@ export class ContainerService {
       const why = (await this.runtime.readExecError(record.bundle)) ?? errorMessage(err);
       throw failedPrecondition(`container ${record.id} failed to start: ${why}`);
     }
+    faultPoint('container.start.released');
     const startedAt = Date.now() * 1e6;
     // A process that exits at once may already be recorded EXITED (with its own start time): it did start.
     await this.records.update(record.id, (current) => (current.state === 'CREATED' ? { ...current, state: 'RUNNING', startedAt } : current));
+    faultPoint('container.start.record');
     this.opts.log.info('container started', { pod: record.sandboxId, container: record.id });
   }
 
@@ -557,15 +567,18 @@ export class ContainerService {
     const log = this.opts.log.child({ pod: record.sandboxId, container: record.id });
     if (timeoutSeconds > 0 && record.state === 'RUNNING') {
       this.runtime.signal(record.pid, signalToSend(record.stopSignal));
+      faultPoint('container.stop.signal');
       if (await this.waitExit(record.id, timeoutSeconds * 1000)) return;
       log.info('stop timeout passed: killing', { timeoutSeconds });
     }
     this.runtime.signal(record.pid, 'SIGKILL');
     await this.opts.cgroups.killAll(record.cgroup.path).catch(() => undefined);
+    faultPoint('container.stop.kill');
     if (!(await this.waitExit(record.id, 10_000))) {
       await this.reconcile(record.id);
       if (!this.exited(record.id)) throw new BerthError('deadline_exceeded', `container ${record.id} did not exit after SIGKILL`);
     }
+    faultPoint('container.stop.exited');
   }
 
   /** Removes a container, killing it first if needed. Removing an unknown container is not an error. */
@@ -573,10 +586,13 @@ export class ContainerService {
     const record = this.find(id);
     if (!record) return;
     if (record.state !== 'EXITED') await this.stop(record.id, 0);
+    faultPoint('container.remove.stopped');
     await this.removeCgroupWhenEmpty(record.cgroup);
+    faultPoint('container.remove.cgroup');
     this.unwatchExit(record.id);
     // The store lets an exit record still being written land first, so that it cannot outlive the delete.
     await this.records.delete(record.id);
+    faultPoint('container.remove.record');
     this.names.release(this.nameKey(record));
     await this.opts.images.collectGarbage();
     this.opts.log.info('container removed', { pod: record.sandboxId, container: record.id });

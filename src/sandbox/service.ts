@@ -10,6 +10,7 @@ import type { PodNamespaces } from '../kernel/shim.js';
 import { RecordStore } from '../store/records.js';
 import { withUndo } from '../store/undo.js';
 import { PhaseTimer } from '../phases.js';
+import { faultPoint } from '../fault.js';
 import { filterRecords, findByIdOrPrefix, NameIndex, RecordFilter } from '../lookup.js';
 import { KeyedMutex } from '../store/locks.js';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
@@ -217,10 +218,12 @@ export class SandboxService {
     const created = await withUndo(log, async (undo) => {
       this.names.reserve(key, id);
       undo.push('release pod name', () => this.names.release(key));
+      faultPoint('pod.run.name');
       // Registered before anything is written there: the pod files and the record itself live in this directory.
       undo.push('remove pod state directory', () => this.records.delete(id));
       await runtime.makeRunDir(runDir);
       undo.push('remove pod run directory', () => runtime.removeRunDir(runDir));
+      faultPoint('pod.run.rundir');
       // Registered before the attempt: unpinning nothing is a no-op, and a shim killed at its timeout may have pinned.
       undo.push('unpin pod namespaces', () => runtime.unpinNamespaces(nsDir));
       const shmPath = hostIpc ? '/dev/shm' : path.join(runDir, 'shm');
@@ -234,6 +237,7 @@ export class SandboxService {
         : timed('networkPlan', this.network.prepare(netRequest)).then((plan) => {
             netState = plan.state;
             undo.push('tear down pod network', () => this.network.teardown(netRequest, netState!));
+            faultPoint('pod.run.network-plan');
             return plan;
           });
       // Independent steps run at once: namespaces, cgroup, pod files and shm are unrelated. Each registers its undo
@@ -253,14 +257,23 @@ export class SandboxService {
           .then((namespaces) => {
             const initPid = namespaces.initPid;
             if (initPid !== undefined) undo.push('kill pod init', () => runtime.killInit(initPid));
+            faultPoint('pod.run.namespaces');
             return namespaces;
           }),
         timed('cgroup', this.opts.cgroups.create(record.cgroup.path)).then((handle) => {
           undo.push('remove pod cgroup', () => this.opts.cgroups.remove(handle));
+          faultPoint('pod.run.cgroup');
           return handle;
         }),
-        planned.then((plan) => runtime.writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork, ip: plan?.ip })),
-        hostIpc ? Promise.resolve() : runtime.mountShm(shmPath, this.opts.shmSizeBytes).then(() => undo.push('unmount pod /dev/shm', () => runtime.unmountShm(shmPath))),
+        planned
+          .then((plan) => runtime.writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork, ip: plan?.ip }))
+          .then(() => faultPoint('pod.run.files')),
+        hostIpc
+          ? Promise.resolve()
+          : runtime.mountShm(shmPath, this.opts.shmSizeBytes).then(() => {
+              undo.push('unmount pod /dev/shm', () => runtime.unmountShm(shmPath));
+              faultPoint('pod.run.shm');
+            }),
       ] as const);
       for (const r of settled) if (r.status === 'rejected') throw r.reason;
       const netPlan = await planned;
@@ -292,9 +305,12 @@ export class SandboxService {
         record.networkState = netState = net.state;
         // The embedded network's address was known before the files were written; a CNI plugin's comes only now.
         if (record.ip && record.ip !== netPlan.ip) await runtime.writeHostsFile(record.filesDir, hostname, record.ip);
+        faultPoint('pod.run.network-setup');
       }
+      faultPoint('pod.run.record');
       return this.records.create(record);
     });
+    faultPoint('pod.run.done');
     log.info('pod sandbox running', { name: config.metadata.name, namespace: config.metadata.namespace, ms: timer.ms, phases: timer.phases });
     return created;
   }
@@ -311,6 +327,7 @@ export class SandboxService {
       const record = this.records.get(found.id);
       if (!record) return;
       await this.opts.containers.stopContainers(record.id);
+      faultPoint('pod.stop.containers');
       await this.releaseLocked(record);
     });
   }
@@ -322,11 +339,15 @@ export class SandboxService {
    */
   private async releaseLocked(record: Readonly<SandboxRecord>): Promise<void> {
     if (record.initPid && (await this.runtime.isInitAlive(record.initPid))) this.runtime.killInit(record.initPid);
+    faultPoint('pod.stop.init');
     if (record.networkState) await this.network.teardown(this.networkRequest(record), record.networkState);
+    faultPoint('pod.stop.network');
     await this.runtime.unpinNamespaces(path.join(this.runDir(record.id), 'ns'));
     if (record.shmPath && record.shmPath !== '/dev/shm') await this.runtime.unmountShm(record.shmPath);
+    faultPoint('pod.stop.unpin');
     if (record.state === 'NOTREADY' && record.networkState === undefined) return;
     await this.records.update(record.id, ({ networkState: _released, ...rest }) => ({ ...rest, state: 'NOTREADY' }));
+    faultPoint('pod.stop.record');
     if (record.state !== 'NOTREADY') this.opts.log.info('pod sandbox stopped', { pod: record.id });
   }
 
@@ -344,7 +365,9 @@ export class SandboxService {
   private async removeLocked(record: Readonly<SandboxRecord>): Promise<void> {
     // Removing a container stops it first if it still runs.
     await this.opts.containers.removeContainers(record.id);
+    faultPoint('pod.remove.containers');
     await this.releaseLocked(record);
+    faultPoint('pod.remove.released');
     try {
       await this.opts.cgroups.remove({ path: record.cgroup.path, created: record.cgroup.created });
     } catch (err) {
@@ -353,12 +376,15 @@ export class SandboxService {
       }
       throw err;
     }
+    faultPoint('pod.remove.cgroup');
     if (this.ownedParents.size > 0) {
       this.ownedParents = new Set(await this.opts.cgroups.removeIfUnused([...this.ownedParents]));
       await this.saveParents();
     }
     await this.runtime.removeRunDir(this.runDir(record.id));
+    faultPoint('pod.remove.rundir');
     await this.records.delete(record.id);
+    faultPoint('pod.remove.record');
     this.names.release(SandboxService.nameKey(record.config));
     this.opts.log.info('pod sandbox removed', { pod: record.id });
   }
