@@ -203,6 +203,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   await sandboxes.load();
   await containers.load();
   await network.start(sandboxes.networkedPods());
+  await sandboxes.releaseInterrupted();
   await store.load();
 
   // Once: the kernel does not change under a running berth, and Status is polled every few seconds.

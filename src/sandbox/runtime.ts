@@ -1,4 +1,5 @@
 import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { internal, errorMessage } from '../errors.js';
 import { MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, mount, umount2 } from '../kernel/libc.js';
 import { createPodNamespaces, isShim, PodNamespaces, PodVeth, unpinNamespaces } from '../kernel/shim.js';
@@ -32,6 +33,16 @@ export interface SandboxRuntime {
   /** The pod's directory under the run directory (pins, /dev/shm). */
   makeRunDir(dir: string): Promise<void>;
   removeRunDir(dir: string): Promise<void>;
+  /** The run directories under `parent` (one per pod id), for finding those no record owns after a crash. */
+  listRunDirs(parent: string): Promise<string[]>;
+  /**
+   * Leaves a small note in a pod's run directory of something acquired before the pod has a record (its cgroup,
+   * its init), so that a berth that crashed meanwhile can release it. Not synced: the run directory lives on
+   * /run, which a host crash clears along with what the note names.
+   */
+  writeRunNote(dir: string, name: string, value: unknown): Promise<void>;
+  /** A note written by writeRunNote; undefined when missing or torn by a crash mid-write. */
+  readRunNote<T>(dir: string, name: string): Promise<T | undefined>;
   /** Creates and pins the pod's namespaces under `dir`. */
   createNamespaces(dir: string, want: PodNamespaceRequest): Promise<PodNamespaces>;
   /** Releases whatever is pinned under `dir`; nothing pinned is fine. */
@@ -60,6 +71,23 @@ export const kernelSandboxRuntime: SandboxRuntime = {
   },
   async removeRunDir(dir) {
     await fs.rm(dir, { recursive: true, force: true });
+  },
+  async listRunDirs(parent) {
+    const names = await fs.readdir(parent).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return [];
+      throw err;
+    });
+    return names.map((n) => path.join(parent, n));
+  },
+  async writeRunNote(dir, name, value) {
+    await fs.writeFile(path.join(dir, `${name}.json`), JSON.stringify(value), { mode: 0o600 });
+  },
+  async readRunNote(dir, name) {
+    try {
+      return JSON.parse(await fs.readFile(path.join(dir, `${name}.json`), 'utf8'));
+    } catch {
+      return undefined;
+    }
   },
   createNamespaces: createPodNamespaces,
   unpinNamespaces,

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { BerthError, failedPrecondition, invalidArgument, notFound } from '../errors.js';
+import { BerthError, errorMessage, failedPrecondition, invalidArgument, notFound } from '../errors.js';
 import { Logger } from '../log.js';
 import type { CgroupHandle } from '../kernel/cgroups.js';
 import type { CgroupPort } from '../kernel/cgroup-port.js';
@@ -19,6 +19,12 @@ import { SandboxRuntime } from './runtime.js';
 import { PodResources, SANDBOX_TRANSITIONS, SandboxConfig, SandboxRecord } from './types.js';
 import { LoopbackOnly, PodNetwork, PodNetworkRequest } from '../network/types.js';
 import type { Duplex } from 'node:stream';
+
+/** What RunPodSandbox notes of the network it planned, for releasing it if berth crashes before the record. */
+interface NetworkNote {
+  request: PodNetworkRequest;
+  state: Record<string, unknown>;
+}
 
 /** The cgroup operations a pod needs: its own cgroup, and its parents once unused. */
 export type SandboxCgroups = Pick<CgroupPort, 'create' | 'remove' | 'removeIfUnused'>;
@@ -135,6 +141,36 @@ export class SandboxService {
     }
   }
 
+  /**
+   * Releases what a RunPodSandbox that berth crashed in left behind: a run directory with no pod record. Its notes
+   * name the cgroup, init and network the creation had acquired; the namespace pins and /dev/shm are in the
+   * directory itself. Called once the network backend has loaded, as the network teardown needs it.
+   */
+  async releaseInterrupted(): Promise<void> {
+    for (const dir of await this.runtime.listRunDirs(path.join(this.opts.stateDir, 'sandboxes'))) {
+      const id = path.basename(dir);
+      if (this.records.has(id)) continue;
+      const log = this.opts.log.child({ pod: id });
+      log.warn('releasing what a pod creation interrupted by a crash left behind');
+      try {
+        const initPid = await this.runtime.readRunNote<number>(dir, 'init');
+        if (initPid !== undefined && (await this.runtime.isInitAlive(initPid))) this.runtime.killInit(initPid);
+        const net = await this.runtime.readRunNote<NetworkNote>(dir, 'network');
+        // Torn down while the netns is still pinned, as a normal stop does.
+        if (net) await this.network.teardown(net.request, net.state);
+        await this.runtime.unpinNamespaces(path.join(dir, 'ns'));
+        await this.runtime.unmountShm(path.join(dir, 'shm'));
+        const cgroup = await this.runtime.readRunNote<CgroupHandle>(dir, 'cgroup');
+        // Only the pod's own directory: ancestors made along the way may be shared with other pods by now.
+        if (cgroup) await this.opts.cgroups.remove({ path: cgroup.path, created: cgroup.created.filter((d) => d.endsWith(cgroup.path)) });
+        await this.runtime.removeRunDir(dir);
+      } catch (err) {
+        // Left for the next start (or berth doctor); serving the pods that do exist matters more.
+        log.error('cannot release an interrupted pod creation', { error: errorMessage(err) });
+      }
+    }
+  }
+
   get(id: string): Readonly<SandboxRecord> {
     const found = this.find(id);
     if (!found) throw notFound(`pod sandbox "${id}" not found`);
@@ -237,8 +273,10 @@ export class SandboxService {
         : timed('networkPlan', this.network.prepare(netRequest)).then((plan) => {
             netState = plan.state;
             undo.push('tear down pod network', () => this.network.teardown(netRequest, netState!));
-            faultPoint('pod.run.network-plan');
-            return plan;
+            return runtime.writeRunNote(runDir, 'network', { request: netRequest, state: plan.state } satisfies NetworkNote).then(() => {
+              faultPoint('pod.run.network-plan');
+              return plan;
+            });
           });
       // Independent steps run at once: namespaces, cgroup, pod files and shm are unrelated. Each registers its undo
       // as it completes, and every step is awaited (allSettled) before any undo runs, so nothing escapes the cleanup.
@@ -256,12 +294,17 @@ export class SandboxService {
           )
           .then((namespaces) => {
             const initPid = namespaces.initPid;
-            if (initPid !== undefined) undo.push('kill pod init', () => runtime.killInit(initPid));
+            if (initPid === undefined) return namespaces;
+            undo.push('kill pod init', () => runtime.killInit(initPid));
+            return runtime.writeRunNote(runDir, 'init', initPid).then(() => namespaces);
+          })
+          .then((namespaces) => {
             faultPoint('pod.run.namespaces');
             return namespaces;
           }),
-        timed('cgroup', this.opts.cgroups.create(record.cgroup.path)).then((handle) => {
+        timed('cgroup', this.opts.cgroups.create(record.cgroup.path)).then(async (handle) => {
           undo.push('remove pod cgroup', () => this.opts.cgroups.remove(handle));
+          await runtime.writeRunNote(runDir, 'cgroup', handle);
           faultPoint('pod.run.cgroup');
           return handle;
         }),
