@@ -72,6 +72,8 @@ export interface ContainerServiceOptions {
 }
 
 export const DEFAULT_APPARMOR_PROFILE = 'berth-default';
+/** In the bundle: the container's cgroup path, written before the cgroup is made (see releaseInterrupted). */
+const CGROUP_NOTE = 'cgroup-path';
 
 const realDelay: Delay = (ms, signal) => sleep(ms, undefined, { signal });
 
@@ -143,13 +145,35 @@ export class ContainerService {
 
   async load(): Promise<void> {
     const { records, orphans } = await this.records.loadAll();
-    for (const dir of orphans) await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    for (const dir of orphans) await this.releaseInterrupted(dir);
     for (const record of records) {
       this.names.reserve(this.nameKey(record), record.id);
       if (record.state === 'CREATED' || record.state === 'RUNNING') {
         this.watchExit(record);
         await this.reconcile(record.id);
       }
+    }
+  }
+
+  /**
+   * A bundle without a record: a CreateContainer that berth crashed in. Its monitor (and the init blocked on
+   * start.fifo, which dies with it) and its cgroup are released before the bundle goes.
+   */
+  private async releaseInterrupted(bundle: string): Promise<void> {
+    const log = this.opts.log.child({ container: path.basename(bundle) });
+    try {
+      const shim = await fs.readFile(path.join(bundle, 'shim.json'), 'utf8').then((t) => JSON.parse(t) as { monitorPid?: number }, () => undefined);
+      if (shim?.monitorPid && (await this.runtime.isMonitorAlive(shim.monitorPid))) this.runtime.signal(shim.monitorPid, 'SIGKILL');
+      const cgroupPath = await fs.readFile(path.join(bundle, CGROUP_NOTE), 'utf8').catch(() => undefined);
+      if (cgroupPath) {
+        await this.opts.cgroups.killAll(cgroupPath).catch(() => undefined);
+        const dirs = this.opts.cgroups.procsFiles(cgroupPath).map((f) => path.dirname(f));
+        await this.removeCgroupWhenEmpty({ path: cgroupPath, created: dirs });
+      }
+      if (shim || cgroupPath) log.warn('released what a container creation interrupted by a crash left behind');
+      await fs.rm(bundle, { recursive: true, force: true });
+    } catch (err) {
+      log.error('cannot release an interrupted container creation', { error: errorMessage(err) });
     }
   }
 
@@ -268,7 +292,10 @@ export class ContainerService {
       const cdi = config.cdiDevices?.length ? await this.resolveCdi(config.cdiDevices, log) : undefined;
       const apparmor = await this.securityModules(config, log);
       timer.lap('prepare');
-      const handle = await this.opts.cgroups.create(`${sandbox.cgroup.path}/${id}`);
+      const cgroupPath = `${sandbox.cgroup.path}/${id}`;
+      // Noted in the bundle before it is made: a crash before the record is written must still find it (load).
+      await fs.writeFile(path.join(bundle, CGROUP_NOTE), cgroupPath, { mode: 0o600 });
+      const handle = await this.opts.cgroups.create(cgroupPath);
       const cgroup = { path: handle.path, created: handle.created };
       undo.push('remove cgroup', async () => {
         // A kill that fails leaves processes behind: the removal below says so.

@@ -26,8 +26,14 @@ interface NetworkNote {
   state: Record<string, unknown>;
 }
 
+/** The pod cgroup RunPodSandbox is making; `created: []` once it turned out to exist already (not berth's). */
+interface CgroupNote {
+  path: string;
+  created?: [];
+}
+
 /** The cgroup operations a pod needs: its own cgroup, and its parents once unused. */
-export type SandboxCgroups = Pick<CgroupPort, 'create' | 'remove' | 'removeIfUnused'>;
+export type SandboxCgroups = Pick<CgroupPort, 'create' | 'remove' | 'removeIfUnused' | 'procsFiles'>;
 
 // Pod sandboxes without a pause process: the pod's namespaces are pinned by bind mounts under the run directory.
 // Only a pod that shares one PID namespace gets a process of its own, the shim's tiny init.
@@ -160,9 +166,10 @@ export class SandboxService {
         if (net) await this.network.teardown(net.request, net.state);
         await this.runtime.unpinNamespaces(path.join(dir, 'ns'));
         await this.runtime.unmountShm(path.join(dir, 'shm'));
-        const cgroup = await this.runtime.readRunNote<CgroupHandle>(dir, 'cgroup');
-        // Only the pod's own directory: ancestors made along the way may be shared with other pods by now.
-        if (cgroup) await this.opts.cgroups.remove({ path: cgroup.path, created: cgroup.created.filter((d) => d.endsWith(cgroup.path)) });
+        const cgroup = await this.runtime.readRunNote<CgroupNote>(dir, 'cgroup');
+        // Only the pod's own directories (ancestors made along the way may be shared with other pods by now), and
+        // only if they hold nothing: no container of this pod can exist, as the pod never had a record.
+        if (cgroup && !cgroup.created) await this.opts.cgroups.removeIfUnused(this.opts.cgroups.procsFiles(cgroup.path).map((f) => path.dirname(f)));
         await this.runtime.removeRunDir(dir);
       } catch (err) {
         // Left for the next start (or berth doctor); serving the pods that do exist matters more.
@@ -302,12 +309,18 @@ export class SandboxService {
             faultPoint('pod.run.namespaces');
             return namespaces;
           }),
-        timed('cgroup', this.opts.cgroups.create(record.cgroup.path)).then(async (handle) => {
-          undo.push('remove pod cgroup', () => this.opts.cgroups.remove(handle));
-          await runtime.writeRunNote(runDir, 'cgroup', handle);
-          faultPoint('pod.run.cgroup');
-          return handle;
-        }),
+        // Noted before it is made: a crash right after the mkdir must still find it. A cgroup that already existed
+        // (kubelet's pod cgroup) is noted again as not berth's, so that a crash then leaves it alone.
+        runtime
+          .writeRunNote(runDir, 'cgroup', { path: record.cgroup.path } satisfies CgroupNote)
+          .then(() => timed('cgroup', this.opts.cgroups.create(record.cgroup.path)))
+          .then(async (handle) => {
+            undo.push('remove pod cgroup', () => this.opts.cgroups.remove(handle));
+            const own = handle.created.filter((d) => d.endsWith(handle.path));
+            if (own.length === 0) await runtime.writeRunNote(runDir, 'cgroup', { path: handle.path, created: [] } satisfies CgroupNote);
+            faultPoint('pod.run.cgroup');
+            return handle;
+          }),
         planned
           .then((plan) => runtime.writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork, ip: plan?.ip }))
           .then(() => faultPoint('pod.run.files')),

@@ -126,6 +126,9 @@ export class FakeCgroups implements SandboxCgroups {
   async remove(): Promise<void> {
     this.j.call('cgroups.remove');
   }
+  procsFiles(cgPath: string): string[] {
+    return [`/sys/fs/cgroup/memory${cgPath}/cgroup.procs`];
+  }
   async removeIfUnused(dirs: string[]): Promise<string[]> {
     this.j.call('cgroups.removeIfUnused');
     return dirs;
