@@ -12,7 +12,7 @@ import { NET_SYSFS, sealedShim } from './kernel/shim.js';
 import { SandboxHooks, SandboxService } from './sandbox/service.js';
 import { kernelSandboxRuntime } from './sandbox/runtime.js';
 import { createPodNetwork } from './network/index.js';
-import { ContainerService } from './container/service.js';
+import { ContainerService, MONITOR_CHECK_MS } from './container/service.js';
 import { shimContainerRuntime } from './container/runtime.js';
 import { imageHandlers } from './cri/image.js';
 import { podHandlers } from './cri/pods.js';
@@ -196,6 +196,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     shmSizeBytes: config.runtime.shmSizeBytes,
     cdiSpecDirs: config.cdi.specDirs,
     apparmorProfile: config.runtime.apparmorProfile,
+    monitorCheckMs: MONITOR_CHECK_MS,
     onRecordChange: events.containerChanged,
   });
   events.attach({ pod: (id) => sandboxes.find(id), containersOf: (podId) => containers.list({ sandboxId: podId }) });

@@ -60,6 +60,11 @@ export interface ContainerServiceOptions {
   cdiSpecDirs: string[];
   /** The stop timeout's clock; unit tests pass a fake one. */
   delay?: Delay;
+  /**
+   * How often the monitors of live containers are checked (ms; 0: never). A monitor that dies (kill -9) writes no
+   * exit record, and its container's init dies with it (PDEATHSIG): only this check tells berth it exited.
+   */
+  monitorCheckMs?: number;
   /** AppArmor and SELinux on this host; unit tests pass a fake one. */
   lsm?: LsmHost;
   /** The AppArmor profile RuntimeDefault means ([runtime] apparmor_profile). */
@@ -76,6 +81,8 @@ export const DEFAULT_APPARMOR_PROFILE = 'berth-default';
 const CGROUP_NOTE = 'cgroup-path';
 
 const realDelay: Delay = (ms, signal) => sleep(ms, undefined, { signal });
+/** One /proc read per live container each time: cheap, and a lost monitor shows as an exit within this long. */
+export const MONITOR_CHECK_MS = 2000;
 
 export interface ContainerFilter extends RecordFilter<ContainerState> {
   sandboxId?: string;
@@ -120,6 +127,8 @@ export class ContainerService {
   private readonly exitWaiters = new Map<string, (() => void)[]>();
   private readonly runtime: ContainerRuntime;
   private readonly delay: Delay;
+  private monitorCheck: NodeJS.Timeout | undefined;
+  private checkingMonitors = false;
 
   constructor(private readonly opts: ContainerServiceOptions) {
     this.runtime = opts.runtime;
@@ -152,6 +161,28 @@ export class ContainerService {
         this.watchExit(record);
         await this.reconcile(record.id);
       }
+    }
+    const every = this.opts.monitorCheckMs ?? 0;
+    if (every > 0) {
+      this.monitorCheck = setInterval(() => void this.checkMonitors(), every);
+      this.monitorCheck.unref();
+    }
+  }
+
+  /** Reconciles every live container whose monitor is gone (see monitorCheckMs). Never throws: a timer runs it. */
+  async checkMonitors(): Promise<void> {
+    if (this.checkingMonitors) return;
+    this.checkingMonitors = true;
+    try {
+      for (const record of this.records.values()) {
+        if ((record.state !== 'CREATED' && record.state !== 'RUNNING') || !record.monitorPid) continue;
+        if (await this.runtime.isMonitorAlive(record.monitorPid)) continue;
+        await this.reconcile(record.id).catch((err) =>
+          this.opts.log.error('cannot record the exit of a container whose monitor is gone', { pod: record.sandboxId, container: record.id, error: errorMessage(err) }),
+        );
+      }
+    } finally {
+      this.checkingMonitors = false;
     }
   }
 
@@ -187,6 +218,10 @@ export class ContainerService {
       return;
     }
     if (record.monitorPid && !(await this.runtime.isMonitorAlive(record.monitorPid))) {
+      // The init died with its monitor (PDEATHSIG), but what it forked did not: nothing of the container may run
+      // once it is reported exited.
+      await this.opts.cgroups.killAll(record.cgroup.path).catch(() => undefined);
+      this.opts.log.warn('the container monitor is gone without recording an exit: the container is reported exited', { pod: record.sandboxId, container: id });
       await this.markExited(id, 'durable', {
         exitCode: 255,
         signal: 0,
@@ -750,6 +785,7 @@ export class ContainerService {
 
   /** Stops watching for exits and waits for exit records still being written. */
   async close(): Promise<void> {
+    clearInterval(this.monitorCheck);
     for (const w of this.watchers.values()) w.close();
     this.watchers.clear();
     await this.records.flush();
