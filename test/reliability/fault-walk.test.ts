@@ -74,7 +74,8 @@ async function drive(run: Run, onStep?: (n: number) => void): Promise<void> {
   const pod = podConfig({
     log_directory: run.logDir,
     port_mappings: [{ protocol: 'TCP', container_port: 8080, host_port: hostPort, host_ip: '' }],
-    linux: { cgroup_parent: run.cgroupParent, security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } },
+    // A shared PID namespace: the pod has an init of its own, one more thing a crash can leave.
+    linux: { cgroup_parent: run.cgroupParent, security_context: { namespace_options: { network: 'POD', pid: 'POD', ipc: 'POD' } } },
   });
   const { pod_sandbox_id } = await call(b.runtime.RunPodSandbox({ config: pod }));
   const ids: string[] = [];
