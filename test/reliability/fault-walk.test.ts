@@ -7,7 +7,7 @@ import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.j
 import { startBerth, BerthProcess } from '../helpers/berth.js';
 import { BerthState, containerConfig, hostLeftovers, podConfig, processesMentioning, stateLeftovers } from '../helpers/cri.js';
 import { freePort } from '../helpers/util.js';
-import { FAULT_STEPS } from '../../src/fault.js';
+import { FAULT_STEPS, FaultStep } from '../../src/fault.js';
 import { chainPrefixFor } from '../../src/network/index.js';
 
 // Crash at every step: a berth started with BERTH_FAULT=<step>:1 is driven through a pod's whole life (pull, run,
@@ -16,15 +16,28 @@ import { chainPrefixFor } from '../../src/network/index.js';
 // half-made pod or container is either listed and usable, or gone from records and kernel alike), and a full
 // teardown through the RPCs must leave nothing at all.
 //
-// BERTH_FAULT_WALK=full (npm run test:reliability) walks every step in FAULT_STEPS and then kills berth from outside
-// at random moments of the same drive until 100 runs are done (BERTH_FAULT_RANDOM_RUNS overrides the count of those).
+// BERTH_FAULT_WALK=full (npm run test:reliability) walks every step in FAULT_STEPS (and the second arrival at those
+// reached twice), then kills berth from outside at random moments of the same drive until 100 runs are done
+// (BERTH_FAULT_RANDOM_RUNS overrides the count of those).
 // Without it (npm test) a sample runs: SAMPLE_STEPS random steps and one random-moment kill.
-// BERTH_FAULT_STEPS=a,b runs just those steps, e.g. to reproduce one.
+// BERTH_FAULT_STEPS=a,b:2 runs just those (n defaults to 1), e.g. to reproduce one.
 
 const FULL = process.env.BERTH_FAULT_WALK === 'full';
 const SAMPLE_STEPS = 4;
 const TOTAL_FULL_RUNS = 100;
-const RANDOM_RUNS = Number(process.env.BERTH_FAULT_RANDOM_RUNS ?? (FULL ? Math.max(TOTAL_FULL_RUNS - FAULT_STEPS.length, 0) : 1));
+/**
+ * Steps the drive reaches twice: both containers are created, started and removed (the second by RemovePodSandbox;
+ * the first stops on SIGTERM, so only the second is ever SIGKILLed); the pod's remove repeats its stop's release;
+ * the image has two layers. The full walk crashes at
+ * the second arrival too, where a first object already exists beside the half-made one.
+ */
+const REACHED_TWICE: FaultStep[] = [
+  'container.create.name', 'container.create.bundle', 'container.create.cgroup', 'container.create.spec', 'container.create.shim',
+  'container.create.record', 'container.start.begin', 'container.start.released', 'container.start.record', 'container.remove.stopped', 'container.remove.cgroup', 'container.remove.record', 'pod.stop.init',
+  'pod.stop.network', 'pod.stop.unpin', 'image.pull.staging', 'image.pull.unpacked', 'image.pull.layer-committed',
+];
+const WALK: string[] = [...FAULT_STEPS.map((s) => `${s}:1`), ...REACHED_TWICE.map((s) => `${s}:2`)];
+const RANDOM_RUNS = Number(process.env.BERTH_FAULT_RANDOM_RUNS ?? (FULL ? Math.max(TOTAL_FULL_RUNS - WALK.length, 0) : 1));
 
 let registry: Registry;
 let image: PushedImage;
@@ -185,10 +198,10 @@ function sample<T>(items: readonly T[], n: number): T[] {
   return [...items].sort(() => Math.random() - 0.5).slice(0, n);
 }
 
-const chosen = process.env.BERTH_FAULT_STEPS?.split(',').filter((s) => s !== '');
-for (const step of chosen ?? (FULL ? FAULT_STEPS : sample(FAULT_STEPS, SAMPLE_STEPS))) {
-  test.serial(`a crash at ${step} is recovered on restart and a teardown then leaves nothing`, async (t) => {
-    await crashAndRecover(t, { BERTH_FAULT: `${step}:1` });
+const chosen = process.env.BERTH_FAULT_STEPS?.split(',').filter((s) => s !== '').map((s) => (s.includes(':') ? s : `${s}:1`));
+for (const fault of chosen ?? (FULL ? WALK : sample(WALK, SAMPLE_STEPS))) {
+  test.serial(`a crash at ${fault} is recovered on restart and a teardown then leaves nothing`, async (t) => {
+    await crashAndRecover(t, { BERTH_FAULT: fault });
   });
 }
 
