@@ -33,8 +33,8 @@ const TOTAL_FULL_RUNS = 100;
  */
 const REACHED_TWICE: FaultStep[] = [
   'container.create.name', 'container.create.bundle', 'container.create.cgroup', 'container.create.spec', 'container.create.shim',
-  'container.create.record', 'container.start.begin', 'container.start.released', 'container.start.record', 'container.remove.stopped', 'container.remove.cgroup', 'container.remove.record', 'pod.stop.init',
-  'pod.stop.network', 'pod.stop.unpin', 'image.pull.staging', 'image.pull.unpacked', 'image.pull.layer-committed',
+  'container.create.record', 'container.start.begin', 'container.start.released', 'container.start.record', 'container.remove.stopped',
+  'container.remove.cgroup', 'container.remove.record', 'pod.stop.init', 'pod.stop.network', 'pod.stop.unpin', 'image.pull.staging', 'image.pull.unpacked', 'image.pull.layer-committed',
 ];
 const WALK: string[] = [...FAULT_STEPS.map((s) => `${s}:1`), ...REACHED_TWICE.map((s) => `${s}:2`)];
 const RANDOM_RUNS = Number(process.env.BERTH_FAULT_RANDOM_RUNS ?? (FULL ? Math.max(TOTAL_FULL_RUNS - WALK.length, 0) : 1));

@@ -300,3 +300,30 @@ test('CreateContainer records the effective identity: Merge adds the image /etc/
   t.deepEqual(await identity('Merge', 'Strict'), { uid: 1000, gid: 1000, additionalGids: [1000, 1234] });
   t.deepEqual(await identity('Strict', 'Merge'), { uid: 1000, gid: 1000, additionalGids: [1000, 1234] }, "the pod's Strict holds for a container that sent the default");
 });
+
+test('a monitor that dies while berth runs (kill -9) is found by checkMonitors: the container is EXITED as unknown, its cgroup killed', async (t) => {
+  const { j, runtime, service } = setup(await tempRoot(t));
+  const { id } = await service.create(POD.id, containerConfig());
+  await service.start(id);
+  await service.checkMonitors();
+  t.is(service.get(id).state, 'RUNNING', 'a live monitor changes nothing');
+  runtime.monitorAlive = false;
+  j.calls.length = 0;
+  await service.checkMonitors();
+  t.like(service.get(id), { state: 'EXITED', exit: { exitCode: 255, reason: 'Unknown' } });
+  t.true(j.calls.includes('cgroup.killAll'), 'what the init forked is killed too');
+  await service.close();
+});
+
+test('a bundle without a record (a CreateContainer berth crashed in) has its monitor and cgroup released on load, then goes', async (t) => {
+  const root = await tempRoot(t);
+  const bundle = path.join(root, 'containers', 'c'.repeat(64));
+  await fs.mkdir(bundle, { recursive: true });
+  await fs.writeFile(path.join(bundle, 'cgroup-path'), `/${POD.id}/${'c'.repeat(64)}`);
+  await fs.writeFile(path.join(bundle, 'shim.json'), JSON.stringify({ pid: PID, monitorPid: MONITOR_PID }));
+  const { j, service } = setup(root);
+  await service.load();
+  t.deepEqual(j.calls, [`signal ${MONITOR_PID} SIGKILL`, 'cgroup.killAll', 'cgroup.remove']);
+  t.false(existsSync(bundle));
+  t.deepEqual(service.list(), []);
+});
