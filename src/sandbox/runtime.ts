@@ -49,6 +49,12 @@ export interface SandboxRuntime {
   unpinNamespaces(dir: string): Promise<void>;
   /** True when every pinned namespace file still exists (a reboot clears /run). */
   pinsPresent(paths: string[]): Promise<boolean>;
+  /**
+   * SIGKILLs every berth-shim process whose command line names the namespace directory `dir`: a `sandbox` command
+   * still at work, or the pod init it left, when berth crashed before it learnt the pid. Reads all of /proc: for
+   * recovery at start only.
+   */
+  killShimsOf(dir: string): Promise<void>;
   /** True when `pid` is the pod init berth started (not a reused pid). */
   isInitAlive(pid: number): Promise<boolean>;
   /** SIGKILLs the pod init; one already gone is fine. */
@@ -63,6 +69,9 @@ export interface SandboxRuntime {
   /** A TCP connection to localhost:<port> inside the pinned network namespace (null: the host's). */
   dial(netnsPath: string | null, port: number, timeoutMs: number): Promise<Duplex>;
 }
+
+/** How long killShimsOf waits for the shims it killed to be gone. */
+const SHIM_DEATH_MS = 2000;
 
 /** The real thing: berth-shim for namespaces, mount(2) for /dev/shm, plain files for the rest. */
 export const kernelSandboxRuntime: SandboxRuntime = {
@@ -93,6 +102,28 @@ export const kernelSandboxRuntime: SandboxRuntime = {
   unpinNamespaces,
   async pinsPresent(paths) {
     return (await Promise.all(paths.map((p) => fs.access(p).then(() => true, () => false)))).every(Boolean);
+  },
+  async killShimsOf(dir) {
+    const killed: string[] = [];
+    for (const pid of await fs.readdir('/proc')) {
+      if (!/^[0-9]+$/.test(pid)) continue;
+      const argv = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').then((t) => t.split('\0'), () => []);
+      if (!argv[0]?.includes('berth-shim') || argv[1] !== 'sandbox' || argv[2] !== dir) continue;
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+        killed.push(pid);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw internal(`killing berth-shim ${pid} of ${dir}: ${errorMessage(err)}`, err);
+      }
+    }
+    // A mount the shim had begun completes before it dies: the caller unpins only once the shims are gone (a
+    // zombie's command line is empty), within a bound.
+    const deadline = Date.now() + SHIM_DEATH_MS;
+    for (const pid of killed) {
+      while ((await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')) !== '' && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
   },
   isInitAlive: isShim,
   killInit(pid) {

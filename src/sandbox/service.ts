@@ -149,8 +149,8 @@ export class SandboxService {
 
   /**
    * Releases what a RunPodSandbox that berth crashed in left behind: a run directory with no pod record. Its notes
-   * name the cgroup, init and network the creation had acquired; the namespace pins and /dev/shm are in the
-   * directory itself. Called once the network backend has loaded, as the network teardown needs it.
+   * name the cgroup and network the creation had acquired; the namespace pins and /dev/shm are in the directory
+   * itself, and the pod init names it in its command line. Called once the network backend has loaded, as the network teardown needs it.
    */
   async releaseInterrupted(): Promise<void> {
     for (const dir of await this.runtime.listRunDirs(path.join(this.opts.stateDir, 'sandboxes'))) {
@@ -159,8 +159,8 @@ export class SandboxService {
       const log = this.opts.log.child({ pod: id });
       log.warn('releasing what a pod creation interrupted by a crash left behind');
       try {
-        const initPid = await this.runtime.readRunNote<number>(dir, 'init');
-        if (initPid !== undefined && (await this.runtime.isInitAlive(initPid))) this.runtime.killInit(initPid);
+        // The pod init (or the shim still making the namespaces) names the directory in its command line.
+        await this.runtime.killShimsOf(path.join(dir, 'ns'));
         const net = await this.runtime.readRunNote<NetworkNote>(dir, 'network');
         // Torn down while the netns is still pinned, as a normal stop does.
         if (net) await this.network.teardown(net.request, net.state);
@@ -301,11 +301,7 @@ export class SandboxService {
           )
           .then((namespaces) => {
             const initPid = namespaces.initPid;
-            if (initPid === undefined) return namespaces;
-            undo.push('kill pod init', () => runtime.killInit(initPid));
-            return runtime.writeRunNote(runDir, 'init', initPid).then(() => namespaces);
-          })
-          .then((namespaces) => {
+            if (initPid !== undefined) undo.push('kill pod init', () => runtime.killInit(initPid));
             faultPoint('pod.run.namespaces');
             return namespaces;
           }),

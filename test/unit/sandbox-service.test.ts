@@ -272,14 +272,13 @@ test('StopPodSandbox and RemovePodSandbox of an ambiguous id prefix are refused 
 test('a run directory no record owns (a RunPodSandbox berth crashed in) is released from its notes on the next start', async (t) => {
   const { journal, runtime, service } = await setup(t);
   const live = await service.run(podConfig('kept'));
-  // What a crash after every acquisition but before the record leaves: notes of the init, network plan and cgroup.
+  // What a crash after every acquisition but before the record leaves: notes of the network plan and cgroup.
   const crashed = path.join(path.dirname(runtime.runDirs.keys().next().value!), 'f'.repeat(64));
-  await runtime.writeRunNote(crashed, 'init', 4243);
   await runtime.writeRunNote(crashed, 'network', { request: { podId: 'f'.repeat(64) }, state: { stage: 'planned' } });
   await runtime.writeRunNote(crashed, 'cgroup', { path: '/berth-pod-ffff' });
   journal.clear();
   await service.releaseInterrupted();
-  t.deepEqual(journal.ops, ['isInitAlive', 'killInit', 'network.teardown', 'unpinNamespaces', 'unmountShm', 'cgroups.removeIfUnused', 'removeRunDir']);
+  t.deepEqual(journal.ops, ['killShimsOf', 'network.teardown', 'unpinNamespaces', 'unmountShm', 'cgroups.removeIfUnused', 'removeRunDir']);
   t.false(runtime.runDirs.has(crashed));
   t.true(runtime.runDirs.size > 0, 'the live pod\'s run directory is kept');
   t.is(service.get(live.id).state, 'READY');

@@ -96,6 +96,9 @@ export class FakeSandboxRuntime implements SandboxRuntime {
     this.j.call('pinsPresent');
     return this.pinned;
   }
+  async killShimsOf(): Promise<void> {
+    this.j.call('killShimsOf');
+  }
   async isInitAlive(): Promise<boolean> {
     this.j.call('isInitAlive');
     return this.initAlive;
