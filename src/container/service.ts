@@ -187,21 +187,21 @@ export class ContainerService {
   }
 
   /**
-   * A bundle without a record: a CreateContainer that berth crashed in. Its monitor (and the init blocked on
-   * start.fifo, which dies with it) and its cgroup are released before the bundle goes.
+   * A bundle without a record: a CreateContainer that berth crashed in. Its shims (monitor, init blocked on
+   * start.fifo, a create still at work) and its cgroup are released before the bundle goes.
    */
   private async releaseInterrupted(bundle: string): Promise<void> {
     const log = this.opts.log.child({ container: path.basename(bundle) });
     try {
-      const shim = await fs.readFile(path.join(bundle, 'shim.json'), 'utf8').then((t) => JSON.parse(t) as { monitorPid?: number }, () => undefined);
-      if (shim?.monitorPid && (await this.runtime.isMonitorAlive(shim.monitorPid))) this.runtime.signal(shim.monitorPid, 'SIGKILL');
+      // By command line, not shim.json: a crash while `berth-shim create` ran may precede that file.
+      await this.runtime.killShimsOf(bundle);
       const cgroupPath = await fs.readFile(path.join(bundle, CGROUP_NOTE), 'utf8').catch(() => undefined);
       if (cgroupPath) {
         await this.opts.cgroups.killAll(cgroupPath).catch(() => undefined);
         const dirs = this.opts.cgroups.procsFiles(cgroupPath).map((f) => path.dirname(f));
         await this.removeCgroupWhenEmpty({ path: cgroupPath, created: dirs });
       }
-      if (shim || cgroupPath) log.warn('released what a container creation interrupted by a crash left behind');
+      if (cgroupPath) log.warn('released what a container creation interrupted by a crash left behind');
       await fs.rm(bundle, { recursive: true, force: true });
     } catch (err) {
       log.error('cannot release an interrupted container creation', { error: errorMessage(err) });

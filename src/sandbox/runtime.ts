@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { internal, errorMessage } from '../errors.js';
 import { MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, mount, umount2 } from '../kernel/libc.js';
-import { createPodNamespaces, isShim, PodNamespaces, PodVeth, unpinNamespaces } from '../kernel/shim.js';
+import { createPodNamespaces, isShim, killShims, PodNamespaces, PodVeth, unpinNamespaces } from '../kernel/shim.js';
 import { dialInNetns } from '../kernel/shim-stream.js';
 import { writeHostsFile, writePodFiles } from './files.js';
 import type { Duplex } from 'node:stream';
@@ -70,9 +70,6 @@ export interface SandboxRuntime {
   dial(netnsPath: string | null, port: number, timeoutMs: number): Promise<Duplex>;
 }
 
-/** How long killShimsOf waits for the shims it killed to be gone. */
-const SHIM_DEATH_MS = 2000;
-
 /** The real thing: berth-shim for namespaces, mount(2) for /dev/shm, plain files for the rest. */
 export const kernelSandboxRuntime: SandboxRuntime = {
   async makeRunDir(dir) {
@@ -103,28 +100,7 @@ export const kernelSandboxRuntime: SandboxRuntime = {
   async pinsPresent(paths) {
     return (await Promise.all(paths.map((p) => fs.access(p).then(() => true, () => false)))).every(Boolean);
   },
-  async killShimsOf(dir) {
-    const killed: string[] = [];
-    for (const pid of await fs.readdir('/proc')) {
-      if (!/^[0-9]+$/.test(pid)) continue;
-      const argv = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').then((t) => t.split('\0'), () => []);
-      if (!argv[0]?.includes('berth-shim') || argv[1] !== 'sandbox' || argv[2] !== dir) continue;
-      try {
-        process.kill(Number(pid), 'SIGKILL');
-        killed.push(pid);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw internal(`killing berth-shim ${pid} of ${dir}: ${errorMessage(err)}`, err);
-      }
-    }
-    // A mount the shim had begun completes before it dies: the caller unpins only once the shims are gone (a
-    // zombie's command line is empty), within a bound.
-    const deadline = Date.now() + SHIM_DEATH_MS;
-    for (const pid of killed) {
-      while ((await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')) !== '' && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    }
-  },
+  killShimsOf: (dir) => killShims('sandbox', dir),
   isInitAlive: isShim,
   killInit(pid) {
     try {
