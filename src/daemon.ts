@@ -12,7 +12,7 @@ import { NET_SYSFS, sealedShim } from './kernel/shim.js';
 import { SandboxHooks, SandboxService } from './sandbox/service.js';
 import { kernelSandboxRuntime } from './sandbox/runtime.js';
 import { createPodNetwork } from './network/index.js';
-import { ContainerService } from './container/service.js';
+import { ContainerService, MONITOR_CHECK_MS } from './container/service.js';
 import { shimContainerRuntime } from './container/runtime.js';
 import { imageHandlers } from './cri/image.js';
 import { podHandlers } from './cri/pods.js';
@@ -212,6 +212,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     cdiSpecDirs: config.cdi.specDirs,
     apparmorProfile: config.runtime.apparmorProfile,
     lxcfs: { mode: config.runtime.lxcfs, dir: config.runtime.lxcfsDir, find: () => lxcfsProbe.find() },
+    monitorCheckMs: MONITOR_CHECK_MS,
     onRecordChange: events.containerChanged,
   });
   events.attach({ pod: (id) => sandboxes.find(id), containersOf: (podId) => containers.list({ sandboxId: podId }) });
@@ -219,6 +220,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   await sandboxes.load();
   await containers.load();
   await network.start(sandboxes.networkedPods());
+  await sandboxes.releaseInterrupted();
   await store.load();
   if (!(await ensureReserve(paths.root))) {
     log.warn('no room under the root for the space reserve: on a full disk, pods may not be stoppable', { root: paths.root, bytes: RESERVE_BYTES });

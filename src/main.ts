@@ -6,6 +6,7 @@ import { afterReload, changedKeys, reloadable } from './config/reload.js';
 import { Command, DaemonOptions, helpText, parseCommand, UsageError } from './cli/args.js';
 import { versionText } from './cli/version.js';
 import { log, setLogLevel } from './log.js';
+import { activeFault, faultError } from './fault.js';
 import { Daemon, startDaemon } from './daemon.js';
 import { SocketInUseError } from './cri/server.js';
 import { MetricsAddressError } from './metrics/server.js';
@@ -67,6 +68,12 @@ async function serve(options: DaemonOptions): Promise<number> {
     throw err;
   }
   setLogLevel(options.logLevel ?? config.log.level);
+  if (faultError) {
+    process.stderr.write(`berth: ${faultError}\n`);
+    return 2;
+  }
+  // Loud, and at error level so that no log level hides it: this berth will kill itself on purpose.
+  if (activeFault) log.error('BERTH_FAULT is set: this berth will crash (SIGKILL itself) on purpose; never set it outside tests', { step: activeFault.step, nth: activeFault.nth });
   let running = config;
   let daemon: Daemon | undefined;
   let reloading = Promise.resolve();

@@ -1,5 +1,5 @@
 import { watch } from 'node:fs';
-import { createContainer, execInContainer, ExecOptions, ExecResult, isShim, readExecError, readExit, ShimExit, startContainer } from '../kernel/shim.js';
+import { createContainer, execInContainer, ExecOptions, ExecResult, isShim, killShims, readExecError, readExit, ShimExit, startContainer } from '../kernel/shim.js';
 import { ShimSpec } from '../kernel/shim-spec.js';
 import { attachToMonitor, closeContainerStdin, InteractiveExec, InteractiveExecOptions, MonitorAttach, openContainerStdin, spawnInteractiveExec } from '../kernel/shim-stream.js';
 import type { Writable } from 'node:stream';
@@ -32,6 +32,11 @@ export interface ContainerRuntime {
   readExecError(bundle: string): Promise<string | undefined>;
   /** Calls `onExit` when the monitor writes its exit record (perhaps more than once); throws if it cannot watch. */
   watchExit(bundle: string, onExit: () => void): ExitWatch;
+  /**
+   * SIGKILLs the shim processes of `bundle` (a `create` still at work, the monitor, the init blocked on start.fifo)
+   * found by their command line: for a bundle a crash left without a record. Reads all of /proc.
+   */
+  killShimsOf(bundle: string): Promise<void>;
   /** True while `monitorPid` is the monitor berth started, not a process that reused its pid. */
   isMonitorAlive(monitorPid: number): Promise<boolean>;
   /** Runs a command in a running container and collects its output (ExecSync). */
@@ -77,6 +82,7 @@ export const shimContainerRuntime: ContainerRuntime = {
     return watcher;
   },
   isMonitorAlive: isShim,
+  killShimsOf: (bundle) => killShims('create', bundle),
   exec: execInContainer,
   execInteractive: spawnInteractiveExec,
   attach: attachToMonitor,

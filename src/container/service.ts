@@ -15,6 +15,7 @@ import { Durability, RecordStore } from '../store/records.js';
 import { withUndo } from '../store/undo.js';
 import { SandboxService } from '../sandbox/service.js';
 import { PhaseTimer } from '../phases.js';
+import { faultPoint } from '../fault.js';
 import { ContainerAttachment, ContainerRuntime, ExitWatch } from './runtime.js';
 import { imagePathKind, readImageFile } from './image-files.js';
 import { buildSpec } from './spec.js';
@@ -61,6 +62,11 @@ export interface ContainerServiceOptions {
   cdiSpecDirs: string[];
   /** The stop timeout's clock; unit tests pass a fake one. */
   delay?: Delay;
+  /**
+   * How often the monitors of live containers are checked (ms; 0: never). A monitor that dies (kill -9) writes no
+   * exit record, and its container's init dies with it (PDEATHSIG): only this check tells berth it exited.
+   */
+  monitorCheckMs?: number;
   /** AppArmor and SELinux on this host; unit tests pass a fake one. */
   lsm?: LsmHost;
   /** The AppArmor profile RuntimeDefault means ([runtime] apparmor_profile). */
@@ -75,8 +81,12 @@ export interface ContainerServiceOptions {
 }
 
 export const DEFAULT_APPARMOR_PROFILE = 'berth-default';
+/** In the bundle: the container's cgroup path, written before the cgroup is made (see releaseInterrupted). */
+const CGROUP_NOTE = 'cgroup-path';
 
 const realDelay: Delay = (ms, signal) => sleep(ms, undefined, { signal });
+/** One /proc read per live container each time: cheap, and a lost monitor shows as an exit within this long. */
+export const MONITOR_CHECK_MS = 2000;
 
 export interface ContainerFilter extends RecordFilter<ContainerState> {
   sandboxId?: string;
@@ -121,6 +131,8 @@ export class ContainerService {
   private readonly exitWaiters = new Map<string, (() => void)[]>();
   private readonly runtime: ContainerRuntime;
   private readonly delay: Delay;
+  private monitorCheck: NodeJS.Timeout | undefined;
+  private checkingMonitors = false;
 
   constructor(private readonly opts: ContainerServiceOptions) {
     this.runtime = opts.runtime;
@@ -146,13 +158,57 @@ export class ContainerService {
 
   async load(): Promise<void> {
     const { records, orphans } = await this.records.loadAll();
-    for (const dir of orphans) await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    for (const dir of orphans) await this.releaseInterrupted(dir);
     for (const record of records) {
       this.names.reserve(this.nameKey(record), record.id);
       if (record.state === 'CREATED' || record.state === 'RUNNING') {
         this.watchExit(record);
         await this.reconcile(record.id);
       }
+    }
+    const every = this.opts.monitorCheckMs ?? 0;
+    if (every > 0) {
+      this.monitorCheck = setInterval(() => void this.checkMonitors(), every);
+      this.monitorCheck.unref();
+    }
+  }
+
+  /** Reconciles every live container whose monitor is gone (see monitorCheckMs). Never throws: a timer runs it. */
+  async checkMonitors(): Promise<void> {
+    if (this.checkingMonitors) return;
+    this.checkingMonitors = true;
+    try {
+      for (const record of this.records.values()) {
+        if ((record.state !== 'CREATED' && record.state !== 'RUNNING') || !record.monitorPid) continue;
+        if (await this.runtime.isMonitorAlive(record.monitorPid)) continue;
+        await this.reconcile(record.id).catch((err) =>
+          this.opts.log.error('cannot record the exit of a container whose monitor is gone', { pod: record.sandboxId, container: record.id, error: errorMessage(err) }),
+        );
+      }
+    } finally {
+      this.checkingMonitors = false;
+    }
+  }
+
+  /**
+   * A bundle without a record: a CreateContainer that berth crashed in. Its shims (monitor, init blocked on
+   * start.fifo, a create still at work) and its cgroup are released before the bundle goes.
+   */
+  private async releaseInterrupted(bundle: string): Promise<void> {
+    const log = this.opts.log.child({ container: path.basename(bundle) });
+    try {
+      // By command line, not shim.json: a crash while `berth-shim create` ran may precede that file.
+      await this.runtime.killShimsOf(bundle);
+      const cgroupPath = await fs.readFile(path.join(bundle, CGROUP_NOTE), 'utf8').catch(() => undefined);
+      if (cgroupPath) {
+        await this.opts.cgroups.killAll(cgroupPath).catch(() => undefined);
+        const dirs = this.opts.cgroups.procsFiles(cgroupPath).map((f) => path.dirname(f));
+        await this.removeCgroupWhenEmpty({ path: cgroupPath, created: dirs });
+      }
+      if (cgroupPath) log.warn('released what a container creation interrupted by a crash left behind');
+      await fs.rm(bundle, { recursive: true, force: true });
+    } catch (err) {
+      log.error('cannot release an interrupted container creation', { error: errorMessage(err) });
     }
   }
 
@@ -166,6 +222,10 @@ export class ContainerService {
       return;
     }
     if (record.monitorPid && !(await this.runtime.isMonitorAlive(record.monitorPid))) {
+      // The init died with its monitor (PDEATHSIG), but what it forked did not: nothing of the container may run
+      // once it is reported exited.
+      await this.opts.cgroups.killAll(record.cgroup.path).catch(() => undefined);
+      this.opts.log.warn('the container monitor is gone without recording an exit: the container is reported exited', { pod: record.sandboxId, container: id });
       await this.markExited(id, 'durable', {
         exitCode: 255,
         signal: 0,
@@ -231,12 +291,14 @@ export class ContainerService {
     return withUndo(log, async (undo) => {
       this.names.reserve(key, id);
       undo.push('release name', () => this.names.release(key));
+      faultPoint('container.create.name');
       // Until the container is listed (heldLayers), a concurrent RemoveImage's GC could take its layers.
       const unpins = [image, ...volumeImages.values()].map((img) => this.opts.images.pinLayers(img));
       const unpinLayers = () => unpins.forEach((unpin) => unpin());
       undo.push('unpin image layers', unpinLayers);
       await fs.mkdir(bundle, { recursive: true, mode: 0o700 });
       undo.push('remove bundle', () => fs.rm(bundle, { recursive: true, force: true }));
+      faultPoint('container.create.bundle');
       const lowerDirs = this.opts.images.layerPaths(image).reverse();
       const imageVolumes = await this.imageVolumeLayers(config, volumeImages, bundle);
       const [passwd, group] = await Promise.all([readImageFile(lowerDirs, '/etc/passwd'), readImageFile(lowerDirs, '/etc/group')]);
@@ -271,7 +333,10 @@ export class ContainerService {
       const cdi = config.cdiDevices?.length ? await this.resolveCdi(config.cdiDevices, log) : undefined;
       const apparmor = await this.securityModules(config, log);
       timer.lap('prepare');
-      const handle = await this.opts.cgroups.create(`${sandbox.cgroup.path}/${id}`);
+      const cgroupPath = `${sandbox.cgroup.path}/${id}`;
+      // Noted in the bundle before it is made: a crash before the record is written must still find it (load).
+      await fs.writeFile(path.join(bundle, CGROUP_NOTE), cgroupPath, { mode: 0o600 });
+      const handle = await this.opts.cgroups.create(cgroupPath);
       const cgroup = { path: handle.path, created: handle.created };
       undo.push('remove cgroup', async () => {
         // A kill that fails leaves processes behind: the removal below says so.
@@ -281,6 +346,7 @@ export class ContainerService {
       // The cgroup was just made and holds no process yet: its limits are written without the thread pool.
       await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources), { empty: true }).catch(inField('config.linux.resources'));
       timer.lap('cgroup');
+      faultPoint('container.create.cgroup');
       const spec = buildSpec({
         id,
         config,
@@ -311,9 +377,11 @@ export class ContainerService {
       await writeFileNamed(path.join(bundle, 'exec-caps.json'), JSON.stringify(spec.process.capabilities));
       if (spec.seccomp) await writeFileNamed(path.join(bundle, 'exec-seccomp.json'), JSON.stringify(spec.seccomp));
       timer.lap('spec');
+      faultPoint('container.create.spec');
       const created = await this.runtime.create(spec);
       undo.push('kill container process', () => this.runtime.signal(created.pid, 'SIGKILL'));
       timer.lap('shim');
+      faultPoint('container.create.shim');
       const record = await this.records.create({
         id,
         sandboxId: sandbox.id,
@@ -339,6 +407,7 @@ export class ContainerService {
         apparmorProfile: apparmor,
       });
       this.watchExit(record);
+      faultPoint('container.create.record');
       // Listed now: heldLayers() keeps its layers from here on.
       unpinLayers();
       timer.lap('record');
@@ -443,6 +512,7 @@ export class ContainerService {
   async start(id: string): Promise<void> {
     const record = this.get(id);
     if (record.state !== 'CREATED') throw failedPrecondition(`container ${record.id} is ${record.state}, not CREATED`);
+    faultPoint('container.start.begin');
     try {
       await this.runtime.start(record.bundle);
     } catch (err) {
@@ -450,9 +520,11 @@ export class ContainerService {
       const why = (await this.runtime.readExecError(record.bundle)) ?? errorMessage(err);
       throw failedPrecondition(`container ${record.id} failed to start: ${why}`);
     }
+    faultPoint('container.start.released');
     const startedAt = Date.now() * 1e6;
     // A process that exits at once may already be recorded EXITED (with its own start time): it did start.
     await this.records.update(record.id, (current) => (current.state === 'CREATED' ? { ...current, state: 'RUNNING', startedAt } : current));
+    faultPoint('container.start.record');
     this.opts.log.info('container started', { pod: record.sandboxId, container: record.id });
   }
 
@@ -564,15 +636,18 @@ export class ContainerService {
     const log = this.opts.log.child({ pod: record.sandboxId, container: record.id });
     if (timeoutSeconds > 0 && record.state === 'RUNNING') {
       this.runtime.signal(record.pid, signalToSend(record.stopSignal));
+      faultPoint('container.stop.signal');
       if (await this.waitExit(record.id, timeoutSeconds * 1000)) return;
       log.info('stop timeout passed: killing', { timeoutSeconds });
     }
     this.runtime.signal(record.pid, 'SIGKILL');
     await this.opts.cgroups.killAll(record.cgroup.path).catch(() => undefined);
+    faultPoint('container.stop.kill');
     if (!(await this.waitExit(record.id, 10_000))) {
       await this.reconcile(record.id);
       if (!this.exited(record.id)) throw new BerthError('deadline_exceeded', `container ${record.id} did not exit after SIGKILL`);
     }
+    faultPoint('container.stop.exited');
   }
 
   /** Removes a container, killing it first if needed. Removing an unknown container is not an error. */
@@ -580,10 +655,13 @@ export class ContainerService {
     const record = this.find(id);
     if (!record) return;
     if (record.state !== 'EXITED') await this.stop(record.id, 0);
+    faultPoint('container.remove.stopped');
     await this.removeCgroupWhenEmpty(record.cgroup);
+    faultPoint('container.remove.cgroup');
     this.unwatchExit(record.id);
     // The store lets an exit record still being written land first, so that it cannot outlive the delete.
     await this.records.delete(record.id);
+    faultPoint('container.remove.record');
     this.names.release(this.nameKey(record));
     await this.opts.images.collectGarbage();
     this.opts.log.info('container removed', { pod: record.sandboxId, container: record.id });
@@ -714,6 +792,7 @@ export class ContainerService {
 
   /** Stops watching for exits and waits for exit records still being written. */
   async close(): Promise<void> {
+    clearInterval(this.monitorCheck);
     for (const w of this.watchers.values()) w.close();
     this.watchers.clear();
     await this.records.flush();

@@ -9,6 +9,7 @@ import { Endpoint, Repository } from '../registry/client.js';
 import { REGISTRY_LIMITS, tooLarge } from '../registry/bounded.js';
 import { unpackLayer } from './layer/unpack.js';
 import { withUndo } from '../store/undo.js';
+import { faultPoint } from '../fault.js';
 import { digestName, formatReference, isDigest, parseReference, tagName } from './reference.js';
 import { hostPlatform, selectPlatform } from './platform.js';
 import { ImageStore } from './store.js';
@@ -127,6 +128,7 @@ export class ImageService {
     const started = Date.now();
     const repo = new Repository({ domain: ref.domain, path: ref.path, credentials, config: this.opts.registry, log, signal });
     const top = await repo.getManifest(ref.digest ?? ref.tag!);
+    faultPoint('image.pull.manifest');
     let manifestDigest = top.digest;
     let endpoint = top.endpoint;
     let parsed = this.classify(top.mediaType, top.body, name);
@@ -173,6 +175,7 @@ export class ImageService {
       await limit(layers, this.opts.registry.maxConcurrentDownloads, ({ descriptor, diffId }) =>
         this.ensureLayer(repo, endpoint, descriptor, diffId, log, signal),
       );
+      faultPoint('image.pull.record');
       await this.store.put(record);
     } catch (err) {
       release();
@@ -183,6 +186,7 @@ export class ImageService {
     } finally {
       release();
     }
+    faultPoint('image.pull.done');
     log.info('image pulled', { id: record.id, layers: diffIds.length, ms: Date.now() - started });
     return this.store.get(record.id)!;
   }
@@ -242,6 +246,7 @@ export class ImageService {
       await withUndo(layerLog, async (undo) => {
         const staging = await this.opts.store.stagingDir();
         undo.push('remove layer staging directory', () => this.opts.store.discardStaging(staging));
+        faultPoint('image.pull.staging');
         const { stream } = await repo.openBlob(descriptor.digest, endpoint);
         undo.push('close layer stream', () => stream.destroy());
         const hash = createHash('sha256');
@@ -269,6 +274,7 @@ export class ImageService {
         if (result.diffId !== diffId) {
           throw unavailable(`layer ${descriptor.digest} of ${repo.name}: uncompressed digest ${result.diffId} does not match diff id ${diffId}`);
         }
+        faultPoint('image.pull.unpacked');
         await this.opts.store.commitLayer(staging, {
           diffId,
           digests: [descriptor.digest],
@@ -276,6 +282,7 @@ export class ImageService {
           inodes: result.inodes,
           createdAt: Date.now(),
         });
+        faultPoint('image.pull.layer-committed');
         layerLog.info('layer done', { received, ms: Date.now() - started });
       });
     } catch (err) {

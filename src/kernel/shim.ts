@@ -147,6 +147,36 @@ export async function readExecError(bundle: string): Promise<string | undefined>
 }
 
 /** True when `pid` is alive and is the process we started (its cmdline names berth-shim), not a reused pid. */
+/** How long killShims waits for the shims it killed to be gone. */
+const SHIM_DEATH_MS = 2000;
+
+/**
+ * SIGKILLs every berth-shim process run as `berth-shim <command> <target> ...`: what a crashed berth left of a
+ * `sandbox` or `create` (the pod init, a container's monitor and init keep that command line). Reads all of /proc,
+ * so for recovery at start only. Returns once they are gone (a zombie's command line is empty), within a bound: a
+ * mount a shim had begun completes before it dies, and the caller unpins or removes only after.
+ */
+export async function killShims(command: 'sandbox' | 'create', target: string): Promise<void> {
+  const killed: string[] = [];
+  for (const pid of await fs.readdir('/proc')) {
+    if (!/^[0-9]+$/.test(pid)) continue;
+    const argv = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').then((t) => t.split('\0'), () => []);
+    if (!argv[0]?.includes('berth-shim') || argv[1] !== command || argv[2] !== target) continue;
+    try {
+      process.kill(Number(pid), 'SIGKILL');
+      killed.push(pid);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw internal(`killing berth-shim ${pid} (${command} ${target}): ${errorMessage(err)}`, err);
+    }
+  }
+  const deadline = Date.now() + SHIM_DEATH_MS;
+  for (const pid of killed) {
+    while ((await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')) !== '' && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+}
+
 export async function isShim(pid: number): Promise<boolean> {
   try {
     const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8');

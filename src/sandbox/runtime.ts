@@ -1,7 +1,8 @@
 import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { internal, errorMessage } from '../errors.js';
 import { MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, mount, umount2 } from '../kernel/libc.js';
-import { createPodNamespaces, isShim, PodNamespaces, PodVeth, unpinNamespaces } from '../kernel/shim.js';
+import { createPodNamespaces, isShim, killShims, PodNamespaces, PodVeth, unpinNamespaces } from '../kernel/shim.js';
 import { dialInNetns } from '../kernel/shim-stream.js';
 import { writeHostsFile, writePodFiles } from './files.js';
 import type { Duplex } from 'node:stream';
@@ -32,12 +33,28 @@ export interface SandboxRuntime {
   /** The pod's directory under the run directory (pins, /dev/shm). */
   makeRunDir(dir: string): Promise<void>;
   removeRunDir(dir: string): Promise<void>;
+  /** The run directories under `parent` (one per pod id), for finding those no record owns after a crash. */
+  listRunDirs(parent: string): Promise<string[]>;
+  /**
+   * Leaves a small note in a pod's run directory of something acquired before the pod has a record (its cgroup,
+   * its init), so that a berth that crashed meanwhile can release it. Not synced: the run directory lives on
+   * /run, which a host crash clears along with what the note names.
+   */
+  writeRunNote(dir: string, name: string, value: unknown): Promise<void>;
+  /** A note written by writeRunNote; undefined when missing or torn by a crash mid-write. */
+  readRunNote<T>(dir: string, name: string): Promise<T | undefined>;
   /** Creates and pins the pod's namespaces under `dir`. */
   createNamespaces(dir: string, want: PodNamespaceRequest): Promise<PodNamespaces>;
   /** Releases whatever is pinned under `dir`; nothing pinned is fine. */
   unpinNamespaces(dir: string): Promise<void>;
   /** True when every pinned namespace file still exists (a reboot clears /run). */
   pinsPresent(paths: string[]): Promise<boolean>;
+  /**
+   * SIGKILLs every berth-shim process whose command line names the namespace directory `dir`: a `sandbox` command
+   * still at work, or the pod init it left, when berth crashed before it learnt the pid. Reads all of /proc: for
+   * recovery at start only.
+   */
+  killShimsOf(dir: string): Promise<void>;
   /** True when `pid` is the pod init berth started (not a reused pid). */
   isInitAlive(pid: number): Promise<boolean>;
   /** SIGKILLs the pod init; one already gone is fine. */
@@ -61,11 +78,29 @@ export const kernelSandboxRuntime: SandboxRuntime = {
   async removeRunDir(dir) {
     await fs.rm(dir, { recursive: true, force: true });
   },
+  async listRunDirs(parent) {
+    const names = await fs.readdir(parent).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return [];
+      throw err;
+    });
+    return names.map((n) => path.join(parent, n));
+  },
+  async writeRunNote(dir, name, value) {
+    await fs.writeFile(path.join(dir, `${name}.json`), JSON.stringify(value), { mode: 0o600 });
+  },
+  async readRunNote(dir, name) {
+    try {
+      return JSON.parse(await fs.readFile(path.join(dir, `${name}.json`), 'utf8'));
+    } catch {
+      return undefined;
+    }
+  },
   createNamespaces: createPodNamespaces,
   unpinNamespaces,
   async pinsPresent(paths) {
     return (await Promise.all(paths.map((p) => fs.access(p).then(() => true, () => false)))).every(Boolean);
   },
+  killShimsOf: (dir) => killShims('sandbox', dir),
   isInitAlive: isShim,
   killInit(pid) {
     try {

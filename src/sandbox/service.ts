@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { BerthError, failedPrecondition, invalidArgument, notFound } from '../errors.js';
+import { BerthError, errorMessage, failedPrecondition, invalidArgument, notFound } from '../errors.js';
 import { Logger } from '../log.js';
 import type { CgroupHandle } from '../kernel/cgroups.js';
 import type { CgroupPort } from '../kernel/cgroup-port.js';
@@ -10,6 +10,7 @@ import type { PodNamespaces } from '../kernel/shim.js';
 import { RecordStore } from '../store/records.js';
 import { withUndo } from '../store/undo.js';
 import { PhaseTimer } from '../phases.js';
+import { faultPoint } from '../fault.js';
 import { filterRecords, findByIdOrPrefix, NameIndex, RecordFilter } from '../lookup.js';
 import { KeyedMutex } from '../store/locks.js';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
@@ -19,8 +20,20 @@ import { PodResources, SANDBOX_TRANSITIONS, SandboxConfig, SandboxRecord } from 
 import { LoopbackOnly, PodNetwork, PodNetworkRequest } from '../network/types.js';
 import type { Duplex } from 'node:stream';
 
+/** What RunPodSandbox notes of the network it planned, for releasing it if berth crashes before the record. */
+interface NetworkNote {
+  request: PodNetworkRequest;
+  state: Record<string, unknown>;
+}
+
+/** The pod cgroup RunPodSandbox is making; `created: []` once it turned out to exist already (not berth's). */
+interface CgroupNote {
+  path: string;
+  created?: [];
+}
+
 /** The cgroup operations a pod needs: its own cgroup, and its parents once unused. */
-export type SandboxCgroups = Pick<CgroupPort, 'create' | 'remove' | 'removeIfUnused'>;
+export type SandboxCgroups = Pick<CgroupPort, 'create' | 'remove' | 'removeIfUnused' | 'procsFiles'>;
 
 // Pod sandboxes without a pause process: the pod's namespaces are pinned by bind mounts under the run directory.
 // Only a pod that shares one PID namespace gets a process of its own, the shim's tiny init.
@@ -134,6 +147,37 @@ export class SandboxService {
     }
   }
 
+  /**
+   * Releases what a RunPodSandbox that berth crashed in left behind: a run directory with no pod record. Its notes
+   * name the cgroup and network the creation had acquired; the namespace pins and /dev/shm are in the directory
+   * itself, and the pod init names it in its command line. Called once the network backend has loaded, as the network teardown needs it.
+   */
+  async releaseInterrupted(): Promise<void> {
+    for (const dir of await this.runtime.listRunDirs(path.join(this.opts.stateDir, 'sandboxes'))) {
+      const id = path.basename(dir);
+      if (this.records.has(id)) continue;
+      const log = this.opts.log.child({ pod: id });
+      log.warn('releasing what a pod creation interrupted by a crash left behind');
+      try {
+        // The pod init (or the shim still making the namespaces) names the directory in its command line.
+        await this.runtime.killShimsOf(path.join(dir, 'ns'));
+        const net = await this.runtime.readRunNote<NetworkNote>(dir, 'network');
+        // Torn down while the netns is still pinned, as a normal stop does.
+        if (net) await this.network.teardown(net.request, net.state);
+        await this.runtime.unpinNamespaces(path.join(dir, 'ns'));
+        await this.runtime.unmountShm(path.join(dir, 'shm'));
+        const cgroup = await this.runtime.readRunNote<CgroupNote>(dir, 'cgroup');
+        // Only the pod's own directories (ancestors made along the way may be shared with other pods by now), and
+        // only if they hold nothing: no container of this pod can exist, as the pod never had a record.
+        if (cgroup && !cgroup.created) await this.opts.cgroups.removeIfUnused(this.opts.cgroups.procsFiles(cgroup.path).map((f) => path.dirname(f)));
+        await this.runtime.removeRunDir(dir);
+      } catch (err) {
+        // Left for the next start (or berth doctor); serving the pods that do exist matters more.
+        log.error('cannot release an interrupted pod creation', { error: errorMessage(err) });
+      }
+    }
+  }
+
   get(id: string): Readonly<SandboxRecord> {
     const found = this.find(id);
     if (!found) throw notFound(`pod sandbox "${id}" not found`);
@@ -217,10 +261,12 @@ export class SandboxService {
     const created = await withUndo(log, async (undo) => {
       this.names.reserve(key, id);
       undo.push('release pod name', () => this.names.release(key));
+      faultPoint('pod.run.name');
       // Registered before anything is written there: the pod files and the record itself live in this directory.
       undo.push('remove pod state directory', () => this.records.delete(id));
       await runtime.makeRunDir(runDir);
       undo.push('remove pod run directory', () => runtime.removeRunDir(runDir));
+      faultPoint('pod.run.rundir');
       // Registered before the attempt: unpinning nothing is a no-op, and a shim killed at its timeout may have pinned.
       undo.push('unpin pod namespaces', () => runtime.unpinNamespaces(nsDir));
       const shmPath = hostIpc ? '/dev/shm' : path.join(runDir, 'shm');
@@ -234,7 +280,10 @@ export class SandboxService {
         : timed('networkPlan', this.network.prepare(netRequest)).then((plan) => {
             netState = plan.state;
             undo.push('tear down pod network', () => this.network.teardown(netRequest, netState!));
-            return plan;
+            return runtime.writeRunNote(runDir, 'network', { request: netRequest, state: plan.state } satisfies NetworkNote).then(() => {
+              faultPoint('pod.run.network-plan');
+              return plan;
+            });
           });
       // Independent steps run at once: namespaces, cgroup, pod files and shm are unrelated. Each registers its undo
       // as it completes, and every step is awaited (allSettled) before any undo runs, so nothing escapes the cleanup.
@@ -253,14 +302,30 @@ export class SandboxService {
           .then((namespaces) => {
             const initPid = namespaces.initPid;
             if (initPid !== undefined) undo.push('kill pod init', () => runtime.killInit(initPid));
+            faultPoint('pod.run.namespaces');
             return namespaces;
           }),
-        timed('cgroup', this.opts.cgroups.create(record.cgroup.path)).then((handle) => {
-          undo.push('remove pod cgroup', () => this.opts.cgroups.remove(handle));
-          return handle;
-        }),
-        planned.then((plan) => runtime.writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork, ip: plan?.ip })),
-        hostIpc ? Promise.resolve() : runtime.mountShm(shmPath, this.opts.shmSizeBytes).then(() => undo.push('unmount pod /dev/shm', () => runtime.unmountShm(shmPath))),
+        // Noted before it is made: a crash right after the mkdir must still find it. A cgroup that already existed
+        // (kubelet's pod cgroup) is noted again as not berth's, so that a crash then leaves it alone.
+        runtime
+          .writeRunNote(runDir, 'cgroup', { path: record.cgroup.path } satisfies CgroupNote)
+          .then(() => timed('cgroup', this.opts.cgroups.create(record.cgroup.path)))
+          .then(async (handle) => {
+            undo.push('remove pod cgroup', () => this.opts.cgroups.remove(handle));
+            const own = handle.created.filter((d) => d.endsWith(handle.path));
+            if (own.length === 0) await runtime.writeRunNote(runDir, 'cgroup', { path: handle.path, created: [] } satisfies CgroupNote);
+            faultPoint('pod.run.cgroup');
+            return handle;
+          }),
+        planned
+          .then((plan) => runtime.writePodFiles(record.filesDir, { hostname, dns: config.dns, hostNetwork, ip: plan?.ip }))
+          .then(() => faultPoint('pod.run.files')),
+        hostIpc
+          ? Promise.resolve()
+          : runtime.mountShm(shmPath, this.opts.shmSizeBytes).then(() => {
+              undo.push('unmount pod /dev/shm', () => runtime.unmountShm(shmPath));
+              faultPoint('pod.run.shm');
+            }),
       ] as const);
       for (const r of settled) if (r.status === 'rejected') throw r.reason;
       const netPlan = await planned;
@@ -292,9 +357,12 @@ export class SandboxService {
         record.networkState = netState = net.state;
         // The embedded network's address was known before the files were written; a CNI plugin's comes only now.
         if (record.ip && record.ip !== netPlan.ip) await runtime.writeHostsFile(record.filesDir, hostname, record.ip);
+        faultPoint('pod.run.network-setup');
       }
+      faultPoint('pod.run.record');
       return this.records.create(record);
     });
+    faultPoint('pod.run.done');
     log.info('pod sandbox running', { name: config.metadata.name, namespace: config.metadata.namespace, ms: timer.ms, phases: timer.phases });
     return created;
   }
@@ -311,6 +379,7 @@ export class SandboxService {
       const record = this.records.get(found.id);
       if (!record) return;
       await this.opts.containers.stopContainers(record.id);
+      faultPoint('pod.stop.containers');
       await this.releaseLocked(record);
     });
   }
@@ -322,11 +391,15 @@ export class SandboxService {
    */
   private async releaseLocked(record: Readonly<SandboxRecord>): Promise<void> {
     if (record.initPid && (await this.runtime.isInitAlive(record.initPid))) this.runtime.killInit(record.initPid);
+    faultPoint('pod.stop.init');
     if (record.networkState) await this.network.teardown(this.networkRequest(record), record.networkState);
+    faultPoint('pod.stop.network');
     await this.runtime.unpinNamespaces(path.join(this.runDir(record.id), 'ns'));
     if (record.shmPath && record.shmPath !== '/dev/shm') await this.runtime.unmountShm(record.shmPath);
+    faultPoint('pod.stop.unpin');
     if (record.state === 'NOTREADY' && record.networkState === undefined) return;
     await this.records.update(record.id, ({ networkState: _released, ...rest }) => ({ ...rest, state: 'NOTREADY' }));
+    faultPoint('pod.stop.record');
     if (record.state !== 'NOTREADY') this.opts.log.info('pod sandbox stopped', { pod: record.id });
   }
 
@@ -344,7 +417,9 @@ export class SandboxService {
   private async removeLocked(record: Readonly<SandboxRecord>): Promise<void> {
     // Removing a container stops it first if it still runs.
     await this.opts.containers.removeContainers(record.id);
+    faultPoint('pod.remove.containers');
     await this.releaseLocked(record);
+    faultPoint('pod.remove.released');
     try {
       await this.opts.cgroups.remove({ path: record.cgroup.path, created: record.cgroup.created });
     } catch (err) {
@@ -353,12 +428,15 @@ export class SandboxService {
       }
       throw err;
     }
+    faultPoint('pod.remove.cgroup');
     if (this.ownedParents.size > 0) {
       this.ownedParents = new Set(await this.opts.cgroups.removeIfUnused([...this.ownedParents]));
       await this.saveParents();
     }
     await this.runtime.removeRunDir(this.runDir(record.id));
+    faultPoint('pod.remove.rundir');
     await this.records.delete(record.id);
+    faultPoint('pod.remove.record');
     this.names.release(SandboxService.nameKey(record.config));
     this.opts.log.info('pod sandbox removed', { pod: record.id });
   }

@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
+import { execFile } from 'node:child_process';
 import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
 
@@ -64,4 +66,68 @@ export async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
     return err as grpc.ServiceError;
   }
   throw new Error('expected the call to fail');
+}
+
+export interface BerthState {
+  /** berth's --root and --state-dir. */
+  root: string;
+  stateDir: string;
+  /** The embedded network's bridge and iptables chain prefix, when the test berth has one. */
+  bridge?: string;
+  chainPrefix?: string;
+}
+
+async function entries(dir: string): Promise<string[]> {
+  return fs.readdir(dir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return [];
+    throw err;
+  });
+}
+
+/**
+ * What berth's own state and the kernel still hold for objects berth made that `owned` does not name (pod and
+ * container ids): records and bundles (with their fifos and sockets), pod run directories (netns pins live there),
+ * IPAM entries, veths on its bridge, per-pod iptables rules, half-written layers (staging or dot directories) and
+ * layers no image record names. With `owned` empty this is the check that a full teardown left nothing.
+ */
+export async function stateLeftovers(s: BerthState, owned: string[] = []): Promise<string[]> {
+  const problems: string[] = [];
+  const mine = (name: string) => owned.some((id) => name.includes(id) || id.includes(name));
+  for (const [what, dir] of [
+    ['pod record', path.join(s.root, 'sandboxes')],
+    ['container record/bundle', path.join(s.root, 'containers')],
+    ['pod run directory', path.join(s.stateDir, 'sandboxes')],
+  ] as const) {
+    for (const name of await entries(dir)) if (!mine(name)) problems.push(`${what}: ${path.join(dir, name)}`);
+  }
+  const ipam = await fs.readFile(path.join(s.root, 'network', 'ipam.json'), 'utf8').then((t) => JSON.parse(t) as { allocations?: Record<string, string> }, () => undefined);
+  for (const [ip, pod] of Object.entries(ipam?.allocations ?? {})) if (!mine(pod)) problems.push(`IPAM entry: ${ip} -> ${pod}`);
+  if (s.bridge) {
+    // Only a pod's veth is ever enslaved to berth's bridge; its name carries the pod id's first 10 characters.
+    for (const link of await entries(`/sys/class/net/${s.bridge}/brif`)) {
+      if (!owned.some((id) => link === `berth${id.slice(0, 10)}`)) problems.push(`veth on ${s.bridge}: ${link}`);
+    }
+  }
+  if (s.chainPrefix) {
+    const save = await new Promise<string>((resolve, reject) =>
+      execFile('iptables-save', [], { timeout: 10_000 }, (err, stdout) => (err ? reject(err) : resolve(stdout))),
+    );
+    for (const line of save.split('\n')) {
+      const pod = /berth-pod:([0-9a-f]+)/.exec(line)?.[1];
+      if (pod && line.includes(`${s.chainPrefix}-`) && !mine(pod)) problems.push(`iptables rule: ${line}`);
+    }
+  }
+  const layersDir = path.join(s.root, 'images', 'layers');
+  const imagesDir = path.join(s.root, 'images', 'images');
+  const named = new Set<string>();
+  for (const file of await entries(imagesDir)) {
+    const image = await fs.readFile(path.join(imagesDir, file), 'utf8').then((t) => JSON.parse(t) as { layers?: string[] }, () => undefined);
+    if (!image) problems.push(`unreadable or partial image record: ${file}`);
+    for (const l of image?.layers ?? []) named.add(l.replace(/^sha256:/, ''));
+  }
+  for (const name of await entries(layersDir)) {
+    if (name.startsWith('.')) problems.push(`half-written or half-deleted layer: ${path.join(layersDir, name)}`);
+    else if (!named.has(name)) problems.push(`layer no image names: ${path.join(layersDir, name)}`);
+  }
+  return problems;
 }

@@ -322,3 +322,29 @@ test('lxcfs "on" without lxcfs: CreateContainer is FAILED_PRECONDITION before an
   await using.create(POD.id, containerConfig('with-lxcfs'));
   t.deepEqual(base.runtime.specs.at(-1)?.mounts.filter((m) => m.source.startsWith('/var/lib/lxcfs/')).map((m) => m.destination), ['/proc/meminfo', '/proc/stat']);
 });
+
+test('a monitor that dies while berth runs (kill -9) is found by checkMonitors: the container is EXITED as unknown, its cgroup killed', async (t) => {
+  const { j, runtime, service } = setup(await tempRoot(t));
+  const { id } = await service.create(POD.id, containerConfig());
+  await service.start(id);
+  await service.checkMonitors();
+  t.is(service.get(id).state, 'RUNNING', 'a live monitor changes nothing');
+  runtime.monitorAlive = false;
+  j.calls.length = 0;
+  await service.checkMonitors();
+  t.like(service.get(id), { state: 'EXITED', exit: { exitCode: 255, reason: 'Unknown' } });
+  t.true(j.calls.includes('cgroup.killAll'), 'what the init forked is killed too');
+  await service.close();
+});
+
+test('a bundle without a record (a CreateContainer berth crashed in) has its monitor and cgroup released on load, then goes', async (t) => {
+  const root = await tempRoot(t);
+  const bundle = path.join(root, 'containers', 'c'.repeat(64));
+  await fs.mkdir(bundle, { recursive: true });
+  await fs.writeFile(path.join(bundle, 'cgroup-path'), `/${POD.id}/${'c'.repeat(64)}`);
+  const { j, service } = setup(root);
+  await service.load();
+  t.deepEqual(j.calls, ['runtime.killShimsOf', 'cgroup.killAll', 'cgroup.remove']);
+  t.false(existsSync(bundle));
+  t.deepEqual(service.list(), []);
+});

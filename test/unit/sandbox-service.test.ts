@@ -268,3 +268,25 @@ test('StopPodSandbox and RemovePodSandbox of an ambiguous id prefix are refused 
   t.deepEqual(journal.ops, []);
   t.true(service.list().every((p) => p.state === 'READY'));
 });
+
+test('a run directory no record owns (a RunPodSandbox berth crashed in) is released from its notes on the next start', async (t) => {
+  const { journal, runtime, service } = await setup(t);
+  const live = await service.run(podConfig('kept'));
+  // What a crash after every acquisition but before the record leaves: notes of the network plan and cgroup.
+  const crashed = path.join(path.dirname(runtime.runDirs.keys().next().value!), 'f'.repeat(64));
+  await runtime.writeRunNote(crashed, 'network', { request: { podId: 'f'.repeat(64) }, state: { stage: 'planned' } });
+  await runtime.writeRunNote(crashed, 'cgroup', { path: '/berth-pod-ffff' });
+  journal.clear();
+  await service.releaseInterrupted();
+  t.deepEqual(journal.ops, ['killShimsOf', 'network.teardown', 'unpinNamespaces', 'unmountShm', 'cgroups.removeIfUnused', 'removeRunDir']);
+  t.false(runtime.runDirs.has(crashed));
+  t.true(runtime.runDirs.size > 0, 'the live pod\'s run directory is kept');
+  t.is(service.get(live.id).state, 'READY');
+
+  // A cgroup that already existed when the pod was made (kubelet's) is not berth's to remove.
+  await runtime.writeRunNote(crashed, 'cgroup', { path: '/kubepods/pod-x', created: [] });
+  journal.clear();
+  await service.releaseInterrupted();
+  t.false(journal.ops.includes('cgroups.removeIfUnused'));
+  t.true(journal.ops.includes('removeRunDir'));
+});

@@ -91,6 +91,10 @@ export class FakeRuntime implements ContainerRuntime {
     return { close: () => this.watches.delete(bundle) };
   }
 
+  async killShimsOf(): Promise<void> {
+    this.j.call('runtime.killShimsOf');
+  }
+
   async isMonitorAlive(): Promise<boolean> {
     return this.monitorAlive;
   }

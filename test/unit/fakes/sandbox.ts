@@ -61,8 +61,22 @@ export class FakeSandboxRuntime implements SandboxRuntime {
   makeRunDir(): Promise<void> {
     return this.j.acquire('makeRunDir', undefined);
   }
-  async removeRunDir(): Promise<void> {
+  async removeRunDir(dir: string): Promise<void> {
     this.j.call('removeRunDir');
+    this.runDirs.delete(dir);
+  }
+  /** Run directories left by a crash, as listRunDirs finds them, with their notes. */
+  readonly runDirs = new Map<string, Map<string, unknown>>();
+  async listRunDirs(): Promise<string[]> {
+    return [...this.runDirs.keys()];
+  }
+  async writeRunNote(dir: string, name: string, value: unknown): Promise<void> {
+    const notes = this.runDirs.get(dir) ?? new Map<string, unknown>();
+    notes.set(name, value);
+    this.runDirs.set(dir, notes);
+  }
+  async readRunNote<T>(dir: string, name: string): Promise<T | undefined> {
+    return this.runDirs.get(dir)?.get(name) as T | undefined;
   }
   createNamespaces(dir: string, want: PodNamespaceRequest): Promise<PodNamespaces> {
     const ns: PodNamespaces = {};
@@ -81,6 +95,9 @@ export class FakeSandboxRuntime implements SandboxRuntime {
   async pinsPresent(): Promise<boolean> {
     this.j.call('pinsPresent');
     return this.pinned;
+  }
+  async killShimsOf(): Promise<void> {
+    this.j.call('killShimsOf');
   }
   async isInitAlive(): Promise<boolean> {
     this.j.call('isInitAlive');
@@ -111,6 +128,9 @@ export class FakeCgroups implements SandboxCgroups {
   }
   async remove(): Promise<void> {
     this.j.call('cgroups.remove');
+  }
+  procsFiles(cgPath: string): string[] {
+    return [`/sys/fs/cgroup/memory${cgPath}/cgroup.procs`];
   }
   async removeIfUnused(dirs: string[]): Promise<string[]> {
     this.j.call('cgroups.removeIfUnused');
