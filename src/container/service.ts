@@ -335,7 +335,7 @@ export class ContainerService {
       timer.lap('prepare');
       const cgroupPath = `${sandbox.cgroup.path}/${id}`;
       // Noted in the bundle before it is made: a crash before the record is written must still find it (load).
-      await fs.writeFile(path.join(bundle, CGROUP_NOTE), cgroupPath, { mode: 0o600 });
+      await writeFileNamed(path.join(bundle, CGROUP_NOTE), cgroupPath, 0o600);
       const handle = await this.opts.cgroups.create(cgroupPath);
       const cgroup = { path: handle.path, created: handle.created };
       undo.push('remove cgroup', async () => {

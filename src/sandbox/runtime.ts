@@ -4,6 +4,7 @@ import { internal, errorMessage } from '../errors.js';
 import { MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, mount, umount2 } from '../kernel/libc.js';
 import { createPodNamespaces, isShim, killShims, PodNamespaces, PodVeth, unpinNamespaces } from '../kernel/shim.js';
 import { dialInNetns } from '../kernel/shim-stream.js';
+import { writeFileNamed } from '../store/atomic.js';
 import { writeHostsFile, writePodFiles } from './files.js';
 import type { Duplex } from 'node:stream';
 import { DnsConfig } from './types.js';
@@ -86,7 +87,7 @@ export const kernelSandboxRuntime: SandboxRuntime = {
     return names.map((n) => path.join(parent, n));
   },
   async writeRunNote(dir, name, value) {
-    await fs.writeFile(path.join(dir, `${name}.json`), JSON.stringify(value), { mode: 0o600 });
+    await writeFileNamed(path.join(dir, `${name}.json`), JSON.stringify(value), 0o600);
   },
   async readRunNote(dir, name) {
     try {
