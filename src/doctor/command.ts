@@ -7,6 +7,7 @@ import { servingBerth } from './serving.js';
 import { chainPrefixFor } from '../network/index.js';
 import { discoverCgroups } from '../kernel/cgroup-layout.js';
 import { findOrphans, type Orphan } from './orphans.js';
+import type { DoctorCommandOptions } from '../cli/args.js';
 import { probe } from './probe.js';
 import { removeOrphan } from './fix.js';
 
@@ -15,16 +16,8 @@ import { removeOrphan } from './fix.js';
 // script should hear of it); 2 a usage error, an unreadable state, --fix refused because a berth serves the root,
 // or an orphan --fix could not remove.
 
-export interface DoctorOptions {
-  configFile: string;
-  configRequired: boolean;
-  socket: string;
-  root: string;
-  stateDir: string;
-  json: boolean;
-  fix: boolean;
-  force: boolean;
-}
+/** What the command line gave: the daemon's own location flags and what to do. */
+export type DoctorOptions = DoctorCommandOptions;
 
 export interface DoctorOutput {
   stdout(text: string): void;

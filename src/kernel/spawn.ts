@@ -102,17 +102,7 @@ export async function spawnCollect(file: string, args: string[], timeoutMs: numb
     else fn('posix_spawn_file_actions_addopen', 'int posix_spawn_file_actions_addopen(void *fa, int fd, const char *path, int oflag, int mode)')(actions, 0, '/dev/null', 0, 0);
     dup2(actions, outW, 1);
     dup2(actions, errW, 2);
-    // Node ignores SIGPIPE and may block signals in this thread: the child starts with every signal at default.
-    fn('sigfillset', 'int sigfillset(void *set)')(sigset);
-    fn('posix_spawnattr_setsigdefault', 'int posix_spawnattr_setsigdefault(void *attr, void *set)')(attr, sigset);
-    fn('sigemptyset', 'int sigemptyset(void *set)')(sigset);
-    fn('posix_spawnattr_setsigmask', 'int posix_spawnattr_setsigmask(void *attr, void *set)')(attr, sigset);
-    fn('posix_spawnattr_setflags', 'int posix_spawnattr_setflags(void *attr, short flags)')(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-    const argv = [opts.argv0 ?? file, ...args, null];
-    const env = [...Object.entries(process.env).map(([k, v]) => `${k}=${v}`), null];
-    const spawn = fn('posix_spawn', 'int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)');
-    const rc = spawn(pidOut, file, actions, attr, argv, env) as number;
-    if (rc !== 0) throw errnoError(`posix_spawn ${opts.argv0 ?? file}`, rc);
+    spawnWithDefaultSignals(file, args, opts.argv0, actions, attr, sigset, pidOut);
   } catch (err) {
     for (const fd of [outR, outW, errR, errW, inR, inW]) if (fd >= 0) fn('close', 'int close(int fd)')(fd);
     throw err;
@@ -216,16 +206,7 @@ export function spawnPiped(file: string, args: string[], childFds: ChildFd[], op
       theirs.push(child);
       dup2(actions, child, target);
     });
-    fn('sigfillset', 'int sigfillset(void *set)')(sigset);
-    fn('posix_spawnattr_setsigdefault', 'int posix_spawnattr_setsigdefault(void *attr, void *set)')(attr, sigset);
-    fn('sigemptyset', 'int sigemptyset(void *set)')(sigset);
-    fn('posix_spawnattr_setsigmask', 'int posix_spawnattr_setsigmask(void *attr, void *set)')(attr, sigset);
-    fn('posix_spawnattr_setflags', 'int posix_spawnattr_setflags(void *attr, short flags)')(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-    const argv = [opts.argv0 ?? file, ...args, null];
-    const env = [...Object.entries(process.env).map(([k, v]) => `${k}=${v}`), null];
-    const spawn = fn('posix_spawn', 'int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)');
-    const rc = spawn(pidOut, file, actions, attr, argv, env) as number;
-    if (rc !== 0) throw errnoError(`posix_spawn ${opts.argv0 ?? file}`, rc);
+    spawnWithDefaultSignals(file, args, opts.argv0, actions, attr, sigset, pidOut);
   } catch (err) {
     for (const fd of opened) close(fd);
     throw err;
@@ -258,4 +239,21 @@ export function spawnPiped(file: string, args: string[], childFds: ChildFd[], op
       }
     },
   };
+}
+
+/**
+ * posix_spawn with every signal at its default and none blocked: Node ignores SIGPIPE and may block signals in the
+ * calling thread, which the child would otherwise inherit. Throws the errno posix_spawn returns.
+ */
+function spawnWithDefaultSignals(file: string, args: string[], argv0: string | undefined, actions: Buffer, attr: Buffer, sigset: Buffer, pidOut: Int32Array): void {
+  fn('sigfillset', 'int sigfillset(void *set)')(sigset);
+  fn('posix_spawnattr_setsigdefault', 'int posix_spawnattr_setsigdefault(void *attr, void *set)')(attr, sigset);
+  fn('sigemptyset', 'int sigemptyset(void *set)')(sigset);
+  fn('posix_spawnattr_setsigmask', 'int posix_spawnattr_setsigmask(void *attr, void *set)')(attr, sigset);
+  fn('posix_spawnattr_setflags', 'int posix_spawnattr_setflags(void *attr, short flags)')(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  const argv = [argv0 ?? file, ...args, null];
+  const env = [...Object.entries(process.env).map(([k, v]) => `${k}=${v}`), null];
+  const spawn = fn('posix_spawn', 'int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)');
+  const rc = spawn(pidOut, file, actions, attr, argv, env) as number;
+  if (rc !== 0) throw errnoError(`posix_spawn ${argv0 ?? file}`, rc);
 }

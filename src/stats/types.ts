@@ -1,3 +1,4 @@
+import type { SampleParts } from '../kernel/cgroup-stats.js';
 // What berth reads of a container's and a pod's resource use, in domain terms: the CRI stats RPCs, kubelet's
 // CRI-only metrics and the Prometheus endpoint are three renderings of these records. Cumulative counters that
 // can outgrow 2^53 (nanoseconds of CPU, bytes moved) are bigint; gauges are numbers.
@@ -113,19 +114,11 @@ export interface PodUsage {
 }
 
 /**
- * What a reader renders beyond CPU time and memory usage. Each part is files read per cgroup (hundreds of cgroups
- * per list), so each rendering asks for its own; absent parts are absent from the records. Omitted: everything.
+ * What a reader renders beyond CPU time and memory usage: the parts of a cgroup reading (each is files read per
+ * cgroup, hundreds of cgroups per list), so each rendering asks for its own; absent parts are absent from the
+ * records. Omitted: everything.
  */
-export interface UsageParts {
-  cpuThrottling?: boolean;
-  cpuLimit?: boolean;
-  memoryLimit?: boolean;
-  oomKills?: boolean;
-  pids?: boolean;
-  pidsLimit?: boolean;
-  io?: boolean;
-  psi?: boolean;
-}
+export type UsageParts = SampleParts;
 
 /** Reads usage when asked (a scrape, an RPC); nothing here runs on a timer without a reader. */
 export interface UsageSource {

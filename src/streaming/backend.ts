@@ -1,21 +1,14 @@
 import type { Duplex, Readable, Writable } from 'node:stream';
 import { failedPrecondition } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { InteractiveExec } from '../kernel/shim-stream.js';
 import type { AttachTarget, ExecOutcome, ExecTarget, SessionIO, StreamingBackend, StreamingTargets, TerminalSize } from './types.js';
 
 // The streaming backend: glue between a protocol's SessionIO and the processes the container and sandbox services
 // start. It owns no state: every session's process, attachment or connection lives exactly as long as the session.
 
-/** A command started in a container for an interactive session. */
-export interface InteractiveProcess {
-  stdin: Writable | null;
-  stdout: Readable;
-  stderr: Readable | null;
-  resize(size: TerminalSize): void;
-  /** The exit code (128+N for signal N), once the process is gone and its output drained. */
-  wait(): Promise<number>;
-  kill(): void;
-}
+/** A command started in a container for an interactive session: the engine's own handle, as the shim adapter makes it. */
+export type InteractiveProcess = InteractiveExec;
 
 /** A running container's stdio as attach joins it. */
 export interface Attachment {

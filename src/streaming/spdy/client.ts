@@ -40,14 +40,17 @@ export function spdyConnect(url: string, protocols: string[], extraHeaders: Reco
       session.feed(head);
       resolve({ session, socket, protocol: String(res.headers['x-stream-protocol-version'] ?? '') });
     });
-    req.on('response', (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => reject(new UpgradeRefused(res.statusCode ?? 0, res.headers, Buffer.concat(chunks).toString())));
-    });
+    req.on('response', (res) => rejectWithBody(res, reject));
     req.on('error', reject);
     req.end();
   });
+}
+
+/** A plain answer instead of an upgrade: the server refused; its body says why. */
+function rejectWithBody(res: http.IncomingMessage, reject: (err: Error) => void): void {
+  const chunks: Buffer[] = [];
+  res.on('data', (c: Buffer) => chunks.push(c));
+  res.on('end', () => reject(new UpgradeRefused(res.statusCode ?? 0, res.headers, Buffer.concat(chunks).toString())));
 }
 
 export interface RemoteCommandOptions {
@@ -207,11 +210,7 @@ function webSocketTunnel(url: string, subprotocol: string): Promise<Duplex> {
       }
       resolve(new WebSocketBytes(socket, head));
     });
-    req.on('response', (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => reject(new UpgradeRefused(res.statusCode ?? 0, res.headers, Buffer.concat(chunks).toString())));
-    });
+    req.on('response', (res) => rejectWithBody(res, reject));
     req.on('error', reject);
     req.end();
   });
