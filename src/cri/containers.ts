@@ -9,6 +9,7 @@ import { ImageService } from '../image/service.js';
 import { handlerFactory, requireId, RpcObserver } from './grpc.js';
 import { containerConfigFromProto, resourceUpdateFromProto, stopSignalToProto } from './translate.js';
 import { pagedStream } from './paging.js';
+import { noNul } from './names.js';
 import type { ContainerFilter__Output } from '../gen/runtime/v1/ContainerFilter.js';
 
 const stateToProto: Record<ContainerState, 'CONTAINER_CREATED' | 'CONTAINER_RUNNING' | 'CONTAINER_EXITED' | 'CONTAINER_UNKNOWN'> = {
@@ -165,6 +166,7 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
       return {};
     }),
     ExecSync: h('ExecSync', async (req) => {
+      req.cmd.forEach((word, i) => noNul(word, `cmd[${i}]`));
       const result = await containers.execSync(requireId(req.container_id, 'container_id', 'ExecSync'), [...req.cmd], Number(req.timeout));
       if (result.timedOut) {
         throw new BerthError('deadline_exceeded', `command ${JSON.stringify(req.cmd)} timed out after ${req.timeout}s`);

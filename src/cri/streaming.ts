@@ -4,6 +4,7 @@ import { Logger } from '../log.js';
 import type { StreamingService } from '../streaming/service.js';
 import type { StdioRequest } from '../streaming/types.js';
 import { handlerFactory, requireId, RpcObserver } from './grpc.js';
+import { noNul } from './names.js';
 
 // Exec, Attach and PortForward answer a URL of the streaming server; the session itself runs there. The request
 // is checked here with kubelet's rules, so a client learns at the RPC what the session could never do.
@@ -21,6 +22,8 @@ export function streamingHandlers(streaming: StreamingService, log: Logger, obse
     Exec: h('Exec', async (req) => {
       const containerId = requireId(req.container_id, 'container_id', 'Exec');
       if (req.cmd.length === 0 || req.cmd[0] === '') throw invalidArgument('cmd is empty: Exec needs the command to run');
+      // A NUL would silently end the word it is in once it reaches the exec.
+      req.cmd.forEach((word, i) => noNul(word, `cmd[${i}]`));
       const io = stdio(req, 'Exec');
       return { url: await streaming.exec({ kind: 'exec', containerId, cmd: [...req.cmd], ...io }) };
     }),

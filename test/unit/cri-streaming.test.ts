@@ -59,6 +59,7 @@ test("kubelet's rules: empty ids and cmd, no stdio at all, tty with stderr, port
   const invalid = grpc.status.INVALID_ARGUMENT;
   await refused(t, call('Exec', exec({ container_id: '' })), invalid, /container_id/);
   await refused(t, call('Exec', exec({ cmd: [] })), invalid, /^cmd/);
+  await refused(t, call('Exec', exec({ cmd: ['sh', 'a\u0000b'] })), invalid, /cmd\[1\]/);
   await refused(t, call('Exec', exec({ stdout: false })), invalid, /stdin, stdout or stderr/);
   await refused(t, call('Exec', exec({ tty: true, stderr: true })), invalid, /tty and stderr/);
   await refused(t, call('Attach', attach({ container_id: '' })), invalid, /container_id/);
