@@ -1,7 +1,10 @@
 import path from 'node:path';
 import os from 'node:os';
 import { readFileSync } from 'node:fs';
-import { BerthConfig, RegistryConfig } from './config/schema.js';
+import { BerthConfig, ConfigError, RegistryConfig } from './config/schema.js';
+import { hostDeviceProbe, resolveBlockioClasses } from './config/blockio.js';
+import { checkPodBlockioClasses } from './container/blockio-class.js';
+import { podPidsLimit } from './container/pids-limit.js';
 import { IdleCompactor, exposedGc } from './memory.js';
 import { Logger } from './log.js';
 import { ImageStore, LayerHolds } from './image/store.js';
@@ -166,6 +169,11 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     observer: metrics && { pulled: (s) => metrics.pullFinished(s), received: (b) => metrics.bytesPulled(b) },
   });
   const cgroups = new Cgroups(discoverCgroups(), log.child({ component: 'cgroups' }));
+  // Checked by loadConfig already; resolved again here to keep the device numbers (a device gone since is named).
+  const blockioClasses = await resolveBlockioClasses(config.blockio, hostDeviceProbe(cgroups.layout));
+  if (Object.keys(blockioClasses).length > 0 && !cgroups.layout.controllers.blkio && !cgroups.layout.controllers.io) {
+    throw new ConfigError('blockio.classes', 'this host has neither a v1 blkio nor a v2 io cgroup controller: block I/O classes cannot be enforced');
+  }
   if (!cgroups.layout.controllers.devices && !cgroups.layout.unified) {
     log.error('neither a v1 devices controller nor cgroup2 is mounted: no device policy can be enforced, so only privileged containers can be created');
   }
@@ -185,6 +193,10 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     cgroups,
     log: log.child({ component: 'sandboxes' }),
     shmSizeBytes: config.runtime.shmSizeBytes,
+    checkAnnotations: (annotations) => {
+      podPidsLimit(config.runtime.pidsLimit, annotations, 'config.annotations');
+      checkPodBlockioClasses(annotations, blockioClasses);
+    },
     onRecordChange: events.sandboxChanged,
   });
   const lxcfsLog = log.child({ component: 'lxcfs' });
@@ -209,6 +221,8 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     rlimits: Object.entries(config.runtime.rlimits).map(([name, [soft, hard]]) => ({ type: `RLIMIT_${name.toUpperCase()}`, soft, hard })),
     maxLogLineBytes: config.runtime.logMaxLineBytes,
     shmSizeBytes: config.runtime.shmSizeBytes,
+    pidsLimit: config.runtime.pidsLimit,
+    blockioClasses,
     cdiSpecDirs: config.cdi.specDirs,
     apparmorProfile: config.runtime.apparmorProfile,
     lxcfs: { mode: config.runtime.lxcfs, dir: config.runtime.lxcfsDir, find: () => lxcfsProbe.find() },

@@ -1,6 +1,8 @@
 import { promises as fs } from 'node:fs';
 import { parse } from 'smol-toml';
 import { BerthConfig, ConfigError, defaultConfig, validateConfig } from './schema.js';
+import { hostDeviceProbe, resolveBlockioClasses } from './blockio.js';
+import { discoverCgroups } from '../kernel/cgroup-layout.js';
 
 /** Reads the TOML config; a missing file at the default path means embedded defaults. */
 export async function loadConfig(file: string, required: boolean): Promise<BerthConfig> {
@@ -20,6 +22,8 @@ export async function loadConfig(file: string, required: boolean): Promise<Berth
   const config = validateConfig(doc);
   await checkCaFiles(config);
   await checkStreamingTls(config);
+  // Resolved again by the daemon, which keeps the result; here so that `berth config check` names a bad device too.
+  if (Object.keys(config.blockio.classes).length > 0) await resolveBlockioClasses(config.blockio, hostDeviceProbe(discoverCgroups()));
   return config;
 }
 

@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { isLevel, Level } from '../log.js';
 import { parseCidr } from '../network/cidr.js';
+import { parseQuantity } from '../quantity.js';
 
 // The configuration berth runs with: one TOML section per subsystem. Validation is strict because a typo in a
 // node's config that silently falls back to a default is worse than refusing to start.
@@ -42,6 +43,27 @@ export interface RuntimeConfig {
   lxcfs: LxcfsMode;
   /** Where lxcfs is mounted. */
   lxcfsDir: string;
+  /** pids.max of every container (0: none); a pod's berth.dev/pids-limit annotation may lower it. */
+  pidsLimit: number;
+}
+
+/** One device of a block I/O class, by path as configured (resolved to major:minor when the config is loaded). */
+export interface BlockioDeviceConfig {
+  path: string;
+  readBps?: number;
+  writeBps?: number;
+  readIops?: number;
+  writeIops?: number;
+  weight?: number;
+}
+
+export interface BlockioClassConfig {
+  devices: BlockioDeviceConfig[];
+}
+
+export interface BlockioConfig {
+  /** Named classes pods select with the blockio.resources.beta.kubernetes.io annotations (containerd's). */
+  classes: Record<string, BlockioClassConfig>;
 }
 
 export type LxcfsMode = 'auto' | 'on' | 'off';
@@ -95,6 +117,7 @@ export interface BerthConfig {
   log: LogConfig;
   registry: RegistryConfig;
   runtime: RuntimeConfig;
+  blockio: BlockioConfig;
   network: NetworkConfig;
   cni: CniConfig;
   cdi: CdiConfig;
@@ -328,6 +351,72 @@ function rlimits(key: string, value: unknown): Record<string, [number, number]> 
   });
 }
 
+/** The kernel's PID_MAX_LIMIT: pids.max takes nothing larger. */
+export const MAX_PIDS_LIMIT = 4194304;
+
+function pidsLimit(key: string, value: unknown): number {
+  const n = typeof value === 'bigint' ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > MAX_PIDS_LIMIT) {
+    throw new ConfigError(key, `must be an integer from 0 (no limit) to ${MAX_PIDS_LIMIT}`);
+  }
+  return n;
+}
+
+const CLASS_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+const DEVICE_THROTTLES = [
+  ['read_bps', 'readBps'],
+  ['write_bps', 'writeBps'],
+  ['read_iops', 'readIops'],
+  ['write_iops', 'writeIops'],
+] as const;
+/** BFQ's range (1-1000); v2's io.weight takes more, but one range keeps a class meaning the same on either. */
+export const MAX_BLOCKIO_WEIGHT = 1000;
+
+/** A rate: a positive integer, or a quantity string such as "10Mi" or "500k". */
+function rate(key: string, value: unknown): number {
+  const n = typeof value === 'bigint' ? Number(value) : typeof value === 'string' ? parseQuantity(value) : value;
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 1) {
+    throw new ConfigError(key, `${JSON.stringify(typeof value === 'bigint' ? String(value) : value)} must be a positive whole number, or a quantity such as "10Mi" or "500k"`);
+  }
+  return n;
+}
+
+function blockioDevice(key: string, value: unknown): BlockioDeviceConfig {
+  if (!isTable(value)) throw new ConfigError(key, 'must be a table such as { path = "/dev/sda", write_bps = "10Mi" }');
+  rejectUnknown(key, value, ['path', 'weight', ...DEVICE_THROTTLES.map(([k]) => k)]);
+  const device: BlockioDeviceConfig = { path: absolutePath(`${key}.path`, value.path) };
+  for (const [tomlKey, field] of DEVICE_THROTTLES) if (value[tomlKey] !== undefined) device[field] = rate(`${key}.${tomlKey}`, value[tomlKey]);
+  if (value.weight !== undefined) device.weight = positiveInt(`${key}.weight`, value.weight, MAX_BLOCKIO_WEIGHT);
+  if (Object.keys(device).length === 1) throw new ConfigError(key, `sets no limit: give read_bps, write_bps, read_iops, write_iops or weight`);
+  return device;
+}
+
+function blockioClasses(key: string, value: unknown): Record<string, BlockioClassConfig> {
+  return table(key, value, 'classes: name = { devices = [...] }', (name, cls) => {
+    const at = `${key}.${name}`;
+    if (!CLASS_NAME.test(name)) throw new ConfigError(at, 'a class name is 1-63 letters, digits, "_", "-" or "." (starting with a letter or digit)');
+    if (!isTable(cls)) throw new ConfigError(at, 'must be a table with a devices list');
+    rejectUnknown(at, cls, ['devices']);
+    if (!Array.isArray(cls.devices) || cls.devices.length === 0) throw new ConfigError(`${at}.devices`, 'must be a non-empty list of devices');
+    const devices = cls.devices.map((d, i) => blockioDevice(`${at}.devices[${i}]`, d));
+    return { devices };
+  });
+}
+
+const blockioClassesToToml = (classes: Record<string, BlockioClassConfig>) =>
+  Object.fromEntries(
+    Object.entries(classes).map(([name, cls]) => [
+      name,
+      {
+        devices: cls.devices.map((d) => ({
+          path: d.path,
+          ...Object.fromEntries(DEVICE_THROTTLES.filter(([, f]) => d[f] !== undefined).map(([k, f]) => [k, d[f]])),
+          ...(d.weight !== undefined ? { weight: d.weight } : {}),
+        })),
+      },
+    ]),
+  );
+
 const hostsToToml = (hosts: Record<string, RegistryHostConfig>) =>
   Object.fromEntries(Object.entries(hosts).map(([host, h]) => [host, h.caFile === undefined ? {} : { ca_file: h.caFile }]));
 
@@ -368,6 +457,20 @@ export const CONFIG_SCHEMA: SectionSchema[] = [
       key('apparmor_profile', 'AppArmor profile for RuntimeDefault (and for containers that ask for none) on an AppArmor node; loaded by the operator, not berth', () => 'berth-default', apparmorProfileName),
       key('lxcfs', "auto: containers get lxcfs's /proc files (meminfo, cpuinfo, stat, ...) when lxcfs is mounted at lxcfs_dir; on: a container create fails without it; off: never. Never for privileged containers", (): LxcfsMode => 'auto', lxcfsMode),
       key('lxcfs_dir', 'where lxcfs is mounted (the directory given to the lxcfs command)', () => '/var/lib/lxcfs', absolutePath),
+      key('pids_limit', `pids.max of every container: how many processes and threads it may hold (0: no limit; at most ${MAX_PIDS_LIMIT}); a pod's berth.dev/pids-limit annotation may lower it`, () => 4096, pidsLimit),
+    ],
+  },
+  {
+    name: 'blockio',
+    meaning: 'block I/O classes, selected by the blockio.resources.beta.kubernetes.io/pod and .../container.<name> pod annotations',
+    keys: [
+      key(
+        'classes',
+        'name = { devices = [{ path = "/dev/sda", read_bps, write_bps, read_iops, write_iops, weight }] }: throttles per whole-disk device (rates as integers or quantities like "10Mi"); weight (1-1000) needs BFQ or iocost on that device',
+        (): Record<string, BlockioClassConfig> => ({}),
+        blockioClasses,
+        blockioClassesToToml,
+      ),
     ],
   },
   {

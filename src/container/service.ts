@@ -31,6 +31,9 @@ import { lxcfsFor, LxcfsPolicy } from './lxcfs.js';
 import { kernelLsmHost, LsmHost } from '../kernel/lsm.js';
 import { filterRecords, findByIdOrPrefix, NameIndex, RecordFilter } from '../lookup.js';
 import { writeFileNamed } from '../store/atomic.js';
+import { blockioLimitsFor, selectBlockioClass } from './blockio-class.js';
+import { podPidsLimit } from './pids-limit.js';
+import type { BlockioDeviceLimit } from '../kernel/cgroup-plan.js';
 
 // Container lifecycle: create (process made, blocked), start (released), stop (signal, then SIGKILL), remove.
 // The per-container shim monitor owns the process; berth learns of exits from the exit record it writes (watched).
@@ -58,6 +61,10 @@ export interface ContainerServiceOptions {
   rlimits: { type: string; soft: number; hard: number }[];
   maxLogLineBytes: number;
   shmSizeBytes: number;
+  /** [runtime] pids_limit: every container's pids.max unless its pod's annotation lowers it (0: none). */
+  pidsLimit?: number;
+  /** [blockio] classes, resolved to device numbers, by name. */
+  blockioClasses?: Record<string, BlockioDeviceLimit[]>;
   /** Where CDI spec files are read from, lowest priority first. */
   cdiSpecDirs: string[];
   /** The stop timeout's clock; unit tests pass a fake one. */
@@ -276,6 +283,7 @@ export class ContainerService {
     const volumeImages = this.imageVolumeImages(config);
     // Before anything is acquired: in "on" mode a node without lxcfs refuses the container outright.
     const lxcfs = await lxcfsFor(this.opts.lxcfs, config.security.privileged);
+    const limits = this.limitsBeyondCri(config, sandbox.config.annotations);
     // ContainerStatus names the image each volume resolved to (Mount.image.image_ref).
     if (volumeImages.size > 0) {
       config = { ...config, mounts: config.mounts.map((m, i) => (m.image ? { ...m, image: { ...m.image, imageId: volumeImages.get(i)!.id } } : m)) };
@@ -344,7 +352,7 @@ export class ContainerService {
         await this.removeCgroupWhenEmpty(cgroup);
       });
       // The cgroup was just made and holds no process yet: its limits are written without the thread pool.
-      await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources), { empty: true }).catch(inField('config.linux.resources'));
+      await this.opts.cgroups.apply(handle.path, { ...toCgroupResources(config.resources), ...limits }, { empty: true }).catch(inField('config.linux.resources'));
       timer.lap('cgroup');
       faultPoint('container.create.cgroup');
       const spec = buildSpec({
@@ -414,6 +422,13 @@ export class ContainerService {
       log.info('container created', { name: config.metadata.name, image: image.id, ...(lxcfs ? { lxcfs: lxcfs.procFiles.length } : {}), ms: timer.ms, phases: timer.phases });
       return record;
     });
+  }
+
+  /** pids.max and block I/O limits, which CRI has no field for: from berth's config and the pod's annotations. */
+  private limitsBeyondCri(config: ContainerConfig, podAnnotations: Record<string, string>): CgroupResources {
+    const pidsLimit = podPidsLimit(this.opts.pidsLimit ?? 0, podAnnotations, 'sandbox_config.annotations');
+    const blockio = blockioLimitsFor(selectBlockioClass(config.metadata.name, config.annotations, podAnnotations), this.opts.blockioClasses ?? {});
+    return { ...(pidsLimit > 0 ? { pidsLimit } : {}), ...(blockio ? { blockio } : {}) };
   }
 
   private async hostDevice(hostPath: string, containerPath: string, index: number): Promise<ShimDevice[]> {

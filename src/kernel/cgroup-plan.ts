@@ -27,6 +27,27 @@ export interface CgroupResources {
   pidsLimit?: number;
   /** Raw files on the cgroup2 hierarchy (CRI's "unified" map). */
   unified?: Record<string, string>;
+  /** Per-device block I/O limits (a [blockio] class); devices absent from the list are not limited. */
+  blockio?: BlockioDeviceLimit[];
+}
+
+/**
+ * Which kernel mechanism gives a device a relative I/O weight: the BFQ scheduler (v1 blkio.bfq.weight_device, v2
+ * io.bfq.weight) or v2's iocost controller (io.weight). Devices without either have no weight to set.
+ */
+export type WeightMechanism = 'bfq' | 'iocost';
+
+/** Limits on one whole-disk block device, by its numbers; an absent field is not limited. */
+export interface BlockioDeviceLimit {
+  major: number;
+  minor: number;
+  readBps?: number;
+  writeBps?: number;
+  readIops?: number;
+  writeIops?: number;
+  weight?: number;
+  /** Set whenever weight is: how this device takes one (resolved once, when the config is loaded). */
+  weightMechanism?: WeightMechanism;
 }
 
 // ---- pure conversions -------------------------------------------------------------------------------
@@ -190,6 +211,8 @@ export function planResources(layout: CgroupLayout, cgPath: string, r: CgroupRes
     if (pids) write(path.join(pids.dir, 'pids.max'), r.pidsLimit > 0 ? r.pidsLimit : 'max');
   }
 
+  if (r.blockio?.length) planBlockio(r.blockio, dirOf, write);
+
   const hp = r.hugepageLimits?.length ? dirOf('hugetlb') : undefined;
   for (const { pageSize, limit: bytes } of hp ? r.hugepageLimits! : []) {
     const suffix = hp!.v2 ? 'max' : 'limit_in_bytes';
@@ -204,4 +227,40 @@ export function planResources(layout: CgroupLayout, cgPath: string, r: CgroupRes
     write(file, value, { refuse: `unified cgroup file ${name} does not exist (${file})` });
   }
   return { steps, missing };
+}
+
+/**
+ * v1 takes one "major:minor value" line per throttle file and device; v2 takes all of a device's throttles in
+ * one io.max line. A file the kernel lacks (no CONFIG_BLK_DEV_THROTTLING, no BFQ) refuses the request by name
+ * rather than leaving the container unlimited.
+ */
+function planBlockio(
+  devices: BlockioDeviceLimit[],
+  dirOf: (c: Controller) => { dir: string; v2: boolean } | undefined,
+  write: (file: string, value: string | number, ifAbsent?: CgroupWrite['ifAbsent']) => void,
+): void {
+  const v1 = dirOf('blkio');
+  const io = v1 ? undefined : dirOf('io');
+  const dir = v1?.dir ?? io?.dir;
+  if (!dir) return;
+  const refuse = (file: string) => ({ refuse: `block I/O limits need ${file}, which this kernel does not have` });
+  for (const d of devices) {
+    const dev = `${d.major}:${d.minor}`;
+    const throttles: [keyof BlockioDeviceLimit, string, string][] = [
+      ['readBps', 'blkio.throttle.read_bps_device', 'rbps'],
+      ['writeBps', 'blkio.throttle.write_bps_device', 'wbps'],
+      ['readIops', 'blkio.throttle.read_iops_device', 'riops'],
+      ['writeIops', 'blkio.throttle.write_iops_device', 'wiops'],
+    ];
+    const set = throttles.filter(([field]) => d[field] !== undefined);
+    if (v1) {
+      for (const [field, file] of set) write(path.join(dir, file), `${dev} ${d[field]}`, refuse(file));
+    } else if (set.length > 0) {
+      write(path.join(dir, 'io.max'), `${dev} ${set.map(([field, , key]) => `${key}=${d[field]}`).join(' ')}`, refuse('io.max'));
+    }
+    if (d.weight !== undefined) {
+      const file = v1 ? 'blkio.bfq.weight_device' : d.weightMechanism === 'bfq' ? 'io.bfq.weight' : 'io.weight';
+      write(path.join(dir, file), `${dev} ${d.weight}`, refuse(file));
+    }
+  }
 }

@@ -16,7 +16,7 @@ export {
   type CgroupLayout, type Controller, type Hierarchy, type ReadControllers,
 } from './cgroup-layout.js';
 export {
-  sharesToWeight, v1MemswLimit, v2SwapMax, type CgroupResources, type HugepageLimit,
+  sharesToWeight, v1MemswLimit, v2SwapMax, type CgroupResources, type HugepageLimit, type BlockioDeviceLimit, type WeightMechanism,
 } from './cgroup-plan.js';
 
 /** "key value" lines (cpu.stat, memory.events, memory.oom_control) as numbers. */

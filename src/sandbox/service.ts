@@ -57,6 +57,11 @@ export interface SandboxServiceOptions {
   /** The pods' containers, stopped and removed with their pod. */
   containers: SandboxHooks;
   network?: PodNetwork;
+  /**
+   * Refuses pod annotations its containers would be refused for (resource limits beyond CRI), so that the pod
+   * fails at RunPodSandbox with nothing made rather than at each CreateContainer.
+   */
+  checkAnnotations?: (annotations: Record<string, string>) => void;
   /** Hears every change of a pod record (the event stream, metrics): see RecordStoreOptions.onChange. */
   onRecordChange?: (before: Readonly<SandboxRecord> | undefined, after: Readonly<SandboxRecord> | undefined) => void;
 }
@@ -226,6 +231,7 @@ export class SandboxService {
 
   async run(config: SandboxConfig): Promise<Readonly<SandboxRecord>> {
     if (!config.metadata.name) throw invalidArgument('config.metadata.name is empty');
+    this.opts.checkAnnotations?.(config.annotations);
     if (config.runtimeHandler && config.runtimeHandler !== 'berth') {
       throw invalidArgument(`runtime_handler "${config.runtimeHandler}" is not known; berth serves "" (the default) and "berth"`);
     }
