@@ -42,12 +42,24 @@ export async function processesMentioning(dir: string): Promise<string[]> {
   return found;
 }
 
+/** Attached loop devices whose backing file lies under `dir` (the kernel appends " (deleted)" once it is gone). */
+export async function loopDevicesBackedUnder(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const dev of await fs.readdir('/sys/block').catch(() => [])) {
+    if (!dev.startsWith('loop')) continue;
+    const backing = await fs.readFile(`/sys/block/${dev}/loop/backing_file`, 'utf8').catch(() => '');
+    if (backing.startsWith(`${dir}/`)) found.push(`/dev/${dev} -> ${backing.trim()}`);
+  }
+  return found;
+}
+
 /** Everything a berth test may leave behind on the host, for the pod cgroup paths it used. */
 export async function hostLeftovers(dir: string, cgroupPaths: string[]): Promise<string[]> {
   const problems: string[] = [];
   const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8');
   for (const line of mountinfo.split('\n')) if (line.includes(dir)) problems.push(`mount: ${line}`);
   for (const p of await processesMentioning(dir)) problems.push(`process: ${p}`);
+  for (const l of await loopDevicesBackedUnder(dir)) problems.push(`loop device: ${l}`);
   for (const cg of cgroupPaths) {
     // '' is the cgroup2 root of a pure v2 host; the others are this kind of host's v1 controllers and hybrid tree.
     for (const ctrl of ['', '/memory', '/cpu', '/cpuacct', '/pids', '/cpuset', '/devices', '/blkio', '/unified']) {
