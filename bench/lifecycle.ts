@@ -18,6 +18,7 @@ export const ROWS = [
   'RemovePodSandbox',
   'from scratch → RUNNING',
   'full cycle',
+  'from scratch → RUNNING, blkio class',
 ] as const;
 export type RowName = (typeof ROWS)[number];
 
@@ -47,7 +48,11 @@ export class Interrupted extends Error {
   }
 }
 
-export async function runCycle(cri: CriClient, image: string, samples: Samples, left: Leftovers, signal?: AbortSignal): Promise<void> {
+/** The pod annotation and class of the blkio-class cycles (berth only: a runtime without the class refuses the pod). */
+export const BLKIO_CLASS = 'bench';
+export const BLKIO_ANNOTATIONS = { 'blockio.resources.beta.kubernetes.io/pod': BLKIO_CLASS };
+
+export async function runCycle(cri: CriClient, image: string, samples: Samples, left: Leftovers, signal?: AbortSignal, podAnnotations: Record<string, string> = {}): Promise<void> {
   const { runtime } = cri;
   const timed = async <T>(row: RowName, fn: () => Promise<T>): Promise<T> => {
     if (signal?.aborted) throw new Interrupted();
@@ -59,6 +64,7 @@ export async function runCycle(cri: CriClient, image: string, samples: Samples, 
 
   const sandboxConfig = podConfig();
   sandboxConfig.labels = { ...sandboxConfig.labels, app: 'berth-bench' };
+  sandboxConfig.annotations = { ...sandboxConfig.annotations, ...podAnnotations };
   const config = containerConfig(image, { command: CONTAINER_COMMAND });
 
   const cycleStart = process.hrtime.bigint();
