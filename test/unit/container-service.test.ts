@@ -348,3 +348,35 @@ test('a bundle without a record (a CreateContainer berth crashed in) has its mon
   t.false(existsSync(bundle));
   t.deepEqual(service.list(), []);
 });
+
+test('CreateContainer writes the pids limit (the pod annotation lowering the node\'s) and the block I/O class the annotations select', async (t) => {
+  const root = await tempRoot(t);
+  const j = new Journal();
+  const cgroups = new FakeCgroups(j);
+  const pod = { ...POD, config: { ...POD.config, annotations: { 'berth.dev/pids-limit': '64', 'blockio.resources.beta.kubernetes.io/container.db': 'slow' } } };
+  const service = new ContainerService({
+    root, runtime: new FakeRuntime(j), cgroups, images: fakeImages(j), sandboxes: fakePods(pod), log: recordingLog(),
+    rlimits: [], maxLogLineBytes: 16384, shmSizeBytes: 1 << 26, cdiSpecDirs: [], pidsLimit: 4096,
+    blockioClasses: { slow: [{ major: 7, minor: 3, writeBps: 1048576 }] },
+  });
+  await service.create(POD.id, containerConfig('db'));
+  await service.create(POD.id, containerConfig('web'));
+  t.like(cgroups.applied[0], { pidsLimit: 64, blockio: [{ major: 7, minor: 3, writeBps: 1048576 }] });
+  t.like(cgroups.applied[1], { pidsLimit: 64 });
+  t.is(cgroups.applied[1].blockio, undefined);
+});
+
+test('CreateContainer with an unknown block I/O class is INVALID_ARGUMENT naming the annotation, before anything is acquired', async (t) => {
+  const root = await tempRoot(t);
+  const j = new Journal();
+  const service = new ContainerService({
+    root, runtime: new FakeRuntime(j), cgroups: new FakeCgroups(j), images: fakeImages(j), sandboxes: fakePods(), log: recordingLog(),
+    rlimits: [], maxLogLineBytes: 16384, shmSizeBytes: 1 << 26, cdiSpecDirs: [], pidsLimit: 4096, blockioClasses: {},
+  });
+  const config = { ...containerConfig(), annotations: { 'io.kubernetes.cri.blockio-class': 'gold' } };
+  const err = await t.throwsAsync(service.create(POD.id, config), { instanceOf: BerthError });
+  t.is(err?.kind, 'invalid_argument');
+  t.regex(err?.message ?? '', /^config\.annotations\["io\.kubernetes\.cri\.blockio-class"\]: unknown block I\/O class "gold"/);
+  t.deepEqual(j.calls, []);
+  t.deepEqual(await fs.readdir(path.join(root, 'containers')).catch(() => []), []);
+});

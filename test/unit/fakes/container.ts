@@ -138,6 +138,8 @@ export class FakeRuntime implements ContainerRuntime {
 }
 
 export class FakeCgroups implements ContainerCgroups {
+  /** The resources of each apply, in order. */
+  readonly applied: CgroupResources[] = [];
   constructor(private readonly j: Journal) {}
 
   async create(cgPath: string): Promise<CgroupHandle> {
@@ -147,7 +149,8 @@ export class FakeCgroups implements ContainerCgroups {
   async remove(): Promise<void> {
     this.j.call('cgroup.remove');
   }
-  async apply(_cgPath: string, _r: CgroupResources): Promise<void> {
+  async apply(_cgPath: string, r: CgroupResources): Promise<void> {
+    this.applied.push(r);
     this.j.call('cgroup.apply');
   }
   procsFiles(cgPath: string): string[] {
