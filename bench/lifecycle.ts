@@ -52,7 +52,8 @@ export class Interrupted extends Error {
 export const BLKIO_CLASS = 'bench';
 export const BLKIO_ANNOTATIONS = { 'blockio.resources.beta.kubernetes.io/pod': BLKIO_CLASS };
 
-export async function runCycle(cri: CriClient, image: string, samples: Samples, left: Leftovers, signal?: AbortSignal, podAnnotations: Record<string, string> = {}): Promise<void> {
+/** Returns the id of the pod it ran (and removed). */
+export async function runCycle(cri: CriClient, image: string, samples: Samples, left: Leftovers, signal?: AbortSignal, podAnnotations: Record<string, string> = {}): Promise<string> {
   const { runtime } = cri;
   const timed = async <T>(row: RowName, fn: () => Promise<T>): Promise<T> => {
     if (signal?.aborted) throw new Interrupted();
@@ -100,6 +101,7 @@ export async function runCycle(cri: CriClient, image: string, samples: Samples, 
   await timed('RemovePodSandbox', () => runtime.RemovePodSandbox({ pod_sandbox_id: podId }));
   left.pods.delete(podId);
   samples['full cycle'].push(nsToMs(process.hrtime.bigint() - cycleStart));
+  return podId;
 }
 
 /** Best effort: stop and remove what a failed cycle left behind. Returns the errors it met. */

@@ -242,7 +242,9 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
     await phase(`${opts.cycles} sequential cycles (after 1 warm-up)`, async () => {
       const left: Leftovers = { pods: new Set(), containers: new Set() };
       let logFrom: number | undefined;
-      let logTo: number | undefined;
+      // The block I/O class cycles alternate with the plain ones, so both rows see the same load on the node; their
+      // pods' log lines are left out of "inside berth", which summarizes the plain cycles.
+      const blkioPods = new Set<string>();
       try {
         await runCycle(cri, image, emptySamples(), left, signal);
         // The warm-up's timed lines were logged before its replies, a whole cycle of RPCs ago: all in by now.
@@ -251,19 +253,15 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
           await runCycle(cri, image, samples, left, signal);
           const full = samples['full cycle'];
           if (i === opts.cycles || i % 5 === 0) progress(`${name}: cycle ${i}/${opts.cycles} ${full[full.length - 1]!.toFixed(1)} ms`);
-        }
-        logTo = t.log?.length;
-        // As many cycles again in pods of the block I/O class, after the plain ones (whose log lines "inside berth"
-        // summarizes); only their start is reported, beside plain pod start.
-        if (t.blkioClass) {
-          for (let i = 1; i <= opts.cycles; i++) {
+          if (t.blkioClass) {
             const blkio = emptySamples();
-            await runCycle(cri, image, blkio, left, signal, BLKIO_ANNOTATIONS);
+            blkioPods.add(await runCycle(cri, image, blkio, left, signal, BLKIO_ANNOTATIONS));
             samples['from scratch → RUNNING, blkio class'].push(...blkio['from scratch → RUNNING']);
           }
         }
       } finally {
-        if (t.log && logFrom !== undefined) run.inside = collectInside(t.log.slice(logFrom, logTo));
+        const plain = (line: string) => ![...blkioPods].some((pod) => line.includes(pod));
+        if (t.log && logFrom !== undefined) run.inside = collectInside(t.log.slice(logFrom).filter(plain));
         if (left.pods.size || left.containers.size) for (const e of await removeLeftovers(cri, left)) progress(`${name}: cleanup: ${e}`);
       }
     });

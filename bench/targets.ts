@@ -66,7 +66,7 @@ function addedToPodStart(run: RuntimeRun, row: string): Measured {
   const base = medianOf(run, 'from scratch → RUNNING');
   const withControl = medianOf(run, row);
   if (base.value === null || withControl.value === null) return { value: null, basis: withControl.value === null ? `no ${row} samples` : base.basis };
-  return { value: withControl.value - base.value, basis: `median of ${(run.samples[row] ?? []).length}, after as many plain cycles` };
+  return { value: withControl.value - base.value, basis: `median of ${(run.samples[row] ?? []).length}, alternating with the plain cycles` };
 }
 
 export const TARGETS: readonly TargetDef[] = [
