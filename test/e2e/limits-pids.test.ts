@@ -92,7 +92,8 @@ test.serial('pids limit: a fork bomb hits the pod\'s berth.dev/pids-limit (fork 
 
   await berth.runtime.StopContainer({ container_id: bomb, timeout: 2 });
   t.is((await berth.runtime.ContainerStatus({ container_id: bomb })).status!.state, 'CONTAINER_EXITED');
-  t.is(await pidsFile(`${podCg}/${bomb}`, 'pids.current').catch(() => '0'), '0');
+  // Every task of the bomb is gone (the cgroup may already be removed with them).
+  await waitFor('the bomb\'s tasks to be gone', async () => (await pidsFile(`${podCg}/${bomb}`, 'pids.current').catch(() => '0')) === '0', { timeoutMs: 30000 });
   await berth.runtime.StopPodSandbox({ pod_sandbox_id });
   await berth.runtime.RemovePodSandbox({ pod_sandbox_id });
 });
