@@ -46,8 +46,13 @@ on_host() { timeout "${BERTH_HOST_COMMAND_TIMEOUT:-300}" nsenter --target 1 --mo
 
 stay() {
   # SIGTERM (pod deletion, a rolling update) ends the pod and nothing else: uninstalling is the hook's job.
-  trap 'log info "stopping"; exit 0' TERM INT
-  while true; do sleep 3600 & wait $! || true; done
+  local sleeper=
+  trap 'log info "stopping"; [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null; exit 0' TERM INT
+  while true; do
+    sleep 3600 &
+    sleeper=$!
+    wait "$sleeper" || true
+  done
 }
 
 bundle_file() {
@@ -93,6 +98,12 @@ write_config() {
   new=$(mktemp "$host/etc/berth/.config.toml.XXXXXX")
   node_config >"$new"
   if [ -f "$dest" ] && cmp -s "$new" "$dest"; then rm -f "$new"; return 1; fi
+  # berth itself judges the file, on the host (CA and TLS files are host paths), before it replaces a good one.
+  local check
+  if ! check=$(on_host /opt/berth/bin/berth config check --config "/etc/berth/$(basename "$new")" 2>&1 >/dev/null); then
+    rm -f "$new"
+    die "the chart's config is refused by berth, /etc/berth/config.toml left as it was: $check"
+  fi
   if [ -f "$dest" ] && [ ! -e "$dest.pre-chart" ] && ! { [ -f "$sum_file" ] && [ "$(sha256sum <"$dest")" = "$(cat "$sum_file")" ]; }; then
     cp -p "$dest" "$dest.pre-chart"
     log info "kept the node's earlier /etc/berth/config.toml as /etc/berth/config.toml.pre-chart"
@@ -207,9 +218,9 @@ do_uninstall() {
     timeout 300 "$install_sh" --root "$host" --uninstall
     on_host systemctl daemon-reload
   fi
-  # The config the chart wrote stays (install.sh keeps it); the installer's own state goes.
-  rm -rf "$state/bin" "$state/switch.env" "$state/bundle.sha256" "$state/config.sha256"
-  rmdir "$state" 2>/dev/null || true
+  # The config the chart wrote stays (install.sh keeps it); the installer's own state goes: kubelet is not switched
+  # (any more), so nothing in it is still needed.
+  rm -rf "$state"
   log info "node clean"
   touch "$cleaned_file"
   stay
