@@ -2,7 +2,7 @@ import test from 'ava';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { stringify } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { CONFIG_SCHEMA, ConfigError, fieldOf } from '../../src/config/schema.js';
 import { BerthMetrics } from '../../src/metrics/berth.js';
@@ -271,6 +271,17 @@ test('values.schema.json types every key of berth config, and nothing berth lack
     t.false(s.additionalProperties, section.name);
     t.deepEqual(Object.keys(s.properties).sort(), section.keys.map((k) => k.key).sort(), section.name);
   }
+});
+
+test("the chart README's table has a row for every value of values.yaml", async (t) => {
+  const values = parse(await fs.readFile(path.join(CHART, 'values.yaml'), 'utf8')) as Record<string, unknown>;
+  const readme = await fs.readFile(path.join(CHART, 'README.md'), 'utf8');
+  const leaves = (o: Record<string, unknown>, prefix: string): string[] =>
+    Object.entries(o).flatMap(([k, v]) =>
+      // config and the free-form maps are documented as one row each.
+      v && typeof v === 'object' && !Array.isArray(v) && !['config', 'nodeSelector', 'resources', 'labels'].includes(k) ? leaves(v as Record<string, unknown>, `${prefix}${k}.`) : [`${prefix}${k}`],
+    );
+  for (const key of leaves(values, '')) t.true(readme.includes(`| \`${key}\` |`), key);
 });
 
 const REFUSED: [string[], RegExp][] = [
