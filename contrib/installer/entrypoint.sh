@@ -56,11 +56,12 @@ stay() {
 }
 
 bundle_file() {
-  local found
+  local f
   if [ -n "${BERTH_BUNDLE:-}" ]; then echo "$BERTH_BUNDLE"; return; fi
-  found=$(ls "$image_dir"/berth-*-linux-*.tar.gz 2>/dev/null | head -n1)
-  [ -n "$found" ] || die "no berth-*-linux-*.tar.gz in $image_dir"
-  echo "$found"
+  for f in "$image_dir"/berth-*-linux-*.tar.gz; do
+    [ -f "$f" ] && { echo "$f"; return; }
+  done
+  die "no berth-*-linux-*.tar.gz in $image_dir"
 }
 
 probe() { timeout 15 "$bundle_dir/node/bin/node" "$bundle_dir/dist/src/installer/main.js" probe --endpoint "unix://$socket" --timeout-seconds 5 >/dev/null 2>&1; }

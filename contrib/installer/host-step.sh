@@ -21,6 +21,8 @@ kubelet_files=(--config "$prefix$KUBELET_CONFIG" --flags "$prefix$KUBELET_FLAGS"
 
 log() { printf '{"time":"%s","level":"%s","msg":"%s","component":"installer-host-step","action":"%s"}\n' "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$1" "${2//\"/\\\"}" "$action" >&2; }
 helper() { timeout 600 "$node" "$helper" "$@"; }
+# Every host command is bounded: a hung kubelet or berth stop must not hold the node cordoned forever.
+systemctl() { timeout 300 "$(type -P systemctl)" "$@"; }
 # The socket path of a unix:// endpoint, as this host step sees it.
 socket_of() { echo "$prefix${1#unix://}"; }
 
@@ -42,8 +44,10 @@ remove_pods_of() {
 
 case $action in
   switch)
-    previous=$PREVIOUS_ENDPOINT
-    if [ -z "$previous" ]; then previous=$(helper kubelet-endpoint "${kubelet_files[@]::4}" | sed -n 's/.*"endpoint":"\([^"]*\)".*/\1/p'); fi
+    # Read kubelet's files before anything is stopped: a file the switch could not rewrite fails here, with every
+    # pod still running.
+    detected=$(helper kubelet-endpoint "${kubelet_files[@]::4}" 2>&1) || failed "$detected"
+    previous=${PREVIOUS_ENDPOINT:-$(echo "$detected" | sed -n 's/.*"endpoint":"\([^"]*\)".*/\1/p')}
     [ "$previous" != "$BERTH_ENDPOINT" ] || failed "kubelet already uses $BERTH_ENDPOINT but no switch was recorded"
     log info "switching kubelet from $previous to $BERTH_ENDPOINT"
     systemctl stop kubelet.service || failed "systemctl stop kubelet failed"

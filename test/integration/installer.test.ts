@@ -311,3 +311,37 @@ test.serial('kubelet switch: the old runtime loses every pod, kubelet points at 
   await t.throwsAsync(fs.access(hostFile(n, 'opt/berth')));
   await t.throwsAsync(fs.access(hostFile(n, 'var/lib/berth-installer')));
 });
+
+test.serial('kubelet switch refused before anything stops: a kubelet file it cannot rewrite fails the pod, every pod still runs', async (t) => {
+  const n = await makeNode(t);
+  await makeImage(n, '0.1.0');
+  await chartConfig(n, 'kubeletSwitch.enabled=true');
+  const notKubelet = 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: not-kubelet\n';
+  const flags = await fs.readFile(path.join(KUBELET_FIXTURES, 'kubeadm-flags.env'));
+  await fs.writeFile(hostFile(n, 'var/lib/kubelet/config.yaml'), notKubelet);
+  await fs.writeFile(hostFile(n, 'var/lib/kubelet/kubeadm-flags.env'), flags);
+  const old = await startBerth();
+  const cgroups: string[] = [];
+  t.teardown(async () => {
+    await old.cleanup();
+    const left = await hostLeftovers(old.dir, cgroups);
+    if (left.length > 0) throw new Error(`old runtime left behind:\n${left.join('\n')}`);
+  });
+  const { pod_sandbox_id } = await old.runtime.RunPodSandbox({ config: podConfig() });
+  cgroups.push(JSON.parse((await old.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true })).info.info).cgroup.path);
+  await fs.mkdir(hostFile(n, 'run/containerd'));
+  await fs.symlink(old.socket, hostFile(n, 'run/containerd/containerd.sock'));
+
+  const sw = await entrypoint(n, 'install', { BERTH_KUBELET_SWITCH: 'true', BERTH_HOST_STEP_WAIT_SECONDS: '60' });
+  t.is(sw.code, 1);
+  t.regex(sw.stderr, /kubelet switch failed on the host: .*config\.yaml: kind is Pod, not KubeletConfiguration/);
+  t.false(sw.calls.includes('systemctl stop kubelet.service'), 'kubelet never stopped');
+  t.deepEqual((await old.runtime.ListPodSandbox({})).items.map((p) => p.id), [pod_sandbox_id], "the old runtime's pod still runs");
+  t.is(await fs.readFile(hostFile(n, 'var/lib/kubelet/config.yaml'), 'utf8'), notKubelet);
+  t.deepEqual(await fs.readFile(hostFile(n, 'var/lib/kubelet/kubeadm-flags.env')), flags);
+  t.false(sw.calls.some((c) => c.startsWith('kubectl uncordon')), 'the node stays cordoned for a person to look at');
+  await old.runtime.StopPodSandbox({ pod_sandbox_id });
+  await old.runtime.RemovePodSandbox({ pod_sandbox_id });
+  // The berth the installer started is removed by the hook's uninstall path.
+  t.is((await entrypoint(n, 'uninstall')).code, 0);
+});
