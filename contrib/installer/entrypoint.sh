@@ -231,7 +231,7 @@ do_wait_cleanup() {
   local name=${1:?wait-cleanup needs the DaemonSet name} seconds=${2:-900}
   log info "waiting for every pod of daemonset/$name to report its node clean"
   # Ready pods are clean nodes; rollout status returns once every scheduled pod is ready.
-  kubectl -n "${POD_NAMESPACE:?}" rollout status "daemonset/$name" --timeout="${seconds}s"
+  timeout "$((seconds + 30))" kubectl -n "${POD_NAMESPACE:?}" rollout status "daemonset/$name" --timeout="${seconds}s"
 }
 
 case $mode in
