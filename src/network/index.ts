@@ -41,6 +41,8 @@ export class NetworkManager implements PodNetwork {
       // the reason, and the next pod start tries again.
       this.embedded.ensure().catch((err) => this.log.error('embedded network is not ready', { error: errorMessage(err) }));
     }
+    // Checks only once ensure() has run: a CNI-only node never pays for it.
+    if (this.mode !== 'cni' || embeddedPods) this.embedded.watchRules();
   }
 
   private async backendFor(): Promise<'embedded' | 'cni'> {
