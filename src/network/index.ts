@@ -52,9 +52,11 @@ export class NetworkManager implements PodNetwork {
   }
 
   async prepare(req: PodNetworkRequest): Promise<PodNetworkPlan> {
-    // CNI plugins make everything themselves once the netns exists: nothing to undo before setup(), and a failed
-    // setup() DELs what it made itself (after a failed ADD, or a result that cannot be cached).
-    return (await this.backendFor()) === 'cni' ? { backend: 'cni', state: {} } : this.embedded.prepare(req);
+    // CNI plugins make everything themselves once the netns exists, and a failed setup() DELs what it made itself
+    // (after a failed ADD, or a result that cannot be cached). The plan's state still names the backend: it is what
+    // a crash during the ADD leaves in the pod's network note, and the next start's release of the half-made pod
+    // must DEL with it (host-local has taken an address by then, and no cache names it yet).
+    return (await this.backendFor()) === 'cni' ? { backend: 'cni', state: { backend: 'cni' } } : this.embedded.prepare(req);
   }
 
   async setup(req: PodNetworkRequest, plan: PodNetworkPlan): Promise<PodNetworkResult> {

@@ -311,6 +311,8 @@ test.serial('CNI (bridge, host-local, portmap): pods survive six SIGKILLs of ber
       for (const ip of (await allocations()).keys()) left.push(`host-local allocation ${ip}`);
       for (const p of await fs.readdir(`/sys/class/net/${bridge}/brif`).catch(() => [] as string[])) left.push(`veth ${p} on ${bridge}`);
       for (const c of await fs.readdir(path.join(b.root, 'network', 'cni-cache')).catch(() => [] as string[])) left.push(`CNI cache ${c}`);
+      // The bridge plugin's masquerade and portmap's DNAT rules carry the network's name.
+      for (const r of (await iptablesSaveText()).split('\n')) if (r.startsWith('-A ') && r.includes(name)) left.push(`iptables rule: ${r}`);
       return left;
     },
   });
