@@ -173,15 +173,9 @@ export class EmbeddedNetwork {
     this.mtu = await this.host.defaultMtu(defaultRouteDevice(routes));
     await this.host.ensureBridge(this.opts.bridge, `${formatIp(gatewayOf(this.subnet))}/${this.subnet.prefix}`);
     await this.host.writeSysctl('net.ipv4.ip_forward', '1');
-    const saved = await this.host.iptablesSave(what);
-    const subnets = this.subnetsInUse();
-    const drift = ruleDrift({ chains: this.chains, saved, subnets, pods: this.ruleRecords });
-    const podsMissing = drift.filter((d) => d.includes(' of pod '));
-    if (podsMissing.length > 0) this.opts.log.warn('hostPort rules of live pods were missing at start: putting them back', { missing: podsMissing.slice(0, 20), count: podsMissing.length });
-    await this.host.iptablesRestore(
-      reassertRules({ chains: this.chains, bridge: this.opts.bridge, subnets, saved, livePods: this.livePods, pods: this.ruleRecords, drift }),
-      what,
-    );
+    // Static rules are rewritten whatever the check finds (the subnets may have changed); excluding pod rule
+    // changes, so that a pod torn down meanwhile does not get its rules back.
+    await this.exclusive(() => this.reassert(what, true));
     // A veth on our bridge that no live pod owns outlived its pod (its netns is still referenced somewhere).
     const orphans = this.vethsReconciled ? [] : await this.host.bridgePorts(this.opts.bridge);
     this.vethsReconciled = true;
@@ -214,27 +208,38 @@ export class EmbeddedNetwork {
 
   /** One check (joined if one is running); true when something was missing and has been put back. */
   checkRules(): Promise<boolean> {
-    this.guard ??= this.reassert().finally(() => {
+    return this.guard ?? this.exclusive(() => this.reassert(`embedded network (bridge ${this.opts.bridge}): rule check`, false));
+  }
+
+  /** Runs `fn` alone: after any check in progress and the pod rule changes in flight, before new ones. */
+  private async exclusive(fn: () => Promise<boolean>): Promise<boolean> {
+    while (this.guard) await this.guard.catch(() => undefined);
+    const run = (async () => {
+      await Promise.allSettled([...this.inflight]);
+      return fn();
+    })();
+    this.guard = run.finally(() => {
       this.guard = undefined;
     });
     return this.guard;
   }
 
-  private async reassert(): Promise<boolean> {
-    await Promise.allSettled([...this.inflight]);
+  /** Puts back what is missing (`always`: rewrites the static rules even when nothing is). */
+  private async reassert(what: string, always: boolean): Promise<boolean> {
     const t0 = Date.now();
-    const what = `embedded network (bridge ${this.opts.bridge}): rule check`;
     const saved = await this.host.iptablesSave(what);
     const subnets = this.subnetsInUse();
     const drift = ruleDrift({ chains: this.chains, saved, subnets, pods: this.ruleRecords });
-    if (drift.length === 0) return false;
-    this.opts.log.warn("berth's iptables rules were removed by something else: putting them back", { missing: drift.slice(0, 20), count: drift.length });
+    if (drift.length === 0 && !always) return false;
+    // At start everything is missing on a fresh node: only live pods' missing rules are news then.
+    const lost = always ? drift.filter((d) => d.includes(' of pod ')) : drift;
+    if (lost.length > 0) this.opts.log.warn("berth's iptables rules were removed by something else: putting them back", { missing: lost.slice(0, 20), count: lost.length });
     await this.host.iptablesRestore(
       reassertRules({ chains: this.chains, bridge: this.opts.bridge, subnets, saved, livePods: this.livePods, pods: this.ruleRecords, drift }),
       what,
     );
-    this.opts.log.info('iptables rules re-asserted', { bridge: this.opts.bridge, pods: drift.filter((d) => d.includes(' of pod ')).length, ms: Date.now() - t0 });
-    return true;
+    if (lost.length > 0) this.opts.log.info('iptables rules re-asserted', { bridge: this.opts.bridge, pods: drift.filter((d) => d.includes(' of pod ')).length, ms: Date.now() - t0 });
+    return drift.length > 0;
   }
 
   /** A change to pod rules: waits out a check in progress, and is waited for by the next one. */
