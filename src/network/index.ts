@@ -60,11 +60,19 @@ export class NetworkManager implements PodNetwork {
   }
 
   async setup(req: PodNetworkRequest, plan: PodNetworkPlan): Promise<PodNetworkResult> {
-    return plan.backend === 'cni' ? this.cni.setup(req) : this.embedded.setup(req, plan);
+    if (plan.backend !== 'cni') return this.embedded.setup(req, plan);
+    try {
+      return await this.cni.setup(req);
+    } catch (err) {
+      // A failed CNI setup has DELeted the list itself: the plan's teardown (the caller's undo) has nothing left to
+      // do, and a second DEL is not what plugins should see. The note on disk keeps the plan as it was, for a crash.
+      plan.state.undone = true;
+      throw err;
+    }
   }
 
   async teardown(req: PodNetworkRequest, state: Record<string, unknown>): Promise<void> {
-    if (state.backend === 'cni') await this.cni.teardown(req, state);
+    if (state.backend === 'cni' && state.undone !== true) await this.cni.teardown(req, state);
     else if (state.backend === 'embedded') await this.embedded.teardown(req, state);
   }
 

@@ -29,3 +29,18 @@ for (const mode of ['cni', 'auto'] as const) {
     t.deepEqual(calls, ['cni teardown']);
   });
 }
+
+test('a CNI setup that failed (and DELeted the list itself) leaves nothing for the plan\'s teardown to DEL again', async (t) => {
+  const { mgr, calls } = manager('cni');
+  const cni = (mgr as unknown as { cni: { setup: () => Promise<never> } }).cni;
+  cni.setup = async () => {
+    throw new Error('plugin says no');
+  };
+  const plan = await mgr.prepare(req);
+  const noted = JSON.parse(JSON.stringify(plan.state));
+  await t.throwsAsync(mgr.setup(req, plan), { message: 'plugin says no' });
+  await mgr.teardown(req, plan.state);
+  t.deepEqual(calls, [], 'the undo of the pod start does not DEL a second time');
+  await mgr.teardown(req, noted);
+  t.deepEqual(calls, ['cni teardown'], 'the plan as noted before the ADD (what a crash leaves) still tears down');
+});
