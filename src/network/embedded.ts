@@ -8,7 +8,7 @@ import { IpamStore } from './ipam-store.js';
 import { EmbeddedHost } from './embedded-host.js';
 import { withUndo } from '../store/undo.js';
 import { defaultRouteDevice, parseProcRoutes, routeCollision } from './routes.js';
-import { baseRules, Chains, chainsFor, deletePodRules, podRules } from './rules.js';
+import { Chains, chainsFor, deletePodRules, PodRuleRecord, podRules, reassertRules, ruleDrift } from './rules.js';
 import { NetworkReadiness, PodNetworkPlan, PodNetworkRequest, PodNetworkResult } from './types.js';
 import { PhaseTimer } from '../phases.js';
 
@@ -19,6 +19,8 @@ export interface EmbeddedOptions {
   bridge: string;
   /** `[network] subnet`; a pod CIDR from kubelet (persisted) takes precedence. */
   subnet: string;
+  /** How often watchRules() checks that berth's iptables rules are all there (default 5000 ms). */
+  ruleCheckMs?: number;
   chainPrefix: string;
   /** <root>/network */
   dataDir: string;
@@ -84,6 +86,13 @@ export class EmbeddedNetwork {
   /** Why the last pod CIDR from kubelet is not followed: NetworkReady stays false until one is. */
   private podCidrProblem: string | undefined;
   private readonly host: EmbeddedHost;
+  /** hostPort rules of live pods whose setup put them in: what a re-assertion puts back. */
+  private readonly ruleRecords = new Map<string, PodRuleRecord>();
+  /** A rule check (and re-assertion) in progress: pod rule changes and pod starts wait for it. */
+  private guard: Promise<boolean> | undefined;
+  /** Pod rule changes in flight: a check waits for them, so it never sees a pod half-added or half-deleted. */
+  private readonly inflight = new Set<Promise<unknown>>();
+  private watchTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: EmbeddedOptions) {
     this.host = opts.host;
@@ -118,6 +127,8 @@ export class EmbeddedNetwork {
         this.opts.log.error('two live pods claim one address', { pod: podId, ip: s.ip, error: errorMessage(err) });
       }
       this.track(podId, s);
+      // Put in by an earlier berth; the start's ensure() puts back any that went missing meanwhile.
+      if ((s.hostPorts ?? []).length > 0) this.ruleRecords.set(podId, { ip: s.ip, ports: s.hostPorts });
       try {
         this.hostPorts.reserve(podId, s.hostPorts ?? [], { pod: s.pod });
       } catch (err) {
@@ -162,9 +173,9 @@ export class EmbeddedNetwork {
     this.mtu = await this.host.defaultMtu(defaultRouteDevice(routes));
     await this.host.ensureBridge(this.opts.bridge, `${formatIp(gatewayOf(this.subnet))}/${this.subnet.prefix}`);
     await this.host.writeSysctl('net.ipv4.ip_forward', '1');
-    const saved = await this.host.iptablesSave(what);
-    const subnets = [formatCidr(this.subnet), ...[...this.liveSubnets].filter((s) => s !== formatCidr(this.subnet))];
-    await this.host.iptablesRestore(baseRules({ chains: this.chains, bridge: this.opts.bridge, subnets, saved, livePods: this.livePods }), what);
+    // Static rules are rewritten whatever the check finds (the subnets may have changed); excluding pod rule
+    // changes, so that a pod torn down meanwhile does not get its rules back.
+    await this.exclusive(() => this.reassert(what, true));
     // A veth on our bridge that no live pod owns outlived its pod (its netns is still referenced somewhere).
     const orphans = this.vethsReconciled ? [] : await this.host.bridgePorts(this.opts.bridge);
     this.vethsReconciled = true;
@@ -173,6 +184,74 @@ export class EmbeddedNetwork {
       await this.host.deleteLink(port, what).catch((err) => this.opts.log.warn('cannot remove orphan veth', { veth: port, error: errorMessage(err) }));
     }
     this.opts.log.info('embedded network ready', { bridge: this.opts.bridge, subnet: formatCidr(this.subnet), mtu: this.mtu, ms: Date.now() - t0 });
+  }
+
+  private subnetsInUse(): string[] {
+    return [formatCidr(this.subnet), ...[...this.liveSubnets].filter((s) => s !== formatCidr(this.subnet))];
+  }
+
+  /**
+   * Checks every `ruleCheckMs` that berth's chains, jumps, static rules and live pods' hostPort rules are all there
+   * (another tool's flushing iptables-restore, a firewall reload, removes them), and puts back what is missing. One
+   * iptables-save per check, off the pod-start path; see README "Pod networking" for why this and not more.
+   */
+  watchRules(): void {
+    if (this.watchTimer) return;
+    this.watchTimer = setInterval(() => {
+      if (!this.ensured || !this.status.ready) return;
+      this.ensured
+        .then(() => this.checkRules())
+        .catch((err) => this.opts.log.error('cannot check or re-assert the iptables rules', { error: errorMessage(err) }));
+    }, this.opts.ruleCheckMs ?? 5000);
+    this.watchTimer.unref();
+  }
+
+  /** One check (joined if one is running); true when something was missing and has been put back. */
+  checkRules(): Promise<boolean> {
+    return this.guard ?? this.exclusive(() => this.reassert(`embedded network (bridge ${this.opts.bridge}): rule check`, false));
+  }
+
+  /** Runs `fn` alone: after any check in progress and the pod rule changes in flight, before new ones. */
+  private async exclusive(fn: () => Promise<boolean>): Promise<boolean> {
+    while (this.guard) await this.guard.catch(() => undefined);
+    const run = (async () => {
+      await Promise.allSettled([...this.inflight]);
+      return fn();
+    })();
+    this.guard = run.finally(() => {
+      this.guard = undefined;
+    });
+    return this.guard;
+  }
+
+  /** Puts back what is missing (`always`: rewrites the static rules even when nothing is). */
+  private async reassert(what: string, always: boolean): Promise<boolean> {
+    const t0 = Date.now();
+    const saved = await this.host.iptablesSave(what);
+    const subnets = this.subnetsInUse();
+    const drift = ruleDrift({ chains: this.chains, saved, subnets, pods: this.ruleRecords });
+    if (drift.length === 0 && !always) return false;
+    // At start everything is missing on a fresh node: only live pods' missing rules are news then.
+    const lost = always ? drift.filter((d) => d.includes(' of pod ')) : drift;
+    if (lost.length > 0) this.opts.log.warn("berth's iptables rules were removed by something else: putting them back", { missing: lost.slice(0, 20), count: lost.length });
+    await this.host.iptablesRestore(
+      reassertRules({ chains: this.chains, bridge: this.opts.bridge, subnets, saved, livePods: this.livePods, pods: this.ruleRecords, drift }),
+      what,
+    );
+    if (lost.length > 0) this.opts.log.info('iptables rules re-asserted', { bridge: this.opts.bridge, pods: drift.filter((d) => d.includes(' of pod ')).length, ms: Date.now() - t0 });
+    return drift.length > 0;
+  }
+
+  /** A change to pod rules: waits out a check in progress, and is waited for by the next one. */
+  private async ruleOp<T>(op: () => Promise<T>): Promise<T> {
+    while (this.guard) await this.guard.catch(() => undefined);
+    const p = op();
+    this.inflight.add(p);
+    try {
+      return await p;
+    } finally {
+      this.inflight.delete(p);
+    }
   }
 
   readiness(): NetworkReadiness {
@@ -234,6 +313,8 @@ export class EmbeddedNetwork {
   async prepare(req: PodNetworkRequest): Promise<PodNetworkPlan> {
     await this.pending;
     await this.ensure();
+    // A re-assertion under way finishes before the pod starts: its rules then go in beside berth's whole set.
+    await this.guard?.catch(() => undefined);
     const { ports, fields } = portRequest(req.portMappings);
     const pod = `${req.namespace}/${req.name}`;
     return withUndo(this.opts.log.child({ pod: req.podId }), async (undo) => {
@@ -282,11 +363,29 @@ export class EmbeddedNetwork {
     // When each step finished, in ms since setup() began: logged, so the pod-start path stays measurable.
     await withUndo(this.opts.log.child({ pod: req.podId }), async (undo) => {
       // The host end needs no undo of its own: it goes with the pod's netns.
-      const rules = this.host.iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-I'), what).then(() => {
+      const insert = () =>
+        this.ruleOp(async () => {
+          await this.host.iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-I'), what);
+          this.ruleRecords.set(req.podId, { ip: state.ip, ports: state.hostPorts });
+        });
+      const rules = (async () => {
         if (state.hostPorts.length === 0) return;
+        try {
+          await insert();
+        } catch (err) {
+          // Most likely P-HOSTPORTS is gone (a firewall reload since the last check): put berth's rules back, then
+          // try once more. Only this failure path costs the extra iptables-save.
+          if (!(await this.checkRules())) throw err;
+          await insert();
+        }
         timer.mark('hostPorts');
-        undo.push('delete hostPort rules', () => this.host.iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-D'), what));
-      });
+        undo.push('delete hostPort rules', () =>
+          this.ruleOp(() => {
+            this.ruleRecords.delete(req.podId);
+            return this.host.iptablesRestore(podRules(this.chains, req.podId, state.ip, state.hostPorts, '-D'), what);
+          }),
+        );
+      })();
       const settled = await Promise.allSettled([timer.timed('hostEnd', this.host.attachHostEnd(this.opts.bridge, state.veth, what)), rules]);
       const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
       if (failed) throw failed.reason;
@@ -305,12 +404,15 @@ export class EmbeddedNetwork {
     const ports = raw.hostPorts ?? [];
     try {
       if (ports.length > 0) {
-        try {
-          await this.host.iptablesRestore(podRules(chains, req.podId, raw.ip, ports, '-D'), what);
-        } catch {
-          // Some rule was gone already (a second teardown, or a manual flush): delete whatever is left of the pod's.
-          await this.host.iptablesRestore(deletePodRules(chains, await this.host.iptablesSave(what, 'nat'), req.podId), what);
-        }
+        await this.ruleOp(async () => {
+          this.ruleRecords.delete(req.podId);
+          try {
+            await this.host.iptablesRestore(podRules(chains, req.podId, raw.ip, ports, '-D'), what);
+          } catch {
+            // Some rule was gone already (a second teardown, or a manual flush): delete whatever is left of the pod's.
+            await this.host.iptablesRestore(deletePodRules(chains, await this.host.iptablesSave(what, 'nat'), req.podId), what);
+          }
+        });
       }
     } finally {
       // Released even when rules are left (the error still goes up): the rules of a pod that is not live are swept
@@ -332,7 +434,10 @@ export class EmbeddedNetwork {
 
   /** Waits for pending IPAM writes. */
   async close(): Promise<void> {
+    if (this.watchTimer) clearInterval(this.watchTimer);
+    this.watchTimer = undefined;
     await this.ensured?.catch(() => undefined);
+    await this.guard?.catch(() => undefined);
     await this.pending;
     await this.store.flush();
   }

@@ -41,6 +41,8 @@ export class NetworkManager implements PodNetwork {
       // the reason, and the next pod start tries again.
       this.embedded.ensure().catch((err) => this.log.error('embedded network is not ready', { error: errorMessage(err) }));
     }
+    // Checks only once ensure() has run: a CNI-only node never pays for it.
+    if (this.mode !== 'cni' || embeddedPods) this.embedded.watchRules();
   }
 
   private async backendFor(): Promise<'embedded' | 'cni'> {
@@ -50,17 +52,27 @@ export class NetworkManager implements PodNetwork {
   }
 
   async prepare(req: PodNetworkRequest): Promise<PodNetworkPlan> {
-    // CNI plugins make everything themselves once the netns exists: nothing to undo before setup(), and a failed
-    // setup() DELs what it made itself (after a failed ADD, or a result that cannot be cached).
-    return (await this.backendFor()) === 'cni' ? { backend: 'cni', state: {} } : this.embedded.prepare(req);
+    // CNI plugins make everything themselves once the netns exists, and a failed setup() DELs what it made itself
+    // (after a failed ADD, or a result that cannot be cached). The plan's state still names the backend: it is what
+    // a crash during the ADD leaves in the pod's network note, and the next start's release of the half-made pod
+    // must DEL with it (host-local has taken an address by then, and no cache names it yet).
+    return (await this.backendFor()) === 'cni' ? { backend: 'cni', state: { backend: 'cni' } } : this.embedded.prepare(req);
   }
 
   async setup(req: PodNetworkRequest, plan: PodNetworkPlan): Promise<PodNetworkResult> {
-    return plan.backend === 'cni' ? this.cni.setup(req) : this.embedded.setup(req, plan);
+    if (plan.backend !== 'cni') return this.embedded.setup(req, plan);
+    try {
+      return await this.cni.setup(req);
+    } catch (err) {
+      // A failed CNI setup has DELeted the list itself: the plan's teardown (the caller's undo) has nothing left to
+      // do, and a second DEL is not what plugins should see. The note on disk keeps the plan as it was, for a crash.
+      plan.state.undone = true;
+      throw err;
+    }
   }
 
   async teardown(req: PodNetworkRequest, state: Record<string, unknown>): Promise<void> {
-    if (state.backend === 'cni') await this.cni.teardown(req, state);
+    if (state.backend === 'cni' && state.undone !== true) await this.cni.teardown(req, state);
     else if (state.backend === 'embedded') await this.embedded.teardown(req, state);
   }
 

@@ -166,3 +166,77 @@ export function removeAll(chains: Chains, saved: SavedTables): string {
   if (saved.filter?.chains.has(chains.forward)) filter.push(`-F ${chains.forward}`, `-X ${chains.forward}`);
   return [...nat, 'COMMIT', ...filter, 'COMMIT', ''].join('\n');
 }
+
+/** A live pod's hostPort rules as berth's records hold them: what a re-assertion puts back. */
+export interface PodRuleRecord {
+  ip: string;
+  ports: HostPort[];
+}
+
+export interface DriftInput {
+  chains: Chains;
+  saved: SavedTables;
+  /** Pod subnets in use: P-POSTROUTING holds two rules per subnet and one for loopback. */
+  subnets: string[];
+  /** Live pods with hostPorts, by pod id. */
+  pods: ReadonlyMap<string, PodRuleRecord>;
+}
+
+/**
+ * What of berth's rules the saved tables lack: chains, jumps, static rules (counted, as iptables-save may print a
+ * rule in another canonical form than berth wrote it) and each live pod's DNAT rules (one per hostPort, matched by
+ * its pod comment and port). Empty when nothing is missing. Rules others added are never looked at.
+ */
+export function ruleDrift(input: DriftInput): string[] {
+  const { chains: c, saved, subnets, pods } = input;
+  const missing: string[] = [];
+  const natChains = saved.nat?.chains ?? new Set<string>();
+  for (const chain of [c.hostports, c.postrouting]) if (!natChains.has(chain)) missing.push(`chain nat ${chain}`);
+  if (!saved.filter?.chains.has(c.forward)) missing.push(`chain filter ${c.forward}`);
+  for (const j of jumps(c)) if (!hasJump(saved, j)) missing.push(`jump ${j.table} ${j.from} -> ${j.to}`);
+  const inChain = (table: 'nat' | 'filter', chain: string) => (saved[table]?.rules ?? []).filter((r) => r.startsWith(`-A ${chain} `));
+  if (natChains.has(c.postrouting) && inChain('nat', c.postrouting).length < 1 + 2 * subnets.length) missing.push(`rules of nat ${c.postrouting}`);
+  if (saved.filter?.chains.has(c.forward) && inChain('filter', c.forward).length < 2) missing.push(`rules of filter ${c.forward}`);
+  if (natChains.has(c.hostports)) {
+    const byPod = new Map<string, string[]>();
+    for (const r of inChain('nat', c.hostports)) {
+      const pod = podOfRule(r);
+      if (pod) byPod.set(pod, [...(byPod.get(pod) ?? []), r]);
+    }
+    for (const [podId, rec] of pods) {
+      const rules = byPod.get(podId) ?? [];
+      for (const p of rec.ports) {
+        const found = rules.some((r) => r.includes(` -p ${p.protocol} `) && r.includes(`--dport ${p.hostPort} `) && r.includes(`--to-destination ${rec.ip}:${p.containerPort}`));
+        if (!found) missing.push(`hostPort rule of pod ${podId} (${p.hostPort}/${p.protocol})`);
+      }
+    }
+  } else {
+    for (const podId of pods.keys()) missing.push(`hostPort rules of pod ${podId}`);
+  }
+  return missing;
+}
+
+/**
+ * The batch that puts berth's rules back after someone else removed some (a firewall reload flushing nat and
+ * filter): the start-time batch (chains, static rules, missing jumps, stale pod rules deleted), then every live
+ * pod with a rule missing gets its whole set again, its surviving rules deleted first so none is doubled.
+ */
+export function reassertRules(input: BaseRulesInput & { pods: ReadonlyMap<string, PodRuleRecord>; drift: string[] }): string {
+  const base = baseRules(input);
+  const nat: string[] = [];
+  const hostportsKept = input.saved.nat?.chains.has(input.chains.hostports) ?? false;
+  for (const [podId, rec] of input.pods) {
+    if (!input.drift.some((d) => d.includes(`pod ${podId}`))) continue;
+    if (hostportsKept) {
+      const del = deletePodRules(input.chains, input.saved, podId);
+      if (del) nat.push(...del.split('\n').filter((l) => l.startsWith('-D ')));
+    }
+    nat.push(...podRules(input.chains, podId, rec.ip, rec.ports, '-A').split('\n').filter((l) => l.startsWith('-A ')));
+  }
+  if (nat.length === 0) return base;
+  // Into the nat section of the base batch, after its chain declarations: a flushed-away P-HOSTPORTS is declared
+  // there first.
+  const lines = base.split('\n');
+  lines.splice(lines.indexOf('COMMIT'), 0, ...nat);
+  return lines.join('\n');
+}

@@ -13,7 +13,7 @@ import { containerConfig, hostLeftovers, podConfig } from '../helpers/cri.js';
 import { freePort, waitFor } from '../helpers/util.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { PortMapping } from '../../src/gen/runtime/v1/PortMapping.js';
-import { eventually, freeSubnet, releaseSubnet, httpGet, iptablesRestore, iptablesSaveText, networkLeftovers, outsideHost, removeTestNet, testNet, TestNet, vethOf, waitGone } from './network-helpers.js';
+import { eventually, freeSubnet, releaseSubnet, httpGet, iptablesRestore, iptablesSaveText, removePortmapChains, networkLeftovers, outsideHost, removeTestNet, testNet, TestNet, vethOf, waitGone } from './network-helpers.js';
 
 // CNI for real: Debian's containernetworking-plugins (bridge, host-local, portmap, loopback from /usr/lib/cni),
 // configured in a conf dir of the test's own. The tests run one at a time: portmap keeps node-wide chains
@@ -33,20 +33,6 @@ test.after.always(async () => {
   await registry?.stop();
   await removePortmapChains();
 });
-
-/** portmap's node-wide chains, once no pod uses them. */
-async function removePortmapChains(): Promise<void> {
-  const save = await iptablesSaveText();
-  const lines = save.split('\n');
-  if (lines.some((l) => l.startsWith('-A CNI-HOSTPORT-DNAT ') && l.includes('CNI-DN-'))) return;
-  const text = ['*nat'];
-  for (const l of lines) if (/^-A (PREROUTING|OUTPUT|POSTROUTING) .*-j CNI-HOSTPORT-/.test(l)) text.push('-D' + l.slice(2));
-  for (const chain of ['CNI-HOSTPORT-DNAT', 'CNI-HOSTPORT-SETMARK', 'CNI-HOSTPORT-MASQ']) {
-    if (lines.includes(`:${chain} - [0:0]`)) text.push(`-F ${chain}`, `-X ${chain}`);
-  }
-  text.push('COMMIT', '');
-  await iptablesRestore(text.join('\n'));
-}
 
 interface CniNet {
   tag: string;

@@ -295,3 +295,17 @@ export async function udpEchoLayer(): Promise<Layer> {
     await fs.rm(dir, { recursive: true, force: true });
   }
 }
+
+/** portmap's node-wide chains, once no pod uses them. */
+export async function removePortmapChains(): Promise<void> {
+  const save = await iptablesSaveText();
+  const lines = save.split('\n');
+  if (lines.some((l) => l.startsWith('-A CNI-HOSTPORT-DNAT ') && l.includes('CNI-DN-'))) return;
+  const text = ['*nat'];
+  for (const l of lines) if (/^-A (PREROUTING|OUTPUT|POSTROUTING) .*-j CNI-HOSTPORT-/.test(l)) text.push('-D' + l.slice(2));
+  for (const chain of ['CNI-HOSTPORT-DNAT', 'CNI-HOSTPORT-SETMARK', 'CNI-HOSTPORT-MASQ']) {
+    if (lines.includes(`:${chain} - [0:0]`)) text.push(`-F ${chain}`, `-X ${chain}`);
+  }
+  text.push('COMMIT', '');
+  await iptablesRestore(text.join('\n'));
+}

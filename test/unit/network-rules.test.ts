@@ -1,7 +1,7 @@
 import test from 'ava';
 import { BerthError } from '../../src/errors.js';
 import { clash, HostPortTable, hostPortsOf, portRequest } from '../../src/network/hostports.js';
-import { baseRules, chainsFor, deletePodRules, parseSave, podOfRule, podRules, removeAll } from '../../src/network/rules.js';
+import { baseRules, chainsFor, deletePodRules, parseSave, podOfRule, podRules, reassertRules, removeAll, ruleDrift } from '../../src/network/rules.js';
 import { defaultRouteDevice, parseProcRoutes, routeCollision } from '../../src/network/routes.js';
 import { parseCidr } from '../../src/network/cidr.js';
 import { chainPrefixFor } from '../../src/network/index.js';
@@ -178,4 +178,57 @@ test('names: veths, chain prefixes, pod CIDRs from kubelet', (t) => {
   t.deepEqual(ipv4PodCidr('10.244.1.0/24'), parseCidr('10.244.1.0/24'));
   t.deepEqual(ipv4PodCidr('fd00::/64,10.244.1.0/24'), parseCidr('10.244.1.0/24'));
   t.is(ipv4PodCidr('fd00::/64'), undefined);
+});
+
+test('rule drift: read from iptables-save as it prints rules; nothing missing when all is there, each missing piece named', (t) => {
+  // What iptables-save (nf_tables) prints after berth's start batch and one pod with a hostPort.
+  const full = `*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:BERTH-HOSTPORTS - [0:0]
+:BERTH-POSTROUTING - [0:0]
+:OTHER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -m comment --comment "berth hostPorts" -j BERTH-HOSTPORTS
+-A OUTPUT -m addrtype --dst-type LOCAL -m comment --comment "berth hostPorts" -j BERTH-HOSTPORTS
+-A POSTROUTING -m comment --comment "berth masquerade" -j BERTH-POSTROUTING
+-A BERTH-HOSTPORTS -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -m comment --comment "berth-pod:${POD}" -j DNAT --to-destination 10.86.0.2:80
+-A BERTH-POSTROUTING -s 127.0.0.0/8 -o berth0 -m comment --comment "berth: node to hostPort via loopback" -j MASQUERADE
+-A BERTH-POSTROUTING -s 10.86.0.0/16 -d 10.86.0.0/16 -m conntrack --ctstate DNAT -m comment --comment "berth: hairpin" -j MASQUERADE
+-A BERTH-POSTROUTING -s 10.86.0.0/16 ! -d 10.86.0.0/16 -m comment --comment "berth: pod traffic leaving the subnet" -j MASQUERADE
+-A OTHER -j RETURN
+COMMIT
+*filter
+:FORWARD ACCEPT [0:0]
+:BERTH-FORWARD - [0:0]
+-A FORWARD -m comment --comment "berth forward" -j BERTH-FORWARD
+-A BERTH-FORWARD -o berth0 -m comment --comment "berth: to pods" -j ACCEPT
+-A BERTH-FORWARD -i berth0 -m comment --comment "berth: from pods" -j ACCEPT
+COMMIT
+`;
+  const pods = new Map([[POD, { ip: '10.86.0.2', ports: [{ protocol: 'tcp' as const, hostPort: 8080, containerPort: 80, hostIp: '127.0.0.1' }] }]]);
+  const input = { chains, subnets: ['10.86.0.0/16'], pods };
+  t.deepEqual(ruleDrift({ ...input, saved: parseSave(full) }), []);
+
+  const without = (pred: (l: string) => boolean) => parseSave(full.split('\n').filter((l) => !pred(l)).join('\n'));
+  t.deepEqual(ruleDrift({ ...input, saved: without((l) => l.includes('--dport 8080')) }), [`hostPort rule of pod ${POD} (8080/tcp)`]);
+  t.deepEqual(ruleDrift({ ...input, saved: without((l) => l.startsWith('-A OUTPUT')) }), ['jump nat OUTPUT -> BERTH-HOSTPORTS']);
+  t.deepEqual(ruleDrift({ ...input, saved: without((l) => l.includes('hairpin')) }), ['rules of nat BERTH-POSTROUTING']);
+  t.deepEqual(ruleDrift({ ...input, saved: without((l) => l.includes('BERTH-FORWARD')) }), ['chain filter BERTH-FORWARD', 'jump filter FORWARD -> BERTH-FORWARD']);
+  // A flushing reload of nat: all of berth's nat chains, jumps and pod rules; the neighbour's chain is not berth's business.
+  const flushed = without((l) => l.includes('BERTH-') && !l.includes('FORWARD'));
+  const drift = ruleDrift({ ...input, saved: flushed });
+  t.deepEqual(drift, [
+    'chain nat BERTH-HOSTPORTS',
+    'chain nat BERTH-POSTROUTING',
+    'jump nat PREROUTING -> BERTH-HOSTPORTS',
+    'jump nat OUTPUT -> BERTH-HOSTPORTS',
+    'jump nat POSTROUTING -> BERTH-POSTROUTING',
+    `hostPort rules of pod ${POD}`,
+  ]);
+  const batch = reassertRules({ chains, bridge: 'berth0', subnets: ['10.86.0.0/16'], saved: flushed, livePods: new Set([POD]), pods, drift }).split('\n');
+  t.true(batch.indexOf(':BERTH-HOSTPORTS - [0:0]') < batch.findIndex((l) => l.startsWith('-A BERTH-HOSTPORTS ')), 'the chain is declared before the pod rule goes in');
+  t.true(batch.includes(`-A BERTH-HOSTPORTS -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -m comment --comment "berth-pod:${POD}" -j DNAT --to-destination 10.86.0.2:80`));
+  t.false(batch.some((l) => l.includes('OTHER')), 'the neighbour\'s chain is never in berth\'s batch');
+  t.is(batch.filter((l) => l === 'COMMIT').length, 2);
 });
