@@ -116,7 +116,15 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
         await new Promise((r) => (wake = setTimeout(r, Math.max(at - Date.now(), 0))));
         if (Date.now() >= end - 5000) break;
         const signal: NodeJS.Signals = i % 2 === 0 ? 'SIGTERM' : 'SIGKILL';
-        const r = await sup!.restart(signal);
+        let r;
+        try {
+          r = await sup!.restart(signal);
+        } catch (err) {
+          tally.add(err, 'restart');
+          progress(`restart ${i + 1} by ${signal} failed: ending the soak`);
+          end = Date.now();
+          break;
+        }
         progress(`restart ${i + 1} by ${signal}: berth was at ${r.rssKiB} KiB, served again after ${r.downMs} ms (pid ${sup!.berth.child.pid})`);
         for (const res of residents) await checkResident(w, res);
       }
@@ -128,7 +136,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     for (const res of residents) await checkResident(w, res);
     progress(`${cycles} cycles done; tearing down`);
 
-    const b = await sup.ready();
+    const b = await sup.revive();
     const rssEnd = await rssKiB(b.child.pid);
     const leaks: string[] = [];
     try {

@@ -31,6 +31,8 @@ export class Supervisor {
   private current: BerthProcess;
   private generation = 0;
   private restarting: Promise<void> | undefined;
+  /** Why berth did not come back from a restart: every later call fails with it, as a soak error. */
+  private broken: Error | undefined;
   readonly restarts: RestartRecord[] = [];
 
   private constructor(
@@ -48,6 +50,14 @@ export class Supervisor {
     return this.current;
   }
 
+  /** After a failed restart: one more try, so that the soak's pods can still be torn down through berth. */
+  async revive(): Promise<BerthProcess> {
+    if (!this.broken) return this.ready();
+    this.current = await startBerth({ ...this.opts, dir: this.current.dir });
+    this.broken = undefined;
+    return this.current;
+  }
+
   /** Waits until no restart is under way. */
   async ready(): Promise<BerthProcess> {
     while (this.restarting) await this.restarting;
@@ -60,6 +70,7 @@ export class Supervisor {
    */
   async call<T>(rpc: string, send: (b: BerthProcess) => Promise<T>): Promise<T> {
     const b = await this.ready();
+    if (this.broken) throw this.broken;
     const generation = this.generation;
     try {
       return await send(b);
@@ -82,7 +93,12 @@ export class Supervisor {
       const began = Date.now();
       await old.stop(signal);
       this.generation++;
-      this.current = await startBerth({ ...this.opts, dir: old.dir });
+      try {
+        this.current = await startBerth({ ...this.opts, dir: old.dir });
+      } catch (err) {
+        this.broken = new Error(`berth did not serve again after ${signal}: ${(err as Error).message}`);
+        throw this.broken;
+      }
       const record = { signal, rssKiB: rss, downMs: Date.now() - began };
       this.restarts.push(record);
       return record;
