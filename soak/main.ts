@@ -99,9 +99,11 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     progress(`berth ${first.child.pid} serving under ${first.dir}: ${opts.minutes} min, ${opts.workers} workers, ${opts.residents} residents, a restart every ${opts.restartEverySeconds} s`);
 
     let end = Date.now() + opts.minutes * 60_000;
+    let wakeRestarter = () => {};
     const interrupt = () => {
       progress('interrupted: finishing the cycles under way, then the teardown');
       end = Date.now();
+      wakeRestarter();
     };
     process.once('SIGINT', interrupt);
     const tally = new Tally();
@@ -110,10 +112,15 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     for (let i = 0; i < opts.residents; i++) residents.push(await startResident(w));
 
     const restarter = (async () => {
-      let wake: NodeJS.Timeout | undefined;
       for (let i = 0; ; i++) {
         const at = Math.min(Date.now() + opts.restartEverySeconds * 1000, end);
-        await new Promise((r) => (wake = setTimeout(r, Math.max(at - Date.now(), 0))));
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, Math.max(at - Date.now(), 0));
+          wakeRestarter = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
         if (Date.now() >= end - 5000) break;
         const signal: NodeJS.Signals = i % 2 === 0 ? 'SIGTERM' : 'SIGKILL';
         let r;
@@ -128,7 +135,6 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
         progress(`restart ${i + 1} by ${signal}: berth was at ${r.rssKiB} KiB, served again after ${r.downMs} ms (pid ${sup!.berth.child.pid})`);
         for (const res of residents) await checkResident(w, res);
       }
-      clearTimeout(wake);
     })();
     const cycles = (await Promise.all(Array.from({ length: opts.workers }, (_, i) => runWorker(w, `w${i}`)))).reduce((a, b) => a + b, 0);
     await restarter;

@@ -11,6 +11,17 @@ export class RestartInterrupted extends Error {
   }
 }
 
+/** berth's own answer to an RPC was an error (not a restart's doing). */
+export class RpcFailed extends Error {
+  readonly code: number | undefined;
+
+  constructor(readonly rpc: string, cause: unknown) {
+    super(`${rpc}: ${(cause as Error)?.message ?? String(cause)}`);
+    const code = (cause as { code?: unknown })?.code;
+    this.code = typeof code === 'number' ? code : undefined;
+  }
+}
+
 export interface RestartRecord {
   signal: NodeJS.Signals;
   /** berth's resident memory just before it was stopped. */
@@ -66,7 +77,7 @@ export class Supervisor {
 
   /**
    * Runs one RPC against the current berth. A failure while a restart is under way, or after one began since the
-   * call was sent, is a RestartInterrupted (the caller reconciles, as kubelet would); any other failure is rethrown.
+   * call was sent, is a RestartInterrupted (the caller reconciles, as kubelet would); any other is an RpcFailed.
    */
   async call<T>(rpc: string, send: (b: BerthProcess) => Promise<T>): Promise<T> {
     const b = await this.ready();
@@ -78,7 +89,7 @@ export class Supervisor {
       if (this.restarting || this.generation !== generation || b.child.exitCode !== null || b.child.signalCode !== null) {
         throw new RestartInterrupted(rpc, err);
       }
-      throw err;
+      throw new RpcFailed(rpc, err);
     }
   }
 

@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { containerConfig, podConfig } from '../test/helpers/cri.js';
 import { waitFor } from '../test/helpers/util.js';
 import type { PodSandboxConfig } from '../src/gen/runtime/v1/PodSandboxConfig.js';
-import { RestartInterrupted, type Supervisor } from './supervisor.js';
+import { RestartInterrupted, RpcFailed, type Supervisor } from './supervisor.js';
 
 // What the soak does to berth: workers cycling pods through their whole life (run, two containers, an exec probe,
 // the logs read back, an exit code seen, stop, remove), and resident pods that live through every restart and must
@@ -23,8 +23,10 @@ export class Tally {
       this.interrupted.set(err.rpc, (this.interrupted.get(err.rpc) ?? 0) + 1);
       return;
     }
-    const code = (err as grpc.ServiceError)?.code;
-    const kind = typeof code === 'number' ? `${where}: ${grpc.status[code] ?? code}` : `${where}: ${err instanceof CheckFailed ? 'check failed' : 'error'}`;
+    let kind: string;
+    if (err instanceof RpcFailed) kind = `${where}: ${err.rpc} ${err.code === undefined ? 'failed' : (grpc.status[err.code] ?? err.code)}`;
+    else if (err instanceof CheckFailed) kind = `${where}: check failed`;
+    else kind = `${where}: ${(err as Error)?.name ?? 'error'}`;
     this.unexpected.set(kind, (this.unexpected.get(kind) ?? 0) + 1);
     if (this.samples.length < 10) this.samples.push(`${where}: ${(err as Error)?.message ?? String(err)}`);
   }
@@ -132,7 +134,7 @@ export async function runWorker(w: Workload, worker: string): Promise<number> {
       await cycle(w, worker, n);
       completed++;
     } catch (err) {
-      w.tally.add(err, err instanceof CheckFailed ? 'cycle' : (err as RestartInterrupted).rpc ?? 'cycle');
+      w.tally.add(err, 'cycle');
       await reconcile(w, worker);
     }
   }
