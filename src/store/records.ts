@@ -67,8 +67,12 @@ export class RecordStore<T extends StoredRecord> {
         continue;
       }
       const version = record.version ?? 1;
-      if (!Number.isInteger(version) || version < 1 || version > RECORD_VERSION) {
-        throw failedPrecondition(`${file}: record version ${JSON.stringify(record.version)} is newer than this berth knows (${RECORD_VERSION}); upgrade berth or restore the file`);
+      // Refused, not skipped: a skipped record's directory would be an orphan, and orphans are removed.
+      if (Number.isInteger(version) && version > RECORD_VERSION) {
+        throw failedPrecondition(`${file}: record version ${version} is newer than this berth knows (${RECORD_VERSION}); upgrade berth or restore the file`);
+      }
+      if (!Number.isInteger(version) || version < 1) {
+        throw failedPrecondition(`${file}: record version ${JSON.stringify(record.version)} is not a version (1 to ${RECORD_VERSION}); restore the file`);
       }
       const loaded = deepFreeze({ ...record, version });
       this.live.set(id, loaded);

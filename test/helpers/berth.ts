@@ -68,6 +68,8 @@ export interface StartOptions {
   env?: Record<string, string>;
   /** --log-level given to berth; null gives none, so that the config file's log.level applies. */
   logLevel?: string | null;
+  /** Another build's bin/berth (the upgrade test's previous release); default: this checkout's. */
+  launcher?: string;
 }
 
 /**
@@ -99,7 +101,7 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
   if (opts.logLevel !== null) args.push('--log-level', opts.logLevel ?? 'debug');
   if (config !== undefined) args.push('--config', configFile);
   args.push(...(opts.extraArgs ?? []));
-  const child = spawn(LAUNCHER, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  const child = spawn(opts.launcher ?? LAUNCHER, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   const logs: string[] = [];
   const waiters: { predicate: (e: Record<string, unknown>) => boolean; resolve: (e: Record<string, unknown>) => void }[] = [];
   const onLine = (line: string) => {

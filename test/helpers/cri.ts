@@ -143,3 +143,21 @@ export async function stateLeftovers(s: BerthState, owned: string[] = []): Promi
   }
   return problems;
 }
+
+/**
+ * `berth doctor --json` (this checkout's) of a stopped berth's root: the orphans it lists (logged by the caller),
+ * or why it gave no answer to trust (a check it skipped, no report at all).
+ */
+export function doctorOrphans(b: { dir: string; root: string; stateDir: string; socket: string }, launcher: string): Promise<unknown[] | string> {
+  const args = ['doctor', '--json', '--root', b.root, '--state-dir', b.stateDir, '--socket', b.socket, '--config', path.join(b.dir, 'config.toml')];
+  return new Promise((resolve) => {
+    execFile(launcher, args, { timeout: 60_000 }, (err, stdout, stderr) => {
+      try {
+        const report = JSON.parse(stdout) as { orphans: unknown[]; skipped: string[] };
+        resolve(report.skipped.length > 0 ? `doctor skipped checks: ${report.skipped.join('; ')}` : report.orphans);
+      } catch {
+        resolve(`doctor gave no report (${err?.message ?? 'no error'}): ${stderr.trim()}`);
+      }
+    });
+  });
+}

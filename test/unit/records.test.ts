@@ -94,6 +94,20 @@ test('records without a version load as version 1; a newer version fails the loa
   const err = await t.throwsAsync(fresh.loadAll());
   t.true(err?.message.includes(path.join(dir, 'new', 'rec.json')));
   t.regex(err?.message ?? '', /newer than this berth knows/);
+  t.is(JSON.parse(await fs.readFile(path.join(dir, 'new', 'rec.json'), 'utf8')).version, RECORD_VERSION + 1, 'the newer record is left as it was');
+});
+
+test('a record whose version is not a version fails the load naming its file, and is left as it was', async (t) => {
+  for (const version of [0, -1, 1.5, '2']) {
+    const { dir, store } = await tempStore(t);
+    await fs.mkdir(path.join(dir, 'odd'));
+    const text = JSON.stringify({ id: 'odd', version, state: 'RUNNING', tags: [] });
+    await fs.writeFile(path.join(dir, 'odd', 'rec.json'), text);
+    const err = await t.throwsAsync(store.loadAll(), undefined, `version ${JSON.stringify(version)}`);
+    t.true(err?.message.includes(path.join(dir, 'odd', 'rec.json')));
+    t.regex(err?.message ?? '', /is not a version/);
+    t.is(await fs.readFile(path.join(dir, 'odd', 'rec.json'), 'utf8'), text);
+  }
 });
 
 test('delete removes the record from disk and memory', async (t) => {
