@@ -129,6 +129,8 @@ export function podStatsToProto(p: PodUsage, attempt: number): PodSandboxStats {
  * reading them for 200 cgroups per call was most of a ListPodSandboxStats.
  */
 export const CRI_STATS_PARTS: UsageParts = { memoryLimit: true, pids: true, psi: true };
+/** A ContainerStats has no process count: its pids.current is not read. */
+export const CRI_CONTAINER_STATS_PARTS: UsageParts = { memoryLimit: true, psi: true };
 
 /** What the metric labels need beyond the usage records (kubelet's cAdvisor labels name the image). */
 export interface StatsLookups {
@@ -143,19 +145,20 @@ export function statsHandlers(stats: StatsService, lookups: StatsLookups, log: L
   type PodStatsFilter = { id?: string; label_selector?: Record<string, string> } | null | undefined;
   // The List RPCs and their CRI 1.37 streaming twins send the same items.
   const listContainerStats = async (f: ContainerStatsFilter) =>
-    (await stats.containers({ containerId: f?.id || undefined, podSandboxId: f?.pod_sandbox_id || undefined, labels: f?.label_selector }, CRI_STATS_PARTS)).map((c) => containerStatsToProto(c));
-  const listPodStats = async (f: PodStatsFilter) => (await stats.pods({ podSandboxId: f?.id || undefined, labels: f?.label_selector }, CRI_STATS_PARTS)).map(pod);
+    (await stats.containers({ containerId: f?.id || undefined, podSandboxId: f?.pod_sandbox_id || undefined, labels: f?.label_selector }, CRI_CONTAINER_STATS_PARTS)).map((c) => containerStatsToProto(c));
+  const listPodStats = async (f: PodStatsFilter) =>
+    (await stats.pods({ podSandboxId: f?.id || undefined, labels: f?.label_selector }, CRI_STATS_PARTS, CRI_CONTAINER_STATS_PARTS)).map(pod);
   // cAdvisor's series include block I/O and the OOM count: everything is read.
   const listPodMetrics = async () => (await stats.pods()).map((p) => podMetrics(p, lookups.imageOf));
   return {
     ContainerStats: h('ContainerStats', async (req) => {
-      const usage = await stats.container(requireId(req.container_id, 'container_id', 'ContainerStats'), CRI_STATS_PARTS);
+      const usage = await stats.container(requireId(req.container_id, 'container_id', 'ContainerStats'), CRI_CONTAINER_STATS_PARTS);
       return { stats: containerStatsToProto(usage) };
     }),
     ListContainerStats: h('ListContainerStats', async (req) => ({ stats: await listContainerStats(req.filter) })),
     StreamContainerStats: pagedStream('StreamContainerStats', log, (req) => listContainerStats(req.filter), (container_stats) => ({ container_stats }), observe),
     PodSandboxStats: h('PodSandboxStats', async (req) => {
-      const usage = await stats.pod(requireId(req.pod_sandbox_id, 'pod_sandbox_id', 'PodSandboxStats'), CRI_STATS_PARTS);
+      const usage = await stats.pod(requireId(req.pod_sandbox_id, 'pod_sandbox_id', 'PodSandboxStats'), CRI_STATS_PARTS, CRI_CONTAINER_STATS_PARTS);
       return { stats: pod(usage) };
     }),
     ListPodSandboxStats: h('ListPodSandboxStats', async (req) => ({ stats: await listPodStats(req.filter) })),

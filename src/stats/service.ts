@@ -97,11 +97,14 @@ export class StatsService implements UsageSource {
     return this.containerUsage(c, pod, parts);
   }
 
-  /** One pod's usage with its containers'; NOT_FOUND for an id that matches none. */
-  async pod(id: string, parts?: UsageParts): Promise<PodUsage> {
+  /**
+   * One pod's usage with its containers'; NOT_FOUND for an id that matches none. `containerParts` (by default
+   * `parts`) is what is read of its containers' cgroups.
+   */
+  async pod(id: string, parts?: UsageParts, containerParts = parts): Promise<PodUsage> {
     const p = this.ports.findPod(id);
     if (!p) throw notFound(`pod sandbox "${id}" not found`);
-    return this.podUsage(p, this.ports.containers().filter((c) => c.podSandboxId === p.id), parts);
+    return this.podUsage(p, this.ports.containers().filter((c) => c.podSandboxId === p.id), parts, containerParts);
   }
 
   async containers(filter: ContainerFilter = {}, parts?: UsageParts): Promise<ContainerUsage[]> {
@@ -117,14 +120,14 @@ export class StatsService implements UsageSource {
     return mapYielding(chosen, (c) => this.containerUsage(c, pods.get(c.podSandboxId), parts));
   }
 
-  async pods(filter: { podSandboxId?: string; labels?: Record<string, string> } = {}, parts?: UsageParts): Promise<PodUsage[]> {
+  async pods(filter: { podSandboxId?: string; labels?: Record<string, string> } = {}, parts?: UsageParts, containerParts = parts): Promise<PodUsage[]> {
     const pods = this.ports.pods();
     const containers = this.ports.containers();
     this.forgetAllBut([...containers.map((c) => c.id), ...pods.map((p) => p.id)]);
     const chosen = pods.filter((p) => (!filter.podSandboxId || p.id.startsWith(filter.podSandboxId)) && labelsMatch(p.labels, filter.labels));
     const byPod = new Map<string, StatsContainer[]>();
     for (const c of containers) byPod.set(c.podSandboxId, [...(byPod.get(c.podSandboxId) ?? []), c]);
-    return mapYielding(chosen, (p) => this.podUsage(p, byPod.get(p.id) ?? [], parts));
+    return mapYielding(chosen, (p) => this.podUsage(p, byPod.get(p.id) ?? [], parts, containerParts));
   }
 
   private async containerUsage(c: StatsContainer, pod: StatsPod | undefined, parts: UsageParts | undefined): Promise<ContainerUsage> {
@@ -149,14 +152,14 @@ export class StatsService implements UsageSource {
     };
   }
 
-  private async podUsage(p: StatsPod, containers: StatsContainer[], parts: UsageParts | undefined): Promise<PodUsage> {
+  private async podUsage(p: StatsPod, containers: StatsContainer[], parts: UsageParts | undefined, containerParts: UsageParts | undefined): Promise<PodUsage> {
     const [own, interfaces, containerUsage] = await Promise.all([
       this.sample(p.id, p.cgroupPath, parts, { podSandboxId: p.id }, p.netSysDir),
       p.netSysDir ? this.ports.readInterfaces(p.netSysDir).catch((err) => {
         this.ports.log.warn('cannot read the pod network counters', { podSandboxId: p.id, err });
         return undefined;
       }) : undefined,
-      Promise.all(containers.map((c) => this.containerUsage(c, p, parts))),
+      Promise.all(containers.map((c) => this.containerUsage(c, p, containerParts))),
     ]);
     const identity: Identity & { namespace: string; uid: string } = {
       id: p.id, name: p.name, labels: p.labels, annotations: p.annotations, namespace: p.namespace, uid: p.uid,
