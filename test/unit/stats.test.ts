@@ -14,6 +14,7 @@ import { dirUsage } from '../../src/kernel/dir-usage.js';
 import { nanoCoresBetween, StatsService, type StatsContainer, type StatsPod, type StatsPorts } from '../../src/stats/service.js';
 import { WritableLayers } from '../../src/stats/writable-layers.js';
 import { containerStatsToProto, podStatsToProto } from '../../src/cri/stats.js';
+import { loadCri } from '../../src/cri/grpc.js';
 import { metricDescriptors, podMetrics } from '../../src/cri/stats-metrics.js';
 import { BerthError } from '../../src/errors.js';
 import { logger } from '../../src/log.js';
@@ -475,14 +476,20 @@ test('CRI rendering: absent counters stay absent; pod network default interface;
   const { ports } = fakes(samples, { now: 42n });
   const stats = new StatsService(ports);
   const c1 = containerStatsToProto(await stats.container('c1'));
-  t.deepEqual(c1.cpu, { timestamp: '42', usage_core_nano_seconds: { value: 7 }, usage_nano_cores: undefined });
+  t.deepEqual(c1.cpu, { timestamp: '42', usage_core_nano_seconds: { value: 7 }, usage_nano_cores: undefined, psi: undefined });
   t.is(c1.memory, undefined);
+  // Absent parts are undefined fields of one object shape: on the wire they are absent (null once decoded).
+  const method = loadCri().runtime.v1.RuntimeService.service.ContainerStats;
+  const decoded = method.responseDeserialize(method.responseSerialize({ stats: c1 })) as { stats: typeof c1 };
+  t.like(decoded.stats.cpu, { timestamp: '42', usage_core_nano_seconds: { value: '7' }, usage_nano_cores: null, psi: null });
+  t.is(decoded.stats.memory, null);
+  t.is(decoded.stats.io, null);
   t.deepEqual(c1.writable_layer?.used_bytes, { value: 4096 });
   t.deepEqual(c1.attributes?.metadata, { name: 'app', attempt: 2 });
   samples.set('/pod/c1', { cpu: { usageNanoSeconds: 7n }, psi: { cpu: { some: { avg10: 1.5, avg60: 0, avg300: 0, totalMicroseconds: 12n } }, io: { some: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 3n }, full: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 1n } } } });
   const withPsi = containerStatsToProto(await stats.container('c1'));
   // PsiData.Total is nanoseconds; the kernel's files say microseconds.
-  t.deepEqual(withPsi.cpu?.psi, { Some: { Total: 12000, Avg10: 1.5, Avg60: 0, Avg300: 0 } });
+  t.deepEqual(withPsi.cpu?.psi, { Some: { Total: 12000, Avg10: 1.5, Avg60: 0, Avg300: 0 }, Full: undefined });
   t.deepEqual(withPsi.io?.psi?.Full, { Total: 1000, Avg10: 0, Avg60: 0, Avg300: 0 });
   t.is(c1.io, undefined);
   // Counters past 2^53 go to protobufjs as decimal strings, exact.
