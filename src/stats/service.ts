@@ -4,7 +4,7 @@
 // it) and the last sample read, which stands in once a container's cgroup is gone (an exited container).
 import { notFound } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { CgroupPressure, CgroupSample } from '../kernel/cgroup-stats.js';
+import type { CgroupSample } from '../kernel/cgroup-stats.js';
 import type { InterfaceCounters } from '../kernel/netdev-stats.js';
 import type { CachedLayerUsage } from './writable-layers.js';
 import type { ContainerUsage, CpuUsage, Identity, MemoryUsage, PodRef, PodUsage, Pressure, UsageParts, UsageSource } from './types.js';
@@ -86,7 +86,7 @@ export class StatsService implements UsageSource {
   private readonly now: () => bigint;
 
   constructor(private readonly ports: StatsPorts) {
-    this.now = ports.now ?? (() => BigInt(Date.now()) * 1_000_000n);
+    this.now = ports.now ?? wallClockNs();
   }
 
   /** One container's usage; NOT_FOUND for an id that matches none. */
@@ -239,6 +239,20 @@ export class StatsService implements UsageSource {
   }
 }
 
+/** Unix nanoseconds at millisecond resolution; the readings of one millisecond share one bigint. */
+function wallClockNs(): () => bigint {
+  let ms = -1;
+  let ns = 0n;
+  return () => {
+    const now = Date.now();
+    if (now !== ms) {
+      ms = now;
+      ns = BigInt(now) * 1_000_000n;
+    }
+    return ns;
+  };
+}
+
 // The adapters read cgroupfs synchronously (microseconds a file): let other work in between every few cgroups.
 const YIELD_EVERY = 8;
 
@@ -288,14 +302,10 @@ function usageParts(s: CgroupSample, timestampNs: bigint, nanoCores: number | un
     }
     out.memory = memory;
   }
-  if (s.pids) out.pids = { ...s.pids };
-  if (s.io) out.io = { timestampNs, ...s.io };
-  if (s.psi) {
-    const psi: NonNullable<ContainerUsage['psi']> = {};
-    for (const k of ['cpu', 'memory', 'io'] as const) if (s.psi[k]) psi[k] = pressure(s.psi[k]!);
-    out.psi = psi;
-  }
+  // Each reading is a fresh object, never changed once made: the records share its parts (a remembered sample
+  // of a vanished cgroup too).
+  if (s.pids) out.pids = s.pids;
+  if (s.io) out.io = { timestampNs, readBytes: s.io.readBytes, writeBytes: s.io.writeBytes };
+  if (s.psi) out.psi = s.psi as { cpu?: Pressure; memory?: Pressure; io?: Pressure };
   return out;
 }
-
-const pressure = (p: CgroupPressure): Pressure => ({ some: { ...p.some }, ...(p.full ? { full: { ...p.full } } : {}) });
