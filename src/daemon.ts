@@ -300,7 +300,16 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     log: statsLog,
   });
   layers.start();
-  const statsContainer = (c: Readonly<ContainerRecord>): StatsContainer => ({
+  // Every stats list maps every record: records are frozen and replaced on change, so each one's view is made once.
+  const views = new WeakMap<object, StatsContainer | StatsPod>();
+  const viewOf = <R extends object, V extends StatsContainer | StatsPod>(record: R, make: (r: R) => V): V => {
+    let view = views.get(record) as V | undefined;
+    if (!view) views.set(record, (view = make(record)));
+    return view;
+  };
+  const statsContainer = (c: Readonly<ContainerRecord>): StatsContainer => viewOf(c, containerView);
+  const statsPod = (p: Readonly<SandboxRecord>): StatsPod => viewOf(p, podView);
+  const containerView = (c: Readonly<ContainerRecord>): StatsContainer => ({
     id: c.id,
     podSandboxId: c.sandboxId,
     name: c.config.metadata.name,
@@ -309,7 +318,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     annotations: c.config.annotations,
     cgroupPath: c.cgroup.path,
   });
-  const statsPod = (p: Readonly<SandboxRecord>): StatsPod => ({
+  const podView = (p: Readonly<SandboxRecord>): StatsPod => ({
     id: p.id,
     name: p.config.metadata.name,
     namespace: p.config.metadata.namespace,

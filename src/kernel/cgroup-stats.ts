@@ -140,22 +140,23 @@ function pressureLine(text: string, prefix: 'some ' | 'full '): PressureSample |
   if (at < 0) return undefined;
   let end = text.indexOf('\n', at);
   if (end < 0) end = text.length;
-  const field = (name: string): string | undefined => {
-    const key = ` ${name}=`;
-    const from = text.indexOf(key, at);
-    if (from < 0 || from >= end) return undefined;
-    let to = text.indexOf(' ', from + key.length);
-    if (to < 0 || to > end) to = end;
-    return text.slice(from + key.length, to).trim();
-  };
-  const total = field('total');
+  const total = pressureField(text, ' total=', at, end);
   if (total === undefined || !DIGITS.test(total)) return undefined;
   return {
-    avg10: Number(field('avg10') ?? 0),
-    avg60: Number(field('avg60') ?? 0),
-    avg300: Number(field('avg300') ?? 0),
+    avg10: Number(pressureField(text, ' avg10=', at, end) ?? 0),
+    avg60: Number(pressureField(text, ' avg60=', at, end) ?? 0),
+    avg300: Number(pressureField(text, ' avg300=', at, end) ?? 0),
     totalMicroseconds: BigInt(total),
   };
+}
+
+/** The text after ` key=` up to the next space, within [at, end) of a pressure line. */
+function pressureField(text: string, key: string, at: number, end: number): string | undefined {
+  const from = text.indexOf(key, at);
+  if (from < 0 || from >= end) return undefined;
+  let to = text.indexOf(' ', from + key.length);
+  if (to < 0 || to > end) to = end;
+  return text.slice(from + key.length, to).trim();
 }
 
 /** v2 io.stat: "MAJ:MIN rbytes=N wbytes=N rios=N wios=N dbytes=N dios=N" per device, summed. */
@@ -250,11 +251,14 @@ export class CgroupStatsReader {
 
   /** The cgroup's directory in each hierarchy, by cgroup path: joined once, not at every read. */
   private readonly dirs = new Map<string, Partial<Record<Controller | 'unified', string>>>();
+  /** Each cgroup's files by name (`~name` for the cgroup2 tree's own, as cpu.stat may be in both). */
+  private readonly paths = new Map<string, Map<string, string>>();
 
   /** Closes the files kept open for the cgroup: call once it is gone or no longer read. */
   release(cgPath: string): void {
     this.files.release(cgPath);
     this.dirs.delete(cgPath);
+    this.paths.delete(cgPath);
   }
 
   private dirsOf(cgPath: string): Partial<Record<Controller | 'unified', string>> {
@@ -280,7 +284,15 @@ export class CgroupStatsReader {
     const { memory: memDir, cpu: cpuDir, pids: pidsDir, cpuacct: acct, unified } = dirs;
     const memV2 = controllers.memory?.version === 2;
     const cpuV2 = controllers.cpu?.version === 2;
-    const read = (dir: string | undefined, name: string) => (dir ? this.files.read(cgPath, `${dir}/${name}`) : undefined);
+    const paths = (this.paths.get(cgPath) ?? this.paths.set(cgPath, new Map()).get(cgPath))!;
+    // The file's path joined once per cgroup: a list of 100 pods reads ~1,400 files.
+    const read = (dir: string | undefined, name: string) => {
+      if (!dir) return undefined;
+      const key = dir === unified ? `~${name}` : name;
+      let file = paths.get(key);
+      if (!file) paths.set(key, (file = `${dir}/${name}`));
+      return this.files.read(cgPath, file);
+    };
     // v2 accounts CPU time in the core cpu.stat, present even where the cpu controller is not enabled.
     const acctUsage = acct ? read(acct, 'cpuacct.usage') : undefined;
     const unifiedCpuStat = acct ? undefined : read(unified, 'cpu.stat');
@@ -325,9 +337,21 @@ export class CgroupStatsReader {
     if (parts.psi && unified) {
       // Pressure files exist from the moment the cgroup2 directory does, or never: a container cgroup berth did
       // not make in the cgroup2 tree (a v1 host where that tree holds no controller berth uses) never has them.
-      const pressure = (name: string) => parsePressure(this.files.read(cgPath, `${unified}/${name}`, true));
-      const psi = { cpu: pressure('cpu.pressure'), memory: pressure('memory.pressure'), io: pressure('io.pressure') };
-      if (psi.cpu || psi.memory || psi.io) sample.psi = dropUndefined(psi);
+      const pressure = (name: string) => {
+        let file = paths.get(name);
+        if (!file) paths.set(name, (file = `${unified}/${name}`));
+        return parsePressure(this.files.read(cgPath, file, true));
+      };
+      const cpu = pressure('cpu.pressure');
+      const memory = pressure('memory.pressure');
+      const io = pressure('io.pressure');
+      if (cpu || memory || io) {
+        const psi: NonNullable<CgroupSample['psi']> = {};
+        if (cpu) psi.cpu = cpu;
+        if (memory) psi.memory = memory;
+        if (io) psi.io = io;
+        sample.psi = psi;
+      }
     }
     return sample;
   }
@@ -345,6 +369,3 @@ function optional<K extends string, V>(key: K, value: V | undefined): Partial<Re
   return value === undefined ? {} : ({ [key]: value } as Record<K, V>);
 }
 
-function dropUndefined<T extends object>(o: T): T {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
-}

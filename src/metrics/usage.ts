@@ -1,9 +1,7 @@
-import { Counter, Gauge, Registry } from 'prom-client';
 import type { ContainerUsage, CpuUsage, MemoryUsage, PidsUsage, PodUsage, UsageParts, UsageSource } from '../stats/types.js';
 
-// The per-container and per-pod series of /metrics, read from the UsageSource when Prometheus scrapes (a collect
-// callback), never on a timer: a node nobody scrapes pays nothing. One scrape reads the source once; every family
-// of the scrape waits for that one read, which fills them all.
+// The per-container and per-pod series of /metrics, read from the UsageSource when Prometheus scrapes, never on a
+// timer: a node nobody scrapes pays nothing. One scrape reads the source once and renders every family from it.
 //
 // Names follow cAdvisor's where one exists (container_cpu_usage_seconds_total, container_memory_working_set_bytes,
 // container_oom_events_total, ...), the pod's the same with `pod_`; a limit's series and its usage-to-limit ratio
@@ -93,44 +91,33 @@ export const METRICS_PARTS: UsageParts = {
   cpuThrottling: true, cpuLimit: true, memoryLimit: true, oomKills: true, pids: true, pidsLimit: true,
 };
 
-type Series = Gauge<string> | Counter<string>;
-
-/** Registers the container and pod families on `registry`; they read `source` at each scrape. */
+/**
+ * Renders the container and pod families as Prometheus text at each scrape. They bypass prom-client's Gauge and
+ * Counter: those hash every label set into a map on set() and format each series label by label on output, which
+ * for the ~2,500 series of 100 pods was most of a scrape's CPU (bench/, "daemon CPU per scrape"). A series' label
+ * text is made once per container or pod and reused by every family and scrape while that container or pod lives.
+ */
 export class UsageMetrics {
-  private readonly containerSeries: [FamilySpec, Series][] = [];
-  private readonly podSeries: [FamilySpec, Series][] = [];
-  private readonly networkSeries: [(typeof NETWORK_FAMILIES)[number], Counter<string>][] = [];
-  private reading?: Promise<void>;
+  private reading?: Promise<string>;
+  private containerLabels = new Map<string, string>();
+  private podLabels = new Map<string, string>();
 
   constructor(
-    registry: Registry,
     private readonly source: () => UsageSource | undefined,
     private readonly onError: (err: unknown) => void,
-  ) {
-    const collect = () => this.refresh();
-    const make = (name: string, spec: Pick<FamilySpec, 'help' | 'type'>, labelNames: readonly string[]): Series => {
-      const config = { name, help: spec.help, labelNames: [...labelNames], registers: [registry], collect };
-      return spec.type === 'counter' ? new Counter(config) : new Gauge(config);
-    };
-    for (const spec of [...USAGE_FAMILIES, ...CONTAINER_ONLY]) this.containerSeries.push([spec, make(`container_${spec.name}`, spec, CONTAINER_LABELS)]);
-    for (const spec of [...USAGE_FAMILIES, ...POD_ONLY]) this.podSeries.push([spec, make(`pod_${spec.name}`, spec, POD_LABELS)]);
-    for (const spec of NETWORK_FAMILIES) {
-      this.networkSeries.push([spec, make(spec.name, { help: spec.help, type: 'counter' }, [...POD_LABELS, 'interface']) as Counter<string>]);
-    }
-  }
+  ) {}
 
   /**
-   * The read every family of one scrape shares: the registry calls every collect in one synchronous pass, so they
-   * all hold this promise before it settles; the next scrape reads again.
+   * The families' text for one scrape: the source is read once, and scrapes that overlap share that read.
    */
-  refresh(): Promise<void> {
+  scrape(): Promise<string> {
     if (!this.reading) {
       this.reading = this.read().finally(() => (this.reading = undefined));
     }
     return this.reading;
   }
 
-  private async read(): Promise<void> {
+  private async read(): Promise<string> {
     const source = this.source();
     let pods: PodUsage[] = [];
     if (source) {
@@ -141,32 +128,64 @@ export class UsageMetrics {
         this.onError(err);
       }
     }
-    this.fill(pods);
+    return this.render(pods);
   }
 
-  /** Replaces every series with those of `pods`: a container or pod gone since the last scrape has none. */
-  fill(pods: PodUsage[]): void {
-    for (const [, series] of [...this.containerSeries, ...this.podSeries, ...this.networkSeries]) series.reset();
+  /** Every family with the series of `pods`: a container or pod gone since the last scrape has none. */
+  render(pods: PodUsage[]): string {
+    const containerLabels = new Map<string, string>();
+    const podLabels = new Map<string, string>();
+    const containers: [ContainerUsage, string][] = [];
+    const podRows: [PodUsage, string][] = [];
     for (const pod of pods) {
-      const podLabels = { namespace: pod.pod.namespace, pod: pod.pod.name, pod_id: pod.pod.id };
-      set(this.podSeries, pod, podLabels);
-      for (const iface of pod.network?.interfaces ?? []) {
-        const labels = { ...podLabels, interface: iface.name };
-        for (const [spec, counter] of this.networkSeries) counter.inc(labels, Number(iface[spec.field]));
-      }
-      for (const container of pod.containers) {
-        const labels = { namespace: container.pod.namespace, pod: container.pod.name, container: container.container.name, container_id: container.container.id };
-        set(this.containerSeries, container, labels);
+      const id = pod.pod.id;
+      const labels = this.podLabels.get(id) ?? labelText([['namespace', pod.pod.namespace], ['pod', pod.pod.name], ['pod_id', id]]);
+      podLabels.set(id, labels);
+      podRows.push([pod, labels]);
+      for (const c of pod.containers) {
+        const cid = c.container.id;
+        const cLabels =
+          this.containerLabels.get(cid) ??
+          labelText([['namespace', c.pod.namespace], ['pod', c.pod.name], ['container', c.container.name], ['container_id', cid]]);
+        containerLabels.set(cid, cLabels);
+        containers.push([c, cLabels]);
       }
     }
+    this.containerLabels = containerLabels;
+    this.podLabels = podLabels;
+    let out = '';
+    for (const spec of [...USAGE_FAMILIES, ...CONTAINER_ONLY]) out += family(`container_${spec.name}`, spec, containers);
+    for (const spec of [...USAGE_FAMILIES, ...POD_ONLY]) out += family(`pod_${spec.name}`, spec, podRows);
+    for (const spec of NETWORK_FAMILIES) {
+      out += header(spec.name, spec.help, 'counter');
+      for (const [pod, labels] of podRows) {
+        for (const iface of pod.network?.interfaces ?? []) {
+          out += `${spec.name}{${labels},interface="${escapeLabelValue(iface.name)}"} ${Number(iface[spec.field])}\n`;
+        }
+      }
+    }
+    return out;
   }
 }
 
-function set(series: [FamilySpec, Series][], usage: Usage, labels: Record<string, string>): void {
-  for (const [spec, metric] of series) {
+function family<U extends Usage>(name: string, spec: FamilySpec, rows: [U, string][]): string {
+  let out = header(name, spec.help, spec.type);
+  for (const [usage, labels] of rows) {
     const value = spec.value(usage);
     if (value === undefined || !Number.isFinite(value)) continue;
-    if (metric instanceof Counter) metric.inc(labels, Math.max(0, value));
-    else metric.set(labels, value);
+    out += `${name}{${labels}} ${spec.type === 'counter' ? Math.max(0, value) : value}\n`;
   }
+  return out;
+}
+
+const header = (name: string, help: string, type: string) => `# HELP ${name} ${help.replace(/\\/g, '\\\\').replace(/\n/g, '\\n')}\n# TYPE ${name} ${type}\n`;
+
+/** `a="x",b="y"`: the label values are hostile input (a pod's name and namespace come from its spec). */
+function labelText(pairs: [string, string][]): string {
+  return pairs.map(([k, v]) => `${k}="${escapeLabelValue(v)}"`).join(',');
+}
+
+/** The text format's escapes inside a label value: backslash, double quote and line feed. */
+export function escapeLabelValue(v: string): string {
+  return /[\\"\n]/.test(v) ? v.replace(/[\\"\n]/g, (ch) => (ch === '\n' ? '\\n' : `\\${ch}`)) : v;
 }

@@ -4,7 +4,7 @@
 // it) and the last sample read, which stands in once a container's cgroup is gone (an exited container).
 import { notFound } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { CgroupPressure, CgroupSample } from '../kernel/cgroup-stats.js';
+import type { CgroupSample } from '../kernel/cgroup-stats.js';
 import type { InterfaceCounters } from '../kernel/netdev-stats.js';
 import type { CachedLayerUsage } from './writable-layers.js';
 import type { ContainerUsage, CpuUsage, Identity, MemoryUsage, PodRef, PodUsage, Pressure, UsageParts, UsageSource } from './types.js';
@@ -86,7 +86,7 @@ export class StatsService implements UsageSource {
   private readonly now: () => bigint;
 
   constructor(private readonly ports: StatsPorts) {
-    this.now = ports.now ?? (() => BigInt(Date.now()) * 1_000_000n);
+    this.now = ports.now ?? wallClockNs();
   }
 
   /** One container's usage; NOT_FOUND for an id that matches none. */
@@ -97,11 +97,14 @@ export class StatsService implements UsageSource {
     return this.containerUsage(c, pod, parts);
   }
 
-  /** One pod's usage with its containers'; NOT_FOUND for an id that matches none. */
-  async pod(id: string, parts?: UsageParts): Promise<PodUsage> {
+  /**
+   * One pod's usage with its containers'; NOT_FOUND for an id that matches none. `containerParts` (by default
+   * `parts`) is what is read of its containers' cgroups.
+   */
+  async pod(id: string, parts?: UsageParts, containerParts = parts): Promise<PodUsage> {
     const p = this.ports.findPod(id);
     if (!p) throw notFound(`pod sandbox "${id}" not found`);
-    return this.podUsage(p, this.ports.containers().filter((c) => c.podSandboxId === p.id), parts);
+    return this.podUsage(p, this.ports.containers().filter((c) => c.podSandboxId === p.id), parts, containerParts);
   }
 
   async containers(filter: ContainerFilter = {}, parts?: UsageParts): Promise<ContainerUsage[]> {
@@ -117,14 +120,14 @@ export class StatsService implements UsageSource {
     return mapYielding(chosen, (c) => this.containerUsage(c, pods.get(c.podSandboxId), parts));
   }
 
-  async pods(filter: { podSandboxId?: string; labels?: Record<string, string> } = {}, parts?: UsageParts): Promise<PodUsage[]> {
+  async pods(filter: { podSandboxId?: string; labels?: Record<string, string> } = {}, parts?: UsageParts, containerParts = parts): Promise<PodUsage[]> {
     const pods = this.ports.pods();
     const containers = this.ports.containers();
     this.forgetAllBut([...containers.map((c) => c.id), ...pods.map((p) => p.id)]);
     const chosen = pods.filter((p) => (!filter.podSandboxId || p.id.startsWith(filter.podSandboxId)) && labelsMatch(p.labels, filter.labels));
     const byPod = new Map<string, StatsContainer[]>();
     for (const c of containers) byPod.set(c.podSandboxId, [...(byPod.get(c.podSandboxId) ?? []), c]);
-    return mapYielding(chosen, (p) => this.podUsage(p, byPod.get(p.id) ?? [], parts));
+    return mapYielding(chosen, (p) => this.podUsage(p, byPod.get(p.id) ?? [], parts, containerParts));
   }
 
   private async containerUsage(c: StatsContainer, pod: StatsPod | undefined, parts: UsageParts | undefined): Promise<ContainerUsage> {
@@ -149,14 +152,14 @@ export class StatsService implements UsageSource {
     };
   }
 
-  private async podUsage(p: StatsPod, containers: StatsContainer[], parts: UsageParts | undefined): Promise<PodUsage> {
+  private async podUsage(p: StatsPod, containers: StatsContainer[], parts: UsageParts | undefined, containerParts: UsageParts | undefined): Promise<PodUsage> {
     const [own, interfaces, containerUsage] = await Promise.all([
       this.sample(p.id, p.cgroupPath, parts, { podSandboxId: p.id }, p.netSysDir),
       p.netSysDir ? this.ports.readInterfaces(p.netSysDir).catch((err) => {
         this.ports.log.warn('cannot read the pod network counters', { podSandboxId: p.id, err });
         return undefined;
       }) : undefined,
-      Promise.all(containers.map((c) => this.containerUsage(c, p, parts))),
+      Promise.all(containers.map((c) => this.containerUsage(c, p, containerParts))),
     ]);
     const identity: Identity & { namespace: string; uid: string } = {
       id: p.id, name: p.name, labels: p.labels, annotations: p.annotations, namespace: p.namespace, uid: p.uid,
@@ -236,6 +239,20 @@ export class StatsService implements UsageSource {
   }
 }
 
+/** Unix nanoseconds at millisecond resolution; the readings of one millisecond share one bigint. */
+function wallClockNs(): () => bigint {
+  let ms = -1;
+  let ns = 0n;
+  return () => {
+    const now = Date.now();
+    if (now !== ms) {
+      ms = now;
+      ns = BigInt(now) * 1_000_000n;
+    }
+    return ns;
+  };
+}
+
 // The adapters read cgroupfs synchronously (microseconds a file): let other work in between every few cgroups.
 const YIELD_EVERY = 8;
 
@@ -285,14 +302,10 @@ function usageParts(s: CgroupSample, timestampNs: bigint, nanoCores: number | un
     }
     out.memory = memory;
   }
-  if (s.pids) out.pids = { ...s.pids };
-  if (s.io) out.io = { timestampNs, ...s.io };
-  if (s.psi) {
-    const psi: NonNullable<ContainerUsage['psi']> = {};
-    for (const k of ['cpu', 'memory', 'io'] as const) if (s.psi[k]) psi[k] = pressure(s.psi[k]!);
-    out.psi = psi;
-  }
+  // Each reading is a fresh object, never changed once made: the records share its parts (a remembered sample
+  // of a vanished cgroup too).
+  if (s.pids) out.pids = s.pids;
+  if (s.io) out.io = { timestampNs, readBytes: s.io.readBytes, writeBytes: s.io.writeBytes };
+  if (s.psi) out.psi = s.psi as { cpu?: Pressure; memory?: Pressure; io?: Pressure };
   return out;
 }
-
-const pressure = (p: CgroupPressure): Pressure => ({ some: { ...p.some }, ...(p.full ? { full: { ...p.full } } : {}) });

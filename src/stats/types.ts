@@ -123,5 +123,6 @@ export type UsageParts = SampleParts;
 /** Reads usage when asked (a scrape, an RPC); nothing here runs on a timer without a reader. */
 export interface UsageSource {
   containers(filter?: { containerId?: string; podSandboxId?: string; labels?: Record<string, string> }, parts?: UsageParts): Promise<ContainerUsage[]>;
-  pods(filter?: { podSandboxId?: string; labels?: Record<string, string> }, parts?: UsageParts): Promise<PodUsage[]>;
+  /** `containerParts` (by default `parts`): what is read of the pods' containers. */
+  pods(filter?: { podSandboxId?: string; labels?: Record<string, string> }, parts?: UsageParts, containerParts?: UsageParts): Promise<PodUsage[]>;
 }

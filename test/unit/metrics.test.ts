@@ -1,7 +1,8 @@
 import test from 'ava';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { BerthMetrics, StateCounts } from '../../src/metrics/berth.js';
+import { closeSync, openSync, readdirSync } from 'node:fs';
+import { BerthMetrics, openFdCount, StateCounts } from '../../src/metrics/berth.js';
 import { listenMetrics, MetricsAddressError } from '../../src/metrics/server.js';
 import { validateConfig, ConfigError } from '../../src/config/schema.js';
 import type { ContainerUsage, PodUsage, UsageSource } from '../../src/stats/types.js';
@@ -61,10 +62,45 @@ function metricsWith(source?: UsageSource) {
   return { metrics, errors };
 }
 
-async function values(metrics: BerthMetrics, name: string) {
+type Sample = { labels: Record<string, string | number>; value: number; metricName?: string };
+
+async function values(metrics: BerthMetrics, name: string): Promise<Sample[]> {
   const all = await metrics.registry.getMetricsAsJSON();
   // A histogram's values name their series (_bucket, _sum, _count); prom-client's typings leave the field out.
-  return (all.find((m) => m.name === name)?.values ?? []) as { labels: Record<string, string | number>; value: number; metricName?: string }[];
+  const own = all.find((m) => m.name === name);
+  if (own) return own.values as Sample[];
+  // The container and pod families are rendered outside prom-client's registry: read them as served.
+  return samplesOf(await metrics.scrape(), name);
+}
+
+/** The samples of one family in the text format, label values unescaped. */
+function samplesOf(text: string, name: string): Sample[] {
+  const out: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#') || !line.startsWith(name) || !/[{ ]/.test(line[name.length])) continue;
+    const labels: Record<string, string> = {};
+    let at = name.length;
+    if (line[at] === '{') {
+      at++;
+      while (line[at] !== '}') {
+        const eq = line.indexOf('="', at);
+        const key = line.slice(at, eq);
+        let value = '';
+        for (at = eq + 2; line[at] !== '"'; at++) {
+          if (line[at] === '\\') {
+            at++;
+            value += line[at] === 'n' ? '\n' : line[at];
+          } else value += line[at];
+        }
+        labels[key] = value;
+        at++;
+        if (line[at] === ',') at++;
+      }
+      at++;
+    }
+    out.push({ labels, value: Number(line.slice(at + 1)) });
+  }
+  return out;
 }
 
 const USAGE_FAMILIES = [
@@ -143,6 +179,36 @@ test('a failing usage source leaves the scrape with berth own series and reports
   t.true(text.includes('berth_pods{state="READY"} 2'));
   t.false(/^container_memory_usage_bytes\{/m.test(text));
   t.is(errors.length, 1);
+});
+
+test('label values from a pod spec are escaped: quotes, backslashes and line feeds cannot forge series', async (t) => {
+  const hostile = podUsage(1, 1);
+  const name = 'web"} 1\nfake_total{a="b\\';
+  hostile.pod.name = name;
+  hostile.containers[0].pod.name = name;
+  hostile.containers[0].container.name = 'app\\0';
+  const { metrics } = metricsWith(new FakeSource([hostile]));
+  const text = await metrics.scrape();
+  t.false(/^fake_total/m.test(text), 'no forged series');
+  const checked = await promtoolCheckMetrics(text);
+  t.is(checked.code, 0, checked.output);
+  const [series] = samplesOf(text, 'container_memory_usage_bytes');
+  t.like(series, { labels: { pod: name, container: 'app\\0' }, value: 48 * MiB });
+  t.like(samplesOf(text, 'pod_network_receive_bytes_total')[0], { labels: { pod: name, interface: 'eth0' }, value: 1000 });
+});
+
+test.serial('process_open_fds counts the open descriptors without listing them, and follows opens and closes', async (t) => {
+  const { metrics } = metricsWith();
+  const before = (await values(metrics, 'process_open_fds'))[0].value;
+  t.true(before > 3);
+  const opened = Array.from({ length: 5 }, () => openSync('/dev/null', 'r'));
+  try {
+    t.is((await values(metrics, 'process_open_fds'))[0].value, before + 5);
+    t.is(openFdCount(), readdirSync('/proc/self/fd').length - 1, 'the same count as a listing (which holds one more)');
+  } finally {
+    for (const fd of opened) closeSync(fd);
+  }
+  t.is((await values(metrics, 'process_open_fds'))[0].value, before);
 });
 
 test('RPC durations by method, errors by method and code (OK is no error); pods and containers by state', async (t) => {

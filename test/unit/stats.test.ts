@@ -14,6 +14,9 @@ import { dirUsage } from '../../src/kernel/dir-usage.js';
 import { nanoCoresBetween, StatsService, type StatsContainer, type StatsPod, type StatsPorts } from '../../src/stats/service.js';
 import { WritableLayers } from '../../src/stats/writable-layers.js';
 import { containerStatsToProto, podStatsToProto } from '../../src/cri/stats.js';
+import { loadCri } from '../../src/cri/grpc.js';
+import { DIRECT_ENCODED_METHODS, directResponseEncoder } from '../../src/cri/stats-wire.js';
+import type { ContainerUsage, PodUsage } from '../../src/stats/types.js';
 import { metricDescriptors, podMetrics } from '../../src/cri/stats-metrics.js';
 import { BerthError } from '../../src/errors.js';
 import { logger } from '../../src/log.js';
@@ -475,14 +478,20 @@ test('CRI rendering: absent counters stay absent; pod network default interface;
   const { ports } = fakes(samples, { now: 42n });
   const stats = new StatsService(ports);
   const c1 = containerStatsToProto(await stats.container('c1'));
-  t.deepEqual(c1.cpu, { timestamp: '42', usage_core_nano_seconds: { value: 7 }, usage_nano_cores: undefined });
+  t.deepEqual(c1.cpu, { timestamp: '42', usage_core_nano_seconds: { value: 7 }, usage_nano_cores: undefined, psi: undefined });
   t.is(c1.memory, undefined);
+  // Absent parts are undefined fields of one object shape: on the wire they are absent (null once decoded).
+  const method = loadCri().runtime.v1.RuntimeService.service.ContainerStats;
+  const decoded = method.responseDeserialize(method.responseSerialize({ stats: c1 })) as { stats: typeof c1 };
+  t.like(decoded.stats.cpu, { timestamp: '42', usage_core_nano_seconds: { value: '7' }, usage_nano_cores: null, psi: null });
+  t.is(decoded.stats.memory, null);
+  t.is(decoded.stats.io, null);
   t.deepEqual(c1.writable_layer?.used_bytes, { value: 4096 });
   t.deepEqual(c1.attributes?.metadata, { name: 'app', attempt: 2 });
   samples.set('/pod/c1', { cpu: { usageNanoSeconds: 7n }, psi: { cpu: { some: { avg10: 1.5, avg60: 0, avg300: 0, totalMicroseconds: 12n } }, io: { some: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 3n }, full: { avg10: 0, avg60: 0, avg300: 0, totalMicroseconds: 1n } } } });
   const withPsi = containerStatsToProto(await stats.container('c1'));
   // PsiData.Total is nanoseconds; the kernel's files say microseconds.
-  t.deepEqual(withPsi.cpu?.psi, { Some: { Total: 12000, Avg10: 1.5, Avg60: 0, Avg300: 0 } });
+  t.deepEqual(withPsi.cpu?.psi, { Some: { Total: 12000, Avg10: 1.5, Avg60: 0, Avg300: 0 }, Full: undefined });
   t.deepEqual(withPsi.io?.psi?.Full, { Total: 1000, Avg10: 0, Avg60: 0, Avg300: 0 });
   t.is(c1.io, undefined);
   // Counters past 2^53 go to protobufjs as decimal strings, exact.
@@ -532,4 +541,52 @@ test('writable layers: walked in the background, dropped with their container, a
   layers.usage('b');
   await layers.refresh();
   t.true(walked.length > before);
+});
+
+test('stats responses encoded directly decode exactly as proto-loader encodes them: every field, 64-bit extremes, maps, absent parts', (t) => {
+  const line = (total: bigint) => ({ avg10: 1.25, avg60: 0.5, avg300: 0, totalMicroseconds: total });
+  const full = { some: line(12n), full: line(2n ** 60n) };
+  const container = (id: string, rich: boolean): ContainerUsage => ({
+    container: { id, name: 'app', labels: rich ? { 'io.kubernetes.pod.uid': 'u1', a: 'é"\n' } : {}, annotations: rich ? { note: 'x' } : {} },
+    pod: { podSandboxId: 'p1', name: 'web', namespace: 'ns', uid: 'u1' },
+    attempt: 3,
+    ...(rich
+      ? {
+          cpu: { timestampNs: 1_764_771_234_567_000_000n, usageCoreNanoSeconds: 2n ** 64n - 1n, usageNanoCores: 250_000_000 },
+          memory: { timestampNs: 1_764_771_234_567_000_001n, usageBytes: 2 ** 40, workingSetBytes: 40 * 2 ** 20, rssBytes: 7, availableBytes: 0, limitBytes: 2 ** 30, pageFaults: 5, majorPageFaults: 0 },
+          psi: { cpu: full, memory: { some: line(0n) }, io: full },
+          writableLayer: { timestampNs: 5n, mountpoint: '/var/lib/berth', usedBytes: 4096, inodesUsed: 2 },
+        }
+      : {}),
+  });
+  const pod: PodUsage = {
+    pod: { id: 'p1', name: 'web', namespace: 'ns', uid: 'u1', labels: { app: 'web' }, annotations: {} },
+    cpu: { timestampNs: 9n, usageCoreNanoSeconds: 3n },
+    memory: { timestampNs: 9n, usageBytes: 1, workingSetBytes: 1, rssBytes: 1, pageFaults: 0, majorPageFaults: 0 },
+    pids: { current: 4 },
+    network: { timestampNs: 9n, interfaces: [{ name: 'eth0', rxBytes: 2n ** 63n, rxErrors: 0n, txBytes: 10n, txErrors: 1n }, { name: 'net1', rxBytes: 1n, rxErrors: 0n, txBytes: 0n, txErrors: 0n }] },
+    psi: { cpu: full },
+    containers: [container('c1', true), container('c2', false)],
+  };
+  const service = loadCri().runtime.v1.RuntimeService.service;
+  const responses = {
+    ListContainerStats: { stats: pod.containers.map((c) => containerStatsToProto(c)) },
+    ContainerStats: { stats: containerStatsToProto(pod.containers[0]) },
+    StreamContainerStats: { container_stats: pod.containers.map((c) => containerStatsToProto(c)) },
+    ListPodSandboxStats: { stats: [podStatsToProto(pod, 1), podStatsToProto({ ...pod, network: undefined, pids: undefined, containers: [] }, 0)] },
+    PodSandboxStats: { stats: podStatsToProto(pod, 1) },
+    StreamPodSandboxStats: { pod_sandbox_stats: [podStatsToProto(pod, 1)] },
+  };
+  for (const name of DIRECT_ENCODED_METHODS) {
+    const method = service[name];
+    const direct = directResponseEncoder(name)(responses[name]);
+    const reference = method.responseSerialize(responses[name] as never);
+    t.deepEqual(method.responseDeserialize(direct), method.responseDeserialize(reference), name);
+    // protobufjs 8 leaves proto3 scalars at their zero value off the wire, as proto3 says; the decoded messages match.
+    t.true(direct.length <= reference.length, `${name}: no longer than the reference encoding`);
+  }
+  const decoded = service.ListContainerStats.responseDeserialize(directResponseEncoder('ListContainerStats')(responses.ListContainerStats));
+  t.deepEqual(decoded.stats[0].cpu?.usage_core_nano_seconds, { value: '18446744073709551615' });
+  t.is(decoded.stats[0].cpu?.timestamp, '1764771234567000000');
+  t.is(decoded.stats[1].cpu, null, 'absent parts stay absent');
 });
