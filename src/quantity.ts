@@ -1,0 +1,21 @@
+// Kubernetes resource quantities ("8M", "16Mi", "1.5G", "500k") as the annotations berth reads write them. Strict:
+// a value that kubelet would reject, or that does not fit, is an error naming where it came from, never a default.
+
+const FACTORS: Record<string, number> = {
+  '': 1,
+  m: 1e-3,
+  k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15, E: 1e18,
+  Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, Ei: 2 ** 60,
+};
+
+/** The whole number a quantity stands for, or why it is not one (for the caller's message). */
+export function parseQuantity(text: string): { value: number } | { problem: string } {
+  const m = /^([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE]([0-9]{1,2}))?(m|k|Ki|[MGTPE]i?)?$/.exec(text.trim());
+  if (text.trim() === '') return { problem: 'is empty' };
+  if (/^-/.test(text.trim())) return { problem: `"${text}" is negative` };
+  if (!m || (m[2] !== undefined && m[3] !== undefined)) return { problem: `"${text}" is not a quantity (a number with an optional suffix m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei)` };
+  const factor = m[2] !== undefined ? 10 ** Number(m[2]) : FACTORS[m[3] ?? '']!;
+  const value = Math.ceil(Number(m[1]) * factor);
+  if (!Number.isSafeInteger(value)) return { problem: `"${text}" is too large` };
+  return { value };
+}
