@@ -16,6 +16,7 @@ export function parseQuantity(text: string): { value: number } | { problem: stri
   if (!m || (m[2] !== undefined && m[3] !== undefined)) return { problem: `"${text}" is not a quantity (a number with an optional suffix m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei)` };
   const factor = m[2] !== undefined ? 10 ** Number(m[2]) : FACTORS[m[3] ?? '']!;
   const value = Math.ceil(Number(m[1]) * factor);
-  if (!Number.isSafeInteger(value)) return { problem: `"${text}" is too large` };
+  // Kubernetes keeps quantities in 64 bits; past 2^53 a value is approximate, which only the caller's bounds see.
+  if (!Number.isFinite(value) || value >= 2 ** 63) return { problem: `"${text}" is too large (overflows 64 bits)` };
   return { value };
 }
