@@ -1,3 +1,4 @@
+import { LimitedLayers, upperDirOf } from './kernel/writable-layer.js';
 import path from 'node:path';
 import os from 'node:os';
 import { readFileSync } from 'node:fs';
@@ -199,8 +200,12 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       else lxcfsLog.info('lxcfs is not usable: containers see the node\'s /proc files', { dir: config.runtime.lxcfsDir, reason: found.reason });
     },
   });
+  const limitedLayers = new LimitedLayers({ root: paths.root, log: log.child({ component: 'writable-layers' }), defaultBytes: config.runtime.writableLayerMaxBytes });
+  await limitedLayers.start();
   const containers = new ContainerService({
     root: paths.root,
+    writableLayers: limitedLayers,
+    writableLayerMaxBytes: config.runtime.writableLayerMaxBytes,
     runtime: shimContainerRuntime,
     cgroups,
     images,
@@ -280,7 +285,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   const streaming = new StreamingService(tokens, streamingWiring.targets, streamingServer.baseUrl);
   const statsLog = log.child({ component: 'stats' });
   const layers = new WritableLayers({
-    layers: () => containers.list().map((c) => ({ id: c.id, upperDir: path.join(c.bundle, 'upper') })),
+    layers: () => containers.list().map((c) => ({ id: c.id, upperDir: upperDirOf(c) })),
     walk: (dir) => dirUsage(dir),
     intervalMs: config.runtime.writableLayerIntervalSeconds * 1000,
     log: statsLog,
