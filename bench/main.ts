@@ -15,7 +15,7 @@ import { startRegistry, type Registry } from '../test/helpers/registry.js';
 import { busyboxLayer, layer, pushImage, DEFAULT_PATH_ENV, type PushedImage } from '../test/helpers/images.js';
 import { criClient, type CriClient } from './cri-client.js';
 import { collectInside } from './inside.js';
-import { emptySamples, Interrupted, removeLeftovers, runCycle, type Leftovers } from './lifecycle.js';
+import { CONTROL_VARIANTS, emptySamples, Interrupted, removeLeftovers, runCycle, type Leftovers } from './lifecycle.js';
 import { relistProblems, relistSummary, streamingSummary, type BenchResult, type HostInfo, type MemUsage, type RuntimeRun } from './model.js';
 import { measureConcurrent, measureDaemon, measureMemory, measurePull, measureRelist, type StartedPod } from './phases.js';
 import { pidsListeningOn, processTable } from './procfs.js';
@@ -245,6 +245,12 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
         logFrom = t.log?.length;
         for (let i = 1; i <= opts.cycles; i++) {
           await runCycle(cri, image, samples, left, signal);
+          // Interleaved with the plain cycles, so that all three rows see the same machine.
+          for (const v of CONTROL_VARIANTS) {
+            const variant = emptySamples();
+            await runCycle(cri, image, variant, left, signal, v.annotations);
+            samples[v.row].push(...variant['from scratch → RUNNING']);
+          }
           const full = samples['full cycle'];
           if (i === opts.cycles || i % 5 === 0) progress(`${name}: cycle ${i}/${opts.cycles} ${full[full.length - 1]!.toFixed(1)} ms`);
         }
