@@ -1,4 +1,3 @@
-import { LimitedLayers, upperDirOf } from './kernel/writable-layer.js';
 import path from 'node:path';
 import os from 'node:os';
 import { readFileSync } from 'node:fs';
@@ -7,6 +6,7 @@ import { IdleCompactor, exposedGc } from './memory.js';
 import { Logger } from './log.js';
 import { ImageStore, LayerHolds } from './image/store.js';
 import { ImageService } from './image/service.js';
+import { LimitedLayers, upperDirOf } from './kernel/writable-layer.js';
 import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
 import { mallocTrim, mountSetattrSupported } from './kernel/libc.js';
 import { NET_SYSFS, sealedShim } from './kernel/shim.js';
