@@ -1,5 +1,6 @@
 import test, { ExecutionContext } from 'ava';
 import net from 'node:net';
+import { once } from 'node:events';
 import path from 'node:path';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
@@ -27,6 +28,20 @@ const ING = 'kubernetes.io/ingress-bandwidth';
 const EGR = 'kubernetes.io/egress-bandwidth';
 const BYTES = 2 * 1024 * 1024;
 const SLEEPER = "trap 'exit 0' TERM; while :; do sleep 1 & wait; done";
+/** A transfer that has not finished by then has hung (8 Mbit/s moves BYTES in about 2 s). */
+const TRANSFER_LIMIT_MS = 60_000;
+
+/** `work`, or a clear failure naming `what` once TRANSFER_LIMIT_MS pass. */
+function bounded<T>(what: string, work: Promise<T>, onTimeout: () => void): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      onTimeout();
+      reject(new Error(`${what} did not finish within ${TRANSFER_LIMIT_MS} ms`));
+    }, TRANSFER_LIMIT_MS);
+  });
+  return Promise.race([work, limit]).finally(() => clearTimeout(timer));
+}
 
 interface Env {
   berth: BerthProcess;
@@ -71,10 +86,14 @@ async function env(t: ExecutionContext): Promise<Env> {
   return e;
 }
 
-/** Into the pod: the node sends BYTES to `nc -l` in the pod; done when the pod, having read them all, closes. Mbit/s. */
+/**
+ * Into the pod: the node sends BYTES to `nc -l` in the pod, timed where they arrive (busybox nc half-closes at once,
+ * so the node's socket says nothing about delivery): from the first byte read to the end, by /proc/uptime. Mbit/s.
+ */
 async function intoPod(e: Env, pod: { ip: string; container: string }): Promise<number> {
   const port = 5001;
-  const listener = e.berth.runtime.ExecSync({ container_id: pod.container, cmd: ['/bin/sh', '-c', `nc -l -p ${port} > /dev/null`], timeout: 30 });
+  const receive = `nc -l -p ${port} | { dd bs=1 count=1 of=/dev/null 2>/dev/null; read a x < /proc/uptime; n=$(wc -c); read b x < /proc/uptime; echo "$a $b $n"; }`;
+  const listener = e.berth.runtime.ExecSync({ container_id: pod.container, cmd: ['/bin/sh', '-c', receive], timeout: 60 });
   const socket = await eventually(
     () =>
       new Promise<net.Socket>((resolve, reject) => {
@@ -84,17 +103,15 @@ async function intoPod(e: Env, pod: { ip: string; container: string }): Promise<
     10_000,
     'nc in the pod',
   );
-  const start = process.hrtime.bigint();
-  const closed = new Promise<void>((resolve, reject) => {
-    socket.on('close', () => resolve());
-    socket.on('error', reject);
-    socket.on('data', () => undefined);
-  });
+  socket.on('error', () => undefined);
+  socket.on('data', () => undefined);
   socket.end(Buffer.alloc(BYTES));
-  await closed;
-  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-  await listener;
-  return (BYTES * 8) / seconds / 1e6;
+  const r = await bounded(`sending ${BYTES} bytes into pod ${pod.ip}`, listener, () => socket.destroy());
+  socket.destroy();
+  const [from, to, rest] = r.stdout.toString().trim().split(/\s+/).map(Number) as [number, number, number];
+  if (rest + 1 !== BYTES) throw new Error(`the pod read ${rest + 1} of ${BYTES} bytes: ${r.stdout.toString()} ${r.stderr.toString()}`);
+  // /proc/uptime counts hundredths: a transfer shorter than that is "faster than we can tell".
+  return to > from ? ((rest * 8) / (to - from)) / 1e6 : Infinity;
 }
 
 /** Out of the pod: busybox nc in the pod sends BYTES to a server on the node, timed from first to last byte. Mbit/s. */
@@ -102,27 +119,30 @@ async function outOfPod(e: Env, pod: { container: string }): Promise<number> {
   const port = await freePort();
   let first = 0n;
   let received = 0;
+  let server: net.Server | undefined;
   const done = new Promise<number>((resolve) => {
-    const server = net.createServer((s) => {
+    server = net.createServer((s) => {
       s.on('data', (b: Buffer) => {
         if (received === 0) first = process.hrtime.bigint();
         received += b.length;
         if (received >= BYTES) {
           const seconds = Number(process.hrtime.bigint() - first) / 1e9;
           s.destroy();
-          server.close();
+          server!.close();
           resolve((received * 8) / seconds / 1e6);
         }
       });
     });
     server.listen(port, e.net.gateway);
   });
+  // Listening before the pod's nc connects.
+  if (!server!.listening) await once(server!, 'listening');
   const sender = e.berth.runtime.ExecSync({
     container_id: pod.container,
     cmd: ['/bin/sh', '-c', `dd if=/dev/zero bs=65536 count=${BYTES / 65536 + 16} 2>/dev/null | nc ${e.net.gateway} ${port}`],
     timeout: 30,
   });
-  const mbits = await done;
+  const mbits = await bounded(`receiving ${BYTES} bytes from the pod (${received} so far)`, done, () => server?.close());
   await sender.catch(() => undefined);
   return mbits;
 }
