@@ -19,8 +19,20 @@ export const ROWS = [
   'from scratch → RUNNING',
   'full cycle',
   'from scratch → RUNNING, blkio class',
+  'from scratch → RUNNING, writable-layer limit',
+  'from scratch → RUNNING, bandwidth annotations',
 ] as const;
 export type RowName = (typeof ROWS)[number];
+
+/**
+ * Pod start with a resource control on, beside plain pod start (issue 18's bench): the same cycle with these pod
+ * annotations, of which only "from scratch → RUNNING" is kept, in its own row. The writable-layer size is one berth
+ * pools images for after its first use; the bandwidth annotations give the pod an ifb and one tc batch.
+ */
+export const CONTROL_VARIANTS: readonly { row: RowName; annotations: Record<string, string> }[] = [
+  { row: 'from scratch → RUNNING, writable-layer limit', annotations: { 'writable-layer.berth.io/pod': '16Mi' } },
+  { row: 'from scratch → RUNNING, bandwidth annotations', annotations: { 'kubernetes.io/ingress-bandwidth': '100M', 'kubernetes.io/egress-bandwidth': '100M' } },
+];
 
 /** Exits 0 promptly on SIGTERM: the shell is PID 1 of its pid namespace and waits on a background sleep. */
 export const CONTAINER_COMMAND = ['/bin/sh', '-c', 'trap "exit 0" TERM; while :; do sleep 1 & wait; done'];

@@ -15,7 +15,7 @@ import { startRegistry, type Registry } from '../test/helpers/registry.js';
 import { busyboxLayer, layer, pushImage, DEFAULT_PATH_ENV, type PushedImage } from '../test/helpers/images.js';
 import { criClient, type CriClient } from './cri-client.js';
 import { collectInside } from './inside.js';
-import { BLKIO_ANNOTATIONS, BLKIO_CLASS, emptySamples, Interrupted, removeLeftovers, runCycle, type Leftovers } from './lifecycle.js';
+import { BLKIO_ANNOTATIONS, BLKIO_CLASS, CONTROL_VARIANTS, emptySamples, Interrupted, removeLeftovers, runCycle, type Leftovers } from './lifecycle.js';
 import { wholeDiskOf } from './block-device.js';
 import { relistProblems, relistSummary, streamingSummary, type BenchResult, type HostInfo, type MemUsage, type RuntimeRun } from './model.js';
 import { measureConcurrent, measureDaemon, measureMemory, measurePull, measureRelist, type StartedPod } from './phases.js';
@@ -242,25 +242,31 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
     await phase(`${opts.cycles} sequential cycles (after 1 warm-up)`, async () => {
       const left: Leftovers = { pods: new Set(), containers: new Set() };
       let logFrom: number | undefined;
-      // The block I/O class cycles alternate with the plain ones, so both rows see the same load on the node; their
-      // pods' log lines are left out of "inside berth", which summarizes the plain cycles.
-      const blkioPods = new Set<string>();
+      // The cycles with a resource control alternate with the plain ones, so all rows see the same load on the node;
+      // their pods' log lines are left out of "inside berth", which summarizes the plain cycles.
+      const controlPods = new Set<string>();
       try {
         await runCycle(cri, image, emptySamples(), left, signal);
         // The warm-up's timed lines were logged before its replies, a whole cycle of RPCs ago: all in by now.
         logFrom = t.log?.length;
         for (let i = 1; i <= opts.cycles; i++) {
           await runCycle(cri, image, samples, left, signal);
+          // Interleaved with the plain cycles, so that all three rows see the same machine.
+          for (const v of CONTROL_VARIANTS) {
+            const variant = emptySamples();
+            controlPods.add(await runCycle(cri, image, variant, left, signal, v.annotations));
+            samples[v.row].push(...variant['from scratch → RUNNING']);
+          }
           const full = samples['full cycle'];
           if (i === opts.cycles || i % 5 === 0) progress(`${name}: cycle ${i}/${opts.cycles} ${full[full.length - 1]!.toFixed(1)} ms`);
           if (t.blkioClass) {
             const blkio = emptySamples();
-            blkioPods.add(await runCycle(cri, image, blkio, left, signal, BLKIO_ANNOTATIONS));
+            controlPods.add(await runCycle(cri, image, blkio, left, signal, BLKIO_ANNOTATIONS));
             samples['from scratch → RUNNING, blkio class'].push(...blkio['from scratch → RUNNING']);
           }
         }
       } finally {
-        const plain = (line: string) => ![...blkioPods].some((pod) => line.includes(pod));
+        const plain = (line: string) => ![...controlPods].some((pod) => line.includes(pod));
         if (t.log && logFrom !== undefined) run.inside = collectInside(t.log.slice(logFrom).filter(plain));
         if (left.pods.size || left.containers.size) for (const e of await removeLeftovers(cri, left)) progress(`${name}: cleanup: ${e}`);
       }

@@ -9,6 +9,7 @@ import { IdleCompactor, exposedGc } from './memory.js';
 import { Logger } from './log.js';
 import { ImageStore, LayerHolds } from './image/store.js';
 import { ImageService } from './image/service.js';
+import { LimitedLayers, upperDirOf } from './kernel/writable-layer.js';
 import { Cgroups, discoverCgroups } from './kernel/cgroups.js';
 import { mallocTrim, mountSetattrSupported } from './kernel/libc.js';
 import { NET_SYSFS, sealedShim } from './kernel/shim.js';
@@ -211,8 +212,12 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       else lxcfsLog.info('lxcfs is not usable: containers see the node\'s /proc files', { dir: config.runtime.lxcfsDir, reason: found.reason });
     },
   });
+  const limitedLayers = new LimitedLayers({ root: paths.root, log: log.child({ component: 'writable-layers' }), defaultBytes: config.runtime.writableLayerMaxBytes });
+  await limitedLayers.start();
   const containers = new ContainerService({
     root: paths.root,
+    writableLayers: limitedLayers,
+    writableLayerMaxBytes: config.runtime.writableLayerMaxBytes,
     runtime: shimContainerRuntime,
     cgroups,
     images,
@@ -294,7 +299,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   const streaming = new StreamingService(tokens, streamingWiring.targets, streamingServer.baseUrl);
   const statsLog = log.child({ component: 'stats' });
   const layers = new WritableLayers({
-    layers: () => containers.list().map((c) => ({ id: c.id, upperDir: path.join(c.bundle, 'upper') })),
+    layers: () => containers.list().map((c) => ({ id: c.id, upperDir: upperDirOf(c) })),
     walk: (dir) => dirUsage(dir),
     intervalMs: config.runtime.writableLayerIntervalSeconds * 1000,
     log: statsLog,

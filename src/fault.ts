@@ -22,6 +22,7 @@ export const FAULT_STEPS = [
   // CreateContainer.
   'container.create.name',
   'container.create.bundle',
+  'container.create.layer',
   'container.create.cgroup',
   'container.create.spec',
   'container.create.shim',
@@ -37,6 +38,7 @@ export const FAULT_STEPS = [
   // RemoveContainer.
   'container.remove.stopped',
   'container.remove.cgroup',
+  'container.remove.layer',
   'container.remove.record',
   // StopPodSandbox.
   'pod.stop.containers',

@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { isLevel, Level } from '../log.js';
 import { parseCidr } from '../network/cidr.js';
-import { parseQuantity } from '../quantity.js';
+import { parseWholeQuantity } from '../quantity.js';
 
 // The configuration berth runs with: one TOML section per subsystem. Validation is strict because a typo in a
 // node's config that silently falls back to a default is worse than refusing to start.
@@ -35,6 +35,8 @@ export interface RuntimeConfig {
   shmSizeBytes: number;
   /** Longer log lines are split into partial (P) records. */
   logMaxLineBytes: number;
+  /** Upper limit on each container's writable layer, bytes; 0: none. A pod annotation may lower it. */
+  writableLayerMaxBytes: number;
   /** How often the writable layers' disk use (ContainerStats) is measured, off the request path. */
   writableLayerIntervalSeconds: number;
   /** The AppArmor profile RuntimeDefault (and an unset profile) means; berth does not load it. */
@@ -148,6 +150,14 @@ function stringList(key: string, value: unknown): string[] {
     throw new ConfigError(key, 'must be a list of non-empty strings');
   }
   return value as string[];
+}
+
+function writableLayerBytes(key: string, value: unknown): number {
+  const n = typeof value === 'bigint' ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isInteger(n) || (n !== 0 && (n < 4 * 1024 * 1024 || n > 2 ** 50))) {
+    throw new ConfigError(key, 'must be 0 (no limit) or an integer from 4194304 (4 MiB) to 2^50');
+  }
+  return n;
 }
 
 function positiveInt(key: string, value: unknown, max: number): number {
@@ -374,7 +384,7 @@ export const MAX_BLOCKIO_WEIGHT = 1000;
 
 /** A rate: a positive integer, or a quantity string such as "10Mi" or "500k". */
 function rate(key: string, value: unknown): number {
-  const n = typeof value === 'bigint' ? Number(value) : typeof value === 'string' ? parseQuantity(value) : value;
+  const n = typeof value === 'bigint' ? Number(value) : typeof value === 'string' ? parseWholeQuantity(value) : value;
   if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 1) {
     throw new ConfigError(key, `${JSON.stringify(typeof value === 'bigint' ? String(value) : value)} must be a positive whole number, or a quantity such as "10Mi" or "500k"`);
   }
@@ -451,6 +461,7 @@ export const CONFIG_SCHEMA: SectionSchema[] = [
       key('rlimits', 'resource limits every container starts with: name (nofile, nproc, core, memlock, ...) = [soft, hard]; replaces the default table', () => ({ nofile: [1024, 1024] as [number, number] }), rlimits),
       key('shm_size_bytes', "size of each pod's /dev/shm", () => 64 * 1024 * 1024, (name, v) => positiveInt(name, v, 2 ** 40)),
       key('log_max_line_bytes', 'longer container log lines are split into partial (P) records', () => 16 * 1024, (name, v) => positiveInt(name, v, 1 << 24)),
+      key('writable_layer_max_bytes', 'upper limit on what each container can write into its rootfs, in bytes (0: none; else 4194304 to 2^50); a pod annotation (writable-layer.berth.io/pod or /container.<name>) can lower it; project quotas where the storage has them, else a loop-backed ext4', () => 0, writableLayerBytes),
       key('writable_layer_interval_seconds', "how often the containers' writable layers are walked for their disk use in the stats (1-3600); the walk pauses while nobody asks for stats", () => 15, (name, v) =>
         positiveInt(name, v, 3600),
       ),

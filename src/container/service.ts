@@ -12,7 +12,7 @@ import type { InteractiveExec, TerminalSize } from '../kernel/shim-stream.js';
 import { ImageService } from '../image/service.js';
 import { ImageRecord } from '../image/types.js';
 import { Durability, RecordStore } from '../store/records.js';
-import { withUndo } from '../store/undo.js';
+import { Undo, withUndo } from '../store/undo.js';
 import { SandboxService } from '../sandbox/service.js';
 import { PhaseTimer } from '../phases.js';
 import { faultPoint } from '../fault.js';
@@ -34,6 +34,8 @@ import { writeFileNamed } from '../store/atomic.js';
 import { blockioLimitsFor, selectBlockioClass } from './blockio-class.js';
 import { podPidsLimit } from './pids-limit.js';
 import type { BlockioDeviceLimit } from '../kernel/cgroup-plan.js';
+import type { LimitedLayer, LimitedLayers } from '../kernel/writable-layer.js';
+import { writableLayerLimit } from './writable-layer-limit.js';
 
 // Container lifecycle: create (process made, blocked), start (released), stop (signal, then SIGKILL), remove.
 // The per-container shim monitor owns the process; berth learns of exits from the exit record it writes (watched).
@@ -50,6 +52,8 @@ export type ContainerImages = Pick<ImageService, 'resolve' | 'pinLayers' | 'laye
 export type ContainerPods = Pick<SandboxService, 'get' | 'podLock'>;
 /** Resolves after `ms`, or rejects once `signal` aborts. */
 export type Delay = (ms: number, signal: AbortSignal) => Promise<void>;
+
+export type ContainerWritableLayers = Pick<LimitedLayers, 'acquire' | 'release' | 'sweep'>;
 
 export interface ContainerServiceOptions {
   root: string;
@@ -84,6 +88,10 @@ export interface ContainerServiceOptions {
    * Hears every change of a container record, exits seen by the watcher and restart reconciliation included (the
    * event stream, metrics): see RecordStoreOptions.onChange.
    */
+  /** Size-limited writable layers (see kernel/writable-layer.ts); absent: no container gets a limit. */
+  writableLayers?: ContainerWritableLayers;
+  /** [runtime] writable_layer_max_bytes: every container's limit unless its pod's annotations lower it. */
+  writableLayerMaxBytes?: number;
   onRecordChange?: (before: Readonly<ContainerRecord> | undefined, after: Readonly<ContainerRecord> | undefined) => void;
 }
 
@@ -165,6 +173,11 @@ export class ContainerService {
 
   async load(): Promise<void> {
     const { records, orphans } = await this.records.loadAll();
+    // An image whose container has no record is an orphan; it is unmounted from its bundle (if it still is)
+    // before the bundles of interrupted creations are deleted.
+    for (const id of (await this.opts.writableLayers?.sweep(new Set(records.map((r) => r.id)))) ?? []) {
+      this.opts.log.warn('removed the writable-layer image of a container that has no record', { container: id });
+    }
     for (const dir of orphans) await this.releaseInterrupted(dir);
     for (const record of records) {
       this.names.reserve(this.nameKey(record), record.id);
@@ -288,6 +301,7 @@ export class ContainerService {
     if (volumeImages.size > 0) {
       config = { ...config, mounts: config.mounts.map((m, i) => (m.image ? { ...m, image: { ...m.image, imageId: volumeImages.get(i)!.id } } : m)) };
     }
+    const layerLimit = this.opts.writableLayers ? writableLayerLimit(sandbox.config.annotations, config.metadata.name, this.opts.writableLayerMaxBytes ?? 0) : 0;
     const id = randomBytes(32).toString('hex');
     const key = this.nameKey({ sandboxId: sandbox.id, config });
     const existing = this.names.holder(key);
@@ -325,10 +339,11 @@ export class ContainerService {
       );
       const logPath = logAt?.full ?? '';
       const targetPidNamespace = config.security.namespaces.pid === 'TARGET' ? this.targetPidNamespace(sandbox.id, config.security.namespaces.targetId) : undefined;
+      const limited = layerLimit > 0 ? await timer.timed('writableLayer', this.acquireLayer(id, layerLimit, bundle, undo)) : undefined;
       await Promise.all([
         fs.mkdir(path.join(bundle, 'rootfs')),
-        fs.mkdir(path.join(bundle, 'upper')),
-        fs.mkdir(path.join(bundle, 'work')),
+        limited ? undefined : fs.mkdir(path.join(bundle, 'upper')),
+        limited ? undefined : fs.mkdir(path.join(bundle, 'work')),
         // The log directory is kubelet's (trusted), made if missing as containerd does; directories of log_path
         // beneath it are made by the shim from the directory's descriptor, following no link.
         logAt ? fs.mkdir(logAt.directory, { recursive: true }).then(() => checkNoSymlinks(logAt)) : undefined,
@@ -364,8 +379,8 @@ export class ContainerService {
         bundle,
         rootfs: path.join(bundle, 'rootfs'),
         lowerDirs,
-        upperDir: path.join(bundle, 'upper'),
-        workDir: path.join(bundle, 'work'),
+        upperDir: limited?.upperDir ?? path.join(bundle, 'upper'),
+        workDir: limited?.workDir ?? path.join(bundle, 'work'),
         logPath: logAt?.relative ?? '/dev/null',
         logDirectory: logAt?.directory,
         cgroupProcs: this.opts.cgroups.procsFiles(handle.path),
@@ -413,6 +428,7 @@ export class ContainerService {
         rlimits: spec.process.rlimits,
         oomScoreAdj: spec.process.oomScoreAdj ?? undefined,
         apparmorProfile: apparmor,
+        ...(limited ? { writableLayer: limited.state } : {}),
       });
       this.watchExit(record);
       faultPoint('container.create.record');
@@ -674,12 +690,21 @@ export class ContainerService {
     await this.removeCgroupWhenEmpty(record.cgroup);
     faultPoint('container.remove.cgroup');
     this.unwatchExit(record.id);
+    if (record.writableLayer) await this.opts.writableLayers?.release(record.writableLayer);
+    faultPoint('container.remove.layer');
     // The store lets an exit record still being written land first, so that it cannot outlive the delete.
     await this.records.delete(record.id);
     faultPoint('container.remove.record');
     this.names.release(this.nameKey(record));
     await this.opts.images.collectGarbage();
     this.opts.log.info('container removed', { pod: record.sandboxId, container: record.id });
+  }
+
+  private async acquireLayer(id: string, bytes: number, bundle: string, undo: Undo): Promise<LimitedLayer> {
+    const limited = await this.opts.writableLayers!.acquire(id, bytes, bundle);
+    undo.push('release writable layer', () => this.opts.writableLayers!.release(limited.state));
+    faultPoint('container.create.layer');
+    return limited;
   }
 
   private async removeCgroupWhenEmpty(cgroup: CgroupHandle): Promise<void> {

@@ -1,3 +1,4 @@
+import type { WritableLayerState } from '../kernel/writable-layer.js';
 // A container as the domain sees it.
 
 export interface ContainerMount {
@@ -151,4 +152,6 @@ export interface ContainerRecord {
   oomScoreAdj?: number;
   /** The AppArmor profile the init asked for (exec'd processes get it too); absent = unconfined. */
   apparmorProfile?: string;
+  /** The container's size-limited writable layer, when it has one: what exists for it, for removal and recovery. */
+  writableLayer?: WritableLayerState;
 }

@@ -7,6 +7,7 @@ import { parseMountInfo } from '../kernel/mountinfo.js';
 import { Cgroups } from '../kernel/cgroups.js';
 import type { CgroupLayout } from '../kernel/cgroup-layout.js';
 import { deleteLink } from '../network/links.js';
+import { run } from '../network/exec.js';
 import { iptablesRestore } from '../network/iptables.js';
 import { parseIpamState } from '../network/ipam.js';
 import { readJson, writeJsonAtomic } from '../store/atomic.js';
@@ -32,7 +33,10 @@ export async function removeOrphan(o: Orphan, ctx: FixContext): Promise<void> {
     case 'netns':
       return detach(o.object);
     case 'veth':
+    case 'ifb':
       return deleteLink(o.object, WHAT);
+    case 'loop':
+      return detachLoop(o.object);
     case 'iptables': {
       const [table, ...rule] = o.object.split(' ');
       return iptablesRestore(`*${table}\n-D${rule.join(' ').slice(2)}\nCOMMIT\n`, WHAT);
@@ -45,6 +49,12 @@ export async function removeOrphan(o: Orphan, ctx: FixContext): Promise<void> {
     case 'state':
       return removeTree(o.object);
   }
+}
+
+async function detachLoop(device: string): Promise<void> {
+  // Still mounted somewhere, the device is only marked to detach once unmounted (the mount is an orphan too).
+  const r = await run('losetup', ['-d', device], { what: `${WHAT}: detach ${device}`, okCodes: [1] });
+  if (r.code !== 0 && !/No such device|No such device or address/.test(r.stderr)) throw internal(`losetup -d ${device}: ${r.stderr.trim()}`);
 }
 
 async function killProcess(pid: number): Promise<void> {

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { reconcile, type IpamState } from '../network/ipam.js';
 import { orphanVeths, vethName } from '../network/embedded.js';
+import { ifbName, orphanIfbs } from '../network/bandwidth.js';
 import { staleHostPortRules, type Chains, type SavedTables } from '../network/rules.js';
 import { layersInUse } from '../image/store.js';
 
@@ -13,7 +14,7 @@ import { layersInUse } from '../image/store.js';
 // rules in berth's hostPort chain tagged with a pod id, berth-shim processes whose bundle or pin directory is under
 // berth's directories. Everything else on the node is another tool's and is not looked at.
 
-export type OrphanKind = 'process' | 'mount' | 'netns' | 'veth' | 'iptables' | 'cgroup' | 'ipam' | 'layer' | 'state';
+export type OrphanKind = 'process' | 'mount' | 'netns' | 'veth' | 'ifb' | 'loop' | 'iptables' | 'cgroup' | 'ipam' | 'layer' | 'state';
 
 export interface Orphan {
   kind: OrphanKind;
@@ -27,7 +28,7 @@ export interface Orphan {
 
 /** What berth's records own, read from its root. */
 export interface Owners {
-  pods: { id: string; ready: boolean; cgroupPath: string; networked: boolean; veth?: string }[];
+  pods: { id: string; ready: boolean; cgroupPath: string; networked: boolean; veth?: string; ifb?: string }[];
   containers: { id: string; sandboxId: string; cgroupPath: string; layers: string[] }[];
   images: { layers: string[] }[];
   /** Record directories whose record is missing or unreadable (RecordStore.loadAll's orphans). */
@@ -57,6 +58,12 @@ export interface Inventory {
   layerDirs: { name: string; diffId?: string }[];
   /** Entries of <stateDir>/sandboxes. */
   podRunDirs: string[];
+  /** The host's network devices named like berth's ifb devices (bandwidth-limited pods' egress). */
+  ifbs: string[];
+  /** Loop devices whose backing file is under <root>/writable-layers (containers' size-limited writable layers). */
+  loops: { device: string; backingFile: string }[];
+  /** Image files in <root>/writable-layers (not its pool), by name: <container id>.img. */
+  writableLayerImages: string[];
 }
 
 const POD_ID = /^[0-9a-f]{64}$/;
@@ -69,10 +76,10 @@ function inside(dir: string, p: string): string | undefined {
 
 /**
  * In the order --fix removes them: processes first (they hold mounts and cgroups), mounts and pins deepest first,
- * then network objects, cgroups children first, layers, and record and run directories last.
+ * then network objects, cgroups children first, writable-layer loop devices and images, layers, and record and run directories last.
  */
 export function findOrphans(inv: Inventory, owners: Owners): Orphan[] {
-  return [...processes(inv, owners), ...mounts(inv, owners), ...network(inv, owners), ...cgroups(inv, owners), ...layers(inv, owners), ...stateDirs(inv, owners)];
+  return [...processes(inv, owners), ...mounts(inv, owners), ...network(inv, owners), ...cgroups(inv, owners), ...writableLayers(inv, owners), ...layers(inv, owners), ...stateDirs(inv, owners)];
 }
 
 /** A monitor or pod init of this berth's directories (whatever its records say), with the container or pod it serves. */
@@ -148,6 +155,11 @@ function network(inv: Inventory, owners: Owners): Orphan[] {
     const pod = known.find((id) => vethName(id) === veth);
     return { kind: 'veth' as const, object: veth, reason: 'on berth\'s bridge, and no pod with network state has it', ...(pod ? { pod } : {}) };
   });
+  const liveIfbs = new Set(networked.flatMap((p) => (p.ifb ? [p.ifb] : [])));
+  for (const ifb of orphanIfbs(inv.ifbs, liveIfbs)) {
+    const pod = known.find((id) => ifbName(id) === ifb);
+    out.push({ kind: 'ifb', object: ifb, reason: 'an ifb device of berth\'s (a bandwidth-limited pod\'s egress), and no pod with network state has it', ...(pod ? { pod } : {}) });
+  }
   if (inv.iptables) {
     for (const rule of staleHostPortRules(inv.iptables.chains, inv.iptables.saved, live)) {
       const pod = /berth-pod:([0-9a-zA-Z_.-]+)/.exec(rule)?.[1];
@@ -211,6 +223,26 @@ function cgroups(inv: Inventory, owners: Owners): Orphan[] {
   }
   // Children before parents: rmdir order.
   return out.sort((a, b) => b.object.split('/').length - a.object.split('/').length);
+}
+
+/** A container's size-limited writable layer is <root>/writable-layers/<container id>.img, on a loop device while mounted. */
+function writableLayers(inv: Inventory, owners: Owners): Orphan[] {
+  const containers = new Set(owners.containers.map((c) => c.id));
+  const dir = path.join(inv.root, 'writable-layers');
+  const out: Orphan[] = [];
+  for (const loop of inv.loops) {
+    const rel = inside(dir, loop.backingFile.replace(/ \(deleted\)$/, ''));
+    if (rel === undefined) continue;
+    const id = /^([0-9a-f]{64})\.img$/.exec(rel)?.[1];
+    if (id && containers.has(id)) continue;
+    out.push({ kind: 'loop', object: loop.device, reason: `a loop device on ${loop.backingFile}, which no container record owns`, ...(id ? { container: id } : {}) });
+  }
+  for (const name of inv.writableLayerImages) {
+    const id = /^([0-9a-f]{64})\.img$/.exec(name)?.[1];
+    if (id && containers.has(id)) continue;
+    out.push({ kind: 'state', object: path.join(dir, name), reason: 'a writable-layer image that no container record owns', ...(id ? { container: id } : {}) });
+  }
+  return out;
 }
 
 function layers(inv: Inventory, owners: Owners): Orphan[] {

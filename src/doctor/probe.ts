@@ -10,6 +10,7 @@ import { parseMountInfo } from '../kernel/mountinfo.js';
 import { discoverCgroups, type CgroupLayout } from '../kernel/cgroup-layout.js';
 import { pidsBelow } from '../kernel/cgroups.js';
 import { bridgePorts } from '../network/links.js';
+import { IFB_PATTERN } from '../network/bandwidth.js';
 import { iptablesSave } from '../network/iptables.js';
 import { chainsFor } from '../network/rules.js';
 import { parseIpamState } from '../network/ipam.js';
@@ -57,7 +58,15 @@ export async function readOwners(root: string): Promise<Owners> {
   return {
     pods: pods.records.map((p) => {
       const veth = p.networkState?.veth;
-      return { id: p.id, ready: p.state === 'READY', cgroupPath: p.cgroup.path, networked: p.networkState !== undefined, ...(typeof veth === 'string' ? { veth } : {}) };
+      const ifb = p.networkState?.ifb;
+      return {
+        id: p.id,
+        ready: p.state === 'READY',
+        cgroupPath: p.cgroup.path,
+        networked: p.networkState !== undefined,
+        ...(typeof veth === 'string' ? { veth } : {}),
+        ...(typeof ifb === 'string' ? { ifb } : {}),
+      };
     }),
     containers: containers.records.map((c) => ({ id: c.id, sandboxId: c.sandboxId, cgroupPath: c.cgroup.path, layers: [...c.imageLayers, ...(c.volumeLayers ?? [])] })),
     images,
@@ -132,6 +141,17 @@ export interface Probed {
   skipped: string[];
 }
 
+/** Loop devices backed by a file under `dir`. */
+async function readLoops(dir: string): Promise<{ device: string; backingFile: string }[]> {
+  const out: { device: string; backingFile: string }[] = [];
+  for (const name of await readdirOr('/sys/block')) {
+    if (!/^loop[0-9]+$/.test(name)) continue;
+    const backing = (await fs.readFile(`/sys/block/${name}/loop/backing_file`, 'utf8').catch(() => '')).trim();
+    if (backing.startsWith(`${dir}/`)) out.push({ device: `/dev/${name}`, backingFile: backing });
+  }
+  return out;
+}
+
 export async function probe(paths: ProbePaths): Promise<Probed> {
   const owners = await readOwners(paths.root);
   const skipped: string[] = [];
@@ -144,7 +164,7 @@ export async function probe(paths: ProbePaths): Promise<Probed> {
     }
   };
   const chains = chainsFor(paths.chainPrefix);
-  const [mountinfo, ports, saved, ipamRaw, cgroups, processes, layerDirs, podRunDirs] = await Promise.all([
+  const [mountinfo, ports, saved, ipamRaw, cgroups, processes, layerDirs, podRunDirs, links, loops, layerImages] = await Promise.all([
     fs.readFile('/proc/self/mountinfo', 'utf8'),
     bridgePorts(paths.bridge),
     attempt('iptables', () => iptablesSave('berth doctor')),
@@ -156,6 +176,9 @@ export async function probe(paths: ProbePaths): Promise<Probed> {
     readProcesses(),
     readLayerDirs(paths.root),
     readdirOr(path.join(paths.stateDir, 'sandboxes')),
+    readdirOr('/sys/class/net'),
+    readLoops(path.join(paths.root, 'writable-layers')),
+    readdirOr(path.join(paths.root, 'writable-layers')),
   ]);
   const parents: Record<number, number> = {};
   for (const pid of new Set((cgroups ?? []).flatMap((h) => h.paths.flatMap((p) => p.pids)))) {
@@ -174,6 +197,9 @@ export async function probe(paths: ProbePaths): Promise<Probed> {
     parents,
     layerDirs,
     podRunDirs,
+    ifbs: links.filter((l) => IFB_PATTERN.test(l)),
+    loops,
+    writableLayerImages: layerImages.filter((n) => n.endsWith('.img')),
   };
   return { owners, inventory, skipped };
 }

@@ -1,7 +1,10 @@
 import { promises as fs } from 'node:fs';
+import { BerthError, errorMessage } from '../errors.js';
 import { iptablesRestore, iptablesSave } from './iptables.js';
 import { attachHostEnd, bridgePorts, defaultMtu, deleteLink, ensureBridge, writeSysctl } from './links.js';
 import { SavedTables } from './rules.js';
+import { createIfb } from './ifb.js';
+import { run } from './exec.js';
 
 // What the embedded network does to the host: links, sysctls, routes, iptables. EmbeddedNetwork gets it through
 // its options, so that unit tests drive its bookkeeping and rollback with a recording fake and no root.
@@ -17,6 +20,12 @@ export interface EmbeddedHost {
   attachHostEnd(bridge: string, hostName: string, what: string): Promise<void>;
   iptablesSave(what: string, table?: string): Promise<SavedTables>;
   iptablesRestore(text: string, what: string): Promise<void>;
+  /** Makes an ifb device, up; one that exists already (left by a crash) is reused. */
+  createIfb(name: string, what: string): Promise<void>;
+  /** Runs one `tc -batch` (qdiscs and filters of a pod's bandwidth limits). */
+  tcBatch(text: string, what: string): Promise<void>;
+  /** The names of the host's network devices. */
+  links(): Promise<string[]>;
 }
 
 export const linuxEmbeddedHost: EmbeddedHost = {
@@ -29,4 +38,16 @@ export const linuxEmbeddedHost: EmbeddedHost = {
   attachHostEnd,
   iptablesSave,
   iptablesRestore,
+  async createIfb(name, what) {
+    try {
+      createIfb(name);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return;
+      throw new BerthError('internal', `${what}: cannot create ifb device ${name}: ${errorMessage(err)}`, { cause: err });
+    }
+  },
+  async tcBatch(text, what) {
+    await run('tc', ['-batch', '-'], { what: `${what}: tc -batch`, input: text, timeoutMs: 10_000 });
+  },
+  links: () => fs.readdir('/sys/class/net').catch(() => []),
 };

@@ -11,6 +11,7 @@ import { defaultRouteDevice, parseProcRoutes, routeCollision } from './routes.js
 import { Chains, chainsFor, deletePodRules, PodRuleRecord, podRules, reassertRules, ruleDrift } from './rules.js';
 import { NetworkReadiness, PodNetworkPlan, PodNetworkRequest, PodNetworkResult } from './types.js';
 import { PhaseTimer } from '../phases.js';
+import { bandwidthLimits, BandwidthLimits, ifbName, orphanIfbs, shapingBatch } from './bandwidth.js';
 
 // The embedded network: one bridge, a veth pair per pod, IPAM in <root>/network/ipam.json, and berth's own
 // iptables chains for masquerade and hostPorts. Made for a node without a CNI plugin.
@@ -39,6 +40,10 @@ export interface EmbeddedPodState {
   hostPorts: HostPort[];
   /** "namespace/name", for the message of a hostPort clash; absent in states of older berths. */
   pod?: string;
+  /** The pod's bandwidth annotations, when it has any. */
+  bandwidth?: BandwidthLimits;
+  /** The ifb device shaping the pod's egress (host namespace; deleted with the pod). */
+  ifb?: string;
 }
 
 function isEmbeddedState(s: Record<string, unknown>): s is Record<string, unknown> & EmbeddedPodState {
@@ -77,6 +82,7 @@ export class EmbeddedNetwork {
   private readonly liveSubnets = new Set<string>();
   private readonly livePods = new Set<string>();
   private readonly liveVeths = new Set<string>();
+  private readonly liveIfbs = new Set<string>();
   private mtu = 1500;
   private ensured: Promise<void> | undefined;
   /** Orphan veths are looked for once, at start: later, a pod being set up could look like one. */
@@ -142,6 +148,7 @@ export class EmbeddedNetwork {
     this.livePods.add(podId);
     this.liveSubnets.add(s.subnet);
     this.liveVeths.add(s.veth);
+    if (s.ifb) this.liveIfbs.add(s.ifb);
   }
 
   /** Bridge, sysctls and chains; memoized, retried after a failure. */
@@ -177,11 +184,16 @@ export class EmbeddedNetwork {
     // changes, so that a pod torn down meanwhile does not get its rules back.
     await this.exclusive(() => this.reassert(what, true));
     // A veth on our bridge that no live pod owns outlived its pod (its netns is still referenced somewhere).
-    const orphans = this.vethsReconciled ? [] : await this.host.bridgePorts(this.opts.bridge);
+    // An ifb of berth's that no live pod owns was left by a crash between its creation and the pod's teardown.
+    const [orphans, links] = this.vethsReconciled ? [[], []] : await Promise.all([this.host.bridgePorts(this.opts.bridge), this.host.links()]);
     this.vethsReconciled = true;
     for (const port of orphanVeths(orphans, this.liveVeths)) {
       this.opts.log.info('removing a veth no pod owns', { veth: port });
       await this.host.deleteLink(port, what).catch((err) => this.opts.log.warn('cannot remove orphan veth', { veth: port, error: errorMessage(err) }));
+    }
+    for (const ifb of orphanIfbs(links, this.liveIfbs)) {
+      this.opts.log.info('removing an ifb device no pod owns', { ifb });
+      await this.host.deleteLink(ifb, what).catch((err) => this.opts.log.warn('cannot remove orphan ifb device', { ifb, error: errorMessage(err) }));
     }
     this.opts.log.info('embedded network ready', { bridge: this.opts.bridge, subnet: formatCidr(this.subnet), mtu: this.mtu, ms: Date.now() - t0 });
   }
@@ -311,6 +323,8 @@ export class EmbeddedNetwork {
    * veth pair, eth0's address and route as it creates the netns: no process of its own on the pod-start path.
    */
   async prepare(req: PodNetworkRequest): Promise<PodNetworkPlan> {
+    // Checked before anything is taken: a bad annotation is INVALID_ARGUMENT naming it, and costs nothing.
+    const bandwidth = bandwidthLimits(req.annotations);
     await this.pending;
     await this.ensure();
     // A re-assertion under way finishes before the pod starts: its rules then go in beside berth's whole set.
@@ -323,12 +337,12 @@ export class EmbeddedNetwork {
       const subnet = this.subnet;
       const ip = allocate(this.store.state, subnet, req.podId, this.subnetOrigin);
       undo.push('release address', () => release(this.store.state, req.podId));
-      return this.planFor(req, { subnet, ip, ports, pod });
+      return this.planFor(req, { subnet, ip, ports, pod, bandwidth });
     });
   }
 
-  private planFor(req: PodNetworkRequest, a: { subnet: Cidr; ip: string; ports: HostPort[]; pod: string }): PodNetworkPlan {
-    const { subnet, ip, ports, pod } = a;
+  private planFor(req: PodNetworkRequest, a: { subnet: Cidr; ip: string; ports: HostPort[]; pod: string; bandwidth?: BandwidthLimits }): PodNetworkPlan {
+    const { subnet, ip, ports, pod, bandwidth } = a;
     const veth = vethName(req.podId);
     const state: EmbeddedPodState = {
       backend: 'embedded',
@@ -339,6 +353,8 @@ export class EmbeddedNetwork {
       chainPrefix: this.opts.chainPrefix,
       hostPorts: ports,
       pod,
+      ...(bandwidth ? { bandwidth } : {}),
+      ...(bandwidth?.egressBitsPerSecond !== undefined ? { ifb: ifbName(req.podId) } : {}),
     };
     // Counted as live from here on, so that a concurrent re-run of ensure() (a pod CIDR change) keeps its subnet
     // masqueraded, its rules and its veth.
@@ -386,7 +402,11 @@ export class EmbeddedNetwork {
           }),
         );
       })();
-      const settled = await Promise.allSettled([timer.timed('hostEnd', this.host.attachHostEnd(this.opts.bridge, state.veth, what)), rules]);
+      const settled = await Promise.allSettled([
+        timer.timed('hostEnd', this.host.attachHostEnd(this.opts.bridge, state.veth, what)),
+        rules,
+        state.bandwidth ? timer.timed('bandwidth', this.shape(state, undo, what)) : undefined,
+      ]);
       const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
       if (failed) throw failed.reason;
     });
@@ -395,6 +415,16 @@ export class EmbeddedNetwork {
     this.persist();
     this.opts.log.debug('pod network set up', { pod: req.podId, ip: state.ip, veth: state.veth, hostPorts: state.hostPorts.length, ms: timer.ms, steps: timer.phases });
     return { ip: state.ip, additionalIps: [], state: { ...state } };
+  }
+
+  /** Unannotated pods never get here. The qdiscs on the veth go with it; the ifb is the pod's to delete. */
+  private async shape(state: EmbeddedPodState, undo: { push(name: string, fn: () => unknown): void }, what: string): Promise<void> {
+    if (state.ifb) {
+      const ifb = state.ifb;
+      await this.host.createIfb(ifb, what);
+      undo.push('delete ifb device', () => this.host.deleteLink(ifb, what));
+    }
+    await this.host.tcBatch(shapingBatch(state.veth, state.ifb, state.bandwidth!), what);
   }
 
   async teardown(req: PodNetworkRequest, raw: Record<string, unknown>): Promise<void> {
@@ -414,6 +444,8 @@ export class EmbeddedNetwork {
           }
         });
       }
+      // A failure above leaves the ifb too: a pod that is not live loses it at the next start (ensure()).
+      if (raw.ifb) await this.host.deleteLink(raw.ifb, what);
     } finally {
       // Released even when rules are left (the error still goes up): the rules of a pod that is not live are swept
       // by ensure() at the next start, and until then a later pod's rules for the same hostPort go in ahead of them.
@@ -422,6 +454,7 @@ export class EmbeddedNetwork {
       this.hostPorts.release(req.podId);
       this.livePods.delete(req.podId);
       this.liveVeths.delete(raw.veth);
+      if (raw.ifb) this.liveIfbs.delete(raw.ifb);
       // Not awaited (two fsyncs off StopPodSandbox): a lost write frees itself, as start() releases the addresses
       // of every pod without network state in its sandbox record, which this teardown's caller clears (or removes).
       if (freed.length > 0) this.persist();

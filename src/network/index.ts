@@ -1,3 +1,4 @@
+import { bandwidthLimits } from './bandwidth.js';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { BerthConfig, NetworkMode } from '../config/schema.js';
@@ -56,7 +57,10 @@ export class NetworkManager implements PodNetwork {
     // (after a failed ADD, or a result that cannot be cached). The plan's state still names the backend: it is what
     // a crash during the ADD leaves in the pod's network note, and the next start's release of the half-made pod
     // must DEL with it (host-local has taken an address by then, and no cache names it yet).
-    return (await this.backendFor()) === 'cni' ? { backend: 'cni', state: { backend: 'cni' } } : this.embedded.prepare(req);
+    if ((await this.backendFor()) !== 'cni') return this.embedded.prepare(req);
+    // The bandwidth plugin would skip a malformed annotation silently; refused here as the embedded network does.
+    bandwidthLimits(req.annotations);
+    return { backend: 'cni', state: { backend: 'cni' } };
   }
 
   async setup(req: PodNetworkRequest, plan: PodNetworkPlan): Promise<PodNetworkResult> {

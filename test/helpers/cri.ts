@@ -53,9 +53,16 @@ export async function loopDevicesBackedUnder(dir: string): Promise<string[]> {
   return found;
 }
 
-/** Everything a berth test may leave behind on the host, for the pod cgroup paths it used. */
-export async function hostLeftovers(dir: string, cgroupPaths: string[]): Promise<string[]> {
+/**
+ * Everything a berth test may leave behind on the host, for the pod cgroup paths it used: mounts, processes and loop
+ * devices of its directory, cgroups, and (for the pod ids given) ifb devices of bandwidth-limited pods.
+ */
+export async function hostLeftovers(dir: string, cgroupPaths: string[], podIds: string[] = []): Promise<string[]> {
   const problems: string[] = [];
+  for (const id of podIds) {
+    const ifb = `berthi${id.slice(0, 9)}`;
+    if (await fs.access(`/sys/class/net/${ifb}`).then(() => true, () => false)) problems.push(`ifb device: ${ifb}`);
+  }
   const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8');
   for (const line of mountinfo.split('\n')) if (line.includes(dir)) problems.push(`mount: ${line}`);
   for (const p of await processesMentioning(dir)) problems.push(`process: ${p}`);

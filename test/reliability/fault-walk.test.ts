@@ -34,7 +34,7 @@ const TOTAL_FULL_RUNS = 100;
 const REACHED_TWICE: FaultStep[] = [
   'container.create.name', 'container.create.bundle', 'container.create.cgroup', 'container.create.spec', 'container.create.shim',
   'container.create.record', 'container.start.begin', 'container.start.released', 'container.start.record', 'container.remove.stopped',
-  'container.remove.cgroup', 'container.remove.record', 'pod.stop.init', 'pod.stop.network', 'pod.stop.unpin', 'image.pull.staging', 'image.pull.unpacked', 'image.pull.layer-committed',
+  'container.create.layer', 'container.remove.cgroup', 'container.remove.layer', 'container.remove.record', 'pod.stop.init', 'pod.stop.network', 'pod.stop.unpin', 'image.pull.staging', 'image.pull.unpacked', 'image.pull.layer-committed',
 ];
 const WALK: string[] = [...FAULT_STEPS.map((s) => `${s}:1`), ...REACHED_TWICE.map((s) => `${s}:2`)];
 const RANDOM_RUNS = Number(process.env.BERTH_FAULT_RANDOM_RUNS ?? (FULL ? Math.max(TOTAL_FULL_RUNS - WALK.length, 0) : 1));
@@ -87,6 +87,9 @@ async function drive(run: Run, onStep?: (n: number) => void): Promise<void> {
   const pod = podConfig({
     log_directory: run.logDir,
     port_mappings: [{ protocol: 'TCP', container_port: 8080, host_port: hostPort, host_ip: '' }],
+    // A size-limited writable layer for each container (image, loop device, mount) and an egress limit (an ifb in
+    // the host's namespace): more objects a crash can leave.
+    annotations: { 'writable-layer.berth.io/pod': '8Mi', 'kubernetes.io/egress-bandwidth': '100M' },
     // A shared PID namespace: the pod has an init of its own, one more thing a crash can leave.
     linux: { cgroup_parent: run.cgroupParent, security_context: { namespace_options: { network: 'POD', pid: 'POD', ipc: 'POD' } } },
   });
@@ -162,7 +165,9 @@ async function tearDownAndCheck(run: Run): Promise<string[]> {
   for (const name of await fs.readdir(path.join(run.state.root, 'images', 'images'))) problems.push(`image record after RemoveImage: ${name}`);
   for (const name of await fs.readdir(path.join(run.state.root, 'images', 'layers'))) problems.push(`layer after the last image went: ${name}`);
   await b.stop();
-  problems.push(...(await hostLeftovers(b.dir, [run.cgroupParent])));
+  // Every pod id this berth (or the one that crashed, whose log it took over) logged: their ifb devices must be gone.
+  const podIds = new Set([...b.logs.join('\n').matchAll(/"pod":"([0-9a-f]{64})"/g)].map((m) => m[1]!));
+  problems.push(...(await hostLeftovers(b.dir, [run.cgroupParent], [...podIds])));
   return problems;
 }
 

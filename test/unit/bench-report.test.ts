@@ -153,6 +153,7 @@ const fast: RuntimeRun = {
     StopPodSandbox: [20],
     'from scratch → RUNNING': [50, 70],
     'from scratch → RUNNING, blkio class': [52, 74],
+    'from scratch → RUNNING, writable-layer limit': [53, 71],
   },
   pull: { cold: [100, 120, 140], warm: [5, 6, 7], coldVerified: true, notes: [] },
   concurrent: [
@@ -215,9 +216,11 @@ test('headlineMetrics: pulls, each pods-at-once run, memory in MiB', (t) => {
 test('evaluateTargets: every target of the issue, met when ≤ the limit', (t) => {
   const byId = Object.fromEntries(evaluateTargets(fast).map((r) => [r.id, r]));
   t.deepEqual(Object.keys(byId), TARGETS.map((d) => d.id));
-  t.is(Object.keys(byId).length, 13);
+  t.is(Object.keys(byId).length, 15);
+  t.like(byId.writableLayerCost, { value: 2, met: true, limit: 5, basis: 'median of 2, less plain\'s median of 2' });
+  t.like(byId.bandwidthCost, { value: null, met: null });
   t.like(byId.fromScratch, { value: 60, met: true, limit: 60, unit: 'ms', basis: 'median of 2' });
-  t.like(byId.blkioClassAdds, { value: 3, met: true, limit: 5, unit: 'ms', basis: 'median of 2, alternating with the plain cycles' });
+  t.like(byId.blkioClassAdds, { value: 3, met: true, limit: 5, unit: 'ms', basis: 'median of 2, less plain\'s median of 2' });
   t.like(byId.RunPodSandbox, { value: 25, met: true });
   t.like(byId.StartContainer, { value: 15, met: true }); // equal to the limit is met
   t.like(byId.StopContainer, { value: 5, met: true });
@@ -257,8 +260,8 @@ test('targetsTable: limit, value, status, basis, and the other runtime for refer
   const md = targetsTable(fast, slow);
   const lines = md.trim().split('\n');
   t.is(lines[0], '| target | limit | berth | status | basis | containerd |');
-  // the 13 targets, then the 4 stated against the other runtime
-  t.is(lines.length, 2 + 13 + 4);
+  // the 15 targets, then the 4 stated against the other runtime
+  t.is(lines.length, 2 + 15 + 4);
   t.true(md.includes('| RunPodSandbox (median) | ≤ 30 ms | 25.00 | met | median of 2 | 100.00 |'));
   t.true(md.includes('| StopContainer, process exits on SIGTERM (median) | ≤ 15 ms | 5.00 | met | median of 1 | – |'));
   t.true(md.includes('| runtime-owned PSS per pod (mean) | ≤ 0.3 MiB | 0.098 | met | mean over 30 pods | 4.000 |'));
@@ -330,7 +333,7 @@ test('toJson: every measurement per run, targets, metric comparison; no NaN anyw
   t.deepEqual(b!.memory.perPod.mean, { rssKiB: 206.667, pssKiB: 100 });
   t.is(b!.memory.perPod.pods.length, 30);
   t.deepEqual(b!.memory.memAvailable, { beforeKiB: 1_000_000, afterKiB: 1_000_000 - 61440, dropPerPodKiB: 2048 });
-  t.is(b!.targets.length, 13);
+  t.is(b!.targets.length, 15);
   t.deepEqual(json.targets, b!.targets);
   t.like((json.targets as unknown[])[0], { id: 'fromScratch', value: 60, met: true });
   const metrics = (json.comparison as Record<string, any>).metrics;

@@ -1,4 +1,5 @@
 import test from 'ava';
+import { ifbName } from '../../src/network/bandwidth.js';
 import { findOrphans, type Inventory, type Owners } from '../../src/doctor/orphans.js';
 import { chainsFor, parseSave } from '../../src/network/rules.js';
 import { vethName } from '../../src/network/embedded.js';
@@ -42,6 +43,9 @@ function inventory(over: Partial<Inventory> = {}): Inventory {
     parents: {},
     layerDirs: [],
     podRunDirs: [],
+    ifbs: [],
+    loops: [],
+    writableLayerImages: [],
     ...over,
   };
 }
@@ -186,6 +190,22 @@ test('a stopped pod keeps its cgroup, record and run dir; its pins and init are 
     podRunDirs: [STOPPED],
   });
   t.deepEqual(kinds(inv), [`netns ${STATE}/sandboxes/${STOPPED}/ns/net`]);
+});
+
+test('orphan ifb devices, writable-layer loop devices and images are listed; live ones and other tools\' are not', (t) => {
+  const o = owners();
+  o.pods[0]!.ifb = ifbName(LIVE);
+  const gone = 'e'.repeat(64);
+  const inv = inventory({
+    ifbs: [ifbName(LIVE), ifbName(gone), 'ifb0'],
+    loops: [
+      { device: '/dev/loop3', backingFile: `${ROOT}/writable-layers/${CTR}.img` },
+      { device: '/dev/loop4', backingFile: `${ROOT}/writable-layers/${gone}.img (deleted)` },
+      { device: '/dev/loop5', backingFile: '/srv/other.img' },
+    ],
+    writableLayerImages: [`${CTR}.img`, `${gone}.img`],
+  });
+  t.deepEqual(kinds(inv, o), [`ifb ${ifbName(gone)}`, 'loop /dev/loop4', `state ${ROOT}/writable-layers/${gone}.img`]);
 });
 
 test('berth doctor: flags, and --force only with --fix', (t) => {

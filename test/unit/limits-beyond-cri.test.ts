@@ -1,7 +1,7 @@
 import test from 'ava';
 import { parse } from 'smol-toml';
 import { BerthError } from '../../src/errors.js';
-import { parseQuantity } from '../../src/quantity.js';
+import { parseWholeQuantity } from '../../src/quantity.js';
 import { ConfigError, defaultConfig, validateConfig } from '../../src/config/schema.js';
 import { renderConfig } from '../../src/config/render.js';
 import { resolveBlockioClasses, type ProbeDevice } from '../../src/config/blockio.js';
@@ -21,12 +21,12 @@ function configError(t: import('ava').ExecutionContext, text: string, key: strin
 }
 
 test('quantities: whole numbers with Kubernetes suffixes; signs, fractions, unknown suffixes and overflow are refused', (t) => {
-  t.is(parseQuantity('1048576'), 1048576);
-  t.is(parseQuantity('1Mi'), 1048576);
-  t.is(parseQuantity('10M'), 10_000_000);
-  t.is(parseQuantity('500k'), 500_000);
-  t.is(parseQuantity('2Gi'), 2 ** 31);
-  for (const bad of ['', '10Xi', '-1', '1.5Mi', '1e6', ' 1', 'Mi', '1K', '99999999999999999999', '8Ei', '16384Pi']) t.is(parseQuantity(bad), undefined, bad);
+  t.is(parseWholeQuantity('1048576'), 1048576);
+  t.is(parseWholeQuantity('1Mi'), 1048576);
+  t.is(parseWholeQuantity('10M'), 10_000_000);
+  t.is(parseWholeQuantity('500k'), 500_000);
+  t.is(parseWholeQuantity('2Gi'), 2 ** 31);
+  for (const bad of ['', '10Xi', '-1', '1.5Mi', '1e6', ' 1', 'Mi', '1K', '99999999999999999999', '8Ei', '16384Pi']) t.is(parseWholeQuantity(bad), undefined, bad);
 });
 
 test('pids_limit: 4096 by default, 0 for none, refused outside 0..4194304 naming runtime.pids_limit', (t) => {

@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { bandwidthLimits, BandwidthLimits } from '../bandwidth.js';
 import { PortMapping, DnsConfig } from '../../sandbox/types.js';
 
 // CNI network configuration (spec 1.0): choosing the file, validating it, and building what each plugin gets on
@@ -80,15 +81,16 @@ export function versionAtLeast(v: string, min: string): boolean {
   return true;
 }
 
-/** Kubernetes resource quantity ("10M", "1Gi", "500k") → a number. */
-export function parseQuantity(text: string): number | undefined {
-  const m = /^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/.exec(text.trim());
-  if (!m) return undefined;
-  const factors: Record<string, number> = {
-    m: 1e-3, k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15, E: 1e18,
-    Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, Ei: 2 ** 60,
-  };
-  return Math.round(Number(m[1]) * (m[2] ? factors[m[2]]! : 1));
+/**
+ * Limits of a pod whose annotations were checked when it started (prepare refuses bad ones); a pod recorded before
+ * that check existed may still carry one, and its DEL must not fail over it.
+ */
+function storedBandwidth(annotations: Record<string, string>): BandwidthLimits | undefined {
+  try {
+    return bandwidthLimits(annotations);
+  } catch {
+    return undefined;
+  }
 }
 
 export interface RuntimeInputs {
@@ -109,12 +111,11 @@ export function capabilityArgs(input: RuntimeInputs): Record<string, unknown> {
       ...(p.hostIp && p.hostIp !== '0.0.0.0' ? { hostIP: p.hostIp } : {}),
     }));
   if (ports.length > 0) args.portMappings = ports;
-  const ingress = input.annotations['kubernetes.io/ingress-bandwidth'];
-  const egress = input.annotations['kubernetes.io/egress-bandwidth'];
+  const limits = storedBandwidth(input.annotations);
   const bandwidth: Record<string, number> = {};
   // As containerd: the rate in bits per second, a burst as large as the kernel allows.
-  if (ingress && parseQuantity(ingress)) Object.assign(bandwidth, { ingressRate: parseQuantity(ingress)!, ingressBurst: 2 ** 32 - 1 });
-  if (egress && parseQuantity(egress)) Object.assign(bandwidth, { egressRate: parseQuantity(egress)!, egressBurst: 2 ** 32 - 1 });
+  if (limits?.ingressBitsPerSecond) Object.assign(bandwidth, { ingressRate: limits.ingressBitsPerSecond, ingressBurst: 2 ** 32 - 1 });
+  if (limits?.egressBitsPerSecond) Object.assign(bandwidth, { egressRate: limits.egressBitsPerSecond, egressBurst: 2 ** 32 - 1 });
   if (Object.keys(bandwidth).length > 0) args.bandwidth = bandwidth;
   if (input.dns && (input.dns.servers.length > 0 || input.dns.searches.length > 0 || input.dns.options.length > 0)) {
     args.dns = { servers: input.dns.servers, searches: input.dns.searches, options: input.dns.options };

@@ -10,6 +10,9 @@ import type { SavedTables } from '../../../src/network/rules.js';
 export class FakeEmbeddedHost implements EmbeddedHost {
   readonly calls: string[] = [];
   readonly failing = new Set<string>();
+  /** The host's devices as links() reports them; createIfb adds, deleteLink removes. */
+  readonly devices = new Set<string>(['lo', 'eth0']);
+  readonly batches: string[] = [];
 
   private call(name: string): void {
     this.calls.push(name);
@@ -34,8 +37,21 @@ export class FakeEmbeddedHost implements EmbeddedHost {
     this.call('bridgePorts');
     return [];
   }
-  async deleteLink(): Promise<void> {
+  async deleteLink(name: string): Promise<void> {
     this.call('deleteLink');
+    this.devices.delete(name);
+  }
+  async createIfb(name: string): Promise<void> {
+    this.call('createIfb');
+    this.devices.add(name);
+  }
+  async tcBatch(text: string): Promise<void> {
+    this.call('tcBatch');
+    this.batches.push(text);
+  }
+  async links(): Promise<string[]> {
+    this.call('links');
+    return [...this.devices];
   }
   async attachHostEnd(): Promise<void> {
     this.call('attachHostEnd');
