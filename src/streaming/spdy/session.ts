@@ -65,6 +65,7 @@ export class SpdyStream extends Duplex {
   localFinished = false;
   private replySent = false;
   private rstSent = false;
+  private sink: ((chunk: Buffer) => boolean) | null = null;
 
   constructor(
     private readonly session: SpdySession,
@@ -104,6 +105,37 @@ export class SpdyStream extends Duplex {
     this.session.unblock(this);
   }
 
+  /**
+   * Hands what the peer sends to write, chunk by chunk, instead of to the Readable side (a relay skips its buffering
+   * this way); the Readable side then only ends. write returns false to stop the connection's reading until
+   * resumeDelivery. null drops whatever comes from now on.
+   */
+  deliverTo(write: ((chunk: Buffer) => boolean) | null): void {
+    const sink = write ?? (() => true);
+    // What came before (e.g. while the relay's other end was being dialed) goes first, in order.
+    for (let chunk: Buffer | null; (chunk = this.read() as Buffer | null) !== null;) sink(chunk);
+    this.sink = sink;
+    this.resume();
+    this.session.unblock(this);
+  }
+
+  /** The sink given to deliverTo takes more again. */
+  resumeDelivery(): void {
+    this.session.unblock(this);
+  }
+
+  /**
+   * Sends chunk as data frames at once, past the Writable side's buffering (for a relay that reads into one reused
+   * buffer). True when the connection took all of it synchronously: chunk's memory may be reused. False when some
+   * is queued: chunk must stay untouched and the caller should produce nothing more until onFlushed is called
+   * (once the queued bytes are written; never, if the session dies first, which destroys this stream). The
+   * Writable side must not be written to meanwhile (frames would interleave out of order); end() still sends FIN.
+   */
+  sendNow(chunk: Buffer, onFlushed: () => void): boolean {
+    if (this.destroyed || this.localFinished) return true;
+    return this.session.sendDataNow(this.id, chunk, onFlushed);
+  }
+
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     this.session.sendData(this.id, chunk, false, cb);
   }
@@ -134,7 +166,7 @@ export class SpdyStream extends Duplex {
   /** @internal Returns false when the reader is behind (the session then stops reading the socket). */
   receiveData(chunk: Buffer): boolean {
     if (this.destroyed || this.remoteFinished) return true;
-    return this.push(chunk);
+    return this.sink ? this.sink(chunk) : this.push(chunk);
   }
 
   /** @internal */ receiveFin(): void {
@@ -290,22 +322,42 @@ export class SpdySession extends EventEmitter<SessionEvents> {
 
   /** @internal */ sendData(id: number, data: Buffer, fin: boolean, cb: () => void): void {
     if (this.closed || this.socket.destroyed || this.socket.writableEnded) return cb();
+    const ok = this.writeDataFrames(id, data, fin);
+    if (ok || this.socket.writableLength === 0) cb();
+    else this.drainWaiters.push(cb);
+  }
+
+  /** @internal True when the socket took every byte synchronously (nothing of data is referenced any more). */
+  sendDataNow(id: number, data: Buffer, onFlushed: () => void): boolean {
+    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return true;
+    let returned = false;
+    let flushed = false;
+    this.writeDataFrames(id, data, false, () => {
+      if (returned && !flushed) onFlushed();
+    });
+    flushed = this.socket.writableLength === 0;
+    returned = true;
+    return flushed;
+  }
+
+  /** One corked write of data as frames of at most maxOutgoingDataFrame bytes; returns the last write()'s verdict. */
+  private writeDataFrames(id: number, data: Buffer, fin: boolean, written?: () => void): boolean {
     this.touch();
     const max = this.limits.maxOutgoingDataFrame;
     let ok = true;
     this.socket.cork();
     if (data.length === 0) {
-      ok = this.socket.write(encodeDataHeader(id, 0, fin));
+      ok = this.socket.write(encodeDataHeader(id, 0, fin), written);
     } else {
       for (let at = 0; at < data.length; at += max) {
         const piece = data.subarray(at, at + max);
-        this.socket.write(encodeDataHeader(id, piece.length, fin && at + max >= data.length));
-        ok = this.socket.write(piece);
+        const last = at + max >= data.length;
+        this.socket.write(encodeDataHeader(id, piece.length, fin && last));
+        ok = this.socket.write(piece, last ? written : undefined);
       }
     }
     this.socket.uncork();
-    if (ok || this.socket.writableLength === 0) cb();
-    else this.drainWaiters.push(cb);
+    return ok;
   }
 
   /** @internal A stream's reader asked for more: read the socket again if nothing else holds it. */
