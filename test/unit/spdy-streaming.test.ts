@@ -346,6 +346,45 @@ for (const honourReads of [true, false]) {
   });
 }
 
+test('port-forward: a pod that stops reading holds the client back, then gets every byte intact', async (t) => {
+  const h = await harness();
+  const input = randomBytes(48 * 1024 * 1024);
+  let podSock: net.Socket | undefined;
+  const hash = createHash('sha256');
+  let podGot = 0;
+  const podEnded = new Promise<void>((resolve) => {
+    const pod = net.createServer((sock) => {
+      podSock = sock;
+      sock.pause();
+      sock.on('data', (c: Buffer) => {
+        podGot += c.length;
+        hash.update(c);
+      });
+      sock.on('end', () => {
+        sock.end();
+        resolve();
+      });
+    });
+    pod.listen(0, '127.0.0.1', () => h.ports.set(80, (pod.address() as net.AddressInfo).port));
+    t.teardown(() => void pod.close());
+  });
+  await until(() => h.ports.has(80), 'the pod to listen');
+  const client = await spdyPortForward(h.url({ kind: 'portforward', podSandboxId: 'p1', ports: [80] }));
+  const conn = await client.connect(80);
+  conn.data.resume();
+  let written = false;
+  conn.data.end(input, () => (written = true));
+  await until(() => podSock !== undefined, 'the pod connection');
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.false(written, 'berth took the whole upload while the pod read nothing');
+  podSock!.resume();
+  await podEnded;
+  t.is(podGot, input.length);
+  t.is(hash.digest('hex'), sha(input));
+  client.close();
+  await h.close();
+});
+
 test('port-forward: a refused dial and a bad port are errors on their own error stream; the session stays up', async (t) => {
   const h = await harness();
   const pod = net.createServer((sock) => sock.end('pong'));

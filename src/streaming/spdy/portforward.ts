@@ -141,7 +141,26 @@ export function servePortForward(session: SpdySession, target: PortForwardTarget
       finish();
     });
     // Client -> pod, straight from the session's frames; the client's FIN half-closes the pod connection.
-    data.deliverTo((chunk) => pod.destroyed || pod.write(chunk));
+    // Corked per read of the session's socket: the frames' payloads of one read go to the pod in one writev.
+    let corked = false;
+    data.deliverTo({
+      write: (chunk) => {
+        if (pod.destroyed) return;
+        if (!corked) {
+          corked = true;
+          pod.cork();
+        }
+        pod.write(chunk);
+      },
+      flush: () => {
+        if (corked) {
+          corked = false;
+          pod.uncork();
+        }
+        // Full only when bytes wait and 'drain' is due (write returned false); otherwise no 'drain' would come.
+        return pod.destroyed || !(pod.writableNeedDrain && pod.writableLength > 0);
+      },
+    });
     pod.on('drain', () => data.resumeDelivery());
     data.on('end', () => {
       if (!pod.destroyed && !pod.writableEnded) pod.end();

@@ -65,7 +65,7 @@ export class SpdyStream extends Duplex {
   localFinished = false;
   private replySent = false;
   private rstSent = false;
-  private sink: ((chunk: Buffer) => boolean) | null = null;
+  private sink: DataSink | null = null;
 
   constructor(
     private readonly session: SpdySession,
@@ -106,17 +106,19 @@ export class SpdyStream extends Duplex {
   }
 
   /**
-   * Hands what the peer sends to write, chunk by chunk, instead of to the Readable side (a relay skips its buffering
-   * this way); the Readable side then only ends. write returns false to stop the connection's reading until
-   * resumeDelivery. null drops whatever comes from now on.
+   * Hands what the peer sends to sink instead of to the Readable side (a relay skips its buffering this way); the
+   * Readable side then only ends. The chunks of one read of the connection go to sink.write, then sink.flush says
+   * whether it takes more: false holds the connection's reading until resumeDelivery. null drops whatever comes
+   * from now on.
    */
-  deliverTo(write: ((chunk: Buffer) => boolean) | null): void {
-    const sink = write ?? (() => true);
+  deliverTo(sink: DataSink | null): void {
+    const to = sink ?? droppingSink;
     // What came before (e.g. while the relay's other end was being dialed) goes first, in order.
-    for (let chunk: Buffer | null; (chunk = this.read() as Buffer | null) !== null;) sink(chunk);
-    this.sink = sink;
+    for (let chunk: Buffer | null; (chunk = this.read() as Buffer | null) !== null;) to.write(chunk);
+    this.sink = to;
     this.resume();
-    this.session.unblock(this);
+    if (to.flush()) this.session.unblock(this);
+    else this.session.hold(this);
   }
 
   /** The sink given to deliverTo takes more again. */
@@ -166,7 +168,15 @@ export class SpdyStream extends Duplex {
   /** @internal Returns false when the reader is behind (the session then stops reading the socket). */
   receiveData(chunk: Buffer): boolean {
     if (this.destroyed || this.remoteFinished) return true;
-    return this.sink ? this.sink(chunk) : this.push(chunk);
+    if (!this.sink) return this.push(chunk);
+    this.sink.write(chunk);
+    this.session.toFlush(this);
+    return true;
+  }
+
+  /** @internal After a read's chunks went to the sink: false when it is full. */
+  flushSink(): boolean {
+    return this.destroyed || !this.sink || this.sink.flush();
   }
 
   /** @internal */ receiveFin(): void {
@@ -201,6 +211,15 @@ export class SpdyStream extends Duplex {
   }
 }
 
+/** Where a relay has a stream's incoming data go (SpdyStream.deliverTo). */
+export interface DataSink {
+  write(chunk: Buffer): void;
+  /** Called after the chunks of one read; false when the sink is full (reading waits for resumeDelivery). */
+  flush(): boolean;
+}
+
+const droppingSink: DataSink = { write: () => undefined, flush: () => true };
+
 type SessionEvents = {
   stream: [SpdyStream];
   close: [Error | null];
@@ -213,6 +232,8 @@ export class SpdySession extends EventEmitter<SessionEvents> {
   private readonly deflater = new StoredZlibWriter();
   private readonly streams = new Map<number, SpdyStream>();
   private readonly blocked = new Set<SpdyStream>();
+  /** Streams whose sink got data since the last flush. */
+  private readonly unflushed = new Set<SpdyStream>();
   private readonly drainWaiters: (() => void)[] = [];
   private readonly pings = new Map<number, () => void>();
   private inbox: FrameEvent[] = [];
@@ -360,6 +381,24 @@ export class SpdySession extends EventEmitter<SessionEvents> {
     return ok;
   }
 
+  /** @internal */ toFlush(stream: SpdyStream): void {
+    this.unflushed.add(stream);
+  }
+
+  /** @internal The stream's sink is full: stop reading the socket until unblock. */
+  hold(stream: SpdyStream): void {
+    this.blocked.add(stream);
+    this.updateFlow();
+  }
+
+  /** Flushes the sinks that got data: one write of the relay's per read of the connection, not one per frame. */
+  private flushSinks(): void {
+    if (this.unflushed.size === 0) return;
+    for (const stream of this.unflushed) if (!stream.flushSink()) this.blocked.add(stream);
+    this.unflushed.clear();
+    this.updateFlow();
+  }
+
   /** @internal A stream's reader asked for more: read the socket again if nothing else holds it. */
   unblock(stream: SpdyStream): void {
     if (this.blocked.delete(stream)) this.updateFlow();
@@ -439,6 +478,7 @@ export class SpdySession extends EventEmitter<SessionEvents> {
         }
         const f = ev.frame;
         if (f.type === 'syn_stream' || f.type === 'syn_reply' || f.type === 'headers') {
+          this.flushSinks();
           // Every block must go through the inflater in order, even for a frame we then drop, or the
           // context and the peer's deflater part ways.
           this.inflating = true;
@@ -457,6 +497,7 @@ export class SpdySession extends EventEmitter<SessionEvents> {
           this.onControl(f);
         }
       }
+      this.flushSinks();
     } catch (err) {
       this.protocolError(err as Error);
     } finally {
@@ -551,6 +592,7 @@ export class SpdySession extends EventEmitter<SessionEvents> {
     this.inbox = [];
     this.inflater.close();
     this.blocked.clear();
+    this.unflushed.clear();
     const streams = [...this.streams.values()];
     this.streams.clear();
     for (const s of streams) {
