@@ -296,7 +296,7 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
         const present = Boolean((await cri.images.ImageStatus({ image: { image: streamingImage } })).image);
         try {
           if (!present) await cri.images.PullImage({ image: { image: streamingImage } });
-          const s = await measureStreaming(cri, streamingImage, { execs: opts.execs, forwards: opts.forwards, forwardMiB: opts.forwardMiB, signal });
+          const s = await measureStreaming(cri, streamingImage, { execs: opts.execs, forwards: opts.forwards, forwardMiB: opts.forwardMiB, daemonPid: t.daemonPid, signal });
           run.streaming = s;
           const sum = streamingSummary(s);
           progress(`${name}: exec first byte median ${sum.firstByte.median.toFixed(2)} ms; port-forward ${sum.uploadMiBps.toFixed(1)} MiB/s up, ${sum.downloadMiBps.toFixed(1)} MiB/s down`);

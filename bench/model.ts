@@ -147,6 +147,10 @@ export interface StreamingResult {
   uploadMiBps: number[];
   /** Pod → client through one forwarded connection (until EOF), MiB/s. */
   downloadMiBps: number[];
+  /** The daemon's CPU over the timed uploads / MiB moved, ms; undefined when the daemon is unknown. */
+  uploadCpuMsPerMiB?: number;
+  /** The same over the timed downloads. */
+  downloadCpuMsPerMiB?: number;
   failures: string[];
 }
 

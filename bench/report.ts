@@ -298,9 +298,9 @@ export function relistTable(r: RelistResult): string {
 export function streamingTable(s: StreamingResult): string {
   const sum = streamingSummary(s);
   const ms = (name: string, x: Summary) => [cell(name), String(x.n), formatMs(x.median), formatMs(x.p95)];
-  const rate = (name: string, samples: number[]) => {
+  const rate = (name: string, samples: number[], cpuMsPerMiB: number | undefined) => {
     const x = summarize(samples);
-    return [cell(name), String(x.n), formatRate(x.median), formatRate(x.min), formatRate(x.max)];
+    return [cell(name), String(x.n), formatRate(x.median), formatRate(x.min), formatRate(x.max), cpuMsPerMiB === undefined ? '–' : cpuMsPerMiB.toFixed(2)];
   };
   return (
     'Streaming over SPDY/3.1 (a client-go-shaped client dialing the URL the RPC returned; one pod):\n\n' +
@@ -311,9 +311,9 @@ export function streamingTable(s: StreamingResult): string {
     ) +
     '\n' +
     table(
-      [`port-forward, one connection, ${s.forwardMiB} MiB`, 'n', 'median MiB/s', 'min MiB/s', 'max MiB/s'],
-      ['l', 'r', 'r', 'r', 'r'],
-      [rate('upload (until the pod counted every byte)', s.uploadMiBps), rate('download (until EOF)', s.downloadMiBps)],
+      [`port-forward, one connection, ${s.forwardMiB} MiB`, 'n', 'median MiB/s', 'min MiB/s', 'max MiB/s', 'daemon CPU ms/MiB'],
+      ['l', 'r', 'r', 'r', 'r', 'r'],
+      [rate('upload (until the pod counted every byte)', s.uploadMiBps, s.uploadCpuMsPerMiB), rate('download (until EOF)', s.downloadMiBps, s.downloadCpuMsPerMiB)],
     ) +
     s.failures.slice(0, 3).map((f) => `\n- ${cell(f)}`).join('') +
     (s.failures.length ? '\n' : '')
@@ -500,6 +500,8 @@ function runJson(run: RuntimeRun): Record<string, unknown> {
           forwardMiB: run.streaming.forwardMiB,
           uploadMiBps: distJson(run.streaming.uploadMiBps),
           downloadMiBps: distJson(run.streaming.downloadMiBps),
+          uploadCpuMsPerMiB: run.streaming.uploadCpuMsPerMiB ?? null,
+          downloadCpuMsPerMiB: run.streaming.downloadCpuMsPerMiB ?? null,
           failures: run.streaming.failures,
         }
       : null,

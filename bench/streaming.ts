@@ -14,6 +14,7 @@ import type { CriClient } from './cri-client.js';
 import { Interrupted } from './lifecycle.js';
 import type { StreamingResult } from './model.js';
 import { removePods, startPod, type PodSet } from './phases.js';
+import { readCpuMs } from './procfs.js';
 import { nsToMs } from './stats.js';
 
 /** Inside the pod's own network namespace, so any fixed port is free. */
@@ -185,6 +186,8 @@ export interface StreamingOptions {
   forwards: number;
   /** Bytes per port-forward measurement, MiB. */
   forwardMiB: number;
+  /** The streaming server's process (the runtime daemon), for CPU per MiB; omitted when unknown. */
+  daemonPid?: number;
   signal?: AbortSignal;
 }
 
@@ -216,10 +219,16 @@ export async function measureStreaming(cri: CriClient, image: string, opts: Stre
       for (const direction of ['upload', 'download'] as const) {
         check();
         await forwardOnce(cri, pod.podId, direction, Math.min(bytes, 2 ** 20));
+        const cpu0 = opts.daemonPid ? await readCpuMs(opts.daemonPid) : NaN;
         for (let i = 0; i < opts.forwards; i++) {
           check();
           const mibps = await forwardOnce(cri, pod.podId, direction, bytes);
           (direction === 'upload' ? result.uploadMiBps : result.downloadMiBps).push(mibps);
+        }
+        if (opts.daemonPid) {
+          const perMiB = ((await readCpuMs(opts.daemonPid)) - cpu0) / (opts.forwards * opts.forwardMiB);
+          if (direction === 'upload') result.uploadCpuMsPerMiB = perMiB;
+          else result.downloadCpuMsPerMiB = perMiB;
         }
       }
     }

@@ -115,7 +115,7 @@ function streamingDomain(containers: ContainerService, sandboxes: SandboxService
         if (record.state !== 'READY') throw failedPrecondition(`pod sandbox "${record.id}" is not ready`);
         return record.id;
       },
-      dial: (id, port, signal) => sandboxes.dial(id, port, signal),
+      dial: (id, port, signal, reads) => sandboxes.dial(id, port, signal, reads),
     },
     log.child({ component: 'streaming' }),
   );
@@ -134,7 +134,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
   const lateBackend: StreamingBackend = {
     exec: (target, io) => streamingBackend!.exec(target, io),
     attach: (target, io) => streamingBackend!.attach(target, io),
-    portForward: (pod, port, signal) => streamingBackend!.portForward(pod, port, signal),
+    portForward: (pod, port, signal, reads) => streamingBackend!.portForward(pod, port, signal, reads),
   };
   const streamingServer = await StreamingServer.start({
     config: config.streaming,

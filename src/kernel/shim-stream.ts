@@ -1,5 +1,5 @@
 import { constants, openSync, closeSync, readFileSync } from 'node:fs';
-import net from 'node:net';
+import net, { type OnReadOpts } from 'node:net';
 import path from 'node:path';
 import { Duplex, Readable, type Writable } from 'node:stream';
 import { BerthError, errorMessage, failedPrecondition, internal, invalidArgument } from '../errors.js';
@@ -286,9 +286,9 @@ export function closeContainerStdin(monitorPid: number, monitorStartTime?: numbe
  * or pipes in the data path. Rejects with a BerthError whose message suits the port's error stream:
  * invalid_argument for a port outside 1-65535, unavailable when the connection cannot be made.
  */
-export async function dialInNetns(netnsPath: string | null, port: number, timeoutMs: number): Promise<Duplex> {
+export async function dialInNetns(netnsPath: string | null, port: number, timeoutMs: number, reads?: OnReadOpts): Promise<Duplex> {
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalidArgument(`port ${port} is not in 1-65535`);
-  if (netnsPath === null) return dialHost(port, timeoutMs);
+  if (netnsPath === null) return dialHost(port, timeoutMs, reads);
   let child: PipedChild;
   let ours: number;
   let theirs: number;
@@ -324,12 +324,12 @@ export async function dialInNetns(netnsPath: string | null, port: number, timeou
     throw new BerthError('unavailable', received.line ? why : `port ${port}: ${why}`);
   }
   void child.exited.then(() => stderr.destroy());
-  return new net.Socket({ fd: received.fd, readable: true, writable: true, allowHalfOpen: true });
+  return new net.Socket({ fd: received.fd, readable: true, writable: true, allowHalfOpen: true, ...(reads ? { onread: reads } : {}) });
 }
 
-function dialHost(port: number, timeoutMs: number): Promise<Duplex> {
+function dialHost(port: number, timeoutMs: number, reads?: OnReadOpts): Promise<Duplex> {
   const attempt = (host: string) => new Promise<net.Socket>((resolve, reject) => {
-    const s = net.connect({ host, port });
+    const s = net.connect({ host, port, ...(reads ? { onread: reads } : {}) });
     const timer = setTimeout(() => {
       s.destroy();
       reject(Object.assign(new Error(`connect to localhost:${port}: timed out after ${timeoutMs}ms`), { code: 'ETIMEDOUT' }));

@@ -1,3 +1,4 @@
+import type { OnReadOpts } from 'node:net';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { internal, errorMessage } from '../errors.js';
@@ -67,8 +68,11 @@ export interface SandboxRuntime {
   writePodFiles(dir: string, files: PodFiles): Promise<void>;
   /** Rewrites only /etc/hosts, once the network has given the pod its address. */
   writeHostsFile(dir: string, hostname: string, ip: string): Promise<void>;
-  /** A TCP connection to localhost:<port> inside the pinned network namespace (null: the host's). */
-  dial(netnsPath: string | null, port: number, timeoutMs: number): Promise<Duplex>;
+  /**
+   * A TCP connection to localhost:<port> inside the pinned network namespace (null: the host's); with reads, it
+   * reads into reads.buffer and hands each read to reads.callback (net's onread) instead of emitting 'data'.
+   */
+  dial(netnsPath: string | null, port: number, timeoutMs: number, reads?: OnReadOpts): Promise<Duplex>;
 }
 
 /** The real thing: berth-shim for namespaces, mount(2) for /dev/shm, plain files for the rest. */

@@ -1,3 +1,4 @@
+import type { OnReadOpts } from 'node:net';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
@@ -198,12 +199,12 @@ export class SandboxService {
    * kubectl port-forward: a connection to localhost:<port> in the pod's network namespace (the host's for a
    * host-network pod), made by a process of its own: berth's threads never enter a pod's namespace.
    */
-  async dial(id: string, port: number, signal: AbortSignal): Promise<Duplex> {
+  async dial(id: string, port: number, signal: AbortSignal, reads?: OnReadOpts): Promise<Duplex> {
     const record = this.get(id);
     if (record.state !== 'READY') throw failedPrecondition(`pod sandbox ${record.id} is not ready`);
     const netns = record.config.namespaces.network === 'NODE' ? null : record.namespacePaths.network;
     if (netns === undefined) throw failedPrecondition(`pod sandbox ${record.id} has no network namespace`);
-    const connection = await this.runtime.dial(netns, port, DIAL_TIMEOUT_MS);
+    const connection = await this.runtime.dial(netns, port, DIAL_TIMEOUT_MS, reads);
     // The client left while the connection was being made: it has no one to serve.
     if (signal.aborted) {
       connection.destroy();

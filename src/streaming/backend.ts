@@ -1,3 +1,4 @@
+import type { OnReadOpts } from 'node:net';
 import type { Duplex, Readable, Writable } from 'node:stream';
 import { failedPrecondition } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -38,7 +39,7 @@ export interface ContainerStreamsPort {
 /** What the backend asks of the sandbox service. */
 export interface PodStreamsPort {
   readyPod(id: string): Promise<string>;
-  dial(podSandboxId: string, port: number, signal: AbortSignal): Promise<Duplex>;
+  dial(podSandboxId: string, port: number, signal: AbortSignal, reads?: OnReadOpts): Promise<Duplex>;
 }
 
 export class ServiceStreamingBackend implements StreamingBackend, StreamingTargets {
@@ -128,8 +129,8 @@ export class ServiceStreamingBackend implements StreamingBackend, StreamingTarge
     }
   }
 
-  async portForward(podSandboxId: string, port: number, signal: AbortSignal) {
-    return this.pods.dial(podSandboxId, port, signal);
+  async portForward(podSandboxId: string, port: number, signal: AbortSignal, reads?: OnReadOpts) {
+    return this.pods.dial(podSandboxId, port, signal, reads);
   }
 }
 

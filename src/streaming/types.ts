@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http';
+import type { OnReadOpts } from 'node:net';
 import type { Duplex, Readable, Writable } from 'node:stream';
 import type { Logger } from '../log.js';
 
@@ -74,9 +75,10 @@ export interface StreamingBackend {
   attach(target: AttachTarget, io: SessionIO): Promise<void>;
   /**
    * A connection to `localhost:<port>` inside the pod's network namespace. Rejects with a message fit for the
-   * port's error stream (connection refused, no such pod, …).
+   * port's error stream (connection refused, no such pod, …). With reads, the connection reads into reads.buffer
+   * and hands each read to reads.callback instead of emitting 'data' (net's onread).
    */
-  portForward(podSandboxId: string, port: number, signal: AbortSignal): Promise<Duplex>;
+  portForward(podSandboxId: string, port: number, signal: AbortSignal, reads?: OnReadOpts): Promise<Duplex>;
 }
 
 /** What the CRI handlers ask before handing out a URL; both throw typed errors (NOT_FOUND, FAILED_PRECONDITION). */

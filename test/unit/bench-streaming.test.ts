@@ -82,17 +82,17 @@ test('scrapeCoverage: samples are the non-comment lines; containers are the runn
   t.deepEqual(scrapeCoverage('', new Set(['aaa'])), { samples: 0, containersSeen: 0 });
 });
 
-test('streamingTable: exec latencies in ms, throughput in MiB/s with min and max, failures listed', (t) => {
-  const md = streamingTable(streaming({ failures: ['exec echo: no answer'] }));
+test('streamingTable: exec latencies in ms, throughput in MiB/s with min and max and daemon CPU per MiB, failures listed', (t) => {
+  const md = streamingTable(streaming({ failures: ['exec echo: no answer'], uploadCpuMsPerMiB: 1.234 }));
   t.true(md.includes('| exec of echo | n | median ms | p95 ms |'));
   t.true(md.includes('| Exec RPC (URL returned) | 3 | 3.00 | 4.00 |'));
   t.true(md.includes('| Exec → first stdout byte | 3 | 12.00 | 30.00 |'));
   t.true(md.includes('| Exec → exit status read | 3 | 13.00 | 31.00 |'));
-  t.true(md.includes('| port-forward, one connection, 64 MiB | n | median MiB/s | min MiB/s | max MiB/s |'));
-  t.true(md.includes('| upload (until the pod counted every byte) | 3 | 250.0 | 200.0 | 300.0 |'));
-  t.true(md.includes('| download (until EOF) | 2 | 125.0 | 100.0 | 150.0 |'));
+  t.true(md.includes('| port-forward, one connection, 64 MiB | n | median MiB/s | min MiB/s | max MiB/s | daemon CPU ms/MiB |'));
+  t.true(md.includes('| upload (until the pod counted every byte) | 3 | 250.0 | 200.0 | 300.0 | 1.23 |'));
+  t.true(md.includes('| download (until EOF) | 2 | 125.0 | 100.0 | 150.0 | – |'));
   t.true(md.includes('\n- exec echo: no answer\n'));
-  t.true(streamingTable(streaming({ uploadMiBps: [] })).includes('| upload (until the pod counted every byte) | 0 | – | – | – |'));
+  t.true(streamingTable(streaming({ uploadMiBps: [] })).includes('| upload (until the pod counted every byte) | 0 | – | – | – | – |'));
 });
 
 test('scrapeTable: wall time, daemon CPU per scrape, coverage; a runtime without the endpoint says so', (t) => {

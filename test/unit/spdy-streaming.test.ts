@@ -1,7 +1,7 @@
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
-import net from 'node:net';
+import net, { type OnReadOpts } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../../src/log.js';
 import { spdyUpgradeHandler } from '../../src/streaming/spdy/index.js';
@@ -20,7 +20,7 @@ interface Recorded {
   finished: number;
 }
 
-function fakeBackend(rec: Recorded, ports: Map<number, number>): StreamingBackend {
+function fakeBackend(rec: Recorded, ports: Map<number, number>, honourReads: boolean): StreamingBackend {
   return {
     async exec(target: ExecTarget, io: SessionIO) {
       rec.started++;
@@ -61,12 +61,12 @@ function fakeBackend(rec: Recorded, ports: Map<number, number>): StreamingBacken
       io.stdout!.write('attached\n');
       if (io.stdin) for await (const chunk of io.stdin) io.stdout!.write(chunk);
     },
-    portForward(_pod: string, port: number): Promise<Duplex> {
+    portForward(_pod: string, port: number, _signal: AbortSignal, reads?: OnReadOpts): Promise<Duplex> {
       const real = ports.get(port);
       if (real === undefined) return Promise.reject(new Error(`dial tcp 127.0.0.1:${port}: connect: connection refused`));
       return new Promise((resolve, reject) => {
         // Half-open, as a pod connection must be: the pod's FIN must not cut what the client still sends.
-        const s = net.connect({ port: real, host: '127.0.0.1', allowHalfOpen: true });
+        const s = net.connect({ port: real, host: '127.0.0.1', allowHalfOpen: true, ...(honourReads && reads ? { onread: reads } : {}) });
         s.once('connect', () => resolve(s));
         s.once('error', reject);
       });
@@ -83,13 +83,14 @@ interface Harness {
   close(): Promise<void>;
 }
 
-async function harness(opts: { streamCreationTimeoutMs?: number } = {}): Promise<Harness> {
+/** honourReads false: a backend that ignores the reusable read buffer it is offered and emits 'data' instead. */
+async function harness(opts: { streamCreationTimeoutMs?: number; honourReads?: boolean } = {}): Promise<Harness> {
   const rec: Recorded = { resizes: [], aborted: 0, started: 0, finished: 0 };
   const ports = new Map<number, number>();
   const shutdown = new AbortController();
   const targets = new Map<string, StreamTarget>();
   const ctx: ProtocolContext = {
-    backend: fakeBackend(rec, ports),
+    backend: fakeBackend(rec, ports, opts.honourReads ?? true),
     log: quiet,
     streamCreationTimeoutMs: opts.streamCreationTimeoutMs ?? 5000,
     idleTimeoutMs: 60_000,
@@ -308,6 +309,79 @@ test('port-forward: 10 MiB each way over two concurrent connections, intact (sha
   }
   client.close();
   await new Promise((resolve) => pod.close(resolve));
+  await h.close();
+});
+
+for (const honourReads of [true, false]) {
+  const how = honourReads ? 'reading into one reused buffer' : "from a connection emitting 'data'";
+  test(`port-forward: a client that stops reading holds the pod back, then gets every byte intact (${how})`, async (t) => {
+    const h = await harness({ honourReads });
+    // More than every socket buffer on the way can hold (loopback autotuning: up to 4 MiB sent + 6 MiB received per hop).
+    const out = randomBytes(48 * 1024 * 1024);
+    let podDone = false;
+    const pod = net.createServer((sock) => {
+      sock.on('error', () => undefined);
+      sock.resume();
+      sock.end(out, () => (podDone = true));
+    });
+    await new Promise<void>((resolve) => pod.listen(0, '127.0.0.1', resolve));
+    h.ports.set(80, (pod.address() as net.AddressInfo).port);
+    const client = await spdyPortForward(h.url({ kind: 'portforward', podSandboxId: 'p1', ports: [80] }));
+    const conn = await client.connect(80);
+    const chunks: Buffer[] = [];
+    const ended = new Promise((resolve) => conn.data.once('end', resolve));
+    conn.data.pause();
+    // The session's socket and the client's receive buffer fill up: the pod must be made to wait, not buffered.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    t.false(podDone, 'the pod could not write everything while the client read nothing');
+    conn.data.on('data', (c: Buffer) => chunks.push(c));
+    conn.data.resume();
+    conn.data.end();
+    await ended;
+    t.is(sha(Buffer.concat(chunks)), sha(out));
+    t.is(await conn.error, '');
+    client.close();
+    await new Promise((resolve) => pod.close(resolve));
+    await h.close();
+  });
+}
+
+test('port-forward: a pod that stops reading holds the client back, then gets every byte intact', async (t) => {
+  const h = await harness();
+  const input = randomBytes(48 * 1024 * 1024);
+  let podSock: net.Socket | undefined;
+  const hash = createHash('sha256');
+  let podGot = 0;
+  const podEnded = new Promise<void>((resolve) => {
+    const pod = net.createServer((sock) => {
+      podSock = sock;
+      sock.pause();
+      sock.on('data', (c: Buffer) => {
+        podGot += c.length;
+        hash.update(c);
+      });
+      sock.on('end', () => {
+        sock.end();
+        resolve();
+      });
+    });
+    pod.listen(0, '127.0.0.1', () => h.ports.set(80, (pod.address() as net.AddressInfo).port));
+    t.teardown(() => void pod.close());
+  });
+  await until(() => h.ports.has(80), 'the pod to listen');
+  const client = await spdyPortForward(h.url({ kind: 'portforward', podSandboxId: 'p1', ports: [80] }));
+  const conn = await client.connect(80);
+  conn.data.resume();
+  let written = false;
+  conn.data.end(input, () => (written = true));
+  await until(() => podSock !== undefined, 'the pod connection');
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.false(written, 'berth took the whole upload while the pod read nothing');
+  podSock!.resume();
+  await podEnded;
+  t.is(podGot, input.length);
+  t.is(hash.digest('hex'), sha(input));
+  client.close();
   await h.close();
 });
 

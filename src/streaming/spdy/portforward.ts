@@ -1,3 +1,4 @@
+import type { OnReadOpts } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../../log.js';
 import { errorMessage } from '../../errors.js';
@@ -12,6 +13,12 @@ import { onShutdown } from './shutdown.js';
 // missing) goes as text on that pair's error stream and closes that pair only; the session serves the others.
 
 export const portForwardProtocols = ['portforward.k8s.io'] as const;
+
+/**
+ * Bytes the pod side of a forwarded connection reads at once: several data frames per read (and per writev to the
+ * client) when the pod sends fast, one buffer per connection whatever its speed.
+ */
+const POD_READ_BYTES = 256 * 1024;
 
 interface Pair {
   requestId: string;
@@ -89,9 +96,16 @@ export function servePortForward(session: SpdySession, target: PortForwardTarget
       sessionAbort.signal.removeEventListener('abort', onSessionEnd);
       if (!abort.signal.aborted) abort.abort(new Error('the port-forward connection ended'));
     };
-    let conn: Duplex;
+    let conn: Duplex | undefined;
+    const resumePod = () => conn?.resume();
+    // Pod -> client without a buffer per read: the pod connection reads into one buffer of its own, whose bytes go
+    // out as frames at once; while the client's socket holds some of them, the pod connection is paused (so the
+    // buffer is not overwritten) until they are written. Per-read buffers cost the daemon collections that cost
+    // more than the copying.
+    const podBuffer = Buffer.allocUnsafe(POD_READ_BYTES);
+    const podReads: OnReadOpts = { buffer: podBuffer, callback: (bytes) => data.sendNow(podBuffer.subarray(0, bytes), resumePod) };
     try {
-      conn = await ctx.backend.portForward(target.podSandboxId, port, abort.signal);
+      conn = await ctx.backend.portForward(target.podSandboxId, port, abort.signal, podReads);
     } catch (err) {
       release();
       return failPair({ requestId, data, error, timer: null }, `error forwarding port ${port} to pod ${target.podSandboxId}: ${errorMessage(err)}`);
@@ -106,26 +120,54 @@ export function servePortForward(session: SpdySession, target: PortForwardTarget
     const finish = () => {
       if (connClosed && dataClosed) release();
     };
-    conn.on('error', (err) => plog.debug('pod side of a port-forward connection failed', { error: err.message }));
-    // Pod -> client. When the pod side is done, so is the pair for the client (kubelet closes both streams).
-    conn.pipe(data);
-    conn.on('end', () => {
+    const pod = conn;
+    pod.on('error', (err) => plog.debug('pod side of a port-forward connection failed', { error: err.message }));
+    // A connection that does not read into podReads (a backend may ignore it) delivers chunks of its own: each is
+    // sent the same way and is not reused, so only the pause matters.
+    pod.on('data', (chunk: Buffer) => {
+      if (!data.sendNow(chunk, resumePod)) pod.pause();
+    });
+    // When the pod side is done, so is the pair for the client (kubelet closes both streams).
+    pod.on('end', () => {
+      if (!data.writableEnded) data.end();
       if (!error.writableEnded) error.end();
     });
-    conn.on('close', () => {
+    pod.on('close', () => {
       connClosed = true;
       // Whatever the client still sends has nowhere to go; dropping it keeps the session's socket flowing.
-      data.unpipe(conn);
-      data.resume();
+      data.deliverTo(null);
       if (!data.writableEnded) data.end();
       if (!error.writableEnded) error.end();
       finish();
     });
-    // Client -> pod; the client's FIN half-closes the pod connection.
-    data.pipe(conn);
+    // Client -> pod, straight from the session's frames; the client's FIN half-closes the pod connection.
+    // Corked per read of the session's socket: the frames' payloads of one read go to the pod in one writev.
+    let corked = false;
+    data.deliverTo({
+      write: (chunk) => {
+        if (pod.destroyed) return;
+        if (!corked) {
+          corked = true;
+          pod.cork();
+        }
+        pod.write(chunk);
+      },
+      flush: () => {
+        if (corked) {
+          corked = false;
+          pod.uncork();
+        }
+        // Full only when bytes wait and 'drain' is due (write returned false); otherwise no 'drain' would come.
+        return pod.destroyed || !(pod.writableNeedDrain && pod.writableLength > 0);
+      },
+    });
+    pod.on('drain', () => data.resumeDelivery());
+    data.on('end', () => {
+      if (!pod.destroyed && !pod.writableEnded) pod.end();
+    });
     data.on('close', () => {
       dataClosed = true;
-      if (!conn.destroyed) conn.destroy();
+      if (!pod.destroyed) pod.destroy();
       if (!error.destroyed && !error.writableEnded) error.end();
       finish();
     });

@@ -65,6 +65,7 @@ export class SpdyStream extends Duplex {
   localFinished = false;
   private replySent = false;
   private rstSent = false;
+  private sink: DataSink | null = null;
 
   constructor(
     private readonly session: SpdySession,
@@ -104,6 +105,39 @@ export class SpdyStream extends Duplex {
     this.session.unblock(this);
   }
 
+  /**
+   * Hands what the peer sends to sink instead of to the Readable side (a relay skips its buffering this way); the
+   * Readable side then only ends. The chunks of one read of the connection go to sink.write, then sink.flush says
+   * whether it takes more: false holds the connection's reading until resumeDelivery. null drops whatever comes
+   * from now on.
+   */
+  deliverTo(sink: DataSink | null): void {
+    const to = sink ?? droppingSink;
+    // What came before (e.g. while the relay's other end was being dialed) goes first, in order.
+    for (let chunk: Buffer | null; (chunk = this.read() as Buffer | null) !== null;) to.write(chunk);
+    this.sink = to;
+    this.resume();
+    if (to.flush()) this.session.unblock(this);
+    else this.session.hold(this);
+  }
+
+  /** The sink given to deliverTo takes more again. */
+  resumeDelivery(): void {
+    this.session.unblock(this);
+  }
+
+  /**
+   * Sends chunk as data frames at once, past the Writable side's buffering (for a relay that reads into one reused
+   * buffer). True when the connection took all of it synchronously: chunk's memory may be reused. False when some
+   * is queued: chunk must stay untouched and the caller should produce nothing more until onFlushed is called
+   * (once the queued bytes are written; never, if the session dies first, which destroys this stream). The
+   * Writable side must not be written to meanwhile (frames would interleave out of order); end() still sends FIN.
+   */
+  sendNow(chunk: Buffer, onFlushed: () => void): boolean {
+    if (this.destroyed || this.localFinished) return true;
+    return this.session.sendDataNow(this.id, chunk, onFlushed);
+  }
+
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     this.session.sendData(this.id, chunk, false, cb);
   }
@@ -134,7 +168,15 @@ export class SpdyStream extends Duplex {
   /** @internal Returns false when the reader is behind (the session then stops reading the socket). */
   receiveData(chunk: Buffer): boolean {
     if (this.destroyed || this.remoteFinished) return true;
-    return this.push(chunk);
+    if (!this.sink) return this.push(chunk);
+    this.sink.write(chunk);
+    this.session.toFlush(this);
+    return true;
+  }
+
+  /** @internal After a read's chunks went to the sink: false when it is full. */
+  flushSink(): boolean {
+    return this.destroyed || !this.sink || this.sink.flush();
   }
 
   /** @internal */ receiveFin(): void {
@@ -169,6 +211,15 @@ export class SpdyStream extends Duplex {
   }
 }
 
+/** Where a relay has a stream's incoming data go (SpdyStream.deliverTo). */
+export interface DataSink {
+  write(chunk: Buffer): void;
+  /** Called after the chunks of one read; false when the sink is full (reading waits for resumeDelivery). */
+  flush(): boolean;
+}
+
+const droppingSink: DataSink = { write: () => undefined, flush: () => true };
+
 type SessionEvents = {
   stream: [SpdyStream];
   close: [Error | null];
@@ -181,6 +232,8 @@ export class SpdySession extends EventEmitter<SessionEvents> {
   private readonly deflater = new StoredZlibWriter();
   private readonly streams = new Map<number, SpdyStream>();
   private readonly blocked = new Set<SpdyStream>();
+  /** Streams whose sink got data since the last flush. */
+  private readonly unflushed = new Set<SpdyStream>();
   private readonly drainWaiters: (() => void)[] = [];
   private readonly pings = new Map<number, () => void>();
   private inbox: FrameEvent[] = [];
@@ -290,22 +343,60 @@ export class SpdySession extends EventEmitter<SessionEvents> {
 
   /** @internal */ sendData(id: number, data: Buffer, fin: boolean, cb: () => void): void {
     if (this.closed || this.socket.destroyed || this.socket.writableEnded) return cb();
+    const ok = this.writeDataFrames(id, data, fin);
+    if (ok || this.socket.writableLength === 0) cb();
+    else this.drainWaiters.push(cb);
+  }
+
+  /** @internal True when the socket took every byte synchronously (nothing of data is referenced any more). */
+  sendDataNow(id: number, data: Buffer, onFlushed: () => void): boolean {
+    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return true;
+    let returned = false;
+    let flushed = false;
+    this.writeDataFrames(id, data, false, () => {
+      if (returned && !flushed) onFlushed();
+    });
+    flushed = this.socket.writableLength === 0;
+    returned = true;
+    return flushed;
+  }
+
+  /** One corked write of data as frames of at most maxOutgoingDataFrame bytes; returns the last write()'s verdict. */
+  private writeDataFrames(id: number, data: Buffer, fin: boolean, written?: () => void): boolean {
     this.touch();
     const max = this.limits.maxOutgoingDataFrame;
     let ok = true;
     this.socket.cork();
     if (data.length === 0) {
-      ok = this.socket.write(encodeDataHeader(id, 0, fin));
+      ok = this.socket.write(encodeDataHeader(id, 0, fin), written);
     } else {
       for (let at = 0; at < data.length; at += max) {
         const piece = data.subarray(at, at + max);
-        this.socket.write(encodeDataHeader(id, piece.length, fin && at + max >= data.length));
-        ok = this.socket.write(piece);
+        const last = at + max >= data.length;
+        this.socket.write(encodeDataHeader(id, piece.length, fin && last));
+        ok = this.socket.write(piece, last ? written : undefined);
       }
     }
     this.socket.uncork();
-    if (ok || this.socket.writableLength === 0) cb();
-    else this.drainWaiters.push(cb);
+    return ok;
+  }
+
+  /** @internal */ toFlush(stream: SpdyStream): void {
+    this.unflushed.add(stream);
+  }
+
+  /** @internal The stream's sink is full: stop reading the socket until unblock. */
+  hold(stream: SpdyStream): void {
+    this.blocked.add(stream);
+    this.updateFlow();
+  }
+
+  /** Flushes the sinks that got data: one write of the relay's per read of the connection, not one per frame. */
+  private flushSinks(): void {
+    if (this.unflushed.size === 0) return;
+    for (const stream of this.unflushed) if (!stream.flushSink()) this.blocked.add(stream);
+    this.unflushed.clear();
+    this.updateFlow();
   }
 
   /** @internal A stream's reader asked for more: read the socket again if nothing else holds it. */
@@ -387,6 +478,7 @@ export class SpdySession extends EventEmitter<SessionEvents> {
         }
         const f = ev.frame;
         if (f.type === 'syn_stream' || f.type === 'syn_reply' || f.type === 'headers') {
+          this.flushSinks();
           // Every block must go through the inflater in order, even for a frame we then drop, or the
           // context and the peer's deflater part ways.
           this.inflating = true;
@@ -405,6 +497,7 @@ export class SpdySession extends EventEmitter<SessionEvents> {
           this.onControl(f);
         }
       }
+      this.flushSinks();
     } catch (err) {
       this.protocolError(err as Error);
     } finally {
@@ -499,6 +592,7 @@ export class SpdySession extends EventEmitter<SessionEvents> {
     this.inbox = [];
     this.inflater.close();
     this.blocked.clear();
+    this.unflushed.clear();
     const streams = [...this.streams.values()];
     this.streams.clear();
     for (const s of streams) {
