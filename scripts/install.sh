@@ -53,6 +53,7 @@ host_root() { [ -z "$root" ]; }
 
 opt=/opt/berth
 manifest_path="$opt/.install-manifest"
+kept_manifest_path=/etc/berth/.install-manifest
 config=/etc/berth/config.toml
 crictl=/etc/crictl.yaml
 state_dir=/var/lib/berth
@@ -62,8 +63,13 @@ systemd_running() { host_root && [ -d /run/systemd/system ] && command -v system
 
 # The manifest: "version V", "arch A", then one "KIND<TAB>PATH" line per path this script created, KIND being
 # dir, file, link or config (config: kept by --uninstall unless --purge). Paths are relative to the root.
-manifest_entries() { if [ -f "$root$manifest_path" ]; then grep -E $'^(dir|file|link|config)\t/' "$root$manifest_path" || true; fi; }
-manifest_value() { if [ -f "$root$manifest_path" ]; then sed -n "s/^$1 //p" "$root$manifest_path" | head -n1; fi; }
+# After an --uninstall without --purge, what remains of it (the config and the directories holding it) is listed in
+# kept_manifest_path, beside the config: a later --purge removes it, a later install adopts it.
+current_manifest() {
+  if [ -f "$root$manifest_path" ]; then echo "$root$manifest_path"; elif [ -f "$root$kept_manifest_path" ]; then echo "$root$kept_manifest_path"; fi
+}
+manifest_entries() { local m; m="$(current_manifest)"; if [ -n "$m" ]; then grep -E $'^(dir|file|link|config)\t/' "$m" || true; fi; }
+manifest_value() { local m; m="$(current_manifest)"; if [ -n "$m" ]; then sed -n "s/^$1 //p" "$m" | head -n1; fi; }
 
 # An unlink+create, never a write into an existing file: a running berth (or node) keeps the inode it has open.
 install_file() {
@@ -78,22 +84,14 @@ install_file() {
   mv -fT "$dest.berth-new" "$dest"
 }
 
+# Files and links of manifest lines on stdin, in one rm (thousands of them: a process each would take a minute).
 remove_listed() {
-  # Files and links first, then directories deepest first, each only if empty: what the node added inside stays.
-  local kind path
-  while IFS=$'\t' read -r kind path; do
-    case "$kind" in
-      file|link) rm -f -- "$root$path" ;;
-    esac
-  done
-  return 0
+  awk -F'\t' -v r="$root" '$1 == "file" || $1 == "link" { print r $2 }' | xargs -d '\n' -r rm -f --
 }
 
+# Directories named on stdin, deepest first, each only if empty: what the node put inside one keeps it.
 remove_dirs() {
-  local path
-  sort -r | while IFS= read -r path; do
-    rmdir -- "$root$path" 2>/dev/null || true
-  done
+  LC_ALL=C sort -r | awk -v r="$root" 'NF { print r $0 }' | xargs -d '\n' -r rmdir --ignore-fail-on-non-empty -- 2>/dev/null || true
 }
 
 # Refuses to delete a tree while something is mounted inside it (a container's rootfs, a volume bind mount): rm
@@ -117,12 +115,12 @@ mounted_under() {
 }
 
 uninstall() {
-  [ -f "$root$manifest_path" ] || {
+  if [ -z "$(current_manifest)" ]; then
     say "nothing to uninstall: no $root$manifest_path"
     [ $purge -eq 0 ] || purge_data
     return 0
-  }
-  if systemd_running && { systemctl is-active --quiet berth.service || systemctl is-enabled --quiet berth.service; } 2>/dev/null; then
+  fi
+  if [ -f "$root$manifest_path" ] && systemd_running && { systemctl is-active --quiet berth.service || systemctl is-enabled --quiet berth.service; } 2>/dev/null; then
     say "stopping and disabling berth.service"
     systemctl disable --now berth.service
   fi
@@ -130,12 +128,21 @@ uninstall() {
   entries="$(manifest_entries)"
   version="$(manifest_value version)"
   printf '%s\n' "$entries" | remove_listed
-  rm -f -- "$root$manifest_path"
+  rm -f -- "$root$manifest_path" "$root$kept_manifest_path"
   if [ $purge -eq 1 ]; then
     printf '%s\n' "$entries" | awk -F'\t' '$1 == "config" { print $2 }' | while IFS= read -r path; do rm -f -- "$root$path"; done
     purge_data
   fi
   printf '%s\n' "$entries" | awk -F'\t' '$1 == "dir" { print $2 }' | remove_dirs
+  if [ $purge -eq 0 ]; then
+    local kept
+    kept="$(printf '%s\n' "$entries" | while IFS=$'\t' read -r kind path; do
+      case "$kind" in config|dir) if [ -e "$root$path" ]; then printf '%s\t%s\n' "$kind" "$path"; fi ;; esac
+    done)"
+    if [ -n "$kept" ] && [ -d "$root${kept_manifest_path%/*}" ]; then
+      printf '# berth: what install.sh --uninstall kept; install.sh --uninstall --purge removes it\nversion %s\n%s\n' "$version" "$kept" >"$root$kept_manifest_path"
+    fi
+  fi
   if systemd_running; then systemctl daemon-reload; fi
   say "uninstalled berth ${version:-?} from ${root:-/}$( [ $purge -eq 1 ] && echo ' (purged)' || echo "; kept $config and $state_dir (--purge removes them)")"
 }
@@ -144,7 +151,7 @@ purge_data() {
   local dir
   for dir in "$state_dir" "$run_dir"; do refuse_mounted "$dir"; done
   for dir in "$state_dir" "$run_dir"; do rm -rf --one-file-system -- "$root$dir"; done
-  rm -f -- "$root$config" "$root$config.new"
+  rm -f -- "$root$config" "$root$config.new" "$root$kept_manifest_path"
   rmdir -- "$root/etc/berth" 2>/dev/null || true
 }
 
@@ -298,6 +305,7 @@ install() {
     printf '%s' "$new_manifest"
   } >"$root$manifest_path.berth-new"
   mv -fT "$root$manifest_path.berth-new" "$root$manifest_path"
+  rm -f -- "$root$kept_manifest_path"
 
   if systemd_running; then systemctl daemon-reload; fi
   if [ -n "$previous" ] && [ "$previous" != "$version" ]; then

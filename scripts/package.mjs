@@ -108,7 +108,11 @@ function copyProductionModules(target) {
     }
     // A nested node_modules is an entry of its own, copied (or not, if dev) when its turn comes.
     const dest = path.join(target, path.relative(modules, source));
-    cpSync(source, dest, { recursive: true, dereference: true, filter: (src) => src === source || path.basename(src) !== 'node_modules' || !src.startsWith(source + path.sep) });
+    const nested = (src) => src !== source && path.basename(src) === 'node_modules';
+    // koffi's platform package carries a musl build beside the glibc one: the bundled node is glibc's, so it can
+    // never load (and ldd of it would name musl's libc).
+    const musl = (src) => where.startsWith('node_modules/@koromix/koffi-linux-') && /^musl_/.test(path.relative(source, src));
+    cpSync(source, dest, { recursive: true, dereference: true, filter: (src) => !nested(src) && !musl(src) });
     copied++;
   }
   if (copied === 0) fail('package-lock.json lists no production packages');

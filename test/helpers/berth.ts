@@ -68,6 +68,10 @@ export interface StartOptions {
   env?: Record<string, string>;
   /** --log-level given to berth; null gives none, so that the config file's log.level applies. */
   logLevel?: string | null;
+  /** The program started instead of bin/berth (an installed release bundle's launcher). */
+  launcher?: string;
+  /** cleanup() leaves `dir` in place, for a test that checks what berth left in it. */
+  keepDir?: boolean;
 }
 
 /**
@@ -99,7 +103,7 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
   if (opts.logLevel !== null) args.push('--log-level', opts.logLevel ?? 'debug');
   if (config !== undefined) args.push('--config', configFile);
   args.push(...(opts.extraArgs ?? []));
-  const child = spawn(LAUNCHER, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  const child = spawn(opts.launcher ?? LAUNCHER, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   const logs: string[] = [];
   const waiters: { predicate: (e: Record<string, unknown>) => boolean; resolve: (e: Record<string, unknown>) => void }[] = [];
   const onLine = (line: string) => {
@@ -210,7 +214,7 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
       }
       await proc.stop();
       if (net) await removeTestNet(net);
-      await fs.rm(dir, { recursive: true, force: true });
+      if (!opts.keepDir) await fs.rm(dir, { recursive: true, force: true });
     },
   };
   return proc;
