@@ -228,7 +228,9 @@ install() {
     if [ -d "$root$path" ] && [ ! -L "$root$path" ]; then
       if [ "${ours[$path]:-}" = dir ]; then new_manifest+="dir"$'\t'"$path"$'\n'; fi
     else
-      if [ -e "$root$path" ] || [ -L "$root$path" ]; then die "$root$path exists and is no directory: remove it first"; fi
+      # A symlink is not followed: under --root it would resolve in this process's filesystem, not the node's.
+      if [ -L "$root$path" ]; then die "$root$path is a symlink: install.sh does not follow symlinks it would install through"; fi
+      if [ -e "$root$path" ]; then die "$root$path exists and is no directory: remove it first"; fi
       mkdir -m 755 -- "$root$path"
       new_manifest+="dir"$'\t'"$path"$'\n'
     fi
