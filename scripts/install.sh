@@ -12,7 +12,9 @@
 # DIR/etc/systemd/system/berth.service, DIR/etc/berth/config.toml (an existing one is kept and the bundle's written
 # as config.toml.new beside it) and DIR/etc/crictl.yaml (only when none exists). Every path it creates is listed in
 # DIR/opt/berth/.install-manifest with the bundle's version; --uninstall removes exactly those, except
-# /etc/berth/config.toml and /var/lib/berth, which --purge removes too.
+# /etc/berth/config.toml and /var/lib/berth (what it kept is listed in /etc/berth/.install-manifest). --purge, then or
+# later, removes those too and /run/berth, refusing while anything is mounted below them (a pod's rootfs, a volume).
+# A file in the bundle's way that no earlier run installed is refused, naming it, before anything is written.
 #
 # It never enables, starts or stops a unit in a root other than /: the caller does that on the host. With --root /
 # and systemd running it runs `systemctl daemon-reload` after installing, and before uninstalling stops and disables

@@ -8,7 +8,7 @@
 //
 // --version replaces package.json's version in the bundle's name and files (a test makes an "upgrade" with it).
 import { execFileSync } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -118,7 +118,7 @@ function copyProductionModules(target) {
   if (copied === 0) fail('package-lock.json lists no production packages');
   // Tools' command links point into packages, some of them dev ones: berth runs none of them.
   rmSync(path.join(target, '.bin'), { recursive: true, force: true });
-  for (const dir of readdirSync(target)) if (dir === '.package-lock.json') rmSync(path.join(target, dir));
+  rmSync(path.join(target, '.package-lock.json'), { force: true });
 }
 
 /** bin/berth with the bundled node: the same node flags, read from bin/berth so the two cannot drift. */
