@@ -261,6 +261,27 @@ test.serial('a bundle for another architecture is refused, naming both, and chan
   t.deepEqual(await listing(root), []);
 });
 
+test.serial('--purge refuses while something is mounted under /var/lib/berth (a volume would be deleted through it), and deletes nothing', async (t) => {
+  const root = await tempRoot(t);
+  const volume = path.join(root, 'volume');
+  const rootfs = path.join(root, 'var/lib/berth/containers/c1/rootfs');
+  await fs.mkdir(volume);
+  await fs.writeFile(path.join(volume, 'precious'), 'data');
+  await fs.mkdir(rootfs, { recursive: true });
+  await run('mount', ['--bind', volume, rootfs]);
+  let mounted = true;
+  t.teardown(async () => {
+    if (mounted) await run('umount', [rootfs]);
+  });
+  t.regex(await installFails('--root', root, '--uninstall', '--purge'), /var\/lib\/berth has mounts inside it: stop and remove the pods first/);
+  t.is(await fs.readFile(path.join(volume, 'precious'), 'utf8'), 'data');
+  t.true(await exists(rootfs));
+  await run('umount', [rootfs]);
+  mounted = false;
+  await install('--root', root, '--uninstall', '--purge');
+  t.deepEqual(await listing(root), ['var/', 'var/lib/', 'volume/', 'volume/precious'], 'berth\'s data went, the volume stayed');
+});
+
 test('contrib/berth.service: systemd-analyze verify finds nothing to say, and the unit has the keys berth relies on', async (t) => {
   const unit = await fs.readFile(path.join(repo, 'contrib/berth.service'), 'utf8');
   const keys = new Map<string, string[]>();
