@@ -10,6 +10,7 @@ import { activeFault, faultError } from './fault.js';
 import { Daemon, startDaemon } from './daemon.js';
 import { SocketInUseError } from './cri/server.js';
 import { MetricsAddressError } from './metrics/server.js';
+import { monotonicUsec, Notifier, notifierFromEnv } from './kernel/sd-notify.js';
 
 async function main(argv: string[]): Promise<number> {
   let command: Command;
@@ -55,7 +56,19 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** Tells systemd (Type=notify) where berth is; a failure is logged, never fatal: berth serves either way. */
+function tellSystemd(notifier: Notifier | undefined, message: string): void {
+  if (!notifier) return;
+  try {
+    notifier.notify(message);
+  } catch (err) {
+    log.error('sd_notify failed: systemd may not see berth as ready (its unit start then times out)', { socket: notifier.socket, message, error: err });
+  }
+}
+
 async function serve(options: DaemonOptions): Promise<number> {
+  // Taken out of the environment before anything is spawned.
+  const systemd = notifierFromEnv();
   if (options.logLevel) setLogLevel(options.logLevel);
   let config;
   try {
@@ -81,7 +94,12 @@ async function serve(options: DaemonOptions): Promise<number> {
     // One reload at a time, in signal order, so the last SIGHUP's file is the one in effect.
     reloading = reloading
       .then(async () => {
-        running = await reload(running, options, daemon!);
+        tellSystemd(systemd, `RELOADING=1\nMONOTONIC_USEC=${monotonicUsec()}`);
+        try {
+          running = await reload(running, options, daemon!);
+        } finally {
+          tellSystemd(systemd, 'READY=1');
+        }
       })
       .catch((err) => log.error('SIGHUP: reload failed', { error: err }));
   };
@@ -99,6 +117,8 @@ async function serve(options: DaemonOptions): Promise<number> {
     }
     throw err;
   }
+  // The socket serves: kubelet, ordered after berth.service, may start.
+  tellSystemd(systemd, `READY=1\nSTATUS=serving CRI on ${options.socket}`);
   if (hupWhileStarting) queueReload();
   const serving = daemon;
   return new Promise<number>((resolve) => {
@@ -111,6 +131,7 @@ async function serve(options: DaemonOptions): Promise<number> {
         return;
       }
       stopping = true;
+      tellSystemd(systemd, 'STOPPING=1');
       log.info('shutting down: draining in-flight RPCs', { signal });
       serving.stop().then(
         () => {

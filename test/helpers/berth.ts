@@ -68,8 +68,11 @@ export interface StartOptions {
   env?: Record<string, string>;
   /** --log-level given to berth; null gives none, so that the config file's log.level applies. */
   logLevel?: string | null;
-  /** Another build's bin/berth (the upgrade test's previous release); default: this checkout's. */
+  /** The program started instead of bin/berth: another build's (the upgrade test's previous release) or an
+   * installed release bundle's launcher. */
   launcher?: string;
+  /** cleanup() leaves `dir` in place, for a test that checks what berth left in it. */
+  keepDir?: boolean;
 }
 
 /**
@@ -212,7 +215,7 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
       }
       await proc.stop();
       if (net) await removeTestNet(net);
-      await fs.rm(dir, { recursive: true, force: true });
+      if (!opts.keepDir) await fs.rm(dir, { recursive: true, force: true });
     },
   };
   return proc;

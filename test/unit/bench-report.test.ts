@@ -387,8 +387,8 @@ test('renderSvg: a box per row and runtime, legend, escaped labels, balanced tag
   t.true(svg.trimEnd().endsWith('</svg>'));
   t.true(balanced(svg));
   const boxes = [...svg.matchAll(/<g class="box" data-run="([^"]+)" data-row="([^"]+)">/g)].map((m) => `${m[1]}/${m[2]}`);
-  // berth: 7 rows + 2 pulls + 2 pods-at-once; containerd: 3 rows + 2 pulls + 1 pods-at-once.
-  t.is(boxes.filter((b) => b.startsWith('berth/')).length, 11);
+  // berth: 8 rows (two controls) + 2 pulls + 2 pods-at-once; containerd: 3 rows + 2 pulls + 1 pods-at-once.
+  t.is(boxes.filter((b) => b.startsWith('berth/')).length, 12);
   t.is(boxes.filter((b) => b.startsWith('containerd/')).length, 6);
   t.true(boxes.includes('berth/from scratch → RUNNING'));
   t.true(boxes.includes('containerd/20 pods at once: per pod'));
