@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { BerthError, exhaustedResource, failedPrecondition, internal, notFound } from '../errors.js';
 import { KeyedMutex } from './locks.js';
-import { readJson, writeJsonAtomic } from './atomic.js';
+import { jsonText, readJson, replaceFileUnsynced, syncFile, writeJsonAtomic } from './atomic.js';
 import { releaseReserve, restoreReserve } from './reserve.js';
 
 // The one path by which a pod's or container's record changes: compute the new record from a snapshot, write it
@@ -11,6 +11,12 @@ import { releaseReserve, restoreReserve } from './reserve.js';
 //
 // Durability classes:
 // - 'durable' (the default): the write is on disk before the new record is visible or the caller goes on.
+// - 'synced-behind': written (temp + rename) before the new record is visible or the caller goes on, so a berth
+//   that crashes or is killed finds it on start (the page cache outlives the process); its fsync runs behind the
+//   answer. For records whose loss in a power cut is harmless because the host takes what they describe with it:
+//   a container's processes die with the host, and on the next start a lost or empty record leaves its directory
+//   an orphan that the owner releases (a container record lost before its CREATED -> RUNNING change reads as a
+//   container whose monitor is gone). `flush()` waits for these syncs too.
 // - 'recoverable': for a change that berth can rebuild on start from another durable file (a container's exit,
 //   rebuilt from the monitor's exit.json). The new record is swapped in at once and written behind the answer;
 //   `flush()` waits for such writes (shutdown, tests). A failed write is reported through `onWriteError`.
@@ -23,7 +29,7 @@ export interface StoredRecord {
   version?: number;
 }
 
-export type Durability = 'durable' | 'recoverable';
+export type Durability = 'durable' | 'synced-behind' | 'recoverable';
 
 export interface RecordStoreOptions<T> {
   /** The state field, checked against `transitions` on every update that changes it. */
@@ -44,6 +50,8 @@ export class RecordStore<T extends StoredRecord> {
   private readonly locks = new KeyedMutex();
   /** The newest write-behind of each id; later writes and the delete of that id wait for it. */
   private readonly behind = new Map<string, Promise<void>>();
+  /** fsyncs of 'synced-behind' writes still running. */
+  private readonly syncing = new Set<Promise<void>>();
 
   constructor(
     readonly dir: string,
@@ -98,11 +106,11 @@ export class RecordStore<T extends StoredRecord> {
   }
 
   /** Writes a new record, then makes it visible. */
-  async create(record: T): Promise<Readonly<T>> {
+  async create(record: T, durability: Exclude<Durability, 'recoverable'> = 'durable'): Promise<Readonly<T>> {
     return this.locks.run(record.id, async () => {
       if (this.live.has(record.id)) throw internal(`record ${record.id} already exists`);
       const next = deepFreeze({ ...record, version: RECORD_VERSION });
-      await this.write(next);
+      await this.write(next, durability === 'durable');
       this.live.set(next.id, next);
       this.opts.onChange?.(undefined, next);
       return next;
@@ -121,10 +129,10 @@ export class RecordStore<T extends StoredRecord> {
       if (proposed === current) return current;
       this.checkTransition(current, proposed as T);
       const next = deepFreeze({ ...proposed, id, version: RECORD_VERSION } as T);
-      if (durability === 'durable') {
+      if (durability !== 'recoverable') {
         // An older record still being written behind must not land after this one.
         await this.behind.get(id);
-        await this.write(next);
+        await this.write(next, durability === 'durable');
         this.live.set(id, next);
         this.opts.onChange?.(current, next);
         return next;
@@ -153,6 +161,7 @@ export class RecordStore<T extends StoredRecord> {
   /** Waits for every write-behind ('recoverable') change started so far. */
   async flush(): Promise<void> {
     await Promise.all([...this.behind.values()]);
+    await Promise.all([...this.syncing]);
   }
 
   private checkTransition(current: Readonly<T>, next: T): void {
@@ -166,18 +175,29 @@ export class RecordStore<T extends StoredRecord> {
     }
   }
 
-  private async write(record: Readonly<T>): Promise<void> {
+  /** `sync`: on disk before it returns; else in the page cache at once and fsynced behind (see Durability). */
+  private async write(record: Readonly<T>, sync = true): Promise<void> {
     await fs.mkdir(this.pathOf(record.id), { recursive: true, mode: 0o700 });
     const file = path.join(this.pathOf(record.id), this.file);
+    const put = () => (sync ? writeJsonAtomic(file, record) : replaceFileUnsynced(file, jsonText(record)));
     try {
-      await writeJsonAtomic(file, record);
+      await put();
     } catch (err) {
       // A record that exists already is being changed (started, stopped, torn down): on a full disk that must
       // still be possible, so the space reserve under berth's root is given up for it. A new record is not.
       const exists = this.live.has(record.id);
       if (!exists || exhaustedResource(err) !== 'ENOSPC' || !(await releaseReserve(this.dir))) throw err;
-      await writeJsonAtomic(file, record);
+      await put();
     }
+    if (!sync) this.syncBehind(record.id, file);
+  }
+
+  /** A sync that fails (an I/O error) is reported through onWriteError; the record stays as written. */
+  private syncBehind(id: string, file: string): void {
+    const done: Promise<void> = syncFile(file)
+      .catch((err) => this.opts.onWriteError?.(id, err))
+      .finally(() => this.syncing.delete(done));
+    this.syncing.add(done);
   }
 
   /** Writes of one id land in the order they were made; a behind write never rejects (onWriteError hears it). */
