@@ -132,6 +132,8 @@ export class ContainerService {
   /** name/attempt in its pod -> container id: CreateContainer refuses a second container of the same name. */
   private readonly names = new NameIndex();
   private readonly watchers = new Map<string, ExitWatch>();
+  /** Bundles of removed containers still being deleted (RemoveContainer answers before), by container id. */
+  private readonly bundleRemovals = new Map<string, { sandboxId: string; removed: Promise<void> }>();
   private readonly exitWaiters = new Map<string, (() => void)[]>();
   private readonly runtime: ContainerRuntime;
   private readonly delay: Delay;
@@ -144,7 +146,7 @@ export class ContainerService {
     this.records = new RecordStore(path.join(opts.root, 'containers'), 'container.json', {
       stateOf: (record) => record.state,
       transitions: CONTAINER_TRANSITIONS,
-      onWriteError: (id, err) => opts.log.error('cannot write a container record', { container: id, error: errorMessage(err) }),
+      onWriteError: (id, err) => opts.log.error('cannot write or remove a container record or bundle', { container: id, error: errorMessage(err) }),
       onChange: opts.onRecordChange,
     });
   }
@@ -209,7 +211,7 @@ export class ContainerService {
         const dirs = this.opts.cgroups.procsFiles(cgroupPath).map((f) => path.dirname(f));
         await this.removeCgroupWhenEmpty({ path: cgroupPath, created: dirs });
       }
-      if (cgroupPath) log.warn('released what a container creation interrupted by a crash left behind');
+      if (cgroupPath) log.warn('released what a container creation or removal interrupted by a crash left behind');
       await fs.rm(bundle, { recursive: true, force: true });
     } catch (err) {
       log.error('cannot release an interrupted container creation', { error: errorMessage(err) });
@@ -666,8 +668,12 @@ export class ContainerService {
     timer.lap('cgroup');
     faultPoint('container.remove.cgroup');
     this.unwatchExit(record.id);
-    // The store lets an exit record still being written land first, so that it cannot outlive the delete.
-    await this.records.delete(record.id);
+    // The store lets an exit record still being written land first, so that it cannot outlive the delete. The
+    // bundle (upper layer, work dir, fifos: a dozen files or many) goes behind the answer: once the record is
+    // gone it is an orphan that load() releases, should berth crash before it is removed.
+    const { removed } = await this.records.deleteBehind(record.id);
+    this.bundleRemovals.set(record.id, { sandboxId: record.sandboxId, removed });
+    void removed.finally(() => this.bundleRemovals.delete(record.id));
     timer.lap('record');
     faultPoint('container.remove.record');
     this.names.release(this.nameKey(record));
@@ -698,8 +704,10 @@ export class ContainerService {
     await Promise.all(this.inSandbox(sandboxId).map((c) => this.stop(c.id, 0)));
   }
 
+  /** Also waits for the bundles of the pod's containers removed earlier: a removed pod leaves nothing behind. */
   async removeAllInSandbox(sandboxId: string): Promise<void> {
     await Promise.all(this.inSandbox(sandboxId).map((c) => this.remove(c.id)));
+    await Promise.all([...this.bundleRemovals.values()].filter((r) => r.sandboxId === sandboxId).map((r) => r.removed));
   }
 
   async updateResources(id: string, resources: ResourceUpdate): Promise<void> {

@@ -18,8 +18,9 @@ import { releaseReserve, restoreReserve } from './reserve.js';
 //   an orphan that the owner releases (a container record lost before its CREATED -> RUNNING change reads as a
 //   container whose monitor is gone). `flush()` waits for these syncs too.
 // - 'recoverable': for a change that berth can rebuild on start from another durable file (a container's exit,
-//   rebuilt from the monitor's exit.json). The new record is swapped in at once and written behind the answer;
-//   `flush()` waits for such writes (shutdown, tests). A failed write is reported through `onWriteError`.
+//   rebuilt from the monitor's exit.json). The new record is swapped in at once and written behind the answer,
+//   its fsync behind that; `flush()` waits for both (shutdown, tests). A failed write is reported through
+//   `onWriteError`.
 
 /** The record format this code writes; a record without a version is version 1. */
 export const RECORD_VERSION = 1;
@@ -52,6 +53,8 @@ export class RecordStore<T extends StoredRecord> {
   private readonly behind = new Map<string, Promise<void>>();
   /** fsyncs of 'synced-behind' writes still running. */
   private readonly syncing = new Set<Promise<void>>();
+  /** Directories of deleteBehind still being removed. */
+  private readonly removing = new Set<Promise<void>>();
 
   constructor(
     readonly dir: string,
@@ -146,22 +149,48 @@ export class RecordStore<T extends StoredRecord> {
 
   /** Removes the record file first, then its directory: a crash in between leaves an orphan dir, not a ghost. */
   async delete(id: string): Promise<void> {
+    await this.deleteRecord(id);
+    await this.removeDir(id);
+  }
+
+  /**
+   * Removes the record file now and its directory behind the answer. From the record's removal on, the directory
+   * is an orphan to a restarted berth, which the owner's load releases: so a crash before `removed` settles
+   * leaves nothing that load does not finish. `removed` never rejects (onWriteError hears a failure); flush()
+   * waits for it too.
+   */
+  async deleteBehind(id: string): Promise<{ removed: Promise<void> }> {
+    await this.deleteRecord(id);
+    const removed: Promise<void> = this.removeDir(id)
+      .catch((err) => this.opts.onWriteError?.(id, err))
+      .finally(() => this.removing.delete(removed));
+    this.removing.add(removed);
+    return { removed };
+  }
+
+  private async deleteRecord(id: string): Promise<void> {
     await this.locks.run(id, async () => {
       // A write-behind landing after the delete would bring the record back on the next start.
       await this.behind.get(id);
-      await fs.rm(path.join(this.pathOf(id), this.file), { force: true });
+      await fs.unlink(path.join(this.pathOf(id), this.file)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
       const gone = this.live.get(id);
       this.live.delete(id);
       if (gone) this.opts.onChange?.(gone, undefined);
-      await fs.rm(this.pathOf(id), { recursive: true, force: true });
     });
+  }
+
+  private async removeDir(id: string): Promise<void> {
+    await fs.rm(this.pathOf(id), { recursive: true, force: true });
     await restoreReserve(this.dir);
   }
 
-  /** Waits for every write-behind ('recoverable') change started so far. */
+  /** Waits for every write-behind ('recoverable') change, sync behind and directory removal started so far. */
   async flush(): Promise<void> {
     await Promise.all([...this.behind.values()]);
     await Promise.all([...this.syncing]);
+    await Promise.all([...this.removing]);
   }
 
   private checkTransition(current: Readonly<T>, next: T): void {
@@ -204,7 +233,9 @@ export class RecordStore<T extends StoredRecord> {
   private writeBehind(record: Readonly<T>): void {
     const id = record.id;
     const done: Promise<void> = (this.behind.get(id) ?? Promise.resolve())
-      .then(() => this.write(record))
+      // Its fsync runs behind too: a delete waiting for this write (it must not land after it) waits for a rename,
+      // not a flush to disk.
+      .then(() => this.write(record, false))
       .catch((err) => this.opts.onWriteError?.(id, err))
       .finally(() => {
         if (this.behind.get(id) === done) this.behind.delete(id);

@@ -137,3 +137,18 @@ test('a delete right after a synced-behind create leaves nothing, and its fsync 
   t.deepEqual(await fs.readdir(dir), []);
   t.deepEqual(errors, []);
 });
+
+test('deleteBehind removes the record at once and its directory behind; until then a restarted berth sees an orphan', async (t) => {
+  const { dir, store } = await tempStore(t);
+  await store.create({ id: 'a', state: 'CREATED', tags: [] });
+  await fs.writeFile(path.join(dir, 'a', 'payload'), 'x');
+  const { removed } = await store.deleteBehind('a');
+  t.false(store.has('a'));
+  const restarted = new RecordStore<Rec>(dir, 'rec.json');
+  const loaded = await restarted.loadAll();
+  // Loaded before or after the directory went: never as a record.
+  t.deepEqual(loaded.records, []);
+  t.true(loaded.orphans.length === 0 || loaded.orphans[0] === path.join(dir, 'a'));
+  await removed;
+  t.deepEqual(await fs.readdir(dir), []);
+});
