@@ -46,7 +46,7 @@ import { writeFileNamed } from '../store/atomic.js';
 //   already durable, and reconciliation on start records the same exit from it again, so StopContainer answers
 //   as soon as the exit is known, without waiting for a write.
 
-export type ContainerCgroups = Pick<CgroupPort, 'create' | 'remove' | 'apply' | 'procsFiles' | 'oomKills' | 'killAll'>;
+export type ContainerCgroups = Pick<CgroupPort, 'create' | 'remove' | 'apply' | 'procsFiles' | 'oomKills' | 'killAll' | 'warmMigration'>;
 export type ContainerImages = Pick<ImageService, 'resolve' | 'pinLayers' | 'layerPaths' | 'collectGarbage'>;
 export type ContainerPods = Pick<SandboxService, 'get' | 'podLock'>;
 /** Resolves after `ms`, or rejects once `signal` aborts. */
@@ -305,6 +305,24 @@ export class ContainerService {
       await fs.mkdir(bundle, { recursive: true, mode: 0o700 });
       undo.push('remove bundle', () => fs.rm(bundle, { recursive: true, force: true }));
       faultPoint('container.create.bundle');
+      const cgroupPath = `${sandbox.cgroup.path}/${id}`;
+      // Noted in the bundle before it is made: a crash before the record is written must still find it (load).
+      await writeFileNamed(path.join(bundle, CGROUP_NOTE), cgroupPath, 0o600);
+      const handle = await this.opts.cgroups.create(cgroupPath);
+      const cgroup = { path: handle.path, created: handle.created };
+      undo.push('remove cgroup', async () => {
+        // A kill that fails leaves processes behind: the removal below says so.
+        await this.opts.cgroups.killAll(cgroup.path).catch(() => undefined);
+        await this.removeCgroupWhenEmpty(cgroup);
+      });
+      // The cgroup was just made and holds no process yet: its limits are written without the thread pool.
+      await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources), { empty: true }).catch(inField('config.linux.resources'));
+      // The init joins these cgroups a few ms from now (prepare, spec, shim, monitor): the kernel's grace period for
+      // that join starts here, which is why the cgroup is made before the rest is prepared. Not earlier: the warm-up
+      // holds the kernel's cgroup mutex while it waits, and the mkdirs and limit writes above would wait behind it.
+      void this.opts.cgroups.warmMigration();
+      timer.lap('cgroup');
+      faultPoint('container.create.cgroup');
       const lowerDirs = this.opts.images.layerPaths(image).reverse();
       const imageVolumes = await this.imageVolumeLayers(config, volumeImages, bundle);
       const [passwd, group] = await Promise.all([readImageFile(lowerDirs, '/etc/passwd'), readImageFile(lowerDirs, '/etc/group')]);
@@ -339,20 +357,6 @@ export class ContainerService {
       const cdi = config.cdiDevices?.length ? await this.resolveCdi(config.cdiDevices, log) : undefined;
       const apparmor = await this.securityModules(config, log);
       timer.lap('prepare');
-      const cgroupPath = `${sandbox.cgroup.path}/${id}`;
-      // Noted in the bundle before it is made: a crash before the record is written must still find it (load).
-      await writeFileNamed(path.join(bundle, CGROUP_NOTE), cgroupPath, 0o600);
-      const handle = await this.opts.cgroups.create(cgroupPath);
-      const cgroup = { path: handle.path, created: handle.created };
-      undo.push('remove cgroup', async () => {
-        // A kill that fails leaves processes behind: the removal below says so.
-        await this.opts.cgroups.killAll(cgroup.path).catch(() => undefined);
-        await this.removeCgroupWhenEmpty(cgroup);
-      });
-      // The cgroup was just made and holds no process yet: its limits are written without the thread pool.
-      await this.opts.cgroups.apply(handle.path, toCgroupResources(config.resources), { empty: true }).catch(inField('config.linux.resources'));
-      timer.lap('cgroup');
-      faultPoint('container.create.cgroup');
       const spec = buildSpec({
         id,
         config,
