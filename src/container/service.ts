@@ -41,13 +41,17 @@ import { writableLayerLimit } from './writable-layer-limit.js';
 // The per-container shim monitor owns the process; berth learns of exits from the exit record it writes (watched).
 //
 // Records change only through the record store's update(), checked against CONTAINER_TRANSITIONS. Durability:
-// - 'durable' (written before the new record is visible): create, CREATED -> RUNNING, resource updates, and an exit
-//   berth had to make up because the monitor died without writing one (nothing else on disk would tell it again).
+// - 'durable' (written and fsynced before the new record is visible): resource updates, and an exit berth had to
+//   make up because the monitor died without writing one (nothing else on disk would tell it again).
+// - 'synced-behind' (written before the answer, fsynced behind it): create and CREATED -> RUNNING. A berth crash
+//   finds them on start; only a power cut can lose them, and it takes the container's processes with it: a lost
+//   record leaves its bundle an orphan (released at load), a lost start leaves a CREATED record whose monitor is
+//   gone (reconciled as an unknown exit). Their fsyncs (~3-4 ms each on these VMs) were a fifth of CreateContainer.
 // - 'recoverable' (visible at once, written behind): an exit read from the monitor's exit record. That file is
 //   already durable, and reconciliation on start records the same exit from it again, so StopContainer answers
 //   as soon as the exit is known, without waiting for a write.
 
-export type ContainerCgroups = Pick<CgroupPort, 'create' | 'remove' | 'apply' | 'procsFiles' | 'oomKills' | 'killAll'>;
+export type ContainerCgroups = Pick<CgroupPort, 'create' | 'remove' | 'apply' | 'procsFiles' | 'oomKills' | 'killAll' | 'warmMigration'>;
 export type ContainerImages = Pick<ImageService, 'resolve' | 'pinLayers' | 'layerPaths' | 'collectGarbage'>;
 export type ContainerPods = Pick<SandboxService, 'get' | 'podLock'>;
 /** Resolves after `ms`, or rejects once `signal` aborts. */
@@ -143,6 +147,8 @@ export class ContainerService {
   /** name/attempt in its pod -> container id: CreateContainer refuses a second container of the same name. */
   private readonly names = new NameIndex();
   private readonly watchers = new Map<string, ExitWatch>();
+  /** Bundles of removed containers still being deleted (RemoveContainer answers before), by container id. */
+  private readonly bundleRemovals = new Map<string, { sandboxId: string; removed: Promise<void> }>();
   private readonly exitWaiters = new Map<string, (() => void)[]>();
   private readonly runtime: ContainerRuntime;
   private readonly delay: Delay;
@@ -155,7 +161,7 @@ export class ContainerService {
     this.records = new RecordStore(path.join(opts.root, 'containers'), 'container.json', {
       stateOf: (record) => record.state,
       transitions: CONTAINER_TRANSITIONS,
-      onWriteError: (id, err) => opts.log.error('cannot write a container record', { container: id, error: errorMessage(err) }),
+      onWriteError: (id, err) => opts.log.error('cannot write or remove a container record or bundle', { container: id, error: errorMessage(err) }),
       onChange: opts.onRecordChange,
     });
   }
@@ -225,7 +231,7 @@ export class ContainerService {
         const dirs = this.opts.cgroups.procsFiles(cgroupPath).map((f) => path.dirname(f));
         await this.removeCgroupWhenEmpty({ path: cgroupPath, created: dirs });
       }
-      if (cgroupPath) log.warn('released what a container creation interrupted by a crash left behind');
+      if (cgroupPath) log.warn('released what a container creation or removal interrupted by a crash left behind');
       await fs.rm(bundle, { recursive: true, force: true });
     } catch (err) {
       log.error('cannot release an interrupted container creation', { error: errorMessage(err) });
@@ -321,6 +327,24 @@ export class ContainerService {
       await fs.mkdir(bundle, { recursive: true, mode: 0o700 });
       undo.push('remove bundle', () => fs.rm(bundle, { recursive: true, force: true }));
       faultPoint('container.create.bundle');
+      const cgroupPath = `${sandbox.cgroup.path}/${id}`;
+      // Noted in the bundle before it is made: a crash before the record is written must still find it (load).
+      await writeFileNamed(path.join(bundle, CGROUP_NOTE), cgroupPath, 0o600);
+      const handle = await this.opts.cgroups.create(cgroupPath);
+      const cgroup = { path: handle.path, created: handle.created };
+      undo.push('remove cgroup', async () => {
+        // A kill that fails leaves processes behind: the removal below says so.
+        await this.opts.cgroups.killAll(cgroup.path).catch(() => undefined);
+        await this.removeCgroupWhenEmpty(cgroup);
+      });
+      // The cgroup was just made and holds no process yet: its limits are written without the thread pool.
+      await this.opts.cgroups.apply(handle.path, { ...toCgroupResources(config.resources), ...limits }, { empty: true }).catch(inField('config.linux.resources'));
+      // The init joins these cgroups a few ms from now (prepare, spec, shim, monitor): the kernel's grace period for
+      // that join starts here, which is why the cgroup is made before the rest is prepared. Not earlier: the warm-up
+      // holds the kernel's cgroup mutex while it waits, and the mkdirs and limit writes above would wait behind it.
+      void this.opts.cgroups.warmMigration();
+      timer.lap('cgroup');
+      faultPoint('container.create.cgroup');
       const lowerDirs = this.opts.images.layerPaths(image).reverse();
       const imageVolumes = await this.imageVolumeLayers(config, volumeImages, bundle);
       const [passwd, group] = await Promise.all([readImageFile(lowerDirs, '/etc/passwd'), readImageFile(lowerDirs, '/etc/group')]);
@@ -356,20 +380,6 @@ export class ContainerService {
       const cdi = config.cdiDevices?.length ? await this.resolveCdi(config.cdiDevices, log) : undefined;
       const apparmor = await this.securityModules(config, log);
       timer.lap('prepare');
-      const cgroupPath = `${sandbox.cgroup.path}/${id}`;
-      // Noted in the bundle before it is made: a crash before the record is written must still find it (load).
-      await writeFileNamed(path.join(bundle, CGROUP_NOTE), cgroupPath, 0o600);
-      const handle = await this.opts.cgroups.create(cgroupPath);
-      const cgroup = { path: handle.path, created: handle.created };
-      undo.push('remove cgroup', async () => {
-        // A kill that fails leaves processes behind: the removal below says so.
-        await this.opts.cgroups.killAll(cgroup.path).catch(() => undefined);
-        await this.removeCgroupWhenEmpty(cgroup);
-      });
-      // The cgroup was just made and holds no process yet: its limits are written without the thread pool.
-      await this.opts.cgroups.apply(handle.path, { ...toCgroupResources(config.resources), ...limits }, { empty: true }).catch(inField('config.linux.resources'));
-      timer.lap('cgroup');
-      faultPoint('container.create.cgroup');
       const spec = buildSpec({
         id,
         config,
@@ -429,7 +439,7 @@ export class ContainerService {
         oomScoreAdj: spec.process.oomScoreAdj ?? undefined,
         apparmorProfile: apparmor,
         ...(limited ? { writableLayer: limited.state } : {}),
-      });
+      }, 'synced-behind');
       this.watchExit(record);
       faultPoint('container.create.record');
       // Listed now: heldLayers() keeps its layers from here on.
@@ -554,7 +564,7 @@ export class ContainerService {
     faultPoint('container.start.released');
     const startedAt = Date.now() * 1e6;
     // A process that exits at once may already be recorded EXITED (with its own start time): it did start.
-    await this.records.update(record.id, (current) => (current.state === 'CREATED' ? { ...current, state: 'RUNNING', startedAt } : current));
+    await this.records.update(record.id, (current) => (current.state === 'CREATED' ? { ...current, state: 'RUNNING', startedAt } : current), 'synced-behind');
     faultPoint('container.start.record');
     this.opts.log.info('container started', { pod: record.sandboxId, container: record.id });
   }
@@ -685,19 +695,28 @@ export class ContainerService {
   async remove(id: string): Promise<void> {
     const record = this.find(id);
     if (!record) return;
+    const timer = new PhaseTimer();
     if (record.state !== 'EXITED') await this.stop(record.id, 0);
+    timer.lap('stop');
     faultPoint('container.remove.stopped');
     await this.removeCgroupWhenEmpty(record.cgroup);
+    timer.lap('cgroup');
     faultPoint('container.remove.cgroup');
     this.unwatchExit(record.id);
     if (record.writableLayer) await this.opts.writableLayers?.release(record.writableLayer);
     faultPoint('container.remove.layer');
-    // The store lets an exit record still being written land first, so that it cannot outlive the delete.
-    await this.records.delete(record.id);
+    // The store lets an exit record still being written land first, so that it cannot outlive the delete. The
+    // bundle (upper layer, work dir, fifos: a dozen files or many) goes behind the answer: once the record is
+    // gone it is an orphan that load() releases, should berth crash before it is removed.
+    const { removed } = await this.records.deleteBehind(record.id);
+    this.bundleRemovals.set(record.id, { sandboxId: record.sandboxId, removed });
+    void removed.finally(() => this.bundleRemovals.delete(record.id));
+    timer.lap('record');
     faultPoint('container.remove.record');
     this.names.release(this.nameKey(record));
     await this.opts.images.collectGarbage();
-    this.opts.log.info('container removed', { pod: record.sandboxId, container: record.id });
+    timer.lap('gc');
+    this.opts.log.info('container removed', { pod: record.sandboxId, container: record.id, ms: timer.ms, phases: timer.phases });
   }
 
   private async acquireLayer(id: string, bytes: number, bundle: string, undo: Undo): Promise<LimitedLayer> {
@@ -729,8 +748,10 @@ export class ContainerService {
     await Promise.all(this.inSandbox(sandboxId).map((c) => this.stop(c.id, 0)));
   }
 
+  /** Also waits for the bundles of the pod's containers removed earlier: a removed pod leaves nothing behind. */
   async removeAllInSandbox(sandboxId: string): Promise<void> {
     await Promise.all(this.inSandbox(sandboxId).map((c) => this.remove(c.id)));
+    await Promise.all([...this.bundleRemovals.values()].filter((r) => r.sandboxId === sandboxId).map((r) => r.removed));
   }
 
   async updateResources(id: string, resources: ResourceUpdate): Promise<void> {

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { BerthError, exhaustedResource, failedPrecondition, internal, notFound } from '../errors.js';
 import { KeyedMutex } from './locks.js';
-import { readJson, writeJsonAtomic } from './atomic.js';
+import { jsonText, readJson, replaceFileUnsynced, syncFile, writeJsonAtomic } from './atomic.js';
 import { releaseReserve, restoreReserve } from './reserve.js';
 
 // The one path by which a pod's or container's record changes: compute the new record from a snapshot, write it
@@ -11,9 +11,16 @@ import { releaseReserve, restoreReserve } from './reserve.js';
 //
 // Durability classes:
 // - 'durable' (the default): the write is on disk before the new record is visible or the caller goes on.
+// - 'synced-behind': written (temp + rename) before the new record is visible or the caller goes on, so a berth
+//   that crashes or is killed finds it on start (the page cache outlives the process); its fsync runs behind the
+//   answer. For records whose loss in a power cut is harmless because the host takes what they describe with it:
+//   a container's processes die with the host, and on the next start a lost or empty record leaves its directory
+//   an orphan that the owner releases (a container record lost before its CREATED -> RUNNING change reads as a
+//   container whose monitor is gone). `flush()` waits for these syncs too.
 // - 'recoverable': for a change that berth can rebuild on start from another durable file (a container's exit,
-//   rebuilt from the monitor's exit.json). The new record is swapped in at once and written behind the answer;
-//   `flush()` waits for such writes (shutdown, tests). A failed write is reported through `onWriteError`.
+//   rebuilt from the monitor's exit.json). The new record is swapped in at once and written behind the answer,
+//   its fsync behind that; `flush()` waits for both (shutdown, tests). A failed write is reported through
+//   `onWriteError`.
 
 /** The record format this code writes; a record without a version is version 1. */
 export const RECORD_VERSION = 1;
@@ -23,7 +30,7 @@ export interface StoredRecord {
   version?: number;
 }
 
-export type Durability = 'durable' | 'recoverable';
+export type Durability = 'durable' | 'synced-behind' | 'recoverable';
 
 export interface RecordStoreOptions<T> {
   /** The state field, checked against `transitions` on every update that changes it. */
@@ -44,6 +51,10 @@ export class RecordStore<T extends StoredRecord> {
   private readonly locks = new KeyedMutex();
   /** The newest write-behind of each id; later writes and the delete of that id wait for it. */
   private readonly behind = new Map<string, Promise<void>>();
+  /** fsyncs of 'synced-behind' writes still running. */
+  private readonly syncing = new Set<Promise<void>>();
+  /** Directories of deleteBehind still being removed. */
+  private readonly removing = new Set<Promise<void>>();
 
   constructor(
     readonly dir: string,
@@ -102,11 +113,11 @@ export class RecordStore<T extends StoredRecord> {
   }
 
   /** Writes a new record, then makes it visible. */
-  async create(record: T): Promise<Readonly<T>> {
+  async create(record: T, durability: Exclude<Durability, 'recoverable'> = 'durable'): Promise<Readonly<T>> {
     return this.locks.run(record.id, async () => {
       if (this.live.has(record.id)) throw internal(`record ${record.id} already exists`);
       const next = deepFreeze({ ...record, version: RECORD_VERSION });
-      await this.write(next);
+      await this.write(next, durability === 'durable');
       this.live.set(next.id, next);
       this.opts.onChange?.(undefined, next);
       return next;
@@ -125,10 +136,10 @@ export class RecordStore<T extends StoredRecord> {
       if (proposed === current) return current;
       this.checkTransition(current, proposed as T);
       const next = deepFreeze({ ...proposed, id, version: RECORD_VERSION } as T);
-      if (durability === 'durable') {
+      if (durability !== 'recoverable') {
         // An older record still being written behind must not land after this one.
         await this.behind.get(id);
-        await this.write(next);
+        await this.write(next, durability === 'durable');
         this.live.set(id, next);
         this.opts.onChange?.(current, next);
         return next;
@@ -142,21 +153,48 @@ export class RecordStore<T extends StoredRecord> {
 
   /** Removes the record file first, then its directory: a crash in between leaves an orphan dir, not a ghost. */
   async delete(id: string): Promise<void> {
+    await this.deleteRecord(id);
+    await this.removeDir(id);
+  }
+
+  /**
+   * Removes the record file now and its directory behind the answer. From the record's removal on, the directory
+   * is an orphan to a restarted berth, which the owner's load releases: so a crash before `removed` settles
+   * leaves nothing that load does not finish. `removed` never rejects (onWriteError hears a failure); flush()
+   * waits for it too.
+   */
+  async deleteBehind(id: string): Promise<{ removed: Promise<void> }> {
+    await this.deleteRecord(id);
+    const removed: Promise<void> = this.removeDir(id)
+      .catch((err) => this.opts.onWriteError?.(id, err))
+      .finally(() => this.removing.delete(removed));
+    this.removing.add(removed);
+    return { removed };
+  }
+
+  private async deleteRecord(id: string): Promise<void> {
     await this.locks.run(id, async () => {
       // A write-behind landing after the delete would bring the record back on the next start.
       await this.behind.get(id);
-      await fs.rm(path.join(this.pathOf(id), this.file), { force: true });
+      await fs.unlink(path.join(this.pathOf(id), this.file)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
       const gone = this.live.get(id);
       this.live.delete(id);
       if (gone) this.opts.onChange?.(gone, undefined);
-      await fs.rm(this.pathOf(id), { recursive: true, force: true });
     });
+  }
+
+  private async removeDir(id: string): Promise<void> {
+    await fs.rm(this.pathOf(id), { recursive: true, force: true });
     await restoreReserve(this.dir);
   }
 
-  /** Waits for every write-behind ('recoverable') change started so far. */
+  /** Waits for every write-behind ('recoverable') change, sync behind and directory removal started so far. */
   async flush(): Promise<void> {
     await Promise.all([...this.behind.values()]);
+    await Promise.all([...this.syncing]);
+    await Promise.all([...this.removing]);
   }
 
   private checkTransition(current: Readonly<T>, next: T): void {
@@ -170,25 +208,38 @@ export class RecordStore<T extends StoredRecord> {
     }
   }
 
-  private async write(record: Readonly<T>): Promise<void> {
+  /** `sync`: on disk before it returns; else in the page cache at once and fsynced behind (see Durability). */
+  private async write(record: Readonly<T>, sync = true): Promise<void> {
     await fs.mkdir(this.pathOf(record.id), { recursive: true, mode: 0o700 });
     const file = path.join(this.pathOf(record.id), this.file);
+    const put = () => (sync ? writeJsonAtomic(file, record) : replaceFileUnsynced(file, jsonText(record)));
     try {
-      await writeJsonAtomic(file, record);
+      await put();
     } catch (err) {
       // A record that exists already is being changed (started, stopped, torn down): on a full disk that must
       // still be possible, so the space reserve under berth's root is given up for it. A new record is not.
       const exists = this.live.has(record.id);
       if (!exists || exhaustedResource(err) !== 'ENOSPC' || !(await releaseReserve(this.dir))) throw err;
-      await writeJsonAtomic(file, record);
+      await put();
     }
+    if (!sync) this.syncBehind(record.id, file);
+  }
+
+  /** A sync that fails (an I/O error) is reported through onWriteError; the record stays as written. */
+  private syncBehind(id: string, file: string): void {
+    const done: Promise<void> = syncFile(file)
+      .catch((err) => this.opts.onWriteError?.(id, err))
+      .finally(() => this.syncing.delete(done));
+    this.syncing.add(done);
   }
 
   /** Writes of one id land in the order they were made; a behind write never rejects (onWriteError hears it). */
   private writeBehind(record: Readonly<T>): void {
     const id = record.id;
     const done: Promise<void> = (this.behind.get(id) ?? Promise.resolve())
-      .then(() => this.write(record))
+      // Its fsync runs behind too: a delete waiting for this write (it must not land after it) waits for a rename,
+      // not a flush to disk.
+      .then(() => this.write(record, false))
       .catch((err) => this.opts.onWriteError?.(id, err))
       .finally(() => {
         if (this.behind.get(id) === done) this.behind.delete(id);

@@ -220,6 +220,16 @@ t2('killAll kills every process, with cgroup.kill and with the per-pid fallback'
   }
 });
 
+t2('warmMigration moves berth nowhere (it rejoins the cgroups it is in) and swallows a failure', async (t) => {
+  const before = read('/proc/self/cgroup');
+  await cg.warmMigration();
+  t.is(read('/proc/self/cgroup'), before);
+  // A layout whose mount point does not exist: the write fails, the warm-up says nothing to its caller.
+  const nowhere = new Cgroups({ ...layout, hierarchies: layout.hierarchies.map((h) => ({ ...h, mountPoint: `/nonexistent-${h.mountPoint}` })) }, logger({ test: 'cgroups' }));
+  await t.notThrowsAsync(nowhere.warmMigration());
+  t.is(read('/proc/self/cgroup'), before);
+});
+
 t2('nothing named berth-test-* is left under /sys/fs/cgroup', (t) => {
   t.deepEqual(berthTestDirs('/sys/fs/cgroup'), []);
 });

@@ -6,6 +6,7 @@ import {
   Cgroups,
   cgroupSegments,
   discoverCgroups,
+  ownProcsFile,
   sharesToWeight,
   v1MemswLimit,
   v2SwapMax,
@@ -187,4 +188,16 @@ test('v2 swap.max: memory+swap minus memory, 0 when equal or unset', (t) => {
   t.is(v2SwapMax(undefined, undefined), undefined);
   t.is(t.throws(() => v2SwapMax(undefined, 300), { instanceOf: BerthError })?.kind, 'invalid_argument');
   t.is(t.throws(() => v2SwapMax(300, 100), { instanceOf: BerthError })?.kind, 'invalid_argument');
+});
+
+test('ownProcsFile: the cgroup.procs of the cgroup /proc/self/cgroup names in the first hierarchy it matches, never outside the mount', (t) => {
+  const layout = discoverCgroups(hybrid, () => ['hugetlb']);
+  const self = '9:name=systemd:/system.slice/berth.service\n4:cpu:/system.slice\n3:memory:/system.slice/berth.service\n0::/\n';
+  t.is(ownProcsFile(self, layout.hierarchies), '/sys/fs/cgroup/cpu/system.slice/cgroup.procs');
+  const memory = layout.hierarchies.filter((h) => h.controllers.includes('memory'));
+  t.is(ownProcsFile(self, memory), '/sys/fs/cgroup/memory/system.slice/berth.service/cgroup.procs');
+  const unified = layout.hierarchies.filter((h) => h.version === 2);
+  t.is(ownProcsFile(self, unified), '/sys/fs/cgroup/unified/cgroup.procs');
+  t.is(ownProcsFile('3:memory:/../../etc\n', memory), undefined);
+  t.is(ownProcsFile('', layout.hierarchies), undefined);
 });

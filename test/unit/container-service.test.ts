@@ -233,7 +233,7 @@ test('readers get frozen snapshots: changing one throws and the stored record is
   t.is(service.get(id).state, 'CREATED');
 });
 
-test('RemoveContainer kills a running container, removes its cgroup and record, and collects image garbage', async (t) => {
+test('RemoveContainer kills a running container, removes its cgroup and record, and collects image garbage; its bundle goes behind the answer', async (t) => {
   const { j, service, containersDir } = setup(await tempRoot(t));
   const { id } = await service.create(POD.id, containerConfig());
   await service.start(id);
@@ -241,8 +241,12 @@ test('RemoveContainer kills a running container, removes its cgroup and record, 
   await service.remove(id);
   t.deepEqual(j.calls, [`signal ${PID} SIGKILL`, 'cgroup.killAll', 'cgroup.remove', 'images.collectGarbage']);
   t.is(service.find(id), undefined);
-  t.deepEqual(readdirSync(containersDir), []);
+  // From here a restarted berth sees the bundle as an orphan and releases it (the test below).
+  t.false(existsSync(path.join(containersDir, id, 'container.json')), 'the record file is gone when RemoveContainer answers');
   t.deepEqual([...service.heldLayers()], []);
+  // RemovePodSandbox waits for the bundles of its containers removed before.
+  await service.removeAllInSandbox(POD.id);
+  t.deepEqual(readdirSync(containersDir), []);
 });
 
 // CRI (cri-api's api.proto, on StopContainer and RemoveContainer): "This call is idempotent, and must not return an
@@ -337,7 +341,7 @@ test('a monitor that dies while berth runs (kill -9) is found by checkMonitors: 
   await service.close();
 });
 
-test('a bundle without a record (a CreateContainer berth crashed in) has its monitor and cgroup released on load, then goes', async (t) => {
+test('a bundle without a record (a CreateContainer or RemoveContainer berth crashed in) has its monitor and cgroup released on load, then goes', async (t) => {
   const root = await tempRoot(t);
   const bundle = path.join(root, 'containers', 'c'.repeat(64));
   await fs.mkdir(bundle, { recursive: true });

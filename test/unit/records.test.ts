@@ -128,3 +128,41 @@ test('a delete right after a recoverable change waits for its write: the record 
   const again = new RecordStore<Rec>(dir, 'rec.json');
   t.deepEqual((await again.loadAll()).records, []);
 });
+
+test('a synced-behind create or change is in the file when it returns (a restarted berth loads it) and leaves no temp file', async (t) => {
+  const { dir, store } = await tempStore(t);
+  await store.create({ id: 'a', state: 'CREATED', tags: [] }, 'synced-behind');
+  t.is((await onDisk(dir, 'a')).state, 'CREATED');
+  await store.update('a', (r) => ({ ...r, state: 'RUNNING', tags: ['started'] }), 'synced-behind');
+  const restarted = new RecordStore<Rec>(dir, 'rec.json', { stateOf: (r) => r.state, transitions });
+  const { records, orphans } = await restarted.loadAll();
+  t.deepEqual(records.map((r) => [r.id, r.state, r.tags]), [['a', 'RUNNING', ['started']]]);
+  t.deepEqual(orphans, []);
+  await store.flush();
+  t.deepEqual(await fs.readdir(path.join(dir, 'a')), ['rec.json']);
+});
+
+test('a delete right after a synced-behind create leaves nothing, and its fsync behind does not fail on the gone file', async (t) => {
+  const errors: unknown[] = [];
+  const { dir, store } = await tempStore(t, (_id, err) => errors.push(err));
+  await store.create({ id: 'a', state: 'CREATED', tags: [] }, 'synced-behind');
+  await store.delete('a');
+  await store.flush();
+  t.deepEqual(await fs.readdir(dir), []);
+  t.deepEqual(errors, []);
+});
+
+test('deleteBehind removes the record at once and its directory behind; until then a restarted berth sees an orphan', async (t) => {
+  const { dir, store } = await tempStore(t);
+  await store.create({ id: 'a', state: 'CREATED', tags: [] });
+  await fs.writeFile(path.join(dir, 'a', 'payload'), 'x');
+  const { removed } = await store.deleteBehind('a');
+  t.false(store.has('a'));
+  const restarted = new RecordStore<Rec>(dir, 'rec.json');
+  const loaded = await restarted.loadAll();
+  // Loaded before or after the directory went: never as a record.
+  t.deepEqual(loaded.records, []);
+  t.true(loaded.orphans.length === 0 || loaded.orphans[0] === path.join(dir, 'a'));
+  await removed;
+  t.deepEqual(await fs.readdir(dir), []);
+});

@@ -156,6 +156,11 @@ export class FakeCgroups implements ContainerCgroups {
   procsFiles(cgPath: string): string[] {
     return [`/sys/fs/cgroup/memory${cgPath}/cgroup.procs`];
   }
+  /** Counted, not journaled: it acquires nothing and has nothing to undo. */
+  warmed = 0;
+  async warmMigration(): Promise<void> {
+    this.warmed++;
+  }
   async oomKills(): Promise<number> {
     return 0;
   }
