@@ -193,16 +193,16 @@ install() {
     trap 'rm -rf -- "$bundle_tmp"' EXIT
     tar -C "$bundle_tmp" --no-same-owner -xzf "$bundle" || die "$bundle: cannot unpack"
     local tops=("$bundle_tmp"/*)
-    [ ${#tops[@]} -eq 1 ] && [ -f "${tops[0]}/bundle-info" ] || die "$bundle is no berth bundle (no single directory with bundle-info)"
+    { [ ${#tops[@]} -eq 1 ] && [ -f "${tops[0]}/bundle-info" ]; } || die "$bundle is no berth bundle (no single directory with bundle-info)"
     src="${tops[0]}"
   fi
-  [ -d "$src/root$opt" ] && [ -f "$src/config/config.toml" ] || die "$src is no berth bundle (no root$opt or config/)"
+  { [ -d "$src/root$opt" ] && [ -f "$src/config/config.toml" ]; } || die "$src is no berth bundle (no root$opt or config/)"
 
   local version arch machine
   version="$(bundle_value version "$src")"
   arch="$(bundle_value arch "$src")"
   machine="$(machine_arch)"
-  [ -n "$version" ] && [ -n "$arch" ] || die "$src/bundle-info has no version or arch"
+  { [ -n "$version" ] && [ -n "$arch" ]; } || die "$src/bundle-info has no version or arch"
   [ "$arch" = "$machine" ] || die "the bundle is for linux-$arch, this machine is linux-$machine ($(uname -m)): use berth-$version-linux-$machine.tar.gz"
 
   local previous
@@ -215,7 +215,7 @@ install() {
   local kind path
   while IFS=$'\t' read -r kind path; do [ -n "$path" ] && ours["$path"]="$kind"; done <<<"$old_entries"
 
-  local new_manifest="" rel
+  local new_manifest=""
   # A file of someone else's is never replaced (uninstall would then delete it); a previous install's is. Checked
   # before anything is written, so a refusal changes nothing.
   local -a fresh=() present=()
@@ -275,7 +275,8 @@ install() {
     done
   else
     if [ ! -d "$root$etc_berth" ]; then
-      mkdir -m 755 -p -- "$root$etc_berth"
+      # umask 022: 0755, the parents too.
+      mkdir -p -- "$root$etc_berth"
       new_manifest+="dir"$'\t'"$etc_berth"$'\n'
     elif [ "${ours[$etc_berth]:-}" = dir ]; then
       new_manifest+="dir"$'\t'"$etc_berth"$'\n'
