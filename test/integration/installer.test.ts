@@ -167,13 +167,20 @@ interface Outcome {
  * Runs the entrypoint in `mode` until it reports ready (install) or clean (uninstall), then stops it as kubelet
  * would (SIGTERM), or until it exits by itself (a failure).
  */
-async function entrypoint(n: Node, mode: 'install' | 'uninstall', env: Record<string, string> = {}): Promise<Outcome> {
+async function entrypoint(n: Node, mode: 'install' | 'uninstall', env: Record<string, string> = {}, opts: { asPod?: boolean } = {}): Promise<Outcome> {
   const signal = path.join(n.dir, mode === 'install' ? 'ready' : 'cleaned');
   await fs.rm(signal, { force: true });
   const before = (await fs.readFile(n.log, 'utf8')).length;
-  const child = spawn('bash', [path.join(n.image, 'entrypoint.sh'), mode], {
+  const script = path.join(n.image, 'entrypoint.sh');
+  // asPod: in a mount namespace of its own where the installer's state directory is a mount, as the DaemonSet's
+  // hostPath is; the fake nsenter then runs "host" commands back in this process's mount namespace.
+  const [file, args] = opts.asPod
+    ? ['unshare', ['-m', '--propagation', 'private', '--', 'bash', '-c', 'mount --bind "$1" "$1" && exec bash "$2" "$3"', '_', hostFile(n, 'var/lib/berth-installer'), script, mode]]
+    : ['bash', [script, mode]];
+  const child = spawn(file, args, {
     env: {
       ...process.env,
+      ...(opts.asPod ? { FAKE_HOST_MOUNT_NS: `/proc/${process.pid}/ns/mnt` } : {}),
       PATH: `${FAKES}:${process.env.PATH}`,
       FAKE_LOG: n.log,
       FAKE_ROOT: n.root,
@@ -289,8 +296,9 @@ test.serial('install, a second run, an upgrade in place, then uninstall', async 
   t.deepEqual((await fs.readdir(hostFile(n, 'etc/berth'))).sort(), ['config.toml', 'config.toml.pre-chart'], 'no temp file left');
   t.is(await berthPid(n), servingPid);
 
-  // 5. Uninstall (the pre-delete hook): berth stopped and removed, config kept, installer state gone.
-  const un = await entrypoint(n, 'uninstall');
+  // 5. Uninstall (the pre-delete hook): berth stopped and removed, config kept, installer state gone, although
+  // the state directory is the pod's mount (emptied in the pod, removed on the host).
+  const un = await entrypoint(n, 'uninstall', {}, { asPod: true });
   t.is(un.code, 0, un.stderr);
   t.true(un.calls.includes('systemctl disable --now berth.service'));
   t.is(await berthPid(n), undefined);
