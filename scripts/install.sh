@@ -1,7 +1,7 @@
 #!/bin/bash
 # Installs a berth release bundle (npm run package) into a root, or removes what an earlier run installed.
 #
-#   install.sh [--root DIR] [BUNDLE.tar.gz]          install or upgrade in place (idempotent)
+#   install.sh [--root DIR] [--no-config] [BUNDLE.tar.gz]   install or upgrade in place (idempotent)
 #   install.sh [--root DIR] --uninstall [--purge]     remove what the manifest lists
 #
 # The bundle: BUNDLE.tar.gz if given; else the unpacked bundle this script sits in (its bundle-info beside it); else
@@ -15,6 +15,10 @@
 # /etc/berth/config.toml and /var/lib/berth (what it kept is listed in /etc/berth/.install-manifest). --purge, then or
 # later, removes those too and /run/berth, refusing while anything is mounted below them (a pod's rootfs, a volume).
 # A file in the bundle's way that no earlier run installed is refused, naming it, before anything is written.
+#
+# --no-config leaves /etc/berth alone entirely: no config.toml, no config.toml.new, and what an earlier run listed
+# there stays listed as it was. For a caller that owns berth's config itself (the Helm chart's installer writes
+# /etc/berth/config.toml from its ConfigMap); berth without a config file runs on its defaults.
 #
 # It never enables, starts or stops a unit in a root other than /: the caller does that on the host. With --root /
 # and systemd running it runs `systemctl daemon-reload` after installing, and before uninstalling stops and disables
@@ -32,6 +36,7 @@ say() { echo "$me: $*"; }
 root=/
 uninstall=0
 purge=0
+write_config=1
 bundle=""
 bundle_tmp=""
 while [ $# -gt 0 ]; do
@@ -40,6 +45,7 @@ while [ $# -gt 0 ]; do
     --root=*) root="${1#--root=}"; shift ;;
     --uninstall) uninstall=1; shift ;;
     --purge) purge=1; shift ;;
+    --no-config) write_config=0; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [ -z "$bundle" ] || die "one bundle at a time ($bundle, $1)"; bundle="$1"; shift ;;
@@ -47,6 +53,7 @@ while [ $# -gt 0 ]; do
 done
 [ $purge -eq 0 ] || [ $uninstall -eq 1 ] || die "--purge goes with --uninstall"
 [ $uninstall -eq 0 ] || [ -z "$bundle" ] || die "--uninstall takes no bundle (it removes what the manifest lists)"
+[ $uninstall -eq 0 ] || [ $write_config -eq 1 ] || die "--no-config is for installing (--uninstall keeps the config unless --purge)"
 [ -d "$root" ] || die "--root $root is not a directory"
 root="$(cd "$root" && pwd -P)"
 # Paths below are written "$root$path" with path absolute.
@@ -186,16 +193,16 @@ install() {
     trap 'rm -rf -- "$bundle_tmp"' EXIT
     tar -C "$bundle_tmp" --no-same-owner -xzf "$bundle" || die "$bundle: cannot unpack"
     local tops=("$bundle_tmp"/*)
-    [ ${#tops[@]} -eq 1 ] && [ -f "${tops[0]}/bundle-info" ] || die "$bundle is no berth bundle (no single directory with bundle-info)"
+    { [ ${#tops[@]} -eq 1 ] && [ -f "${tops[0]}/bundle-info" ]; } || die "$bundle is no berth bundle (no single directory with bundle-info)"
     src="${tops[0]}"
   fi
-  [ -d "$src/root$opt" ] && [ -f "$src/config/config.toml" ] || die "$src is no berth bundle (no root$opt or config/)"
+  { [ -d "$src/root$opt" ] && [ -f "$src/config/config.toml" ]; } || die "$src is no berth bundle (no root$opt or config/)"
 
   local version arch machine
   version="$(bundle_value version "$src")"
   arch="$(bundle_value arch "$src")"
   machine="$(machine_arch)"
-  [ -n "$version" ] && [ -n "$arch" ] || die "$src/bundle-info has no version or arch"
+  { [ -n "$version" ] && [ -n "$arch" ]; } || die "$src/bundle-info has no version or arch"
   [ "$arch" = "$machine" ] || die "the bundle is for linux-$arch, this machine is linux-$machine ($(uname -m)): use berth-$version-linux-$machine.tar.gz"
 
   local previous
@@ -208,7 +215,7 @@ install() {
   local kind path
   while IFS=$'\t' read -r kind path; do [ -n "$path" ] && ours["$path"]="$kind"; done <<<"$old_entries"
 
-  local new_manifest="" rel
+  local new_manifest=""
   # A file of someone else's is never replaced (uninstall would then delete it); a previous install's is. Checked
   # before anything is written, so a refusal changes nothing.
   local -a fresh=() present=()
@@ -258,28 +265,37 @@ install() {
     unset 'ours[$path]'
   done
 
-  # The config: berth's is the operator's once written; the bundle's goes beside an existing one as .new.
+  # The config: berth's is the operator's once written; the bundle's goes beside an existing one as .new. With
+  # --no-config none of it is touched, and an earlier run's entries for it are carried over unchanged.
   local etc_berth=/etc/berth
-  if [ ! -d "$root$etc_berth" ]; then
-    mkdir -m 755 -p -- "$root$etc_berth"
-    new_manifest+="dir"$'\t'"$etc_berth"$'\n'
-  elif [ "${ours[$etc_berth]:-}" = dir ]; then
-    new_manifest+="dir"$'\t'"$etc_berth"$'\n'
-  fi
-  unset 'ours[$etc_berth]'
-  if [ -e "$root$config" ]; then
-    if [ "${ours[$config]:-}" = config ]; then new_manifest+="config"$'\t'"$config"$'\n'; fi
-    if ! cmp -s "$src/config/config.toml" "$root$config"; then
-      install_file "$src/config/config.toml" "$root$config.new"
-      new_manifest+="file"$'\t'"$config.new"$'\n'
-      unset 'ours[$config.new]'
-      say "kept $root$config; this bundle's default configuration is in $root$config.new"
-    fi
+  if [ $write_config -eq 0 ]; then
+    for path in "$etc_berth" "$config" "$config.new"; do
+      if [ -n "${ours[$path]:-}" ]; then new_manifest+="${ours[$path]}"$'\t'"$path"$'\n'; fi
+      unset 'ours[$path]'
+    done
   else
-    install_file "$src/config/config.toml" "$root$config"
-    new_manifest+="config"$'\t'"$config"$'\n'
+    if [ ! -d "$root$etc_berth" ]; then
+      # umask 022: 0755, the parents too.
+      mkdir -p -- "$root$etc_berth"
+      new_manifest+="dir"$'\t'"$etc_berth"$'\n'
+    elif [ "${ours[$etc_berth]:-}" = dir ]; then
+      new_manifest+="dir"$'\t'"$etc_berth"$'\n'
+    fi
+    unset 'ours[$etc_berth]'
+    if [ -e "$root$config" ]; then
+      if [ "${ours[$config]:-}" = config ]; then new_manifest+="config"$'\t'"$config"$'\n'; fi
+      if ! cmp -s "$src/config/config.toml" "$root$config"; then
+        install_file "$src/config/config.toml" "$root$config.new"
+        new_manifest+="file"$'\t'"$config.new"$'\n'
+        unset 'ours[$config.new]'
+        say "kept $root$config; this bundle's default configuration is in $root$config.new"
+      fi
+    else
+      install_file "$src/config/config.toml" "$root$config"
+      new_manifest+="config"$'\t'"$config"$'\n'
+    fi
+    unset 'ours[$config]'
   fi
-  unset 'ours[$config]'
   # crictl's: only when there is none (another runtime's node has its own), and then ours until uninstalled.
   if [ ! -e "$root$crictl" ] && [ ! -L "$root$crictl" ]; then
     install_file "$src/config/crictl.yaml" "$root$crictl"

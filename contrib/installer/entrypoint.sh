@@ -90,8 +90,9 @@ node_config() {
   fi
 }
 
-# The chart owns /etc/berth/config.toml. A file it did not write (an operator's, or install.sh's example) is kept
-# once as config.toml.pre-chart; the new one replaces it atomically. Exit status 0 when the file changed.
+# The chart owns /etc/berth/config.toml (install.sh runs with --no-config and leaves /etc/berth alone). A file it
+# did not write (an operator's, or an earlier plain install's) is kept once as config.toml.pre-chart; the new one
+# replaces it atomically. Exit status 0 when the file changed.
 write_config() {
   local dest=$host/etc/berth/config.toml sum_file=$state/config.sha256 new
   [ -f "$chart_config" ] || { log info "no chart config at $chart_config: keeping the node's"; return 1; }
@@ -164,7 +165,7 @@ do_install() {
   mkdir -p "$state"
   sum=$(sha256sum <"$bundle")
   [ "$sum" = "$(cat "$state/bundle.sha256" 2>/dev/null)" ] || changed=1
-  timeout 300 "$install_sh" --root "$host" "$bundle"
+  timeout 300 "$install_sh" --root "$host" --no-config "$bundle"
   if write_config; then changed=1; fi
   if on_host systemctl is-active --quiet berth.service; then was_active=1; fi
   on_host systemctl daemon-reload
@@ -220,8 +221,10 @@ do_uninstall() {
     on_host systemctl daemon-reload
   fi
   # The config the chart wrote stays (install.sh keeps it); the installer's own state goes: kubelet is not switched
-  # (any more), so nothing in it is still needed.
-  rm -rf "$state"
+  # (any more), so nothing in it is still needed. $state is the pod's hostPath mount: its contents are removed here
+  # (never across another mount), the directory itself on the host, where it is no mount point.
+  find "$state" -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system -- {} +
+  on_host rmdir "$host_state" 2>/dev/null || [ ! -d "$host/$host_state" ] || log warn "could not remove $host_state on the host"
   log info "node clean"
   touch "$cleaned_file"
   stay

@@ -4,7 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
-import { CONFIG_SCHEMA, ConfigError, fieldOf } from '../../src/config/schema.js';
+import { CONFIG_SCHEMA, ConfigError, fieldOf, validateConfig } from '../../src/config/schema.js';
+import { parse as parseToml } from 'smol-toml';
 import { BerthMetrics } from '../../src/metrics/berth.js';
 import { CHART, documents, helm, K8sObject } from '../helpers/chart.js';
 
@@ -60,7 +61,20 @@ async function pem(name: string, what: string): Promise<string> {
   return file;
 }
 
-/** Every key of berth's config set to a value other than its default. */
+/**
+ * A whole disk of this host: the loader resolves a [blockio] class's devices to major:minor, refusing a path that is
+ * not a whole-disk block device (loop devices count, so every Linux test host has one).
+ */
+async function wholeDisk(): Promise<string> {
+  for (const name of (await fs.readdir('/sys/block')).sort()) {
+    const partition = await fs.access(`/sys/block/${name}/partition`).then(() => true, () => false);
+    const st = await fs.stat(`/dev/${name}`).catch(() => undefined);
+    if (!partition && st?.isBlockDevice()) return `/dev/${name}`;
+  }
+  throw new Error('no whole-disk block device in /sys/block with a node in /dev');
+}
+
+/** Every key of berth's config set to a value other than its default ([metrics] is the chart's own, see allOn). */
 async function everyConfigKey() {
   return {
     log: { level: 'debug' },
@@ -81,7 +95,11 @@ async function everyConfigKey() {
       apparmor_profile: 'cri-default',
       lxcfs: 'off',
       lxcfs_dir: '/run/lxcfs',
+      writable_layer_max_bytes: 1073741824,
+      pids_limit: 512,
     },
+    // No weight here: it needs BFQ or iocost on the device, which a test host's disk may lack (see the blockio test).
+    blockio: { classes: { gold: { devices: [{ path: await wholeDisk(), read_bps: '10Mi', write_bps: 5242880, read_iops: 1000, write_iops: '2k' }] } } },
     network: { mode: 'embedded', subnet: '10.200.0.0/24', bridge: 'cni-br0' },
     cni: { conf_dir: '/etc/cni/other', bin_dirs: ['/opt/cni/bin'] },
     cdi: { spec_dirs: ['/etc/cdi'] },
@@ -164,12 +182,20 @@ test("every option on: berth's loader reads back every config key the values set
   const docs = await render('-f', await allOn());
   const { text, config } = await configOf(docs, 'all-on');
   const sections = config as unknown as Record<string, Record<string, unknown>>;
+  // A key added to berth's config must be added here (and so to the chart's schema, values and README) too.
+  const setHere = Object.entries(values).flatMap(([section, keys]) => Object.keys(keys).map((k) => `${section}.${k}`));
+  const berthKeys = CONFIG_SCHEMA.filter((s) => s.name !== 'metrics').flatMap((s) => s.keys.map((k) => `${s.name}.${k.key}`));
+  t.deepEqual(setHere.sort(), berthKeys.sort());
+  const quantities: Record<string, number> = { '10Mi': 10 * 1024 * 1024, '2k': 2000 };
+  const wantOf = (key: string, value: unknown) => {
+    if (key === 'hosts') return { 'registry.corp.example:5443': { caFile: values.registry.hosts['registry.corp.example:5443'].ca_file } };
+    if (key !== 'classes') return value;
+    const [device] = values.blockio.classes.gold.devices;
+    const n = (v: string | number) => (typeof v === 'string' ? quantities[v] : v);
+    return { gold: { devices: [{ path: device.path, readBps: n(device.read_bps), writeBps: n(device.write_bps), readIops: n(device.read_iops), writeIops: n(device.write_iops) }] } };
+  };
   for (const [section, keys] of Object.entries(values)) {
-    for (const [key, value] of Object.entries(keys)) {
-      const got = sections[section][fieldOf(key)];
-      const want = key === 'hosts' ? { 'registry.corp.example:5443': { caFile: values.registry.hosts['registry.corp.example:5443'].ca_file } } : value;
-      t.deepEqual(got, want, `${section}.${key}`);
-    }
+    for (const [key, value] of Object.entries(keys)) t.deepEqual(sections[section][fieldOf(key)], wantOf(key, value), `${section}.${key}`);
   }
   t.is(config.metrics.address, '127.0.0.1:9400', 'the placeholder the installer replaces with the node address');
   t.regex(text, /\[metrics\]\naddress = "127\.0\.0\.1:9400"\n$/, '[metrics] last, its address alone on its line');
@@ -213,17 +239,34 @@ test('every option on: metrics Service, ServiceMonitor, dashboard, kubelet-switc
   t.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: pod.serviceAccountName, namespace: 'kube-system' }]);
 });
 
+/** Series names /metrics serves, from berth's own scrape text: each family's name, a histogram's three series. */
+async function servedSeries(): Promise<Set<string>> {
+  const metrics = new BerthMetrics({ usage: () => undefined, counts: () => ({ pods: {}, containers: {} }), onUsageError: () => undefined });
+  const text = await metrics.scrape();
+  const names = new Set<string>();
+  for (const [, name, type] of text.matchAll(/^# TYPE (\S+) (\S+)$/gm)) {
+    if (type === 'histogram') for (const suffix of ['_bucket', '_sum', '_count']) names.add(name + suffix);
+    else names.add(name);
+  }
+  return names;
+}
+
 test('the Grafana dashboard is labelled for the sidecar and queries only metrics berth serves', async (t) => {
   const docs = await render('--set', 'metrics.dashboard.enabled=true');
   const cm = one(docs, 'ConfigMap', (d) => d.metadata.labels?.grafana_dashboard === '1');
   const dashboard = JSON.parse(cm.data['berth.json']);
   const exprs: string[] = dashboard.panels.flatMap((p: K8sObject) => (p.targets ?? []).map((x: K8sObject) => x.expr));
-  const used = new Set(exprs.flatMap((e) => [...e.matchAll(/\b((?:container|pod|berth)_[a-z_]+?)(?:_bucket)?\b/g)].map((m) => m[1])));
-  // The families berth registers: the same registry /metrics serves.
-  const metrics = new BerthMetrics({ usage: () => undefined, counts: () => ({ pods: {}, containers: {} }), onUsageError: () => undefined });
-  const served = new Set(metrics.registry.getMetricsAsArray().map((m) => m.name));
+  const variables: string[] = dashboard.templating.list.filter((v: K8sObject) => v.type === 'query').map((v: K8sObject) => v.query.query);
+  // A metric in PromQL is a name before a selector's brace; label_values() names one as its first argument.
+  const used = new Set([
+    ...exprs.flatMap((e) => [...e.matchAll(/\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{/g)].map((m) => m[1])),
+    ...variables.flatMap((q) => [...q.matchAll(/label_values\(([a-zA-Z_:][a-zA-Z0-9_:]*)/g)].map((m) => m[1])),
+  ]);
+  t.true(used.size >= 10, [...used].join(' '));
+  // The scrape text berth's /metrics serves (with no pods: every family's header, no series).
+  const served = await servedSeries();
   for (const name of used) t.true(served.has(name), `${name} is one of berth's metrics`);
-  for (const needed of ['container_memory_usage_to_limit_ratio', 'container_cpu_usage_to_limit_ratio', 'container_memory_limit_bytes', 'pod_memory_usage_to_limit_ratio', 'berth_pod_start_seconds', 'berth_rpc_errors_total']) {
+  for (const needed of ['container_memory_usage_to_limit_ratio', 'container_cpu_usage_to_limit_ratio', 'container_memory_limit_bytes', 'pod_memory_usage_to_limit_ratio', 'berth_pod_start_seconds_bucket', 'berth_rpc_errors_total']) {
     t.true(used.has(needed), `a panel shows ${needed}`);
   }
 });
@@ -296,6 +339,15 @@ const REFUSED: [string[], RegExp][] = [
   [['--set-json', 'config.runtime.rlimits={"nofile":[1]}'], /config\.runtime\.rlimits\.nofile/],
   [['--set', 'config.runtime.apparmor_profile=unconfined'], /config\.runtime\.apparmor_profile/],
   [['--set', 'config.registry.insecure[0]=http://r:5000'], /config\.registry\.insecure\.0/],
+  [['--set', 'config.runtime.writable_layer_max_bytes=4096'], /config\.runtime\.writable_layer_max_bytes/],
+  [['--set', 'config.runtime.pids_limit=5000000'], /config\.runtime\.pids_limit/],
+  [['--set', 'config.blockio.classes.gold.devices[0].path=/dev/sda'], /config\.blockio\.classes\.gold\.devices\.0/],
+  [['--set', 'config.blockio.classes.gold.devices[0].path=sda', '--set', 'config.blockio.classes.gold.devices[0].weight=10'], /config\.blockio\.classes\.gold\.devices\.0\.path/],
+  [['--set', 'config.blockio.classes.gold.devices[0].path=/dev/sda', '--set', 'config.blockio.classes.gold.devices[0].read_bps=1.5Mi'], /config\.blockio\.classes\.gold\.devices\.0\.read_bps/],
+  [['--set', 'config.blockio.classes.gold.devices[0].path=/dev/sda', '--set', 'config.blockio.classes.gold.devices[0].weight=1001'], /config\.blockio\.classes\.gold\.devices\.0\.weight/],
+  [['--set', 'config.blockio.classes.gold.devices[0].path=/dev/sda', '--set', 'config.blockio.classes.gold.devices[0].iops=5'], /config\.blockio\.classes\.gold\.devices\.0.*iops/],
+  [['--set-json', 'config.blockio.classes={"a/b":{"devices":[{"path":"/dev/sda","weight":10}]}}'], /config\.blockio\.classes.*a\/b/],
+  [['--set-json', 'config.blockio.classes={"gold":{"devices":[]}}'], /config\.blockio\.classes\.gold\.devices/],
   [['--set', 'image.pullPolicy=Sometimes'], /image\.pullPolicy/],
   [['--set', 'kubeletSwitch.enabled=yes'], /kubeletSwitch\.enabled.*boolean/],
   [['--set', 'kubeletSwitch.previousRuntimeEndpoint=/run/containerd.sock'], /kubeletSwitch\.previousRuntimeEndpoint/],
@@ -314,6 +366,21 @@ for (const [args, message] of REFUSED) {
     t.regex(r.stderr, message);
   });
 }
+
+test('[blockio] classes render as TOML berth reads: weights and rates as integers, quantities as strings', async (t) => {
+  const docs = await render('--set-json', 'config.blockio.classes={"fast":{"devices":[{"path":"/dev/vda","weight":500,"read_bps":"1Gi"},{"path":"/dev/vdb","write_iops":20000}]}}');
+  const text = one(docs, 'ConfigMap', (d) => d.metadata.name.endsWith('-config')).data['config.toml'] as string;
+  t.true(text.includes('"weight" = 500'), text);
+  // The device paths are resolved by the node's loader (below); the keys and values are checked by its schema here.
+  const config = validateConfig(parseToml(text) as Record<string, unknown>);
+  t.deepEqual(config.blockio.classes, { fast: { devices: [{ path: '/dev/vda', weight: 500, readBps: 1024 ** 3 }, { path: '/dev/vdb', writeIops: 20000 }] } });
+});
+
+test("what the schema cannot see (a blockio device that is no whole disk) berth's loader catches, naming the key", async (t) => {
+  const docs = await render('--set', 'config.blockio.classes.gold.devices[0].path=/dev/null', '--set', 'config.blockio.classes.gold.devices[0].write_bps=1Mi');
+  const err = await t.throwsAsync(configOf(docs, 'not-a-disk'), { instanceOf: ConfigError });
+  t.is(err!.key, 'blockio.classes.gold.devices[0].path');
+});
 
 test("what the schema cannot see (a subnet's host bits) berth's loader catches, naming the key", async (t) => {
   // The installer runs `berth config check` on the node before replacing the file; this is the same loader.
