@@ -6,6 +6,7 @@ import type { ImageServiceHandlers } from '../gen/runtime/v1/ImageService.js';
 import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
 import { loadCri } from './grpc.js';
 import { fixAuthority } from './authority.js';
+import { encodedService } from './encoded.js';
 
 // kubelet sends up to 16 MiB (e.g. ListContainers on a busy node); match it both ways.
 const MAX_MESSAGE = 16 * 1024 * 1024;
@@ -55,8 +56,8 @@ export async function serveCri(
     'grpc.max_receive_message_length': MAX_MESSAGE,
     'grpc.max_send_message_length': MAX_MESSAGE,
   });
-  server.addService(cri.runtime.v1.RuntimeService.service, runtime);
-  server.addService(cri.runtime.v1.ImageService.service, image);
+  server.addService(encodedService(cri.runtime.v1.RuntimeService.service), runtime);
+  server.addService(encodedService(cri.runtime.v1.ImageService.service), image);
   // berth accepts the connections itself and injects them, so each can pass the :authority filter first.
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   const listener = net.createServer((conn) => injector.injectConnection(fixAuthority(conn)));
