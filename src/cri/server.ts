@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { ImageServiceHandlers } from '../gen/runtime/v1/ImageService.js';
 import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
 import { loadCri } from './grpc.js';
-import { fixAuthority } from './authority.js';
+import { serveConnection } from './authority.js';
 import { encodedService } from './encoded.js';
 
 // kubelet sends up to 16 MiB (e.g. ListContainers on a busy node); match it both ways.
@@ -60,7 +60,7 @@ export async function serveCri(
   server.addService(encodedService(cri.runtime.v1.ImageService.service), image);
   // berth accepts the connections itself and injects them, so each can pass the :authority filter first.
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
-  const listener = net.createServer((conn) => injector.injectConnection(fixAuthority(conn)));
+  const listener = net.createServer((conn) => serveConnection(conn, (served) => injector.injectConnection(served)));
   let reject0: (err: Error) => void = () => undefined;
   await new Promise<void>((resolve, reject) => {
     reject0 = reject;
