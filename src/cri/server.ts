@@ -60,7 +60,17 @@ export async function serveCri(
   server.addService(encodedService(cri.runtime.v1.ImageService.service), image);
   // berth accepts the connections itself and injects them, so each can pass the :authority filter first.
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
-  const listener = net.createServer((conn) => serveConnection(conn, (served) => injector.injectConnection(served)));
+  // A connection is grpc-js's only once its first request came (serveConnection); until then it is berth's to end
+  // at shutdown, or a client that connected and never asked would hold the listener open.
+  const waiting = new Set<net.Socket>();
+  const listener = net.createServer((conn) => {
+    waiting.add(conn);
+    conn.once('close', () => waiting.delete(conn));
+    serveConnection(conn, (served) => {
+      waiting.delete(conn);
+      injector.injectConnection(served);
+    });
+  });
   let reject0: (err: Error) => void = () => undefined;
   await new Promise<void>((resolve, reject) => {
     reject0 = reject;
@@ -89,24 +99,28 @@ export async function serveCri(
     onAcceptError(err, dropped);
     dropped = 0;
   });
-  return { server, listener, injector };
+  return { server, listener, injector, waiting };
 }
 
 export interface CriServer {
   server: grpc.Server;
   listener: net.Server;
   injector: grpc.ConnectionInjector;
+  /** Accepted connections not yet handed to grpc-js (no request yet). */
+  waiting: Set<net.Socket>;
 }
 
 /** Stops accepting connections and resolves once every in-flight call has finished. */
 export async function drain(cri: CriServer): Promise<void> {
   // listener.close() only stops accepting here: its callback waits for the connections tryShutdown ends.
   const closed = new Promise<void>((resolve) => cri.listener.close(() => resolve()));
+  for (const conn of cri.waiting) conn.destroy();
   await new Promise<void>((resolve) => cri.server.tryShutdown(() => resolve()));
   await closed;
 }
 
 export function forceClose(cri: CriServer): void {
   cri.listener.close();
+  for (const conn of cri.waiting) conn.destroy();
   cri.server.forceShutdown();
 }
