@@ -38,9 +38,8 @@ import { StreamingServer } from './streaming/server.js';
 import { StreamingService } from './streaming/service.js';
 import { TokenCache } from './streaming/tokens.js';
 import type { StreamingBackend, StreamingTargets } from './streaming/types.js';
-import { websocketUpgradeHandler } from './streaming/websocket.js';
+import { lazyUpgradeHandler } from './streaming/lazy.js';
 import { ServiceStreamingBackend } from './streaming/backend.js';
-import { spdyUpgradeHandler } from './streaming/spdy/index.js';
 import type { RpcObserver } from './cri/grpc.js';
 import { containerStatusTranslator } from './cri/containers.js';
 import { containerEventsHandler } from './cri/events.js';
@@ -140,7 +139,10 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     config: config.streaming,
     tokens,
     backend: lateBackend,
-    protocols: { websocket: websocketUpgradeHandler, spdy: spdyUpgradeHandler },
+    protocols: {
+      websocket: lazyUpgradeHandler(async () => (await import('./streaming/websocket.js')).websocketUpgradeHandler),
+      spdy: lazyUpgradeHandler(async () => (await import('./streaming/spdy/index.js')).spdyUpgradeHandler),
+    },
     log: log.child({ component: 'streaming' }),
   });
   // Bound before berth touches the node too: a taken address stops berth with nothing changed.

@@ -6,7 +6,8 @@ import { Logger } from '../log.js';
 import { ContainerService } from '../container/service.js';
 import { ContainerRecord, ContainerState } from '../container/types.js';
 import { ImageService } from '../image/service.js';
-import { handlerFactory, requireId, RpcObserver } from './grpc.js';
+import { handlerFactory, loadCri, requireId, RpcObserver } from './grpc.js';
+import { ItemBytes } from './encoded.js';
 import { containerConfigFromProto, resourceUpdateFromProto, stopSignalToProto } from './translate.js';
 import { pagedStream } from './paging.js';
 import { noNul } from './names.js';
@@ -38,10 +39,14 @@ const imageSpec = (record: ContainerRecord) => ({
   user_specified_image: record.config.userSpecifiedImage ?? '',
 });
 
+/** kubelet shows image_ref as the digest it can pull again; the id stays in image_id. */
+function imageRefOf(images: Pick<ImageService, 'byId'>): (record: ContainerRecord) => string {
+  return (record) => images.byId(record.imageId)?.repoDigests[0] ?? record.imageId;
+}
+
 /** ContainerStatus of a record: for ContainerStatus, PodSandboxStatus's containers_statuses and the event stream. */
-export function containerStatusTranslator(images: Pick<ImageService, 'resolve'>): (record: ContainerRecord) => ContainerStatus {
-  // kubelet shows image_ref as the digest it can pull again; the id stays in image_id.
-  const imageRef = (record: ContainerRecord) => images.resolve(record.imageId)?.repoDigests[0] ?? record.imageId;
+export function containerStatusTranslator(images: Pick<ImageService, 'byId'>): (record: ContainerRecord) => ContainerStatus {
+  const imageRef = imageRefOf(images);
   return (record) => {
     const r = record.config.resources;
     return {
@@ -92,8 +97,7 @@ export function containerStatusTranslator(images: Pick<ImageService, 'resolve'>)
 
 export function containerHandlers(containers: ContainerService, images: ImageService, log: Logger, observe?: RpcObserver): Partial<RuntimeServiceHandlers> {
   const h = handlerFactory(log, observe);
-  // kubelet shows image_ref as the digest it can pull again; the id stays in image_id.
-  const imageRef = (record: ContainerRecord) => images.resolve(record.imageId)?.repoDigests[0] ?? record.imageId;
+  const imageRef = imageRefOf(images);
 
   const toContainer = (record: ContainerRecord): Container => ({
     id: record.id,
@@ -109,9 +113,14 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
   });
 
   const toStatus = containerStatusTranslator(images);
+  const containerBytes = new ItemBytes<Readonly<ContainerRecord>, Container>(
+    'containers',
+    loadCri().runtime.v1.RuntimeService.service.ListContainers.responseSerialize,
+    toContainer,
+  );
 
   // ListContainers and StreamContainers answer the same filter with the same items.
-  const listContainers = (f: ContainerFilter__Output | null | undefined): Container[] => {
+  const listContainers = (f: ContainerFilter__Output | null | undefined): Readonly<ContainerRecord>[] => {
     const state = f?.state ? stateFromProto[f.state.state] : undefined;
     // An unknown state (a newer client's, arriving as a number) is refused rather than guessed at.
     if (f?.state && !state) throw invalidArgument(`filter.state.state ${f.state.state} is not a container state`);
@@ -121,7 +130,7 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
       state,
       labels: f?.label_selector,
     });
-    return list.map(toContainer);
+    return list;
   };
 
   return {
@@ -142,8 +151,9 @@ export function containerHandlers(containers: ContainerService, images: ImageSer
       await containers.remove(requireId(req.container_id, 'container_id', 'RemoveContainer'));
       return {};
     }),
-    ListContainers: h('ListContainers', async (req) => ({ containers: listContainers(req.filter) })),
-    StreamContainers: pagedStream('StreamContainers', log, (req) => listContainers(req.filter), (page) => ({ containers: page }), observe),
+    // An item shows its image's pullable digest besides its record: a re-pulled or removed image changes it.
+    ListContainers: h('ListContainers', async (req) => containerBytes.response(listContainers(req.filter), imageRef)),
+    StreamContainers: pagedStream('StreamContainers', log, (req) => listContainers(req.filter).map(toContainer), (page) => ({ containers: page }), observe),
     ContainerStatus: h('ContainerStatus', async (req) => {
       const record = containers.get(requireId(req.container_id, 'container_id', 'ContainerStatus'));
       const info: Record<string, string> = {};

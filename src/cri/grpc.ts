@@ -13,9 +13,12 @@ export const PROTO_PATH = path.resolve(here, '../../../proto/api.proto');
 
 export const loaderOptions: protoLoader.Options = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
 
+let loaded: ProtoGrpcType | undefined;
+
+/** The CRI services, loaded once: the server and the list handlers' item encoders share one copy of the proto. */
 export function loadCri(): ProtoGrpcType {
-  const definition = protoLoader.loadSync(PROTO_PATH, loaderOptions);
-  return grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType;
+  loaded ??= grpc.loadPackageDefinition(protoLoader.loadSync(PROTO_PATH, loaderOptions)) as unknown as ProtoGrpcType;
+  return loaded;
 }
 
 const codes: Record<ErrorKind, grpc.status> = {

@@ -6,7 +6,8 @@ import { invalidArgument } from '../errors.js';
 import { Logger } from '../log.js';
 import { SandboxService } from '../sandbox/service.js';
 import { SandboxRecord } from '../sandbox/types.js';
-import { handlerFactory, requireId, RpcObserver } from './grpc.js';
+import { handlerFactory, loadCri, requireId, RpcObserver } from './grpc.js';
+import { ItemBytes } from './encoded.js';
 import { podResourcesFromProto, sandboxConfigFromProto } from './translate.js';
 import { pagedStream } from './paging.js';
 import type { PodSandboxFilter__Output } from '../gen/runtime/v1/PodSandboxFilter.js';
@@ -66,11 +67,12 @@ export function podHandlers(
 ): Partial<RuntimeServiceHandlers> {
   const h = handlerFactory(log, observe);
   // ListPodSandbox and StreamPodSandboxes answer the same filter with the same items.
-  const listPods = (f: PodSandboxFilter__Output | null | undefined): PodSandbox[] => {
+  const podBytes = new ItemBytes<Readonly<SandboxRecord>, PodSandbox>('items', loadCri().runtime.v1.RuntimeService.service.ListPodSandbox.responseSerialize, toPodSandbox);
+  const listPods = (f: PodSandboxFilter__Output | null | undefined): Readonly<SandboxRecord>[] => {
     const state = f?.state ? podStateFilter[f.state.state] : undefined;
     // An unknown state (a newer client's, arriving as a number) is refused rather than guessed at.
     if (f?.state && !state) throw invalidArgument(`filter.state.state ${f.state.state} is not a pod sandbox state`);
-    return sandboxes.list({ id: f?.id || undefined, state, labels: f?.label_selector }).map(toPodSandbox);
+    return sandboxes.list({ id: f?.id || undefined, state, labels: f?.label_selector });
   };
   return {
     RunPodSandbox: h('RunPodSandbox', async (req) => {
@@ -108,7 +110,7 @@ export function podHandlers(
       await sandboxes.recordResources(id, podResourcesFromProto(req.resources, req.overhead, '', Date.now()));
       return {};
     }),
-    ListPodSandbox: h('ListPodSandbox', async (req) => ({ items: listPods(req.filter) })),
-    StreamPodSandboxes: pagedStream('StreamPodSandboxes', log, (req) => listPods(req.filter), (pod_sandboxes) => ({ pod_sandboxes }), observe),
+    ListPodSandbox: h('ListPodSandbox', async (req) => podBytes.response(listPods(req.filter))),
+    StreamPodSandboxes: pagedStream('StreamPodSandboxes', log, (req) => listPods(req.filter).map(toPodSandbox), (pod_sandboxes) => ({ pod_sandboxes }), observe),
   };
 }

@@ -5,7 +5,8 @@ import * as grpc from '@grpc/grpc-js';
 import type { ImageServiceHandlers } from '../gen/runtime/v1/ImageService.js';
 import type { RuntimeServiceHandlers } from '../gen/runtime/v1/RuntimeService.js';
 import { loadCri } from './grpc.js';
-import { fixAuthority } from './authority.js';
+import { serveConnection } from './authority.js';
+import { encodedService } from './encoded.js';
 import { withDirectStatsEncoding } from './stats-wire.js';
 
 // kubelet sends up to 16 MiB (e.g. ListContainers on a busy node); match it both ways.
@@ -56,11 +57,21 @@ export async function serveCri(
     'grpc.max_receive_message_length': MAX_MESSAGE,
     'grpc.max_send_message_length': MAX_MESSAGE,
   });
-  server.addService(withDirectStatsEncoding(cri.runtime.v1.RuntimeService.service), runtime);
-  server.addService(cri.runtime.v1.ImageService.service, image);
+  server.addService(encodedService(withDirectStatsEncoding(cri.runtime.v1.RuntimeService.service)), runtime);
+  server.addService(encodedService(cri.runtime.v1.ImageService.service), image);
   // berth accepts the connections itself and injects them, so each can pass the :authority filter first.
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
-  const listener = net.createServer((conn) => injector.injectConnection(fixAuthority(conn)));
+  // A connection is grpc-js's only once its first request came (serveConnection); until then it is berth's to end
+  // at shutdown, or a client that connected and never asked would hold the listener open.
+  const waiting = new Set<net.Socket>();
+  const listener = net.createServer((conn) => {
+    waiting.add(conn);
+    conn.once('close', () => waiting.delete(conn));
+    serveConnection(conn, (served) => {
+      waiting.delete(conn);
+      injector.injectConnection(served);
+    });
+  });
   let reject0: (err: Error) => void = () => undefined;
   await new Promise<void>((resolve, reject) => {
     reject0 = reject;
@@ -89,24 +100,28 @@ export async function serveCri(
     onAcceptError(err, dropped);
     dropped = 0;
   });
-  return { server, listener, injector };
+  return { server, listener, injector, waiting };
 }
 
 export interface CriServer {
   server: grpc.Server;
   listener: net.Server;
   injector: grpc.ConnectionInjector;
+  /** Accepted connections not yet handed to grpc-js (no request yet). */
+  waiting: Set<net.Socket>;
 }
 
 /** Stops accepting connections and resolves once every in-flight call has finished. */
 export async function drain(cri: CriServer): Promise<void> {
   // listener.close() only stops accepting here: its callback waits for the connections tryShutdown ends.
   const closed = new Promise<void>((resolve) => cri.listener.close(() => resolve()));
+  for (const conn of cri.waiting) conn.destroy();
   await new Promise<void>((resolve) => cri.server.tryShutdown(() => resolve()));
   await closed;
 }
 
 export function forceClose(cri: CriServer): void {
   cri.listener.close();
+  for (const conn of cri.waiting) conn.destroy();
   cri.server.forceShutdown();
 }

@@ -61,6 +61,11 @@ export class ImageService {
   }
 
   /** Resolves what a CRI ImageSpec.image names: an id, a tag or a digest reference. */
+  /** The image with exactly this id, as a container's record names it: a map lookup, no reference parsing. */
+  byId(id: string): ImageRecord | undefined {
+    return this.store.get(id);
+  }
+
   resolve(image: string): ImageRecord | undefined {
     if (image === '') throw invalidArgument('image.image is empty');
     const bareId = /^(sha256:)?[a-f0-9]{12,64}$/.test(image) ? image : undefined;

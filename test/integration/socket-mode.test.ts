@@ -31,3 +31,21 @@ test('the socket is born 0660 even under a umask of 0, and the umask is restored
     await drain(cri);
   }
 });
+
+test('shutdown ends a connection that never sent a request (not yet grpc-js\'s), instead of waiting for it', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-sock-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  const socket = path.join(dir, 'run', 'berth.sock');
+  await claimSocket(socket);
+  const cri = await serveCri(socket, {} as never, {} as never);
+  const { connect } = await import('node:net');
+  const silent = connect(socket);
+  const greeted = new Promise<Buffer>((resolve) => silent.once('data', resolve));
+  const closed = new Promise<void>((resolve) => silent.once('close', () => resolve()));
+  silent.on('error', () => undefined);
+  // The server's connection preface arrives: the connection was accepted and is waiting for a first request.
+  t.is((await greeted)[3], 0x4, 'a SETTINGS frame');
+  await drain(cri);
+  await closed;
+  t.pass('drain resolved and the silent client was disconnected');
+});

@@ -69,3 +69,34 @@ test('a connection whose first request has a valid authority passes through byte
   t.is(rewriter.decided, 'passthrough');
   t.deepEqual(out, input);
 });
+
+const SETTINGS = Buffer.from([0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+const SETTINGS_ACK = Buffer.from([0, 0, 0, 0x4, 0x1, 0, 0, 0, 0]);
+
+test("with berth's own SETTINGS sent, the client's first SETTINGS ACK is taken out wherever it comes, and only that one", (t) => {
+  for (const authority of ['localhost', '/run/berth/berth.sock']) {
+    for (const ackFirst of [true, false]) {
+      const client = hpack.compressor.create({ table: { size: 4096 } });
+      const rewriter = new AuthorityRewriter({ ownSettings: true });
+      client.write([{ name: ':authority', value: authority }, { name: ':path', value: '/x' }]);
+      const headers = headersFrame(client.read(), 1);
+      const frames = ackFirst ? [SETTINGS, SETTINGS_ACK, headers, SETTINGS_ACK] : [SETTINGS, headers, SETTINGS_ACK, SETTINGS_ACK];
+      const input = Buffer.concat([PREFACE, ...frames]);
+      const out: Buffer[] = [];
+      // One byte at a time: the ACK is found across chunk boundaries too.
+      for (let i = 0; i < input.length; i++) out.push(rewriter.push(input.subarray(i, i + 1)));
+      const all = Buffer.concat(out);
+      t.true(rewriter.ownSettingsAcknowledged);
+      const types: string[] = [];
+      for (let off = 24; off < all.length; off += 9 + all.readUIntBE(off, 3)) types.push(`${all[off + 3]}/${all[off + 4]}`);
+      t.deepEqual(types, ['4/0', '1/4', '4/1'], `${authority}, ack ${ackFirst ? 'before' : 'after'} the request: one ACK left, the session's`);
+      if (authority === 'localhost') t.deepEqual(all, Buffer.concat([PREFACE, SETTINGS, headers, SETTINGS_ACK]));
+    }
+  }
+});
+
+test('without its own SETTINGS sent, the rewriter keeps every SETTINGS ACK', (t) => {
+  const rewriter = new AuthorityRewriter();
+  const input = Buffer.concat([PREFACE, SETTINGS, SETTINGS_ACK]);
+  t.deepEqual(rewriter.push(input), input);
+});
