@@ -8,7 +8,7 @@ import os from 'node:os';
 import type { Readable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { BerthError, internal } from '../../errors.js';
-import { mallocTrim } from '../../kernel/libc.js';
+import { mallocTrimAsync } from '../../kernel/libc.js';
 import type { Logger } from '../../log.js';
 import type { FromWorker, ToWorker, WireError, WorkerResult } from './unpack-protocol.js';
 
@@ -38,11 +38,8 @@ interface PoolWorker {
 }
 
 function trimMalloc(): void {
-  try {
-    mallocTrim();
-  } catch {
-    // not glibc: nothing to trim
-  }
+  // Not glibc, or the trim failed: the pages stay, nothing else is wrong.
+  mallocTrimAsync().catch(() => {});
 }
 
 function unwire(e: WireError): Error {
