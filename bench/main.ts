@@ -3,6 +3,7 @@
 //
 //   node dist/bench/main.js [--quick] [--cycles N] [--pulls N] [--concurrent 20,50] [--memory-pods N]
 //                           [--relist-pods N] [--relists N] [--execs N] [--forwards N] [--forward-mib N]
+//                           [--big-pulls N] [--load-starts N]
 //                           [--endpoint unix:///path] [--registry HOST:PORT] [--image REF] [--out DIR]
 
 import { promises as fs } from 'node:fs';
@@ -18,7 +19,8 @@ import { collectInside } from './inside.js';
 import { BLKIO_ANNOTATIONS, BLKIO_CLASS, CONTROL_VARIANTS, emptySamples, Interrupted, removeLeftovers, runCycle, type Leftovers } from './lifecycle.js';
 import { wholeDiskOf } from './block-device.js';
 import { relistProblems, relistSummary, streamingSummary, type BenchResult, type HostInfo, type MemUsage, type RuntimeRun } from './model.js';
-import { measureConcurrent, measureDaemon, measureMemory, measurePull, measureRelist, type StartedPod } from './phases.js';
+import { BIG_IMAGE_LAYERS, pushBigImage } from './big-image.js';
+import { measureConcurrent, measureDaemon, measureMemory, measurePull, measurePullUnderLoad, measureRelist, type StartedPod } from './phases.js';
 import { pidsListeningOn, processTable } from './procfs.js';
 import { renderMarkdown, renderTables, toJson } from './report.js';
 import { summarize } from './stats.js';
@@ -32,8 +34,11 @@ const THROUGHPUT_SOURCE = path.resolve(here, '../../bench/fixtures/throughput-se
 const USAGE =
   'usage: node dist/bench/main.js [--quick] [--cycles N] [--pulls N] [--concurrent 20,50] [--memory-pods N]\n' +
   '                               [--relist-pods N] [--relists N] [--execs N] [--forwards N] [--forward-mib N]\n' +
+  '                               [--big-pulls N] [--load-starts N]\n' +
   '                               [--endpoint unix:///path] [--registry HOST:PORT] [--image REF] [--out DIR]\n' +
   '  --quick        2 cycles, 1 cold + 1 warm pull, 5 pods at once, 3 pods for memory, 3 relists with 5 pods\n' +
+  '  --big-pulls    cold pulls of the 5-layer ~60 MiB image (default 3; 0 skips it and the pull-under-load phase)\n' +
+  '  --load-starts  pod starts timed without, then during, cold pulls of that image (default 20; 0 skips the phase)\n' +
   '  --relist-pods  pods running while the lists are timed (default 100; 0 skips the phase)\n' +
   '  --relists      relists timed (default 20), and as many /metrics scrapes (berth)\n' +
   '  --execs        execs of echo timed to their first output byte (default 20; 0 skips exec and port-forward)\n' +
@@ -47,6 +52,8 @@ const USAGE =
 export interface Options {
   cycles: number;
   pulls: number;
+  bigPulls: number;
+  loadStarts: number;
   concurrent: number[];
   memoryPods: number;
   relistPods: number;
@@ -76,6 +83,8 @@ function options(argv: string[]): Options | 'help' {
         quick: { type: 'boolean', default: false },
         cycles: { type: 'string' },
         pulls: { type: 'string' },
+        'big-pulls': { type: 'string' },
+        'load-starts': { type: 'string' },
         concurrent: { type: 'string' },
         'memory-pods': { type: 'string' },
         'relist-pods': { type: 'string' },
@@ -99,6 +108,8 @@ function options(argv: string[]): Options | 'help' {
   const quick = parsed.quick;
   const cycles = parsed.cycles !== undefined ? positive('cycles', parsed.cycles) : quick ? 2 : 20;
   const pulls = parsed.pulls !== undefined ? positive('pulls', parsed.pulls) : quick ? 1 : 3;
+  const bigPulls = parsed['big-pulls'] !== undefined ? positive('big-pulls', parsed['big-pulls'], true) : quick ? 1 : 3;
+  const loadStarts = parsed['load-starts'] !== undefined ? positive('load-starts', parsed['load-starts'], true) : quick ? 3 : 20;
   const memoryPods = parsed['memory-pods'] !== undefined ? positive('memory-pods', parsed['memory-pods'], true) : quick ? 3 : 30;
   const relistPods = parsed['relist-pods'] !== undefined ? positive('relist-pods', parsed['relist-pods'], true) : quick ? 5 : 100;
   const relists = parsed.relists !== undefined ? positive('relists', parsed.relists) : quick ? 3 : 20;
@@ -119,6 +130,8 @@ function options(argv: string[]): Options | 'help' {
   return {
     cycles,
     pulls,
+    bigPulls,
+    loadStarts,
     concurrent,
     memoryPods,
     relistPods,
@@ -177,6 +190,8 @@ interface Target {
   scratch?: Record<string, string>;
   /** The runtime's log lines as they arrive (berth's), to summarize the ones logged during the sequential cycles. */
   log?: readonly string[];
+  /** The 5-layer image of the pull phases, or why there is none. */
+  bigImage: { ref: string; layers: number; mib: number; layerHexes: string[] } | Error;
   /** The image with the throughput server, or why there is none. */
   streamingImage: string | Error;
   /** berth's /metrics URL; for a runtime without one, why it is not scraped. */
@@ -236,6 +251,30 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
       } catch (err) {
         const hint = t.label === 'berth' ? '' : ' (use --registry 127.0.0.1:5000 or --image REF for an image this runtime can pull)';
         throw new Error(`${message(err)}${hint}`);
+      }
+    }
+
+    const big = t.bigImage;
+    if (opts.bigPulls > 0 || opts.loadStarts > 0) {
+      const bigBefore = !(big instanceof Error) && Boolean((await cri.images.ImageStatus({ image: { image: big.ref } })).image);
+      try {
+        if (opts.bigPulls > 0) {
+          await phase(`PullImage of the ${BIG_IMAGE_LAYERS}-layer image (${opts.bigPulls} cold)`, async () => {
+            if (big instanceof Error) throw big;
+            const p = await measurePull(cri, big.ref, { cold: opts.bigPulls, warm: 0, layerHexes: big.layerHexes, signal });
+            run.bigPull = { ...p, image: big.ref, layers: big.layers, mib: big.mib };
+          });
+        }
+        if (opts.loadStarts > 0) {
+          await phase(`${opts.loadStarts} pod starts without, then during, cold pulls of the ${BIG_IMAGE_LAYERS}-layer image`, async () => {
+            if (big instanceof Error) throw big;
+            run.pullLoad = await measurePullUnderLoad(cri, image, big.ref, { starts: opts.loadStarts, signal });
+          });
+        }
+      } finally {
+        if (!(big instanceof Error) && !bigBefore) {
+          await cri.images.RemoveImage({ image: { image: big.ref } }).catch((err: Error) => progress(`${name}: cleanup: ${err.message}`));
+        }
       }
     }
 
@@ -400,6 +439,18 @@ async function pushBenchImage(registryUrl: string): Promise<PushedImage> {
   });
 }
 
+/** The image of the pull phases; an Error fails those phases only. */
+async function pushBig(registryUrl: string): Promise<Target['bigImage']> {
+  try {
+    progress(`building and pushing the ${BIG_IMAGE_LAYERS}-layer image`);
+    const pushed = await pushBigImage(registryUrl);
+    const layerHexes = [pushed.configDigest, ...pushed.layers.flatMap((l) => [l.digest, l.diffId])].map((d) => d.replace(/^sha256:/, ''));
+    return { ref: pushed.ref, layers: pushed.layers.length, mib: pushed.layersSize / (1024 * 1024), layerHexes };
+  } catch (err) {
+    return new Error(`no image for the pull phases: ${message(err)}`);
+  }
+}
+
 /**
  * The bench image plus the throughput server for the streaming phase, as an image of its own so that the pull rows
  * keep measuring the plain bench image. An Error (no gcc, say) fails that phase only.
@@ -486,6 +537,7 @@ async function main(argv: string[]): Promise<number> {
       pushed.configDigest,
       ...pushed.layers.flatMap((l) => [l.digest, l.diffId]),
     ].map((d) => d.replace(/^sha256:/, ''));
+    const bigImage = opts.bigPulls > 0 || opts.loadStarts > 0 ? await pushBig(registry ? registry.url : `http://${registryHost}`) : new Error('not measured');
     const streamingImage = opts.execs > 0 ? await pushStreamingImage(registry ? registry.url : `http://${registryHost}`) : new Error('not measured');
     progress(`pushed ${pushed.ref}${typeof streamingImage === 'string' ? ` and ${streamingImage}` : ''}; starting berth`);
     // A block I/O class on the disk berth's root is on (a rate no container of the bench reaches): the cost measured
@@ -516,6 +568,7 @@ async function main(argv: string[]): Promise<number> {
           scratch: { berthDir: berth.dir, ...(registry ? { registryDir: registry.dir } : {}) },
           log: berth.logs,
           streamingImage,
+          bigImage,
           metrics: metricsAddress ? { url: `http://${metricsAddress}/metrics` } : { unavailable: 'berth serves no /metrics ([metrics] address is empty)' },
           blkioClass: disk !== undefined,
         },
@@ -542,6 +595,7 @@ async function main(argv: string[]): Promise<number> {
             layerHexes: image === pushed.ref ? layerHexes : undefined,
             restoreImage: true,
             streamingImage,
+          bigImage,
             metrics: { unavailable: `no /metrics endpoint in ${label}` },
           },
           opts,

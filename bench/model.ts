@@ -16,6 +16,28 @@ export interface PullResult {
   notes: string[];
 }
 
+/** Pod starts without and during cold pulls of the large image (pull-under-load phase). */
+export interface PullLoadResult {
+  /** Sequential pod starts → RUNNING with no pull going on, ms. */
+  idle: number[];
+  /** The same, each one entirely within a cold pull of the large image, ms. */
+  loaded: number[];
+  /** Version RPC round trips issued every 25 ms during the idle and the loaded starts, ms. */
+  idleProbe: number[];
+  loadedProbe: number[];
+  /** Cold pulls it took, and each one's duration, ms. */
+  pulls: number;
+  pullMs: number[];
+}
+
+/** The large multi-layer image of the pull phases, and its cold pulls. */
+export interface BigPullResult extends PullResult {
+  image: string;
+  layers: number;
+  /** Compressed bytes of its layers, MiB. */
+  mib: number;
+}
+
 export interface ConcurrentResult {
   /** Pods started at the same instant. */
   pods: number;
@@ -187,6 +209,8 @@ export interface RuntimeRun {
   /** Sequential cycles: row (RPC or composite step) → samples in ms. Rows appear in the report in insertion order. */
   samples: Record<string, number[]>;
   pull?: PullResult;
+  bigPull?: BigPullResult;
+  pullLoad?: PullLoadResult;
   concurrent: ConcurrentResult[];
   memory?: MemoryResult;
   /** Lists with many pods running, as kubelet's PLEG relists them. */
@@ -282,6 +306,18 @@ export function headlineMetrics(run: RuntimeRun): Metric[] {
   if (run.pull) {
     out.push({ name: 'PullImage cold (median)', unit: 'ms', value: summarize(run.pull.cold).median });
     out.push({ name: 'PullImage warm (median)', unit: 'ms', value: summarize(run.pull.warm).median });
+  }
+  if (run.bigPull) {
+    const b = run.bigPull;
+    out.push({ name: `PullImage cold, ${b.layers}-layer ${b.mib.toFixed(0)} MiB gzip image (median)`, unit: 'ms', value: summarize(b.cold).median });
+  }
+  if (run.pullLoad) {
+    const l = run.pullLoad;
+    out.push({ name: 'pod start → RUNNING without a pull (p95)', unit: 'ms', value: summarize(l.idle).p95 });
+    out.push({ name: 'pod start → RUNNING during a cold pull (p95)', unit: 'ms', value: summarize(l.loaded).p95 });
+    out.push({ name: 'Version RPC without a pull (max)', unit: 'ms', value: summarize(l.idleProbe).max });
+    out.push({ name: 'Version RPC during a cold pull (p95)', unit: 'ms', value: summarize(l.loadedProbe).p95 });
+    out.push({ name: 'Version RPC during a cold pull (max)', unit: 'ms', value: summarize(l.loadedProbe).max });
   }
   for (const c of run.concurrent) {
     const s = summarize(c.perPodMs);

@@ -16,7 +16,7 @@ import {
   sumMemUsage,
   type MemUsage,
 } from './procfs.js';
-import { emptyRelistCalls, MAX_MISMATCHES, RELIST, STATS_CALLS, type StatsCall, type ConcurrentResult, type MemoryResult, type PodMemory, type PullResult, type RelistCall, type RelistResult } from './model.js';
+import { emptyRelistCalls, MAX_MISMATCHES, RELIST, STATS_CALLS, type StatsCall, type ConcurrentResult, type MemoryResult, type PodMemory, type PullLoadResult, type PullResult, type RelistCall, type RelistResult } from './model.js';
 import { nsToMs, summarize } from './stats.js';
 
 const RUNNING_TIMEOUT_MS = 60_000;
@@ -480,4 +480,97 @@ export async function measureRelist(cri: CriClient, image: string, opts: RelistO
     for (const e of await removePods(cri, pods, limit)) result.failures.push(`cleanup: ${e}`);
   }
   return result;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// pod starts while a large image is pulled
+
+export interface PullLoadOptions {
+  /** Sequential pod starts measured each way (without a pull, during pulls). */
+  starts: number;
+  signal?: AbortSignal;
+}
+
+/** One Version RPC every PROBE_INTERVAL_MS while pods start: how long the daemon takes to answer anything. */
+const PROBE_INTERVAL_MS = 25;
+/** Pulls that end before one pod start fits in them, in a row, before the phase gives up. */
+const MAX_EMPTY_PULLS = 3;
+
+function startProbe(cri: CriClient): { stop(): Promise<number[]> } {
+  const samples: number[] = [];
+  let stopped = false;
+  const loop = (async () => {
+    while (!stopped) {
+      const t0 = process.hrtime.bigint();
+      await cri.runtime.Version({ version: 'v1' });
+      samples.push(since(t0));
+      await sleep(PROBE_INTERVAL_MS);
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await loop;
+      return samples;
+    },
+  };
+}
+
+/**
+ * Sequential pod starts (RunPodSandbox + CreateContainer + StartContainer until RUNNING, each pod removed untimed
+ * before the next) without a pull, then the same while `bigImage` is being pulled cold (RemoveImage, PullImage,
+ * again when it finished): a start counts only if the pull was in flight from its first RPC to RUNNING. A Version
+ * RPC probe runs alongside both, which shows a stalled event loop even where the pod starts hide it.
+ */
+export async function measurePullUnderLoad(cri: CriClient, podImage: string, bigImage: string, opts: PullLoadOptions): Promise<PullLoadResult> {
+  const pods: PodSet = new Set();
+  const result: PullLoadResult = { idle: [], loaded: [], idleProbe: [], loadedProbe: [], pulls: 0, pullMs: [] };
+  try {
+    let probe = startProbe(cri);
+    for (let i = 0; i < opts.starts; i++) {
+      const p = await startPod(cri, podImage, pods, opts.signal);
+      result.idle.push(p.ms);
+      await removePod(cri, p.podId, pods);
+    }
+    result.idleProbe = await probe.stop();
+
+    probe = startProbe(cri);
+    let empty = 0;
+    try {
+      while (result.loaded.length < opts.starts) {
+        check(opts.signal);
+        if ((await cri.images.ImageStatus({ image: { image: bigImage } })).image) await cri.images.RemoveImage({ image: { image: bigImage } });
+        let done = false;
+        const t0 = process.hrtime.bigint();
+        const pulling = cri.images.PullImage({ image: { image: bigImage } }).then(
+          () => {
+            done = true;
+            result.pullMs.push(since(t0));
+          },
+          (err: unknown) => {
+            done = true;
+            throw err;
+          },
+        );
+        result.pulls++;
+        const before = result.loaded.length;
+        try {
+          while (!done && result.loaded.length < opts.starts) {
+            const p = await startPod(cri, podImage, pods, opts.signal);
+            if (!done) result.loaded.push(p.ms);
+            await removePod(cri, p.podId, pods);
+          }
+        } finally {
+          await pulling;
+        }
+        empty = result.loaded.length === before ? empty + 1 : 0;
+        if (empty >= MAX_EMPTY_PULLS) throw new Error(`${MAX_EMPTY_PULLS} pulls of ${bigImage} in a row finished before a pod start did`);
+      }
+    } finally {
+      result.loadedProbe = await probe.stop();
+    }
+    return result;
+  } finally {
+    if (pods.size) await removePods(cri, pods);
+  }
 }

@@ -8,6 +8,7 @@ import {
   streamingSummary,
   type BenchResult,
   type MemUsage,
+  type PullLoadResult,
   type Metric,
   type RelistCall,
   type RelistResult,
@@ -25,6 +26,7 @@ export type {
   MemoryResult,
   PodMemory,
   PullResult,
+  PullLoadResult,
   RelistResult,
   RuntimeRun,
   ScrapeResult,
@@ -211,6 +213,41 @@ function pullSection(run: RuntimeRun): string {
   );
 }
 
+function bigPullSection(run: RuntimeRun): string {
+  const b = run.bigPull;
+  if (!b) return '';
+  const check = b.coldVerified === null ? 'layers on disk not checked' : b.coldVerified ? 'layer files checked gone before each cold pull' : 'layer files were NOT all gone before cold pulls';
+  return (
+    `PullImage of \`${b.image}\`, ${b.layers} gzip layers, ${b.mib.toFixed(1)} MiB (cold; ${check}):\n\n` +
+    markdownTable(rowsOf({ 'PullImage cold': b.cold }), 'pull') +
+    b.notes.map((n) => `\n- ${n}`).join('') +
+    (b.notes.length ? '\n' : '')
+  );
+}
+
+/** during/without p95 of pod starts: the pull-under-load target is ≤ 1.2. */
+export function pullLoadRatio(l: PullLoadResult): number {
+  return summarize(l.loaded).p95 / summarize(l.idle).p95;
+}
+
+function pullLoadSection(run: RuntimeRun): string {
+  const l = run.pullLoad;
+  if (!l) return '';
+  const rows = rowsOf({
+    'pod start → RUNNING, no pull': l.idle,
+    'pod start → RUNNING, during a pull': l.loaded,
+    'Version RPC, no pull': l.idleProbe,
+    'Version RPC, during a pull': l.loadedProbe,
+    'the cold pulls themselves': l.pullMs,
+  });
+  return (
+    `Pod starts while the large image is pulled cold (${l.pulls} pulls; a start counts only if wholly inside one; ` +
+    `a Version RPC every 25 ms alongside):\n\n` +
+    markdownTable(rows, 'measure') +
+    `\np95 during a pull / without: ${formatRatio(summarize(l.loaded).p95, summarize(l.idle).p95)} (target ≤ 1.2)\n`
+  );
+}
+
 function concurrentSection(run: RuntimeRun): string {
   if (run.concurrent.length === 0) return '';
   return (
@@ -382,6 +419,8 @@ export function renderTables(result: BenchResult): string {
     if (run.inside) parts.push(insideTable(run.inside));
     const sections = [
       pullSection(run),
+      bigPullSection(run),
+      pullLoadSection(run),
       concurrentSection(run),
       memorySection(run),
       run.streaming ? streamingTable(run.streaming) : '',
@@ -457,6 +496,20 @@ function runJson(run: RuntimeRun): Record<string, unknown> {
     image: run.image,
     rows: Object.fromEntries(Object.entries(run.samples).map(([name, s]) => [name, distJson(s)])),
     pull: run.pull ? { cold: distJson(run.pull.cold), warm: distJson(run.pull.warm), coldVerified: run.pull.coldVerified, notes: run.pull.notes } : null,
+    bigPull: run.bigPull
+      ? { image: run.bigPull.image, layers: run.bigPull.layers, mib: round3(run.bigPull.mib), cold: distJson(run.bigPull.cold), coldVerified: run.bigPull.coldVerified, notes: run.bigPull.notes }
+      : null,
+    pullLoad: run.pullLoad
+      ? {
+          idle: distJson(run.pullLoad.idle),
+          loaded: distJson(run.pullLoad.loaded),
+          idleProbe: distJson(run.pullLoad.idleProbe),
+          loadedProbe: distJson(run.pullLoad.loadedProbe),
+          pulls: run.pullLoad.pulls,
+          pullMs: distJson(run.pullLoad.pullMs),
+          p95Ratio: round3(pullLoadRatio(run.pullLoad)),
+        }
+      : null,
     concurrent: run.concurrent.map((c) => ({
       pods: c.pods,
       wallMs: round3(c.wallMs),

@@ -1,5 +1,4 @@
 import path from 'node:path';
-import { createHash } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import { BerthError, errorMessage, invalidArgument, notFound, unavailable } from '../errors.js';
 import { Logger } from '../log.js';
@@ -7,7 +6,7 @@ import { RegistryConfig } from '../config/schema.js';
 import { Credentials } from '../registry/auth.js';
 import { Endpoint, Repository } from '../registry/client.js';
 import { REGISTRY_LIMITS, tooLarge } from '../registry/bounded.js';
-import { unpackLayer } from './layer/unpack.js';
+import { UnpackPool } from './layer/unpack-pool.js';
 import { withUndo } from '../store/undo.js';
 import { faultPoint } from '../fault.js';
 import { digestName, formatReference, isDigest, parseReference, tagName } from './reference.js';
@@ -16,7 +15,8 @@ import { ImageStore } from './store.js';
 import { classifyManifest, Descriptor, ImageConfig, ImageManifest, ImageRecord } from './types.js';
 
 // Pulling, listing and removing images. Layers are streamed from the registry straight into their unpacked
-// directory while their digests are computed, so a pull never keeps a second copy of the compressed data.
+// directory while their digests are computed (on an unpack worker thread), so a pull never keeps a second copy of
+// the compressed data.
 
 /** What metrics hear of pulls; called as the work happens, so they cost nothing while nobody scrapes. */
 export interface PullObserver {
@@ -55,6 +55,7 @@ export class ImageService {
   // The pull's signal rides along: a download that fails because its own pull was cancelled is not the
   // verdict for another pull that was sharing it.
   private readonly inflightLayers = new Map<string, { work: Promise<void>; signal?: AbortSignal }>();
+  private readonly unpacker = new UnpackPool();
 
   constructor(private readonly opts: ImageServiceOptions) {
     this.store = opts.store;
@@ -254,12 +255,10 @@ export class ImageService {
         faultPoint('image.pull.staging');
         const { stream } = await repo.openBlob(descriptor.digest, endpoint);
         undo.push('close layer stream', () => stream.destroy());
-        const hash = createHash('sha256');
         let received = 0;
         let lastReport = Date.now();
         const counted = new PassThrough();
         counted.on('data', (chunk: Buffer) => {
-          hash.update(chunk);
           received += chunk.length;
           this.opts.observer?.received(chunk.length);
           if (Date.now() - lastReport >= 1000) {
@@ -268,13 +267,14 @@ export class ImageService {
           }
         });
         stream.on('error', (err) => counted.destroy(err));
-        const result = await unpackLayer(stream.pipe(counted) as Readable, path.join(staging, 'fs'), { log: layerLog });
-        const actual = 'sha256:' + hash.digest('hex');
+        // Hashing, decompression and extraction run on a worker thread; this thread only moves the bytes.
+        const result = await this.unpacker.unpack(stream.pipe(counted) as Readable, path.join(staging, 'fs'), layerLog);
+        const actual = result.digest;
         if (actual !== descriptor.digest) {
           throw unavailable(`layer ${descriptor.digest} of ${repo.name}: downloaded content has digest ${actual}`);
         }
-        if (received !== descriptor.size) {
-          throw unavailable(`layer ${descriptor.digest} of ${repo.name}: expected ${descriptor.size} bytes, got ${received}`);
+        if (result.compressedBytes !== descriptor.size) {
+          throw unavailable(`layer ${descriptor.digest} of ${repo.name}: expected ${descriptor.size} bytes, got ${result.compressedBytes}`);
         }
         if (result.diffId !== diffId) {
           throw unavailable(`layer ${descriptor.digest} of ${repo.name}: uncompressed digest ${result.diffId} does not match diff id ${diffId}`);

@@ -157,6 +157,13 @@ export function mallocTrim(): void {
   fn('malloc_trim', 'int malloc_trim(size_t pad)')(0);
 }
 
+/** mallocTrim on a koffi worker thread: trimming after a pull walks arenas of tens of MiB (tens of ms). */
+export function mallocTrimAsync(): Promise<void> {
+  return new Promise((resolve, reject) => {
+    fn('malloc_trim', 'int malloc_trim(size_t pad)').async(0, (err: unknown) => (err ? reject(err) : resolve()));
+  });
+}
+
 export const MFD_CLOEXEC = 0x1;
 export const MFD_ALLOW_SEALING = 0x2;
 /** Linux ≥ 6.3: the memfd may be executed even where vm.memfd_noexec would make it non-executable. */

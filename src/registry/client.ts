@@ -6,7 +6,7 @@ import { RegistryConfig } from '../config/schema.js';
 import { IMAGE_MANIFEST_MEDIA_TYPES, INDEX_MEDIA_TYPES } from '../image/types.js';
 import { basicHeader, credentialsApply, Credentials, parseChallenge } from './auth.js';
 import { readBounded, RegistryLimit, REGISTRY_LIMITS } from './bounded.js';
-import { hostEntry, isLoopback, RegistryTrust, request, TransportError } from './transport.js';
+import { hostEntry, isLoopback, RegistryTrust, request, takeNodeBody, TransportError } from './transport.js';
 
 // A client for the OCI distribution API (docker registry v2): manifests and blobs of one repository,
 // with mirrors, plain-HTTP hosts and Basic/Bearer auth.
@@ -124,7 +124,7 @@ export class Repository {
       const res = await this.request(endpoint, `blobs/${digest}`, { signal: controller.signal });
       if (!res.body) throw unavailable(`blob ${digest} from ${endpoint.base} has no body`);
       const length = res.headers.get('content-length');
-      const stream = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+      const stream = takeNodeBody(res) ?? Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
       this.watchStall(stream, controller, `blob ${this.name}@${digest}`);
       return { stream, size: length ? Number(length) : undefined };
     });

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { rootCertificates } from 'node:tls';
 import { isIPv4 } from 'node:net';
 import { Readable } from 'node:stream';
-import type { ReadableStream } from 'node:stream/web';
+import { ReadableStream } from 'node:stream/web';
 import { RegistryConfig } from '../config/schema.js';
 
 // HTTP(S) for the registry client, on node:http/https rather than fetch, because the trust a registry gets is
@@ -154,6 +154,43 @@ function once(url: URL, req: TransportRequest, trust: RegistryTrust): Promise<ht
   });
 }
 
+/** The node stream behind each Response's body, until that body is first read. */
+const nodeBodies = new WeakMap<Response, http.IncomingMessage>();
+
+/**
+ * The body of a Response from `request` as the node stream it came in on, for a caller that streams all of it (a
+ * layer): a web stream adapter each way costs a promise and a copy per chunk on the daemon's thread. Undefined once
+ * the web body was read; after this call the web body must not be used.
+ */
+export function takeNodeBody(res: Response): Readable | undefined {
+  const body = nodeBodies.get(res);
+  nodeBodies.delete(res);
+  return body;
+}
+
+/** A web stream over `res` that only starts reading it when it is first read (so takeNodeBody can have it instead). */
+function lazyWebBody(response: () => Response, res: http.IncomingMessage): ReadableStream<Uint8Array> {
+  let chunks: AsyncIterator<Buffer> | undefined;
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        if (!chunks) {
+          if (!nodeBodies.delete(response())) throw new Error('the body was taken as a node stream');
+          chunks = res[Symbol.asyncIterator]();
+        }
+        const next = await chunks.next();
+        if (next.done) controller.close();
+        else controller.enqueue(new Uint8Array(next.value.buffer, next.value.byteOffset, next.value.byteLength));
+      },
+      cancel() {
+        nodeBodies.delete(response());
+        res.destroy();
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
 function toResponse(res: http.IncomingMessage): Response {
   const headers = new Headers();
   for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) {
@@ -172,7 +209,9 @@ function toResponse(res: http.IncomingMessage): Response {
     res.resume();
     return new Response(null, { status, headers });
   }
-  return new Response(Readable.toWeb(res) as ReadableStream<Uint8Array> as unknown as BodyInit, { status, headers });
+  const response: Response = new Response(lazyWebBody(() => response, res) as unknown as BodyInit, { status, headers });
+  nodeBodies.set(response, res);
+  return response;
 }
 
 /**

@@ -83,6 +83,16 @@ test('bench --quick measures everything and cleans up after itself', async (t) =
   t.is(run.pull.warm.n, 1);
   t.true(run.pull.cold.median > 0 && run.pull.warm.median > 0);
   t.is(run.pull.coldVerified, true, `cold pulls not verified: ${run.pull.notes.join('; ')}`);
+  // the 5-layer image: one cold pull, checked gone on disk first, and pod starts without and during its pulls
+  t.is(run.bigPull.layers, 5);
+  t.true(run.bigPull.mib > 40 && run.bigPull.mib < 80, `image of ${run.bigPull.mib} MiB`);
+  t.is(run.bigPull.cold.n, 1);
+  t.is(run.bigPull.coldVerified, true, `large cold pull not verified: ${run.bigPull.notes.join('; ')}`);
+  t.is(run.pullLoad.idle.n, 3);
+  t.is(run.pullLoad.loaded.n, 3);
+  t.true(run.pullLoad.pulls >= 1 && run.pullLoad.pullMs.n >= 1);
+  t.true(run.pullLoad.idleProbe.n >= 1 && run.pullLoad.loadedProbe.n >= 1);
+  t.true(run.pullLoad.p95Ratio > 0);
 
   // pods at once
   t.is(run.concurrent.length, 1);

@@ -58,6 +58,8 @@ export class Extractor {
     private readonly ready: Promise<void>,
     private readonly tracker: PaxXattrTracker,
     private readonly log: Logger,
+    /** On a thread of its own: file data is written synchronously too, off libuv's pool, which the daemon's own I/O queues on. */
+    private readonly ownThread = false,
   ) {
     this.tree = new LayerRoot(root);
   }
@@ -234,13 +236,14 @@ export class Extractor {
       let written = 0;
       let batch: Buffer[] = [];
       let batchBytes = 0;
-      const small = size <= SYNC_FILE_MAX;
+      const small = this.ownThread || size <= SYNC_FILE_MAX;
       for await (const item of data) {
         const chunk = item as Buffer;
         batch.push(chunk);
         batchBytes += chunk.length;
         if (batchBytes >= WRITE_BATCH_BYTES) {
-          await writeAll(fd, batch, batchBytes);
+          if (this.ownThread) writeAllSync(fd, batch, batchBytes);
+          else await writeAll(fd, batch, batchBytes);
           written += batchBytes;
           batch = [];
           batchBytes = 0;

@@ -21,6 +21,8 @@ export interface UnpackOptions {
   log?: Logger;
   /** Compressed bytes read so far; called at most every 250 ms, and once more at the end of the input. */
   onProgress?: (compressedBytes: number) => void;
+  /** Running on a thread of its own (unpack-worker.ts): every filesystem call may block it. */
+  ownThread?: boolean;
 }
 
 export interface UnpackResult {
@@ -53,7 +55,7 @@ export async function unpackLayer(input: Readable, dest: string, opts: UnpackOpt
   ready.catch(() => {}); // awaited below and by every entry; this only avoids an unhandled-rejection race
   const counter = new ProgressCounter(opts.onProgress, log);
   const tap = new TarTap();
-  const extractor = new Extractor(root, ready, tap.xattrs, log);
+  const extractor = new Extractor(root, ready, tap.xattrs, log, opts.ownThread);
   const extract = tar.extract();
   const decoded = { compression: 'none' as Compression };
   extract.on('entry', (header, stream, next) => extractor.onEntry(header as EntryHeader, stream, next));
