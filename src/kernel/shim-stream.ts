@@ -18,8 +18,12 @@ export interface TerminalSize {
 
 /** How long a killed shim gets to kill and reap its command before SIGKILL. */
 const KILL_GRACE_MS = 2000;
-/** After the command exited, how long its output pipes may stay open (a background process holding them). */
+/**
+ * After the command exited and everything it wrote was read, how long its output pipes may stay open (a background
+ * process holding them) before berth stops waiting for their end.
+ */
 const OUTPUT_LINGER_MS = 2000;
+const FIONREAD = 0x541b;
 const ATTACH_CONNECT_TIMEOUT_MS = 5000;
 const PORTFORWARD_STATUS_GRACE_MS = 2000;
 /** sun_path holds 108 bytes with the terminating NUL. */
@@ -40,6 +44,44 @@ function writableFd(fd: number): net.Socket {
   return s;
 }
 
+/** Bytes written into a pipe and not read yet. */
+function unreadInPipe(fd: number): number {
+  const count = new Int32Array(1);
+  const ok = fn('ioctl_fionread', 'int ioctl(int fd, unsigned long request, _Out_ int *count)')(fd, FIONREAD, count) === 0;
+  return ok ? count[0]! : 0;
+}
+
+/**
+ * Resolves once an output pipe of an exited command ended. Whatever the command wrote before it exited is owed to the
+ * reader however slowly it reads (kubectl cp takes a tar archive over stdout): the pipe is cut short only when a
+ * background process still holds it after all of that went to the reader (checked every OUTPUT_LINGER_MS), or once
+ * `abandoned()` (kill() was called: the session ended, nobody reads any more).
+ */
+function outputEnd(output: net.Socket, fd: number, abandoned: () => boolean): Promise<void> {
+  if (output.destroyed) return Promise.resolve();
+  // Bytes read from the pipe so far plus those still in it: the command's whole output, in order.
+  const owed = output.bytesRead + unreadInPipe(fd);
+  return new Promise<void>((resolve) => {
+    let linger: NodeJS.Timeout | undefined;
+    const finish = () => {
+      clearTimeout(linger);
+      resolve();
+    };
+    output.once('close', finish);
+    const check = () => {
+      const handedOut = output.bytesRead - output.readableLength;
+      if (abandoned() || handedOut >= owed) {
+        output.off('close', finish);
+        if (!output.readableEnded) output.destroy();
+        finish();
+      } else {
+        linger = setTimeout(check, OUTPUT_LINGER_MS);
+      }
+    };
+    linger = setTimeout(check, OUTPUT_LINGER_MS);
+  });
+}
+
 function validSize(size: TerminalSize): boolean {
   const ok = (n: number) => Number.isInteger(n) && n >= 1 && n <= 65535;
   return ok(size.width) && ok(size.height);
@@ -54,7 +96,10 @@ export interface InteractiveExec {
   stderr: Readable | null;
   /** Resizes the terminal (the command gets SIGWINCH); ignored without tty or for an invalid size. */
   resize(size: TerminalSize): void;
-  /** The exit code (128+signal when killed; 125/126/127 from the shim), once stdout/stderr have ended too. */
+  /**
+   * The exit code (128+signal when killed; 125/126/127 from the shim), once stdout/stderr have ended too: a reader
+   * must keep reading them meanwhile, as everything the command wrote before exiting is waited for.
+   */
   wait(): Promise<number>;
   /** Ends the command: SIGTERM to the shim (which kills and reaps it), SIGKILL if the shim is still there later. */
   kill(): void;
@@ -87,28 +132,20 @@ export async function spawnInteractiveExec(opts: InteractiveExecOptions): Promis
   const stderr = opts.tty ? null : readableFd(child.fds[2]!);
   const resizer = opts.tty ? writableFd(child.fds[3]!) : null;
   let hardKill: NodeJS.Timeout | undefined;
+  let killed = false;
   const kill = () => {
+    killed = true;
     child.kill('SIGTERM');
     hardKill ??= setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS);
   };
   const timer = opts.timeoutMs > 0 ? setTimeout(kill, opts.timeoutMs) : undefined;
-  const ended = (s: Readable) => new Promise<void>((resolve) => {
-    if (s.destroyed) resolve();
-    s.once('close', () => resolve());
-  });
-  const outputs = [stdout, ...(stderr ? [stderr] : [])];
+  const outputs: [net.Socket, number][] = [[stdout, child.fds[1]!], ...(stderr ? [[stderr, child.fds[2]!] as [net.Socket, number]] : [])];
   const done = child.exited.then(async ({ code }) => {
     clearTimeout(timer);
     clearTimeout(hardKill);
     resizer?.destroy();
     // The output normally ends with the shim; a background process of the command may hold the pipes longer.
-    let linger: NodeJS.Timeout | undefined;
-    await Promise.race([
-      Promise.all(outputs.map(ended)),
-      new Promise<void>((resolve) => (linger = setTimeout(resolve, OUTPUT_LINGER_MS))),
-    ]);
-    clearTimeout(linger);
-    for (const s of outputs) if (!s.readableEnded) s.destroy();
+    await Promise.all(outputs.map(([output, fd]) => outputEnd(output, fd, () => killed)));
     stdin?.destroy();
     return code;
   });

@@ -8,6 +8,8 @@ import type { WebSocket, RawData } from 'ws';
 
 /** Bytes queued towards the client beyond which writers wait: a slow client must not make berth buffer output. */
 const HIGH_WATER = 1 << 20;
+/** How long a client may take to answer the close frame once everything before it was written to the socket. */
+const CLOSE_ANSWER_MS = 5000;
 const STREAM_CLOSE = 255;
 
 export interface ChannelCodec {
@@ -26,6 +28,10 @@ export class ChannelConn {
   private handlers: ChannelHandlers = { onData: () => {}, onChannelClosed: () => {} };
   private readonly waiting: (() => void)[] = [];
   private holds = 0;
+  /** Messages handed to ws and not yet written to the socket. */
+  private unwritten = 0;
+  /** After close(): ends a connection whose client stopped taking what is queued or never answers the close. */
+  private closeTimer: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly idle: NodeJS.Timeout;
   private readonly closedListeners: (() => void)[] = [];
@@ -33,7 +39,7 @@ export class ChannelConn {
   constructor(
     private readonly ws: WebSocket,
     private readonly codec: ChannelCodec,
-    idleTimeoutMs: number,
+    private readonly idleTimeoutMs: number,
     onIdle: () => void,
   ) {
     this.idle = setTimeout(() => {
@@ -72,7 +78,12 @@ export class ChannelConn {
     const frame = this.codec.binary
       ? Buffer.concat([Buffer.of(channel), data])
       : String.fromCharCode(48 + channel) + data.toString('base64');
-    this.ws.send(frame, { binary: this.codec.binary }, () => this.release());
+    this.unwritten++;
+    this.ws.send(frame, { binary: this.codec.binary }, () => {
+      this.unwritten--;
+      if (this.closeTimer) this.armCloseTimer();
+      this.release();
+    });
     if (!accepted) return;
     if (this.ws.bufferedAmount < HIGH_WATER) accepted();
     else this.waiting.push(accepted);
@@ -100,10 +111,11 @@ export class ChannelConn {
   close(code = 1000, reason = ''): void {
     if (this.closed) return;
     this.ws.close(code, reason);
-    // A client that never answers the close frame must not keep the socket (and the session) alive.
-    const kill = setTimeout(() => this.ws.terminate(), 5000);
-    kill.unref();
-    this.ws.once('close', () => clearTimeout(kill));
+    this.armCloseTimer();
+    this.ws.once('close', () => {
+      if (this.closeTimer) clearTimeout(this.closeTimer);
+      this.closeTimer = null;
+    });
     this.finish();
   }
 
@@ -111,6 +123,17 @@ export class ChannelConn {
   terminate(): void {
     this.ws.terminate();
     this.finish();
+  }
+
+  /**
+   * A client that never answers the close frame must not keep the socket (and the session) alive. While output
+   * queued before the close is still being written, the client is reading it (a slow kubectl cp) and terminating
+   * would drop its end: then only a client that takes nothing for the idle timeout is dropped.
+   */
+  private armCloseTimer(): void {
+    if (this.closeTimer) clearTimeout(this.closeTimer);
+    this.closeTimer = setTimeout(() => this.ws.terminate(), this.unwritten === 0 ? CLOSE_ANSWER_MS : this.idleTimeoutMs);
+    this.closeTimer.unref();
   }
 
   private release(): void {

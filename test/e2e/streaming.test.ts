@@ -229,7 +229,9 @@ test('kubectl cp: a tar stream into a container and back out, over exec with std
   t.is(into.exitCode, 0, into.stderr);
   const out = await spdyRemoteCommand(await e.execUrl(id, ['tar', 'cf', '-', '-C', '/tmp', 'data']), {});
   t.is(out.exitCode, 0);
-  const files = await untar(out.stdout);
+  const files = await untar(out.stdout).catch((err: Error) => {
+    throw new Error(`the archive read back (${out.stdout.length} bytes) is not whole: ${err.message}`);
+  });
   t.is(sha256(files.get('data/blob.bin')!), sha256(content));
   t.is(files.get('data/note.txt')!.toString(), 'hello from kubectl cp\n');
 });
@@ -343,16 +345,20 @@ function streamToBuffer(stream: { on(event: string, listener: (...args: any[]) =
   });
 }
 
+/** The files of a tar archive; rejects when it is not a whole archive (cut short, say). */
 async function untar(archive: Buffer): Promise<Map<string, Buffer>> {
   const files = new Map<string, Buffer>();
   const extract = tar.extract();
-  extract.on('entry', (header, stream, next) => {
-    streamToBuffer(stream).then((b) => {
-      if (header.type === 'file') files.set(header.name, b);
-      next();
+  const done = new Promise<void>((resolve, reject) => {
+    extract.on('entry', (header, stream, next) => {
+      streamToBuffer(stream).then((b) => {
+        if (header.type === 'file') files.set(header.name, b);
+        next();
+      }, reject);
     });
+    extract.on('finish', () => resolve());
+    extract.on('error', reject);
   });
-  const done = new Promise<void>((resolve) => extract.on('finish', () => resolve()));
   extract.end(archive);
   await done;
   return files;

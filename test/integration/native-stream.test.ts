@@ -147,6 +147,41 @@ rtest('exec without tty: stdin through cat with EOF, stdout and stderr apart, ex
   await noFdLeft(t, fds);
 });
 
+rtest('exec without tty: a reader slower than the output linger still gets every byte the command wrote before exiting', async (t) => {
+  const fds = fdCount();
+  await withContainer('slow-reader', async (c) => {
+    await c.running({ args: ['sleep', '1000'] });
+    // More than a pipe holds, so part of it waits in berth and the rest in the kernel when the command exits.
+    const size = 400 * 1024;
+    const ex = await spawnInteractiveExec({ ...execOpts(c, ['busybox', 'dd', 'if=/dev/urandom', 'bs=4096', `count=${size / 4096}`]), tty: false, stdin: false });
+    const err = gather(ex.stderr!);
+    const code = ex.wait();
+    // The reader takes all but the last 32 KiB (so the command can write it into the pipe and exit), then stalls
+    // past the linger that bounds a background process holding the pipes (2 s).
+    let got = 0;
+    const chunks: Buffer[] = [];
+    ex.stdout.on('data', (d: Buffer) => {
+      chunks.push(d);
+      got += d.length;
+      if (got >= size - 32 * 1024) ex.stdout.pause();
+    });
+    await waitFor('the command to exit', () => shimProcesses('exec', String(c.pid)).length === 0, SHIM_POLL);
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    ex.stdout.resume();
+    t.is(await code, 0, err.text());
+    t.is(Buffer.concat(chunks).length, size);
+
+    // A background process keeping the pipe open does not hold the exit forever once the output was read.
+    const held = await spawnInteractiveExec({ ...execOpts(c, ['sh', '-c', 'echo started; sleep 1000 & exit 0']), tty: false, stdin: false });
+    const out = gather(held.stdout);
+    gather(held.stderr!);
+    t.is(await held.wait(), 0);
+    t.is(out.text(), 'started\n');
+    t.deepEqual(shimProcesses('exec', String(c.pid)), []);
+  });
+  await noFdLeft(t, fds);
+});
+
 rtest('attach: two clients both read live output, stdin through the fifo, stdin_once EOF, then EOF and no attach.sock', async (t) => {
   const fds = fdCount();
   await withContainer('attach', async (c) => {

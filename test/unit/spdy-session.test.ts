@@ -1,5 +1,6 @@
 import test from 'ava';
 import net from 'node:net';
+import { Duplex } from 'node:stream';
 import { encodeGoAway } from '../../src/streaming/spdy/frames.js';
 import { SpdySession, type SpdyStream } from '../../src/streaming/spdy/session.js';
 
@@ -127,6 +128,45 @@ test('data the peer sent before closing the connection is still read after the c
   await closed;
   t.is(await readLater(two.local), 'status written just before close');
   await b.close();
+});
+
+/** A connection whose peer takes written bytes only when the test says so (a client slower than any linger). */
+class HeldConnection extends Duplex {
+  private readonly held: [Buffer, () => void][] = [];
+  readonly taken: Buffer[] = [];
+
+  override _read(): void {}
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
+    this.held.push([chunk, cb]);
+  }
+
+  /** Takes what is held and what each taking lets the writer hand over next. */
+  takeAll(): void {
+    for (let next = this.held.shift(); next; next = this.held.shift()) {
+      this.taken.push(next[0]);
+      next[1]();
+    }
+  }
+}
+
+test('a graceful close waits for what was written to leave before its linger starts: a slow reader loses nothing', async (t) => {
+  const conn = new HeldConnection();
+  const session = new SpdySession(conn, { role: 'server' });
+  const closed = new Promise((resolve) => session.once('close', resolve));
+  const stream = session.openStream([['streamtype', 'stdout']]);
+  const body = Buffer.alloc(256 * 1024, 'x');
+  stream.end(body);
+  session.close();
+  // Longer than the 2 s a closing session gives the peer to close its side.
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  t.false(conn.destroyed, 'the connection was cut while its output was still being taken');
+  conn.takeAll();
+  const taken = Buffer.concat(conn.taken);
+  t.true(taken.includes(body.subarray(0, 1024)) && taken.length > body.length, `the peer took ${taken.length} bytes`);
+  // Once everything is out, a peer that never closes its side is let go 2 s later.
+  await closed;
+  t.true(conn.destroyed);
 });
 
 test('a peer that drops the connection without FIN or GOAWAY cuts its streams short, visibly', async (t) => {

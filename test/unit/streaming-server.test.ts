@@ -50,6 +50,18 @@ function fakeBackend(rec: Recorder, ports: Map<number, number>): StreamingBacken
       case 'sleep':
         await new Promise((resolve) => io.signal.addEventListener('abort', resolve));
         return 137;
+      case 'flood': {
+        // args: bytes of output, written as fast as the client takes them; its sha256 goes to stderr.
+        const data = randomBytes(Number(args[0]));
+        for (let at = 0; at < data.length; at += 64 * 1024) {
+          if (!io.stdout!.write(data.subarray(at, at + 64 * 1024))) await new Promise((resolve) => io.stdout!.once('drain', resolve));
+        }
+        io.stderr!.write(createHash('sha256').update(data).digest('hex'));
+        // Once the last of it is accepted (queued towards the client), the session writes the status and closes.
+        await new Promise((resolve) => io.stdout!.write(Buffer.alloc(0), resolve));
+        rec.calls.push('flood written');
+        return 0;
+      }
       default:
         throw new BerthError('failed_precondition', `container stopped`);
     }
@@ -183,6 +195,30 @@ test('exec over v5.channel.k8s.io: stdout and stderr on their channels, then a S
   const deadline = Date.now() + 10000;
   while (!logs.some((e) => e.msg === 'streaming session ended' && e.test === t.title) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   t.truthy(logs.find((e) => e.msg === 'streaming session ended' && e.test === t.title));
+});
+
+test('a client that stops reading for longer than the close wait still gets all the output, then the status and a clean close', async (t) => {
+  const b = await bed(t);
+  const c = await ChannelClient.connect(await b.service.exec(execTarget(['flood', String(8 << 20)])), { protocols: ['v5.channel.k8s.io'] });
+  // Reading in sips until the command has written everything: the kernel's buffers are full and up to a MiB of
+  // output waits in berth when berth closes the session. The client takes it only after the 5 s berth gives a
+  // client to answer the close.
+  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+  c.ws.pause();
+  while (!b.rec.calls.includes('flood written')) {
+    c.ws.resume();
+    await new Promise((resolve) => setImmediate(resolve));
+    c.ws.pause();
+    await sleep(20);
+  }
+  await sleep(6500);
+  c.ws.resume();
+  const closed = await c.closed;
+  t.is(closed.code, 1000);
+  const out = c.data(1);
+  t.is(out.length, 8 << 20);
+  t.is(createHash('sha256').update(out).digest('hex'), c.text(2));
+  t.is(status(c).status, 'Success');
 });
 
 test('an exit code of 3 comes back as 3 in the ExitCode cause (v4), and as text before v4', async (t) => {

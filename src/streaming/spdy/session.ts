@@ -322,9 +322,12 @@ export class SpdySession extends EventEmitter<SessionEvents> {
     for (const s of [...this.streams.values()]) s.destroy();
     this.blocked.clear();
     this.updateFlow();
-    this.socket.end();
-    // A peer that never closes its side must not hold the socket (and berth's fd) forever.
-    this.lingerTimer ??= setTimeout(() => this.socket.destroy(), 2000);
+    // A peer that never closes its side must not hold the socket (and berth's fd) forever. The wait starts once what
+    // was written before the close is in the kernel: a slow reader still taking its output (kubectl cp) would lose
+    // the end of it to a destroy. A peer that takes nothing at all is ended by the idle timeout.
+    this.socket.end(() => {
+      if (!this.closed) this.lingerTimer ??= setTimeout(() => this.socket.destroy(), 2000);
+    });
   }
 
   destroy(err?: Error): void {
