@@ -10,7 +10,7 @@ import { parseMountInfo } from '../kernel/mountinfo.js';
 import { discoverCgroups, type CgroupLayout } from '../kernel/cgroup-layout.js';
 import { pidsBelow } from '../kernel/cgroups.js';
 import { bridgePorts } from '../network/links.js';
-import { IFB_PATTERN } from '../network/bandwidth.js';
+import { ifbOwnerTag, ownedIfbs } from '../network/ifb.js';
 import { iptablesSave } from '../network/iptables.js';
 import { chainsFor } from '../network/rules.js';
 import { parseIpamState } from '../network/ipam.js';
@@ -164,7 +164,7 @@ export async function probe(paths: ProbePaths): Promise<Probed> {
     }
   };
   const chains = chainsFor(paths.chainPrefix);
-  const [mountinfo, ports, saved, ipamRaw, cgroups, processes, layerDirs, podRunDirs, links, loops, layerImages] = await Promise.all([
+  const [mountinfo, ports, saved, ipamRaw, cgroups, processes, layerDirs, podRunDirs, ifbs, loops, layerImages] = await Promise.all([
     fs.readFile('/proc/self/mountinfo', 'utf8'),
     bridgePorts(paths.bridge),
     attempt('iptables', () => iptablesSave('berth doctor')),
@@ -176,7 +176,7 @@ export async function probe(paths: ProbePaths): Promise<Probed> {
     readProcesses(),
     readLayerDirs(paths.root),
     readdirOr(path.join(paths.stateDir, 'sandboxes')),
-    readdirOr('/sys/class/net'),
+    ownedIfbs(ifbOwnerTag(paths.bridge)),
     readLoops(path.join(paths.root, 'writable-layers')),
     readdirOr(path.join(paths.root, 'writable-layers')),
   ]);
@@ -197,7 +197,7 @@ export async function probe(paths: ProbePaths): Promise<Probed> {
     parents,
     layerDirs,
     podRunDirs,
-    ifbs: links.filter((l) => IFB_PATTERN.test(l)),
+    ifbs,
     loops,
     writableLayerImages: layerImages.filter((n) => n.endsWith('.img')),
   };

@@ -3,7 +3,7 @@ import { BerthError, errorMessage } from '../errors.js';
 import { iptablesRestore, iptablesSave } from './iptables.js';
 import { attachHostEnd, bridgePorts, defaultMtu, deleteLink, ensureBridge, writeSysctl } from './links.js';
 import { SavedTables } from './rules.js';
-import { createIfb } from './ifb.js';
+import { createIfb, ownedIfbs } from './ifb.js';
 import { run } from './exec.js';
 
 // What the embedded network does to the host: links, sysctls, routes, iptables. EmbeddedNetwork gets it through
@@ -20,12 +20,12 @@ export interface EmbeddedHost {
   attachHostEnd(bridge: string, hostName: string, what: string): Promise<void>;
   iptablesSave(what: string, table?: string): Promise<SavedTables>;
   iptablesRestore(text: string, what: string): Promise<void>;
-  /** Makes an ifb device, up; one that exists already (left by a crash) is reused. */
-  createIfb(name: string, what: string): Promise<void>;
+  /** Makes an ifb device, up, aliased `owner`; one that exists already (left by a crash) is reused. */
+  createIfb(name: string, owner: string, what: string): Promise<void>;
   /** Runs one `tc -batch` (qdiscs and filters of a pod's bandwidth limits). */
   tcBatch(text: string, what: string): Promise<void>;
-  /** The names of the host's network devices. */
-  links(): Promise<string[]>;
+  /** berth's ifb devices whose alias names `owner` (another berth's, on another bridge, are not listed). */
+  ifbs(owner: string): Promise<string[]>;
 }
 
 export const linuxEmbeddedHost: EmbeddedHost = {
@@ -38,9 +38,9 @@ export const linuxEmbeddedHost: EmbeddedHost = {
   attachHostEnd,
   iptablesSave,
   iptablesRestore,
-  async createIfb(name, what) {
+  async createIfb(name, owner, what) {
     try {
-      createIfb(name);
+      createIfb(name, owner);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EEXIST') return;
       throw new BerthError('internal', `${what}: cannot create ifb device ${name}: ${errorMessage(err)}`, { cause: err });
@@ -49,5 +49,5 @@ export const linuxEmbeddedHost: EmbeddedHost = {
   async tcBatch(text, what) {
     await run('tc', ['-batch', '-'], { what: `${what}: tc -batch`, input: text, timeoutMs: 10_000 });
   },
-  links: () => fs.readdir('/sys/class/net').catch(() => []),
+  ifbs: ownedIfbs,
 };

@@ -12,6 +12,7 @@ import { Chains, chainsFor, deletePodRules, PodRuleRecord, podRules, reassertRul
 import { NetworkReadiness, PodNetworkPlan, PodNetworkRequest, PodNetworkResult } from './types.js';
 import { PhaseTimer } from '../phases.js';
 import { bandwidthLimits, BandwidthLimits, ifbName, orphanIfbs, shapingBatch } from './bandwidth.js';
+import { ifbOwnerTag } from './ifb.js';
 
 // The embedded network: one bridge, a veth pair per pod, IPAM in <root>/network/ipam.json, and berth's own
 // iptables chains for masquerade and hostPorts. Made for a node without a CNI plugin.
@@ -185,7 +186,7 @@ export class EmbeddedNetwork {
     await this.exclusive(() => this.reassert(what, true));
     // A veth on our bridge that no live pod owns outlived its pod (its netns is still referenced somewhere).
     // An ifb of berth's that no live pod owns was left by a crash between its creation and the pod's teardown.
-    const [orphans, links] = this.vethsReconciled ? [[], []] : await Promise.all([this.host.bridgePorts(this.opts.bridge), this.host.links()]);
+    const [orphans, links] = this.vethsReconciled ? [[], []] : await Promise.all([this.host.bridgePorts(this.opts.bridge), this.host.ifbs(ifbOwnerTag(this.opts.bridge))]);
     this.vethsReconciled = true;
     for (const port of orphanVeths(orphans, this.liveVeths)) {
       this.opts.log.info('removing a veth no pod owns', { veth: port });
@@ -421,7 +422,7 @@ export class EmbeddedNetwork {
   private async shape(state: EmbeddedPodState, undo: { push(name: string, fn: () => unknown): void }, what: string): Promise<void> {
     if (state.ifb) {
       const ifb = state.ifb;
-      await this.host.createIfb(ifb, what);
+      await this.host.createIfb(ifb, ifbOwnerTag(this.opts.bridge), what);
       undo.push('delete ifb device', () => this.host.deleteLink(ifb, what));
     }
     await this.host.tcBatch(shapingBatch(state.veth, state.ifb, state.bandwidth!), what);

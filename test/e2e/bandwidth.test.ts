@@ -9,6 +9,7 @@ import { containerConfig, failure, hostLeftovers, podConfig } from '../helpers/c
 import { freePort } from '../helpers/util.js';
 import { eventually, linkExists, networkLeftovers, removeTestNet, TestNet, testNet, vethOf, waitGone } from './network-helpers.js';
 import * as grpc from '@grpc/grpc-js';
+import { ifbOwnerTag, ownedIfbs } from '../../src/network/ifb.js';
 
 // Pod bandwidth annotations in the embedded network, measured: TCP transfers between a pod and the node (the
 // bridge's address), each bounded in time, into the pod and out of it, with and without the annotations.
@@ -153,6 +154,9 @@ test('a pod annotated 8 Mbit/s each way measures at most 10 Mbit/s both ways, an
   const free = await e.pod();
   const ifb = `berthi${limited.id.slice(0, 9)}`;
   t.true(await linkExists(ifb), 'the limited pod has its ifb');
+  // Its alias says whose it is: a berth on another bridge (doctor, or its start-time sweep) never takes it.
+  t.deepEqual(await ownedIfbs(ifbOwnerTag(e.net.bridge)), [ifb]);
+  t.deepEqual(await ownedIfbs(ifbOwnerTag(`${e.net.bridge}x`)), []);
   t.false(await linkExists(`berthi${free.id.slice(0, 9)}`), 'an unannotated pod has none');
 
   const limitedIn = await intoPod(e, limited);

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { bandwidthLimits, burstBytes, ifbName, orphanIfbs, shapingBatch } from '../../src/network/bandwidth.js';
 import { EmbeddedNetwork } from '../../src/network/embedded.js';
-import { newIfbRequest } from '../../src/network/ifb.js';
+import { ifbAliasRequest, ifbOwnerTag, newIfbRequest } from '../../src/network/ifb.js';
 import { IpamStore } from '../../src/network/ipam-store.js';
 import { PodNetworkRequest } from '../../src/network/types.js';
 import { parseQuantity } from '../../src/quantity.js';
@@ -73,7 +73,7 @@ test('ifb names are berth-prefixed, 15 bytes, never a veth name; only berth ifbs
   t.deepEqual(orphanIfbs(['eth0', 'ifb0', 'berth0123456789', name, 'berthi999999999', 'berthixyz'], new Set([name])), ['berthi999999999']);
 });
 
-test('the RTM_NEWLINK request names the ifb, asks for it up, created exclusively, with an ack', (t) => {
+test('the RTM_NEWLINK requests name the ifb and then its owner (alias); the first asks for it up, created exclusively, with an ack', (t) => {
   const req = newIfbRequest('berthi012345678', 7);
   t.is(req.readUInt32LE(0), req.length);
   t.is(req.readUInt16LE(4), 16);
@@ -83,6 +83,26 @@ test('the RTM_NEWLINK request names the ifb, asks for it up, created exclusively
   t.true(req.includes(Buffer.from('berthi012345678\0')));
   t.true(req.includes(Buffer.from('ifb\0')));
   t.is(req.length % 4, 0);
+  const alias = ifbAliasRequest('berthi012345678', 8, ifbOwnerTag('berth0'));
+  t.is(alias.readUInt16LE(6), 0x1 | 0x4, 'a change of the existing link, not a create');
+  t.true(alias.includes(Buffer.from('berthi012345678\0')));
+  t.true(alias.includes(Buffer.from('berth bridge=berth0')));
+  t.is(alias.length % 4, 0);
+});
+
+test('a berth restarting on its bridge removes only its own orphan ifb devices, never another berth\'s', async (t) => {
+  const { net, host } = await embedded(t);
+  await net.close();
+  host.devices.add('berthi111111111');
+  host.ifbOwners.set('berthi111111111', ifbOwnerTag('berthtest0'));
+  host.devices.add('berthi222222222');
+  host.ifbOwners.set('berthi222222222', ifbOwnerTag('some-other-bridge'));
+  const again = new EmbeddedNetwork({ bridge: 'berthtest0', subnet: '10.252.0.0/16', chainPrefix: 'BERTH-UNIT', dataDir: (net as unknown as { opts: { dataDir: string } }).opts.dataDir, log: recordingLog([]), host });
+  await again.load([]);
+  t.teardown(() => again.close());
+  await again.ensure();
+  t.false(host.devices.has('berthi111111111'));
+  t.true(host.devices.has('berthi222222222'));
 });
 
 async function embedded(t: ExecutionContext) {

@@ -10,7 +10,7 @@ import type { SavedTables } from '../../../src/network/rules.js';
 export class FakeEmbeddedHost implements EmbeddedHost {
   readonly calls: string[] = [];
   readonly failing = new Set<string>();
-  /** The host's devices as links() reports them; createIfb adds, deleteLink removes. */
+  /** The host's devices as ifbs() reports them; createIfb adds, deleteLink removes. */
   readonly devices = new Set<string>(['lo', 'eth0']);
   readonly batches: string[] = [];
 
@@ -41,17 +41,20 @@ export class FakeEmbeddedHost implements EmbeddedHost {
     this.call('deleteLink');
     this.devices.delete(name);
   }
-  async createIfb(name: string): Promise<void> {
+  async createIfb(name: string, owner: string): Promise<void> {
     this.call('createIfb');
     this.devices.add(name);
+    this.ifbOwners.set(name, owner);
   }
+  /** The alias each ifb was made with; a device added to `devices` by hand has none (as if this berth's). */
+  ifbOwners = new Map<string, string>();
   async tcBatch(text: string): Promise<void> {
     this.call('tcBatch');
     this.batches.push(text);
   }
-  async links(): Promise<string[]> {
-    this.call('links');
-    return [...this.devices];
+  async ifbs(owner: string): Promise<string[]> {
+    this.call('ifbs');
+    return [...this.devices].filter((d) => (this.ifbOwners.get(d) ?? owner) === owner);
   }
   async attachHostEnd(): Promise<void> {
     this.call('attachHostEnd');
