@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import koffi from 'koffi';
 import { BerthError } from '../errors.js';
-import { errnoError } from '../kernel/libc.js';
+import { errnoError, fn } from '../kernel/libc.js';
 import { IFB_PATTERN } from './bandwidth.js';
 
 // Creates an ifb device, up, in berth's own (the host's) network namespace with one rtnetlink request, in-process:
@@ -25,21 +25,12 @@ const IFLA_INFO_KIND = 1;
 const IFLA_IFALIAS = 20;
 const IFF_UP = 0x1;
 
-type Fn = (...args: unknown[]) => number;
-let calls: { socket: Fn; send: Fn; recv: Fn; close: Fn } | undefined;
-
-function libc(): NonNullable<typeof calls> {
-  if (!calls) {
-    const lib = koffi.load('libc.so.6');
-    calls = {
-      socket: lib.func('int socket(int domain, int type, int protocol)') as Fn,
-      send: lib.func('long send(int fd, const uint8_t *buf, size_t len, int flags)') as Fn,
-      recv: lib.func('long recv(int fd, _Out_ uint8_t *buf, size_t len, int flags)') as Fn,
-      close: lib.func('int close(int fd)') as Fn,
-    };
-  }
-  return calls;
-}
+const libc = () => ({
+  socket: fn('socket', 'int socket(int domain, int type, int protocol)'),
+  send: fn('send', 'long send(int fd, const uint8_t *buf, size_t len, int flags)'),
+  recv: fn('recv', 'long recv(int fd, _Out_ uint8_t *buf, size_t len, int flags)'),
+  close: fn('close', 'int close(int fd)'),
+});
 
 const align4 = (n: number) => (n + 3) & ~3;
 

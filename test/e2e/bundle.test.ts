@@ -10,7 +10,7 @@ import { startRegistry, leakedRegistryPids, Registry } from '../helpers/registry
 import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth } from '../helpers/berth.js';
 import { containerConfig, hostLeftovers, podConfig } from '../helpers/cri.js';
-import { waitFor } from '../helpers/util.js';
+import { listing, waitFor } from '../helpers/util.js';
 
 // The release bundle as an operator gets it: npm run package's tarball, installed by scripts/install.sh into a
 // temporary root, berth started from that root's /opt/berth with the node it carries, a pod run, then uninstalled.
@@ -65,24 +65,6 @@ async function installFails(...args: string[]): Promise<string> {
     return (err as { stderr: string }).stderr;
   }
   throw new Error(`install.sh ${args.join(' ')} succeeded`);
-}
-
-/** Every path under root (relative, "/" after directories, "-> target" after links), sorted. */
-async function listing(root: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (dir: string) => {
-    for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
-      const full = path.join(dir, entry.name);
-      const rel = path.relative(root, full);
-      if (entry.isDirectory()) {
-        out.push(`${rel}/`);
-        await walk(full);
-      } else if (entry.isSymbolicLink()) out.push(`${rel} -> ${await fs.readlink(full)}`);
-      else out.push(rel);
-    }
-  };
-  await walk(root);
-  return out.sort();
 }
 
 const manifestOf = (root: string) => fs.readFile(path.join(root, 'opt/berth/.install-manifest'), 'utf8');

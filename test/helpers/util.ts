@@ -1,7 +1,8 @@
 // Small shared utilities for the tests (free ports, hashing, waiting).
 import net from 'node:net';
 import { createHash } from 'node:crypto';
-import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { promises as fsp, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import pathMod from 'node:path';
 
 /** Pick a currently-free TCP port on 127.0.0.1 (listen on port 0, read it, close). */
 export function freePort(): Promise<number> {
@@ -129,4 +130,22 @@ export function pidListensOn(pid: number, port: number): boolean {
     }
   }
   return false;
+}
+
+/** Every path under root (relative, "/" after directories, "-> target" after links), sorted. */
+export async function listing(root: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (dir: string) => {
+    for (const entry of await fsp.readdir(dir, { withFileTypes: true })) {
+      const full = pathMod.join(dir, entry.name);
+      const rel = pathMod.relative(root, full);
+      if (entry.isDirectory()) {
+        out.push(`${rel}/`);
+        await walk(full);
+      } else if (entry.isSymbolicLink()) out.push(`${rel} -> ${await fsp.readlink(full)}`);
+      else out.push(rel);
+    }
+  };
+  await walk(root);
+  return out.sort();
 }

@@ -11,6 +11,7 @@ import { configEndpoints, flagEndpoints } from '../../src/installer/kubelet-conf
 import { startBerth } from '../helpers/berth.js';
 import { CHART, documents, helm, REPO, run } from '../helpers/chart.js';
 import { hostLeftovers, podConfig, processesMentioning } from '../helpers/cri.js';
+import { listing } from '../helpers/util.js';
 
 // The installer image's entrypoint against a temporary directory standing in for the node's root. The image's tree
 // is built as the Dockerfile builds it (bundle tarball, its unpacked opt/berth, install.sh, entrypoint, host step);
@@ -95,24 +96,6 @@ async function makeImage(n: Node, version: string): Promise<void> {
 }
 
 const manifestVersion = async (n: Node) => /^version (.*)$/m.exec(await fs.readFile(hostFile(n, 'opt/berth/.install-manifest'), 'utf8'))?.[1];
-
-/** Every path under root (relative, "/" after directories, "-> target" after links), sorted. */
-async function listing(root: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (dir: string) => {
-    for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
-      const full = path.join(dir, entry.name);
-      const rel = path.relative(root, full);
-      if (entry.isDirectory()) {
-        out.push(`${rel}/`);
-        await walk(full);
-      } else if (entry.isSymbolicLink()) out.push(`${rel} -> ${await fs.readlink(full)}`);
-      else out.push(rel);
-    }
-  };
-  await walk(root);
-  return out.sort();
-}
 
 /** The chart's ConfigMap, rendered by helm with `sets`, as the DaemonSet mounts it. */
 async function chartConfig(n: Node, ...sets: string[]): Promise<string> {
