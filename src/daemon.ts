@@ -51,6 +51,7 @@ import { errorMessage } from './errors.js';
 import { LxcfsLookup, LxcfsProbe } from './kernel/lxcfs.js';
 import { ensureReserve, RESERVE_BYTES } from './store/reserve.js';
 import { status as grpcStatus } from '@grpc/grpc-js';
+import { bandwidthLimits } from './network/bandwidth.js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
 
@@ -199,6 +200,8 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
     checkAnnotations: (annotations) => {
       podPidsLimit(config.runtime.pidsLimit, annotations, 'config.annotations');
       checkPodBlockioClasses(annotations, blockioClasses);
+      // Refused before the pod's name, directories and namespaces exist, not in the network step that undoes them.
+      bandwidthLimits(annotations);
     },
     onRecordChange: events.sandboxChanged,
   });
