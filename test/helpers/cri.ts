@@ -3,6 +3,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { execFile } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { onTimeout, waitFor } from './util.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
 
@@ -109,6 +110,9 @@ async function entries(dir: string): Promise<string[]> {
  * IPAM entries, veths on its bridge, per-pod iptables rules, half-written layers (staging or dot directories) and
  * layers no image record names. With `owned` empty this is the check that a full teardown left nothing.
  */
+/** How long a pod's veth may outlive its netns pin before it counts as leaked. */
+const VETH_GONE_MS = 5000;
+
 export async function stateLeftovers(s: BerthState, owned: string[] = []): Promise<string[]> {
   const problems: string[] = [];
   const mine = (name: string) => owned.some((id) => name.includes(id) || id.includes(name));
@@ -122,10 +126,13 @@ export async function stateLeftovers(s: BerthState, owned: string[] = []): Promi
   const ipam = await fs.readFile(path.join(s.root, 'network', 'ipam.json'), 'utf8').then((t) => JSON.parse(t) as { allocations?: Record<string, string> }, () => undefined);
   for (const [ip, pod] of Object.entries(ipam?.allocations ?? {})) if (!mine(pod)) problems.push(`IPAM entry: ${ip} -> ${pod}`);
   if (s.bridge) {
-    // Only a pod's veth is ever enslaved to berth's bridge; its name carries the pod id's first 10 characters.
-    for (const link of await entries(`/sys/class/net/${s.bridge}/brif`)) {
-      if (!owned.some((id) => link === `berth${id.slice(0, 10)}`)) problems.push(`veth on ${s.bridge}: ${link}`);
-    }
+    // Only a pod's veth is ever enslaved to berth's bridge; its name carries the pod id's first 10 characters. It
+    // goes with the pod's netns, which the kernel destroys in the background once the last reference is gone: after
+    // a burst of pod removals the last veths linger for a moment, so only one still there after a while is a leak.
+    const brif = `/sys/class/net/${s.bridge}/brif`;
+    const strays = async () => (await entries(brif)).filter((link) => !owned.some((id) => link === `berth${id.slice(0, 10)}`));
+    const left = await waitFor('stray veths to go', async () => ((await strays()).length === 0 ? [] : undefined), { timeoutMs: VETH_GONE_MS, intervalMs: 50 }).catch(onTimeout(undefined));
+    if (!left) for (const link of await strays()) problems.push(`veth on ${s.bridge}: ${link}`);
   }
   if (s.chainPrefix) {
     const save = await new Promise<string>((resolve, reject) =>
