@@ -110,10 +110,23 @@ async function entries(dir: string): Promise<string[]> {
  * IPAM entries, veths on its bridge, per-pod iptables rules, half-written layers (staging or dot directories) and
  * layers no image record names. With `owned` empty this is the check that a full teardown left nothing.
  */
-/** How long a pod's veth may outlive its netns pin before it counts as leaked. */
-const VETH_GONE_MS = 5000;
-
 export async function stateLeftovers(s: BerthState, owned: string[] = []): Promise<string[]> {
+  let last: string[] = [];
+  const settled = await waitFor('berth state to settle', async () => ((last = await stateLeftoversNow(s, owned)).length === 0 ? last : undefined), {
+    timeoutMs: SETTLE_MS,
+    intervalMs: 100,
+  }).catch(onTimeout(undefined));
+  return settled ?? last;
+}
+
+/**
+ * Some of what a removal releases goes in the background after berth replies, by design: the kernel destroys a
+ * pod's netns (and with it the veth) once its pin is gone, and berth deletes records and bundles and writes IPAM
+ * off the RPC path. So only what is still there after this long counts as leaked.
+ */
+const SETTLE_MS = 5000;
+
+async function stateLeftoversNow(s: BerthState, owned: string[]): Promise<string[]> {
   const problems: string[] = [];
   const mine = (name: string) => owned.some((id) => name.includes(id) || id.includes(name));
   for (const [what, dir] of [
@@ -126,13 +139,10 @@ export async function stateLeftovers(s: BerthState, owned: string[] = []): Promi
   const ipam = await fs.readFile(path.join(s.root, 'network', 'ipam.json'), 'utf8').then((t) => JSON.parse(t) as { allocations?: Record<string, string> }, () => undefined);
   for (const [ip, pod] of Object.entries(ipam?.allocations ?? {})) if (!mine(pod)) problems.push(`IPAM entry: ${ip} -> ${pod}`);
   if (s.bridge) {
-    // Only a pod's veth is ever enslaved to berth's bridge; its name carries the pod id's first 10 characters. It
-    // goes with the pod's netns, which the kernel destroys in the background once the last reference is gone: after
-    // a burst of pod removals the last veths linger for a moment, so only one still there after a while is a leak.
-    const brif = `/sys/class/net/${s.bridge}/brif`;
-    const strays = async () => (await entries(brif)).filter((link) => !owned.some((id) => link === `berth${id.slice(0, 10)}`));
-    const left = await waitFor('stray veths to go', async () => ((await strays()).length === 0 ? [] : undefined), { timeoutMs: VETH_GONE_MS, intervalMs: 50 }).catch(onTimeout(undefined));
-    if (!left) for (const link of await strays()) problems.push(`veth on ${s.bridge}: ${link}`);
+    // Only a pod's veth is ever enslaved to berth's bridge; its name carries the pod id's first 10 characters.
+    for (const link of await entries(`/sys/class/net/${s.bridge}/brif`)) {
+      if (!owned.some((id) => link === `berth${id.slice(0, 10)}`)) problems.push(`veth on ${s.bridge}: ${link}`);
+    }
   }
   if (s.chainPrefix) {
     const save = await new Promise<string>((resolve, reject) =>
