@@ -74,10 +74,23 @@ const POD_ONLY: FamilySpec[] = [
   {
     name: 'restarts_total',
     type: 'counter',
-    help: "restarts kubelet has made of the pod's current containers (the sum of their CRI attempt numbers)",
-    value: (u) => (u as PodUsage).containers.reduce((sum, c) => sum + c.attempt, 0),
+    help: "restarts kubelet has made of the pod's containers (per container name, the highest CRI attempt berth holds; summed)",
+    value: (u) => podRestarts(u as PodUsage),
   },
 ];
+
+/**
+ * Per container name, the newest attempt: kubelet removes an exited attempt only once a newer one exists, so this
+ * never goes down while the pod lives, as a counter must (a sum over every container held would drop each time
+ * kubelet garbage-collects an old attempt, which Prometheus reads as a reset).
+ */
+export function podRestarts(pod: PodUsage): number {
+  const newest = new Map<string, number>();
+  for (const c of pod.containers) newest.set(c.container.name, Math.max(newest.get(c.container.name) ?? 0, c.attempt));
+  let sum = 0;
+  for (const attempt of newest.values()) sum += attempt;
+  return sum;
+}
 
 const NETWORK_FAMILIES: { name: string; help: string; field: 'rxBytes' | 'txBytes' | 'rxErrors' | 'txErrors' }[] = [
   { name: 'pod_network_receive_bytes_total', help: 'bytes received on the interface of the pod network namespace', field: 'rxBytes' },

@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { closeSync, openSync, readdirSync } from 'node:fs';
 import { BerthMetrics, openFdCount, StateCounts } from '../../src/metrics/berth.js';
 import { listenMetrics, MetricsAddressError } from '../../src/metrics/server.js';
+import { podRestarts } from '../../src/metrics/usage.js';
 import { validateConfig, ConfigError } from '../../src/config/schema.js';
 import type { ContainerUsage, PodUsage, UsageSource } from '../../src/stats/types.js';
 import type { ContainerRecord } from '../../src/container/types.js';
@@ -293,4 +294,19 @@ test('config: metrics.address defaults to 127.0.0.1:9325, "" disables, anything 
     t.regex(err?.message ?? '', /^config: metrics\.address: /);
   }
   t.throws(() => validateConfig({ metrics: { port: 1 } }), { message: /metrics\.port: unknown key/ });
+});
+
+test('pod_restarts_total never goes down as kubelet removes old attempts: per container name, the newest attempt, summed', (t) => {
+  const attempt = (name: string, n: number, pod = 1): ContainerUsage => {
+    const c = containerUsage(pod, 0, false);
+    return { ...c, container: { ...c.container, id: `${name}-${n}`, name }, attempt: n };
+  };
+  const pod = (containers: ContainerUsage[]): PodUsage => ({ ...podUsage(1, 0), containers });
+  // app crashed twice (attempts 0..2 held), sidecar once.
+  const before = podRestarts(pod([attempt('app', 0), attempt('app', 1), attempt('app', 2), attempt('side', 0), attempt('side', 1)]));
+  t.is(before, 3);
+  // kubelet garbage-collects the old attempts: the count stays.
+  t.is(podRestarts(pod([attempt('app', 2), attempt('side', 1)])), before);
+  // the next restart of app adds one.
+  t.is(podRestarts(pod([attempt('app', 2), attempt('app', 3), attempt('side', 1)])), before + 1);
 });
