@@ -52,6 +52,7 @@ import { LxcfsLookup, LxcfsProbe } from './kernel/lxcfs.js';
 import { ensureReserve, RESERVE_BYTES } from './store/reserve.js';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { bandwidthLimits } from './network/bandwidth.js';
+import { checkWritableLayerAnnotations } from './container/writable-layer-limit.js';
 
 // Wires config, stores, services and the gRPC server together. Everything the process owns starts and stops here.
 
@@ -202,6 +203,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       checkPodBlockioClasses(annotations, blockioClasses);
       // Refused before the pod's name, directories and namespaces exist, not in the network step that undoes them.
       bandwidthLimits(annotations);
+      checkWritableLayerAnnotations(annotations, config.runtime.writableLayerMaxBytes);
     },
     onRecordChange: events.sandboxChanged,
   });

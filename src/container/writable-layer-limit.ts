@@ -16,8 +16,20 @@ export function writableLayerLimit(podAnnotations: Record<string, string>, conta
   const containerKey = `${CONTAINER_LIMIT_ANNOTATION_PREFIX}${containerName}`;
   const key = podAnnotations[containerKey] !== undefined ? containerKey : podAnnotations[POD_LIMIT_ANNOTATION] !== undefined ? POD_LIMIT_ANNOTATION : undefined;
   if (key === undefined) return nodeDefault;
-  const field = `sandbox_config.annotations["${key}"]`;
-  const text = podAnnotations[key]!;
+  return annotatedLimit(podAnnotations[key]!, `sandbox_config.annotations["${key}"]`, nodeDefault);
+}
+
+/**
+ * RunPodSandbox's check of every writable-layer annotation of the pod: a bad one is refused before the pod exists,
+ * not at the first CreateContainer of a pod kubelet then keeps retrying.
+ */
+export function checkWritableLayerAnnotations(podAnnotations: Record<string, string>, nodeDefault: number): void {
+  for (const [key, text] of Object.entries(podAnnotations)) {
+    if (key === POD_LIMIT_ANNOTATION || key.startsWith(CONTAINER_LIMIT_ANNOTATION_PREFIX)) annotatedLimit(text, `config.annotations["${key}"]`, nodeDefault);
+  }
+}
+
+function annotatedLimit(text: string, field: string, nodeDefault: number): number {
   const q = parseQuantity(text);
   if ('problem' in q) throw invalidArgument(`${field} ${q.problem}`);
   if (q.value === 0) {

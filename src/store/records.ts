@@ -164,11 +164,17 @@ export class RecordStore<T extends StoredRecord> {
    * waits for it too.
    */
   async deleteBehind(id: string): Promise<{ removed: Promise<void> }> {
-    await this.deleteRecord(id);
-    const removed: Promise<void> = this.removeDir(id)
-      .catch((err) => this.opts.onWriteError?.(id, err))
+    const recordGone = this.deleteRecord(id);
+    // Tracked from the call on, not from the record's removal: a flush() made meanwhile waits for it too. A failed
+    // record removal is the caller's to hear (and leaves the directory).
+    const removed: Promise<void> = recordGone
+      .then(
+        () => this.removeDir(id).catch((err) => this.opts.onWriteError?.(id, err)),
+        () => undefined,
+      )
       .finally(() => this.removing.delete(removed));
     this.removing.add(removed);
+    await recordGone;
     return { removed };
   }
 
@@ -192,9 +198,12 @@ export class RecordStore<T extends StoredRecord> {
 
   /** Waits for every write-behind ('recoverable') change, sync behind and directory removal started so far. */
   async flush(): Promise<void> {
-    await Promise.all([...this.behind.values()]);
-    await Promise.all([...this.syncing]);
-    await Promise.all([...this.removing]);
+    // Until none is left: a write behind starts its sync only once it lands, and none of these ever rejects.
+    for (;;) {
+      const pending = [...this.behind.values(), ...this.syncing, ...this.removing];
+      if (pending.length === 0) return;
+      await Promise.all(pending);
+    }
   }
 
   private checkTransition(current: Readonly<T>, next: T): void {

@@ -127,22 +127,23 @@ test('a 16 MiB writable layer: writing 32 MiB fails with ENOSPC, the node loses 
   t.true(after >= before - MiB, `free space back: ${before - after} bytes still used`);
 });
 
-test('writable-layer annotations: bad values are INVALID_ARGUMENT naming the annotation; the node limit is a ceiling', async (t) => {
+test('writable-layer annotations: bad values are INVALID_ARGUMENT naming the annotation at RunPodSandbox; the node limit is a ceiling', async (t) => {
   const env = await berthOnTmpfs(t, 'writable_layer_max_bytes = 33554432');
   const { berth } = env;
-  for (const [value, why] of [['10Xi', /not a quantity/], ['-1Mi', /negative/], ['1Mi', /below/], ['64Mi', /above this node's limit/], ['0', /0 \(no limit\)/]] as const) {
-    const config = podConfig({ log_directory: path.join(berth.dir, 'logs'), annotations: { [LIMIT_ANNOTATION]: value } });
-    const { pod_sandbox_id } = await berth.runtime.RunPodSandbox({ config });
-    env.pods.push(pod_sandbox_id);
-    const status = await berth.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true });
-    env.cgroups.push(JSON.parse(status.info.info).cgroup.path);
-    const err = await failure(
-      berth.runtime.CreateContainer({ pod_sandbox_id, config: containerConfig(image.ref, { metadata: { name: 'limited', attempt: 0 }, command: ['true'] }), sandbox_config: config }),
-    );
+  const perContainer = 'writable-layer.berth.io/container.app';
+  for (const [key, value, why] of [
+    [LIMIT_ANNOTATION, '10Xi', /not a quantity/],
+    [LIMIT_ANNOTATION, '-1Mi', /negative/],
+    [perContainer, '1Mi', /below/],
+    [LIMIT_ANNOTATION, '64Mi', /above this node's limit/],
+    [perContainer, '0', /0 \(no limit\)/],
+  ] as const) {
+    const config = podConfig({ log_directory: path.join(berth.dir, 'logs'), annotations: { [key]: value } });
+    const err = await failure(berth.runtime.RunPodSandbox({ config }));
     t.is(err.code, grpc.status.INVALID_ARGUMENT, value);
-    t.true(err.details.includes(`sandbox_config.annotations["${LIMIT_ANNOTATION}"]`), err.details);
+    t.true(err.details.includes(`config.annotations["${key}"]`), err.details);
     t.regex(err.details, why);
-    t.deepEqual((await berth.runtime.ListContainers({})).containers, []);
   }
+  t.deepEqual((await berth.runtime.ListPodSandbox({})).items, [], 'no pod was made');
   t.deepEqual(await loopsUnder(env.root), []);
 });

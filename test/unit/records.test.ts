@@ -166,3 +166,14 @@ test('deleteBehind removes the record at once and its directory behind; until th
   await removed;
   t.deepEqual(await fs.readdir(dir), []);
 });
+
+test('flush() waits for a deleteBehind called before it, even one whose record file is not yet removed', async (t) => {
+  const { dir, store } = await tempStore(t);
+  await store.create({ id: 'a', state: 'CREATED', tags: [] });
+  await fs.writeFile(path.join(dir, 'a', 'payload'), 'x');
+  // Not awaited: flush is asked for while the record file is still being removed (a shutdown, a test).
+  const deleting = store.deleteBehind('a');
+  await store.flush();
+  t.deepEqual(await fs.readdir(dir), [], 'the directory is gone once flush resolves');
+  await deleting;
+});

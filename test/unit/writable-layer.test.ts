@@ -1,7 +1,7 @@
 import test from 'ava';
 import { parse } from 'smol-toml';
 import { validateConfig } from '../../src/config/schema.js';
-import { writableLayerLimit } from '../../src/container/writable-layer-limit.js';
+import { checkWritableLayerAnnotations, writableLayerLimit } from '../../src/container/writable-layer-limit.js';
 import { loopConfig } from '../../src/kernel/loop.js';
 import { applyQuotaPlan, projectIdOf, projectQuotaFs, releaseQuotaPlan } from '../../src/kernel/project-quota.js';
 import { imageBytes, mkfsArgs, upperDirOf } from '../../src/kernel/writable-layer.js';
@@ -85,4 +85,12 @@ test('the loop-backed plan: whole 4 KiB blocks, an ext4 with all of it usable, a
   t.is(cfg.readUInt32LE(60), 4, 'LO_FLAGS_AUTOCLEAR in loop_config.info.lo_flags');
   t.is(upperDirOf({ bundle: '/b' }), '/b/upper');
   t.is(upperDirOf({ bundle: '/b', writableLayer: { mechanism: 'loop', bytes: 1, image: '/i', mountPoint: '/b/layer' } }), '/b/layer/upper');
+});
+
+test("RunPodSandbox's check covers the pod's every writable-layer annotation, named as the pod config's field", (t) => {
+  t.notThrows(() => checkWritableLayerAnnotations({ [POD]: '16Mi', [C]: '8Mi', other: 'x' }, 0));
+  const err = t.throws(() => checkWritableLayerAnnotations({ [POD]: '16Mi', 'writable-layer.berth.io/container.side': '1Mi' }, 0));
+  t.is((err as { kind?: string }).kind, 'invalid_argument');
+  t.regex(err!.message, /^config\.annotations\["writable-layer\.berth\.io\/container\.side"\] "1Mi" is below/);
+  t.throws(() => checkWritableLayerAnnotations({ [POD]: '64Mi' }, 32 * MiB), { message: /above this node's limit/ });
 });
