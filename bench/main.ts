@@ -2,7 +2,7 @@
 // same run), measured over gRPC from this process.
 //
 //   node dist/bench/main.js [--quick] [--cycles N] [--pulls N] [--concurrent 20,50] [--memory-pods N]
-//                           [--relist-pods N] [--relists N] [--execs N] [--forwards N] [--forward-mib N]
+//                           [--relist-pods N] [--relists N] [--relist-warmup N] [--execs N] [--forwards N] [--forward-mib N]
 //                           [--big-pulls N] [--load-starts N]
 //                           [--endpoint unix:///path] [--registry HOST:PORT] [--image REF] [--out DIR]
 
@@ -41,6 +41,7 @@ const USAGE =
   '  --load-starts  pod starts timed without, then during, cold pulls of that image (default 20; 0 skips the phase)\n' +
   '  --relist-pods  pods running while the lists are timed (default 100; 0 skips the phase)\n' +
   '  --relists      relists timed (default 20), and as many /metrics scrapes (berth)\n' +
+  '  --relist-warmup  untimed relists before them (default 1000: kubelet relists every second); the first 20 are reported apart\n' +
   '  --execs        execs of echo timed to their first output byte (default 20; 0 skips exec and port-forward)\n' +
   '  --forwards     port-forward throughput measurements per direction (default 3; 0 skips them)\n' +
   '  --forward-mib  MiB moved per port-forward measurement (default 64)\n' +
@@ -58,6 +59,7 @@ export interface Options {
   memoryPods: number;
   relistPods: number;
   relists: number;
+  relistWarmup: number;
   execs: number;
   forwards: number;
   forwardMiB: number;
@@ -89,6 +91,7 @@ function options(argv: string[]): Options | 'help' {
         'memory-pods': { type: 'string' },
         'relist-pods': { type: 'string' },
         relists: { type: 'string' },
+        'relist-warmup': { type: 'string' },
         execs: { type: 'string' },
         forwards: { type: 'string' },
         'forward-mib': { type: 'string' },
@@ -113,6 +116,7 @@ function options(argv: string[]): Options | 'help' {
   const memoryPods = parsed['memory-pods'] !== undefined ? positive('memory-pods', parsed['memory-pods'], true) : quick ? 3 : 30;
   const relistPods = parsed['relist-pods'] !== undefined ? positive('relist-pods', parsed['relist-pods'], true) : quick ? 5 : 100;
   const relists = parsed.relists !== undefined ? positive('relists', parsed.relists) : quick ? 3 : 20;
+  const relistWarmup = parsed['relist-warmup'] !== undefined ? positive('relist-warmup', parsed['relist-warmup'], true) : quick ? 20 : 1000;
   const execs = parsed.execs !== undefined ? positive('execs', parsed.execs, true) : quick ? 3 : 20;
   const forwards = parsed.forwards !== undefined ? positive('forwards', parsed.forwards, true) : quick ? 1 : 3;
   const forwardMiB = parsed['forward-mib'] !== undefined ? positive('forward-mib', parsed['forward-mib']) : quick ? 8 : 64;
@@ -136,6 +140,7 @@ function options(argv: string[]): Options | 'help' {
     memoryPods,
     relistPods,
     relists,
+    relistWarmup,
     execs,
     forwards,
     forwardMiB,
@@ -366,7 +371,7 @@ async function measureRuntime(t: Target, opts: Options, signal: AbortSignal, atS
             run.errors.push(`/metrics scrape: ${message(err)}`);
           }
         };
-        const r = await measureRelist(cri, image, { pods: opts.relistPods, samples: opts.relists, daemonPid: t.daemonPid, signal, whileRunning });
+        const r = await measureRelist(cri, image, { pods: opts.relistPods, samples: opts.relists, warmup: opts.relistWarmup, daemonPid: t.daemonPid, signal, whileRunning });
         run.relist = r;
         const s = relistSummary(r);
         progress(`${name}: relist with ${r.running} pods: median ${s.relist.median.toFixed(2)} ms, daemon CPU ${s.cpuPerRelistMs.toFixed(2)} ms per relist`);

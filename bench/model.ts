@@ -82,6 +82,10 @@ export interface RelistResult {
   calls: Record<RelistCall, number[]>;
   /** CPU time the daemon used over the relists (utime + stime of the process), ms. */
   daemonCpuMs?: number;
+  /** Untimed relists before the timed ones. */
+  warmup?: number;
+  /** The first of the warm-up relists and the daemon CPU they used, ms: what a freshly started daemon pays. */
+  cold?: { relists: number; daemonCpuMs: number };
   /** CPU time the daemon used per stats list call (utime + stime over all its samples / samples), ms. */
   statsCpuPerCallMs?: Partial<Record<StatsCall, number>>;
   /** The most items an unfiltered list returned (the bench's pods and any others the runtime holds). */
@@ -341,6 +345,8 @@ export function headlineMetrics(run: RuntimeRun): Metric[] {
     const s = relistSummary(run.relist);
     out.push({ name: `relist with ${run.relist.pods} pods (median)`, unit: 'ms', value: s.relist.median });
     out.push({ name: `daemon CPU per relist with ${run.relist.pods} pods`, unit: 'ms', value: s.cpuPerRelistMs });
+    const cold = run.relist.cold;
+    if (cold) out.push({ name: `daemon CPU per relist with ${run.relist.pods} pods, the first ${cold.relists} after start`, unit: 'ms', value: cold.daemonCpuMs / cold.relists });
     for (const call of STATS_CALLS) {
       const samples = run.relist.calls[call] ?? [];
       if (samples.length === 0) continue;
