@@ -126,10 +126,13 @@ function launcher() {
   const source = readFileSync(path.join(repo, 'bin/berth'), 'utf8');
   const m = /^exec node ((?:--\S+ )*)"\$\(dirname "\$\(readlink -f "\$0"\)"\)\/\.\.\/dist\/src\/main\.js" "\$@"$/m.exec(source);
   if (!m) fail('bin/berth no longer has the `exec node FLAGS ".../dist/src/main.js" "$@"` line this script mirrors');
+  // Its environment settings too (the malloc arena limit).
+  const exports = source.split('\n').filter((line) => /^export [A-Z_]+=/.test(line));
   return [
     '#!/bin/sh',
-    "# berth's launcher in a release bundle: the node shipped beside it, with bin/berth's flags (see that file for why).",
+    "# berth's launcher in a release bundle: the node shipped beside it, with bin/berth's flags and environment (see that file for why).",
     '# Resolved from its own real path, so /usr/local/bin/berth (a symlink) and a root other than / both work.',
+    ...exports,
     'here="$(dirname "$(readlink -f "$0")")"',
     `exec "$here/../node/bin/node" ${m[1]}"$here/../dist/src/main.js" "$@"`,
     '',

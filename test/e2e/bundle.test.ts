@@ -93,9 +93,12 @@ test('the bundle is named for version and arch, holds production code only, and 
   t.false(await exists(path.join(opt, 'dist/test')), 'tests shipped');
   t.false(await exists(path.join(opt, 'dist/bench')), 'bench shipped');
   t.is(await fs.readFile(path.join(opt, 'node/bin/node')).then((b) => b.length), (await fs.stat(process.execPath)).size, 'the node running the build');
-  // The launcher mirrors bin/berth's node flags.
-  const flags = /exec node ((?:--\S+ )*)/.exec(await fs.readFile(path.join(repo, 'bin/berth'), 'utf8'))![1];
-  t.true((await fs.readFile(path.join(opt, 'bin/berth'), 'utf8')).includes(`/node/bin/node" ${flags}`));
+  // The launcher mirrors bin/berth's node flags and environment.
+  const repoLauncher = await fs.readFile(path.join(repo, 'bin/berth'), 'utf8');
+  const bundled = await fs.readFile(path.join(opt, 'bin/berth'), 'utf8');
+  const flags = /exec node ((?:--\S+ )*)/.exec(repoLauncher)![1];
+  t.true(bundled.includes(`/node/bin/node" ${flags}`));
+  t.true(bundled.includes('export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-4}"\n'), bundled);
 
   // What a glibc system always has. node (and koffi's addon) are C++: libstdc++ and libgcc_s, which every glibc
   // distribution installs with its base system (Debian: priority required/important), are allowed for them.
