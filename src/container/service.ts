@@ -51,7 +51,7 @@ import { writableLayerLimit } from './writable-layer-limit.js';
 //   already durable, and reconciliation on start records the same exit from it again, so StopContainer answers
 //   as soon as the exit is known, without waiting for a write.
 
-export type ContainerCgroups = Pick<CgroupPort, 'create' | 'remove' | 'apply' | 'procsFiles' | 'oomKills' | 'killAll' | 'warmMigration'>;
+export type ContainerCgroups = Pick<CgroupPort, 'create' | 'remove' | 'apply' | 'procsFiles' | 'oomKills' | 'killAll' | 'keepMigrationsWarm'>;
 export type ContainerImages = Pick<ImageService, 'resolve' | 'pinLayers' | 'layerPaths' | 'collectGarbage'>;
 export type ContainerPods = Pick<SandboxService, 'get' | 'podLock'>;
 /** Resolves after `ms`, or rejects once `signal` aborts. */
@@ -102,6 +102,8 @@ export interface ContainerServiceOptions {
 export const DEFAULT_APPARMOR_PROFILE = 'berth-default';
 /** In the bundle: the container's cgroup path, written before the cgroup is made (see releaseInterrupted). */
 const CGROUP_NOTE = 'cgroup-path';
+/** From the container's cgroup to its init joining it: prepare, spec, the shim's spawn and the monitor's setup. */
+const CREATE_WARM_MS = 300;
 
 const realDelay: Delay = (ms, signal) => sleep(ms, undefined, { signal });
 /** One /proc read per live container each time: cheap, and a lost monitor shows as an exit within this long. */
@@ -342,7 +344,7 @@ export class ContainerService {
       // The init joins these cgroups a few ms from now (prepare, spec, shim, monitor): the kernel's grace period for
       // that join starts here, which is why the cgroup is made before the rest is prepared. Not earlier: the warm-up
       // holds the kernel's cgroup mutex while it waits, and the mkdirs and limit writes above would wait behind it.
-      void this.opts.cgroups.warmMigration();
+      this.opts.cgroups.keepMigrationsWarm(CREATE_WARM_MS);
       timer.lap('cgroup');
       faultPoint('container.create.cgroup');
       const lowerDirs = this.opts.images.layerPaths(image).reverse();

@@ -12,6 +12,8 @@ export interface CgroupPort {
   apply(cgPath: string, resources: CgroupResources, opts?: { empty?: boolean }): Promise<void>;
   /** Starts the kernel's wait for a cgroup migration now, so a process joining its cgroups soon shares it; never rejects, callers need not wait. */
   warmMigration(): Promise<void>;
+  /** Keeps migrations on the kernel's fast path for `ms` from now (a pod's containers are about to join theirs). */
+  keepMigrationsWarm(ms: number): void;
   /** The cgroup.procs files a process joins, one per hierarchy. */
   procsFiles(cgPath: string): string[];
   /** OOM kills counted in the cgroup (0 once it is gone or without a memory controller). */

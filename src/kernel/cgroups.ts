@@ -89,9 +89,15 @@ export interface CgroupStats {
   pidsCurrent: number;
 }
 
+/** Under a grace period (10-20 ms on these VMs), so that the kernel never drops back to its quiet state. */
+const KEEP_WARM_EVERY_MS = 4;
+
 export class Cgroups {
   private readonly warned = new Set<string>();
   private warming: Promise<void> | undefined;
+  /** keepMigrationsWarm's window: its end (ms since the epoch), and whether its loop runs. */
+  private warmUntil = 0;
+  private keepingWarm = false;
 
   constructor(
     readonly layout: CgroupLayout,
@@ -121,6 +127,34 @@ export class Cgroups {
         this.warming = undefined;
       });
     return this.warming;
+  }
+
+  /** Whether a keepMigrationsWarm window is open (its loop running). */
+  get keepingMigrationsWarm(): boolean {
+    return this.keepingWarm;
+  }
+
+  /**
+   * Keeps migrations cheap for `ms` from now: starts the wait (warmMigration) and then repeats the no-op migration
+   * every KEEP_WARM_EVERY_MS while the window lasts. After the last migration the kernel goes back to its quiet
+   * state one grace period later (10-20 ms here), so the next migration would wait a whole grace period again: a
+   * pod's first container init joins its cgroups some ms after RunPodSandbox (kubelet's CreateContainer follows
+   * it), and inside this window it finds the fast path. A later call extends the window; no timer runs outside it.
+   */
+  keepMigrationsWarm(ms: number): void {
+    this.warmUntil = Math.max(this.warmUntil, Date.now() + ms);
+    if (this.keepingWarm) return;
+    this.keepingWarm = true;
+    const again = () => {
+      void this.warmMigration().finally(() => {
+        if (Date.now() >= this.warmUntil) {
+          this.keepingWarm = false;
+          return;
+        }
+        setTimeout(again, KEEP_WARM_EVERY_MS).unref();
+      });
+    };
+    again();
   }
 
   /** Makes the cgroup (and missing ancestors) in every hierarchy; ready for a process to join. */

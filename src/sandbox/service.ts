@@ -34,7 +34,7 @@ interface CgroupNote {
 }
 
 /** The cgroup operations a pod needs: its own cgroup, and its parents once unused. */
-export type SandboxCgroups = Pick<CgroupPort, 'create' | 'remove' | 'removeIfUnused' | 'procsFiles'>;
+export type SandboxCgroups = Pick<CgroupPort, 'create' | 'remove' | 'removeIfUnused' | 'procsFiles' | 'keepMigrationsWarm'>;
 
 // Pod sandboxes without a pause process: the pod's namespaces are pinned by bind mounts under the run directory.
 // Only a pod that shares one PID namespace gets a process of its own, the shim's tiny init.
@@ -70,6 +70,12 @@ export interface SandboxServiceOptions {
 const loopbackOnly = new LoopbackOnly();
 /** A port-forward connection that is not made within this long fails on its error stream. */
 const DIAL_TIMEOUT_MS = 10_000;
+/**
+ * How long after a pod's cgroup is made container inits joining theirs find the kernel's fast path: kubelet's
+ * CreateContainer follows RunPodSandbox at once when the image is present (a pull in between outlasts it, and
+ * CreateContainer starts its own window).
+ */
+const POD_START_WARM_MS = 1000;
 
 export type SandboxFilter = RecordFilter<SandboxRecord['state']>;
 
@@ -319,6 +325,9 @@ export class SandboxService {
           .then(() => timed('cgroup', this.opts.cgroups.create(record.cgroup.path)))
           .then(async (handle) => {
             undo.push('remove pod cgroup', () => this.opts.cgroups.remove(handle));
+            // The pod's containers (and its init) join their cgroups next: the kernel's wait for that starts now, after
+            // this pod's mkdirs (the warm-up holds the cgroup mutex while it waits), and overlaps the rest of the pod.
+            this.opts.cgroups.keepMigrationsWarm(POD_START_WARM_MS);
             const own = handle.created.filter((d) => d.endsWith(handle.path));
             if (own.length === 0) await runtime.writeRunNote(runDir, 'cgroup', { path: handle.path, created: [] } satisfies CgroupNote);
             faultPoint('pod.run.cgroup');

@@ -73,6 +73,8 @@ export interface StartOptions {
   launcher?: string;
   /** cleanup() leaves `dir` in place, for a test that checks what berth left in it. */
   keepDir?: boolean;
+  /** berth's --state-dir, when not `<dir>/run` (the bench puts it on tmpfs, as /run/berth is); removed by cleanup(). */
+  stateDir?: string;
 }
 
 /**
@@ -93,7 +95,7 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
   const net = await isolatedNetwork(dir, opts.config);
   const socket = path.join(dir, 'run', 'berth.sock');
   const root = path.join(dir, 'root');
-  const stateDir = path.join(dir, 'run');
+  const stateDir = opts.stateDir ?? path.join(dir, 'run');
   const configFile = path.join(dir, 'config.toml');
   const withNet = net ? `${opts.config ?? ''}\n${net.toml('embedded')}` : opts.config;
   // Test berths run side by side: each serves /metrics on a port of its own (logged in "berth serving"), unless
@@ -216,6 +218,7 @@ export async function startBerth(opts: StartOptions = {}): Promise<BerthProcess>
       await proc.stop();
       if (net) await removeTestNet(net);
       if (!opts.keepDir) await fs.rm(dir, { recursive: true, force: true });
+      if (opts.stateDir && !opts.keepDir) await fs.rm(opts.stateDir, { recursive: true, force: true });
     },
   };
   return proc;

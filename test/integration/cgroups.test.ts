@@ -8,7 +8,7 @@ import path from 'node:path';
 import { BerthError } from '../../src/errors.js';
 import { logger } from '../../src/log.js';
 import { Cgroups, discoverCgroups, sharesToWeight, type CgroupHandle, type Controller } from '../../src/kernel/cgroups.js';
-import { waitFor } from '../helpers/util.js';
+import { sleep, waitFor } from '../helpers/util.js';
 
 const root = process.getuid?.() === 0;
 const layout = discoverCgroups();
@@ -228,6 +228,18 @@ t2('warmMigration moves berth nowhere (it rejoins the cgroups it is in) and swal
   const nowhere = new Cgroups({ ...layout, hierarchies: layout.hierarchies.map((h) => ({ ...h, mountPoint: `/nonexistent-${h.mountPoint}` })) }, logger({ test: 'cgroups' }));
   await t.notThrowsAsync(nowhere.warmMigration());
   t.is(read('/proc/self/cgroup'), before);
+});
+
+t2('keepMigrationsWarm repeats the no-op migration while its window lasts, a later call extends it, and then it stops', async (t) => {
+  const before = read('/proc/self/cgroup');
+  cg.keepMigrationsWarm(80);
+  t.true(cg.keepingMigrationsWarm);
+  await sleep(40);
+  cg.keepMigrationsWarm(120);
+  await sleep(100);
+  t.true(cg.keepingMigrationsWarm, 'extended by the second call');
+  await waitFor('the window to close', () => !cg.keepingMigrationsWarm, { timeoutMs: 2000, intervalMs: 10 });
+  t.is(read('/proc/self/cgroup'), before, 'berth is where it was');
 });
 
 t2('nothing named berth-test-* is left under /sys/fs/cgroup', (t) => {

@@ -158,7 +158,7 @@ export class FakeCgroups implements ContainerCgroups {
   }
   /** Counted, not journaled: it acquires nothing and has nothing to undo. */
   warmed = 0;
-  async warmMigration(): Promise<void> {
+  keepMigrationsWarm(): void {
     this.warmed++;
   }
   async oomKills(): Promise<number> {

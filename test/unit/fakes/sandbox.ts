@@ -132,6 +132,11 @@ export class FakeCgroups implements SandboxCgroups {
   procsFiles(cgPath: string): string[] {
     return [`/sys/fs/cgroup/memory${cgPath}/cgroup.procs`];
   }
+  /** Counted, not journaled: it acquires nothing and has nothing to undo. */
+  warmed = 0;
+  keepMigrationsWarm(): void {
+    this.warmed++;
+  }
   async removeIfUnused(dirs: string[]): Promise<string[]> {
     this.j.call('cgroups.removeIfUnused');
     return dirs;
