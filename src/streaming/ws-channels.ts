@@ -1,5 +1,6 @@
 import { Writable } from 'node:stream';
 import type { WebSocket, RawData } from 'ws';
+import { noteSocketRead } from './read-pressure.js';
 
 // k8s' channel protocol over one WebSocket (apimachinery's wsstream): every message starts with its channel number,
 // a raw byte in the binary protocols, an ASCII digit followed by base64 in the base64 ones (sent as text frames).
@@ -151,6 +152,7 @@ export class ChannelConn {
   private receive(raw: RawData): void {
     const data = Array.isArray(raw) ? Buffer.concat(raw) : Buffer.isBuffer(raw) ? raw : Buffer.from(raw);
     this.idle.refresh();
+    noteSocketRead(data.length);
     if (data.length === 0) return;
     if (this.codec.closeSignal && data[0] === STREAM_CLOSE) {
       if (data.length !== 2) {

@@ -14,6 +14,7 @@ import {
   type FrameEvent,
 } from './frames.js';
 import { HeaderInflater, StoredZlibWriter } from './header-compression.js';
+import { noteSocketRead } from '../read-pressure.js';
 import { decodeHeaderBlock, encodeHeaderBlock, type SpdyHeaders } from './header-block.js';
 
 // One SPDY/3.1 connection: frames in and out of a socket, streams as Duplexes.
@@ -451,6 +452,7 @@ export class SpdySession extends EventEmitter<SessionEvents> {
 
   private onBytes(chunk: Buffer): void {
     if (this.closed) return;
+    noteSocketRead(chunk.length);
     this.touch();
     if (this.goneAway && this.streams.size === 0) return; // closing: read and drop
     let events: FrameEvent[];
@@ -613,3 +615,4 @@ export class SpdySession extends EventEmitter<SessionEvents> {
     this.emit('close', err);
   }
 }
+
