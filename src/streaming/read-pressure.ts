@@ -3,12 +3,13 @@
 // scavenge only while they are young; scavenges come with JS allocation, which a relay hardly does. So the external
 // memory piled up until V8 ran a mark-compact of the whole heap instead: 16 of them while 256 MiB went up through
 // one port-forward connection of the daemon, each marking on four helper threads, 2.6 ms of CPU per MiB. A scavenge
-// (the young generation only, ~0.1 ms here) every 4 MiB read frees the buffers first: 3 mark-compacts, 1.35 ms per
-// MiB, 847 MiB/s against 573 (npm run bench, streaming phase, 3 × 128 MiB). Without --expose-gc (berth run without
-// its launcher) this does nothing.
+// (the young generation only, ~0.1 ms here) every few MiB read frees the buffers first: with one per 4 MiB, 3
+// mark-compacts, 1.35 ms per MiB, 847 MiB/s against 573 (npm run bench, streaming phase, 3 × 128 MiB); per 1, 2 and
+// 4 MiB read the bench's upload ran at 846, 960 and 830 MiB/s (1.44, 1.25, 1.51 ms per MiB), within its noise.
+// Without --expose-gc (berth run without its launcher) this does nothing.
 
 /** Socket bytes read between two scavenges. */
-const SCAVENGE_EVERY_BYTES = 4 * 1024 * 1024;
+const SCAVENGE_EVERY_BYTES = 2 * 1024 * 1024;
 
 type Collector = (opts: { type: 'minor' }) => void;
 

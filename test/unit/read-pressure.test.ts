@@ -1,11 +1,11 @@
 import test from 'ava';
 import { scavenger } from '../../src/streaming/read-pressure.js';
 
-// The scavenge a relay asks for as it reads: one per 4 MiB read, young generation only; nothing without a collector.
+// The scavenge a relay asks for as it reads: one per so many bytes read, young generation only; nothing without a collector.
 
-test('a scavenge is asked for once every 4 MiB read, young generation only, however the reads are cut', (t) => {
+test('a scavenge is asked for once per the bytes given (4 MiB here), young generation only, however the reads are cut', (t) => {
   const asked: unknown[] = [];
-  const note = scavenger((opts) => asked.push(opts));
+  const note = scavenger((opts) => asked.push(opts), 4 * 1024 * 1024);
   for (let i = 0; i < 64; i++) note(64 * 1024); // 4 MiB in 64 reads
   t.deepEqual(asked, [{ type: 'minor' }]);
   note(3 * 1024 * 1024);
