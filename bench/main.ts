@@ -493,12 +493,15 @@ async function main(argv: string[]): Promise<number> {
 
   let registry: Registry | undefined;
   let berth: BerthProcess | undefined;
+  /** berth's directories in the bench (outside /tmp): cleanup removes them even when berth did not start. */
+  const berthDirs: string[] = [];
   const clients: CriClient[] = [];
   let cleaning: Promise<void> | undefined;
   let phase: 'setup' | 'berth' | 'other' | 'report' = 'setup';
   const cleanup = () =>
     (cleaning ??= (async () => {
       if (berth) await stopBerth(berth, 60_000);
+      for (const dir of berthDirs) await fs.rm(dir, { recursive: true, force: true }).catch((err: Error) => progress(`cleanup of ${dir}: ${err.message}`));
       await registry?.stop().catch((err: Error) => progress(`registry cleanup: ${err.message}`));
       for (const c of clients) c.close();
     })());
@@ -558,7 +561,9 @@ async function main(argv: string[]): Promise<number> {
     // costs ~0.5-1 ms (ext4 inode allocation there) against ~0.01 ms under /var/lib, which made every inode berth
     // creates per pod and container (~25) a millisecond that containerd, on /var/lib, did not pay.
     const benchDir = await fs.mkdtemp(path.join(BENCH_ROOT_PARENT, 'berth-bench-'));
+    berthDirs.push(benchDir);
     const benchState = await fs.mkdtemp(path.join(BENCH_STATE_PARENT, 'berth-bench-'));
+    berthDirs.push(benchState);
     berth = await startBerth({
       config: `[registry]\ninsecure = [${JSON.stringify(registryHost)}]\n${blkioToml}`,
       extraArgs: ['--log-level', 'info'],
@@ -584,7 +589,7 @@ async function main(argv: string[]): Promise<number> {
           daemonNote: 'the berth process this bench started',
           layerHexes,
           restoreImage: false,
-          scratch: { berthDir: berth.dir, ...(registry ? { registryDir: registry.dir } : {}) },
+          scratch: { berthDir: berth.dir, berthStateDir: benchState, ...(registry ? { registryDir: registry.dir } : {}) },
           log: berth.logs,
           streamingImage,
           bigImage,

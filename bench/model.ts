@@ -346,7 +346,7 @@ export function headlineMetrics(run: RuntimeRun): Metric[] {
     out.push({ name: `relist with ${run.relist.pods} pods (median)`, unit: 'ms', value: s.relist.median });
     out.push({ name: `daemon CPU per relist with ${run.relist.pods} pods`, unit: 'ms', value: s.cpuPerRelistMs });
     const cold = run.relist.cold;
-    if (cold) out.push({ name: `daemon CPU per relist with ${run.relist.pods} pods, the first ${cold.relists} after start`, unit: 'ms', value: cold.daemonCpuMs / cold.relists });
+    if (cold) out.push({ name: `daemon CPU per relist with ${run.relist.pods} pods, the first ${cold.relists} of the phase`, unit: 'ms', value: cold.daemonCpuMs / cold.relists });
     for (const call of STATS_CALLS) {
       const samples = run.relist.calls[call] ?? [];
       if (samples.length === 0) continue;

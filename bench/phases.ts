@@ -376,7 +376,7 @@ export interface RelistOptions {
   /**
    * Relists before the timed ones (kubelet relists every second: a runtime up for 17 minutes has answered 1000).
    * A JIT-compiled daemon pays its compilation in the first few hundred; the first COLD_RELISTS of them are
-   * measured apart, so the report has both.
+   * measured apart (at the clock tick's resolution: 20 relists are a few ticks), so the report has both.
    */
   warmup?: number;
   signal?: AbortSignal;

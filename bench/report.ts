@@ -313,12 +313,12 @@ export function relistTable(r: RelistResult): string {
     return [cell(name), String(x.n), formatMs(x.median), formatMs(x.p95)];
   });
   rows.push(['daemon CPU per relist', String(r.relists), formatMs(s.cpuPerRelistMs), '']);
-  if (r.cold) rows.push([`daemon CPU per relist, the first ${r.cold.relists} after start`, String(r.cold.relists), formatMs(r.cold.daemonCpuMs / r.cold.relists), '']);
+  if (r.cold) rows.push([`daemon CPU per relist, the first ${r.cold.relists} of the phase`, String(r.cold.relists), formatMs(r.cold.daemonCpuMs / r.cold.relists), '']);
   for (const [call, ms] of Object.entries(r.statsCpuPerCallMs ?? {})) rows.push([cell(`daemon CPU per ${call}`), String(r.calls[call as RelistCall]?.length ?? 0), formatMs(ms), '']);
   const lines = [
     r.daemonCpuMs === undefined
       ? 'daemon CPU not measured (daemon unknown)'
-      : `daemon CPU ${formatMs(r.daemonCpuMs)} ms over ${r.relists} relists (utime + stime, clock-tick resolution), timed after ${r.warmup ?? 1} untimed ones (kubelet relists every second)`,
+      : `daemon CPU ${formatMs(r.daemonCpuMs)} ms over ${r.relists} relists (utime + stime, clock-tick resolution), timed after ${(r.warmup ?? 0) + 1} untimed ones (kubelet relists every second)`,
     `unfiltered lists returned up to ${r.listed.sandboxes} sandboxes and ${r.listed.containers} containers; ` +
       (s.countsMatched ? `every list held all ${r.running} pods` : `${r.mismatches.length} wrong list results`),
     ...r.mismatches.slice(0, 3),

@@ -127,7 +127,7 @@ function launcher() {
   const m = /^exec node ((?:--\S+ )*)"\$\(dirname "\$\(readlink -f "\$0"\)"\)\/\.\.\/dist\/src\/main\.js" "\$@"$/m.exec(source);
   if (!m) fail('bin/berth no longer has the `exec node FLAGS ".../dist/src/main.js" "$@"` line this script mirrors');
   // Its environment settings too (the malloc arena limit).
-  const exports = source.split('\n').filter((line) => /^export [A-Z_]+=/.test(line));
+  const exports = source.split('\n').filter((line) => /^export [A-Za-z_][A-Za-z0-9_]*=/.test(line));
   return [
     '#!/bin/sh',
     "# berth's launcher in a release bundle: the node shipped beside it, with bin/berth's flags and environment (see that file for why).",

@@ -406,6 +406,7 @@ export async function startDaemon(config: BerthConfig, paths: DaemonPaths, log: 
       await Promise.all([drain(cri), streamingServer.close()]);
       await metricsServer?.close();
       compactor.close();
+      cgroups.stopWarming();
       layers.close();
       await containers.close();
       await network.close();

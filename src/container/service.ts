@@ -341,9 +341,9 @@ export class ContainerService {
       });
       // The cgroup was just made and holds no process yet: its limits are written without the thread pool.
       await this.opts.cgroups.apply(handle.path, { ...toCgroupResources(config.resources), ...limits }, { empty: true }).catch(inField('config.linux.resources'));
-      // The init joins these cgroups a few ms from now (prepare, spec, shim, monitor): the kernel's grace period for
-      // that join starts here, which is why the cgroup is made before the rest is prepared. Not earlier: the warm-up
-      // holds the kernel's cgroup mutex while it waits, and the mkdirs and limit writes above would wait behind it.
+      // The init joins these cgroups a few ms from now (prepare, spec, shim, monitor). The pod's window (opened at
+      // RunPodSandbox) usually still runs; after a pull in between it has closed, and this one starts the kernel's
+      // wait here, after the mkdirs and limit writes above, which would otherwise wait behind it for the cgroup mutex.
       this.opts.cgroups.keepMigrationsWarm(CREATE_WARM_MS);
       timer.lap('cgroup');
       faultPoint('container.create.cgroup');

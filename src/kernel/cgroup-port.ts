@@ -10,8 +10,6 @@ export interface CgroupPort {
   remove(handle: CgroupHandle): Promise<void>;
   /** Writes limits; a value the kernel refuses is invalid_argument naming the file. `empty`: no process joined yet. */
   apply(cgPath: string, resources: CgroupResources, opts?: { empty?: boolean }): Promise<void>;
-  /** Starts the kernel's wait for a cgroup migration now, so a process joining its cgroups soon shares it; never rejects, callers need not wait. */
-  warmMigration(): Promise<void>;
   /** Keeps migrations on the kernel's fast path for `ms` from now (a pod's containers are about to join theirs). */
   keepMigrationsWarm(ms: number): void;
   /** The cgroup.procs files a process joins, one per hierarchy. */

@@ -94,10 +94,11 @@ const KEEP_WARM_EVERY_MS = 4;
 
 export class Cgroups {
   private readonly warned = new Set<string>();
-  private warming: Promise<void> | undefined;
-  /** keepMigrationsWarm's window: its end (ms since the epoch), and whether its loop runs. */
+  private warming: Promise<boolean> | undefined;
+  /** keepMigrationsWarm's window: its end (performance.now() ms), whether its loop runs, and its next step. */
   private warmUntil = 0;
   private keepingWarm = false;
+  private warmTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly layout: CgroupLayout,
@@ -117,12 +118,21 @@ export class Cgroups {
    * already under way serves every caller meanwhile. The promise (never rejected) is for tests: callers go on.
    */
   warmMigration(): Promise<void> {
+    return this.warmOnce().then(() => undefined);
+  }
+
+  /** One no-op migration (shared by concurrent callers); false when it failed, which is logged once per failure. */
+  private warmOnce(): Promise<boolean> {
     this.warming ??= (async () => {
       const file = ownProcsFile(await fs.readFile('/proc/self/cgroup', 'utf8'), this.layout.hierarchies);
       // '0' is the writing thread's own process: berth.
       if (file) await fs.writeFile(file, '0');
+      return true;
     })()
-      .catch((err) => this.log.debug('cgroup migration warm-up failed', { error: errorMessage(err) }))
+      .catch((err) => {
+        this.log.debug('cgroup migration warm-up failed', { error: errorMessage(err) });
+        return false;
+      })
       .finally(() => {
         this.warming = undefined;
       });
@@ -139,22 +149,37 @@ export class Cgroups {
    * every KEEP_WARM_EVERY_MS while the window lasts. After the last migration the kernel goes back to its quiet
    * state one grace period later (10-20 ms here), so the next migration would wait a whole grace period again: a
    * pod's first container init joins its cgroups some ms after RunPodSandbox (kubelet's CreateContainer follows
-   * it), and inside this window it finds the fast path. A later call extends the window; no timer runs outside it.
+   * it), and inside this window it finds the fast path. A later call extends the window. While one is open, forks and
+   * exits on the node take the kernel's slower reader path, as they do on a host mounted with favordynmods: under
+   * steady pod churn that is most of the time. The window is timed on the monotonic clock (a clock step cannot
+   * stretch it), closes at the first failed migration (berth in a cgroup it may not write), and at stopWarming().
    */
   keepMigrationsWarm(ms: number): void {
-    this.warmUntil = Math.max(this.warmUntil, Date.now() + ms);
+    this.warmUntil = Math.max(this.warmUntil, performance.now() + ms);
     if (this.keepingWarm) return;
     this.keepingWarm = true;
     const again = () => {
-      void this.warmMigration().finally(() => {
-        if (Date.now() >= this.warmUntil) {
+      void this.warmOnce().then((ok) => {
+        if (!ok || performance.now() >= this.warmUntil) {
           this.keepingWarm = false;
+          this.warmTimer = undefined;
           return;
         }
-        setTimeout(again, KEEP_WARM_EVERY_MS).unref();
+        this.warmTimer = setTimeout(again, KEEP_WARM_EVERY_MS).unref();
       });
     };
     again();
+  }
+
+  /** Closes a keepMigrationsWarm window at once (berth stopping): no migration starts after this. */
+  stopWarming(): void {
+    this.warmUntil = 0;
+    // Between two steps: end the loop here. During one: its end sees the window closed.
+    if (this.warmTimer) {
+      clearTimeout(this.warmTimer);
+      this.warmTimer = undefined;
+      this.keepingWarm = false;
+    }
   }
 
   /** Makes the cgroup (and missing ancestors) in every hierarchy; ready for a process to join. */

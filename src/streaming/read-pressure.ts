@@ -20,10 +20,11 @@ export function scavenger(collect: Collector | undefined, everyBytes = SCAVENGE_
   return (bytes) => {
     since += bytes;
     if (since < everyBytes) return;
-    since = 0;
+    since %= everyBytes;
     collect({ type: 'minor' });
   };
 }
 
-/** Called with the size of each chunk a streaming session reads from its client's socket. */
-export const noteSocketRead = scavenger((globalThis as { gc?: Collector }).gc);
+/** Called with the size of each chunk a streaming session reads from its client (a socket read; a WebSocket message). */
+const exposed = (globalThis as { gc?: unknown }).gc;
+export const noteSocketRead = scavenger(typeof exposed === 'function' ? (exposed as Collector) : undefined);

@@ -98,7 +98,7 @@ test('the bundle is named for version and arch, holds production code only, and 
   const bundled = await fs.readFile(path.join(opt, 'bin/berth'), 'utf8');
   const flags = /exec node ((?:--\S+ )*)/.exec(repoLauncher)![1];
   t.true(bundled.includes(`/node/bin/node" ${flags}`));
-  t.true(bundled.includes('export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-4}"\n'), bundled);
+  t.true(bundled.includes('export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX-4}"\n'), bundled);
 
   // What a glibc system always has. node (and koffi's addon) are C++: libstdc++ and libgcc_s, which every glibc
   // distribution installs with its base system (Debian: priority required/important), are allowed for them.

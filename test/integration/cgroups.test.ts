@@ -230,7 +230,7 @@ t2('warmMigration moves berth nowhere (it rejoins the cgroups it is in) and swal
   t.is(read('/proc/self/cgroup'), before);
 });
 
-t2('keepMigrationsWarm repeats the no-op migration while its window lasts, a later call extends it, and then it stops', async (t) => {
+t2('keepMigrationsWarm repeats the no-op migration while its window lasts, a later call extends it, and it ends by itself, at stopWarming, or at a failed migration', async (t) => {
   const before = read('/proc/self/cgroup');
   cg.keepMigrationsWarm(80);
   t.true(cg.keepingMigrationsWarm);
@@ -240,6 +240,16 @@ t2('keepMigrationsWarm repeats the no-op migration while its window lasts, a lat
   t.true(cg.keepingMigrationsWarm, 'extended by the second call');
   await waitFor('the window to close', () => !cg.keepingMigrationsWarm, { timeoutMs: 2000, intervalMs: 10 });
   t.is(read('/proc/self/cgroup'), before, 'berth is where it was');
+  // stopWarming (berth stopping) closes a long window at once.
+  cg.keepMigrationsWarm(60_000);
+  await sleep(20);
+  cg.stopWarming();
+  await waitFor('the stopped window to close', () => !cg.keepingMigrationsWarm, { timeoutMs: 500, intervalMs: 5 });
+  // A berth that may not write its cgroup (here: a layout whose mount points do not exist) ends the window at the
+  // first failure instead of retrying every few ms.
+  const nowhere = new Cgroups({ ...layout, hierarchies: layout.hierarchies.map((h) => ({ ...h, mountPoint: `/nonexistent-${h.mountPoint}` })) }, logger({ test: 'cgroups' }));
+  nowhere.keepMigrationsWarm(60_000);
+  await waitFor('a failing window to close', () => !nowhere.keepingMigrationsWarm, { timeoutMs: 500, intervalMs: 5 });
 });
 
 t2('nothing named berth-test-* is left under /sys/fs/cgroup', (t) => {
