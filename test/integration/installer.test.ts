@@ -8,7 +8,7 @@ import { parse } from 'smol-toml';
 import { loadConfig } from '../../src/config/load.js';
 import { probeRuntime } from '../../src/installer/cri-client.js';
 import { configEndpoints, flagEndpoints } from '../../src/installer/kubelet-config.js';
-import { startBerth } from '../helpers/berth.js';
+import { startBerth, type BerthProcess } from '../helpers/berth.js';
 import { CHART, documents, helm, REPO, run } from '../helpers/chart.js';
 import { hostLeftovers, podConfig, processesMentioning } from '../helpers/cri.js';
 import { listing } from '../helpers/util.js';
@@ -296,17 +296,11 @@ test.serial('install, a second run, an upgrade in place, then uninstall', async 
   t.is((await entrypoint(n, 'uninstall')).code, 0);
 });
 
-test.serial('kubelet switch: the old runtime loses every pod, kubelet points at berth; uninstall puts its files back byte for byte', async (t) => {
-  const n = await makeNode(t);
-  await makeImage(n, VERSION);
-  await chartConfig(n, 'kubeletSwitch.enabled=true');
-  const originalConfig = await fs.readFile(path.join(KUBELET_FIXTURES, 'config-without-endpoints.yaml'));
-  const originalFlags = await fs.readFile(path.join(KUBELET_FIXTURES, 'kubeadm-flags.env'));
-  await fs.writeFile(hostFile(n, 'var/lib/kubelet/config.yaml'), originalConfig);
-  await fs.writeFile(hostFile(n, 'var/lib/kubelet/kubeadm-flags.env'), originalFlags);
-
-  // The node's runtime before berth (kubeadm-flags.env names containerd's socket, by /var/run): a real berth with a
-  // real pod.
+/**
+ * The node's runtime before berth, as kubeadm-flags.env names it (containerd's socket, by /var/run): a real berth
+ * with a real pod, torn down and checked for leftovers after the test.
+ */
+async function oldRuntimeWithPod(t: ExecutionContext, n: Node): Promise<{ old: BerthProcess; pod_sandbox_id: string }> {
   const old = await startBerth();
   const cgroups: string[] = [];
   t.teardown(async () => {
@@ -318,6 +312,19 @@ test.serial('kubelet switch: the old runtime loses every pod, kubelet points at 
   cgroups.push(JSON.parse((await old.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true })).info.info).cgroup.path);
   await fs.mkdir(hostFile(n, 'run/containerd'));
   await fs.symlink(old.socket, hostFile(n, 'run/containerd/containerd.sock'));
+  return { old, pod_sandbox_id };
+}
+
+test.serial('kubelet switch: the old runtime loses every pod, kubelet points at berth; uninstall puts its files back byte for byte', async (t) => {
+  const n = await makeNode(t);
+  await makeImage(n, VERSION);
+  await chartConfig(n, 'kubeletSwitch.enabled=true');
+  const originalConfig = await fs.readFile(path.join(KUBELET_FIXTURES, 'config-without-endpoints.yaml'));
+  const originalFlags = await fs.readFile(path.join(KUBELET_FIXTURES, 'kubeadm-flags.env'));
+  await fs.writeFile(hostFile(n, 'var/lib/kubelet/config.yaml'), originalConfig);
+  await fs.writeFile(hostFile(n, 'var/lib/kubelet/kubeadm-flags.env'), originalFlags);
+
+  const { old, pod_sandbox_id } = await oldRuntimeWithPod(t, n);
 
   const sw = await entrypoint(n, 'install', { BERTH_KUBELET_SWITCH: 'true' });
   t.is(sw.code, 0, sw.stderr + (await fs.readFile(path.join(n.state, 'host-step.log'), 'utf8').catch(() => '')));
@@ -360,17 +367,7 @@ test.serial('kubelet switch refused before anything stops: a kubelet file it can
   const flags = await fs.readFile(path.join(KUBELET_FIXTURES, 'kubeadm-flags.env'));
   await fs.writeFile(hostFile(n, 'var/lib/kubelet/config.yaml'), notKubelet);
   await fs.writeFile(hostFile(n, 'var/lib/kubelet/kubeadm-flags.env'), flags);
-  const old = await startBerth();
-  const cgroups: string[] = [];
-  t.teardown(async () => {
-    await old.cleanup();
-    const left = await hostLeftovers(old.dir, cgroups);
-    if (left.length > 0) throw new Error(`old runtime left behind:\n${left.join('\n')}`);
-  });
-  const { pod_sandbox_id } = await old.runtime.RunPodSandbox({ config: podConfig() });
-  cgroups.push(JSON.parse((await old.runtime.PodSandboxStatus({ pod_sandbox_id, verbose: true })).info.info).cgroup.path);
-  await fs.mkdir(hostFile(n, 'run/containerd'));
-  await fs.symlink(old.socket, hostFile(n, 'run/containerd/containerd.sock'));
+  const { old, pod_sandbox_id } = await oldRuntimeWithPod(t, n);
 
   const sw = await entrypoint(n, 'install', { BERTH_KUBELET_SWITCH: 'true', BERTH_HOST_STEP_WAIT_SECONDS: '60' });
   t.is(sw.code, 1);

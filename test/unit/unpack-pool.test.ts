@@ -5,42 +5,18 @@ import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
-import tar from 'tar-stream';
 import { BerthError } from '../../src/errors.js';
 import type { Logger } from '../../src/log.js';
 import { UnpackPool } from '../../src/image/layer/unpack-pool.js';
 import { unpackLayer } from '../../src/image/layer/unpack.js';
 import { waitFor } from '../helpers/util.js';
+import { rawTar, streamOf, type RawTarEntry } from '../helpers/raw-tar.js';
 
 // Unpacking sets owners: only root can do that.
 const rootTest = process.getuid?.() === 0 ? test : test.skip;
 
-type Entry = Partial<tar.Header> & { name: string; body?: Buffer | string };
-
-async function makeTar(entries: Entry[]): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const collected = (async () => {
-    for await (const chunk of pack) chunks.push(chunk as Buffer);
-  })();
-  for (const { body, ...header } of entries) {
-    const full = { mtime: new Date('2021-03-04T05:06:07Z'), uid: 0, gid: 0, ...header } as tar.Header;
-    await new Promise<void>((resolve, reject) => {
-      const cb = (err?: Error | null) => (err ? reject(err) : resolve());
-      if (body !== undefined) pack.entry(full, body, cb);
-      else pack.entry(full, cb);
-    });
-  }
-  pack.finalize();
-  await collected;
-  return Buffer.concat(chunks);
-}
-
-function chunked(buf: Buffer, size = 64 * 1024): Readable {
-  const parts: Buffer[] = [];
-  for (let i = 0; i < buf.length; i += size) parts.push(buf.subarray(i, i + size));
-  return Readable.from(parts, { objectMode: false });
-}
+/** 64 KiB chunks by default: a download's shape. */
+const chunked = (buf: Buffer, size = 64 * 1024): Readable => streamOf(buf, size);
 
 const sha256 = (b: Buffer) => 'sha256:' + createHash('sha256').update(b).digest('hex');
 
@@ -78,7 +54,7 @@ async function tree(root: string): Promise<string[]> {
 async function sampleLayer(seed: number): Promise<Buffer> {
   const big = Buffer.alloc(3 << 20);
   for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761 + seed) >>> 0, i);
-  const entries: Entry[] = [
+  const entries: RawTarEntry[] = [
     { name: 'etc/', type: 'directory', mode: 0o755 },
     { name: 'etc/passwd', mode: 0o644, body: `root:x:0:0:${seed}\n` },
     { name: 'usr/bin/tool', mode: 0o4755, uid: 0, gid: 0, body: big },
@@ -86,7 +62,7 @@ async function sampleLayer(seed: number): Promise<Buffer> {
     { name: 'usr/bin/hard', type: 'link', linkname: 'usr/bin/tool' },
   ];
   for (let i = 0; i < 50; i++) entries.push({ name: `usr/share/doc/f${i}`, mode: 0o644, uid: 1000 + i, gid: 100, body: `doc ${seed} ${i}\n`.repeat(i) });
-  return makeTar(entries);
+  return rawTar(entries);
 }
 
 rootTest('a layer unpacked on a worker thread is the tree unpackLayer makes in-process, with both digests', async (t) => {
@@ -123,7 +99,7 @@ rootTest('a layer entry that escapes the root fails with its typed error across 
   const dir = await scratch(t);
   const pool = new UnpackPool({ size: 1 });
   t.teardown(() => pool.close());
-  const gz = gzipSync(await makeTar([{ name: 'ok', body: 'x' }, { name: '../../escaped', body: 'evil' }]));
+  const gz = gzipSync(await rawTar([{ name: 'ok', body: 'x' }, { name: '../../escaped', body: 'evil' }]));
   const dest = path.join(dir, 'dest');
   const err = await t.throwsAsync(pool.unpack(chunked(gz), dest, captureLog()));
   t.true(err instanceof BerthError);
@@ -159,7 +135,7 @@ rootTest('corrupt gzip is UNAVAILABLE, and the warnings the extractor logs reach
   t.is((err as BerthError).kind, 'unavailable');
 
   const log = captureLog();
-  const withOverlayXattr = gzipSync(await makeTar([{ name: 'f', body: 'x', pax: { 'SCHILY.xattr.trusted.overlay.redirect': '/etc' } } as Entry]));
+  const withOverlayXattr = gzipSync(await rawTar([{ name: 'f', body: 'x', pax: { 'SCHILY.xattr.trusted.overlay.redirect': '/etc' } } as RawTarEntry]));
   await pool.unpack(chunked(withOverlayXattr), path.join(dir, 'warned'), log);
   t.true(log.lines.some((l) => l.level === 'warn' && l.msg === 'ignoring overlayfs xattr in layer'));
 });

@@ -4,9 +4,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
+import { PassThrough } from 'node:stream';
 import { gzipSync } from 'node:zlib';
-import tar from 'tar-stream';
 import { BerthError } from '../../src/errors.js';
 import { lgetxattr, lsetxattr as setxattr, major, minor } from '../../src/kernel/libc.js';
 import type { Logger } from '../../src/log.js';
@@ -14,40 +13,10 @@ import { detectCompression } from '../../src/image/layer/compression.js';
 import { unpackLayer } from '../../src/image/layer/unpack.js';
 import { writeFileAtomic } from '../../src/store/atomic.js';
 import { ImageStore } from '../../src/image/store.js';
+import { rawTar, streamOf, type RawTarEntry } from '../helpers/raw-tar.js';
 
 // Unpacking sets owners, device nodes and trusted.* xattrs: only root can do that.
 const rootTest = process.getuid?.() === 0 ? test : test.skip;
-
-type Header = Partial<tar.Header> & { name: string };
-type Entry = Header & { pax?: Record<string, string>; body?: string | Buffer };
-
-const T0 = new Date('2021-03-04T05:06:07Z');
-
-async function makeTar(entries: Entry[]): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const collected = (async () => {
-    for await (const chunk of pack) chunks.push(chunk as Buffer);
-  })();
-  for (const { body, ...header } of entries) {
-    const full = { mtime: T0, uid: 0, gid: 0, ...header } as Header;
-    await new Promise<void>((resolve, reject) => {
-      const cb = (err?: Error | null) => (err ? reject(err) : resolve());
-      if (body !== undefined) pack.entry(full, body, cb);
-      else pack.entry(full, cb);
-    });
-  }
-  pack.finalize();
-  await collected;
-  return Buffer.concat(chunks);
-}
-
-/** A Readable that hands `buf` over in chunks of `size` bytes (all at once by default). */
-function streamOf(buf: Buffer, size = buf.length || 1): Readable {
-  const parts: Buffer[] = [];
-  for (let i = 0; i < buf.length; i += size) parts.push(buf.subarray(i, i + size));
-  return Readable.from(parts, { objectMode: false });
-}
 
 function zstd(buf: Buffer): Buffer {
   const r = spawnSync('zstd', ['-c', '-q'], { input: buf, maxBuffer: 1 << 30 });
@@ -111,9 +80,9 @@ async function snapshot(root: string): Promise<Record<string, unknown>> {
   return out;
 }
 
-async function rejectsEscape(t: ExecutionContext, entries: Entry[]): Promise<void> {
+async function rejectsEscape(t: ExecutionContext, entries: RawTarEntry[]): Promise<void> {
   const { dir, dest, outside } = await box(t);
-  const layer = await makeTar(entries);
+  const layer = await rawTar(entries);
   const err = await t.throwsAsync(unpackLayer(streamOf(layer), dest));
   t.true(err instanceof BerthError);
   t.is((err as BerthError).kind, 'invalid_argument');
@@ -133,7 +102,7 @@ test('compression is sniffed from the magic bytes', (t) => {
 
 rootTest('a .wh. whiteout file becomes a 0:0 character device and no .wh. file is written', async (t) => {
   const { dest } = await box(t);
-  const layer = await makeTar([
+  const layer = await rawTar([
     { name: 'etc/', type: 'directory', mode: 0o755 },
     { name: 'etc/.wh.passwd', body: '' },
     { name: '.wh.top', body: '' },
@@ -150,7 +119,7 @@ rootTest('a .wh. whiteout file becomes a 0:0 character device and no .wh. file i
 
 rootTest('an opaque marker sets trusted.overlay.opaque=y on its directory and is not written', async (t) => {
   const { dest } = await box(t);
-  const layer = await makeTar([
+  const layer = await rawTar([
     { name: 'var/', type: 'directory', mode: 0o755 },
     { name: 'var/lib/', type: 'directory', mode: 0o755 },
     { name: 'var/lib/.wh..wh..opq', body: '' },
@@ -166,7 +135,7 @@ rootTest('ownership, modes including setuid/setgid/sticky, and mtimes are kept',
   const { dest } = await box(t);
   const dirTime = new Date('2001-02-03T04:05:06Z');
   const fileTime = new Date('2010-01-01T00:00:00Z');
-  const layer = await makeTar([
+  const layer = await rawTar([
     { name: 'usr/', type: 'directory', mode: 0o750, uid: 12, gid: 34, mtime: dirTime },
     { name: 'usr/bin/', type: 'directory', mode: 0o2775, uid: 0, gid: 50, mtime: dirTime },
     { name: 'usr/bin/su', body: 'su', mode: 0o4755, uid: 0, gid: 0, mtime: fileTime },
@@ -210,7 +179,7 @@ rootTest('ownership, modes including setuid/setgid/sticky, and mtimes are kept',
 rootTest('xattrs from PAX headers are kept, binary values byte for byte', async (t) => {
   const { dest } = await box(t);
   const placeholder = 'BINARY-PLACEHOLDER'; // replaced by non-UTF-8 bytes of the same length below
-  const layer = await makeTar([
+  const layer = await rawTar([
     { name: 'dir/', type: 'directory', mode: 0o755, pax: { 'SCHILY.xattr.user.dir': 'on-a-dir' } },
     {
       name: 'dir/file',
@@ -242,7 +211,7 @@ rootTest('xattrs from PAX headers are kept, binary values byte for byte', async 
 
 rootTest('a hardlink shares the inode of its target', async (t) => {
   const { dest } = await box(t);
-  const layer = await makeTar([
+  const layer = await rawTar([
     { name: 'bin/', type: 'directory', mode: 0o755 },
     { name: 'bin/busybox', body: 'bb', mode: 0o755 },
     { name: 'bin/ls', type: 'link', linkname: 'bin/busybox' },
@@ -261,7 +230,7 @@ rootTest('a hardlink shares the inode of its target', async (t) => {
 
 rootTest('symlinks are kept as is, dangling and absolute ones included', async (t) => {
   const { dest } = await box(t);
-  const layer = await makeTar([
+  const layer = await rawTar([
     { name: 'lib', type: 'symlink', linkname: 'usr/lib' },
     { name: 'dangling', type: 'symlink', linkname: '/does/not/exist' },
     { name: 'up', type: 'symlink', linkname: '../../..' },
@@ -274,7 +243,7 @@ rootTest('symlinks are kept as is, dangling and absolute ones included', async (
 
 rootTest('device nodes get the right major/minor, and fifos are created', async (t) => {
   const { dest } = await box(t);
-  const layer = await makeTar([
+  const layer = await rawTar([
     { name: 'dev/', type: 'directory', mode: 0o755 },
     { name: 'dev/null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666 },
     { name: 'dev/sda1', type: 'block-device', devmajor: 8, devminor: 1, mode: 0o660, gid: 6 },
@@ -298,7 +267,7 @@ rootTest('gzip, zstd and plain tar unpack to the same tree with the diffId of th
   const big = Buffer.alloc(3 * 1024 * 1024 + 123);
   for (let i = 0; i < big.length; i++) big[i] = (i * 7919) % 251;
   const noise = randomBytes(1 << 20); // incompressible: the compressed streams span many chunks
-  const layer = await makeTar([
+  const layer = await rawTar([
     { name: 'a/', type: 'directory', mode: 0o755 },
     { name: 'a/big.bin', body: big, mode: 0o644, uid: 3, gid: 4 },
     { name: 'a/random.bin', body: noise, mode: 0o644 },
@@ -335,7 +304,7 @@ rootTest('gzip, zstd and plain tar unpack to the same tree with the diffId of th
 
 rootTest('a stream that is already flowing loses nothing', async (t) => {
   const { dest } = await box(t);
-  const layer = gzipSync(await makeTar([{ name: 'f', body: 'flowing' }]));
+  const layer = gzipSync(await rawTar([{ name: 'f', body: 'flowing' }]));
   const counted = new PassThrough();
   let seen = 0;
   counted.on('data', (c: Buffer) => (seen += c.length)); // the caller's own digest, as src/image does
@@ -349,7 +318,7 @@ rootTest('a stream that is already flowing loses nothing', async (t) => {
 
 rootTest('entries may come in any order: missing parents are made 0755 root and merged later', async (t) => {
   const { dest } = await box(t);
-  const layer = await makeTar([
+  const layer = await rawTar([
     { name: 'x/y/z/file', body: 'z', uid: 5 },
     { name: 'x/y/', type: 'directory', mode: 0o700, uid: 9, gid: 9 },
   ]);
@@ -364,7 +333,7 @@ rootTest('entries may come in any order: missing parents are made 0755 root and 
 
 rootTest('later entries replace earlier ones at the same path', async (t) => {
   const { dest } = await box(t);
-  const layer = await makeTar([
+  const layer = await rawTar([
     { name: 'f', body: 'first' },
     { name: 'f', body: 'second' },
     { name: 'd/', type: 'directory', mode: 0o700 },
@@ -449,7 +418,7 @@ rootTest('hardlink targets outside the root or through a symlink are rejected', 
 });
 
 rootTest('a corrupt or truncated layer is rejected and dest is removed', async (t) => {
-  const layer = await makeTar([{ name: 'f', body: randomBytes(100_000) }]);
+  const layer = await rawTar([{ name: 'f', body: randomBytes(100_000) }]);
   const half = (b: Buffer) => b.subarray(0, b.length >> 1);
   const garbled = Buffer.from(layer);
   garbled.fill(0x41, 0, 100); // breaks the first header's checksum
@@ -464,7 +433,7 @@ rootTest('a corrupt or truncated layer is rejected and dest is removed', async (
 
 rootTest('unsupported entries (GNU sparse files) fail the unpack instead of writing garbage', async (t) => {
   const { dest } = await box(t);
-  const layer = await makeTar([
+  const layer = await rawTar([
     { name: 'GNUSparseFile.0/disk.img', body: '1\n0\n4\nabcd', pax: { 'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.name': 'disk.img', 'GNU.sparse.realsize': '4096' } },
   ]);
   const err = await t.throwsAsync(unpackLayer(streamOf(layer), dest));
@@ -477,7 +446,7 @@ rootTest('an input stream error rejects with that error and removes dest', async
   const boom = new Error('connection reset');
   const input = new PassThrough();
   const done = unpackLayer(input, dest);
-  input.write(gzipSync(await makeTar([{ name: 'f', body: 'x'.repeat(10000) }])).subarray(0, 100));
+  input.write(gzipSync(await rawTar([{ name: 'f', body: 'x'.repeat(10000) }])).subarray(0, 100));
   setTimeout(() => input.destroy(boom), 20);
   const err = await t.throwsAsync(done);
   t.is(err, boom);
