@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, failure, hostLeftovers, podConfig } from '../helpers/cri.js';
+import { cleanUpAndCheck, containerConfig, failure, podConfig } from '../helpers/cri.js';
 import { waitFor } from '../helpers/util.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
@@ -78,11 +78,7 @@ async function env(t: ExecutionContext): Promise<Env> {
   await berth.images.PullImage({ image: { image: image.ref } });
   await berth.images.PullImage({ image: { image: usr2Image.ref } });
   await berth.images.PullImage({ image: { image: dataImage.ref } });
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, cgroups);
-    if (left.length > 0) throw new Error(`test left host objects behind:\n${left.join('\n')}`);
-  });
+  cleanUpAndCheck(t, berth, cgroups);
   return e;
 }
 

@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, failure, hostLeftovers, podConfig } from '../helpers/cri.js';
+import { cleanUpAndCheck, containerConfig, failure, podConfig } from '../helpers/cri.js';
 import { waitFor } from '../helpers/util.js';
 
 // The pids limit (issue 18 item 2), measured: a fork bomb in one container of a pod annotated with
@@ -36,11 +36,7 @@ test.after.always(async () => {
 async function env(t: ExecutionContext): Promise<{ berth: BerthProcess; cgroups: string[] }> {
   const berth = await startBerth({ config: `[registry]\ninsecure = ["${registry.host}"]\n` });
   const cgroups: string[] = [];
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, cgroups);
-    if (left.length > 0) throw new Error(`test left host objects behind:\n${left.join('\n')}`);
-  });
+  cleanUpAndCheck(t, berth, cgroups);
   await berth.images.PullImage({ image: { image: image.ref } });
   return { berth, cgroups };
 }

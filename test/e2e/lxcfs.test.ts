@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, layer, LayerEntry, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, failure, hostLeftovers, podConfig } from '../helpers/cri.js';
+import { cleanUpAndCheck, containerConfig, failure, podConfig } from '../helpers/cri.js';
 import { pidAlive, waitFor } from '../helpers/util.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
@@ -101,11 +101,7 @@ async function env(t: ExecutionContext, runtimeToml: string): Promise<Env> {
   const berth = await startBerth({ config: `[registry]\ninsecure = ["${registry.host}"]\n[runtime]\n${runtimeToml}\n` });
   const logDir = path.join(berth.dir, 'logs');
   const cgroups: string[] = [];
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, cgroups);
-    if (left.length > 0) throw new Error(`test left host objects behind:\n${left.join('\n')}`);
-  });
+  cleanUpAndCheck(t, berth, cgroups);
   await berth.images.PullImage({ image: { image: image.ref } });
   return {
     berth,

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, hostLeftovers, podConfig } from '../helpers/cri.js';
+import { cleanUpAndCheck, containerConfig, podConfig } from '../helpers/cri.js';
 import { promtoolCheckMetrics } from '../helpers/promtool.js';
 import { waitFor } from '../helpers/util.js';
 import type { ContainerConfig } from '../../src/gen/runtime/v1/ContainerConfig.js';
@@ -44,11 +44,7 @@ async function env(t: ExecutionContext): Promise<Env> {
   const address = String((await berth.waitForLog((e) => e.msg === 'berth serving')).metrics);
   const logDir = path.join(berth.dir, 'logs');
   const cgroups: string[] = [];
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, cgroups);
-    if (left.length > 0) throw new Error(`test left host objects behind:\n${left.join('\n')}`);
-  });
+  cleanUpAndCheck(t, berth, cgroups);
   await berth.images.PullImage({ image: { image: image.ref } });
   return {
     berth,

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, hostLeftovers, podConfig, stateLeftovers } from '../helpers/cri.js';
+import { cleanUpAndCheck, containerConfig, podConfig, stateLeftovers } from '../helpers/cri.js';
 import { pidAlive, waitFor } from '../helpers/util.js';
 import { chainPrefixFor } from '../../src/network/index.js';
 
@@ -38,11 +38,7 @@ async function runningContainer(t: ExecutionContext): Promise<Running> {
   const berth = await startBerth({ config: `[registry]\ninsecure = ["${registry.host}"]\n` });
   const cgroups: string[] = [];
   const net = JSON.parse(await fs.readFile(path.join(berth.dir, 'testnet.json'), 'utf8')) as { bridge: string };
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, cgroups);
-    if (left.length > 0) throw new Error(`test left host objects behind:\n${left.join('\n')}`);
-  });
+  cleanUpAndCheck(t, berth, cgroups);
   await berth.images.PullImage({ image: { image: image.ref } });
   const logDir = path.join(berth.dir, 'logs');
   const pod = podConfig({ log_directory: logDir });

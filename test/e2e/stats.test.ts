@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, pushImage, PushedImage } from '../helpers/images.js';
 import { startBerth, BerthProcess } from '../helpers/berth.js';
-import { containerConfig, failure, hostLeftovers, podConfig } from '../helpers/cri.js';
+import { cleanUpAndCheck, containerConfig, failure, podConfig } from '../helpers/cri.js';
 import { waitFor } from '../helpers/util.js';
 import { discoverCgroups } from '../../src/kernel/cgroups.js';
 import { CgroupStatsReader } from '../../src/kernel/cgroup-stats.js';
@@ -81,11 +81,7 @@ async function env(t: ExecutionContext): Promise<Env> {
     },
   };
   await berth.images.PullImage({ image: { image: image.ref } });
-  t.teardown(async () => {
-    await berth.cleanup();
-    const left = await hostLeftovers(berth.dir, cgroups);
-    if (left.length > 0) throw new Error(`test left host objects behind:\n${left.join('\n')}`);
-  });
+  cleanUpAndCheck(t, berth, cgroups);
   return e;
 }
 

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
+import type { ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -76,6 +77,19 @@ export async function hostLeftovers(dir: string, cgroupPaths: string[], podIds: 
     }
   }
   return problems;
+}
+
+/**
+ * Registers a test berth's teardown: its cleanup (pods removed through it, berth stopped, its directory removed),
+ * then the check that nothing of it stays on the host (mounts, processes, loop devices, the cgroups in `cgroups`,
+ * which the test fills as it goes).
+ */
+export function cleanUpAndCheck(t: Pick<ExecutionContext, 'teardown'>, berth: { dir: string; cleanup(): Promise<void> }, cgroups: string[]): void {
+  t.teardown(async () => {
+    await berth.cleanup();
+    const left = await hostLeftovers(berth.dir, cgroups);
+    if (left.length > 0) throw new Error(`test left host objects behind:\n${left.join('\n')}`);
+  });
 }
 
 /** The error a CRI call fails with; throws when it succeeds. */
