@@ -8,10 +8,17 @@ const FACTORS: Record<string, number> = {
   Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, Ei: 2 ** 60,
 };
 
-/** The whole number a quantity stands for, or why it is not one (for the caller's message). */
+/** A pod author's text as a message shows it: quoted and cut (it goes into a gRPC status and the log). */
+export function shownText(text: string, max = 64): string {
+  return JSON.stringify(text.length > max ? `${text.slice(0, max)}…` : text);
+}
+
+/**
+ * The whole number a quantity stands for, or why it is not one (for the caller's message). A caller quoting a valid
+ * one shows it with shownText too: it can still be 100 KiB of leading zeros.
+ */
 export function parseQuantity(text: string): { value: number } | { problem: string } {
-  // Quoted and cut: the text is a pod author's, and goes into a gRPC status and the log.
-  const shown = JSON.stringify(text.length > 64 ? `${text.slice(0, 64)}…` : text);
+  const shown = shownText(text);
   const m = /^([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE]([0-9]{1,2}))?(m|k|Ki|[MGTPE]i?)?$/.exec(text.trim());
   if (text.trim() === '') return { problem: 'is empty' };
   if (/^-/.test(text.trim())) return { problem: `${shown} is negative` };

@@ -1,5 +1,5 @@
 import { invalidArgument } from '../errors.js';
-import { parseQuantity } from '../quantity.js';
+import { parseQuantity, shownText } from '../quantity.js';
 
 // Pod bandwidth limits in the embedded network, from the annotations the CNI bandwidth plugin reads, so a pod spec
 // means the same here as on a containerd or CRI-O node with that plugin. Traffic to the pod leaves the host through
@@ -27,8 +27,8 @@ function rate(annotations: Record<string, string>, key: string): number | undefi
   const field = `config.annotations["${key}"]`;
   const q = parseQuantity(text);
   if ('problem' in q) throw invalidArgument(`${field} ${q.problem}`);
-  if (q.value < MIN_BITS_PER_SECOND) throw invalidArgument(`${field} "${text}" is below 1 kbit/s (1k)`);
-  if (q.value > MAX_BITS_PER_SECOND) throw invalidArgument(`${field} "${text}" is above 1 Pbit/s (1P)`);
+  if (q.value < MIN_BITS_PER_SECOND) throw invalidArgument(`${field} ${shownText(text)} is below 1 kbit/s (1k)`);
+  if (q.value > MAX_BITS_PER_SECOND) throw invalidArgument(`${field} ${shownText(text)} is above 1 Pbit/s (1P)`);
   return q.value;
 }
 

@@ -94,3 +94,14 @@ test("RunPodSandbox's check covers the pod's every writable-layer annotation, na
   t.regex(err!.message, /^config\.annotations\["writable-layer\.berth\.io\/container\.side"\] "1Mi" is below/);
   t.throws(() => checkWritableLayerAnnotations({ [POD]: '64Mi' }, 32 * MiB), { message: /above this node's limit/ });
 });
+
+test("a pod author's long annotation text or key is quoted and cut in the message, never repeated whole", (t) => {
+  const longZeros = `${'0'.repeat(100_000)}1Mi`;
+  const err = t.throws(() => checkWritableLayerAnnotations({ [POD]: longZeros }, 0));
+  t.regex(err!.message, /^config\.annotations\["writable-layer\.berth\.io\/pod"\] "0{64}…" is below/);
+  t.true(err!.message.length < 400, `${err!.message.length} characters`);
+  const longKey = `writable-layer.berth.io/container.${'c'.repeat(10_000)}`;
+  const keyErr = t.throws(() => checkWritableLayerAnnotations({ [longKey]: '1Mi' }, 0));
+  t.true(keyErr!.message.length < 400, `${keyErr!.message.length} characters`);
+  t.regex(keyErr!.message, /^config\.annotations\["writable-layer\.berth\.io\/container\.c+…"\] "1Mi" is below/);
+});
