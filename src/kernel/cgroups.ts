@@ -94,7 +94,7 @@ const KEEP_WARM_EVERY_MS = 4;
 
 export class Cgroups {
   private readonly warned = new Set<string>();
-  private warming: Promise<boolean> | undefined;
+  private warming: Promise<string | undefined> | undefined;
   /** keepMigrationsWarm's window: its end (performance.now() ms), whether its loop runs, and its next step. */
   private warmUntil = 0;
   private keepingWarm = false;
@@ -121,17 +121,20 @@ export class Cgroups {
     return this.warmOnce().then(() => undefined);
   }
 
-  /** One no-op migration (shared by concurrent callers); false when it failed, which is logged once per failure. */
-  private warmOnce(): Promise<boolean> {
+  /**
+   * One no-op migration (shared by concurrent callers) into `known`, or the cgroup /proc/self/cgroup names; the
+   * cgroup.procs file written, or undefined when there was none or the write failed (logged).
+   */
+  private warmOnce(known?: string): Promise<string | undefined> {
     this.warming ??= (async () => {
-      const file = ownProcsFile(await fs.readFile('/proc/self/cgroup', 'utf8'), this.layout.hierarchies);
+      const file = known ?? ownProcsFile(await fs.readFile('/proc/self/cgroup', 'utf8'), this.layout.hierarchies);
       // '0' is the writing thread's own process: berth.
       if (file) await fs.writeFile(file, '0');
-      return true;
+      return file;
     })()
       .catch((err) => {
         this.log.debug('cgroup migration warm-up failed', { error: errorMessage(err) });
-        return false;
+        return undefined;
       })
       .finally(() => {
         this.warming = undefined;
@@ -158,9 +161,12 @@ export class Cgroups {
     this.warmUntil = Math.max(this.warmUntil, performance.now() + ms);
     if (this.keepingWarm) return;
     this.keepingWarm = true;
+    // berth's own cgroup is read once per window, not at every step.
+    let file: string | undefined;
     const again = () => {
-      void this.warmOnce().then((ok) => {
-        if (!ok || performance.now() >= this.warmUntil) {
+      void this.warmOnce(file).then((written) => {
+        file = written;
+        if (!written || performance.now() >= this.warmUntil) {
           this.keepingWarm = false;
           this.warmTimer = undefined;
           return;
