@@ -4,8 +4,25 @@ import { createHash } from 'node:crypto';
 import { promises as fsp, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import pathMod from 'node:path';
 
-/** Pick a currently-free TCP port on 127.0.0.1 (listen on port 0, read it, close). */
-export function freePort(): Promise<number> {
+/** Ports freePort has handed out in this process. */
+const handedOut = new Set<number>();
+
+/**
+ * A currently-free TCP port on 127.0.0.1 (listen on port 0, read it, close), never one this process was given
+ * before: a hostPort binds no socket, so the kernel can offer the same port again while a pod holds it in berth, and
+ * two pods of one test asking for it collide (the restart test's steady pods did, once).
+ */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = await ephemeralPort();
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error('freePort: 100 ports in a row were ones handed out before');
+}
+
+function ephemeralPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
