@@ -63,7 +63,7 @@ static int openat2_compat(int dirfd, const char *path, int flags)
         path++;
     if (!*path)
         path = ".";
-    int fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    int fd = openat2_retry(dirfd, path, &how);
     if (fd < 0 && errno == ENOSYS)
         fd = openat(dirfd, path, flags); /* old kernel: no symlink containment */
     return fd;
@@ -432,7 +432,7 @@ static int image_volume_tree(const struct mount_spec *m)
     memset(&how, 0, sizeof how);
     how.flags = O_PATH | O_CLOEXEC;
     how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
-    int sub = (int)syscall(SYS_openat2, mfd, m->subpath, &how, sizeof how);
+    int sub = openat2_retry(mfd, m->subpath, &how);
     if (sub < 0)
         child_fail("image volume: sub path", m->subpath, errno);
     int tree = open_tree(sub, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH);

@@ -75,7 +75,7 @@ static int make_log_parents(int dirfd, const char *rel)
             goto fail;
         struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
                                .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS};
-        int next = (int)syscall(SYS_openat2, cur, name, &how, sizeof how);
+        int next = openat2_retry(cur, name, &how);
         if (next < 0)
             goto fail;
         if (cur != dirfd)

@@ -16,6 +16,10 @@ void fmt_err(char *buf, size_t len, const char *step, const char *path, int err)
 /* Print "berth-shim: <step> <path>: <strerror>" to stderr. */
 void warn_err(const char *step, const char *path, int err);
 int write_all(int fd, const void *buf, size_t len);
+struct open_how;
+/* openat2(2), tried again while the kernel answers EAGAIN: a lookup that crosses ".." under RESOLVE_BENEATH or
+ * RESOLVE_IN_ROOT fails so whenever any mount or rename on the node raced it, and the caller is to retry. */
+int openat2_retry(int dirfd, const char *path, struct open_how *how);
 /* Write data to dir/name atomically: dir/.name.tmp, fsync, rename, fsync(dir). Returns 0 or -errno. */
 int atomic_write(const char *dir, const char *name, const char *data, size_t len);
 /* The same without the fsyncs: atomic for readers (tmp + rename), not durable across a power cut. */

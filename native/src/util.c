@@ -8,12 +8,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <linux/keyctl.h>
+#include <linux/openat2.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+/* Bounded: on a node that mounts or renames without pause, a failure (EAGAIN) beats a create that never returns. */
+#define OPENAT2_TRIES 128
+
+int openat2_retry(int dirfd, const char *path, struct open_how *how)
+{
+    for (int i = 0;; i++) {
+        int fd = (int)syscall(SYS_openat2, dirfd, path, how, sizeof *how);
+        if (fd >= 0 || errno != EAGAIN || i + 1 >= OPENAT2_TRIES)
+            return fd;
+    }
+}
 
 void fmt_err(char *buf, size_t len, const char *step, const char *path, int err)
 {
