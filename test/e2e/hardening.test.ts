@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { startRegistry, Registry } from '../helpers/registry.js';
 import { busyboxLayer, layer, pushImage, PushedImage } from '../helpers/images.js';
 import type { BerthProcess, StartOptions } from '../helpers/berth.js';
-import { waitFor } from '../helpers/util.js';
+import { openFdTargets, waitFor } from '../helpers/util.js';
 import { podEnv, type Pod } from '../helpers/pod-env.js';
 import { SHIM } from '../helpers/rootfs.js';
 import type { PodSandboxConfig } from '../../src/gen/runtime/v1/PodSandboxConfig.js';
@@ -145,8 +145,7 @@ test('a created-not-started init is out of reach of another container of a share
   }
   // berth's own fd of the copy: the same.
   const berthPid = e.berth.child.pid!;
-  const fds = await fs.readdir(`/proc/${berthPid}/fd`);
-  const sealed = fds.filter((fd) => (readlinkSync(`/proc/${berthPid}/fd/${fd}`, { encoding: 'utf8' }) ?? '').startsWith('/memfd:berth-shim'));
+  const sealed = [...openFdTargets(berthPid)].filter(([, target]) => target.startsWith('/memfd:berth-shim')).map(([fd]) => fd);
   t.is(sealed.length, 1, 'one sealed copy per berth process');
   t.regex(openForWrite(`/proc/${berthPid}/fd/${sealed[0]}`), /^(ETXTBSY|EPERM)$/);
 

@@ -132,21 +132,30 @@ export function pidListensOn(pid: number, port: number): boolean {
     }
   }
   if (inodes.size === 0) return false;
+  for (const target of openFdTargets(pid).values()) {
+    const m = /^socket:\[(\d+)\]$/.exec(target);
+    if (m && inodes.has(m[1]!)) return true;
+  }
+  return false;
+}
+
+/** What each open fd of a process points at; fds closed while being read are skipped (the process runs on). */
+export function openFdTargets(pid: number): Map<string, string> {
+  const targets = new Map<string, string>();
   let fds: string[];
   try {
     fds = readdirSync(`/proc/${pid}/fd`);
   } catch {
-    return false;
+    return targets;
   }
   for (const fd of fds) {
     try {
-      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
-      if (m && inodes.has(m[1]!)) return true;
+      targets.set(fd, readlinkSync(`/proc/${pid}/fd/${fd}`));
     } catch {
-      /* fd closed meanwhile */
+      /* closed meanwhile */
     }
   }
-  return false;
+  return targets;
 }
 
 /** Every path under root (relative, "/" after directories, "-> target" after links), sorted. */
