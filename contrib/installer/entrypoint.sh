@@ -5,7 +5,9 @@
 #                                switch kubelet to it when BERTH_KUBELET_SWITCH=true; then stay (ready) until stopped
 #   entrypoint.sh uninstall      the pre-delete hook: switch kubelet back if it was switched, uninstall berth; then
 #                                stay (ready = this node is clean) until helm deletes the hook
-#   entrypoint.sh wait-cleanup NAME SECONDS   the hook Job: wait until every pod of DaemonSet NAME is ready
+#   entrypoint.sh retire NAME SECONDS         the first hook Job: delete the installer DaemonSet NAME and wait until
+#                                its pods are gone (none may reinstall berth while the cleanup removes it)
+#   entrypoint.sh wait-cleanup NAME SECONDS   the last hook Job: wait until every pod of DaemonSet NAME is ready
 #
 # The host is reached two ways: its directories mounted under BERTH_HOST_ROOT (install.sh --root writes there), and
 # nsenter into PID 1's namespaces for systemctl and systemd-run. Switching kubelet stops kubelet and removes every
@@ -230,6 +232,14 @@ do_uninstall() {
   stay
 }
 
+do_retire() {
+  local name=${1:?retire needs the DaemonSet name} seconds=${2:-900}
+  log info "deleting daemonset/$name and waiting for its pods to be gone"
+  # Foreground: the DaemonSet object goes only after its pods did, and --wait waits for the object.
+  timeout "$((seconds + 30))" kubectl -n "${POD_NAMESPACE:?}" delete "daemonset/$name" --ignore-not-found \
+    --cascade=foreground --wait --timeout="${seconds}s"
+}
+
 do_wait_cleanup() {
   local name=${1:?wait-cleanup needs the DaemonSet name} seconds=${2:-900}
   log info "waiting for every pod of daemonset/$name to report its node clean"
@@ -240,6 +250,7 @@ do_wait_cleanup() {
 case $mode in
   install) do_install ;;
   uninstall) do_uninstall ;;
+  retire) shift; do_retire "$@" ;;
   wait-cleanup) shift; do_wait_cleanup "$@" ;;
-  *) echo "usage: entrypoint.sh install|uninstall|wait-cleanup NAME SECONDS" >&2; exit 2 ;;
+  *) echo "usage: entrypoint.sh install|uninstall|retire NAME SECONDS|wait-cleanup NAME SECONDS" >&2; exit 2 ;;
 esac

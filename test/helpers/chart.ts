@@ -15,9 +15,9 @@ export interface Run {
   stderr: string;
 }
 
-export function run(file: string, args: string[], timeoutMs = 120_000): Promise<Run> {
+export function run(file: string, args: string[], timeoutMs = 120_000, opts: { env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(file, args, { timeout: timeoutMs, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+    execFile(file, args, { timeout: timeoutMs, maxBuffer: 64 << 20, env: opts.env ?? process.env }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
       resolve({ code, stdout, stderr });
     });

@@ -12,7 +12,7 @@ import { CHART, documents, helm, K8sObject } from '../helpers/chart.js';
 // The Helm chart rendered by the real helm (3.17): lint, every document parsed and checked, berth's config in the
 // ConfigMap read by berth's own loader, and values.schema.json refusing bad values. No cluster is contacted.
 
-const KINDS = ['ServiceAccount', 'ConfigMap', 'DaemonSet', 'ClusterRole', 'ClusterRoleBinding', 'Job', 'Service', 'ServiceMonitor'];
+const KINDS = ['ServiceAccount', 'ConfigMap', 'DaemonSet', 'ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding', 'Job', 'Service', 'ServiceMonitor'];
 const HOST_PATHS = ['/opt', '/usr/local/bin', '/etc', '/var/lib/berth-installer'];
 
 let tmp: string;
@@ -271,17 +271,25 @@ test('the Grafana dashboard is labelled for the sidecar and queries only metrics
   }
 });
 
-test('the pre-delete hook: RBAC, then a cleanup DaemonSet, then a Job waiting for it; removed once it succeeds', async (t) => {
+test('the pre-delete hook: RBAC, the installer DaemonSet retired, then a cleanup DaemonSet, then a Job waiting for it; removed once it succeeds', async (t) => {
   const docs = await render();
   const hooks = docs.filter(isHook);
-  t.deepEqual(hooks.map((h) => h.kind).sort(), ['ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'Job', 'ServiceAccount']);
+  t.deepEqual(hooks.map((h) => h.kind).sort(), ['ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'Job', 'Job', 'Role', 'RoleBinding', 'ServiceAccount']);
   for (const h of hooks) {
     t.is(h.metadata.annotations!['helm.sh/hook'], 'pre-delete', h.kind);
     t.deepEqual(h.metadata.annotations!['helm.sh/hook-delete-policy'].split(',').sort(), ['before-hook-creation', 'hook-succeeded'], h.kind);
   }
-  const weight = (kind: string) => Number(one(hooks, kind).metadata.annotations!['helm.sh/hook-weight']);
-  t.true(weight('ServiceAccount') < weight('DaemonSet') && weight('ClusterRole') < weight('DaemonSet') && weight('ClusterRoleBinding') < weight('DaemonSet'));
-  t.true(weight('DaemonSet') < weight('Job'), 'helm creates the DaemonSet, then the Job it waits for');
+  const weightOf = (d: K8sObject) => Number(d.metadata.annotations!['helm.sh/hook-weight']);
+  const weight = (kind: string) => weightOf(one(hooks, kind));
+  const jobs = hooks.filter((h) => h.kind === 'Job');
+  const retire = jobs.find((j) => j.spec.template.spec.containers[0].args[0] === 'retire')!;
+  const wait = jobs.find((j) => j.spec.template.spec.containers[0].args[0] === 'wait-cleanup')!;
+  t.truthy(retire);
+  t.truthy(wait);
+  for (const rbac of ['ServiceAccount', 'ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding']) t.true(weight(rbac) < weightOf(retire), rbac);
+  // helm runs a weight's Job to completion before the next weight: no installer pod is left when the cleanup starts.
+  t.true(weightOf(retire) < weight('DaemonSet'), 'the installer DaemonSet is gone before the cleanup DaemonSet is made');
+  t.true(weight('DaemonSet') < weightOf(wait), 'helm creates the DaemonSet, then the Job it waits for');
 
   const cleanup = one(hooks, 'DaemonSet');
   const pod = cleanup.spec.template.spec;
@@ -295,10 +303,25 @@ test('the pre-delete hook: RBAC, then a cleanup DaemonSet, then a Job waiting fo
   t.notDeepEqual(cleanup.spec.selector.matchLabels, installer(docs).spec.selector.matchLabels, 'the two DaemonSets do not select each other');
   t.is(pod.serviceAccountName, one(hooks, 'ServiceAccount').metadata.name);
 
-  const job = one(hooks, 'Job');
-  t.deepEqual(job.spec.template.spec.containers[0].args, ['wait-cleanup', cleanup.metadata.name, '900']);
-  t.is(job.spec.activeDeadlineSeconds, 900);
-  t.is(job.spec.template.spec.restartPolicy, 'Never');
+  // The retire step may delete the installer DaemonSet of this release and nothing else.
+  t.deepEqual(retire.spec.template.spec.containers[0].args, ['retire', installer(docs).metadata.name, '900']);
+  const role = one(hooks, 'Role');
+  t.is(role.metadata.namespace, installer(docs).metadata.namespace);
+  t.deepEqual(role.rules, [{ apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: [installer(docs).metadata.name], verbs: ['get', 'list', 'watch', 'delete'] }]);
+  const binding = one(hooks, 'RoleBinding');
+  t.deepEqual(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: role.metadata.name });
+  t.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: one(hooks, 'ServiceAccount').metadata.name, namespace: role.metadata.namespace }]);
+  t.false(one(hooks, 'ClusterRole').rules.some((r: K8sObject) => r.verbs.includes('delete') && r.resources.includes('daemonsets')), 'no cluster-wide DaemonSet delete');
+
+  t.deepEqual(wait.spec.template.spec.containers[0].args, ['wait-cleanup', cleanup.metadata.name, '900']);
+  for (const job of [retire, wait]) {
+    t.is(job.spec.activeDeadlineSeconds, 900);
+    t.is(job.spec.template.spec.restartPolicy, 'Never');
+    t.is(job.spec.template.spec.serviceAccountName, one(hooks, 'ServiceAccount').metadata.name);
+    // A drain of its node (the switch back drains) evicts the pod: that is not a failure of the step.
+    t.deepEqual(job.spec.podFailurePolicy, { rules: [{ action: 'Ignore', onPodConditions: [{ type: 'DisruptionTarget' }] }] });
+    t.false(job.spec.template.spec.containers[0].securityContext.allowPrivilegeEscalation);
+  }
 
   const off = await render('--set', 'cleanup.enabled=false');
   t.deepEqual(off.filter(isHook), []);

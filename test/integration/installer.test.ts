@@ -446,3 +446,25 @@ test('the Dockerfile lays out the image as these tests build it', async (t) => {
     }
   }
 });
+
+test("the hook Jobs' steps: retire deletes only the installer DaemonSet, in the foreground and waiting; wait-cleanup waits for the cleanup rollout", async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-inst-hook-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  const log = path.join(dir, 'calls.log');
+  await fs.writeFile(log, '');
+  const step = (...args: string[]) =>
+    run('bash', [path.join(REPO, 'contrib/installer/entrypoint.sh'), ...args], 30_000, {
+      env: { ...process.env, PATH: `${FAKES}:${process.env.PATH}`, FAKE_LOG: log, POD_NAMESPACE: 'kube-system', NODE_NAME: 'node-1' },
+    });
+  const retired = await step('retire', 'rel-berth', '600');
+  t.is(retired.code, 0, retired.stderr);
+  const waited = await step('wait-cleanup', 'rel-berth-cleanup', '600');
+  t.is(waited.code, 0, waited.stderr);
+  t.deepEqual((await fs.readFile(log, 'utf8')).trim().split('\n'), [
+    'kubectl -n kube-system delete daemonset/rel-berth --ignore-not-found --cascade=foreground --wait --timeout=600s',
+    'kubectl -n kube-system rollout status daemonset/rel-berth-cleanup --timeout=600s',
+  ]);
+  const missing = await step('retire');
+  t.not(missing.code, 0);
+  t.regex(missing.stderr, /retire needs the DaemonSet name/);
+});
