@@ -128,9 +128,10 @@ export type Stage = (typeof STAGES)[number];
 /** Pods this run created and has not removed yet. */
 export type PodSet = Set<string>;
 
-function benchPodConfig() {
+function benchPodConfig(cgroupParentOf?: (uid: string) => string) {
   const config = podConfig();
   config.labels = { ...config.labels, app: 'berth-bench' };
+  if (cgroupParentOf) config.linux = { ...config.linux, cgroup_parent: cgroupParentOf(config.metadata!.uid!) };
   return config;
 }
 
@@ -142,6 +143,7 @@ export async function startPod(
   signal?: AbortSignal,
   t0 = process.hrtime.bigint(),
   command: string[] = CONTAINER_COMMAND,
+  cgroupParentOf?: (uid: string) => string,
 ): Promise<StartedPod> {
   check(signal);
   const stages = {} as Record<Stage, number>;
@@ -151,7 +153,7 @@ export async function startPod(
     stages[name] = nsToMs(now - mark);
     mark = now;
   };
-  const sandboxConfig = benchPodConfig();
+  const sandboxConfig = benchPodConfig(cgroupParentOf);
   const { pod_sandbox_id: podId } = await cri.runtime.RunPodSandbox({ config: sandboxConfig });
   pods.add(podId);
   stage('RunPodSandbox');
@@ -405,8 +407,13 @@ export async function measureRelist(cri: CriClient, image: string, opts: RelistO
     return res;
   };
   const pods: PodSet = new Set();
+  // Each pod in a cgroup of its own under one parent, as kubelet gives them (/kubepods/<qos>/pod<uid>): what a pod's
+  // stats are read from, and what containerd needs to answer ListPodSandboxStats at all.
+  const cgroupRoot = `/berth-bench-relist-${process.pid}`;
   try {
-    const settled = await mapLimit(Array.from({ length: opts.pods }), limit, () => startPod(cri, image, pods, opts.signal));
+    const settled = await mapLimit(Array.from({ length: opts.pods }), limit, () =>
+      startPod(cri, image, pods, opts.signal, undefined, undefined, (uid) => `${cgroupRoot}/pod${uid}`),
+    );
     const started = startedPods(settled, result.failures, 'pod failed to start: ');
     result.running = started.length;
     if (started.length === 0) return result;
@@ -498,8 +505,35 @@ export async function measureRelist(cri: CriClient, image: string, opts: RelistO
     await opts.whileRunning?.(started);
   } finally {
     for (const e of await removePods(cri, pods, limit)) result.failures.push(`cleanup: ${e}`);
+    // The pod cgroups kubelet would remove: a runtime leaves the parents it did not make (or made only implicitly).
+    for (const e of await removeCgroupTree(cgroupRoot)) result.failures.push(`cleanup: ${e}`);
   }
   return result;
+}
+
+/** Removes `rel` and the empty cgroups below it in every mounted cgroup hierarchy; what could not be removed, named. */
+async function removeCgroupTree(rel: string): Promise<string[]> {
+  const mounts = (await fs.readFile('/proc/self/mountinfo', 'utf8'))
+    .split('\n')
+    .map((line) => line.split(' '))
+    .filter((f) => ['cgroup', 'cgroup2'].includes(f[f.indexOf('-') + 1] ?? ''))
+    .map((f) => f[4]!);
+  const failures: string[] = [];
+  const removeDir = async (dir: string): Promise<void> => {
+    let entries;
+    try {
+      entries = await fs.readdir(dir, { withFileTypes: true });
+    } catch {
+      return; // not made in this hierarchy, or gone already
+    }
+    for (const e of entries) if (e.isDirectory()) await removeDir(path.join(dir, e.name));
+    // A cgroup directory's files go with it: rmdir, not rm.
+    await fs.rmdir(dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') failures.push(`rmdir ${dir}: ${err.code}`);
+    });
+  };
+  for (const mount of mounts) await removeDir(path.join(mount, rel));
+  return failures;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
